@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine:
+#   make run    installs what is missing, then starts master + worker on 127.0.0.1
+#   make test   installs what is missing (test extras too), then runs every test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+JOBS ?= 2
+
+.PHONY: run test install bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==25.3
+
+# Editable in "compat" mode puts the checkout on sys.path, which is how Twisted's plugin
+# system finds twisted/plugins/titan_services.py here.
+$(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; from twisted import plugins; list(getPlugins(IPlugin, plugins))"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/titan up
+
+test: install
+	$(BIN)/trial -j$(JOBS) tests
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=compat
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python bench/fanout.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info _trial_temp twisted/plugins/dropin.cache

@@ -1,0 +1,263 @@
+"""`titan`: the command line, a thin face over the SDK.
+
+Every command has --help; success exits 0, an error prints one line on stderr and exits
+non-zero.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+from titan.errors import RemoteError, TitanError
+
+EPILOG = ("The master is found from --master, else TITAN_HOST/TITAN_PORT, else 127.0.0.1:9090; "
+          "the token from --token, else TITAN_TOKEN, else ~/.titan/master/token.")
+
+
+def _client(args):
+    from titan.sdk.client import Client
+    return Client(master=args.master, token=args.token, name="titan-cli")
+
+
+def _print_rows(rows: list[list[str]]) -> None:
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _outcome(job: dict) -> str:
+    state = job["state"]
+    if state == "FAILED" or state == "DEAD":
+        what = job.get("reason") or f"exit {job.get('exit_code')}"
+        return f"{state}, {what}"
+    if state == "CANCELLED":
+        return f"CANCELLED ({job.get('reason')})"
+    return state
+
+
+def _exit_status(job: dict) -> int:
+    if job["state"] == "COMPLETED":
+        return 0
+    code = job.get("exit_code")
+    if isinstance(code, int) and 0 < code < 256:
+        return code
+    return 1
+
+
+# -- commands ----------------------------------------------------------------------------
+
+def cmd_submit(args) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise TitanError("submit: no command given (titan submit [options] -- COMMAND [ARGS...])")
+    env = {}
+    for item in args.env or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TitanError(f"submit: --env {item!r}: expected NAME=VALUE")
+        env[key] = value
+    tags = [t for t in (args.tags or "").split(",") if t.strip()]
+    with _client(args) as titan:
+        job_id = titan.submit(command, priority=args.priority, tags=tags, timeout=args.timeout,
+                              retries=args.retries, delay=args.delay, env=env, cwd=args.cwd,
+                              name=args.name)
+        print(job_id, flush=True)
+        if not (args.wait or args.follow):
+            return 0
+        if args.follow:
+            for data in titan.follow_logs(job_id):
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+        job = titan.wait(job_id)
+        print(f"{job_id} {_outcome(job)}", file=sys.stderr)
+        return _exit_status(job)
+
+
+def cmd_status(args) -> int:
+    with _client(args) as titan:
+        job = titan.job(args.job_id)
+    if args.json:
+        print(json.dumps(job, indent=2, sort_keys=True))
+        return 0
+    print(job["state"])
+    details = [["job", job["job_id"]], ["command", " ".join(job["command"])]]
+    if job.get("name"):
+        details.append(["name", job["name"]])
+    if job.get("worker"):
+        details.append(["worker", job["worker"]])
+    details.append(["attempt", str(job["attempt"])])
+    if job.get("exit_code") is not None:
+        details.append(["exit code", str(job["exit_code"])])
+    if job.get("reason"):
+        details.append(["reason", job["reason"]])
+    if job.get("waiting"):
+        details.append(["waiting", job["waiting"]])
+    if job.get("tags"):
+        details.append(["tags", ",".join(job["tags"])])
+    for key, value in details:
+        print(f"  {key + ':':<11}{value}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    with _client(args) as titan:
+        if args.follow:
+            for data in titan.follow_logs(args.job_id):
+                sys.stdout.buffer.write(data)
+                sys.stdout.buffer.flush()
+        else:
+            sys.stdout.buffer.write(titan.logs(args.job_id))
+    sys.stdout.flush()
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    with _client(args) as titan:
+        result = titan.cancel(args.job_id)
+    if result["cancelled"]:
+        print(f"{args.job_id} CANCELLED")
+        return 0
+    print(f"titan: {args.job_id} is already {result['state']}; nothing to cancel", file=sys.stderr)
+    return 1
+
+
+def cmd_workers(args) -> int:
+    with _client(args) as titan:
+        workers = titan.workers()
+    if args.json:
+        print(json.dumps(workers, indent=2, sort_keys=True))
+        return 0
+    rows = [["ID", "HOST", "TAGS", "SLOTS", "STATE", "HEARTBEAT"]]
+    for w in sorted(workers, key=lambda w: w["joined_at"]):
+        rows.append([w["worker_id"], w["host"], ",".join(w["tags"]) or "-",
+                     f"{w['busy']}/{w['slots']}", w["state"],
+                     f"{w['last_heartbeat_ago']:.1f}s ago"])
+    _print_rows(rows)
+    if not workers:
+        print("(no workers)")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    with _client(args) as titan:
+        jobs = titan.jobs(state=args.state, limit=args.limit)
+    rows = [["JOB", "STATE", "WORKER", "EXIT", "COMMAND"]]
+    for j in jobs:
+        rows.append([j["job_id"], j["state"], j.get("worker") or "-",
+                     "-" if j.get("exit_code") is None else str(j["exit_code"]),
+                     " ".join(j["command"])[:60]])
+    _print_rows(rows)
+    return 0
+
+
+def cmd_up(args) -> int:
+    from titan.up import run_up
+    return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
+                  slots=args.slots)
+
+
+# -- parser ------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--master", metavar="HOST:PORT", default=argparse.SUPPRESS,
+                        help="the master to talk to (default: $TITAN_HOST:$TITAN_PORT "
+                             "or 127.0.0.1:9090)")
+    common.add_argument("--token", default=argparse.SUPPRESS,
+                        help="the cluster token (default: $TITAN_TOKEN)")
+
+    parser = argparse.ArgumentParser(
+        prog="titan", parents=[common], epilog=EPILOG,
+        description="Titan: submit and watch jobs, start a local cluster.")
+    sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("submit", parents=[common], help="queue a job; prints its id",
+                       description="Queue a job and print its id.",
+                       usage="titan submit [options] -- COMMAND [ARGS...]")
+    p.add_argument("--wait", "-w", action="store_true",
+                   help="wait for the job to end; exit with its status")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="print its output as it comes, then wait")
+    p.add_argument("--priority", "-p", type=int, default=0, help="higher runs first (default 0)")
+    p.add_argument("--tags", "-t", help="capabilities a worker must have, e.g. GPU,HIGH_MEM")
+    p.add_argument("--timeout", type=float, help="seconds before the job is killed")
+    p.add_argument("--retries", type=int, default=0, help="retries after a failure (default 0)")
+    p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before it may run")
+    p.add_argument("--env", "-e", action="append", metavar="NAME=VALUE",
+                   help="environment variable for the job (repeatable)")
+    p.add_argument("--cwd", help="working directory on the worker (default: a fresh one)")
+    p.add_argument("--name", help="a name for people")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", parents=[common], help="a job's state and details",
+                       description="Print a job's state (first line), then its details.")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", parents=[common], help="a job's output",
+                       description="Print a job's stdout and stderr, in the order they came.")
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job",
+                       description="Cancel a job; a running one is killed with its children.")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("workers", parents=[common], help="list the workers",
+                       description="List the workers: id, host, tags, busy/total slots, "
+                                   "state, last heartbeat.")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=cmd_workers)
+
+    p = sub.add_parser("jobs", parents=[common], help="list recent jobs",
+                       description="List the most recent jobs.")
+    p.add_argument("--state", help="only jobs in this state")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("up", help="start a master and workers here, in the foreground",
+                       description="Start a master and N workers on 127.0.0.1 in the "
+                                   "foreground; Ctrl-C stops all of them.")
+    p.add_argument("--workers", "-n", type=int, default=1, help="how many workers (default 1)")
+    p.add_argument("--slots", type=int, default=4, help="slots per worker (default 4)")
+    p.add_argument("--port", "-p", type=int, default=9090, help="master port (default 9090)")
+    p.add_argument("--data-dir", default=os.path.join("~", ".titan"),
+                   help="where state and logs go (default ~/.titan)")
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.master = getattr(args, "master", None)
+    args.token = getattr(args, "token", None)
+    try:
+        return args.func(args)
+    except RemoteError as e:
+        print(f"titan: {e.message}", file=sys.stderr)
+        return 1
+    except TitanError as e:
+        print(f"titan: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

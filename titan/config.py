@@ -1,0 +1,171 @@
+"""The YAML config file, as frozen attrs.
+
+Unknown keys and wrong types are errors that name the file, the line and the key.  Options
+given on a command line override the file (`Config.override`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import attrs
+import yaml
+
+DEFAULT_PORT = 9090
+DEFAULT_HOME = os.path.join("~", ".titan")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@attrs.frozen
+class MasterConfig:
+    listen: str = f"tcp:{DEFAULT_PORT}:interface=127.0.0.1"
+    data_dir: str = os.path.join(DEFAULT_HOME, "master")
+    heartbeat_interval: float = 2.0
+    heartbeat_timeout: float = 10.0
+    max_frame_bytes: int = 16 * 1024 * 1024
+    retry_backoff_base: float = 1.0
+    retry_backoff_cap: float = 60.0
+
+
+@attrs.frozen
+class WorkerConfig:
+    master: str = f"127.0.0.1:{DEFAULT_PORT}"
+    name: Optional[str] = None
+    tags: tuple[str, ...] = ()
+    slots: int = 4
+    data_dir: str = os.path.join(DEFAULT_HOME, "worker")
+    log_batch_interval: float = 0.05
+    kill_grace: float = 5.0
+
+
+@attrs.frozen
+class Config:
+    token: Optional[str] = None
+    master: MasterConfig = MasterConfig()
+    worker: WorkerConfig = WorkerConfig()
+    source: str = "<defaults>"
+
+    def override(self, section: str, **values: Any) -> "Config":
+        """This config with the given keys of one section replaced (None means: keep)."""
+        values = {k: v for k, v in values.items() if v is not None}
+        if section == "":
+            return attrs.evolve(self, **values)
+        return attrs.evolve(self, **{section: attrs.evolve(getattr(self, section), **values)})
+
+
+_SECTIONS = {"master": MasterConfig, "worker": WorkerConfig}
+_TOP = {"token": Optional[str]}
+
+
+def load_config(path: Optional[str]) -> Config:
+    if path is None:
+        return Config()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: str = "<config>") -> Config:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+    if root is None:
+        return Config(source=path)
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError(f"{path}:{root.start_mark.line + 1}: the config must be a mapping")
+    top: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    for key_node, value_node in _pairs(root, path, ""):
+        key = key_node.value
+        if key in _SECTIONS:
+            sections[key] = _section(_SECTIONS[key], value_node, path, key)
+        elif key in _TOP:
+            top[key] = _convert(_TOP[key], value_node, path, key)
+        else:
+            known = ", ".join(sorted([*_SECTIONS, *_TOP]))
+            raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: unknown key {key!r} "
+                              f"(known: {known})")
+    return Config(source=path, **top, **sections)
+
+
+def _pairs(node: yaml.MappingNode, path: str, where: str):
+    seen = set()
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: {where or 'top level'}: "
+                              "keys must be plain names")
+        if key_node.value in seen:
+            raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: "
+                              f"{_dotted(where, key_node.value)} is given twice")
+        seen.add(key_node.value)
+        yield key_node, value_node
+
+
+def _dotted(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _section(cls: type, node: yaml.Node, path: str, name: str):
+    if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+        return cls()
+    if not isinstance(node, yaml.MappingNode):
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: {name}: expected a mapping of keys")
+    fields = attrs.fields_dict(attrs.resolve_types(cls))
+    values = {}
+    for key_node, value_node in _pairs(node, path, name):
+        key = key_node.value
+        if key not in fields:
+            known = ", ".join(fields)
+            raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: unknown key "
+                              f"{name}.{key} (known in {name}: {known})")
+        values[key] = _convert(fields[key].type, value_node, path, f"{name}.{key}")
+    return cls(**values)
+
+
+def _convert(kind: Any, node: yaml.Node, path: str, key: str) -> Any:
+    line = node.start_mark.line + 1
+    optional = kind in (Optional[str], Optional[float], Optional[int])
+    value = _construct(node)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path}:{line}: {key} must not be empty")
+    base = {Optional[str]: str, Optional[float]: float, Optional[int]: int}.get(kind, kind)
+    if base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base == tuple[str, ...]:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
+            return tuple(str(v) for v in value)
+    names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+             tuple[str, ...]: "a list of strings"}
+    raise ConfigError(f"{path}:{line}: {key} must be {names.get(base, base)}, not {value!r}")
+
+
+def _construct(node: yaml.Node) -> Any:
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()

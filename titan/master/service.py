@@ -1,0 +1,304 @@
+"""titan-master: the service tree around the pure scheduler.
+
+The loop is: a frame becomes an event → the core applies it → the decisions it returns are
+carried out here as frames to workers, timers and notifications.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Any, Optional
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from titan.auth import load_or_create_token
+from titan.config import Config
+from titan.core import events as ev
+from titan.core.model import JobSpec, JobState
+from titan.core.scheduler import Scheduler, SubmitError, job_view, worker_view
+from titan.master.logstore import LogStore
+from titan.master.server import MasterFactory, MasterProtocol
+from titan.protocols.opcodes import Op
+from titan.protocols.rpc import RemoteError
+
+PORT_FILE = "master.port"
+LONG_POLL = 25.0  # seconds a WAIT_JOB or GET_LOGS(wait) may hold its reply
+
+
+class ListenerService(Service):
+    """Listens on an endpoint string; the bound port is known once it has started."""
+
+    def __init__(self, reactor, description: str, factory, on_listening=None) -> None:
+        self.reactor = reactor
+        self.description = description
+        self.factory = factory
+        self.on_listening = on_listening
+        self.port = None
+
+    def privilegedStartService(self) -> None:
+        # twistd calls this before dropping privileges; `twist` calls only startService.
+        super().privilegedStartService()
+        self._listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self._listen()
+
+    def _listen(self) -> None:
+        if self.port is not None:
+            return
+        endpoint = serverFromString(self.reactor, self.description)
+        d = endpoint.listen(self.factory)
+        failures: list = []
+        d.addCallbacks(self._listening, failures.append)
+        if failures:  # TCP and UNIX endpoints answer at once: fail start-up with the reason
+            raise SystemExit(f"titan: cannot listen on {self.description}: "
+                             f"{failures[0].getErrorMessage()}")
+
+    def _listening(self, port) -> None:
+        self.port = port
+        if self.on_listening:
+            self.on_listening(port)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            return self.port.stopListening()
+
+
+class MasterService(MultiService):
+    log = Logger()
+
+    def __init__(self, config: Config, reactor=None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        mc = config.master
+        self.data_dir = os.path.expanduser(mc.data_dir)
+        self.token: str = config.token or ""
+        self.scheduler = Scheduler(heartbeat_timeout=mc.heartbeat_timeout,
+                                   backoff_base=mc.retry_backoff_base,
+                                   backoff_cap=mc.retry_backoff_cap)
+        self.logs: Optional[LogStore] = None
+        self.worker_conns: dict[str, MasterProtocol] = {}
+        self._timers: dict[Any, Any] = {}
+        self._done_waiters: dict[str, list[defer.Deferred]] = {}
+        self.listener = ListenerService(reactor, mc.listen, MasterFactory(self),
+                                        self._listening)
+        self.listener.setServiceParent(self)
+        self._ticker = LoopingCall(self.handle, ev.Tick())
+        self._ticker.clock = reactor
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        if self.logs is not None:
+            return
+        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        if not self.token:
+            self.token = load_or_create_token(self.data_dir)
+        self.logs = LogStore(os.path.join(self.data_dir, "logs"))
+
+    def privilegedStartService(self) -> None:
+        self._prepare()
+        super().privilegedStartService()
+
+    def startService(self) -> None:
+        self._prepare()
+        super().startService()
+        self._ticker.start(self.config.master.heartbeat_interval, now=False)
+
+    def stopService(self):
+        if self._ticker.running:
+            self._ticker.stop()
+        for call in self._timers.values():
+            if call.active():
+                call.cancel()
+        self._timers.clear()
+        try:
+            os.unlink(os.path.join(self.data_dir, PORT_FILE))
+        except OSError:
+            pass
+        return super().stopService()
+
+    def _listening(self, port) -> None:
+        address = port.getHost()
+        path = os.path.join(self.data_dir, PORT_FILE)
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{getattr(address, 'port', address)}\n")
+        os.replace(path + ".tmp", path)
+        self.log.info("titan-master listening on {address}, data in {data_dir}",
+                      address=address, data_dir=self.data_dir)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def now(self) -> float:
+        return self.reactor.seconds()
+
+    def handle(self, event: object) -> None:
+        for decision in self.scheduler.apply(event, self.now()):
+            self._carry_out(decision)
+
+    def _carry_out(self, d: object) -> None:
+        if isinstance(d, ev.Dispatch):
+            conn = self.worker_conns.get(d.worker_id)
+            if conn is not None:
+                conn.push(Op.DISPATCH, {"job_id": d.job_id, "attempt": d.attempt,
+                                        "spec": d.spec.to_wire()})
+        elif isinstance(d, ev.JobChanged):
+            if d.state.terminal:
+                self._job_ended(d.job_id)
+        elif isinstance(d, ev.Kill):
+            conn = self.worker_conns.get(d.worker_id)
+            if conn is not None:
+                conn.push(Op.KILL, {"job_id": d.job_id, "attempt": d.attempt,
+                                    "reason": d.reason})
+        elif isinstance(d, ev.SetTimer):
+            old = self._timers.pop(d.key, None)
+            if old is not None and old.active():
+                old.cancel()
+            self._timers[d.key] = self.reactor.callLater(
+                max(0.0, d.at - self.now()), self._timer_fired, d.key)
+        elif isinstance(d, ev.WorkerChanged):
+            self.log.info("worker {worker_id} is {state}: {reason}", worker_id=d.worker_id,
+                          state=d.state.value, reason=d.reason)
+
+    def _timer_fired(self, key: Any) -> None:
+        self._timers.pop(key, None)
+        self.handle(ev.TimerFired(key))
+
+    def _job_ended(self, job_id: str) -> None:
+        for d in self._done_waiters.pop(job_id, ()):
+            d.callback(None)
+        if self.logs is not None:
+            self.logs.wake(job_id)
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def worker_registered(self, conn: MasterProtocol, body: dict) -> None:
+        worker_id = conn.worker_id
+        old = self.worker_conns.get(worker_id)
+        if old is not None and old is not conn:
+            old.transport.loseConnection()
+        self.worker_conns[worker_id] = conn
+        finished = []
+        for r in body.get("finished") or ():
+            self.logs_received(r["job_id"], r.get("logs") or ())
+            finished.append(ev.JobReport(r["job_id"], r["attempt"], r.get("exit_code"),
+                                         r.get("reason")))
+        running = tuple(ev.JobReport(r["job_id"], r["attempt"]) for r in body.get("running") or ())
+        self.handle(ev.WorkerJoined(
+            worker_id=worker_id, name=str(body.get("name") or worker_id),
+            host=str(body.get("host") or conn.transport.getPeer().host),
+            tags=frozenset(str(t).upper() for t in body.get("tags") or ()),
+            slots=int(body.get("slots") or 1), running=running, finished=tuple(finished)))
+
+    def worker_gone(self, conn: MasterProtocol) -> None:
+        if self.worker_conns.get(conn.worker_id) is conn:
+            del self.worker_conns[conn.worker_id]
+            self.handle(ev.WorkerDisconnected(conn.worker_id))
+
+    def logs_received(self, job_id: str, chunks) -> None:
+        data = b"".join(c[1] if isinstance(c[1], bytes) else str(c[1]).encode() for c in chunks)
+        if data and job_id in self.scheduler.jobs:
+            self.logs.append(job_id, data)
+
+    # -- clients ---------------------------------------------------------------------------
+
+    def submit(self, body: dict) -> str:
+        command = body.get("command")
+        if isinstance(command, str):
+            command = ["sh", "-c", command]
+        job_id = body.get("job_id") or self._new_job_id()
+        try:
+            spec = JobSpec(
+                job_id=str(job_id), command=command or (),
+                env=tuple(sorted((body.get("env") or {}).items())), cwd=body.get("cwd"),
+                priority=int(body.get("priority") or 0), tags=body.get("tags") or (),
+                timeout=body.get("timeout"), retries=int(body.get("retries") or 0),
+                delay=float(body.get("delay") or 0), name=body.get("name"))
+            event = ev.JobSubmitted(spec)
+            self.scheduler.validate(event)
+        except (SubmitError, TypeError, ValueError) as e:
+            raise RemoteError("bad_job", str(e))
+        self.handle(event)
+        return spec.job_id
+
+    def _new_job_id(self) -> str:
+        while True:
+            job_id = secrets.token_hex(4)
+            if job_id not in self.scheduler.jobs:
+                return job_id
+
+    def _job(self, job_id: str):
+        job = self.scheduler.jobs.get(job_id)
+        if job is None:
+            raise RemoteError("not_found", f"no job {job_id}")
+        return job
+
+    def job_info(self, job_id: str) -> dict:
+        return job_view(self.scheduler, self._job(job_id), self.now())
+
+    async def wait_job(self, job_id: str, timeout: Optional[float]) -> dict:
+        """The job once it has ended, or as it is when `timeout` (at most LONG_POLL) passes."""
+        job = self._job(job_id)
+        if not job.state.terminal:
+            d: defer.Deferred = defer.Deferred()
+            waiters = self._done_waiters.setdefault(job_id, [])
+            waiters.append(d)
+            limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
+            call = self.reactor.callLater(limit, lambda: d.called or d.callback(None))
+            await d
+            if call.active():
+                call.cancel()
+            if d in waiters:
+                waiters.remove(d)
+        return self.job_info(job_id)
+
+    async def read_logs(self, job_id: str, offset: int, wait: bool) -> dict:
+        job = self._job(job_id)
+        if wait and not job.state.terminal and offset >= self.logs.size(job_id):
+            d = self.logs.changed(job_id)
+            call = self.reactor.callLater(LONG_POLL, lambda: d.called or d.callback(None))
+            await d
+            if call.active():
+                call.cancel()
+            self.logs.forget_waiter(job_id, d)
+        data = self.logs.read(job_id, offset)
+        end = offset + len(data)
+        return {"data": data, "offset": end,
+                "done": job.state.terminal and end >= self.logs.size(job_id),
+                "state": job.state.value}
+
+    def cancel(self, job_id: str) -> dict:
+        job = self._job(job_id)
+        before = job.state
+        self.handle(ev.CancelRequested(job_id))
+        return {"job_id": job_id, "state": job.state.value,
+                "cancelled": job.state is JobState.CANCELLED and before is not JobState.CANCELLED}
+
+    def list_workers(self) -> list:
+        now = self.now()
+        return [worker_view(w, now) for w in self.scheduler.workers.values()]
+
+    def list_jobs(self, state: Optional[str], limit: int) -> list:
+        jobs = self.scheduler.jobs.values()
+        if state:
+            jobs = [j for j in jobs if j.state.value == state.upper()]
+        now = self.now()
+        return [job_view(self.scheduler, j, now) for j in list(jobs)[-int(limit):]]
+
+    def stats(self) -> dict:
+        counts: dict[str, int] = {s.value: 0 for s in JobState}
+        for job in self.scheduler.jobs.values():
+            counts[job.state.value] += 1
+        workers = self.scheduler.workers.values()
+        return {"jobs": counts, "workers": len(workers),
+                "slots": sum(w.slots for w in workers),
+                "busy": sum(len(w.running) for w in workers)}

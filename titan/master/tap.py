@@ -1,0 +1,25 @@
+"""`twistd titan-master`: options and service."""
+from __future__ import annotations
+
+from twisted.python import usage
+
+from titan.master.service import MasterService
+from titan.tap import ConfigOptions
+
+
+class Options(ConfigOptions):
+    synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR] [--token T]"
+    longdesc = "The Titan master: schedules jobs onto the workers that dial it."
+    optParameters = [
+        ["listen", "l", None, "Twisted endpoint to listen on "
+                              "(default tcp:9090:interface=127.0.0.1)."],
+    ]
+    section = "master"
+
+    def postOptions(self) -> None:
+        config = self.load()
+        self.config = config.override("master", listen=self["listen"])
+
+
+def makeService(options: Options) -> MasterService:
+    return MasterService(options.config)

@@ -1,0 +1,54 @@
+"""TITAN_PROTO opcodes.
+
+The numbers below 0x30 and from 0x50 are the public reference's; the structured-only operations
+Titan adds take numbers from 0x30 to 0x4F.  docs/protocol.md lists every one.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class Op(enum.IntEnum):
+    HEARTBEAT = 0x01
+    REGISTER = 0x02  # worker hello
+    SUBMIT_JOB = 0x03
+    SUBMIT_DAG = 0x04
+    STOP = 0x07
+    STATS = 0x08
+    STATS_JSON = 0x09
+    JOB_COMPLETE = 0x12
+    LOG_STREAM = 0x15
+    GET_LOGS = 0x16
+    LOG_BATCH = 0x17
+
+    # Titan's structured operations.
+    HELLO = 0x30  # client hello
+    DISPATCH = 0x31  # master -> worker push: run this job
+    KILL = 0x32  # master -> worker push: stop this job
+    JOB_STARTED = 0x33  # worker -> master
+    LIST_WORKERS = 0x34
+    JOB_INFO = 0x35
+    WAIT_JOB = 0x36
+    LIST_JOBS = 0x37
+
+    ACK = 0x50
+    ERROR = 0x51
+    UPLOAD_ASSET = 0x53
+    FETCH_ASSET = 0x54
+    GET_JOB_STATUS = 0x55
+    CANCEL_JOB = 0x56
+    DEPLOY_SCRIPT = 0x57
+    KV_SET = 0x60
+    KV_GET = 0x61
+    KV_SADD = 0x62
+    KV_SMEMBERS = 0x63
+
+
+KNOWN_OPCODES = frozenset(int(op) for op in Op)
+
+
+def op_name(value: int) -> str:
+    try:
+        return Op(value).name
+    except ValueError:
+        return f"0x{value:02x}"

@@ -1,0 +1,171 @@
+"""The blocking client: plain sockets, no reactor, so any script (a job's own, too) can use it.
+
+    from titan.sdk import Client
+    with Client() as titan:
+        job = titan.submit(["python3", "-c", "print('hi')"])
+        print(titan.wait(job)["state"], titan.logs(job).decode())
+"""
+from __future__ import annotations
+
+import itertools
+import socket
+import time
+from typing import Any, Iterator, Optional, Sequence, Union
+
+from titan.errors import RemoteError, TitanError
+from titan.protocols import codec
+from titan.protocols.frame import Frame, FrameDecoder, FrameError, encode_frame
+from titan.protocols.opcodes import Op
+from titan.sdk.connection import cluster_token, master_address
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "DEAD", "CANCELLED"})
+
+
+class ConnectError(TitanError):
+    pass
+
+
+class Client:
+    def __init__(self, master: Optional[str] = None, token: Optional[str] = None,
+                 timeout: float = 60.0, name: str = "titan-sdk") -> None:
+        self.host, self.port = master_address(master)
+        self.token = cluster_token(token)
+        self.timeout = timeout
+        self.name = name
+        self._sock: Optional[socket.socket] = None
+        self._decoder = FrameDecoder()
+        self._frames: list[Frame] = []
+        self._rids = itertools.count(1)
+
+    # -- connection ------------------------------------------------------------------------
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _connect(self) -> None:
+        where = f"{self.host}:{self.port}"
+        try:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        except OSError as e:
+            raise ConnectError(f"cannot reach the master at {where}: "
+                               f"{e.strerror or e}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._sock = sock
+        self._decoder = FrameDecoder()
+        self._frames = []
+        if not self.token:
+            self.close()
+            raise TitanError("no cluster token: pass --token, set TITAN_TOKEN, or run where "
+                             "the master keeps it (~/.titan/master/token)")
+        try:
+            self._call(Op.HELLO, {"token": self.token, "client": self.name})
+        except RemoteError as e:
+            self.close()
+            raise TitanError(f"the master at {where} refused this client: {e.message}") from None
+
+    def call(self, opcode: int, body: Optional[dict] = None, timeout: Optional[float] = None) -> Any:
+        if self._sock is None:
+            self._connect()
+        return self._call(opcode, body or {}, timeout)
+
+    def _call(self, opcode: int, body: dict, timeout: Optional[float] = None) -> Any:
+        rid = next(self._rids)
+        message = dict(body)
+        message["rid"] = rid
+        assert self._sock is not None
+        self._sock.settimeout(timeout or self.timeout)
+        try:
+            self._sock.sendall(encode_frame(opcode, codec.pack(message)))
+            while True:
+                frame = self._next_frame()
+                reply = codec.unpack(frame.body)
+                if reply.get("rid") != rid:
+                    continue  # a push, or an old reply: not ours
+                if frame.opcode == Op.ERROR:
+                    raise RemoteError(str(reply.get("code")), str(reply.get("message")))
+                return reply.get("result")
+        except (OSError, codec.BodyError) as e:
+            self.close()
+            raise ConnectError(f"connection to the master at {self.host}:{self.port} "
+                               f"failed: {e}") from None
+
+    def _next_frame(self) -> Frame:
+        while not self._frames:
+            data = self._sock.recv(65536)
+            if not data:
+                raise ConnectionError("the master closed the connection")
+            for item in self._decoder.feed(data):
+                if isinstance(item, FrameError):
+                    raise ConnectionError(f"bad frame from the master: {item.message}")
+                self._frames.append(item)
+        return self._frames.pop(0)
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def submit(self, command: Union[str, Sequence[str]], *, priority: int = 0,
+               tags: Sequence[str] = (), timeout: Optional[float] = None, retries: int = 0,
+               delay: float = 0.0, env: Optional[dict] = None, cwd: Optional[str] = None,
+               name: Optional[str] = None) -> str:
+        """Queue one job; returns its id.  A string command runs under `sh -c`."""
+        body = {"command": command if isinstance(command, str) else list(command),
+                "priority": priority, "tags": list(tags), "timeout": timeout,
+                "retries": retries, "delay": delay, "env": env or {}, "cwd": cwd,
+                "name": name}
+        return self.call(Op.SUBMIT_JOB, body)["job_id"]
+
+    def job(self, job_id: str) -> dict:
+        return self.call(Op.JOB_INFO, {"job_id": job_id})
+
+    def status(self, job_id: str) -> str:
+        return self.call(Op.GET_JOB_STATUS, {"job_id": job_id})["state"]
+
+    def wait(self, job_id: str, timeout: Optional[float] = None) -> dict:
+        """Block until the job has ended (or `timeout` seconds pass); returns the job."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 25.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            job = self.call(Op.WAIT_JOB, {"job_id": job_id, "timeout": min(left, 25.0)},
+                            timeout=min(left, 25.0) + 30)
+            if job["state"] in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+                return job
+
+    def logs(self, job_id: str) -> bytes:
+        """Everything the job has written so far, stdout and stderr as they came."""
+        out, offset = [], 0
+        while True:
+            part = self.call(Op.GET_LOGS, {"job_id": job_id, "offset": offset})
+            out.append(part["data"])
+            if not part["data"]:
+                return b"".join(out)
+            offset = part["offset"]
+
+    def follow_logs(self, job_id: str, offset: int = 0) -> Iterator[bytes]:
+        """Output as it comes, until the job has ended and all of it was read."""
+        while True:
+            part = self.call(Op.GET_LOGS, {"job_id": job_id, "offset": offset, "wait": True},
+                             timeout=60)
+            if part["data"]:
+                yield part["data"]
+            offset = part["offset"]
+            if part["done"]:
+                return
+
+    def cancel(self, job_id: str) -> dict:
+        return self.call(Op.CANCEL_JOB, {"job_id": job_id})
+
+    def jobs(self, state: Optional[str] = None, limit: int = 100) -> list:
+        return self.call(Op.LIST_JOBS, {"state": state, "limit": limit})["jobs"]
+
+    def workers(self) -> list:
+        return self.call(Op.LIST_WORKERS)["workers"]
+
+    def stats(self) -> dict:
+        return self.call(Op.STATS_JSON)

@@ -1,0 +1,107 @@
+"""`titan up`: a master and N workers on 127.0.0.1, in the foreground; Ctrl-C stops them all."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+from titan.auth import load_or_create_token
+from titan.errors import TitanError
+from titan.testing.processes import die_with_parent, read_port, tail
+
+
+def _twist(plugin: str, args: list[str], log_file: str) -> list[str]:
+    return [sys.executable, "-m", "twisted", "--log-format=text", f"--log-file={log_file}",
+            plugin, *args]
+
+
+def run_up(workers: int = 1, port: int = 9090, data_dir: str = "~/.titan",
+           slots: int = 4, ready_timeout: float = 15.0) -> int:
+    if workers < 0:
+        raise TitanError("--workers must be 0 or more")
+    home = os.path.abspath(os.path.expanduser(data_dir))
+    master_dir = os.path.join(home, "master")
+    log_dir = os.path.join(home, "logs")
+    os.makedirs(log_dir, exist_ok=True)
+    token = load_or_create_token(master_dir)
+    env = dict(os.environ, TITAN_TOKEN=token)
+    children: list[tuple[str, subprocess.Popen, str]] = []
+
+    def start(name: str, plugin: str, args: list[str]) -> subprocess.Popen:
+        log_file = os.path.join(log_dir, f"{name}.log")
+        proc = subprocess.Popen(_twist(plugin, args, log_file), env=env,
+                                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        children.append((name, proc, log_file))
+        return proc
+
+    stopping = False
+
+    def stop(signum=None, frame=None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        try:
+            os.unlink(os.path.join(master_dir, "master.port"))
+        except OSError:
+            pass
+        master = start("master", "titan-master",
+                       ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", master_dir])
+        bound = read_port(master_dir, master, ready_timeout)
+        if bound is None:
+            print(f"titan up: the master did not start; its log ({children[0][2]}) ends:\n"
+                  f"{tail(children[0][2])}", file=sys.stderr)
+            return 1
+        for i in range(1, workers + 1):
+            start(f"worker-{i}", "titan-worker",
+                  ["--master", f"127.0.0.1:{bound}", "--slots", str(slots),
+                   "--name", f"worker-{i}", "--data-dir", os.path.join(home, f"worker-{i}")])
+        _banner(bound, workers, slots, home, master_dir, log_dir)
+        while not stopping:
+            for name, proc, log_file in children:
+                if proc.poll() is not None:
+                    print(f"titan up: {name} exited with status {proc.returncode}; its log "
+                          f"({log_file}) ends:\n{tail(log_file)}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+        print("\ntitan up: stopping", file=sys.stderr)
+        return 0
+    finally:
+        _stop_all([proc for _, proc, _ in reversed(children)])
+
+
+def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _banner(port: int, workers: int, slots: int, home: str, master_dir: str,
+            log_dir: str) -> None:
+    default = os.path.join(os.path.expanduser("~"), ".titan")
+    env_hint = "" if home == default else f"export TITAN_DATA_DIR={home}; "
+    port_hint = "" if port == 9090 else f"export TITAN_PORT={port}; "
+    print(f"""Titan is up.
+  master    127.0.0.1:{port}
+  workers   {workers} x {slots} slots
+  data      {home}
+  logs      {log_dir}/master.log, worker-N.log
+From another shell (the `titan` command is in .venv/bin of the checkout):
+  {port_hint}{env_hint}titan submit --wait -- python3 -c 'print("hi")'
+  Clients on this machine read the token from {master_dir}/token;
+  elsewhere: export TITAN_TOKEN=$(cat {master_dir}/token)
+Ctrl-C stops everything.""", flush=True)
+
+

@@ -1,0 +1,311 @@
+"""titan-worker: dials the master, runs what it is sent, reports back.
+
+The worker keeps one connection (ClientService, with backoff).  Reports of finished jobs are
+kept until the master acknowledges them, and a worker that reconnects tells the master what
+it still runs and what ended meanwhile, so nothing runs twice and no result is lost.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+from typing import Optional
+
+import attrs
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.protocol import Factory
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from titan.config import Config
+from titan.core.model import JobSpec
+from titan.errors import RemoteError
+from titan.protocols.opcodes import Op
+from titan.protocols.rpc import RpcProtocol
+from titan.worker.executor import JobProcess, spawn
+
+MAX_BUFFERED_OUTPUT = 4 * 1024 * 1024  # per job, while the master is unreachable
+FLUSH_AT = 256 * 1024
+
+
+def parse_hostport(value: str, default_port: int = 9090) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    if not port.isdigit():
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@attrs.define(eq=False)
+class RunningJob:
+    spec: JobSpec
+    attempt: int
+    workdir: str
+    own_workdir: bool
+    proc: Optional[JobProcess] = None
+    chunks: list = attrs.Factory(list)
+    buffered: int = 0
+    dropped: int = 0
+
+
+class WorkerProtocol(RpcProtocol):
+    worker: "WorkerService"
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.worker.connected(self)
+
+    def connectionLost(self, reason=None) -> None:
+        super().connectionLost(reason)
+        self.worker.disconnected(self)
+
+    def op_DISPATCH(self, body: dict) -> None:
+        self.worker.start_job(JobSpec.from_wire(body["spec"]), int(body["attempt"]))
+
+    def op_KILL(self, body: dict) -> None:
+        self.worker.kill_job(body["job_id"], int(body["attempt"]), body.get("reason") or "killed")
+
+    def error_pushed(self, body: dict) -> None:
+        self.worker.log.error("master refused a frame: {message}", message=body.get("message"))
+
+
+class WorkerService(MultiService):
+    log = Logger()
+
+    def __init__(self, config: Config, token: str, reactor=None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        wc = config.worker
+        self.config = config
+        self.token = token
+        self.name = wc.name or socket.gethostname()
+        self.worker_id = f"{self.name}-{secrets.token_hex(3)}"
+        self.tags = tuple(sorted({t.upper() for t in wc.tags}))
+        self.slots = wc.slots
+        self.data_dir = os.path.expanduser(wc.data_dir)
+        self.master_host, self.master_port = parse_hostport(wc.master)
+        self.jobs: dict[str, RunningJob] = {}
+        self.unacked: dict[tuple[str, int], dict] = {}  # finished, not yet acknowledged
+        self.conn: Optional[WorkerProtocol] = None
+        self.registered = False
+        self._flush_call = None
+        self._heartbeat: Optional[LoopingCall] = None
+        env = dict(os.environ)
+        env.update(TITAN_HOST=self.master_host, TITAN_PORT=str(self.master_port),
+                   TITAN_WORKER_ID=self.worker_id)
+        self._base_env = env
+        endpoint = HostnameEndpoint(reactor, self.master_host, self.master_port)
+        factory = Factory.forProtocol(WorkerProtocol)
+        factory.buildProtocol = self._build_protocol
+        self.client_service = ClientService(
+            endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=5.0),
+            clock=reactor)
+        self.client_service.setServiceParent(self)
+
+    def _build_protocol(self, addr) -> WorkerProtocol:
+        p = WorkerProtocol()
+        p.worker = self
+        p.clock = self.reactor
+        return p
+
+    def startService(self) -> None:
+        os.makedirs(os.path.join(self.data_dir, "work"), exist_ok=True)
+        self.log.info("titan-worker {worker_id} ({slots} slots, tags {tags}) dialing "
+                      "{host}:{port}", worker_id=self.worker_id, slots=self.slots,
+                      tags=",".join(self.tags) or "-", host=self.master_host,
+                      port=self.master_port)
+        super().startService()
+
+    async def _stop(self) -> None:
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        waiting = []
+        for job in list(self.jobs.values()):
+            if job.proc is not None and not job.proc.ended:
+                job.proc.kill("worker stopping")
+                waiting.append(job)
+        # Give the processes their grace period; each ends with a report we then drop.
+        deadline = self.reactor.seconds() + self.config.worker.kill_grace + 1
+        while any(not j.proc.ended for j in waiting) and self.reactor.seconds() < deadline:
+            await _sleep(self.reactor, 0.05)
+        await super().stopService()
+
+    def stopService(self):
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    # -- connection ------------------------------------------------------------------------
+
+    def connected(self, conn: WorkerProtocol) -> None:
+        self.conn = conn
+        self.registered = False
+        finished = []
+        for report in self.unacked.values():
+            finished.append(report)
+        body = {
+            "token": self.token, "worker_id": self.worker_id, "name": self.name,
+            "host": socket.gethostname(), "tags": list(self.tags), "slots": self.slots,
+            "pid": os.getpid(),
+            "running": [{"job_id": j.spec.job_id, "attempt": j.attempt}
+                        for j in self.jobs.values()],
+            "finished": finished,
+        }
+        d = conn.call(Op.REGISTER, body, timeout=30)
+        d.addCallbacks(lambda result: self._registered(conn, result, finished),
+                       lambda f: self._register_failed(conn, f))
+
+    def _registered(self, conn: WorkerProtocol, result: dict, delivered: list) -> None:
+        if conn is not self.conn:
+            return
+        self.registered = True
+        for report in delivered:
+            self.unacked.pop((report["job_id"], report["attempt"]), None)
+        interval = float(result.get("heartbeat_interval") or 2.0)
+        if self._heartbeat is not None and self._heartbeat.running:
+            self._heartbeat.stop()
+        self._heartbeat = LoopingCall(self._beat)
+        self._heartbeat.clock = self.reactor
+        self._heartbeat.start(interval, now=True)
+        self.log.info("registered with the master as {worker_id}", worker_id=self.worker_id)
+        self._flush()
+
+    def _register_failed(self, conn: WorkerProtocol, failure) -> None:
+        if failure.check(RemoteError) and failure.value.code == "auth":
+            self.log.error("the master refused this worker: {message}; stopping",
+                           message=failure.value.message)
+            print(f"titan-worker: the master at {self.master_host}:{self.master_port} refused "
+                  f"the cluster token ({failure.value.message})", file=sys.stderr)
+            self.reactor.callLater(0, self.reactor.stop)
+            return
+        self.log.warn("registration failed: {why}", why=failure.getErrorMessage())
+        if conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def disconnected(self, conn: WorkerProtocol) -> None:
+        if conn is self.conn:
+            self.conn = None
+            self.registered = False
+            if self._heartbeat is not None and self._heartbeat.running:
+                self._heartbeat.stop()
+            self.log.warn("lost the master; reconnecting")
+
+    def _beat(self) -> None:
+        if self.conn is not None and self.registered:
+            self.conn.push(Op.HEARTBEAT, {"worker_id": self.worker_id,
+                                          "running": len(self.jobs)})
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    def start_job(self, spec: JobSpec, attempt: int) -> None:
+        existing = self.jobs.get(spec.job_id)
+        if existing is not None:
+            if existing.attempt == attempt:
+                return  # a repeated dispatch
+            existing.proc and existing.proc.kill("superseded by a newer attempt")
+        if spec.cwd:
+            workdir, own = os.path.expanduser(spec.cwd), False
+        else:
+            workdir, own = os.path.join(self.data_dir, "work", spec.job_id), True
+        job = RunningJob(spec=spec, attempt=attempt, workdir=workdir, own_workdir=own)
+        self.jobs[spec.job_id] = job
+        env = dict(self._base_env)
+        env.update(spec.env)
+        env["TITAN_JOB_ID"] = spec.job_id
+        env["TITAN_ATTEMPT"] = str(attempt)
+        proto = JobProcess(self.reactor,
+                           on_output=lambda stream, data: self._output(job, stream, data),
+                           on_exit=lambda code, why: self._exited(job, code, why),
+                           timeout=spec.timeout, kill_grace=self.config.worker.kill_grace)
+        job.proc = proto
+        try:
+            os.makedirs(workdir, exist_ok=True)
+        except OSError as e:
+            self._exited(job, None, f"cannot use working directory {workdir}: {e.strerror}")
+            return
+        problem = spawn(self.reactor, proto, list(spec.command), env, workdir)
+        if problem is not None:
+            self._output(job, "err", f"titan: {problem}\n".encode())
+            self._exited(job, 127, problem)
+            return
+        if self.conn is not None and self.registered:
+            self.conn.push(Op.JOB_STARTED, {"job_id": spec.job_id, "attempt": attempt,
+                                            "pid": proto.pid})
+
+    def kill_job(self, job_id: str, attempt: int, reason: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.attempt == attempt and job.proc is not None:
+            self.log.info("killing job {job_id}: {reason}", job_id=job_id, reason=reason)
+            job.proc.kill(reason)
+
+    def _output(self, job: RunningJob, stream: str, data: bytes) -> None:
+        job.chunks.append([stream, data])
+        job.buffered += len(data)
+        if job.buffered > MAX_BUFFERED_OUTPUT and not self.registered:
+            while job.buffered > MAX_BUFFERED_OUTPUT // 2 and job.chunks:
+                _, old = job.chunks.pop(0)
+                job.buffered -= len(old)
+                job.dropped += len(old)
+        if job.buffered >= FLUSH_AT:
+            self._flush_job(job)
+        elif self._flush_call is None:
+            self._flush_call = self.reactor.callLater(
+                self.config.worker.log_batch_interval, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        for job in self.jobs.values():
+            if job.chunks:
+                self._flush_job(job)
+
+    def _take_chunks(self, job: RunningJob) -> list:
+        chunks = job.chunks
+        if job.dropped:
+            note = f"\n[titan: {job.dropped} bytes of output dropped while the master " \
+                   f"was unreachable]\n"
+            chunks.insert(0, ["err", note.encode()])
+            job.dropped = 0
+        job.chunks = []
+        job.buffered = 0
+        return chunks
+
+    def _flush_job(self, job: RunningJob) -> None:
+        if self.conn is None or not self.registered:
+            return
+        self.conn.push(Op.LOG_BATCH, {"job_id": job.spec.job_id, "attempt": job.attempt,
+                                      "chunks": self._take_chunks(job)})
+
+    def _exited(self, job: RunningJob, exit_code: Optional[int], reason: Optional[str]) -> None:
+        job_id = job.spec.job_id
+        if self.jobs.get(job_id) is job:
+            del self.jobs[job_id]
+        if job.own_workdir:
+            try:
+                os.rmdir(job.workdir)  # only when the job left nothing behind
+            except OSError:
+                pass
+        report = {"job_id": job_id, "attempt": job.attempt, "exit_code": exit_code,
+                  "reason": reason}
+        if self.conn is not None and self.registered:
+            self._flush_job(job)
+            self._send_report(report)
+        else:
+            report["logs"] = self._take_chunks(job)
+            self.unacked[(job_id, job.attempt)] = report
+
+    def _send_report(self, report: dict) -> None:
+        key = (report["job_id"], report["attempt"])
+        self.unacked[key] = report
+        d = self.conn.call(Op.JOB_COMPLETE, report, timeout=None)
+        d.addCallbacks(lambda _: self.unacked.pop(key, None), lambda _: None)
+
+
+def _sleep(clock, seconds: float) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    clock.callLater(seconds, d.callback, None)
+    return d

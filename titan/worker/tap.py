@@ -1,0 +1,48 @@
+"""`twistd titan-worker`: options and service."""
+from __future__ import annotations
+
+from twisted.python import usage
+
+from titan.auth import read_token
+from titan.config import MasterConfig
+from titan.tap import ConfigOptions
+from titan.worker.service import WorkerService, parse_hostport
+
+
+class Options(ConfigOptions):
+    synopsis = ("[--config FILE] [--master HOST:PORT] [--token T] [--tags A,B] [--slots N] "
+                "[--name NAME] [--data-dir DIR]")
+    longdesc = "A Titan worker: dials the master and runs the jobs it is given."
+    optParameters = [
+        ["master", "m", None, "Where the master listens, HOST:PORT (default 127.0.0.1:9090)."],
+        ["tags", "t", None, "Capability tags, comma separated (GPU,HIGH_MEM,...)."],
+        ["slots", "s", None, "How many jobs may run at once (default 4).", int],
+        ["name", "n", None, "A name for people (default: the host name)."],
+    ]
+    section = "worker"
+
+    def postOptions(self) -> None:
+        config = self.load()
+        tags = None
+        if self["tags"] is not None:
+            tags = tuple(t.strip() for t in self["tags"].split(",") if t.strip())
+        if self["slots"] is not None and self["slots"] < 1:
+            raise usage.UsageError("--slots must be 1 or more")
+        config = config.override("worker", master=self["master"], tags=tags,
+                                 slots=self["slots"], name=self["name"])
+        try:
+            parse_hostport(config.worker.master)
+        except ValueError as e:
+            raise usage.UsageError(f"--master: {e}")
+        if not config.token:
+            # A worker beside a master with a generated token may read it from there.
+            config = config.override("", token=read_token(config.master.data_dir
+                                                          or MasterConfig().data_dir))
+        if not config.token:
+            raise usage.UsageError(
+                "no cluster token: pass --token, set TITAN_TOKEN, or put token: in the config")
+        self.config = config
+
+
+def makeService(options: Options) -> WorkerService:
+    return WorkerService(options.config, options.config.token)
