@@ -21,7 +21,8 @@ class ConfigOptions(usage.Options):
         try:
             config = load_config(self["config"])
         except ConfigError as e:
-            raise usage.UsageError(str(e))
+            # One line that names file, line and key; twistd's usage dump would bury it.
+            raise SystemExit(f"titan: {e}")
         token = self["token"] or os.environ.get("TITAN_TOKEN") or config.token
         config = config.override("", token=token)
         return config.override(self.section, data_dir=self["data-dir"])

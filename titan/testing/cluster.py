@@ -1,0 +1,149 @@
+"""A real Titan cluster on 127.0.0.1: `twistd -n` master and workers as child processes.
+
+The acceptance tests and the benchmarks use it; it talks to the cluster only through the
+public faces (the `titan` command, the SDK) and kills every child it started on `stop()`.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from typing import Optional
+
+import attrs
+
+from titan.testing.processes import die_with_parent, read_port, tail
+
+BIN = os.path.dirname(sys.executable)
+
+
+@attrs.define(eq=False)
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log_file: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+class Cluster:
+    def __init__(self, base_dir: str, workers: int = 2, slots: int = 4,
+                 heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0,
+                 config_extra: str = "") -> None:
+        self.base_dir = os.path.abspath(base_dir)
+        self.worker_count = workers
+        self.slots = slots
+        self.token = secrets.token_urlsafe(16)
+        self.port: Optional[int] = None
+        self.master: Optional[Child] = None
+        self.workers: dict[str, Child] = {}
+        os.makedirs(self.base_dir, exist_ok=True)
+        self.config_path = os.path.join(self.base_dir, "titan.yaml")
+        with open(self.config_path, "w") as f:
+            f.write(f"master:\n  heartbeat_interval: {heartbeat_interval}\n"
+                    f"  heartbeat_timeout: {heartbeat_timeout}\n"
+                    f"  retry_backoff_base: 0.2\n"
+                    f"worker:\n  kill_grace: 2\n{config_extra}")
+
+    # -- processes -------------------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> Child:
+        log_file = os.path.join(self.base_dir, f"{name}.log")
+        cmd = [os.path.join(BIN, "twistd"), "-n", f"--logfile={log_file}", "--pidfile=", *args]
+        env = dict(os.environ, TITAN_TOKEN=self.token)
+        proc = subprocess.Popen(cmd, cwd=self.base_dir, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=open(log_file + ".err", "wb"),
+                                preexec_fn=die_with_parent)
+        return Child(name, proc, log_file)
+
+    def start(self) -> "Cluster":
+        self.start_master()
+        for i in range(1, self.worker_count + 1):
+            self.start_worker(f"w{i}")
+        self.wait_for_workers(self.worker_count)
+        return self
+
+    def start_master(self) -> Child:
+        data_dir = os.path.join(self.base_dir, "master")
+        try:
+            os.unlink(os.path.join(data_dir, "master.port"))
+        except OSError:
+            pass
+        self.master = self._spawn("master", [
+            "titan-master", "--config", self.config_path,
+            "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir])
+        self.port = read_port(data_dir, self.master.proc, 20)
+        if self.port is None:
+            raise RuntimeError(f"the master did not start:\n{tail(self.master.log_file)}"
+                               f"{tail(self.master.log_file + '.err')}")
+        return self.master
+
+    def start_worker(self, name: str, tags: str = "", slots: Optional[int] = None) -> Child:
+        args = ["titan-worker", "--config", self.config_path,
+                "--master", f"127.0.0.1:{self.port}", "--name", name,
+                "--slots", str(slots or self.slots),
+                "--data-dir", os.path.join(self.base_dir, name)]
+        if tags:
+            args += ["--tags", tags]
+        child = self._spawn(name, args)
+        self.workers[name] = child
+        return child
+
+    def wait_for_workers(self, count: int, timeout: float = 20.0) -> list:
+        deadline = time.monotonic() + timeout
+        with self.client() as c:
+            while True:
+                alive = [w for w in c.workers() if w["state"] == "ALIVE"]
+                if len(alive) >= count:
+                    return alive
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(alive)} of {count} workers joined")
+                time.sleep(0.05)
+
+    def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> None:
+        child = self.workers.pop(name)
+        child.proc.send_signal(sig)
+        child.proc.wait(10)
+
+    def stop(self) -> None:
+        children = list(self.workers.values()) + ([self.master] if self.master else [])
+        for child in children:
+            if child.alive():
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for child in children:
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.proc.kill()
+                child.proc.wait()
+        self.workers.clear()
+
+    # -- faces -----------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict:
+        return dict(os.environ, TITAN_HOST="127.0.0.1", TITAN_PORT=str(self.port),
+                    TITAN_TOKEN=self.token)
+
+    def client(self, **kwargs):
+        from titan.sdk.client import Client
+        return Client(master=self.address, token=kwargs.pop("token", self.token), **kwargs)
+
+    def cli(self, *args: str, timeout: float = 60, env: Optional[dict] = None,
+            input: Optional[bytes] = None) -> subprocess.CompletedProcess:
+        """Run the real `titan` command against this cluster."""
+        return subprocess.run([os.path.join(BIN, "titan"), *args], env=env or self.env(),
+                              capture_output=True, timeout=timeout, input=input,
+                              cwd=self.base_dir)
