@@ -58,6 +58,8 @@ class Config:
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig}
 _TOP = {"token": Optional[str]}
+# Every number must be above 0, except these, which may be 0.
+_MAY_BE_ZERO = frozenset({"worker.kill_grace"})
 
 
 def load_config(path: Optional[str]) -> Config:
@@ -67,7 +69,10 @@ def load_config(path: Optional[str]) -> Config:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file: {e.strerror}") from None
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot read the config file: not UTF-8 text ({e.reason} "
+                          f"at byte {e.start})") from None
     return parse_config(text, path)
 
 
@@ -135,37 +140,53 @@ def _section(cls: type, node: yaml.Node, path: str, name: str):
 def _convert(kind: Any, node: yaml.Node, path: str, key: str) -> Any:
     line = node.start_mark.line + 1
     optional = kind in (Optional[str], Optional[float], Optional[int])
-    value = _construct(node)
+    value = _construct(node, path, key)
     if value is None:
         if optional:
             return None
         raise ConfigError(f"{path}:{line}: {key} must not be empty")
     base = {Optional[str]: str, Optional[float]: float, Optional[int]: int}.get(kind, kind)
     if base is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
+        # A string is what was written: `token: 0123` is "0123" (not 83), `name: yes` is "yes".
+        if isinstance(node, yaml.ScalarNode) and isinstance(value, (str, int, float, bool)):
+            return node.value
     elif base is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _in_range(value, path, line, key)
     elif base is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _in_range(float(value), path, line, key)
     elif base is bool:
         if isinstance(value, bool):
             return value
     elif base == tuple[str, ...]:
-        if isinstance(value, str):
-            return tuple(t.strip() for t in value.split(",") if t.strip())
-        if isinstance(value, list) and all(isinstance(v, (str, int)) for v in value):
-            return tuple(str(v) for v in value)
+        if isinstance(node, yaml.ScalarNode) and isinstance(value, str):
+            return tuple(t.strip() for t in node.value.split(",") if t.strip())
+        if isinstance(node, yaml.SequenceNode) and all(
+                isinstance(item, yaml.ScalarNode) and item.value.strip()
+                and isinstance(v, (str, int, float, bool)) for item, v in zip(node.value, value)):
+            return tuple(item.value.strip() for item in node.value)
     names = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
              tuple[str, ...]: "a list of strings"}
     raise ConfigError(f"{path}:{line}: {key} must be {names.get(base, base)}, not {value!r}")
 
 
-def _construct(node: yaml.Node) -> Any:
+def _in_range(value: float, path: str, line: int, key: str) -> float:
+    if key in _MAY_BE_ZERO:
+        if not value >= 0:
+            raise ConfigError(f"{path}:{line}: {key} must be 0 or more, not {value!r}")
+    elif not value > 0:
+        raise ConfigError(f"{path}:{line}: {key} must be more than 0, not {value!r}")
+    return value
+
+
+def _construct(node: yaml.Node, path: str, key: str) -> Any:
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or node.start_mark
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}:{mark.line + 1}: {key}: {problem}") from None
     finally:
         loader.dispose()

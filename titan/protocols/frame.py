@@ -6,7 +6,7 @@ split, and yields whole frames or errors.
 from __future__ import annotations
 
 import struct
-from typing import Iterator, Union
+from typing import Union
 
 import attrs
 
@@ -35,8 +35,9 @@ class FrameError:
     """A frame the decoder could not accept.
 
     `fatal` means the byte stream can no longer be trusted (bad header or length): the peer
-    gets this error and the connection closes.  Otherwise the frame was skipped whole and the
-    stream goes on.
+    gets this error and the connection closes.  Otherwise the frame was skipped whole (its
+    body is kept, so a structured reply can still name the request's `rid`) and the stream
+    goes on.
     """
 
     code: str
@@ -44,6 +45,7 @@ class FrameError:
     fatal: bool
     opcode: int = 0
     flags: int = FLAG_STRUCTURED
+    body: bytes = attrs.field(default=b"", repr=False)
 
 
 def encode_frame(opcode: int, body: bytes, flags: int = FLAG_STRUCTURED) -> bytes:
@@ -64,43 +66,47 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> Iterator[Union[Frame, FrameError]]:
+    def feed(self, data: bytes) -> list[Union[Frame, FrameError]]:
+        """Buffer `data`; return the frames (and errors) it completes, in stream order.
+
+        Eager on purpose: the bytes are buffered even if the caller stops looking at the
+        result early, and handlers that run on the returned frames may feed this decoder again.
+        """
         if self._broken:
-            return
+            return []
         buf = self._buffer
         buf += data
+        out: list[Union[Frame, FrameError]] = []
         pos = 0
         end = len(buf)
-        try:
-            while end - pos >= HEADER_SIZE:
-                version, opcode, flags, _spare, length = HEADER.unpack_from(buf, pos)
-                if version != VERSION:
-                    self._broken = True
-                    yield FrameError(
-                        "bad_version",
-                        f"unsupported protocol version {version} (this server speaks {VERSION})",
-                        fatal=True, opcode=opcode, flags=flags)
-                    return
-                if length > self.max_body:
-                    self._broken = True
-                    yield FrameError(
-                        "too_large",
-                        f"{op_name(opcode)} frame of {length} bytes is over the "
-                        f"{self.max_body}-byte limit",
-                        fatal=True, opcode=opcode, flags=flags)
-                    return
-                if end - pos - HEADER_SIZE < length:
-                    break
-                start = pos + HEADER_SIZE
-                body = bytes(buf[start:start + length])
-                pos = start + length
-                if opcode not in KNOWN_OPCODES:
-                    yield FrameError("unknown_opcode", f"unknown opcode 0x{opcode:02x}",
-                                     fatal=False, opcode=opcode, flags=flags)
-                    continue
-                yield Frame(opcode, body, flags)
-        finally:
-            if self._broken:
-                buf.clear()
-            elif pos:
-                del buf[:pos]
+        while end - pos >= HEADER_SIZE:
+            version, opcode, flags, _spare, length = HEADER.unpack_from(buf, pos)
+            if version != VERSION:
+                out.append(FrameError(
+                    "bad_version",
+                    f"unsupported protocol version {version} (this server speaks {VERSION})",
+                    fatal=True, opcode=opcode, flags=flags))
+                break
+            if length > self.max_body:
+                out.append(FrameError(
+                    "too_large",
+                    f"{op_name(opcode)} frame of {length} bytes is over the "
+                    f"{self.max_body}-byte limit",
+                    fatal=True, opcode=opcode, flags=flags))
+                break
+            if end - pos - HEADER_SIZE < length:
+                break
+            start = pos + HEADER_SIZE
+            body = bytes(buf[start:start + length])
+            pos = start + length
+            if opcode in KNOWN_OPCODES:
+                out.append(Frame(opcode, body, flags))
+            else:
+                out.append(FrameError("unknown_opcode", f"unknown opcode 0x{opcode:02x}",
+                                      fatal=False, opcode=opcode, flags=flags, body=body))
+        if out and isinstance(out[-1], FrameError) and out[-1].fatal:
+            self._broken = True
+            buf.clear()
+        elif pos:
+            del buf[:pos]
+        return out

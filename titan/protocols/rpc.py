@@ -35,7 +35,6 @@ class RpcProtocol(Protocol):
         self._decoder = FrameDecoder(self.max_body)
         self._pending: dict[int, defer.Deferred] = {}
         self._next_rid = 1
-        self.connected_ok = True
 
     def _clock(self):
         if self.clock is None:
@@ -53,13 +52,19 @@ class RpcProtocol(Protocol):
                     self.transport.loseConnection()
                     return
             else:
-                self.frame_received(item)
+                # One frame a handler trips over must not cost the connection (and every
+                # other request in flight on it).
+                try:
+                    self.frame_received(item)
+                except Exception:
+                    self.log.failure("{op} frame from {peer} failed", op=op_name(item.opcode),
+                                     peer=self._peer())
 
     def frame_error(self, problem: FrameError) -> None:
         self.log.warn("bad frame from {peer}: {message}", peer=self._peer(),
                       message=problem.message, code=problem.code)
         if problem.flags & FLAG_STRUCTURED:
-            self.send_error(None, problem.code, problem.message)
+            self.send_error(_rid_of(problem.body), problem.code, problem.message)
         else:
             self.send_text(Op.ERROR, f"ERROR: {problem.message}")
 
@@ -97,8 +102,11 @@ class RpcProtocol(Protocol):
             self.send_error(rid, "unsupported", f"{op_name(opcode)} is not served here")
             return
         d = _call(handler, body)
-        d.addCallbacks(lambda result: self._send_reply(rid, result),
-                       lambda f: self._send_failure(rid, opcode, f))
+        # A result that cannot be packed fails in _send_reply and is answered as "internal".
+        d.addCallback(lambda result: self._send_reply(rid, result))
+        d.addErrback(lambda f: self._send_failure(rid, opcode, f))
+        d.addErrback(lambda f: self.log.failure("replying to {op} failed", f,
+                                                op=op_name(opcode)))
 
     def _handler(self, opcode: int) -> Optional[Callable]:
         try:
@@ -108,10 +116,12 @@ class RpcProtocol(Protocol):
         return getattr(self, f"op_{name}", None)
 
     def _send_reply(self, rid: Any, result: Any) -> None:
-        if self.transport is not None and self.connected:
+        if self.connected:
             self.send_frame(Op.ACK, {"rid": rid, "result": result})
 
     def _send_failure(self, rid: Any, opcode: int, failure: Failure) -> None:
+        if not self.connected:
+            return
         if failure.check(RemoteError):
             self.send_error(rid, failure.value.code, failure.value.message)
             if failure.value.close:
@@ -121,7 +131,8 @@ class RpcProtocol(Protocol):
         self.send_error(rid, "internal", f"{op_name(opcode)} failed: {failure.getErrorMessage()}")
 
     def _reply_received(self, opcode: int, rid: Any, body: dict) -> None:
-        d = self._pending.pop(rid, None)
+        # Our rids are ints; anything else (even an unhashable list) answers nothing of ours.
+        d = self._pending.pop(rid, None) if _is_rid(rid) else None
         if d is None:
             if opcode == Op.ERROR:
                 self.error_pushed(body)
@@ -155,22 +166,26 @@ class RpcProtocol(Protocol):
         """Send a request; the Deferred fires with the result or fails with RemoteError."""
         if timeout == -1:
             timeout = self.request_timeout
+        if not self.connected:
+            return defer.fail(error.ConnectionLost(f"{op_name(opcode)}: not connected"))
         rid = self._next_rid
         self._next_rid += 1
-        d: defer.Deferred = defer.Deferred(lambda _: self._pending.pop(rid, None))
-        self._pending[rid] = d
         message = dict(body or {})
         message["rid"] = rid
-        self.send_frame(opcode, message)
+        data = encode_frame(opcode, codec.pack(message))  # may raise: nothing is pending yet
+        d: defer.Deferred = defer.Deferred(lambda _: self._pending.pop(rid, None))
+        self._pending[rid] = d
+        self.transport.write(data)
         if timeout is not None:
             d.addTimeout(timeout, self._clock())
         return d
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+    def connectionLost(self, reason: Optional[Failure] = None) -> None:
+        self.connected = False
+        why = reason.getErrorMessage() if reason is not None else "connection closed"
         pending, self._pending = self._pending, {}
         for d in pending.values():
-            d.errback(error.ConnectionLost(f"connection lost before the reply: "
-                                           f"{reason.getErrorMessage()}"))
+            d.errback(error.ConnectionLost(f"connection lost before the reply: {why}"))
 
     def _peer(self) -> str:
         try:
@@ -178,6 +193,19 @@ class RpcProtocol(Protocol):
             return f"{p.host}:{p.port}"
         except Exception:
             return "?"
+
+
+def _is_rid(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _rid_of(body: bytes) -> Any:
+    """The `rid` of a structured body we otherwise refuse, if it has one."""
+    try:
+        rid = codec.unpack(body).get("rid")
+    except codec.BodyError:
+        return None
+    return rid if _is_rid(rid) else None
 
 
 def _call(handler: Callable, body: dict) -> defer.Deferred:

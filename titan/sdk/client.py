@@ -25,6 +25,16 @@ class ConnectError(TitanError):
     pass
 
 
+def submit_body(command: Union[str, Sequence[str]], *, priority: int = 0,
+                tags: Sequence[str] = (), timeout: Optional[float] = None, retries: int = 0,
+                delay: float = 0.0, env: Optional[dict] = None, cwd: Optional[str] = None,
+                name: Optional[str] = None) -> dict:
+    """The SUBMIT_JOB request for one job (shared by the blocking and the async client)."""
+    return {"command": command if isinstance(command, str) else list(command),
+            "priority": priority, "tags": list(tags), "timeout": timeout,
+            "retries": retries, "delay": delay, "env": env or {}, "cwd": cwd, "name": name}
+
+
 class Client:
     def __init__(self, master: Optional[str] = None, token: Optional[str] = None,
                  timeout: float = 60.0, name: str = "titan-sdk") -> None:
@@ -115,10 +125,8 @@ class Client:
                delay: float = 0.0, env: Optional[dict] = None, cwd: Optional[str] = None,
                name: Optional[str] = None) -> str:
         """Queue one job; returns its id.  A string command runs under `sh -c`."""
-        body = {"command": command if isinstance(command, str) else list(command),
-                "priority": priority, "tags": list(tags), "timeout": timeout,
-                "retries": retries, "delay": delay, "env": env or {}, "cwd": cwd,
-                "name": name}
+        body = submit_body(command, priority=priority, tags=tags, timeout=timeout,
+                           retries=retries, delay=delay, env=env, cwd=cwd, name=name)
         return self.call(Op.SUBMIT_JOB, body)["job_id"]
 
     def job(self, job_id: str) -> dict:

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Fan-out benchmark: Titan against Dask distributed on the same machine, in one run.
+
+    .venv/bin/python bench/fanout.py [--jobs 1000] [--repeat 3] [--latency 100] [--skip-dask]
+
+Both systems get the same shape: 2 worker processes x 4 slots (threads for Dask) on
+127.0.0.1, and every task runs the process /bin/true.  The two clusters run one after the
+other, never at the same time, so they do not compete for the CPUs.
+
+Throughput: a warm-up batch (not counted), then `--jobs` tasks submitted as fast as one
+client can, then all of them waited for.  tasks/s = jobs / (first submit -> last task seen
+complete by the client); the median over `--repeat` rounds is the headline figure.
+Latency: `--latency` single tasks one after another, each timed by the client from just
+before submit to the moment it knows the task COMPLETED (Titan: submit + wait; Dask:
+submit + result).
+
+Targets (from the issue): Titan tasks/s >= 1.5 x Dask's, and Titan p50 latency <= 3 ms.
+bench/README.md explains every figure printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
+
+TASK = ["/bin/true"]
+TARGET_RATIO = 1.5
+TARGET_P50_MS = 3.0
+
+
+# -- figures -------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), q in [0, 100]."""
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    pos = (len(s) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def latency_summary(samples_s: list[float]) -> dict:
+    ms = [x * 1000.0 for x in samples_s]
+    return {"n": len(ms), "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95),
+            "min_ms": min(ms), "max_ms": max(ms), "mean_ms": statistics.fmean(ms)}
+
+
+def say(*args) -> None:
+    print(*args, flush=True)
+
+
+# -- Titan ---------------------------------------------------------------------------------
+
+def titan_round(client, n: int) -> dict:
+    """Submit n jobs back to back, then wait for every one; times as the client sees them."""
+    wall0 = time.time()
+    t0 = time.perf_counter()
+    ids = [client.submit(TASK) for _ in range(n)]
+    t_submitted = time.perf_counter()
+    jobs = [client.wait(job_id, timeout=300) for job_id in ids]
+    t1 = time.perf_counter()
+    bad = [j for j in jobs if j["state"] != "COMPLETED"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {n} jobs did not complete, e.g. {bad[0]}")
+    # The master's own clock (reactor.seconds() = time.time() on this host): when the last
+    # job was recorded COMPLETED, without the client's trailing WAIT_JOB round trips.
+    last_finish = max(j["finished_at"] for j in jobs)
+    return {"elapsed": t1 - t0, "tasks_per_s": n / (t1 - t0),
+            "submit_per_s": n / (t_submitted - t0),
+            "master_span": last_finish - wall0,
+            "master_tasks_per_s": n / max(1e-9, last_finish - wall0)}
+
+
+def titan_latency(client, n: int) -> list[float]:
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        job = client.wait(client.submit(TASK), timeout=60)
+        samples.append(time.perf_counter() - t0)
+        if job["state"] != "COMPLETED":
+            raise RuntimeError(f"latency job did not complete: {job}")
+    return samples
+
+
+def bench_titan(args) -> dict:
+    from titan.testing.cluster import Cluster
+
+    result: dict = {"rounds": []}
+    with tempfile.TemporaryDirectory(prefix="titan-bench-") as base:
+        cluster = Cluster(base, workers=args.workers, slots=args.slots)
+        try:
+            t = time.perf_counter()
+            cluster.start()
+            say(f"  cluster up in {time.perf_counter() - t:.2f}s: master on {cluster.address},"
+                f" {args.workers} workers x {args.slots} slots (data in {base})")
+            with cluster.client() as client:
+                if args.warmup:
+                    titan_round(client, args.warmup)
+                for i in range(args.repeat):
+                    r = titan_round(client, args.jobs)
+                    result["rounds"].append(r)
+                    say(f"  round {i + 1}: {r['tasks_per_s']:7.1f} tasks/s "
+                        f"({args.jobs} jobs in {r['elapsed']:.2f}s; submits alone "
+                        f"{r['submit_per_s']:.0f}/s; last completion on the master's clock "
+                        f"after {r['master_span']:.2f}s)")
+                if args.latency:
+                    for _ in range(min(10, args.latency)):  # warm the single-job path
+                        client.wait(client.submit(TASK), timeout=60)
+                    result["latency"] = latency_summary(titan_latency(client, args.latency))
+                    lat = result["latency"]
+                    say(f"  latency over {lat['n']}: p50 {lat['p50_ms']:.2f} ms, "
+                        f"p95 {lat['p95_ms']:.2f} ms")
+        finally:
+            cluster.stop()
+    result["tasks_per_s"] = statistics.median(r["tasks_per_s"] for r in result["rounds"])
+    result["master_tasks_per_s"] = statistics.median(
+        r["master_tasks_per_s"] for r in result["rounds"])
+    return result
+
+
+# -- Dask ----------------------------------------------------------------------------------
+
+def run_true(_i=None) -> int:
+    """The Dask task: the same process every Titan job runs."""
+    return subprocess.run(TASK).returncode
+
+
+def dask_round(client, n: int, offset: int) -> dict:
+    from distributed import wait
+
+    t0 = time.perf_counter()
+    futures = client.map(run_true, range(offset, offset + n), pure=False)
+    t_submitted = time.perf_counter()
+    wait(futures)
+    codes = client.gather(futures)
+    t1 = time.perf_counter()
+    if any(codes):
+        raise RuntimeError(f"{sum(1 for c in codes if c)} Dask tasks failed")
+    del futures
+    return {"elapsed": t1 - t0, "tasks_per_s": n / (t1 - t0),
+            "submit_per_s": n / max(1e-9, t_submitted - t0)}
+
+
+def bench_dask(args) -> dict:
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    result: dict = {"rounds": []}
+    cluster = client = None
+    with tempfile.TemporaryDirectory(prefix="dask-bench-") as base:
+        try:
+            t = time.perf_counter()
+            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=args.slots,
+                                   processes=True, host="127.0.0.1", dashboard_address=None,
+                                   local_directory=base, silence_logs=logging.ERROR)
+            client = Client(cluster)
+            client.wait_for_workers(args.workers, timeout=60)
+            say(f"  cluster up in {time.perf_counter() - t:.2f}s: scheduler "
+                f"{cluster.scheduler_address}, {args.workers} worker processes x "
+                f"{args.slots} threads")
+            if args.warmup:
+                dask_round(client, args.warmup, 0)
+            for i in range(args.repeat):
+                r = dask_round(client, args.jobs, (i + 1) * args.jobs)
+                result["rounds"].append(r)
+                say(f"  round {i + 1}: {r['tasks_per_s']:7.1f} tasks/s "
+                    f"({args.jobs} tasks in {r['elapsed']:.2f}s)")
+            if args.latency:
+                for _ in range(min(10, args.latency)):
+                    client.submit(run_true, pure=False).result()
+                samples = []
+                for _ in range(args.latency):
+                    t0 = time.perf_counter()
+                    code = client.submit(run_true, pure=False).result()
+                    samples.append(time.perf_counter() - t0)
+                    if code:
+                        raise RuntimeError("a Dask latency task failed")
+                result["latency"] = latency_summary(samples)
+                lat = result["latency"]
+                say(f"  latency over {lat['n']}: p50 {lat['p50_ms']:.2f} ms, "
+                    f"p95 {lat['p95_ms']:.2f} ms")
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+    result["tasks_per_s"] = statistics.median(r["tasks_per_s"] for r in result["rounds"])
+    return result
+
+
+# -- report --------------------------------------------------------------------------------
+
+def fmt(value: Optional[float], spec: str = ".1f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def report(args, titan: dict, dask: Optional[dict]) -> bool:
+    t_lat = titan.get("latency") or {}
+    d_lat = (dask or {}).get("latency") or {}
+    ratio = titan["tasks_per_s"] / dask["tasks_per_s"] if dask else None
+    rows = [
+        ("throughput, tasks/s (median)", fmt(titan["tasks_per_s"]),
+         fmt(dask and dask["tasks_per_s"]), fmt(ratio, ".2f") + ("x" if ratio else "")),
+        ("  rounds, tasks/s", " ".join(f"{r['tasks_per_s']:.0f}" for r in titan["rounds"]),
+         " ".join(f"{r['tasks_per_s']:.0f}" for r in (dask or {}).get("rounds", [])) or "-",
+         ""),
+        ("latency p50, ms", fmt(t_lat.get("p50_ms"), ".2f"), fmt(d_lat.get("p50_ms"), ".2f"), ""),
+        ("latency p95, ms", fmt(t_lat.get("p95_ms"), ".2f"), fmt(d_lat.get("p95_ms"), ".2f"), ""),
+        ("latency min / max, ms",
+         f"{fmt(t_lat.get('min_ms'), '.2f')} / {fmt(t_lat.get('max_ms'), '.2f')}",
+         f"{fmt(d_lat.get('min_ms'), '.2f')} / {fmt(d_lat.get('max_ms'), '.2f')}"
+         if d_lat else "-", ""),
+    ]
+    w0 = max(len(r[0]) for r in rows) + 2
+    say("")
+    say("=" * 72)
+    say(f"{'':{w0}}{'Titan':>14}{'Dask':>14}{'Titan/Dask':>14}")
+    for name, a, b, c in rows:
+        say(f"{name:{w0}}{a:>14}{b:>14}{c:>14}")
+    say("=" * 72)
+    say(f"Titan, last completion on the master's clock: {titan['master_tasks_per_s']:.1f} "
+        f"tasks/s (median; excludes the client's trailing WAIT_JOB round trips)")
+    say("")
+    say("Targets:")
+    ok = True
+    if ratio is None:
+        say(f"  throughput >= {TARGET_RATIO}x Dask:  not measured (--skip-dask)")
+    else:
+        met = ratio >= TARGET_RATIO
+        ok &= met
+        say(f"  throughput >= {TARGET_RATIO}x Dask:  {'MET' if met else 'NOT MET'} "
+            f"({ratio:.2f}x)")
+    if t_lat:
+        met = t_lat["p50_ms"] <= TARGET_P50_MS
+        ok &= met
+        say(f"  Titan p50 <= {TARGET_P50_MS:g} ms:     {'MET' if met else 'NOT MET'} "
+            f"({t_lat['p50_ms']:.2f} ms)")
+    else:
+        say(f"  Titan p50 <= {TARGET_P50_MS:g} ms:     not measured (--latency 0)")
+    say("")
+    say("Commands:")
+    say(f"  this run:    {shlex.join([os.path.relpath(sys.executable)] + sys.argv)}")
+    say(f"  every task:  {shlex.join(TASK)}")
+    say(f"  Titan:       Cluster(tmp, workers={args.workers}, slots={args.slots}).start() "
+        f"(titan/testing/cluster.py: twistd -n titan-master / titan-worker on 127.0.0.1); "
+        f"blocking titan.sdk.Client: ids = [c.submit({TASK!r}) for _ in range({args.jobs})]; "
+        f"[c.wait(i) for i in ids]; latency: c.wait(c.submit({TASK!r}))")
+    say(f"  Dask:        LocalCluster(n_workers={args.workers}, threads_per_worker={args.slots}, "
+        f"processes=True); fs = client.map(lambda i: subprocess.run({TASK!r}), "
+        f"range({args.jobs}), pure=False); wait(fs); gather(fs); latency: "
+        f"client.submit(f, pure=False).result()")
+    say(f"  rounds:      warm-up {args.warmup} (not counted), then {args.repeat} x {args.jobs}; "
+        f"latency: {args.latency} sequential tasks after 10 warm-up ones")
+    say(f"  host:        {platform.node()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {platform.platform()}")
+    return ok
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=1000, help="tasks per throughput round (1000)")
+    p.add_argument("--repeat", type=int, default=3, help="throughput rounds; median (3)")
+    p.add_argument("--warmup", type=int, default=50, help="uncounted warm-up tasks (50)")
+    p.add_argument("--latency", type=int, default=100,
+                   help="sequential tasks for the latency figures; 0 skips (100)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (2)")
+    p.add_argument("--slots", type=int, default=4, help="slots / threads per worker (4)")
+    p.add_argument("--skip-dask", action="store_true", help="measure Titan only")
+    p.add_argument("--json", metavar="FILE", help="also write every figure to FILE as JSON")
+    p.add_argument("--check", action="store_true",
+                   help="exit with status 1 when a target is not met")
+    args = p.parse_args(argv)
+    if args.jobs < 1 or args.repeat < 1 or args.warmup < 0 or args.latency < 0:
+        p.error("--jobs and --repeat must be 1 or more; --warmup and --latency 0 or more")
+
+    say(f"Titan: {args.repeat} x {args.jobs} jobs of {shlex.join(TASK)}")
+    titan = bench_titan(args)
+    dask = None
+    if not args.skip_dask:
+        say(f"Dask distributed: {args.repeat} x {args.jobs} tasks of subprocess.run("
+            f"{TASK!r})")
+        dask = bench_dask(args)
+    ok = report(args, titan, dask)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "titan": titan, "dask": dask}, f, indent=2)
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

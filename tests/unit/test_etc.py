@@ -1,0 +1,23 @@
+"""The annotated config in etc/ is the truth about defaults."""
+from __future__ import annotations
+
+import os
+
+import attrs
+from twisted.trial.unittest import SynchronousTestCase
+
+from titan.config import Config, load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class EtcConfigTests(SynchronousTestCase):
+    def test_etc_titan_yaml_states_every_default(self):
+        path = os.path.join(ROOT, "etc", "titan.yaml")
+        loaded = load_config(path)
+        self.assertEqual(attrs.evolve(loaded, source="-"), Config(source="-"))
+        with open(path) as f:
+            text = f.read()
+        for section in ("master", "worker"):
+            for field in attrs.fields(type(getattr(Config(), section))):
+                self.assertIn(f"\n  {field.name}:", text, f"{section}.{field.name} is not documented")

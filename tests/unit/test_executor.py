@@ -1,0 +1,107 @@
+"""The executor with real child processes: process groups, timeouts, output, no orphans."""
+from __future__ import annotations
+
+import os
+import time
+
+from twisted.internet import defer, reactor
+from twisted.trial.unittest import TestCase
+
+from titan.worker.executor import JobProcess, resolve_executable, spawn
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class ExecutorTests(TestCase):
+    def run_job(self, command, timeout=None, cwd=None):
+        """Start `command`; returns (JobProcess, Deferred of (exit_code, reason, output))."""
+        done: defer.Deferred = defer.Deferred()
+        output = []
+        proto = JobProcess(reactor, on_output=lambda s, d: output.append((s, d)),
+                           on_exit=lambda code, why: done.callback((code, why, output)),
+                           timeout=timeout, kill_grace=1.0)
+        problem = spawn(reactor, proto, command, dict(os.environ), cwd or self.mktemp_dir())
+        self.assertIsNone(problem)
+        return proto, done
+
+    def mktemp_dir(self) -> str:
+        path = os.path.abspath(self.mktemp())
+        os.makedirs(path)
+        return path
+
+    async def test_output_and_exit_code(self):
+        _, done = self.run_job(["sh", "-c", "echo out; echo err >&2; exit 4"])
+        code, why, output = await done
+        self.assertEqual((code, why), (4, None))
+        self.assertEqual(b"".join(d for s, d in output if s == "out"), b"out\n")
+        self.assertEqual(b"".join(d for s, d in output if s == "err"), b"err\n")
+
+    async def test_runs_in_its_directory_and_own_session(self):
+        cwd = self.mktemp_dir()
+        proto, done = self.run_job(["sh", "-c", "pwd; ps -o sid= -p $$; ps -o pgid= -p $$"],
+                                   cwd=cwd)
+        code, _, output = await done
+        lines = b"".join(d for _, d in output).decode().split()
+        self.assertEqual(code, 0)
+        self.assertEqual(lines[0], os.path.realpath(cwd))
+        self.assertEqual(int(lines[1]), proto.pid)  # session leader
+        self.assertEqual(int(lines[2]), proto.pid)  # and group leader
+        self.assertNotEqual(os.getsid(0), proto.pid)
+
+    async def test_timeout_kills_the_whole_group(self):
+        pidfile = os.path.join(self.mktemp_dir(), "child.pid")
+        start = time.monotonic()
+        _, done = self.run_job(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; sleep 60"],
+                               timeout=0.5)
+        code, why, _ = await done
+        self.assertLess(time.monotonic() - start, 5)
+        self.assertEqual((code, why), (None, "timeout after 0.5s"))
+        with open(pidfile) as f:
+            self.assertFalse(alive(int(f.read())))
+
+    async def test_term_is_escalated_to_kill(self):
+        proto, done = self.run_job(["sh", "-c", "trap '' TERM; echo ready; sleep 60"])
+        while not proto.pid:
+            await defer.succeed(None)
+        await _sleep(0.3)
+        proto.kill("cancelled")
+        code, why, _ = await done
+        self.assertEqual(why, "cancelled")
+        self.assertIsNone(code)
+
+    async def test_leftovers_die_when_the_job_exits(self):
+        pidfile = os.path.join(self.mktemp_dir(), "bg.pid")
+        _, done = self.run_job(["sh", "-c", f"sleep 60 > /dev/null 2>&1 & echo $! > {pidfile}"])
+        code, _, _ = await done
+        self.assertEqual(code, 0)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        for _ in range(50):
+            if not alive(pid):
+                break
+            await _sleep(0.02)
+        self.assertFalse(alive(pid))
+
+    async def test_killed_by_a_signal_says_so(self):
+        _, done = self.run_job(["sh", "-c", "kill -9 $$"])
+        code, why, _ = await done
+        self.assertEqual((code, why), (None, "killed by signal SIGKILL"))
+
+    def test_command_not_found(self):
+        proto = JobProcess(reactor, lambda *a: None, lambda *a: None)
+        self.assertEqual(spawn(reactor, proto, ["no-such-program-xyz"], dict(os.environ), "/"),
+                         "command not found: no-such-program-xyz")
+        self.assertIsNone(resolve_executable(["./missing.sh"], {}, "/tmp"))
+        self.assertEqual(resolve_executable(["sh"], {"PATH": "/bin:/usr/bin"}, "/"), "/bin/sh")
+
+
+def _sleep(seconds: float) -> defer.Deferred:
+    d: defer.Deferred = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d

@@ -1,0 +1,211 @@
+"""The master service, driven through its protocol with StringTransport and a fake clock."""
+from __future__ import annotations
+
+import os
+import stat
+
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from titan.config import Config, MasterConfig
+from titan.master.service import LONG_POLL, MasterService
+from titan.protocols import codec
+from titan.protocols.frame import FrameDecoder, encode_frame
+from titan.protocols.opcodes import Op
+
+TOKEN = "sesame"
+
+
+class Peer:
+    """One connection to the master, as a client or worker would hold it."""
+
+    def __init__(self, master: MasterService) -> None:
+        factory = master.listener.factory
+        self.proto = factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+        self.decoder = FrameDecoder()
+        self.rid = 0
+
+    def send(self, op: int, body: dict, rid: bool = True) -> int:
+        if rid:
+            self.rid += 1
+            body = dict(body, rid=self.rid)
+        self.proto.dataReceived(encode_frame(op, codec.pack(body)))
+        return self.rid
+
+    def frames(self) -> list[tuple[int, dict]]:
+        data = self.transport.value()
+        self.transport.clear()
+        return [(f.opcode, codec.unpack(f.body)) for f in self.decoder.feed(data)]
+
+    def reply(self, rid: int) -> tuple[int, dict]:
+        for op, body in self.frames():
+            if body.get("rid") == rid:
+                return op, body
+        raise AssertionError(f"no reply to request {rid}")
+
+    def result(self, op: int, body: dict):
+        code, reply = self.reply(self.send(op, body))
+        assert code == Op.ACK, reply
+        return reply["result"]
+
+
+class MasterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.data_dir = self.mktemp()
+        config = Config(token=TOKEN, master=MasterConfig(
+            listen="tcp:0:interface=127.0.0.1", data_dir=self.data_dir,
+            heartbeat_interval=1.0, heartbeat_timeout=5.0))
+        self.master = MasterService(config, reactor=self.reactor)
+        self.master.privilegedStartService()
+        self.master.startService()
+        self.addCleanup(self.master.stopService)
+
+    def client(self) -> Peer:
+        peer = Peer(self.master)
+        peer.result(Op.HELLO, {"token": TOKEN})
+        return peer
+
+    def worker(self, worker_id: str, slots: int = 1, **extra) -> Peer:
+        peer = Peer(self.master)
+        result = peer.result(Op.REGISTER, {"token": TOKEN, "worker_id": worker_id,
+                                           "name": worker_id, "slots": slots, **extra})
+        self.assertEqual(result["heartbeat_interval"], 1.0)
+        return peer
+
+    def dispatched(self, peer: Peer) -> list[dict]:
+        return [body for op, body in peer.frames() if op == Op.DISPATCH]
+
+    def test_listens_and_writes_its_port(self):
+        self.assertEqual(len(self.reactor.tcpServers), 1)
+        with open(os.path.join(self.data_dir, "master.port")) as f:
+            self.assertTrue(f.read().strip().isdigit())
+
+    def test_nothing_is_served_before_hello(self):
+        peer = Peer(self.master)
+        op, body = peer.reply(peer.send(Op.SUBMIT_JOB, {"command": ["true"]}))
+        self.assertEqual(op, Op.ERROR)
+        self.assertEqual(body["code"], "hello_required")
+        self.assertTrue(peer.transport.disconnecting)
+        self.assertEqual(self.master.scheduler.jobs, {})
+
+    def test_wrong_token_is_refused(self):
+        peer = Peer(self.master)
+        op, body = peer.reply(peer.send(Op.HELLO, {"token": "guess"}))
+        self.assertEqual((op, body["code"], body["message"]),
+                         (Op.ERROR, "auth", "wrong cluster token"))
+        self.assertTrue(peer.transport.disconnecting)
+
+    def test_worker_ops_need_a_registered_worker(self):
+        peer = self.client()
+        op, body = peer.reply(peer.send(Op.JOB_COMPLETE, {"job_id": "x", "attempt": 1}))
+        self.assertEqual((op, body["code"]), (Op.ERROR, "not_a_worker"))
+        self.assertFalse(peer.transport.disconnecting)
+
+    def test_job_round_trip(self):
+        """Submit → dispatch → logs → complete; a waiting client hears of it."""
+        w = self.worker("w1")
+        c = self.client()
+        job_id = c.result(Op.SUBMIT_JOB, {"command": ["echo", "hi"]})["job_id"]
+        [dispatch] = self.dispatched(w)
+        self.assertEqual((dispatch["job_id"], dispatch["attempt"]), (job_id, 1))
+        self.assertEqual(dispatch["spec"]["command"], ["echo", "hi"])
+        wait_rid = c.send(Op.WAIT_JOB, {"job_id": job_id})
+        self.assertEqual(c.frames(), [])  # held until the job ends
+        w.send(Op.LOG_BATCH, {"job_id": job_id, "attempt": 1,
+                              "chunks": [["out", b"hi\n"], ["err", b"oops\n"]]}, rid=False)
+        w.result(Op.JOB_COMPLETE, {"job_id": job_id, "attempt": 1, "exit_code": 0})
+        op, body = c.reply(wait_rid)
+        self.assertEqual(body["result"]["state"], "COMPLETED")
+        logs = c.result(Op.GET_LOGS, {"job_id": job_id})
+        self.assertEqual((logs["data"], logs["offset"], logs["done"]), (b"hi\noops\n", 8, True))
+
+    def test_wait_is_a_bounded_long_poll(self):
+        w = self.worker("w1")
+        c = self.client()
+        job_id = c.result(Op.SUBMIT_JOB, {"command": ["sleep", "100"]})["job_id"]
+        rid = c.send(Op.WAIT_JOB, {"job_id": job_id})
+        for _ in range(int(LONG_POLL) - 1):
+            self.reactor.advance(1)
+            w.send(Op.HEARTBEAT, {}, rid=False)
+        self.reactor.advance(0.5)
+        self.assertEqual(c.frames(), [])
+        self.reactor.advance(1)
+        self.assertEqual(c.reply(rid)[1]["result"]["state"], "RUNNING")
+
+    def test_follow_logs_wakes_on_output(self):
+        w = self.worker("w1")
+        c = self.client()
+        job_id = c.result(Op.SUBMIT_JOB, {"command": ["x"]})["job_id"]
+        rid = c.send(Op.GET_LOGS, {"job_id": job_id, "offset": 0, "wait": True})
+        self.assertEqual(c.frames(), [])
+        w.send(Op.LOG_BATCH, {"job_id": job_id, "attempt": 1, "chunks": [["out", b"a"]]},
+               rid=False)
+        result = c.reply(rid)[1]["result"]
+        self.assertEqual((result["data"], result["offset"], result["done"]), (b"a", 1, False))
+
+    def test_silent_worker_loses_its_job_to_another(self):
+        w1 = self.worker("w1")
+        c = self.client()
+        job_id = c.result(Op.SUBMIT_JOB, {"command": ["sleep", "9"]})["job_id"]
+        self.assertEqual(len(self.dispatched(w1)), 1)
+        w2 = self.worker("w2")
+        for _ in range(4):
+            self.reactor.advance(1)
+            w2.send(Op.HEARTBEAT, {}, rid=False)
+        self.assertEqual(self.dispatched(w2), [])
+        self.reactor.advance(2)
+        w2.send(Op.HEARTBEAT, {}, rid=False)
+        [again] = self.dispatched(w2)
+        self.assertEqual((again["job_id"], again["attempt"]), (job_id, 2))
+        workers = c.result(Op.LIST_WORKERS, {})["workers"]
+        self.assertEqual([w["worker_id"] for w in workers], ["w2"])
+
+    def test_reconnecting_worker_keeps_its_job(self):
+        w1 = self.worker("w1")
+        c = self.client()
+        job_id = c.result(Op.SUBMIT_JOB, {"command": ["sleep", "9"]})["job_id"]
+        w1.proto.connectionLost(None)
+        self.assertEqual(c.result(Op.JOB_INFO, {"job_id": job_id})["state"], "RUNNING")
+        again = self.worker("w1", running=[{"job_id": job_id, "attempt": 1}])
+        self.assertEqual(self.dispatched(again), [])
+        self.reactor.advance(10)  # heartbeats are not what this test is about
+        self.assertEqual(c.result(Op.JOB_INFO, {"job_id": job_id})["attempt"], 1)
+
+    def test_bad_submission_names_the_problem(self):
+        c = self.client()
+        op, body = c.reply(c.send(Op.SUBMIT_JOB, {"command": []}))
+        self.assertEqual(op, Op.ERROR)
+        self.assertEqual(body["code"], "bad_job")
+        self.assertIn("command", body["message"])
+        op, body = c.reply(c.send(Op.JOB_INFO, {"job_id": "nope"}))
+        self.assertEqual((body["code"], body["message"]), ("not_found", "no job nope"))
+
+    def test_cancel(self):
+        w = self.worker("w1")
+        c = self.client()
+        job_id = c.result(Op.SUBMIT_JOB, {"command": ["sleep", "9"]})["job_id"]
+        w.frames()
+        result = c.result(Op.CANCEL_JOB, {"job_id": job_id})
+        self.assertEqual((result["state"], result["cancelled"]), ("CANCELLED", True))
+        [(op, kill)] = w.frames()
+        self.assertEqual((op, kill["job_id"], kill["attempt"]), (Op.KILL, job_id, 1))
+        self.assertFalse(c.result(Op.CANCEL_JOB, {"job_id": job_id})["cancelled"])
+
+
+class TokenTests(SynchronousTestCase):
+    def test_generated_into_the_data_dir_once(self):
+        data_dir = self.mktemp()
+        config = Config(master=MasterConfig(listen="tcp:0", data_dir=data_dir))
+        first = MasterService(config, reactor=MemoryReactorClock())
+        first.startService()
+        first.stopService()
+        path = os.path.join(data_dir, "token")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+        second = MasterService(config, reactor=MemoryReactorClock())
+        second.startService()
+        second.stopService()
+        self.assertEqual(first.token, second.token)
+        self.assertGreater(len(first.token), 20)
