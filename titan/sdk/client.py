@@ -97,6 +97,9 @@ class Client:
             while True:
                 frame = self._next_frame()
                 reply = codec.unpack(frame.body)
+                if frame.opcode == Op.ERROR and reply.get("rid") is None:
+                    # The master could not read a request of ours: say so, do not hang.
+                    raise RemoteError(str(reply.get("code")), str(reply.get("message")))
                 if reply.get("rid") != rid:
                     continue  # a push, or an old reply: not ours
                 if frame.opcode == Op.ERROR:

@@ -1,0 +1,69 @@
+"""`titan up`: one command starts a working cluster; Ctrl-C stops all of it."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from titan.testing.cluster import BIN
+from tests.acceptance.helpers import pid_alive
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().split(") ", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+class UpTests(SynchronousTestCase):
+    def test_up_runs_jobs_and_stops_everything_on_ctrl_c(self):
+        home = tempfile.mkdtemp(prefix="titan-up-")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TITAN_")}
+        up = subprocess.Popen([os.path.join(BIN, "titan"), "up", "--workers", "2", "--port", "0",
+                               "--data-dir", home], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+        self.addCleanup(lambda: up.poll() is None and up.kill())
+        banner = b""
+        deadline = time.monotonic() + 30
+        while b"Ctrl-C stops everything." not in banner and time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                break
+            banner += line
+        text = banner.decode()
+        self.assertIn("Titan is up.", text, up.stderr.read1().decode() if up.poll() else text)
+        port = int(re.search(r"master\s+127\.0\.0\.1:(\d+)", text).group(1))
+        self.assertIn(f"export TITAN_TOKEN=$(cat {home}/master/token)", text)
+        children = _children(up.pid)
+        self.assertEqual(len(children), 3)  # master and two workers
+
+        # A client that only knows the data dir finds the token there.
+        client_env = dict(env, TITAN_PORT=str(port), TITAN_DATA_DIR=home)
+        result = subprocess.run([os.path.join(BIN, "titan"), "submit", "--wait", "--", "sh",
+                                 "-c", "echo from-up"], env=client_env, capture_output=True,
+                                timeout=60)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        job_id = result.stdout.decode().strip()
+        logs = subprocess.run([os.path.join(BIN, "titan"), "logs", job_id], env=client_env,
+                              capture_output=True, timeout=60)
+        self.assertEqual(logs.stdout, b"from-up\n")
+        workers = subprocess.run([os.path.join(BIN, "titan"), "workers"], env=client_env,
+                                 capture_output=True, timeout=60)
+        self.assertEqual(workers.stdout.decode().count(" ALIVE "), 2)
+
+        up.send_signal(signal.SIGINT)
+        self.assertEqual(up.wait(30), 0)
+        for pid in children:
+            self.assertFalse(pid_alive(pid), f"child {pid} outlived titan up")

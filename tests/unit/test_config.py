@@ -1,0 +1,182 @@
+"""The YAML config loader: every key, and errors that name the file, the line and the key."""
+from __future__ import annotations
+
+import os
+
+from twisted.trial import unittest
+
+from titan.config import Config, ConfigError, MasterConfig, WorkerConfig, load_config, parse_config
+
+FULL = """\
+token: s3cret
+master:
+  listen: tcp:7000
+  data_dir: /srv/master
+  heartbeat_interval: 1.5
+  heartbeat_timeout: 7
+  max_frame_bytes: 1048576
+  retry_backoff_base: 0.5
+  retry_backoff_cap: 30
+worker:
+  master: example.org:7000
+  name: w1
+  tags: [GPU, HIGH_MEM]
+  slots: 8
+  data_dir: /srv/worker
+  log_batch_interval: 0.1
+  kill_grace: 2
+"""
+
+
+class ParseTests(unittest.TestCase):
+    def assertConfigError(self, text: str, message: str) -> None:
+        e = self.assertRaises(ConfigError, parse_config, text, "/etc/t.yaml")
+        self.assertEqual(str(e), message)
+
+    def test_defaults(self):
+        for text in ("", "# nothing\n", "master:\nworker: null\n"):
+            config = parse_config(text, "t.yaml")
+            self.assertEqual(config, Config(source="t.yaml"))
+        config = Config()
+        self.assertIsNone(config.token)
+        self.assertEqual(config.master.listen, "tcp:9090:interface=127.0.0.1")
+        self.assertEqual(config.master.max_frame_bytes, 16 * 1024 * 1024)
+        self.assertEqual(config.worker.master, "127.0.0.1:9090")
+        self.assertEqual((config.worker.tags, config.worker.slots), ((), 4))
+
+    def test_every_key(self):
+        config = parse_config(FULL, "full.yaml")
+        self.assertEqual(config, Config(
+            token="s3cret", source="full.yaml",
+            master=MasterConfig(listen="tcp:7000", data_dir="/srv/master",
+                                heartbeat_interval=1.5, heartbeat_timeout=7.0,
+                                max_frame_bytes=1048576, retry_backoff_base=0.5,
+                                retry_backoff_cap=30.0),
+            worker=WorkerConfig(master="example.org:7000", name="w1", tags=("GPU", "HIGH_MEM"),
+                                slots=8, data_dir="/srv/worker", log_batch_interval=0.1,
+                                kill_grace=2.0)))
+        self.assertIsInstance(config.master.heartbeat_timeout, float)
+
+    def test_tags(self):
+        for text, tags in [("[GPU, HIGH_MEM]", ("GPU", "HIGH_MEM")),
+                           ('"GPU, HIGH_MEM"', ("GPU", "HIGH_MEM")),
+                           ("GPU,,HIGH_MEM ,", ("GPU", "HIGH_MEM")),
+                           ("\n    - gpu\n    - 42", ("gpu", "42")),
+                           ("[yes, 1.10]", ("yes", "1.10")),  # as written, not True / 1.1
+                           ('""', ()), ("[]", ())]:
+            self.assertEqual(parse_config(f"worker:\n  tags: {text}\n").worker.tags, tags, text)
+
+    def test_strings_are_taken_as_written(self):
+        config = parse_config("token: 0123\nworker:\n  name: yes\n")
+        self.assertEqual((config.token, config.worker.name), ("0123", "yes"))
+        self.assertEqual(parse_config('token: "null"\n').token, "null")
+        self.assertIsNone(parse_config("token: ~\n").token)
+
+    def test_unknown_key(self):
+        self.assertConfigError(
+            "master:\n  listen: tcp:0\n  heartbeat_timout: 3\n",
+            "/etc/t.yaml:3: unknown key master.heartbeat_timout (known in master: listen, "
+            "data_dir, heartbeat_interval, heartbeat_timeout, max_frame_bytes, "
+            "retry_backoff_base, retry_backoff_cap)")
+        self.assertConfigError("\n\nworkers:\n  slots: 2\n",
+                               "/etc/t.yaml:3: unknown key 'workers' (known: master, token, "
+                               "worker)")
+
+    def test_wrong_types(self):
+        for text, message in [
+            ("worker:\n  slots: many\n", "/etc/t.yaml:2: worker.slots must be a whole number, "
+                                         "not 'many'"),
+            ("worker:\n  slots: 2.5\n", "/etc/t.yaml:2: worker.slots must be a whole number, "
+                                        "not 2.5"),
+            ("worker:\n  slots: true\n", "/etc/t.yaml:2: worker.slots must be a whole number, "
+                                         "not True"),
+            ("master:\n\n  heartbeat_interval: fast\n",
+             "/etc/t.yaml:3: master.heartbeat_interval must be a number, not 'fast'"),
+            ("token: [a, b]\n", "/etc/t.yaml:1: token must be a string, not ['a', 'b']"),
+            ("worker:\n  master: {host: x}\n",
+             "/etc/t.yaml:2: worker.master must be a string, not {'host': 'x'}"),
+            ("worker:\n  tags:\n    - [a]\n",
+             "/etc/t.yaml:3: worker.tags must be a list of strings, not [['a']]"),
+            ("worker:\n  tags: 5\n", "/etc/t.yaml:2: worker.tags must be a list of strings, not 5"),
+            ("worker:\n  master:\n", "/etc/t.yaml:2: worker.master must not be empty"),
+            ("master: 5\n", "/etc/t.yaml:1: master: expected a mapping of keys"),
+        ]:
+            self.assertConfigError(text, message)
+
+    def test_numbers_out_of_range(self):
+        self.assertConfigError("worker:\n  slots: 0\n",
+                               "/etc/t.yaml:2: worker.slots must be more than 0, not 0")
+        self.assertConfigError("master:\n  heartbeat_interval: -1\n",
+                               "/etc/t.yaml:2: master.heartbeat_interval must be more than 0, "
+                               "not -1.0")
+        self.assertConfigError("worker:\n  kill_grace: -1\n",
+                               "/etc/t.yaml:2: worker.kill_grace must be 0 or more, not -1.0")
+        self.assertEqual(parse_config("worker:\n  kill_grace: 0\n").worker.kill_grace, 0.0)
+
+    def test_duplicate_key(self):
+        self.assertConfigError("master:\n  listen: tcp:1\n  listen: tcp:2\n",
+                               "/etc/t.yaml:3: master.listen is given twice")
+        self.assertConfigError("token: a\nmaster: {}\ntoken: b\n",
+                               "/etc/t.yaml:3: token is given twice")
+
+    def test_invalid_yaml(self):
+        e = self.assertRaises(ConfigError, parse_config, "master:\n  listen: [tcp\n", "/etc/t.yaml")
+        self.assertTrue(str(e).startswith("/etc/t.yaml:3: not valid YAML: "), str(e))
+        e = self.assertRaises(ConfigError, parse_config, "a: b\n c: d\n", "/etc/t.yaml")
+        self.assertTrue(str(e).startswith("/etc/t.yaml:2: not valid YAML: "), str(e))
+
+    def test_unknown_yaml_tag(self):
+        self.assertConfigError("\ntoken: !secret abc\n", "/etc/t.yaml:2: token: could not "
+                               "determine a constructor for the tag '!secret'")
+
+    def test_root_must_be_a_mapping(self):
+        self.assertConfigError("- master\n- worker\n", "/etc/t.yaml:1: the config must be a mapping")
+        self.assertConfigError("# a comment\nhello\n",
+                               "/etc/t.yaml:2: the config must be a mapping")
+
+
+class OverrideTests(unittest.TestCase):
+    def test_override_replaces_only_given_values(self):
+        config = parse_config(FULL)
+        changed = config.override("worker", master=None, slots=2, tags=("A",), name=None)
+        self.assertEqual(changed.worker, WorkerConfig(
+            master="example.org:7000", name="w1", tags=("A",), slots=2, data_dir="/srv/worker",
+            log_batch_interval=0.1, kill_grace=2.0))
+        self.assertEqual(changed.master, config.master)
+        self.assertEqual(config.worker.slots, 8)  # frozen: the original is untouched
+
+    def test_override_top_level(self):
+        config = parse_config(FULL)
+        self.assertEqual(config.override("", token=None), config)
+        self.assertEqual(config.override("", token="new").token, "new")
+
+
+class LoadTests(unittest.TestCase):
+    def test_load_file(self):
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(FULL)
+        config = load_config(path)
+        self.assertEqual((config.source, config.worker.slots, config.token), (path, 8, "s3cret"))
+
+    def test_errors_name_the_file(self):
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("worker:\n  slots: 4\n  slot: 5\n")
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertTrue(str(e).startswith(f"{path}:3: unknown key worker.slot "), str(e))
+
+    def test_missing_file(self):
+        path = os.path.join(self.mktemp(), "titan.yaml")
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(str(e), f"{path}: cannot read the config file: No such file or directory")
+
+    def test_not_utf8(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"token: \xff\xfe\n")
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertTrue(str(e).startswith(f"{path}: cannot read the config file: not UTF-8"))
+
+    def test_no_path_means_defaults(self):
+        self.assertEqual(load_config(None), Config())
