@@ -62,6 +62,13 @@ def say(*args) -> None:
     print(*args, flush=True)
 
 
+def load_average() -> Optional[float]:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 # -- Titan ---------------------------------------------------------------------------------
 
 def titan_round(client, n: int) -> dict:
@@ -247,10 +254,10 @@ def report(args, titan: dict, dask: Optional[dict]) -> bool:
     if t_lat:
         met = t_lat["p50_ms"] <= TARGET_P50_MS
         ok &= met
-        say(f"  Titan p50 <= {TARGET_P50_MS:g} ms:     {'MET' if met else 'NOT MET'} "
+        say(f"  Titan p50 <= {TARGET_P50_MS:g} ms:        {'MET' if met else 'NOT MET'} "
             f"({t_lat['p50_ms']:.2f} ms)")
     else:
-        say(f"  Titan p50 <= {TARGET_P50_MS:g} ms:     not measured (--latency 0)")
+        say(f"  Titan p50 <= {TARGET_P50_MS:g} ms:        not measured (--latency 0)")
     say("")
     say("Commands:")
     say(f"  this run:    {shlex.join([os.path.relpath(sys.executable)] + sys.argv)}")
@@ -263,10 +270,14 @@ def report(args, titan: dict, dask: Optional[dict]) -> bool:
         f"processes=True); fs = client.map(lambda i: subprocess.run({TASK!r}), "
         f"range({args.jobs}), pure=False); wait(fs); gather(fs); latency: "
         f"client.submit(f, pure=False).result()")
+    latency = (f"{args.latency} sequential tasks after {min(10, args.latency)} warm-up ones"
+               if args.latency else "skipped")
     say(f"  rounds:      warm-up {args.warmup} (not counted), then {args.repeat} x {args.jobs}; "
-        f"latency: {args.latency} sequential tasks after 10 warm-up ones")
+        f"latency: {latency}")
+    load = load_average()
     say(f"  host:        {platform.node()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, {platform.platform()}")
+        f"{platform.python_version()}, {platform.platform()}; load average "
+        f"{fmt(args.load_before, '.2f')} before, {fmt(load, '.2f')} after")
     return ok
 
 
@@ -288,6 +299,11 @@ def main(argv=None) -> int:
     if args.jobs < 1 or args.repeat < 1 or args.warmup < 0 or args.latency < 0:
         p.error("--jobs and --repeat must be 1 or more; --warmup and --latency 0 or more")
 
+    load = load_average()
+    if load is not None and load > 0.5 * (os.cpu_count() or 1):
+        say(f"warning: load average {load:.2f} on {os.cpu_count()} CPUs before the run: both "
+            f"systems are CPU-bound here, so other work on the machine lowers every figure")
+    args.load_before = load
     say(f"Titan: {args.repeat} x {args.jobs} jobs of {shlex.join(TASK)}")
     titan = bench_titan(args)
     dask = None

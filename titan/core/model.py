@@ -31,7 +31,11 @@ class WorkerState(str, enum.Enum):
 
 
 def _tags(value: Any) -> frozenset[str]:
-    return frozenset(str(t).upper() for t in (value or ()) if str(t).strip())
+    """Tags, case-insensitive (kept upper-case).  A plain string is one comma-separated
+    list ("gpu,cuda"), never a sequence of one-letter tags."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return frozenset(str(t).strip().upper() for t in (value or ()) if str(t).strip())
 
 
 @attrs.frozen

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
 from titan.core.model import (
-    JobRecord, JobSpec, JobState, WorkerRecord, WorkerState)
+    JobRecord, JobSpec, JobState, WorkerRecord, WorkerState, _tags)
 
 Decisions = list
 
@@ -113,11 +113,11 @@ class Scheduler:
         if w is None or w.state is WorkerState.DEAD:
             self._worker_seq += 1
             w = WorkerRecord(worker_id=e.worker_id, name=e.name, host=e.host,
-                             tags=frozenset(e.tags), slots=e.slots, joined_at=now,
+                             tags=_tags(e.tags), slots=e.slots, joined_at=now,
                              last_seen=now, seq=self._worker_seq)
             self.workers[e.worker_id] = w
         else:
-            w.name, w.host, w.tags, w.slots = e.name, e.host, frozenset(e.tags), e.slots
+            w.name, w.host, w.tags, w.slots = e.name, e.host, _tags(e.tags), e.slots
         w.state = WorkerState.ALIVE
         w.last_seen = now
         out.append(ev.WorkerChanged(w.worker_id, WorkerState.ALIVE, "joined"))
@@ -132,7 +132,7 @@ class Scheduler:
             reported.add(report.job_id)
             self._adopt(w, report, out)
         # Jobs we thought ran there and that it no longer has: lost with a worker restart.
-        for job_id in list(w.running):
+        for job_id in self._by_seq(w.running):
             if job_id not in reported:
                 w.running.discard(job_id)
                 job = self.jobs.get(job_id)
@@ -146,7 +146,7 @@ class Scheduler:
         if job is not None and job.state is JobState.RUNNING and job.worker_id == w.worker_id \
                 and job.attempt == report.attempt:
             return
-        if job is not None and job.state is JobState.PENDING and job.queued:
+        if self._lost(job, report.attempt):
             # It was given up for lost, but runs: take it back rather than run it twice.
             job.queued = False
             job.state = JobState.RUNNING
@@ -156,6 +156,16 @@ class Scheduler:
             return
         why = "unknown to the master" if job is None else f"already {job.state.value}"
         out.append(ev.Kill(w.worker_id, report.job_id, report.attempt, why))
+
+    @staticmethod
+    def _lost(job: Optional[JobRecord], attempt: int) -> bool:
+        """Is `attempt` the run of `job` that was given up for lost with its worker?
+
+        A requeued job waits (PENDING, queued) and keeps the number of the attempt that was
+        lost; a report about any other attempt (say a repeated report of an earlier failure)
+        is stale."""
+        return (job is not None and job.state is JobState.PENDING and job.queued
+                and job.attempt > 0 and attempt == job.attempt)
 
     def _heartbeat(self, e: ev.WorkerHeartbeat, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
@@ -170,22 +180,26 @@ class Scheduler:
 
     def _job_started(self, e: ev.JobStarted, now: float, out: Decisions) -> None:
         job = self.jobs.get(e.job_id)
-        if job is not None and job.state is JobState.RUNNING and job.attempt == e.attempt:
+        if job is not None and job.state is JobState.RUNNING and job.attempt == e.attempt \
+                and job.worker_id == e.worker_id:
             job.started_at = now
 
     def _job_finished(self, e: ev.JobFinished, now: float, out: Decisions,
                       dispatch: bool = True) -> None:
         w = self.workers.get(e.worker_id)
-        if w is not None:
-            if e.job_id in w.running:
-                w.running.discard(e.job_id)
-            w.completed += 1
         job = self.jobs.get(e.job_id)
+        # An older attempt of a job whose current attempt runs on this same worker: the
+        # slot belongs to the current attempt and stays taken.
+        superseded = (job is not None and job.state is JobState.RUNNING
+                      and job.worker_id == e.worker_id and job.attempt != e.attempt)
+        if w is not None and e.job_id in w.running and not superseded:
+            w.running.discard(e.job_id)
+            w.completed += 1
         if job is not None:
             current = (job.state is JobState.RUNNING and job.worker_id == e.worker_id
                        and job.attempt == e.attempt)
             # A job given up for lost that finished after all: its result counts.
-            lost_and_found = job.state is JobState.PENDING and job.queued
+            lost_and_found = self._lost(job, e.attempt)
             if current or lost_and_found:
                 if lost_and_found:
                     job.queued = False
@@ -206,9 +220,12 @@ class Scheduler:
         job.failures += 1
         what = e.reason or f"exit {e.exit_code}"
         if job.failures <= job.spec.retries:
-            # Exponential backoff with jitter, so failing jobs do not retry in lock step.
+            # Exponential backoff with "equal jitter", so failing jobs do not retry in lock
+            # step: a delay in [d/2, d) where d doubles each failure up to the cap.  It
+            # never exceeds the cap and each retry waits longer than the one before
+            # (until the cap is reached).
             delay = min(self.backoff_cap, self.backoff_base * 2 ** (job.failures - 1))
-            delay *= 0.5 + self.rng.random()
+            delay *= 0.5 + 0.5 * self.rng.random()
             job.state = JobState.PENDING
             job.reason = what
             job.worker_id = None
@@ -232,6 +249,8 @@ class Scheduler:
         out.append(ev.JobChanged(job.job_id, job.state))
 
     def _timer_fired(self, e: ev.TimerFired, now: float, out: Decisions) -> None:
+        if not (isinstance(e.key, tuple) and len(e.key) == 3):
+            return
         kind, job_id, failures = e.key
         job = self.jobs.get(job_id)
         if kind == "ready" and job is not None and job.state is JobState.PENDING \
@@ -252,11 +271,17 @@ class Scheduler:
         del self.workers[w.worker_id]
         w.state = WorkerState.DEAD
         out.append(ev.WorkerChanged(w.worker_id, WorkerState.DEAD, reason))
-        for job_id in sorted(w.running, key=lambda j: self.jobs[j].seq if j in self.jobs else 0):
+        for job_id in self._by_seq(w.running):
             job = self.jobs.get(job_id)
             if job is not None and job.state is JobState.RUNNING and job.worker_id == w.worker_id:
                 self._requeue(job, f"worker {w.name} lost: {reason}", out)
         w.running.clear()
+
+    def _by_seq(self, job_ids: Iterable[str]) -> list[str]:
+        """Job ids in submission order (unknown ones last, by id): never a set's hash order,
+        so the decisions do not depend on PYTHONHASHSEED."""
+        return sorted(job_ids, key=lambda j: (0, self.jobs[j].seq, j) if j in self.jobs
+                      else (1, 0, j))
 
     def _requeue(self, job: JobRecord, reason: str, out: Decisions) -> None:
         # Not the job's fault: no retry is spent.

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from titan.auth import load_or_create_token
 from titan.config import Config
 from titan.core import events as ev
-from titan.core.model import JobSpec, JobState
+from titan.core.model import JobSpec, JobState, WorkerState
 from titan.core.scheduler import Scheduler, SubmitError, job_view, worker_view
 from titan.master.logstore import LogStore
 from titan.master.server import MasterFactory, MasterProtocol
@@ -168,6 +168,12 @@ class MasterService(MultiService):
         elif isinstance(d, ev.WorkerChanged):
             self.log.info("worker {worker_id} is {state}: {reason}", worker_id=d.worker_id,
                           state=d.state.value, reason=d.reason)
+            if d.state is WorkerState.DEAD:
+                # A stalled worker whose connection is still open: hang up, so that it
+                # reconnects and reports what it runs instead of idling unseen.
+                conn = self.worker_conns.pop(d.worker_id, None)
+                if conn is not None:
+                    conn.transport.loseConnection()
 
     def _timer_fired(self, key: Any) -> None:
         self._timers.pop(key, None)
@@ -196,7 +202,7 @@ class MasterService(MultiService):
         self.handle(ev.WorkerJoined(
             worker_id=worker_id, name=str(body.get("name") or worker_id),
             host=str(body.get("host") or conn.transport.getPeer().host),
-            tags=frozenset(str(t).upper() for t in body.get("tags") or ()),
+            tags=body.get("tags") or (),
             slots=int(body.get("slots") or 1), running=running, finished=tuple(finished)))
 
     def worker_gone(self, conn: MasterProtocol) -> None:
