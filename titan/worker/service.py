@@ -26,7 +26,7 @@ from titan.core.model import JobSpec
 from titan.errors import RemoteError
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
-from titan.worker.executor import JobProcess, spawn
+from titan.worker.executor import JobProcess, guard, spawn
 
 MAX_BUFFERED_OUTPUT = 4 * 1024 * 1024  # per job, while the master is unreachable
 FLUSH_AT = 256 * 1024
@@ -135,6 +135,7 @@ class WorkerService(MultiService):
         deadline = self.reactor.seconds() + self.config.worker.kill_grace + 1
         while any(not j.proc.ended for j in waiting) and self.reactor.seconds() < deadline:
             await _sleep(self.reactor, 0.05)
+        guard.close()  # whatever outlived its grace period goes now
         await super().stopService()
 
     def stopService(self):
