@@ -37,3 +37,30 @@ def load_or_create_token(data_dir: str) -> str:
 
 def token_matches(expected: str, given: object) -> bool:
     return isinstance(given, str) and hmac.compare_digest(expected.encode(), given.encode())
+
+
+# Job-scoped tokens: each running job gets one in TITAN_TOKEN.  It names the job and the
+# attempt and is signed with the cluster token, so the master checks it without storing it;
+# it opens the door only while that attempt runs, and only to what a job may do.
+
+def job_token(cluster_token: str, job_id: str, attempt: int) -> str:
+    return f"job:{job_id}:{attempt}:{_mac(cluster_token, job_id, attempt)}"
+
+
+def parse_job_token(cluster_token: str, token: object) -> Optional[tuple[str, int]]:
+    """(job id, attempt) if `token` is a valid job token, else None."""
+    if not isinstance(token, str) or not token.startswith("job:"):
+        return None
+    try:
+        job_id, attempt, mac = token[4:].rsplit(":", 2)
+        attempt_no = int(attempt)
+    except ValueError:
+        return None
+    if not hmac.compare_digest(mac.encode(), _mac(cluster_token, job_id, attempt_no).encode()):
+        return None
+    return job_id, attempt_no
+
+
+def _mac(cluster_token: str, job_id: str, attempt: int) -> str:
+    return hmac.new(cluster_token.encode(), f"{job_id}:{attempt}".encode(),
+                    "sha256").hexdigest()[:32]

@@ -28,6 +28,7 @@ class MasterConfig:
     max_frame_bytes: int = 16 * 1024 * 1024
     retry_backoff_base: float = 1.0
     retry_backoff_cap: float = 60.0
+    max_jobs_per_run: int = 10_000
 
 
 @attrs.frozen

@@ -5,11 +5,11 @@ plain data (what the master service carries out as frames, timers and notificati
 """
 from __future__ import annotations
 
-from typing import Hashable, Optional
+from typing import Any, Hashable, Optional
 
 import attrs
 
-from titan.core.model import JobSpec, JobState, WorkerState
+from titan.core.model import JobSpec, JobState, RunState, WorkerState
 
 
 # -- events ------------------------------------------------------------------------------
@@ -75,6 +75,64 @@ class CancelRequested:
 
 
 @attrs.frozen
+class RunTemplate:
+    """What a DAG run is made of, before it has a run id."""
+
+    name: str
+    specs: tuple[JobSpec, ...]  # job ids and depends_on are ids within the run
+    agent_run_id: Optional[str] = None
+    stage: Optional[str] = None
+    max_jobs: Optional[int] = None
+
+
+@attrs.frozen
+class DagSubmitted:
+    run_id: str
+    template: RunTemplate
+
+
+@attrs.frozen
+class JobsAdded:
+    """A DAG run grows while it runs (`by`: the job or client that added them)."""
+
+    run_id: str
+    specs: tuple[JobSpec, ...]  # ids within the run, as in a RunTemplate
+    by: str = ""
+
+
+@attrs.frozen
+class RunCancelRequested:
+    run_id: str
+    reason: str = "cancelled by request"
+
+
+@attrs.frozen
+class GateDecided:
+    job_id: str
+    approved: bool
+    by: str
+    comment: str = ""
+
+
+@attrs.frozen
+class ResultSet:
+    job_id: str
+    value: Any
+
+
+@attrs.frozen
+class ScheduleAdded:
+    schedule_id: str
+    cron: str
+    template: RunTemplate
+
+
+@attrs.frozen
+class ScheduleRemoved:
+    schedule_id: str
+
+
+@attrs.frozen
 class TimerFired:
     key: Hashable
 
@@ -92,6 +150,7 @@ class Dispatch:
     job_id: str
     attempt: int
     spec: JobSpec
+    run_id: Optional[str] = None
 
 
 @attrs.frozen
@@ -112,6 +171,13 @@ class SetTimer:
 class JobChanged:
     job_id: str
     state: JobState
+
+
+@attrs.frozen
+class RunChanged:
+    run_id: str
+    state: RunState
+    version: int
 
 
 @attrs.frozen

@@ -14,6 +14,7 @@ class JobState(str, enum.Enum):
     FAILED = "FAILED"  # the process failed and the job had no retries
     DEAD = "DEAD"  # the process failed and every retry failed too (dead-letter)
     CANCELLED = "CANCELLED"
+    WAITING_APPROVAL = "WAITING_APPROVAL"  # a gate whose parents are done, awaiting a person
 
     @property
     def terminal(self) -> bool:
@@ -33,6 +34,8 @@ class WorkerState(str, enum.Enum):
 def _tags(value: Any) -> frozenset[str]:
     """Tags, case-insensitive (kept upper-case).  A plain string is one comma-separated
     list ("gpu,cuda"), never a sequence of one-letter tags."""
+    if type(value) is frozenset and all(t == t.upper() for t in value):
+        return value  # already normalised (the common case: evolve, templates)
     if isinstance(value, str):
         value = value.split(",")
     return frozenset(str(t).strip().upper() for t in (value or ()) if str(t).strip())
@@ -52,6 +55,15 @@ class JobSpec:
     retries: int = 0
     delay: float = 0.0
     name: Optional[str] = None
+    # In a DAG run, job_id is the job's id within the run and depends_on names its parents
+    # there; one spec serves every run of a pipeline (the run's key is on the JobRecord).
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    kind: str = "job"  # "job" runs a process; "gate" waits for a person
+    message: Optional[str] = None  # a gate's question
+    on_timeout: str = "reject"  # what a gate decides when its `timeout` passes
+    script_name: Optional[str] = None  # a script shipped with the job: run as
+    script: Optional[bytes] = None  # [interpreter, script_name, *command]
+    affinity: Optional[str] = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -59,6 +71,9 @@ class JobSpec:
             "env": dict(self.env), "cwd": self.cwd, "priority": self.priority,
             "tags": sorted(self.tags), "timeout": self.timeout, "retries": self.retries,
             "delay": self.delay, "name": self.name,
+            "depends_on": list(self.depends_on), "kind": self.kind, "message": self.message,
+            "on_timeout": self.on_timeout, "script_name": self.script_name,
+            "script": self.script, "affinity": self.affinity,
         }
 
     @classmethod
@@ -68,13 +83,18 @@ class JobSpec:
             env=tuple(sorted((body.get("env") or {}).items())), cwd=body.get("cwd"),
             priority=body.get("priority") or 0, tags=body.get("tags") or (),
             timeout=body.get("timeout"), retries=body.get("retries") or 0,
-            delay=body.get("delay") or 0.0, name=body.get("name"))
+            delay=body.get("delay") or 0.0, name=body.get("name"),
+            depends_on=body.get("depends_on") or (), kind=body.get("kind") or "job",
+            message=body.get("message"), on_timeout=body.get("on_timeout") or "reject",
+            script_name=body.get("script_name"), script=body.get("script"),
+            affinity=body.get("affinity"))
 
 
 @attrs.define(eq=False)
 class JobRecord:
     """The scheduler's live view of one job (mutable, owned by the core)."""
 
+    job_id: str  # the key: a standalone job's id, or RUN_ID/JOB_ID in a DAG run
     spec: JobSpec
     seq: int  # submission order: FIFO among equal priorities
     submitted_at: float
@@ -88,10 +108,53 @@ class JobRecord:
     started_at: Optional[float] = None
     finished_at: Optional[float] = None
     ready_at: Optional[float] = None  # when a delayed or retried job becomes due
+    parents_left: int = 0  # parents not yet COMPLETED
+    children: list = attrs.Factory(list)  # keys of the jobs that depend on this one
+    result: Any = None  # what the job published (small, JSON-like)
+    decision: Optional[dict] = None  # a gate's: approved, by, comment, at
+    run_id: Optional[str] = None
 
     @property
-    def job_id(self) -> str:
+    def node(self) -> str:
+        """The job's id within its run (its key when it stands alone)."""
         return self.spec.job_id
+
+
+class RunState(str, enum.Enum):
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"  # every job COMPLETED
+    FAILED = "FAILED"  # some job FAILED or DEAD
+    CANCELLED = "CANCELLED"  # cancelled, or a gate rejected, and nothing failed
+
+
+@attrs.define(eq=False)
+class DagRun:
+    run_id: str
+    name: str
+    created_at: float
+    seq: int
+    agent_run_id: Optional[str] = None
+    stage: Optional[str] = None
+    max_jobs: Optional[int] = None
+    schedule_id: Optional[str] = None
+    jobs: list = attrs.Factory(list)  # keys, in the order they were added
+    counts: dict = attrs.Factory(dict)  # JobState -> how many jobs are in it
+    left: int = 0  # jobs not yet in a terminal state
+    state: RunState = RunState.RUNNING
+    finished_at: Optional[float] = None
+    version: int = 0  # bumped on every change, for watchers
+
+
+@attrs.define(eq=False)
+class Schedule:
+    schedule_id: str
+    name: str
+    cron: str
+    template: Any  # the events.RunTemplate each firing instantiates
+    created_at: float
+    fired: int = 0
+    next_at: Optional[float] = None
+    last_run_id: Optional[str] = None
 
 
 @attrs.define(eq=False)

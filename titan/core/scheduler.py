@@ -4,46 +4,79 @@
 it.  Nothing here touches a socket, a timer or a disk, and time enters only as `now`, so the
 same events always give the same decisions: that is what makes it testable with
 `task.Clock`, benchmarkable alone, and replayable from a log.
+
+Jobs stand alone or belong to a DAG run.  Readiness is pushed: a job counts its parents that
+have not COMPLETED, and each completion decrements its children's counts, so a completion
+costs O(children), never O(jobs).
 """
 from __future__ import annotations
 
 import heapq
 import random
+from collections import defaultdict
+from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
+from titan.core.dag import SubmitError, check_graph
 from titan.core.model import (
-    JobRecord, JobSpec, JobState, WorkerRecord, WorkerState, _tags)
+    DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord, WorkerState,
+    _tags)
 
 Decisions = list
+DEFAULT_MAX_JOBS_PER_RUN = 10_000
 
 
-class SubmitError(ValueError):
-    """A submission the scheduler refuses; nothing of it was accepted."""
+def cron_next(cron: str, after: float) -> float:
+    """The first time after `after` (epoch seconds) that `cron` names, in UTC."""
+    from croniter import croniter
+    return croniter(cron, datetime.fromtimestamp(after, timezone.utc)).get_next(float)
+
+
+def cron_valid(cron: str) -> bool:
+    from croniter import croniter
+    return isinstance(cron, str) and croniter.is_valid(cron)
 
 
 class Scheduler:
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
-                 backoff_cap: float = 60.0, rng: Optional[random.Random] = None) -> None:
+                 backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
+                 max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.max_jobs_per_run = max_jobs_per_run
         self.rng = rng or random.Random(0)
         self.jobs: dict[str, JobRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
+        self.runs: dict[str, DagRun] = {}
+        self.agent_runs: dict[str, list[str]] = {}  # agent run id -> its DAG runs, in order
+        self.schedules: dict[str, Schedule] = {}
+        self.nodes: dict[str, list[str]] = defaultdict(list)  # node id -> keys, all runs
         # Ready jobs, one heap per set of required tags: a job that no worker can take
         # never blocks jobs with other needs.  Entries are (-priority, seq, job_id).
         self._queues: dict[frozenset[str], list[tuple[int, int, str]]] = {}
         self._seq = 0
         self._worker_seq = 0
+        self._run_seq = 0
+        self._now = 0.0
+        self._cascading: Optional[list[JobRecord]] = None
+        self._dirty_runs: dict[str, DagRun] = {}
         self._handlers: dict[type, Callable] = {
             ev.JobSubmitted: self._job_submitted,
+            ev.DagSubmitted: self._dag_submitted,
+            ev.JobsAdded: self._jobs_added,
             ev.WorkerJoined: self._worker_joined,
             ev.WorkerHeartbeat: self._heartbeat,
             ev.WorkerDisconnected: self._worker_disconnected,
             ev.JobStarted: self._job_started,
             ev.JobFinished: self._job_finished,
             ev.CancelRequested: self._cancel,
+            ev.RunCancelRequested: self._run_cancel,
+            ev.GateDecided: self._gate_decided,
+            ev.ResultSet: self._result_set,
+            ev.ScheduleAdded: self._schedule_added,
+            ev.ScheduleRemoved: self._schedule_removed,
             ev.TimerFired: self._timer_fired,
             ev.Tick: self._tick,
         }
@@ -66,19 +99,88 @@ class Scheduler:
                 raise SubmitError(f"job {spec.job_id}: retries must be 0 or more")
             if spec.delay < 0:
                 raise SubmitError(f"job {spec.job_id}: delay must be 0 or more")
+        elif isinstance(event, ev.DagSubmitted):
+            if event.run_id in self.runs:
+                raise SubmitError(f"run id {event.run_id!r} is already taken")
+            self._check_size(event.template.max_jobs, 0, len(event.template.specs),
+                             event.run_id)
+        elif isinstance(event, ev.JobsAdded):
+            self._validate_growth(event)
+        elif isinstance(event, ev.GateDecided):
+            job = self.jobs.get(event.job_id)
+            if job is None:
+                raise SubmitError(f"no job {event.job_id}")
+            if job.spec.kind != "gate":
+                raise SubmitError(f"{event.job_id} is a job, not an approval gate")
+            if job.state is not JobState.WAITING_APPROVAL:
+                raise SubmitError(f"gate {event.job_id} is not waiting for approval "
+                                  f"(it is {job.state.value})")
+        elif isinstance(event, ev.ResultSet):
+            if event.job_id not in self.jobs:
+                raise SubmitError(f"no job {event.job_id}")
+        elif isinstance(event, ev.RunCancelRequested):
+            if event.run_id not in self.runs:
+                raise SubmitError(f"no run {event.run_id}")
+        elif isinstance(event, ev.ScheduleAdded):
+            if event.schedule_id in self.schedules:
+                raise SubmitError(f"schedule {event.schedule_id!r} exists already")
+            if not cron_valid(event.cron):
+                raise SubmitError(f"schedule {event.cron!r} is not a cron expression "
+                                  "(5 fields, or 6 with seconds last)")
+
+    def _check_size(self, max_jobs: Optional[int], have: int, adding: int, run_id: str) -> None:
+        limit = max_jobs or self.max_jobs_per_run
+        if have + adding > limit:
+            raise SubmitError(f"run {run_id} would have {have + adding} jobs, over its limit "
+                              f"of {limit} (max_jobs)")
+
+    def _validate_growth(self, e: ev.JobsAdded) -> None:
+        run = self.runs.get(e.run_id)
+        if run is None:
+            raise SubmitError(f"no run {e.run_id}")
+        if run.state is not RunState.RUNNING:
+            raise SubmitError(f"run {e.run_id} has ended ({run.state.value}); "
+                              "it takes no more jobs")
+        if not e.specs:
+            raise SubmitError("no jobs to add")
+        known = {self.jobs[k].node for k in run.jobs}
+        check_graph(e.specs, known)
+        self._check_size(run.max_jobs, len(run.jobs), len(e.specs), run.run_id)
+        for spec in e.specs:
+            for parent in spec.depends_on:
+                job = self.jobs.get(f"{run.run_id}/{parent}")
+                if job is not None and job.state.terminal and job.state is not JobState.COMPLETED:
+                    raise SubmitError(f"job {spec.job_id} cannot depend on {parent}: it is "
+                                      f"already {job.state.value}")
 
     def apply(self, event: object, now: float) -> Decisions:
         out: Decisions = []
+        self._now = now
         self._handlers[type(event)](event, now, out)
+        if self._dirty_runs:
+            # One RunChanged per run and event, however many of its jobs moved.
+            for run in self._dirty_runs.values():
+                run.version += 1
+                out.append(ev.RunChanged(run.run_id, run.state, run.version))
+            self._dirty_runs.clear()
         return out
 
     # -- queries -------------------------------------------------------------------------
 
     def waiting_reason(self, job_id: str, now: float) -> Optional[str]:
-        """Why a PENDING job is not running, in words a user understands."""
+        """Why a job is not running yet, in words a user understands."""
         job = self.jobs.get(job_id)
-        if job is None or job.state is not JobState.PENDING:
+        if job is None:
             return None
+        if job.state is JobState.WAITING_APPROVAL:
+            left = max(0.0, (job.ready_at or now) - now)
+            return f"waiting for approval ({job.spec.message}); {_span(left)} left"
+        if job.state is not JobState.PENDING:
+            return None
+        if job.parents_left:
+            waiting = [p for p in job.spec.depends_on
+                       if self.jobs[f"{job.run_id}/{p}"].state is not JobState.COMPLETED]
+            return "waiting for " + ", ".join(waiting)
         if not job.queued:
             due = max(0.0, (job.ready_at or now) - now)
             if job.failures:
@@ -94,19 +196,95 @@ class Scheduler:
             return "no live worker"
         return "waiting for a free slot"
 
-    # -- event handlers ------------------------------------------------------------------
+    def resolve(self, ref: str) -> str:
+        """The key of the job `ref` names: a key, `RUN/JOB`, or a bare job id that is
+        unique among live runs (else among all)."""
+        if ref in self.jobs:
+            return ref
+        if "/" not in ref and ref in self.nodes:
+            keys = self.nodes[ref]
+            live = [k for k in keys if self.runs[self.jobs[k].run_id].state
+                    is RunState.RUNNING]
+            for candidates in (live, keys):
+                if len(candidates) == 1:
+                    return candidates[0]
+                if len(candidates) > 1:
+                    runs = ", ".join(self.jobs[k].run_id for k in candidates[:5])
+                    raise SubmitError(f"job {ref} is in several runs ({runs}); "
+                                      f"say RUN/{ref}")
+        raise SubmitError(f"no job {ref}")
+
+    # -- event handlers: submissions -----------------------------------------------------
 
     def _job_submitted(self, e: ev.JobSubmitted, now: float, out: Decisions) -> None:
-        spec = e.spec
+        job = self._new_job(e.spec, None, now, out)
+        self._admit(job, now, out)
+        self._dispatch(now, out)
+
+    def _dag_submitted(self, e: ev.DagSubmitted, now: float, out: Decisions,
+                       schedule_id: Optional[str] = None) -> None:
+        t = e.template
+        self._run_seq += 1
+        run = DagRun(run_id=e.run_id, name=t.name, created_at=now, seq=self._run_seq,
+                     agent_run_id=t.agent_run_id, stage=t.stage, max_jobs=t.max_jobs,
+                     schedule_id=schedule_id)
+        self.runs[run.run_id] = run
+        if t.agent_run_id:
+            self.agent_runs.setdefault(t.agent_run_id, []).append(run.run_id)
+        self._add_jobs(run, t.specs, now, out)
+        self._dispatch(now, out)
+
+    def _jobs_added(self, e: ev.JobsAdded, now: float, out: Decisions) -> None:
+        self._add_jobs(self.runs[e.run_id], e.specs, now, out)
+        self._dispatch(now, out)
+
+    def _add_jobs(self, run: DagRun, specs: Iterable[JobSpec], now: float,
+                  out: Decisions) -> None:
+        added = [self._new_job(spec, run, now, out) for spec in specs]
+        prefix = run.run_id + "/"
+        for job in added:
+            left = 0
+            for node in job.spec.depends_on:
+                parent = self.jobs[prefix + node]
+                parent.children.append(job.job_id)
+                if parent.state is not JobState.COMPLETED:
+                    left += 1
+            job.parents_left = left
+        for job in added:
+            if job.parents_left == 0 and job.state is JobState.PENDING:
+                self._admit(job, now, out)
+        self._run_changed(run, out)
+
+    def _new_job(self, spec: JobSpec, run: Optional[DagRun], now: float,
+                 out: Decisions) -> JobRecord:
         self._seq += 1
-        job = JobRecord(spec=spec, seq=self._seq, submitted_at=now)
-        self.jobs[spec.job_id] = job
-        out.append(ev.JobChanged(spec.job_id, JobState.PENDING))
-        if spec.delay > 0:
-            self._defer(job, now + spec.delay, ("ready", spec.job_id, 0), out)
+        if run is None:
+            job = JobRecord(job_id=spec.job_id, spec=spec, seq=self._seq, submitted_at=now)
+        else:
+            key = f"{run.run_id}/{spec.job_id}"
+            job = JobRecord(job_id=key, spec=spec, seq=self._seq, submitted_at=now,
+                            run_id=run.run_id)
+            run.jobs.append(key)
+            run.counts[JobState.PENDING] = run.counts.get(JobState.PENDING, 0) + 1
+            run.left += 1
+            self.nodes[spec.job_id].append(key)
+        self.jobs[job.job_id] = job
+        out.append(ev.JobChanged(job.job_id, JobState.PENDING))
+        return job
+
+    def _admit(self, job: JobRecord, now: float, out: Decisions) -> None:
+        """Every parent has COMPLETED: the job may go (a gate starts waiting for a person)."""
+        spec = job.spec
+        if spec.kind == "gate":
+            self._set_state(job, JobState.WAITING_APPROVAL, out)
+            job.started_at = now
+            self._defer(job, now + (spec.timeout or 0), ("gate", job.job_id, 0), out)
+        elif spec.delay > 0:
+            self._defer(job, now + spec.delay, ("ready", job.job_id, 0), out)
         else:
             self._enqueue(job)
-            self._dispatch(now, out)
+
+    # -- event handlers: workers ---------------------------------------------------------
 
     def _worker_joined(self, e: ev.WorkerJoined, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
@@ -149,10 +327,9 @@ class Scheduler:
         if self._lost(job, report.attempt):
             # It was given up for lost, but runs: take it back rather than run it twice.
             job.queued = False
-            job.state = JobState.RUNNING
             job.worker_id = w.worker_id
             job.attempt = report.attempt
-            out.append(ev.JobChanged(job.job_id, JobState.RUNNING))
+            self._set_state(job, JobState.RUNNING, out)
             return
         why = "unknown to the master" if job is None else f"already {job.state.value}"
         out.append(ev.Kill(w.worker_id, report.job_id, report.attempt, why))
@@ -208,9 +385,8 @@ class Scheduler:
                 job.exit_code = e.exit_code
                 job.finished_at = now
                 if e.exit_code == 0 and e.reason is None:
-                    job.state = JobState.COMPLETED
                     job.reason = None
-                    out.append(ev.JobChanged(job.job_id, job.state))
+                    self._set_state(job, JobState.COMPLETED, out)
                 else:
                     self._failed(job, e, now, out)
         if dispatch:
@@ -219,6 +395,7 @@ class Scheduler:
     def _failed(self, job: JobRecord, e: ev.JobFinished, now: float, out: Decisions) -> None:
         job.failures += 1
         what = e.reason or f"exit {e.exit_code}"
+        job.reason = what
         if job.failures <= job.spec.retries:
             # Exponential backoff with "equal jitter", so failing jobs do not retry in lock
             # step: a delay in [d/2, d) where d doubles each failure up to the cap.  It
@@ -226,44 +403,197 @@ class Scheduler:
             # (until the cap is reached).
             delay = min(self.backoff_cap, self.backoff_base * 2 ** (job.failures - 1))
             delay *= 0.5 + 0.5 * self.rng.random()
-            job.state = JobState.PENDING
-            job.reason = what
             job.worker_id = None
-            out.append(ev.JobChanged(job.job_id, job.state))
+            self._set_state(job, JobState.PENDING, out)
             self._defer(job, now + delay, ("ready", job.job_id, job.failures), out)
             return
-        job.state = JobState.DEAD if job.spec.retries else JobState.FAILED
-        job.reason = what
-        out.append(ev.JobChanged(job.job_id, job.state))
+        # Out of retries: dead-lettered (its logs stay).
+        self._set_state(job, JobState.DEAD if job.spec.retries else JobState.FAILED, out)
+
+    # -- event handlers: people ----------------------------------------------------------
 
     def _cancel(self, e: ev.CancelRequested, now: float, out: Decisions) -> None:
         job = self.jobs.get(e.job_id)
         if job is None or job.state.terminal:
             return
+        self._cancel_job(job, e.reason, now, out)
+        self._dispatch(now, out)
+
+    def _cancel_job(self, job: JobRecord, reason: str, now: float, out: Decisions) -> None:
         if job.state is JobState.RUNNING and job.worker_id is not None:
-            out.append(ev.Kill(job.worker_id, job.job_id, job.attempt, e.reason))
-        job.state = JobState.CANCELLED
+            out.append(ev.Kill(job.worker_id, job.job_id, job.attempt, reason))
         job.queued = False
-        job.reason = e.reason
+        job.reason = reason
         job.finished_at = now
-        out.append(ev.JobChanged(job.job_id, job.state))
+        self._set_state(job, JobState.CANCELLED, out)
+
+    def _run_cancel(self, e: ev.RunCancelRequested, now: float, out: Decisions) -> None:
+        run = self.runs.get(e.run_id)
+        if run is None:
+            return
+        for key in list(run.jobs):
+            job = self.jobs[key]
+            if not job.state.terminal:
+                self._cancel_job(job, e.reason, now, out)
+        self._dispatch(now, out)
+
+    def _gate_decided(self, e: ev.GateDecided, now: float, out: Decisions) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.state is not JobState.WAITING_APPROVAL:
+            return
+        job.decision = {"approved": e.approved, "by": e.by, "comment": e.comment, "at": now}
+        job.finished_at = now
+        job.ready_at = None
+        if e.approved:
+            job.reason = None
+            self._set_state(job, JobState.COMPLETED, out)
+        else:
+            job.reason = f"rejected by {e.by}" + (f": {e.comment}" if e.comment else "")
+            self._set_state(job, JobState.CANCELLED, out)
+        self._dispatch(now, out)
+
+    def _result_set(self, e: ev.ResultSet, now: float, out: Decisions) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is not None:
+            job.result = e.value
+            run = self.runs.get(job.run_id) if job.run_id else None
+            if run is not None:
+                self._run_changed(run, out)
+
+    # -- event handlers: time ------------------------------------------------------------
+
+    def _schedule_added(self, e: ev.ScheduleAdded, now: float, out: Decisions) -> None:
+        sched = Schedule(schedule_id=e.schedule_id, name=e.template.name, cron=e.cron,
+                         template=e.template, created_at=now)
+        self.schedules[e.schedule_id] = sched
+        self._arm(sched, now, out)
+
+    def _schedule_removed(self, e: ev.ScheduleRemoved, now: float, out: Decisions) -> None:
+        self.schedules.pop(e.schedule_id, None)
+
+    def _arm(self, sched: Schedule, after: float, out: Decisions) -> None:
+        sched.next_at = cron_next(sched.cron, after)
+        out.append(ev.SetTimer(("cron", sched.schedule_id, sched.fired), sched.next_at))
+
+    def _fire(self, sched: Schedule, now: float, out: Decisions) -> None:
+        at = sched.next_at or now
+        stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        run_id = f"{sched.name}-{stamp}"
+        while run_id in self.runs:
+            run_id += "x"
+        sched.fired += 1
+        sched.last_run_id = run_id
+        self._dag_submitted(ev.DagSubmitted(run_id, sched.template), now, out,
+                            schedule_id=sched.schedule_id)
+        # Runs missed while the master was busy or down are not made up one by one: the
+        # next firing is the first one after now.
+        self._arm(sched, max(now, at), out)
 
     def _timer_fired(self, e: ev.TimerFired, now: float, out: Decisions) -> None:
         if not (isinstance(e.key, tuple) and len(e.key) == 3):
             return
-        kind, job_id, failures = e.key
-        job = self.jobs.get(job_id)
-        if kind == "ready" and job is not None and job.state is JobState.PENDING \
-                and not job.queued and job.failures == failures:
+        kind, ident, n = e.key
+        if kind == "cron":
+            sched = self.schedules.get(ident)
+            if sched is not None and sched.fired == n:
+                self._fire(sched, now, out)
+            return
+        job = self.jobs.get(ident)
+        if job is None:
+            return
+        if kind == "ready" and job.state is JobState.PENDING and not job.queued \
+                and job.failures == n and not job.parents_left:
             job.ready_at = None
             self._enqueue(job)
             self._dispatch(now, out)
+        elif kind == "gate" and job.state is JobState.WAITING_APPROVAL:
+            approve = job.spec.on_timeout == "approve"
+            self._gate_decided(ev.GateDecided(
+                job.job_id, approve, "timeout",
+                f"no decision within {_span(job.spec.timeout or 0)}"), now, out)
 
     def _tick(self, e: ev.Tick, now: float, out: Decisions) -> None:
         deadline = now - self.heartbeat_timeout
         for w in [w for w in self.workers.values() if w.last_seen < deadline]:
             self._worker_dead(w, f"no heartbeat for {now - w.last_seen:.1f}s", out)
         self._dispatch(now, out)
+
+    # -- state changes -------------------------------------------------------------------
+
+    def _set_state(self, job: JobRecord, state: JobState, out: Decisions) -> None:
+        """The one place a job changes state: run counts, readiness and cascades follow."""
+        old = job.state
+        if old is state:
+            return
+        job.state = state
+        out.append(ev.JobChanged(job.job_id, state))
+        run = self.runs.get(job.run_id) if job.run_id else None
+        if run is not None:
+            counts = run.counts
+            counts[old] -= 1
+            counts[state] = counts.get(state, 0) + 1
+        if state.terminal:
+            if state is JobState.COMPLETED:
+                self._release_children(job, out)
+            elif job.children:
+                self._cascade(job, out)
+            if run is not None:
+                run.left -= 1
+                if run.left == 0:
+                    self._run_ended(run, out)
+                    return
+        if run is not None:
+            self._run_changed(run, out)
+
+    def _release_children(self, job: JobRecord, out: Decisions) -> None:
+        for key in job.children:
+            child = self.jobs[key]
+            child.parents_left -= 1
+            if child.parents_left == 0 and child.state is JobState.PENDING:
+                self._admit(child, self._now, out)
+
+    def _cascade(self, failed: JobRecord, out: Decisions) -> None:
+        """Descendants of a job that will never complete are CANCELLED, saying why.
+
+        Iterative (a worklist), not recursive: a failure at the top of a 10,000-deep chain
+        must not exhaust the stack."""
+        if self._cascading is not None:
+            self._cascading.append(failed)
+            return
+        self._cascading = [failed]
+        try:
+            while self._cascading:
+                parent = self._cascading.pop()
+                node = parent.node
+                if parent.reason and parent.reason.startswith("cancelled: "):
+                    why = parent.reason  # pass the first cause down, not the last link
+                elif parent.spec.kind == "gate":
+                    why = f"cancelled: gate {node} {parent.reason}"
+                else:
+                    why = f"cancelled: {node} {parent.state.value}"
+                for key in parent.children:
+                    child = self.jobs[key]
+                    if not child.state.terminal:
+                        child.queued = False
+                        child.reason = why
+                        child.finished_at = self._now
+                        self._set_state(child, JobState.CANCELLED, out)
+        finally:
+            self._cascading = None
+
+    def _run_changed(self, run: DagRun, out: Decisions) -> None:
+        self._dirty_runs[run.run_id] = run
+
+    def _run_ended(self, run: DagRun, out: Decisions) -> None:
+        counts = run.counts
+        if counts.get(JobState.COMPLETED, 0) == len(run.jobs):
+            run.state = RunState.COMPLETED
+        elif counts.get(JobState.FAILED, 0) or counts.get(JobState.DEAD, 0):
+            run.state = RunState.FAILED
+        else:
+            run.state = RunState.CANCELLED
+        run.finished_at = self._now
+        self._run_changed(run, out)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -285,11 +615,10 @@ class Scheduler:
 
     def _requeue(self, job: JobRecord, reason: str, out: Decisions) -> None:
         # Not the job's fault: no retry is spent.
-        job.state = JobState.PENDING
         job.worker_id = None
         job.reason = reason
         job.started_at = None
-        out.append(ev.JobChanged(job.job_id, job.state))
+        self._set_state(job, JobState.PENDING, out)
         self._enqueue(job)
 
     def _defer(self, job: JobRecord, at: float, key: tuple, out: Decisions) -> None:
@@ -311,8 +640,10 @@ class Scheduler:
         return None
 
     def _dispatch(self, now: float, out: Decisions) -> None:
+        if not self._queues:
+            return
         alive = [w for w in self.workers.values()
-                 if w.state is WorkerState.ALIVE and w.free_slots > 0]
+                 if w.state is WorkerState.ALIVE and len(w.running) < w.slots]
         while alive and self._queues:
             best: Optional[tuple] = None
             for need, heap in list(self._queues.items()):
@@ -331,41 +662,78 @@ class Scheduler:
             _, heap, job, worker = best
             heapq.heappop(heap)
             self._start(job, worker, now, out)
-            if worker.free_slots <= 0:
+            if len(worker.running) >= worker.slots:
                 alive.remove(worker)
 
     @staticmethod
     def _choose(need: frozenset[str], candidates: Iterable[WorkerRecord]) -> Optional[WorkerRecord]:
         best = None
+        best_key = None
         for w in candidates:
-            if need <= w.tags and (best is None or (w.load, w.seq) < (best.load, best.seq)):
-                best = w
+            if need <= w.tags:
+                key = (len(w.running) / w.slots, w.seq)
+                if best is None or key < best_key:
+                    best, best_key = w, key
         return best
 
     def _start(self, job: JobRecord, worker: WorkerRecord, now: float, out: Decisions) -> None:
         job.queued = False
-        job.state = JobState.RUNNING
         job.attempt += 1
         job.worker_id = worker.worker_id
         job.started_at = now
         worker.running.add(job.job_id)
-        out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec))
-        out.append(ev.JobChanged(job.job_id, JobState.RUNNING))
+        out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec, job.run_id))
+        self._set_state(job, JobState.RUNNING, out)
+
+
+def _span(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
 
 
 def job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
     """What clients see of a job."""
     w = s.workers.get(job.worker_id) if job.worker_id else None
+    spec = job.spec
     return {
-        "job_id": job.job_id, "name": job.spec.name, "state": job.state.value,
-        "command": list(job.spec.command), "priority": job.spec.priority,
-        "tags": sorted(job.spec.tags), "attempt": job.attempt, "failures": job.failures,
-        "retries": job.spec.retries, "worker_id": job.worker_id,
+        "job_id": job.job_id, "name": spec.name, "state": job.state.value,
+        "run_id": job.run_id, "node": job.node if job.run_id else None, "kind": spec.kind,
+        "depends_on": list(spec.depends_on),
+        "command": ([spec.script_name] if spec.script_name else []) + list(spec.command),
+        "priority": spec.priority,
+        "tags": sorted(spec.tags), "attempt": job.attempt, "failures": job.failures,
+        "retries": spec.retries, "worker_id": job.worker_id,
         "worker": w.name if w else None, "exit_code": job.exit_code, "reason": job.reason,
         "waiting": s.waiting_reason(job.job_id, now), "submitted_at": job.submitted_at,
         "started_at": job.started_at, "finished_at": job.finished_at,
-        "ready_at": job.ready_at,
+        "ready_at": job.ready_at, "result": job.result, "decision": job.decision,
+        "message": spec.message,
     }
+
+
+def run_view(s: Scheduler, run: DagRun, now: float, jobs: bool = True) -> dict:
+    view = {
+        "run_id": run.run_id, "name": run.name, "state": run.state.value,
+        "agent_run_id": run.agent_run_id, "stage": run.stage,
+        "schedule_id": run.schedule_id, "created_at": run.created_at,
+        "finished_at": run.finished_at, "version": run.version, "total": len(run.jobs),
+        "counts": {state.value: n for state, n in run.counts.items() if n},
+    }
+    if jobs:
+        view["jobs"] = [_run_job(s, s.jobs[k], now) for k in run.jobs]
+    return view
+
+
+def _run_job(s: Scheduler, job: JobRecord, now: float) -> dict:
+    w = s.workers.get(job.worker_id) if job.worker_id else None
+    return {"node": job.node, "job_id": job.job_id, "state": job.state.value,
+            "kind": job.spec.kind, "attempt": job.attempt, "worker": w.name if w else None,
+            "started_at": job.started_at, "finished_at": job.finished_at,
+            "reason": job.reason, "exit_code": job.exit_code}
 
 
 def worker_view(w: WorkerRecord, now: float) -> dict:
@@ -377,4 +745,5 @@ def worker_view(w: WorkerRecord, now: float) -> dict:
     }
 
 
-__all__ = ["Scheduler", "SubmitError", "JobSpec", "job_view", "worker_view"]
+__all__ = ["Scheduler", "SubmitError", "JobSpec", "job_view", "run_view", "worker_view",
+           "cron_next", "cron_valid"]

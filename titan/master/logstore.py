@@ -17,13 +17,17 @@ class LogStore:
         self._waiters: dict[str, list[defer.Deferred]] = {}
 
     def _path(self, job_id: str) -> str:
+        # A DAG job's id is RUN/JOB: one folder per run.
         return os.path.join(self.directory, f"{job_id}.log")
 
     def append(self, job_id: str, data: bytes) -> None:
         if not data:
             return
         before = self.size(job_id)
-        with open(self._path(job_id), "ab") as f:
+        path = self._path(job_id)
+        if before == 0 and "/" in job_id:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "ab") as f:
             f.write(data)
         self._sizes[job_id] = before + len(data)
         self.wake(job_id)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from twisted.internet.protocol import Factory
 
 from titan import __version__
-from titan.auth import token_matches
+from titan.auth import parse_job_token, token_matches
 from titan.core import events as ev
 from titan.protocols.opcodes import Op, op_name
 from titan.protocols.rpc import RemoteError, RpcProtocol
@@ -16,6 +16,9 @@ if TYPE_CHECKING:
 
 HELLOS = (Op.HELLO, Op.REGISTER)
 WORKER_OPS = frozenset({Op.HEARTBEAT, Op.JOB_STARTED, Op.JOB_COMPLETE, Op.LOG_BATCH})
+# What a job, holding its own job-scoped token, may not do: decide gates (a job approving
+# its own gate would defeat the point), cancel work, or drop schedules.
+NOT_FOR_JOBS = frozenset({Op.DECIDE_GATE, Op.CANCEL_JOB, Op.REMOVE_SCHEDULE})
 
 
 def _require(body: dict, key: str, kind: type = str) -> Any:
@@ -29,6 +32,7 @@ class MasterProtocol(RpcProtocol):
     master: "MasterService"
     role: Optional[str] = None  # "client" or "worker", once the hello is accepted
     worker_id: Optional[str] = None
+    scope: Optional[tuple[str, int]] = None  # (job id, attempt) for a job's own connection
 
     # -- the hello gate --------------------------------------------------------------------
 
@@ -49,6 +53,9 @@ class MasterProtocol(RpcProtocol):
         if opcode in WORKER_OPS and self.role != "worker":
             self.send_error(rid, "not_a_worker", f"{op_name(opcode)} is for registered workers")
             return False
+        if self.scope is not None and opcode in NOT_FOR_JOBS:
+            self.send_error(rid, "forbidden", f"a job's own token may not {op_name(opcode)}")
+            return False
         return True
 
     def _check_token(self, body: dict) -> None:
@@ -57,9 +64,15 @@ class MasterProtocol(RpcProtocol):
             raise RemoteError("auth", "wrong cluster token", close=True)
 
     def op_HELLO(self, body: dict) -> dict:
-        self._check_token(body)
+        scope = parse_job_token(self.master.token, body.get("token"))
+        if scope is not None:
+            self.master.check_scope(scope)
+            self.scope = scope
+        else:
+            self._check_token(body)
         self.role = "client"
-        return {"server": "titan-master", "version": __version__}
+        return {"server": "titan-master", "version": __version__,
+                "job_id": scope[0] if scope else None}
 
     def op_REGISTER(self, body: dict) -> dict:
         self._check_token(body)
@@ -90,6 +103,63 @@ class MasterProtocol(RpcProtocol):
 
     def op_SUBMIT_JOB(self, body: dict) -> dict:
         return {"job_id": self.master.submit(body)}
+
+    def op_SUBMIT_DAG(self, body: dict) -> dict:
+        return self.master.submit_dag(body)
+
+    def op_ADD_JOBS(self, body: dict) -> dict:
+        run_id = body.get("run_id")
+        if self.scope is not None:
+            self.master.check_scope(self.scope)
+            own = self.master.scheduler.jobs[self.scope[0]].run_id
+            if run_id not in (None, own):
+                raise RemoteError("forbidden", f"a job may add jobs to its own run ({own}) only")
+            run_id = own
+            by = self.scope[0]
+        else:
+            by = str(body.get("by") or "client")
+        if not isinstance(run_id, str):
+            raise RemoteError("bad_request", "'run_id' is required (str)")
+        return self.master.add_jobs(run_id, body.get("jobs"), by)
+
+    def op_RUN_INFO(self, body: dict) -> dict:
+        return self.master.run_info(_require(body, "run_id"), bool(body.get("jobs", True)))
+
+    def op_WAIT_RUN(self, body: dict):
+        return self.master.wait_run(_require(body, "run_id"), int(body.get("version") or 0),
+                                    body.get("timeout"), bool(body.get("jobs", False)))
+
+    def op_LIST_RUNS(self, body: dict) -> dict:
+        return {"runs": self.master.list_runs(body.get("agent_run_id"),
+                                              int(body.get("limit") or 100))}
+
+    def op_DECIDE_GATE(self, body: dict) -> dict:
+        approved = body.get("approved")
+        if not isinstance(approved, bool):
+            raise RemoteError("bad_request", "'approved' is required (true or false)")
+        return self.master.decide_gate(_require(body, "job_id"), approved,
+                                       str(body.get("by") or "someone"),
+                                       str(body.get("comment") or ""))
+
+    def op_SET_RESULT(self, body: dict) -> dict:
+        job_id = body.get("job_id")
+        if self.scope is not None:
+            self.master.check_scope(self.scope)
+            if job_id not in (None, self.scope[0]):
+                raise RemoteError("forbidden", "a job may set its own result only")
+            job_id = self.scope[0]
+        if not isinstance(job_id, str):
+            raise RemoteError("bad_request", "'job_id' is required (str)")
+        return self.master.set_result(job_id, body.get("value"))
+
+    def op_GET_RESULT(self, body: dict) -> dict:
+        return self.master.get_result(_require(body, "job_id"))
+
+    def op_LIST_SCHEDULES(self, body: dict) -> dict:
+        return {"schedules": self.master.list_schedules()}
+
+    def op_REMOVE_SCHEDULE(self, body: dict) -> dict:
+        return self.master.remove_schedule(_require(body, "schedule_id"))
 
     def op_JOB_INFO(self, body: dict) -> dict:
         return self.master.job_info(_require(body, "job_id"))

@@ -15,11 +15,14 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from titan.auth import load_or_create_token
+from titan.auth import job_token, load_or_create_token
 from titan.config import Config
 from titan.core import events as ev
-from titan.core.model import JobSpec, JobState, WorkerState
-from titan.core.scheduler import Scheduler, SubmitError, job_view, worker_view
+from titan.core.dag import RESULT_LIMIT, parse_dag, parse_jobs
+from titan.core.model import JobSpec, JobState, RunState, WorkerState
+from titan.core.scheduler import (
+    Scheduler, SubmitError, cron_valid, job_view, run_view, worker_view)
+from titan.protocols import codec
 from titan.master.logstore import LogStore
 from titan.master.server import MasterFactory, MasterProtocol
 from titan.protocols.opcodes import Op
@@ -84,11 +87,13 @@ class MasterService(MultiService):
         self.token: str = config.token or ""
         self.scheduler = Scheduler(heartbeat_timeout=mc.heartbeat_timeout,
                                    backoff_base=mc.retry_backoff_base,
-                                   backoff_cap=mc.retry_backoff_cap)
+                                   backoff_cap=mc.retry_backoff_cap,
+                                   max_jobs_per_run=mc.max_jobs_per_run)
         self.logs: Optional[LogStore] = None
         self.worker_conns: dict[str, MasterProtocol] = {}
         self._timers: dict[Any, Any] = {}
         self._done_waiters: dict[str, list[defer.Deferred]] = {}
+        self._run_waiters: dict[str, list[defer.Deferred]] = {}
         self.listener = ListenerService(reactor, mc.listen, MasterFactory(self),
                                         self._listening)
         self.listener.setServiceParent(self)
@@ -149,8 +154,10 @@ class MasterService(MultiService):
         if isinstance(d, ev.Dispatch):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
-                conn.push(Op.DISPATCH, {"job_id": d.job_id, "attempt": d.attempt,
-                                        "spec": d.spec.to_wire()})
+                conn.push(Op.DISPATCH, {
+                    "job_id": d.job_id, "attempt": d.attempt, "run_id": d.run_id,
+                    "token": job_token(self.token, d.job_id, d.attempt),
+                    "spec": d.spec.to_wire()})
         elif isinstance(d, ev.JobChanged):
             if d.state.terminal:
                 self._job_ended(d.job_id)
@@ -159,6 +166,9 @@ class MasterService(MultiService):
             if conn is not None:
                 conn.push(Op.KILL, {"job_id": d.job_id, "attempt": d.attempt,
                                     "reason": d.reason})
+        elif isinstance(d, ev.RunChanged):
+            for waiter in self._run_waiters.pop(d.run_id, ()):
+                waiter.callback(None)
         elif isinstance(d, ev.SetTimer):
             old = self._timers.pop(d.key, None)
             if old is not None and old.active():
@@ -242,18 +252,33 @@ class MasterService(MultiService):
             if job_id not in self.scheduler.jobs:
                 return job_id
 
-    def _job(self, job_id: str):
-        job = self.scheduler.jobs.get(job_id)
-        if job is None:
-            raise RemoteError("not_found", f"no job {job_id}")
-        return job
+    def _job(self, ref: str):
+        try:
+            return self.scheduler.jobs[self.scheduler.resolve(ref)]
+        except SubmitError as e:
+            raise RemoteError("not_found", str(e)) from None
 
-    def job_info(self, job_id: str) -> dict:
-        return job_view(self.scheduler, self._job(job_id), self.now())
+    def _run(self, run_id: str):
+        run = self.scheduler.runs.get(run_id)
+        if run is None:
+            raise RemoteError("not_found", f"no run {run_id}")
+        return run
 
-    async def wait_job(self, job_id: str, timeout: Optional[float]) -> dict:
+    def check_scope(self, scope: tuple[str, int]) -> None:
+        """A job's token is good while that attempt of the job runs, and no longer."""
+        job = self.scheduler.jobs.get(scope[0])
+        if job is None or job.attempt != scope[1] or job.state is not JobState.RUNNING:
+            raise RemoteError("auth", f"the token of job {scope[0]} (attempt {scope[1]}) "
+                                      "is no longer valid: that attempt is not running",
+                              close=True)
+
+    def job_info(self, ref: str) -> dict:
+        return job_view(self.scheduler, self._job(ref), self.now())
+
+    async def wait_job(self, ref: str, timeout: Optional[float]) -> dict:
         """The job once it has ended, or as it is when `timeout` (at most LONG_POLL) passes."""
-        job = self._job(job_id)
+        job = self._job(ref)
+        job_id = job.job_id
         if not job.state.terminal:
             d: defer.Deferred = defer.Deferred()
             waiters = self._done_waiters.setdefault(job_id, [])
@@ -267,8 +292,9 @@ class MasterService(MultiService):
                 waiters.remove(d)
         return self.job_info(job_id)
 
-    async def read_logs(self, job_id: str, offset: int, wait: bool) -> dict:
-        job = self._job(job_id)
+    async def read_logs(self, ref: str, offset: int, wait: bool) -> dict:
+        job = self._job(ref)
+        job_id = job.job_id
         if wait and not job.state.terminal and offset >= self.logs.size(job_id):
             d = self.logs.changed(job_id)
             call = self.reactor.callLater(LONG_POLL, lambda: d.called or d.callback(None))
@@ -282,12 +308,129 @@ class MasterService(MultiService):
                 "done": job.state.terminal and end >= self.logs.size(job_id),
                 "state": job.state.value}
 
-    def cancel(self, job_id: str) -> dict:
-        job = self._job(job_id)
+    def cancel(self, ref: str) -> dict:
+        """Cancel a job, or every unfinished job of a run, or a schedule."""
+        if ref in self.scheduler.runs and ref not in self.scheduler.jobs:
+            run = self.scheduler.runs[ref]
+            if run.state is not RunState.RUNNING:
+                return {"run_id": ref, "state": run.state.value, "cancelled": False}
+            self.handle(ev.RunCancelRequested(ref))
+            return {"run_id": ref, "state": run.state.value, "cancelled": True}
+        if ref in self.scheduler.schedules and ref not in self.scheduler.jobs:
+            return self.remove_schedule(ref)
+        job = self._job(ref)
         before = job.state
-        self.handle(ev.CancelRequested(job_id))
-        return {"job_id": job_id, "state": job.state.value,
+        self.handle(ev.CancelRequested(job.job_id))
+        return {"job_id": job.job_id, "state": job.state.value,
                 "cancelled": job.state is JobState.CANCELLED and before is not JobState.CANCELLED}
+
+    # -- DAG runs --------------------------------------------------------------------------
+
+    def _apply_checked(self, event: object) -> None:
+        try:
+            self.scheduler.validate(event)
+        except SubmitError as e:
+            raise RemoteError("bad_dag", str(e)) from None
+        self.handle(event)
+
+    def submit_dag(self, body: dict) -> dict:
+        try:
+            template = parse_dag(body)
+        except SubmitError as e:
+            raise RemoteError("bad_dag", str(e)) from None
+        cron = body.get("schedule")
+        if cron:
+            schedule_id = template.name
+            n = 1
+            while schedule_id in self.scheduler.schedules:
+                n += 1
+                schedule_id = f"{template.name}.{n}"
+            if not cron_valid(cron):
+                raise RemoteError("bad_dag", f"schedule {cron!r} is not a cron expression "
+                                             "(5 fields, or 6 with seconds last)")
+            self._apply_checked(ev.ScheduleAdded(schedule_id, cron, template))
+            sched = self.scheduler.schedules[schedule_id]
+            return {"schedule_id": schedule_id, "next_at": sched.next_at}
+        run_id = self._new_run_id(template.name)
+        self._apply_checked(ev.DagSubmitted(run_id, template))
+        return {"run_id": run_id, "jobs": list(self.scheduler.runs[run_id].jobs)}
+
+    def _new_run_id(self, name: str) -> str:
+        while True:
+            run_id = f"{name}-{secrets.token_hex(3)}"
+            if run_id not in self.scheduler.runs:
+                return run_id
+
+    def add_jobs(self, run_id: str, jobs: Any, by: str) -> dict:
+        try:
+            specs = parse_jobs(jobs)
+        except SubmitError as e:
+            raise RemoteError("bad_dag", str(e)) from None
+        self._apply_checked(ev.JobsAdded(run_id, tuple(specs), by))
+        return {"run_id": run_id, "added": [f"{run_id}/{s.job_id}" for s in specs]}
+
+    def run_info(self, run_id: str, jobs: bool = True) -> dict:
+        return run_view(self.scheduler, self._run(run_id), self.now(), jobs)
+
+    async def wait_run(self, run_id: str, version: int, timeout: Optional[float],
+                       jobs: bool) -> dict:
+        """The run once it has changed since `version` (or ended), or at the timeout."""
+        run = self._run(run_id)
+        if run.version <= version and run.state is RunState.RUNNING:
+            d: defer.Deferred = defer.Deferred()
+            waiters = self._run_waiters.setdefault(run_id, [])
+            waiters.append(d)
+            limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
+            call = self.reactor.callLater(limit, lambda: d.called or d.callback(None))
+            await d
+            if call.active():
+                call.cancel()
+            if d in waiters:
+                waiters.remove(d)
+        return run_view(self.scheduler, run, self.now(), jobs)
+
+    def list_runs(self, agent_run_id: Optional[str], limit: int) -> list:
+        s = self.scheduler
+        if agent_run_id:
+            if agent_run_id not in s.agent_runs:
+                raise RemoteError("not_found", f"no agent run {agent_run_id}")
+            runs = [s.runs[r] for r in s.agent_runs[agent_run_id]]
+        else:
+            runs = list(s.runs.values())[-int(limit):]
+        now = self.now()
+        return [run_view(s, r, now, jobs=False) for r in runs]
+
+    def decide_gate(self, ref: str, approved: bool, by: str, comment: str) -> dict:
+        job = self._job(ref)
+        self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment))
+        return job_view(self.scheduler, job, self.now())
+
+    def set_result(self, ref: str, value: Any) -> dict:
+        job = self._job(ref)
+        try:
+            size = len(codec.pack({"v": value}))
+        except Exception as e:
+            raise RemoteError("bad_result", f"the result cannot be stored: {e}") from None
+        if size > RESULT_LIMIT:
+            raise RemoteError("bad_result", f"the result is {size} bytes, over the "
+                                            f"{RESULT_LIMIT}-byte limit; write a file instead")
+        self._apply_checked(ev.ResultSet(job.job_id, value))
+        return {"job_id": job.job_id}
+
+    def get_result(self, ref: str) -> dict:
+        job = self._job(ref)
+        return {"job_id": job.job_id, "state": job.state.value, "result": job.result}
+
+    def list_schedules(self) -> list:
+        return [{"schedule_id": sc.schedule_id, "name": sc.name, "cron": sc.cron,
+                 "fired": sc.fired, "next_at": sc.next_at, "last_run_id": sc.last_run_id}
+                for sc in self.scheduler.schedules.values()]
+
+    def remove_schedule(self, schedule_id: str) -> dict:
+        if schedule_id not in self.scheduler.schedules:
+            raise RemoteError("not_found", f"no schedule {schedule_id}")
+        self.handle(ev.ScheduleRemoved(schedule_id))
+        return {"schedule_id": schedule_id, "cancelled": True, "state": "REMOVED"}
 
     def list_workers(self) -> list:
         now = self.now()

@@ -30,6 +30,15 @@ class Op(enum.IntEnum):
     JOB_INFO = 0x35
     WAIT_JOB = 0x36
     LIST_JOBS = 0x37
+    ADD_JOBS = 0x38  # a running job (or a client) grows a DAG run
+    RUN_INFO = 0x39
+    WAIT_RUN = 0x3A
+    LIST_RUNS = 0x3B
+    DECIDE_GATE = 0x3C  # approve or reject
+    SET_RESULT = 0x3D
+    GET_RESULT = 0x3E
+    LIST_SCHEDULES = 0x3F
+    REMOVE_SCHEDULE = 0x40
 
     ACK = 0x50
     ERROR = 0x51

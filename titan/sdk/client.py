@@ -25,6 +25,14 @@ class ConnectError(TitanError):
     pass
 
 
+def _whoami() -> str:
+    import getpass
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except Exception:
+        return "someone"
+
+
 def submit_body(command: Union[str, Sequence[str]], *, priority: int = 0,
                 tags: Sequence[str] = (), timeout: Optional[float] = None, retries: int = 0,
                 delay: float = 0.0, env: Optional[dict] = None, cwd: Optional[str] = None,
@@ -123,14 +131,86 @@ class Client:
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def submit(self, command: Union[str, Sequence[str]], *, priority: int = 0,
+    def submit(self, command: Any, *, priority: int = 0,
                tags: Sequence[str] = (), timeout: Optional[float] = None, retries: int = 0,
                delay: float = 0.0, env: Optional[dict] = None, cwd: Optional[str] = None,
                name: Optional[str] = None) -> str:
-        """Queue one job; returns its id.  A string command runs under `sh -c`."""
+        """Queue one job (returns its id; a string command runs under `sh -c`), or a whole
+        pipeline (a `Pipeline` or its spec: returns the run id)."""
+        if hasattr(command, "to_spec") or isinstance(command, dict):
+            return self.submit_dag(command)["run_id"]
         body = submit_body(command, priority=priority, tags=tags, timeout=timeout,
                            retries=retries, delay=delay, env=env, cwd=cwd, name=name)
         return self.call(Op.SUBMIT_JOB, body)["job_id"]
+
+    # -- DAG runs --------------------------------------------------------------------------
+
+    def submit_dag(self, pipeline: Any) -> dict:
+        """Start a DAG run (or register a schedule, if the spec has one); returns
+        {"run_id", "jobs"} or {"schedule_id", "next_at"}."""
+        spec = pipeline.to_spec() if hasattr(pipeline, "to_spec") else pipeline
+        return self.call(Op.SUBMIT_DAG, spec)
+
+    def add_jobs(self, run_id: str, jobs: Any) -> list:
+        """Grow a running DAG run; `jobs` as in a pipeline spec. Returns the new job ids."""
+        if hasattr(jobs, "to_spec"):
+            jobs = jobs.to_spec()["jobs"]
+        return self.call(Op.ADD_JOBS, {"run_id": run_id, "jobs": list(jobs)})["added"]
+
+    def run(self, run_id: str, jobs: bool = True) -> dict:
+        return self.call(Op.RUN_INFO, {"run_id": run_id, "jobs": jobs})
+
+    def watch_run(self, run_id: str, jobs: bool = False) -> Iterator[dict]:
+        """The run each time it changes, until it has ended (the last one yielded)."""
+        version = -1
+        while True:
+            run = self.call(Op.WAIT_RUN, {"run_id": run_id, "version": version, "jobs": jobs},
+                            timeout=60)
+            if run["version"] != version or run["state"] != "RUNNING":
+                yield run
+            version = run["version"]
+            if run["state"] != "RUNNING":
+                return
+
+    def wait_run(self, run_id: str, timeout: Optional[float] = None) -> dict:
+        """Block until the run has ended (or `timeout` passes); returns it with its jobs."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        version = -1
+        while True:
+            left = 25.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            run = self.call(Op.WAIT_RUN, {"run_id": run_id, "version": version,
+                                          "timeout": min(left, 25.0)}, timeout=60)
+            version = run["version"]
+            if run["state"] != "RUNNING" or (deadline is not None
+                                             and time.monotonic() >= deadline):
+                return self.run(run_id)
+
+    def runs(self, agent_run_id: Optional[str] = None, limit: int = 100) -> list:
+        return self.call(Op.LIST_RUNS, {"agent_run_id": agent_run_id, "limit": limit})["runs"]
+
+    def approve(self, gate: str, comment: str = "", by: Optional[str] = None) -> dict:
+        return self._decide(gate, True, comment, by)
+
+    def reject(self, gate: str, comment: str = "", by: Optional[str] = None) -> dict:
+        return self._decide(gate, False, comment, by)
+
+    def _decide(self, gate: str, approved: bool, comment: str, by: Optional[str]) -> dict:
+        return self.call(Op.DECIDE_GATE, {"job_id": gate, "approved": approved,
+                                          "comment": comment, "by": by or _whoami()})
+
+    def result(self, job_id: str) -> Any:
+        return self.call(Op.GET_RESULT, {"job_id": job_id})["result"]
+
+    def set_result(self, job_id: str, value: Any) -> None:
+        self.call(Op.SET_RESULT, {"job_id": job_id, "value": value})
+
+    def schedules(self) -> list:
+        return self.call(Op.LIST_SCHEDULES)["schedules"]
+
+    def unschedule(self, schedule_id: str) -> dict:
+        return self.call(Op.REMOVE_SCHEDULE, {"schedule_id": schedule_id})
+
+    # -- jobs ------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict:
         return self.call(Op.JOB_INFO, {"job_id": job_id})

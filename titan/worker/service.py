@@ -43,6 +43,7 @@ def parse_hostport(value: str, default_port: int = 9090) -> tuple[str, int]:
 
 @attrs.define(eq=False)
 class RunningJob:
+    job_id: str
     spec: JobSpec
     attempt: int
     workdir: str
@@ -65,7 +66,8 @@ class WorkerProtocol(RpcProtocol):
         self.worker.disconnected(self)
 
     def op_DISPATCH(self, body: dict) -> None:
-        self.worker.start_job(JobSpec.from_wire(body["spec"]), int(body["attempt"]))
+        self.worker.start_job(body["job_id"], JobSpec.from_wire(body["spec"]),
+                              int(body["attempt"]), body.get("run_id"), body.get("token"))
 
     def op_KILL(self, body: dict) -> None:
         self.worker.kill_job(body["job_id"], int(body["attempt"]), body.get("reason") or "killed")
@@ -153,7 +155,7 @@ class WorkerService(MultiService):
             "token": self.token, "worker_id": self.worker_id, "name": self.name,
             "host": socket.gethostname(), "tags": list(self.tags), "slots": self.slots,
             "pid": os.getpid(),
-            "running": [{"job_id": j.spec.job_id, "attempt": j.attempt}
+            "running": [{"job_id": j.job_id, "attempt": j.attempt}
                         for j in self.jobs.values()],
             "finished": finished,
         }
@@ -203,8 +205,9 @@ class WorkerService(MultiService):
 
     # -- jobs ------------------------------------------------------------------------------
 
-    def start_job(self, spec: JobSpec, attempt: int) -> None:
-        existing = self.jobs.get(spec.job_id)
+    def start_job(self, job_id: str, spec: JobSpec, attempt: int,
+                  run_id: Optional[str] = None, token: Optional[str] = None) -> None:
+        existing = self.jobs.get(job_id)
         if existing is not None:
             if existing.attempt == attempt:
                 return  # a repeated dispatch
@@ -212,13 +215,19 @@ class WorkerService(MultiService):
         if spec.cwd:
             workdir, own = os.path.expanduser(spec.cwd), False
         else:
-            workdir, own = os.path.join(self.data_dir, "work", spec.job_id), True
-        job = RunningJob(spec=spec, attempt=attempt, workdir=workdir, own_workdir=own)
-        self.jobs[spec.job_id] = job
+            # RUN/JOB for a DAG job: one folder per run, one per job inside it.
+            workdir, own = os.path.join(self.data_dir, "work", job_id), True
+        job = RunningJob(job_id=job_id, spec=spec, attempt=attempt, workdir=workdir,
+                         own_workdir=own)
+        self.jobs[job_id] = job
         env = dict(self._base_env)
         env.update(spec.env)
-        env["TITAN_JOB_ID"] = spec.job_id
+        env["TITAN_JOB_ID"] = job_id
         env["TITAN_ATTEMPT"] = str(attempt)
+        if run_id:
+            env["TITAN_RUN_ID"] = run_id
+        if token:
+            env["TITAN_TOKEN"] = token  # scoped to this attempt of this job
         proto = JobProcess(self.reactor,
                            on_output=lambda stream, data: self._output(job, stream, data),
                            on_exit=lambda code, why: self._exited(job, code, why),
@@ -226,17 +235,30 @@ class WorkerService(MultiService):
         job.proc = proto
         try:
             os.makedirs(workdir, exist_ok=True)
+            command = self._command(spec, workdir)
         except OSError as e:
-            self._exited(job, None, f"cannot use working directory {workdir}: {e.strerror}")
+            self._exited(job, None, f"cannot prepare {workdir}: {e.strerror}")
             return
-        problem = spawn(self.reactor, proto, list(spec.command), env, workdir)
+        problem = spawn(self.reactor, proto, command, env, workdir)
         if problem is not None:
             self._output(job, "err", f"titan: {problem}\n".encode())
             self._exited(job, 127, problem)
-            return
-        if self.conn is not None and self.registered:
-            self.conn.push(Op.JOB_STARTED, {"job_id": spec.job_id, "attempt": attempt,
-                                            "pid": proto.pid})
+
+    @staticmethod
+    def _command(spec: JobSpec, workdir: str) -> list[str]:
+        """The argv to run: the command, or a shipped script under its interpreter."""
+        if spec.script_name is None:
+            return list(spec.command)
+        path = os.path.join(workdir, spec.script_name)
+        with open(path, "wb") as f:
+            f.write(spec.script or b"")
+        os.chmod(path, 0o755)
+        if spec.script_name.endswith(".py"):
+            # This worker's own Python: the titan SDK is importable from the script.
+            return [sys.executable, spec.script_name, *spec.command]
+        if spec.script_name.endswith(".sh"):
+            return ["bash", spec.script_name, *spec.command]
+        return [f"./{spec.script_name}", *spec.command]
 
     def kill_job(self, job_id: str, attempt: int, reason: str) -> None:
         job = self.jobs.get(job_id)
@@ -278,16 +300,23 @@ class WorkerService(MultiService):
     def _flush_job(self, job: RunningJob) -> None:
         if self.conn is None or not self.registered:
             return
-        self.conn.push(Op.LOG_BATCH, {"job_id": job.spec.job_id, "attempt": job.attempt,
+        self.conn.push(Op.LOG_BATCH, {"job_id": job.job_id, "attempt": job.attempt,
                                       "chunks": self._take_chunks(job)})
 
     def _exited(self, job: RunningJob, exit_code: Optional[int], reason: Optional[str]) -> None:
-        job_id = job.spec.job_id
+        job_id = job.job_id
         if self.jobs.get(job_id) is job:
             del self.jobs[job_id]
         if job.own_workdir:
+            if job.spec.script_name:
+                try:
+                    os.unlink(os.path.join(job.workdir, job.spec.script_name))
+                except OSError:
+                    pass
             try:
                 os.rmdir(job.workdir)  # only when the job left nothing behind
+                if "/" in job_id:
+                    os.rmdir(os.path.dirname(job.workdir))  # the run's, once empty
             except OSError:
                 pass
         report = {"job_id": job_id, "attempt": job.attempt, "exit_code": exit_code,

@@ -1,0 +1,221 @@
+"""DAG specs: from the wire to a validated `RunTemplate`, and from a template to jobs.
+
+Pure functions.  Whatever is refused raises SubmitError with a message that names the jobs
+involved, and nothing of the DAG is accepted.
+"""
+from __future__ import annotations
+
+import re
+
+import attrs
+from typing import Any, Iterable, Optional
+
+from titan.core.events import RunTemplate
+from titan.core.model import JobSpec
+
+GATE_TIMEOUT = 48 * 3600.0
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+RESULT_LIMIT = 64 * 1024
+
+
+class SubmitError(ValueError):
+    """A submission the scheduler refuses; nothing of it was accepted."""
+
+
+def _number(job: str, key: str, value: Any, default: Optional[float] = None,
+            allow_zero: bool = True) -> Optional[float]:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SubmitError(f"job {job}: {key} must be a number, not {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SubmitError(f"job {job}: {key} must be {'0 or more' if allow_zero else 'positive'}")
+    return float(value)
+
+
+def _strings(job: str, key: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise SubmitError(f"job {job}: {key} must be a list of strings")
+    return tuple(value)
+
+
+def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
+    """One job of a DAG from its wire form; also its HITL gate request, if any."""
+    if not isinstance(raw, dict):
+        raise SubmitError(f"jobs[{index}] must be a map")
+    node = raw.get("id")
+    if not isinstance(node, str) or not NAME.match(node):
+        raise SubmitError(f"jobs[{index}]: id must be letters, digits, '_', '.' or '-', "
+                          f"not {node!r}")
+    kind = raw.get("kind") or "job"
+    depends_on = _strings(node, "depends_on", raw.get("depends_on"))
+    if kind == "gate":
+        on_timeout = raw.get("on_timeout") or "reject"
+        if on_timeout not in ("reject", "approve"):
+            raise SubmitError(f"job {node}: on_timeout must be reject or approve")
+        timeout = _number(node, "timeout", raw.get("timeout"), GATE_TIMEOUT, allow_zero=False)
+        return JobSpec(job_id=node, command=(), kind="gate", depends_on=depends_on,
+                       message=str(raw.get("message") or f"approve {node}?"), timeout=timeout,
+                       on_timeout=on_timeout), None
+    if kind != "job":
+        raise SubmitError(f"job {node}: kind must be job or gate, not {kind!r}")
+    if (raw.get("type") or "run") != "run":
+        raise SubmitError(f"job {node}: type {raw.get('type')!r} is not supported yet "
+                          "(only run)")
+    script = raw.get("script")
+    command = raw.get("command")
+    if isinstance(command, str):
+        command = ["sh", "-c", command]
+    script_name = script_content = None
+    if script is not None:
+        if command:
+            raise SubmitError(f"job {node}: give a command or a script, not both")
+        if not isinstance(script, dict) or not isinstance(script.get("name"), str) \
+                or not isinstance(script.get("content"), (bytes, str)):
+            raise SubmitError(f"job {node}: script must have a name and a content")
+        script_name = script["name"].rsplit("/", 1)[-1]
+        content = script["content"]
+        script_content = content.encode() if isinstance(content, str) else content
+        command = list(_strings(node, "script.args", script.get("args")))
+    else:
+        command = list(_strings(node, "command", command))
+        if not command or not command[0]:
+            raise SubmitError(f"job {node}: command is empty")
+    env = raw.get("env") or {}
+    if not isinstance(env, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                            for k, v in env.items()):
+        raise SubmitError(f"job {node}: env must map names to strings")
+    retries = raw.get("retries") or 0
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SubmitError(f"job {node}: retries must be a whole number, 0 or more")
+    priority = raw.get("priority") or 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise SubmitError(f"job {node}: priority must be a whole number")
+    tags = list(_strings(node, "tags", raw.get("tags")))
+    if raw.get("requirement"):
+        tags.append(str(raw["requirement"]))
+    spec = JobSpec(
+        job_id=node, command=command, env=tuple(sorted(env.items())),
+        cwd=raw.get("cwd"), priority=priority, tags=tags,
+        timeout=_number(node, "timeout", raw.get("timeout"), None, allow_zero=False),
+        retries=retries, delay=_number(node, "delay", raw.get("delay"), 0.0) or 0.0,
+        depends_on=depends_on, script_name=script_name, script=script_content,
+        affinity=raw.get("affinity"))
+    gate = None
+    if raw.get("hitl_message"):
+        gate = {"message": str(raw["hitl_message"]),
+                "timeout": _number(node, "max_wait_seconds", raw.get("max_wait_seconds"),
+                                   GATE_TIMEOUT, allow_zero=False)}
+    return spec, gate
+
+
+def with_hitl_gates(specs: list[JobSpec], gates: dict[str, dict]) -> list[JobSpec]:
+    """Insert an approval gate after each job that asked for one; its children wait on it."""
+    if not gates:
+        return specs
+    taken = {s.job_id for s in specs}
+    gate_of: dict[str, str] = {}
+    for node in gates:
+        name = f"{node}.approval"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        gate_of[node] = name
+    out = []
+    for spec in specs:
+        parents = tuple(gate_of.get(p, p) for p in spec.depends_on)
+        out.append(spec if parents == spec.depends_on else
+                   attrs.evolve(spec, depends_on=parents))
+        if spec.job_id in gate_of:
+            g = gates[spec.job_id]
+            out.append(JobSpec(job_id=gate_of[spec.job_id], command=(),
+                               kind="gate", depends_on=(spec.job_id,), message=g["message"],
+                               timeout=g["timeout"]))
+    return out
+
+
+def parse_jobs(raw_jobs: Any) -> list[JobSpec]:
+    if not isinstance(raw_jobs, (list, tuple)) or not raw_jobs:
+        raise SubmitError("a DAG needs a non-empty list of jobs")
+    specs, gates = [], {}
+    for i, raw in enumerate(raw_jobs):
+        spec, gate = parse_job(raw, i)
+        specs.append(spec)
+        if gate:
+            gates[spec.job_id] = gate
+    return with_hitl_gates(specs, gates)
+
+
+def parse_dag(body: dict) -> RunTemplate:
+    name = body.get("name") or "dag"
+    if not isinstance(name, str) or not NAME.match(name):
+        raise SubmitError(f"DAG name must be letters, digits, '_', '.' or '-', not {name!r}")
+    specs = parse_jobs(body.get("jobs"))
+    check_graph(specs, known=())
+    max_jobs = body.get("max_jobs")
+    if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int)
+                                 or max_jobs < 1):
+        raise SubmitError("max_jobs must be a whole number, 1 or more")
+    agent_run_id = body.get("agent_run_id")
+    if agent_run_id is not None and (not isinstance(agent_run_id, str)
+                                     or not NAME.match(agent_run_id)):
+        raise SubmitError(f"agent_run_id must be letters, digits, '_', '.' or '-'")
+    stage = body.get("stage")
+    return RunTemplate(name=name, specs=tuple(specs), agent_run_id=agent_run_id,
+                       stage=str(stage) if stage is not None else None, max_jobs=max_jobs)
+
+
+def check_graph(specs: Iterable[JobSpec], known: Iterable[str]) -> None:
+    """Refuse duplicate ids, unknown parents and cycles among `specs` (whose parents may
+    also be the `known` nodes of a run that already exists)."""
+    specs = list(specs)
+    known = set(known)
+    seen: dict[str, int] = {}
+    for spec in specs:
+        if spec.job_id in seen or spec.job_id in known:
+            raise SubmitError(f"job id {spec.job_id!r} is used twice")
+        seen[spec.job_id] = 1
+    for spec in specs:
+        for parent in spec.depends_on:
+            if parent == spec.job_id:
+                raise SubmitError(f"job {spec.job_id} depends on itself")
+            if parent not in seen and parent not in known:
+                raise SubmitError(f"job {spec.job_id} depends on unknown job {parent!r}")
+    # Kahn's algorithm over the new jobs; known jobs cannot depend on new ones.
+    parents_left = {s.job_id: sum(1 for p in s.depends_on if p in seen) for s in specs}
+    children: dict[str, list[str]] = {}
+    for s in specs:
+        for p in s.depends_on:
+            if p in seen:
+                children.setdefault(p, []).append(s.job_id)
+    ready = [n for n, c in parents_left.items() if c == 0]
+    done = 0
+    while ready:
+        node = ready.pop()
+        done += 1
+        for child in children.get(node, ()):
+            parents_left[child] -= 1
+            if parents_left[child] == 0:
+                ready.append(child)
+    if done < len(specs):
+        raise SubmitError(f"cycle: {' -> '.join(_a_cycle(specs, parents_left))}")
+
+
+def _a_cycle(specs: list[JobSpec], parents_left: dict[str, int]) -> list[str]:
+    """One cycle among the jobs Kahn's algorithm could not order, in dependency order."""
+    stuck = {n for n, c in parents_left.items() if c > 0}
+    parents = {s.job_id: [p for p in s.depends_on if p in stuck]
+               for s in specs if s.job_id in stuck}
+    node = min(stuck)
+    path: list[str] = []
+    index: dict[str, int] = {}
+    while node not in index:
+        index[node] = len(path)
+        path.append(node)
+        node = parents[node][0]
+    cycle = path[index[node]:] + [node]
+    return list(reversed(cycle))
