@@ -1,0 +1,964 @@
+"""Pipelines: a DAG of jobs and approval gates, from a YAML file or built in Python.
+
+Both ways in give the same `Pipeline`, and `Pipeline.to_spec()` turns it into the body the
+master takes for SUBMIT_DAG::
+
+    from titan.sdk.pipeline import Pipeline, load_pipeline
+
+    p = Pipeline("etl")
+    extract = p.job("extract", ["python3", "extract.py"], retries=2, timeout=60)
+    transform = p.job("transform", "python3 transform.py")        # split like a shell
+    review = p.gate("review", message="Ship it?", timeout="1h")
+    load = p.script("load", path="scripts/load.py", args=["--fast"])
+    extract >> transform >> review >> load
+    spec = p.to_spec()
+
+    same = load_pipeline("etc/pipelines/etl.yaml").to_spec()
+
+Dependencies: ``a >> b`` (b runs after a; gives b), ``[a, b] >> c``, ``a >> [b, c]``,
+``c << a`` (gives a), ``c << [a, b]``, or ``depends_on=["a"]`` by id (the id may name a
+job added later; `to_spec` checks it).
+
+The YAML format is the public reference's (``name``, ``project``, ``jobs`` with ``id``,
+``type``, ``file``, ``args``, ``depends_on``, ``requirement``, ``priority``, ``delay``,
+``affinity``, ``port``, ``hitl_message``, ``max_wait_seconds``) plus Titan's keys: top level
+``schedule``, ``agent_run_id``, ``stage``, ``max_jobs``; per job ``command``, ``retries``,
+``timeout``, ``env``, ``tags``, ``cwd`` and ``gate: true`` (with ``message``, ``timeout``,
+``on_timeout``).  A ``file`` is read relative to the YAML file's directory.  Every error is a
+`PipelineError` naming the file, the line and the key.
+
+`Pipeline.to_yaml()` writes that format back.  A script job is written as ``file: <name>``
+(its basename), so its script must sit beside the YAML file: `Pipeline.save(path)` writes
+the YAML and the scripts together.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+import yaml
+
+from titan.errors import TitanError
+
+__all__ = ["Pipeline", "Job", "Gate", "PipelineError", "load_pipeline", "GATE_TIMEOUT"]
+
+GATE_TIMEOUT = 48 * 3600.0
+NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+JOB_TYPES = ("run", "service")
+ON_TIMEOUT = ("reject", "approve")
+
+TOP_KEYS = ("name", "project", "jobs", "schedule", "agent_run_id", "stage", "max_jobs")
+JOB_KEYS = ("id", "type", "file", "args", "depends_on", "requirement", "priority", "delay",
+            "affinity", "port", "hitl_message", "max_wait_seconds", "command", "retries",
+            "timeout", "env", "gate", "tags", "cwd", "message", "on_timeout")
+GATE_KEYS = ("id", "gate", "depends_on", "message", "hitl_message", "timeout",
+             "max_wait_seconds", "on_timeout")
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
+
+
+class PipelineError(TitanError):
+    """A pipeline that cannot be submitted: the message says where and why."""
+
+
+class _Bad(Exception):
+    """A value refused; the message is what follows the key (`must be ...` or `: ...`)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Values: one validator per kind, shared by the builder and the YAML reader.
+
+def _name_ok(value: Any) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise _Bad(f"must be letters, digits, '_', '.' or '-', not {value!r}")
+    return value
+
+
+def _whole(value: Any, minimum: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Bad(f"must be a whole number, not {value!r}")
+    if minimum is not None and value < minimum:
+        raise _Bad(f"must be {minimum} or more, not {value!r}")
+    return value
+
+
+def _seconds(value: Any, zero_ok: bool) -> float:
+    """A number of seconds, or a string with units: '500ms', '2s', '5m', '1h', '1h30m'."""
+    seconds: Optional[float] = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos, total = 0, 0.0
+            for match in _DURATION.finditer(text):
+                if match.start() != pos and text[pos:match.start()].strip():
+                    break
+                total += float(match.group(1)) * _UNITS[match.group(2)]
+                pos = match.end()
+            else:
+                if pos and not text[pos:].strip():
+                    seconds = total
+    if seconds is None or not math.isfinite(seconds):
+        raise _Bad(f"must be a number of seconds or a duration like '500ms', '2s', '5m', "
+                   f"'1h', not {value!r}")
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        raise _Bad(f"must be {'0 or more' if zero_ok else 'more than 0'} seconds, not {value!r}")
+    return seconds
+
+
+def _opt(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else check(value)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Bad(f"must be a string, not {value!r}")
+    return value
+
+
+def _strings(value: Any, what: str = "a list of strings") -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise _Bad(f"must be {what}, not {value!r}")
+    return list(value)
+
+
+def _command(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            value = shlex.split(value)
+        except ValueError as e:
+            raise _Bad(f": cannot split {value!r} like a shell: {e}") from None
+    command = _strings(value, "a string or a list of strings")
+    if not command or not command[0]:
+        raise _Bad(": the command is empty")
+    return command
+
+
+def _args(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as e:
+            raise _Bad(f": cannot split {value!r} like a shell: {e}") from None
+    return _strings(value, "a string or a list of strings")
+
+
+def _tags(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = value.split(",")
+    tags = []
+    for tag in _strings(value, "a list of tags or a comma-separated string"):
+        tag = tag.strip()
+        if not tag or "," in tag:
+            raise _Bad(f"must be a list of tags or a comma-separated string, not {value!r}")
+        if tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+def _depends_on(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    out = []
+    for parent in _strings(value, "a job id or a list of job ids"):
+        if parent not in out:
+            out.append(parent)
+    return out
+
+
+def _env(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise _Bad(f"must be a mapping of names to strings, not {value!r}")
+    for k, v in value.items():
+        if not isinstance(k, str) or not k or "=" in k:
+            raise _Bad(f": {k!r} is not a variable name")
+        if not isinstance(v, str):
+            raise _Bad(f".{k} must be a string, not {v!r}")
+    return dict(value)
+
+
+def _port(value: Any) -> Union[int, str, None]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise _Bad(f"must be a port number or a string, not {value!r}")
+    if isinstance(value, int) and not 0 <= value <= 65535:
+        raise _Bad(f"must be a port number (0 to 65535), not {value!r}")
+    return value
+
+
+def _choice(options: Sequence[str]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise _Bad(f"must be {' or '.join(options)}, not {value!r}")
+        return value
+    return check
+
+
+def _schedule(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value.split()) not in (5, 6):
+        raise _Bad(f"must be a cron expression of 5 or 6 fields, not {value!r}")
+    try:
+        from croniter import croniter
+    except ImportError:  # pragma: no cover - croniter is installed with Titan
+        return value
+    if not croniter.is_valid(value):
+        raise _Bad(f"is not a valid cron expression: {value!r}")
+    return value
+
+
+def _project_dir(value: Any) -> Optional[str]:
+    return None if value is None else os.fspath(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+class Node:
+    """One entry of a pipeline: a `Job` or a `Gate`.  Operators add dependencies."""
+
+    kind = ""
+
+    def __init__(self, pipeline: "Pipeline", id: str, depends_on: Iterable[str]) -> None:
+        self.pipeline = pipeline
+        self.id = id
+        self.depends_on: list[str] = list(depends_on)
+        # Where the YAML said what (lines, 1-based); empty for jobs built in Python.
+        self._index: Optional[int] = None
+        self._line: Optional[int] = None
+        self._key_lines: dict[str, int] = {}
+        self._dep_lines: dict[str, int] = {}
+
+    def after(self, *parents: Union["Node", str]) -> "Node":
+        """Make this node run after `parents` (nodes or job ids); gives this node."""
+        for parent in parents:
+            if isinstance(parent, Node):
+                if parent.pipeline is not self.pipeline:
+                    raise PipelineError(
+                        f"{self.pipeline._where(self, 'depends_on')}: {parent.id!r} is a job "
+                        f"of pipeline {parent.pipeline.name!r}, not of {self.pipeline.name!r}")
+                parent = parent.id
+            elif not isinstance(parent, str):
+                raise TypeError(f"a dependency is a job or a job id, not {parent!r}")
+            if parent not in self.depends_on:
+                self.depends_on.append(parent)
+        return self
+
+    # self >> other: other runs after self.
+    def __rshift__(self, other: Any) -> Any:
+        nodes = _nodes(other)
+        if nodes is None:
+            return NotImplemented
+        for node in nodes:
+            node.after(self)
+        return other
+
+    # [a, b] >> self: self runs after a and b.
+    def __rrshift__(self, other: Any) -> Any:
+        nodes = _nodes(other)
+        if nodes is None:
+            return NotImplemented
+        self.after(*nodes)
+        return self
+
+    # self << other: self runs after other.
+    def __lshift__(self, other: Any) -> Any:
+        nodes = _nodes(other)
+        if nodes is None:
+            return NotImplemented
+        self.after(*nodes)
+        return other
+
+    # [a, b] << self: a and b run after self.
+    def __rlshift__(self, other: Any) -> Any:
+        nodes = _nodes(other)
+        if nodes is None:
+            return NotImplemented
+        for node in nodes:
+            node.after(self)
+        return self
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id!r} of pipeline {self.pipeline.name!r}>"
+
+
+def _nodes(value: Any) -> Optional[list[Node]]:
+    if isinstance(value, Node):
+        return [value]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, Node) for v in value):
+        return list(value)
+    return None
+
+
+class Job(Node):
+    """A command or a script to run (``kind: job``)."""
+
+    kind = "job"
+
+    def __init__(self, pipeline: "Pipeline", id: str, *, command: Optional[list[str]] = None,
+                 script: Optional[dict] = None, depends_on: Iterable[str] = (),
+                 priority: int = 0, tags: Iterable[str] = (), timeout: Optional[float] = None,
+                 retries: int = 0, delay: float = 0.0, env: Optional[dict[str, str]] = None,
+                 cwd: Optional[str] = None, hitl_message: Optional[str] = None,
+                 max_wait_seconds: Optional[float] = None, affinity: Optional[str] = None,
+                 type: str = "run", port: Union[int, str, None] = None) -> None:
+        super().__init__(pipeline, id, depends_on)
+        self.command = command
+        self.script = script
+        self.priority = priority
+        self.tags = list(tags)
+        self.timeout = timeout
+        self.retries = retries
+        self.delay = delay
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.hitl_message = hitl_message
+        self.max_wait_seconds = max_wait_seconds
+        self.affinity = affinity
+        self.type = type
+        self.port = port
+
+    def to_spec(self) -> dict:
+        script = None
+        if self.script is not None:
+            script = {"name": self.script["name"], "content": bytes(self.script["content"]),
+                      "args": list(self.script["args"])}
+        return {
+            "id": self.id, "kind": "job",
+            "command": list(self.command) if self.command is not None else None,
+            "script": script, "depends_on": list(self.depends_on),
+            "priority": self.priority, "tags": list(self.tags), "timeout": self.timeout,
+            "retries": self.retries, "delay": self.delay, "env": dict(self.env),
+            "cwd": self.cwd, "hitl_message": self.hitl_message,
+            "max_wait_seconds": self.max_wait_seconds, "affinity": self.affinity,
+            "type": self.type, "port": self.port,
+        }
+
+
+class Gate(Node):
+    """A human approval: its children wait until someone approves (``kind: gate``)."""
+
+    kind = "gate"
+
+    def __init__(self, pipeline: "Pipeline", id: str, *, message: str,
+                 depends_on: Iterable[str] = (), timeout: float = GATE_TIMEOUT,
+                 on_timeout: str = "reject") -> None:
+        super().__init__(pipeline, id, depends_on)
+        self.message = message
+        self.timeout = timeout
+        self.on_timeout = on_timeout
+
+    def to_spec(self) -> dict:
+        return {"id": self.id, "kind": "gate", "depends_on": list(self.depends_on),
+                "message": self.message, "timeout": self.timeout,
+                "on_timeout": self.on_timeout}
+
+
+def _gate_message(id: str) -> str:
+    return f"approve {id}?"
+
+
+# Builder keyword → validator (value already given in Python).
+_JOB_OPTIONS: dict[str, Callable[[Any], Any]] = {
+    "depends_on": _depends_on,
+    "priority": _whole,
+    "tags": _tags,
+    "timeout": _opt(lambda v: _seconds(v, zero_ok=False)),
+    "retries": lambda v: _whole(v, 0),
+    "delay": lambda v: _seconds(v, zero_ok=True),
+    "env": _env,
+    "cwd": _opt(_text),
+    "hitl_message": _opt(_text),
+    "max_wait_seconds": _opt(lambda v: _seconds(v, zero_ok=False)),
+    "affinity": _opt(_text),
+    "type": _choice(JOB_TYPES),
+    "port": _port,
+}
+
+
+class Pipeline:
+    """A named DAG of jobs and gates.  See the module docstring."""
+
+    def __init__(self, name: str, *, agent_run_id: Optional[str] = None,
+                 stage: Optional[str] = None, schedule: Optional[str] = None,
+                 max_jobs: Optional[int] = None, project_dir: Optional[str] = None) -> None:
+        self.path: Optional[str] = None     # the YAML file it came from, if any
+        self._lines: dict[str, int] = {}
+        self._nodes: list[Node] = []
+        self._by_id: dict[str, Node] = {}
+        self.name = self._check("name", name, _name_ok)
+        self.agent_run_id = self._check("agent_run_id", agent_run_id, _opt(_name_ok))
+        self.stage = self._check("stage", stage, _opt(_text))
+        self.schedule = self._check("schedule", schedule, _schedule)
+        self.max_jobs = self._check("max_jobs", max_jobs, _opt(lambda v: _whole(v, 1)))
+        self.project_dir = _project_dir(project_dir)
+
+    def _check(self, key: str, value: Any, check: Callable[[Any], Any]) -> Any:
+        try:
+            return check(value)
+        except _Bad as e:
+            raise PipelineError(_join(f"pipeline {getattr(self, 'name', value)!r}: {key}",
+                                      str(e))) from None
+
+    # -- building ---------------------------------------------------------------------------
+
+    @property
+    def jobs(self) -> list[Node]:
+        """The jobs and gates, in the order they were added."""
+        return list(self._nodes)
+
+    def __getitem__(self, id: str) -> Node:
+        return self._by_id[id]
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._by_id
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def job(self, id: str, command: Union[str, Sequence[str]], *,
+            depends_on: Union[str, Iterable[Union[str, Node]]] = (), priority: int = 0,
+            tags: Union[str, Iterable[str]] = (), timeout: Union[float, str, None] = None,
+            retries: int = 0, delay: Union[float, str] = 0,
+            env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+            hitl_message: Optional[str] = None,
+            max_wait_seconds: Union[float, str, None] = None, affinity: Optional[str] = None,
+            type: str = "run", port: Union[int, str, None] = None) -> Job:
+        """Add a job that runs `command` (a list, or a string split like a shell)."""
+        id = self._new_id(id)
+        command = self._job_check(id, "command", command, _command)
+        options = self._options(id, locals())
+        return self._add(Job(self, id, command=command, **options))
+
+    def script(self, id: str, name: Optional[str] = None,
+               content: Union[bytes, str, None] = None, *, path: Optional[str] = None,
+               args: Union[str, Sequence[str]] = (),
+               depends_on: Union[str, Iterable[Union[str, Node]]] = (), priority: int = 0,
+               tags: Union[str, Iterable[str]] = (), timeout: Union[float, str, None] = None,
+               retries: int = 0, delay: Union[float, str] = 0,
+               env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
+               hitl_message: Optional[str] = None,
+               max_wait_seconds: Union[float, str, None] = None, affinity: Optional[str] = None,
+               type: str = "run", port: Union[int, str, None] = None) -> Job:
+        """Add a job that runs a script shipped with it: `content` named `name`, or the file
+        at `path` (its basename is the name unless `name` is given)."""
+        id = self._new_id(id)
+        if (content is None) == (path is None):
+            raise PipelineError(f"{self._where(None, 'script', id)}: give content or path, "
+                                "one of them")
+        if path is not None:
+            try:
+                with open(path, "rb") as f:
+                    content = f.read()
+            except OSError as e:
+                raise PipelineError(f"{self._where(None, 'script', id)}: cannot read {path}: "
+                                    f"{e.strerror or e}") from None
+            name = name or os.path.basename(path)
+        if isinstance(content, str):
+            content = content.encode("utf-8")
+        if not isinstance(content, (bytes, bytearray)):
+            raise PipelineError(f"{self._where(None, 'script', id)}: content must be bytes "
+                                f"or a string, not {content!r}")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise PipelineError(f"{self._where(None, 'script', id)}: name must be a file "
+                                f"name, not {name!r}")
+        script = {"name": name, "content": bytes(content),
+                  "args": self._job_check(id, "args", args, _args)}
+        options = self._options(id, locals())
+        return self._add(Job(self, id, script=script, **options))
+
+    def gate(self, id: str, message: Optional[str] = None, *,
+             depends_on: Union[str, Iterable[Union[str, Node]]] = (),
+             timeout: Union[float, str] = GATE_TIMEOUT, on_timeout: str = "reject") -> Gate:
+        """Add an approval gate: what comes after it waits until someone approves it, or
+        until `timeout` (then `on_timeout` decides: reject or approve)."""
+        id = self._new_id(id)
+        message = self._job_check(id, "message", message, _opt(_text))
+        timeout = self._job_check(id, "timeout", timeout, lambda v: _seconds(v, zero_ok=False))
+        on_timeout = self._job_check(id, "on_timeout", on_timeout, _choice(ON_TIMEOUT))
+        parents = self._depends_list(id, depends_on)
+        return self._add(Gate(self, id, message=message or _gate_message(id),
+                              depends_on=parents, timeout=timeout, on_timeout=on_timeout))
+
+    def _new_id(self, id: Any) -> str:
+        try:
+            _name_ok(id)
+        except _Bad as e:
+            raise PipelineError(f"pipeline {self.name!r}: job id {e}") from None
+        if id in self._by_id:
+            raise PipelineError(f"pipeline {self.name!r}: job id {id!r} is used twice")
+        return id
+
+    def _job_check(self, id: str, key: str, value: Any, check: Callable[[Any], Any]) -> Any:
+        try:
+            return check(value)
+        except _Bad as e:
+            raise PipelineError(_join(self._where(None, key, id), str(e))) from None
+
+    def _options(self, id: str, given: dict) -> dict:
+        options = {}
+        for key, check in _JOB_OPTIONS.items():
+            if key == "depends_on":
+                continue
+            options[key] = self._job_check(id, key, given[key], check)
+        options["depends_on"] = self._depends_list(id, given["depends_on"])
+        return options
+
+    def _depends_list(self, id: str, value: Any) -> list[str]:
+        if isinstance(value, Node):
+            value = [value]
+        if value is not None and not isinstance(value, (str, bytes, Mapping)) \
+                and isinstance(value, Iterable):
+            value = [v.id if isinstance(v, Node) and v.pipeline is self else v for v in value]
+        return self._job_check(id, "depends_on", value, _depends_on)
+
+    def _add(self, node: Node) -> Node:
+        self._nodes.append(node)
+        self._by_id[node.id] = node
+        return node
+
+    # -- where things are, for messages -----------------------------------------------------
+
+    def _where(self, node: Optional[Node], key: str, id: Optional[str] = None,
+               line: Optional[int] = None) -> str:
+        """`etl.yaml:7: jobs[1].retries` for YAML, `pipeline 'etl': job 'x': retries` else."""
+        if node is not None and node._index is not None and self.path is not None:
+            line = line or node._key_lines.get(key) or node._line
+            return f"{self.path}:{line}: jobs[{node._index}].{key}"
+        return f"pipeline {self.name!r}: job {(node.id if node else id)!r}: {key}"
+
+    # -- output -----------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Refuse what the master would: no jobs, duplicate ids, unknown parents, cycles."""
+        if not self._nodes:
+            where = f"{self.path}:{self._lines.get('jobs', 1)}: jobs" if self.path else \
+                f"pipeline {self.name!r}"
+            raise PipelineError(f"{where}: a pipeline needs at least one job")
+        seen: dict[str, Node] = {}
+        for node in self._nodes:
+            if node.id in seen:
+                raise PipelineError(f"{self._where(node, 'id')}: {node.id!r} is used twice")
+            seen[node.id] = node
+        for node in self._nodes:
+            for parent in node.depends_on:
+                line = node._dep_lines.get(parent)
+                if parent == node.id:
+                    raise PipelineError(f"{self._where(node, 'depends_on', line=line)}: "
+                                        f"{node.id!r} depends on itself")
+                if parent not in seen:
+                    raise PipelineError(f"{self._where(node, 'depends_on', line=line)}: "
+                                        f"unknown job {parent!r}")
+        cycle = _find_cycle(self._nodes, seen)
+        if cycle:
+            first, last = seen[cycle[0]], cycle[-2]
+            where = self._where(first, "depends_on", line=first._dep_lines.get(last))
+            raise PipelineError(f"{where}: cycle: {' -> '.join(cycle)}")
+
+    def to_spec(self) -> dict:
+        """The SUBMIT_DAG body: a new dict each time."""
+        self.validate()
+        return {"name": self.name, "agent_run_id": self.agent_run_id, "stage": self.stage,
+                "schedule": self.schedule, "max_jobs": self.max_jobs,
+                "jobs": [node.to_spec() for node in self._nodes]}
+
+    def to_yaml(self) -> str:
+        """This pipeline in the YAML format.  A script job becomes ``file: <name>``: the
+        script must sit beside the YAML file (`save` puts it there)."""
+        self.validate()
+        self._script_files()
+        top: dict[str, Any] = {"name": self.name}
+        if self.project_dir is not None:
+            top["project"] = True
+        for key in ("schedule", "agent_run_id", "stage", "max_jobs"):
+            if getattr(self, key) is not None:
+                top[key] = getattr(self, key)
+        top["jobs"] = [_job_yaml(node) for node in self._nodes]
+        return yaml.safe_dump(top, sort_keys=False, default_flow_style=None,
+                              allow_unicode=True, width=100)
+
+    def save(self, path: str) -> None:
+        """Write `to_yaml()` to `path` and each job's script beside it."""
+        text = self.to_yaml()
+        directory = os.path.dirname(path) or "."
+        for name, content in self._script_files().items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(content)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    def _script_files(self) -> dict[str, bytes]:
+        files: dict[str, bytes] = {}
+        owner: dict[str, str] = {}
+        for node in self._nodes:
+            if isinstance(node, Job) and node.script is not None:
+                name, content = node.script["name"], bytes(node.script["content"])
+                if name in files and files[name] != content:
+                    raise PipelineError(
+                        f"pipeline {self.name!r}: jobs {owner[name]!r} and {node.id!r} have "
+                        f"different scripts both named {name!r}; YAML names a script by its "
+                        "file, so give them different names")
+                files[name] = content
+                owner.setdefault(name, node.id)
+        return files
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name!r}: {len(self._nodes)} jobs>"
+
+    # -- YAML in ----------------------------------------------------------------------------
+
+    @classmethod
+    def from_yaml(cls, text: str, path: str = "<pipeline>",
+                  base_dir: Optional[str] = None) -> "Pipeline":
+        """A pipeline from YAML text; `path` names it in errors, `file:` paths are read
+        relative to `base_dir` (default: the directory of `path`, else the current one)."""
+        if base_dir is None:
+            base_dir = os.getcwd() if path.startswith("<") else (os.path.dirname(path) or ".")
+        return _Reader(path, base_dir).pipeline(text)
+
+
+def _join(where: str, problem: str) -> str:
+    """`where must be ...`, `where: problem` or `where.key must be ...`."""
+    if problem.startswith((":", ".")):
+        return where + problem
+    return f"{where} {problem}"
+
+
+def _find_cycle(nodes: list[Node], by_id: dict[str, Node]) -> Optional[list[str]]:
+    """One cycle, in run order (`a -> b` means b depends on a), starting at the job that
+    comes first, ending where it started; None when there is none."""
+    order = {node.id: i for i, node in enumerate(nodes)}
+    state: dict[str, int] = {}   # 1: on the current path, 2: done
+    for start in nodes:
+        if start.id in state:
+            continue
+        path: list[str] = [start.id]
+        state[start.id] = 1
+        stack = [iter(start.depends_on)]
+        while stack:
+            parent = next(stack[-1], None)
+            if parent is None:
+                state[path.pop()] = 2
+                stack.pop()
+                continue
+            mark = state.get(parent)
+            if mark == 1:
+                cycle = path[path.index(parent):]          # each depends on the next
+                cycle.reverse()                            # now each runs before the next
+                first = min(range(len(cycle)), key=lambda i: order[cycle[i]])
+                cycle = cycle[first:] + cycle[:first]
+                return cycle + [cycle[0]]
+            if mark is None:
+                state[parent] = 1
+                path.append(parent)
+                stack.append(iter(by_id[parent].depends_on))
+    return None
+
+
+def _job_yaml(node: Node) -> dict:
+    out: dict[str, Any] = {"id": node.id}
+    if isinstance(node, Gate):
+        out["gate"] = True
+        if node.depends_on:
+            out["depends_on"] = list(node.depends_on)
+        out["message"] = node.message
+        if node.timeout != GATE_TIMEOUT:
+            out["timeout"] = node.timeout
+        if node.on_timeout != "reject":
+            out["on_timeout"] = node.on_timeout
+        return out
+    assert isinstance(node, Job)
+    if node.type != "run":
+        out["type"] = node.type
+    if node.script is not None:
+        out["file"] = node.script["name"]
+        if node.script["args"]:
+            out["args"] = list(node.script["args"])
+    else:
+        out["command"] = list(node.command or ())
+    if node.depends_on:
+        out["depends_on"] = list(node.depends_on)
+    defaults = {"priority": 0, "tags": [], "timeout": None, "retries": 0, "delay": 0.0,
+                "env": {}, "cwd": None, "hitl_message": None, "max_wait_seconds": None,
+                "affinity": None, "port": None}
+    for key, default in defaults.items():
+        value = getattr(node, key)
+        if value != default:
+            out[key] = value
+    return out
+
+
+def load_pipeline(path: str) -> Pipeline:
+    """The pipeline in the YAML file at `path`; its `file:` scripts are read beside it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise PipelineError(f"{path}: cannot read the pipeline: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: cannot read the pipeline: not UTF-8 text ({e.reason} "
+                            f"at byte {e.start})") from None
+    return Pipeline.from_yaml(text, path=path, base_dir=os.path.dirname(path) or ".")
+
+
+# ---------------------------------------------------------------------------------------------
+# The YAML reader: nodes from yaml.compose keep their lines for the messages.
+
+def _line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+class _Reader:
+    def __init__(self, path: str, base_dir: str) -> None:
+        self.path = path
+        self.base_dir = base_dir
+
+    def fail(self, line: int, message: str) -> PipelineError:
+        return PipelineError(f"{self.path}:{line}: {message}")
+
+    def pairs(self, node: yaml.MappingNode, where: str):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise self.fail(_line(key_node), f"{where or 'top level'}: keys must be "
+                                "plain names")
+            key = key_node.value
+            if key in seen:
+                raise self.fail(_line(key_node), f"{_dot(where, key)} is given twice "
+                                f"(first at line {seen[key]})")
+            seen[key] = _line(key_node)
+            yield key_node, value_node
+
+    def value(self, node: yaml.Node, where: str) -> Any:
+        loader = yaml.SafeLoader("")
+        try:
+            return loader.construct_object(node, deep=True)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None) or node.start_mark
+            problem = getattr(e, "problem", None) or str(e)
+            raise self.fail(mark.line + 1, f"{where}: {problem}") from None
+        finally:
+            loader.dispose()
+
+    def plain(self, node: yaml.Node, where: str) -> Any:
+        """The value, where a scalar that is not null stays the text that was written
+        (`id: 007` is "007", `env: {DEBUG: yes}` gives "yes"), in lists and mappings too."""
+        if isinstance(node, yaml.ScalarNode):
+            return None if self.value(node, where) is None else node.value
+        if isinstance(node, yaml.SequenceNode):
+            return [self.plain(item, where) for item in node.value]
+        if isinstance(node, yaml.MappingNode):
+            return {self.plain(k, where): self.plain(v, where) for k, v in node.value}
+        return self.value(node, where)  # pragma: no cover
+
+    def check(self, node: yaml.Node, where: str, check: Callable[[Any], Any],
+              plain: bool = True) -> Any:
+        value = self.plain(node, where) if plain else self.value(node, where)
+        try:
+            return check(value)
+        except _Bad as e:
+            raise self.fail(_line(node), _join(where, str(e))) from None
+
+    def pipeline(self, text: str) -> Pipeline:
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{self.path}:{mark.line + 1}" if mark else self.path
+            problem = getattr(e, "problem", None) or str(e)
+            raise PipelineError(f"{where}: not valid YAML: {problem}") from None
+        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+            raise self.fail(1, "the pipeline is empty: it needs a name and jobs")
+        if not isinstance(root, yaml.MappingNode):
+            raise self.fail(_line(root), "a pipeline must be a mapping of keys (name, jobs, ...)")
+        top: dict[str, Any] = {}
+        lines: dict[str, int] = {}
+        jobs_node: Optional[yaml.Node] = None
+        project = False
+        top_checks = {"name": _name_ok, "agent_run_id": _opt(_name_ok), "stage": _opt(_text),
+                      "schedule": _opt(_schedule), "max_jobs": _opt(lambda v: _whole(v, 1))}
+        for key_node, value_node in self.pairs(root, ""):
+            key = key_node.value
+            lines[key] = _line(key_node)
+            if key == "jobs":
+                jobs_node = value_node
+            elif key == "project":
+                project = self.check(value_node, key, _opt(_bool), plain=False) or False
+            elif key == "max_jobs":
+                top[key] = self.check(value_node, key, top_checks[key], plain=False)
+            elif key in top_checks:
+                top[key] = self.check(value_node, key, top_checks[key])
+            else:
+                raise self.fail(_line(key_node), f"unknown key {key!r} "
+                                f"(known: {', '.join(TOP_KEYS)})")
+        if top.get("name") is None:
+            raise self.fail(lines.get("name", _line(root)), "name is required")
+        pipeline = Pipeline(top.pop("name"), **top,
+                            project_dir=self.base_dir if project else None)
+        pipeline.path = self.path
+        pipeline._lines = lines
+        if jobs_node is None:
+            raise self.fail(_line(root), "jobs: a pipeline needs at least one job "
+                            "(there is no jobs: list)")
+        if isinstance(jobs_node, yaml.ScalarNode) and jobs_node.tag.endswith(":null"):
+            raise self.fail(_line(jobs_node), "jobs: a pipeline needs at least one job")
+        if not isinstance(jobs_node, yaml.SequenceNode):
+            raise self.fail(_line(jobs_node), f"jobs must be a list of jobs, not "
+                            f"{self.value(jobs_node, 'jobs')!r}")
+        first_line: dict[str, tuple[int, int]] = {}
+        for index, job_node in enumerate(jobs_node.value):
+            node = self.job(pipeline, index, job_node)
+            if node.id in first_line:
+                was, line = first_line[node.id]
+                raise self.fail(node._key_lines["id"],
+                                f"jobs[{index}].id: {node.id!r} is already the id of "
+                                f"jobs[{was}] (line {line})")
+            first_line[node.id] = (index, node._key_lines["id"])
+            pipeline._add(node)
+        pipeline.validate()
+        return pipeline
+
+    def job(self, pipeline: Pipeline, index: int, job_node: yaml.Node) -> Node:
+        where = f"jobs[{index}]"
+        if not isinstance(job_node, yaml.MappingNode):
+            raise self.fail(_line(job_node), f"{where} must be a mapping of keys, not "
+                            f"{self.value(job_node, where)!r}")
+        given: dict[str, yaml.Node] = {}
+        key_lines: dict[str, int] = {}
+        for key_node, value_node in self.pairs(job_node, where):
+            key = key_node.value
+            if key not in JOB_KEYS:
+                raise self.fail(_line(key_node), f"{where}: unknown key {key!r} "
+                                f"(known: {', '.join(JOB_KEYS)})")
+            given[key] = value_node
+            key_lines[key] = _line(key_node)
+        if "id" not in given:
+            raise self.fail(_line(job_node), f"{where}: id is required")
+        id = self.check(given["id"], f"{where}.id", _name_ok)
+        is_gate = "gate" in given and self.check(given["gate"], f"{where}.gate", _bool,
+                                                 plain=False)
+
+        def get(key: str, check: Callable[[Any], Any], plain: bool = True) -> Any:
+            return self.check(given[key], f"{where}.{key}", check, plain)
+
+        def one_of(a: str, b: str) -> Optional[str]:
+            if a in given and b in given:
+                later = max(a, b, key=lambda k: key_lines[k])
+                raise self.fail(key_lines[later], f"{where}: give {a} or {b}, not both")
+            return a if a in given else b if b in given else None
+
+        depends_on, dep_lines = self.depends_on(given.get("depends_on"), where)
+        if is_gate:
+            for key in given:
+                if key not in GATE_KEYS:
+                    raise self.fail(key_lines[key], f"{where}.{key}: not allowed on a gate "
+                                    f"(a gate takes {', '.join(GATE_KEYS)})")
+            message_key = one_of("message", "hitl_message")
+            timeout_key = one_of("timeout", "max_wait_seconds")
+            message = get(message_key, _opt(_text)) if message_key else None
+            node: Node = Gate(
+                pipeline, id, message=message or _gate_message(id), depends_on=depends_on,
+                timeout=get(timeout_key, _opt(lambda v: _seconds(v, zero_ok=False)),
+                            plain=False) if timeout_key else GATE_TIMEOUT,
+                on_timeout=get("on_timeout", _choice(ON_TIMEOUT)) if "on_timeout" in given
+                else "reject")
+            if node.timeout is None:
+                node.timeout = GATE_TIMEOUT
+        else:
+            for key in ("message", "on_timeout"):
+                if key in given:
+                    raise self.fail(key_lines[key], f"{where}.{key}: only for a gate "
+                                    "(add gate: true)")
+            source = one_of("command", "file")
+            if source is None:
+                raise self.fail(_line(job_node), f"{where}: give command or file (the script "
+                                "to run)")
+            options: dict[str, Any] = {}
+            for key, check in _JOB_OPTIONS.items():
+                if key in given and key != "depends_on":
+                    # Numbers keep their type; names, texts and lists keep what was written.
+                    plain = key not in ("priority", "retries", "timeout", "delay",
+                                        "max_wait_seconds", "port")
+                    options[key] = get(key, check, plain)
+            for key in ("tags", "env"):
+                options[key] = options.get(key) or ({} if key == "env" else [])
+            if "requirement" in given:
+                requirement = get("requirement", _opt(_tags))
+                for tag in requirement or ():
+                    if tag not in options["tags"]:
+                        options["tags"].append(tag)
+            if options.get("delay") is None:
+                options["delay"] = 0.0
+            for key, default in (("priority", 0), ("retries", 0), ("type", "run")):
+                if options.get(key) is None:
+                    options[key] = default
+            command = script = None
+            if source == "command":
+                if "args" in given:
+                    raise self.fail(key_lines["args"], f"{where}.args: only with file (put "
+                                    "the arguments in command)")
+                command = get("command", _command)
+            else:
+                script = self.script(given["file"], f"{where}.file",
+                                     get("args", _args) if "args" in given else [])
+            node = Job(pipeline, id, command=command, script=script, depends_on=depends_on,
+                       **options)
+        node._index = index
+        node._line = _line(job_node)
+        node._key_lines = key_lines
+        node._dep_lines = dep_lines
+        return node
+
+    def depends_on(self, node: Optional[yaml.Node], where: str
+                   ) -> tuple[list[str], dict[str, int]]:
+        if node is None:
+            return [], {}
+        where = f"{where}.depends_on"
+        parents = self.check(node, where, _depends_on)
+        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        lines: dict[str, int] = {}
+        for item in items:
+            lines.setdefault(self.plain(item, where), _line(item))
+        return parents, lines
+
+    def script(self, node: yaml.Node, where: str, args: list[str]) -> dict:
+        def path_ok(value: Any) -> str:
+            if not isinstance(value, str) or not value.strip():
+                raise _Bad(f"must be the path of a script, not {value!r}")
+            return value
+        relative = self.check(node, where, path_ok)
+        try:
+            with open(os.path.join(self.base_dir, relative), "rb") as f:
+                content = f.read()
+        except OSError as e:
+            raise self.fail(_line(node), f"{where}: cannot read {relative}: "
+                            f"{e.strerror or e}") from None
+        return {"name": os.path.basename(relative.rstrip("/")), "content": content,
+                "args": args}
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Bad(f"must be true or false, not {value!r}")
+    return value
+
+
+def _dot(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
