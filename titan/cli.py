@@ -81,8 +81,50 @@ def cmd_submit(args) -> int:
         return _exit_status(job)
 
 
+def _is_run(titan, ref: str) -> Optional[dict]:
+    if "/" in ref:
+        return None
+    try:
+        return titan.run(ref)
+    except RemoteError as e:
+        if e.code == "not_found":
+            return None
+        raise
+
+
+def _duration(j: dict) -> str:
+    if j.get("started_at") and j.get("finished_at"):
+        return f"{j['finished_at'] - j['started_at']:.2f}s"
+    return "-"
+
+
+def _run_table(run: dict) -> None:
+    rows = [["JOB", "STATE", "ATTEMPTS", "DURATION", "WORKER", "REASON"]]
+    for j in run["jobs"]:
+        rows.append([j["node"], j["state"], str(j["attempt"]), _duration(j),
+                     j.get("worker") or "-", j.get("reason") or ""])
+    _print_rows(rows)
+
+
+def _counts(run: dict) -> str:
+    return "  ".join(f"{state} {n}" for state, n in sorted(run["counts"].items()))
+
+
 def cmd_status(args) -> int:
     with _client(args) as titan:
+        run = _is_run(titan, args.job_id)
+        if run is not None:
+            if args.json:
+                print(json.dumps(run, indent=2, sort_keys=True))
+                return 0
+            print(run["state"])
+            extra = [f"stage {run['stage']}"] if run.get("stage") else []
+            if run.get("agent_run_id"):
+                extra.append(f"agent run {run['agent_run_id']}")
+            print(f"  run {run['run_id']} ({run['name']}{', ' if extra else ''}"
+                  f"{', '.join(extra)}): {run['total']} jobs — {_counts(run)}")
+            _run_table(run)
+            return 0
         job = titan.job(args.job_id)
     if args.json:
         print(json.dumps(job, indent=2, sort_keys=True))
@@ -100,6 +142,17 @@ def cmd_status(args) -> int:
         details.append(["reason", job["reason"]])
     if job.get("waiting"):
         details.append(["waiting", job["waiting"]])
+    if job.get("run_id"):
+        details.insert(1, ["run", job["run_id"]])
+    if job.get("depends_on"):
+        details.append(["after", ", ".join(job["depends_on"])])
+    if job.get("decision"):
+        d = job["decision"]
+        what = "approved" if d["approved"] else "rejected"
+        details.append(["decision", f"{what} by {d['by']}"
+                        + (f": {d['comment']}" if d.get("comment") else "")])
+    if job.get("result") is not None:
+        details.append(["result", json.dumps(job["result"])[:200]])
     if job.get("tags"):
         details.append(["tags", ",".join(job["tags"])])
     for key, value in details:
@@ -123,7 +176,8 @@ def cmd_cancel(args) -> int:
     with _client(args) as titan:
         result = titan.cancel(args.job_id)
     if result["cancelled"]:
-        print(f"{args.job_id} CANCELLED")
+        print(f"{result.get('job_id') or result.get('run_id') or args.job_id} "
+              f"{'CANCELLED' if result['state'] != 'REMOVED' else 'REMOVED'}")
         return 0
     print(f"titan: {args.job_id} is already {result['state']}; nothing to cancel", file=sys.stderr)
     return 1
@@ -155,6 +209,114 @@ def cmd_jobs(args) -> int:
                      "-" if j.get("exit_code") is None else str(j["exit_code"]),
                      " ".join(j["command"])[:60]])
     _print_rows(rows)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from titan.sdk.pipeline import load_pipeline
+    pipeline = load_pipeline(args.pipeline)
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if key not in ("agent_run_id", "stage") or not sep:
+            raise TitanError(f"--set {item!r}: expected agent_run_id=ID or stage=NAME")
+        setattr(pipeline, key, value)
+    with _client(args) as titan:
+        submitted = titan.submit_dag(pipeline)
+        if "schedule_id" in submitted:
+            when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(submitted["next_at"]))
+            print(submitted["schedule_id"])
+            print(f"scheduled ({pipeline.schedule}); next run at {when}", file=sys.stderr)
+            return 0
+        run_id = submitted["run_id"]
+        print(run_id, flush=True)
+        if not args.wait:
+            return 0
+        run = _follow_run(titan, run_id, sys.stderr.isatty())
+    _run_table(run)
+    print(f"{run_id} {run['state']}: {_counts(run)}", file=sys.stderr)
+    return 0 if run["state"] == "COMPLETED" else 1
+
+
+def _follow_run(titan, run_id: str, tty: bool) -> dict:
+    """Show a run's progress until it ends; a bar on a terminal, plain lines otherwise."""
+    seen: dict[str, str] = {}
+    for run in titan.watch_run(run_id, jobs=not tty):
+        if tty:
+            total = run["total"] or 1
+            done = sum(n for s, n in run["counts"].items()
+                       if s in ("COMPLETED", "FAILED", "DEAD", "CANCELLED"))
+            width = 30
+            filled = int(width * done / total)
+            bar = "#" * filled + "-" * (width - filled)
+            sys.stderr.write(f"\r[{bar}] {done}/{total}  {_counts(run)}\x1b[K")
+            sys.stderr.flush()
+        else:
+            for j in run["jobs"]:
+                if seen.get(j["node"]) != j["state"]:
+                    seen[j["node"]] = j["state"]
+                    why = f" ({j['reason']})" if j.get("reason") else ""
+                    print(f"{time.strftime('%H:%M:%S')} {j['node']} {j['state']}{why}",
+                          file=sys.stderr, flush=True)
+    if tty:
+        sys.stderr.write("\n")
+    return titan.run(run_id)
+
+
+def cmd_approve(args, approved: bool = True) -> int:
+    with _client(args) as titan:
+        job = titan.approve(args.gate, args.comment or "", args.by) if approved else \
+            titan.reject(args.gate, args.comment or "", args.by)
+    d = job["decision"]
+    print(f"{job['job_id']} {'APPROVED' if d['approved'] else 'REJECTED'} by {d['by']}")
+    return 0
+
+
+def cmd_reject(args) -> int:
+    return cmd_approve(args, approved=False)
+
+
+def cmd_result(args) -> int:
+    with _client(args) as titan:
+        job = titan.job(args.job_id)
+        result = titan.result(job["job_id"])
+    if result is None:
+        print(f"titan: {job['job_id']} has published no result ({job['state']})",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, sort_keys=True, default=repr))
+    return 0
+
+
+def cmd_runs(args) -> int:
+    with _client(args) as titan:
+        runs = titan.runs(args.agent_run_id, limit=args.limit)
+    if args.json:
+        print(json.dumps(runs, indent=2, sort_keys=True))
+        return 0
+    rows = [["RUN", "NAME", "STAGE", "STATE", "DONE", "CREATED"]]
+    for r in runs:
+        done = sum(n for s, n in r["counts"].items()
+                   if s in ("COMPLETED", "FAILED", "DEAD", "CANCELLED"))
+        rows.append([r["run_id"], r["name"], r.get("stage") or "-", r["state"],
+                     f"{done}/{r['total']}",
+                     time.strftime("%H:%M:%S", time.localtime(r["created_at"]))])
+    _print_rows(rows)
+    if not runs:
+        print("(no runs)")
+    return 0
+
+
+def cmd_schedules(args) -> int:
+    with _client(args) as titan:
+        schedules = titan.schedules()
+    rows = [["SCHEDULE", "CRON", "FIRED", "NEXT (UTC)", "LAST RUN"]]
+    for sc in schedules:
+        rows.append([sc["schedule_id"], sc["cron"], str(sc["fired"]),
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(sc["next_at"]))
+                     if sc.get("next_at") else "-", sc.get("last_run_id") or "-"])
+    _print_rows(rows)
+    if not schedules:
+        print("(no schedules)")
     return 0
 
 
@@ -199,22 +361,64 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("status", parents=[common], help="a job's state and details",
-                       description="Print a job's state (first line), then its details.")
-    p.add_argument("job_id")
+    p = sub.add_parser("run", parents=[common], help="start a pipeline from a YAML file",
+                       description="Start a DAG run from a pipeline file; prints the run id "
+                                   "(or the schedule id, for a pipeline with a schedule).")
+    p.add_argument("pipeline", help="the pipeline YAML file")
+    p.add_argument("--wait", "-w", action="store_true",
+                   help="show progress until the run ends; exit non-zero unless every job "
+                        "COMPLETED")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="agent_run_id=ID or stage=NAME for this run")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", parents=[common], help="a job's or a run's state and details",
+                       description="Print the state of a job (RUN/JOB, or a job id unique "
+                                   "among live runs) or of a whole run (first line), then "
+                                   "its details.")
+    p.add_argument("job_id", metavar="REF")
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", parents=[common], help="a job's output",
                        description="Print a job's stdout and stderr, in the order they came.")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
     p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("cancel", parents=[common], help="cancel a job",
-                       description="Cancel a job; a running one is killed with its children.")
-    p.add_argument("job_id")
+    p = sub.add_parser("cancel", parents=[common], help="cancel a job, a run or a schedule",
+                       description="Cancel a job (a running one is killed with its children; "
+                                   "its descendants are cancelled), every unfinished job of a "
+                                   "run, or a schedule.")
+    p.add_argument("job_id", metavar="REF")
     p.set_defaults(func=cmd_cancel)
+
+    for name, func, verb in (("approve", cmd_approve, "approve"),
+                             ("reject", cmd_reject, "reject")):
+        p = sub.add_parser(name, parents=[common], help=f"{verb} an approval gate",
+                           description=f"{verb.capitalize()} a gate that waits for approval; "
+                                       "recorded with who and when.")
+        p.add_argument("gate", metavar="GATE", help="RUN/GATE, or a gate id unique among live runs")
+        p.add_argument("--comment", "-m", help="why")
+        p.add_argument("--by", help="who decides (default: user@host)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("result", parents=[common], help="the result a job published",
+                       description="Print the result a job published, as JSON.")
+    p.add_argument("job_id", metavar="JOB")
+    p.set_defaults(func=cmd_result)
+
+    p = sub.add_parser("runs", parents=[common], help="list DAG runs, or one agent run's",
+                       description="List recent DAG runs; with an agent run id, that agent "
+                                   "run's DAG runs in order (its timeline).")
+    p.add_argument("agent_run_id", nargs="?", metavar="AGENT_RUN_ID")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("schedules", parents=[common], help="list cron schedules",
+                       description="List the pipelines that run on a cron schedule.")
+    p.set_defaults(func=cmd_schedules)
 
     p = sub.add_parser("workers", parents=[common], help="list the workers",
                        description="List the workers: id, host, tags, busy/total slots, "

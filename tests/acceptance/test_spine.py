@@ -131,7 +131,8 @@ class SpineTests(ClusterTestCase):
 
     def test_every_command_has_help(self):
         for command in ([], ["submit"], ["status"], ["logs"], ["cancel"], ["workers"],
-                        ["jobs"], ["up"]):
+                        ["jobs"], ["up"], ["run"], ["approve"], ["reject"], ["result"],
+                        ["runs"], ["schedules"]):
             result = self.titan(*command, "--help")
             self.assertEqual(result.returncode, 0, command)
             self.assertIn(b"usage: titan", result.stdout)
