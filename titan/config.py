@@ -43,10 +43,18 @@ class WorkerConfig:
 
 
 @attrs.frozen
+class PersistenceConfig:
+    backend: str = "aof"
+    fsync: str = "everysec"
+    compact_after_bytes: int = 64 * 1024 * 1024
+
+
+@attrs.frozen
 class Config:
     token: Optional[str] = None
     master: MasterConfig = MasterConfig()
     worker: WorkerConfig = WorkerConfig()
+    persistence: PersistenceConfig = PersistenceConfig()
     source: str = "<defaults>"
 
     def override(self, section: str, **values: Any) -> "Config":
@@ -57,7 +65,8 @@ class Config:
         return attrs.evolve(self, **{section: attrs.evolve(getattr(self, section), **values)})
 
 
-_SECTIONS = {"master": MasterConfig, "worker": WorkerConfig}
+_SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig}
+_CHOICES = {"persistence.fsync": ("always", "everysec", "no")}
 _TOP = {"token": Optional[str]}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace"})
@@ -135,6 +144,10 @@ def _section(cls: type, node: yaml.Node, path: str, name: str):
             raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: unknown key "
                               f"{name}.{key} (known in {name}: {known})")
         values[key] = _convert(fields[key].type, value_node, path, f"{name}.{key}")
+        choices = _CHOICES.get(f"{name}.{key}")
+        if choices and values[key] not in choices:
+            raise ConfigError(f"{path}:{value_node.start_mark.line + 1}: {name}.{key} must be "
+                              f"one of {', '.join(choices)}, not {values[key]!r}")
     return cls(**values)
 
 

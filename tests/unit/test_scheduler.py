@@ -35,8 +35,10 @@ class Harness:
     def apply(self, event) -> list:
         out = self.s.apply(event, self.clock.seconds())
         self.log.extend(out)
-        for d in out:
-            if isinstance(d, ev.SetTimer):
+        for d in list(out):
+            if isinstance(d, ev.Propose):  # as the master does: record, then apply
+                out.extend(self.apply(d.event))
+            elif isinstance(d, ev.SetTimer):
                 old = self.timers.pop(d.key, None)
                 if old is not None and old.active():
                     old.cancel()

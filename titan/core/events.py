@@ -53,6 +53,19 @@ class WorkerDisconnected:
 
 
 @attrs.frozen
+class WorkerLost:
+    """A worker is given up for dead (no heartbeat in time): its jobs run elsewhere."""
+
+    worker_id: str
+    reason: str
+
+
+@attrs.frozen
+class MasterRestarted:
+    """The master came back from its log: every worker must say hello again in time."""
+
+
+@attrs.frozen
 class JobStarted:
     job_id: str
     worker_id: str
@@ -143,6 +156,14 @@ class Tick:
 
 
 # -- decisions ---------------------------------------------------------------------------
+
+@attrs.frozen
+class Propose:
+    """The core saw something happen with time (a heartbeat missed): the service records
+    `event` and applies it, so that a replay sees it happen at the same point."""
+
+    event: object
+
 
 @attrs.frozen
 class Dispatch:

@@ -79,6 +79,8 @@ class Scheduler:
             ev.ScheduleRemoved: self._schedule_removed,
             ev.TimerFired: self._timer_fired,
             ev.Tick: self._tick,
+            ev.WorkerLost: self._worker_lost,
+            ev.MasterRestarted: self._master_restarted,
         }
 
     # -- entry points --------------------------------------------------------------------
@@ -513,10 +515,28 @@ class Scheduler:
                 f"no decision within {_span(job.spec.timeout or 0)}"), now, out)
 
     def _tick(self, e: ev.Tick, now: float, out: Decisions) -> None:
+        # Heartbeats are not recorded, so a missed one is proposed as an event of its own:
+        # recorded, it replays at the same point.
         deadline = now - self.heartbeat_timeout
-        for w in [w for w in self.workers.values() if w.last_seen < deadline]:
-            self._worker_dead(w, f"no heartbeat for {now - w.last_seen:.1f}s", out)
-        self._dispatch(now, out)
+        for w in self.workers.values():
+            if w.last_seen < deadline:
+                out.append(ev.Propose(ev.WorkerLost(
+                    w.worker_id, f"no heartbeat for {now - w.last_seen:.1f}s")))
+
+    def _worker_lost(self, e: ev.WorkerLost, now: float, out: Decisions) -> None:
+        w = self.workers.get(e.worker_id)
+        if w is not None:
+            self._worker_dead(w, e.reason, out)
+            self._dispatch(now, out)
+
+    def _master_restarted(self, e: ev.MasterRestarted, now: float, out: Decisions) -> None:
+        """Every worker's connection died with the old master; each gets a full heartbeat
+        timeout from now to come back and report, or its jobs run elsewhere."""
+        for w in self.workers.values():
+            w.last_seen = now
+            if w.state is WorkerState.ALIVE:
+                w.state = WorkerState.DISCONNECTED
+                out.append(ev.WorkerChanged(w.worker_id, w.state, "master restarted"))
 
     # -- state changes -------------------------------------------------------------------
 
@@ -684,6 +704,95 @@ class Scheduler:
         worker.running.add(job.job_id)
         out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec, job.run_id))
         self._set_state(job, JobState.RUNNING, out)
+
+
+def pending_timers(s: Scheduler) -> list:
+    """The timers the state implies (after a recovery, nothing else remembers them)."""
+    timers = []
+    for job in s.jobs.values():
+        if job.ready_at is None:
+            continue
+        if job.state is JobState.WAITING_APPROVAL:
+            timers.append(ev.SetTimer(("gate", job.job_id, 0), job.ready_at))
+        elif job.state is JobState.PENDING and not job.queued and not job.parents_left:
+            timers.append(ev.SetTimer(("ready", job.job_id, job.failures), job.ready_at))
+    for sched in s.schedules.values():
+        if sched.next_at is not None:
+            timers.append(ev.SetTimer(("cron", sched.schedule_id, sched.fired), sched.next_at))
+    return timers
+
+
+_STATES = {state.value: state for state in JobState}
+
+
+def snapshot(s: Scheduler) -> dict:
+    """The whole state as plain data (what compaction writes instead of the log so far)."""
+    from titan.core.codec import template_to_wire
+    return {
+        "v": 1, "seq": s._seq, "worker_seq": s._worker_seq, "run_seq": s._run_seq,
+        "rng": [s.rng.getstate()[0], list(s.rng.getstate()[1]), s.rng.getstate()[2]],
+        "workers": [[w.worker_id, w.name, w.host, sorted(w.tags), w.slots, w.joined_at,
+                     w.last_seen, w.seq, w.state.value, sorted(w.running), w.completed]
+                    for w in s.workers.values()],
+        "jobs": [[j.job_id, j.spec.to_wire(), j.seq, j.submitted_at, j.state.value, j.queued,
+                  j.attempt, j.failures, j.worker_id, j.exit_code, j.reason, j.started_at,
+                  j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
+                  j.decision, j.run_id] for j in s.jobs.values()],
+        "runs": [[r.run_id, r.name, r.created_at, r.seq, r.agent_run_id, r.stage, r.max_jobs,
+                  r.schedule_id, r.jobs, {k.value: n for k, n in r.counts.items()}, r.left,
+                  r.state.value, r.finished_at, r.version] for r in s.runs.values()],
+        "agent_runs": s.agent_runs,
+        "schedules": [[c.schedule_id, c.name, c.cron, template_to_wire(c.template),
+                       c.created_at, c.fired, c.next_at, c.last_run_id]
+                      for c in s.schedules.values()],
+    }
+
+
+def restore(s: Scheduler, data: dict) -> None:
+    """Load a `snapshot` into a fresh scheduler."""
+    from titan.core.codec import template_from_wire
+    if data.get("v") != 1:
+        raise ValueError(f"unknown snapshot version {data.get('v')!r}")
+    s._seq, s._worker_seq, s._run_seq = data["seq"], data["worker_seq"], data["run_seq"]
+    version, state, gauss = data["rng"]
+    s.rng.setstate((version, tuple(state), gauss))
+    for (worker_id, name, host, tags, slots, joined_at, last_seen, seq, wstate, running,
+         completed) in data["workers"]:
+        s.workers[worker_id] = WorkerRecord(
+            worker_id=worker_id, name=name, host=host, tags=frozenset(tags), slots=slots,
+            joined_at=joined_at, last_seen=last_seen, seq=seq, state=WorkerState(wstate),
+            running=set(running), completed=completed)
+    specs: dict = {}
+    for (job_id, spec, seq, submitted_at, state, queued, attempt, failures, worker_id,
+         exit_code, reason, started_at, finished_at, ready_at, parents_left, children,
+         result, decision, run_id) in data["jobs"]:
+        job = JobRecord(job_id=job_id, spec=JobSpec.from_wire(spec), seq=seq,
+                        submitted_at=submitted_at, state=_STATES[state], queued=queued,
+                        attempt=attempt, failures=failures, worker_id=worker_id,
+                        exit_code=exit_code, reason=reason, started_at=started_at,
+                        finished_at=finished_at, ready_at=ready_at,
+                        parents_left=parents_left, children=children, result=result,
+                        decision=decision, run_id=run_id)
+        s.jobs[job_id] = job
+        if queued:
+            s._enqueue(job)
+    for (run_id, name, created_at, seq, agent_run_id, stage, max_jobs, schedule_id, jobs,
+         counts, left, state, finished_at, version) in data["runs"]:
+        s.runs[run_id] = DagRun(
+            run_id=run_id, name=name, created_at=created_at, seq=seq,
+            agent_run_id=agent_run_id, stage=stage, max_jobs=max_jobs,
+            schedule_id=schedule_id, jobs=jobs,
+            counts={_STATES[k]: n for k, n in counts.items()}, left=left,
+            state=RunState(state), finished_at=finished_at, version=version)
+        for key in jobs:
+            s.nodes[s.jobs[key].node].append(key)
+    s.agent_runs.update(data["agent_runs"])
+    for (schedule_id, name, cron, template, created_at, fired, next_at,
+         last_run_id) in data["schedules"]:
+        s.schedules[schedule_id] = Schedule(
+            schedule_id=schedule_id, name=name, cron=cron,
+            template=template_from_wire(template), created_at=created_at, fired=fired,
+            next_at=next_at, last_run_id=last_run_id)
 
 
 def _span(seconds: float) -> str:

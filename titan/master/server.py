@@ -93,16 +93,17 @@ class MasterProtocol(RpcProtocol):
     def op_LOG_BATCH(self, body: dict) -> None:
         self.master.logs_received(_require(body, "job_id"), body.get("chunks") or ())
 
-    def op_JOB_COMPLETE(self, body: dict) -> dict:
-        self.master.handle(ev.JobFinished(
+    def op_JOB_COMPLETE(self, body: dict):
+        # The worker keeps its report until this answer, which waits until it is recorded.
+        durable = self.master.handle(ev.JobFinished(
             _require(body, "job_id"), self.worker_id, _require(body, "attempt", int),
             body.get("exit_code"), body.get("reason")))
-        return {}
+        return self.master.after(durable, {})
 
     # -- clients ---------------------------------------------------------------------------
 
-    def op_SUBMIT_JOB(self, body: dict) -> dict:
-        return {"job_id": self.master.submit(body)}
+    def op_SUBMIT_JOB(self, body: dict):
+        return self.master.submit(body).addCallback(lambda job_id: {"job_id": job_id})
 
     def op_SUBMIT_DAG(self, body: dict) -> dict:
         return self.master.submit_dag(body)

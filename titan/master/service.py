@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from typing import Any, Optional
 
+import msgpack
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
 from twisted.internet.endpoints import serverFromString
@@ -18,10 +20,15 @@ from twisted.logger import Logger
 from titan.auth import job_token, load_or_create_token
 from titan.config import Config
 from titan.core import events as ev
+from titan.core.codec import RecordError, decode_event, encode_event, persisted
 from titan.core.dag import RESULT_LIMIT, parse_dag, parse_jobs
 from titan.core.model import JobSpec, JobState, RunState, WorkerState
 from titan.core.scheduler import (
-    Scheduler, SubmitError, cron_valid, job_view, run_view, worker_view)
+    Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
+    snapshot, worker_view)
+from titan.errors import TitanError
+from titan.interfaces import CorruptLog, IPersistenceFactory
+from titan.plugin_registry import find
 from titan.protocols import codec
 from titan.master.logstore import LogStore
 from titan.master.server import MasterFactory, MasterProtocol
@@ -90,6 +97,8 @@ class MasterService(MultiService):
                                    backoff_cap=mc.retry_backoff_cap,
                                    max_jobs_per_run=mc.max_jobs_per_run)
         self.logs: Optional[LogStore] = None
+        self.persistence = None
+        self.recovery: dict = {}
         self.worker_conns: dict[str, MasterProtocol] = {}
         self._timers: dict[Any, Any] = {}
         self._done_waiters: dict[str, list[defer.Deferred]] = {}
@@ -109,6 +118,43 @@ class MasterService(MultiService):
         if not self.token:
             self.token = load_or_create_token(self.data_dir)
         self.logs = LogStore(os.path.join(self.data_dir, "logs"))
+        pc = self.config.persistence
+        try:
+            factory = find(IPersistenceFactory, pc.backend, "persistence backend")
+        except TitanError as e:
+            raise SystemExit(f"titan: {self.config.source}: persistence.backend: {e}")
+        self.persistence = factory.build(os.path.join(self.data_dir, "log"),
+                                         {"fsync": pc.fsync})
+        self._recover()
+
+    def _recover(self) -> None:
+        """Replay what the log holds through the core (the same code path as live events),
+        then tell it the master restarted and arm the timers its state implies."""
+        start = time.perf_counter()
+        try:
+            snap, records = self.persistence.load()
+        except CorruptLog as e:
+            raise SystemExit(f"titan: cannot start: {e}")
+        if snap is not None:
+            restore(self.scheduler, msgpack.unpackb(snap, raw=False, strict_map_key=False))
+        count = 0
+        for record in records:
+            try:
+                at, event = decode_event(record)
+            except RecordError as e:
+                raise SystemExit(f"titan: cannot start: event {count + 1} of the log: {e}")
+            self.scheduler.apply(event, at)  # what it decided then was carried out then
+            count += 1
+        elapsed = time.perf_counter() - start
+        self.recovery = {"snapshot": snap is not None, "events": count,
+                         "seconds": round(elapsed, 3), "jobs": len(self.scheduler.jobs)}
+        if snap is not None or count:
+            self.log.info("recovered {jobs} jobs from a snapshot and {events} events in "
+                          "{seconds:.3f}s", jobs=len(self.scheduler.jobs), events=count,
+                          seconds=elapsed)
+            self.handle(ev.MasterRestarted())
+        for timer in pending_timers(self.scheduler):
+            self._carry_out(timer)
 
     def privilegedStartService(self) -> None:
         self._prepare()
@@ -122,6 +168,10 @@ class MasterService(MultiService):
     def stopService(self):
         if self._ticker.running:
             self._ticker.stop()
+        if self.persistence is not None:
+            closing = self.persistence.close()
+        else:
+            closing = defer.succeed(None)
         for call in self._timers.values():
             if call.active():
                 call.cancel()
@@ -130,7 +180,7 @@ class MasterService(MultiService):
             os.unlink(os.path.join(self.data_dir, PORT_FILE))
         except OSError:
             pass
-        return super().stopService()
+        return defer.gatherResults([closing, defer.maybeDeferred(super().stopService)])
 
     def _listening(self, port) -> None:
         address = port.getHost()
@@ -146,12 +196,34 @@ class MasterService(MultiService):
     def now(self) -> float:
         return self.reactor.seconds()
 
-    def handle(self, event: object) -> None:
-        for decision in self.scheduler.apply(event, self.now()):
+    def handle(self, event: object) -> defer.Deferred:
+        """Record the event (if it is one recovery needs), apply it, carry out what follows.
+
+        The Deferred fires once the record is as durable as the fsync policy promises: an
+        answer that reports the change waits for it."""
+        now = self.now()
+        durable = None
+        if persisted(event) and self.persistence is not None:
+            durable = self.persistence.append(encode_event(event, now))
+        for decision in self.scheduler.apply(event, now):
             self._carry_out(decision)
+        if self.persistence is not None and \
+                self.persistence.bytes_since_compaction > self.config.persistence.compact_after_bytes:
+            self.compact()
+        return durable if durable is not None else defer.succeed(None)
+
+    def compact(self) -> defer.Deferred:
+        data = msgpack.packb(snapshot(self.scheduler), use_bin_type=True)
+        return self.persistence.compact(data)
+
+    def after(self, durable: defer.Deferred, result: Any) -> defer.Deferred:
+        """`result`, once `durable` has fired."""
+        return durable.addCallback(lambda _: result)
 
     def _carry_out(self, d: object) -> None:
-        if isinstance(d, ev.Dispatch):
+        if isinstance(d, ev.Propose):
+            self.handle(d.event)
+        elif isinstance(d, ev.Dispatch):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
                 conn.push(Op.DISPATCH, {
@@ -243,8 +315,7 @@ class MasterService(MultiService):
             self.scheduler.validate(event)
         except (SubmitError, TypeError, ValueError) as e:
             raise RemoteError("bad_job", str(e))
-        self.handle(event)
-        return spec.job_id
+        return self.after(self.handle(event), spec.job_id)
 
     def _new_job_id(self) -> str:
         while True:
@@ -314,24 +385,26 @@ class MasterService(MultiService):
             run = self.scheduler.runs[ref]
             if run.state is not RunState.RUNNING:
                 return {"run_id": ref, "state": run.state.value, "cancelled": False}
-            self.handle(ev.RunCancelRequested(ref))
-            return {"run_id": ref, "state": run.state.value, "cancelled": True}
+            durable = self.handle(ev.RunCancelRequested(ref))
+            return self.after(durable, {"run_id": ref, "state": run.state.value,
+                                        "cancelled": True})
         if ref in self.scheduler.schedules and ref not in self.scheduler.jobs:
             return self.remove_schedule(ref)
         job = self._job(ref)
         before = job.state
-        self.handle(ev.CancelRequested(job.job_id))
-        return {"job_id": job.job_id, "state": job.state.value,
-                "cancelled": job.state is JobState.CANCELLED and before is not JobState.CANCELLED}
+        durable = self.handle(ev.CancelRequested(job.job_id))
+        return self.after(durable, {
+            "job_id": job.job_id, "state": job.state.value,
+            "cancelled": job.state is JobState.CANCELLED and before is not JobState.CANCELLED})
 
     # -- DAG runs --------------------------------------------------------------------------
 
-    def _apply_checked(self, event: object) -> None:
+    def _apply_checked(self, event: object) -> defer.Deferred:
         try:
             self.scheduler.validate(event)
         except SubmitError as e:
             raise RemoteError("bad_dag", str(e)) from None
-        self.handle(event)
+        return self.handle(event)
 
     def submit_dag(self, body: dict) -> dict:
         try:
@@ -348,12 +421,13 @@ class MasterService(MultiService):
             if not cron_valid(cron):
                 raise RemoteError("bad_dag", f"schedule {cron!r} is not a cron expression "
                                              "(5 fields, or 6 with seconds last)")
-            self._apply_checked(ev.ScheduleAdded(schedule_id, cron, template))
+            durable = self._apply_checked(ev.ScheduleAdded(schedule_id, cron, template))
             sched = self.scheduler.schedules[schedule_id]
-            return {"schedule_id": schedule_id, "next_at": sched.next_at}
+            return self.after(durable, {"schedule_id": schedule_id, "next_at": sched.next_at})
         run_id = self._new_run_id(template.name)
-        self._apply_checked(ev.DagSubmitted(run_id, template))
-        return {"run_id": run_id, "jobs": list(self.scheduler.runs[run_id].jobs)}
+        durable = self._apply_checked(ev.DagSubmitted(run_id, template))
+        return self.after(durable, {"run_id": run_id,
+                                    "jobs": list(self.scheduler.runs[run_id].jobs)})
 
     def _new_run_id(self, name: str) -> str:
         while True:
@@ -366,8 +440,9 @@ class MasterService(MultiService):
             specs = parse_jobs(jobs)
         except SubmitError as e:
             raise RemoteError("bad_dag", str(e)) from None
-        self._apply_checked(ev.JobsAdded(run_id, tuple(specs), by))
-        return {"run_id": run_id, "added": [f"{run_id}/{s.job_id}" for s in specs]}
+        durable = self._apply_checked(ev.JobsAdded(run_id, tuple(specs), by))
+        return self.after(durable, {"run_id": run_id,
+                                    "added": [f"{run_id}/{s.job_id}" for s in specs]})
 
     def run_info(self, run_id: str, jobs: bool = True) -> dict:
         return run_view(self.scheduler, self._run(run_id), self.now(), jobs)
@@ -402,8 +477,8 @@ class MasterService(MultiService):
 
     def decide_gate(self, ref: str, approved: bool, by: str, comment: str) -> dict:
         job = self._job(ref)
-        self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment))
-        return job_view(self.scheduler, job, self.now())
+        durable = self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment))
+        return self.after(durable, job_view(self.scheduler, job, self.now()))
 
     def set_result(self, ref: str, value: Any) -> dict:
         job = self._job(ref)
@@ -414,8 +489,8 @@ class MasterService(MultiService):
         if size > RESULT_LIMIT:
             raise RemoteError("bad_result", f"the result is {size} bytes, over the "
                                             f"{RESULT_LIMIT}-byte limit; write a file instead")
-        self._apply_checked(ev.ResultSet(job.job_id, value))
-        return {"job_id": job.job_id}
+        return self.after(self._apply_checked(ev.ResultSet(job.job_id, value)),
+                          {"job_id": job.job_id})
 
     def get_result(self, ref: str) -> dict:
         job = self._job(ref)
@@ -429,8 +504,8 @@ class MasterService(MultiService):
     def remove_schedule(self, schedule_id: str) -> dict:
         if schedule_id not in self.scheduler.schedules:
             raise RemoteError("not_found", f"no schedule {schedule_id}")
-        self.handle(ev.ScheduleRemoved(schedule_id))
-        return {"schedule_id": schedule_id, "cancelled": True, "state": "REMOVED"}
+        return self.after(self.handle(ev.ScheduleRemoved(schedule_id)),
+                          {"schedule_id": schedule_id, "cancelled": True, "state": "REMOVED"})
 
     def list_workers(self) -> list:
         now = self.now()
@@ -450,4 +525,6 @@ class MasterService(MultiService):
         workers = self.scheduler.workers.values()
         return {"jobs": counts, "workers": len(workers),
                 "slots": sum(w.slots for w in workers),
-                "busy": sum(len(w.running) for w in workers)}
+                "busy": sum(len(w.running) for w in workers),
+                "persistence": self.persistence.describe() if self.persistence else None,
+                "recovery": self.recovery}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,15 +35,24 @@ class Child:
         return self.proc.poll() is None
 
 
+def free_port() -> int:
+    """A port the OS has just handed out on 127.0.0.1 (for a master that must keep its port
+    across restarts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Cluster:
     def __init__(self, base_dir: str, workers: int = 2, slots: int = 4,
                  heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0,
-                 config_extra: str = "") -> None:
+                 config_extra: str = "", fixed_port: bool = False) -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.worker_count = workers
         self.slots = slots
         self.token = secrets.token_urlsafe(16)
-        self.port: Optional[int] = None
+        self.port: Optional[int] = free_port() if fixed_port else None
+        self.fixed_port = fixed_port
         self.master: Optional[Child] = None
         self.workers: dict[str, Child] = {}
         os.makedirs(self.base_dir, exist_ok=True)
@@ -77,10 +87,11 @@ class Cluster:
             os.unlink(os.path.join(data_dir, "master.port"))
         except OSError:
             pass
+        port = self.port if self.fixed_port else 0
         self.master = self._spawn("master", [
             "titan-master", "--config", self.config_path,
-            "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir])
-        self.port = read_port(data_dir, self.master.proc, 20)
+            "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir])
+        self.port = read_port(data_dir, self.master.proc, 30)
         if self.port is None:
             raise RuntimeError(f"the master did not start:\n{tail(self.master.log_file)}"
                                f"{tail(self.master.log_file + '.err')}")
@@ -107,6 +118,12 @@ class Cluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"only {len(alive)} of {count} workers joined")
                 time.sleep(0.05)
+
+    def kill_master(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the master (kill -9 by default); `start_master()` brings it back on the
+        same data dir (and, with fixed_port, the same port the workers dial)."""
+        self.master.proc.send_signal(sig)
+        self.master.proc.wait(30)
 
     def kill_worker(self, name: str, sig: int = signal.SIGKILL) -> None:
         child = self.workers.pop(name)

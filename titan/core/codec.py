@@ -1,0 +1,99 @@
+"""Events as plain data: what a persistence backend stores and recovery replays.
+
+A record is a msgpack array `[at, type, field, ...]`; `at` is the time the event was applied.
+Pure code (msgpack only).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import attrs
+import msgpack
+
+from titan.core import events as ev
+from titan.core.model import JobSpec
+
+
+def spec_to_wire(spec: JobSpec) -> dict:
+    return spec.to_wire()
+
+
+def template_to_wire(t: ev.RunTemplate) -> dict:
+    return {"name": t.name, "specs": [s.to_wire() for s in t.specs],
+            "agent_run_id": t.agent_run_id, "stage": t.stage, "max_jobs": t.max_jobs}
+
+
+def template_from_wire(d: dict) -> ev.RunTemplate:
+    return ev.RunTemplate(name=d["name"], specs=tuple(JobSpec.from_wire(s) for s in d["specs"]),
+                          agent_run_id=d.get("agent_run_id"), stage=d.get("stage"),
+                          max_jobs=d.get("max_jobs"))
+
+
+def _reports_out(reports) -> list:
+    return [[r.job_id, r.attempt, r.exit_code, r.reason] for r in reports]
+
+
+def _reports_in(items) -> tuple:
+    return tuple(ev.JobReport(*r) for r in items)
+
+
+_ident = (lambda v: v, lambda v: v)
+# How each kind of field goes to the wire and back.
+_KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "plain": _ident,
+    "spec": (spec_to_wire, JobSpec.from_wire),
+    "specs": (lambda v: [s.to_wire() for s in v], lambda v: tuple(JobSpec.from_wire(s) for s in v)),
+    "template": (template_to_wire, template_from_wire),
+    "reports": (_reports_out, _reports_in),
+    "tags": (sorted, frozenset),
+    "key": (list, tuple),
+}
+
+# The events that change what the master must remember, and their fields' kinds.  Heartbeats,
+# ticks and start notices are not here: they change nothing that recovery needs (a missed
+# heartbeat shows up as a recorded WorkerLost).
+PERSISTED: dict[type, tuple[str, ...]] = {
+    ev.JobSubmitted: ("spec",),
+    ev.DagSubmitted: ("plain", "template"),
+    ev.JobsAdded: ("plain", "specs", "plain"),
+    ev.WorkerJoined: ("plain", "plain", "plain", "tags", "plain", "reports", "reports"),
+    ev.WorkerDisconnected: ("plain",),
+    ev.WorkerLost: ("plain", "plain"),
+    ev.MasterRestarted: (),
+    ev.JobFinished: ("plain",) * 5,
+    ev.CancelRequested: ("plain", "plain"),
+    ev.RunCancelRequested: ("plain", "plain"),
+    ev.GateDecided: ("plain",) * 4,
+    ev.ResultSet: ("plain", "plain"),
+    ev.ScheduleAdded: ("plain", "plain", "template"),
+    ev.ScheduleRemoved: ("plain",),
+    ev.TimerFired: ("key",),
+}
+_NAMES = {cls: cls.__name__ for cls in PERSISTED}
+_BY_NAME = {name: cls for cls, name in _NAMES.items()}
+_FIELDS = {cls: [f.name for f in attrs.fields(cls)] for cls in PERSISTED}
+
+
+class RecordError(ValueError):
+    """A record that does not decode to an event."""
+
+
+def persisted(event: object) -> bool:
+    return type(event) in PERSISTED
+
+
+def encode_event(event: object, at: float) -> bytes:
+    cls = type(event)
+    kinds = PERSISTED[cls]
+    values = [_KINDS[k][0](getattr(event, name)) for name, k in zip(_FIELDS[cls], kinds)]
+    return msgpack.packb([at, _NAMES[cls], *values], use_bin_type=True)
+
+
+def decode_event(record: bytes) -> tuple[float, object]:
+    try:
+        at, name, *values = msgpack.unpackb(record, raw=False, strict_map_key=False)
+        cls = _BY_NAME[name]
+        kinds = PERSISTED[cls]
+        return at, cls(*(_KINDS[k][1](v) for v, k in zip(values, kinds)))
+    except Exception as e:
+        raise RecordError(f"undecodable event record: {e}") from None

@@ -1,0 +1,60 @@
+"""The pluggable parts of Titan, as zope interfaces.
+
+Each kind has a factory interface that Twisted's plugin system finds in the `titan.plugins`
+package (`twisted.plugin.getPlugins(IPersistenceFactory, titan.plugins)`): built-ins and
+third-party modules alike.  The config names a plugin by its `name`.
+"""
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IPersistence(Interface):
+    """Where the master's events go before they take effect, and where recovery reads them.
+
+    Records are opaque bytes (encoded events).  `compact(snapshot)` replaces everything
+    appended before the call by `snapshot`; records appended after it follow it.
+    """
+
+    def load():
+        """Read what is stored: `(snapshot or None, iterable of records after it)`.
+
+        Called once, before any append.  Repairs a torn tail (with a warning); raises
+        `CorruptLog` for damage it must not repair silently."""
+
+    def append(record):
+        """Store one record.  Returns a Deferred that fires once it is as durable as the
+        fsync policy promises (at once for `everysec` and `no`)."""
+
+    def compact(snapshot):
+        """Start a compaction: `snapshot` (bytes) stands for every record appended so far.
+        Returns a Deferred that fires when the compacted files are in place; appends go on
+        meanwhile."""
+
+    def sync():
+        """Make every appended record durable now; a Deferred."""
+
+    def close():
+        """Sync and release the files; a Deferred."""
+
+    def describe():
+        """A dict for people: backend, where, sizes, policy."""
+
+
+class IPersistenceFactory(Interface):
+    name = Attribute("The name the config uses, e.g. 'aof'.")
+    description = Attribute("One line for `titan plugins`.")
+
+    def build(data_dir, options):
+        """An IPersistence storing under `data_dir`, with the config's `options` dict."""
+
+
+class CorruptLog(Exception):
+    """Damage in the middle of a log: start-up stops rather than lose what follows it."""
+
+    def __init__(self, path: str, offset: int, problem: str) -> None:
+        super().__init__(f"{path} is damaged at byte {offset}: {problem}; see what can be "
+                         f"saved with `titan aof check {path.rsplit('/', 1)[0]}` and repair "
+                         f"it with `titan aof check --fix`")
+        self.path = path
+        self.offset = offset

@@ -1,0 +1,1 @@
+"""Persistence backends for the master's event log (see titan.interfaces.IPersistence)."""

@@ -1,0 +1,374 @@
+"""The append-only file: Titan's embedded event log.
+
+Files in the data dir:
+  CURRENT          the generation g in force
+  snapshot.<g>     the state that stands for every record before events.<g>.aof
+  events.<g>.aof   records since; a compaction in progress may have started events.<g+1>.aof,
+                   which then simply continues the chain
+
+Each file starts with an 8-byte magic; each record is `length (u32) | crc32 (u32) | bytes`.
+Recovery truncates a torn tail (a crash mid-write) with a warning that says how many bytes,
+and refuses to start on damage anywhere else (CorruptLog, pointing at `titan aof check`).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from typing import Callable, Iterator, Optional
+
+from twisted.internet import defer, threads
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from titan.interfaces import CorruptLog, IPersistence
+
+LOG_MAGIC = b"TITANAOF"
+SNAP_MAGIC = b"TITANSNP"
+RECORD = struct.Struct("!II")
+POLICIES = ("always", "everysec", "no")
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def frame(record: bytes) -> bytes:
+    return RECORD.pack(len(record), zlib.crc32(record)) + record
+
+
+class LogFile:
+    """Reads one log file: records, and where (if anywhere) it stops being good."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            self.data = f.read()
+        self.good_end = 0  # offset after the last good record
+        self.problem: Optional[str] = None
+
+    def records(self) -> Iterator[bytes]:
+        data = self.data
+        if len(data) < len(LOG_MAGIC):
+            if LOG_MAGIC.startswith(data):
+                self.problem = "torn" if data else None
+                return
+            self.problem = "not a Titan event log"
+            return
+        if not data.startswith(LOG_MAGIC):
+            self.problem = "not a Titan event log"
+            return
+        pos = len(LOG_MAGIC)
+        end = len(data)
+        unpack = RECORD.unpack_from
+        crc32 = zlib.crc32
+        self.good_end = pos
+        while pos < end:
+            if end - pos < RECORD.size:
+                self.problem = "torn"
+                return
+            length, crc = unpack(data, pos)
+            start = pos + RECORD.size
+            if start + length > end:
+                self.problem = "torn"
+                return
+            record = data[start:start + length]
+            if crc32(record) != crc:
+                # A bad checksum on the very last record is a write the crash cut short;
+                # anywhere else it is damage.
+                self.problem = "torn" if start + length == end else "checksum mismatch"
+                return
+            pos = start + length
+            self.good_end = pos
+            yield record
+
+
+@implementer(IPersistence)
+class AOFPersistence:
+    log = Logger()
+
+    def __init__(self, directory: str, fsync: str = "everysec", reactor=None,
+                 blocking: Optional[Callable] = None) -> None:
+        if fsync not in POLICIES:
+            raise ValueError(f"fsync must be one of {', '.join(POLICIES)}, not {fsync!r}")
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.directory = directory
+        self.policy = fsync
+        # How blocking calls (fsync, snapshot writes) run: in a thread by default.
+        self._blocking = blocking or (lambda f, *a: threads.deferToThread(f, *a))
+        self._gen = 0
+        self._fd: Optional[int] = None
+        self._buffer: list[bytes] = []
+        self._waiting: list[defer.Deferred] = []  # appends awaiting durability (always)
+        self._flush_call = None
+        self._syncing = False
+        self._compacting: Optional[defer.Deferred] = None
+        self._ticker: Optional[LoopingCall] = None
+        self.appended = 0  # records appended since the last compaction
+        self.bytes_since_compaction = 0
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def _log_path(self, gen: int) -> str:
+        return self._path(f"events.{gen}.aof")
+
+    def _current(self) -> int:
+        try:
+            with open(self._path("CURRENT")) as f:
+                return int(f.read().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            raise CorruptLog(self._path("CURRENT"), 0, "not a generation number") from None
+
+    def read_snapshot(self, gen: int) -> Optional[bytes]:
+        path = self._path(f"snapshot.{gen}")
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            if gen == 0:
+                return None
+            raise CorruptLog(path, 0, "the snapshot named by CURRENT is missing") from None
+        if not data.startswith(SNAP_MAGIC) or len(data) < len(SNAP_MAGIC) + RECORD.size:
+            raise CorruptLog(path, 0, "not a Titan snapshot")
+        length, crc = RECORD.unpack_from(data, len(SNAP_MAGIC))
+        body = data[len(SNAP_MAGIC) + RECORD.size:]
+        if len(body) != length or zlib.crc32(body) != crc:
+            raise CorruptLog(path, len(SNAP_MAGIC), "the snapshot's checksum does not match")
+        return body
+
+    # -- IPersistence ----------------------------------------------------------------------
+
+    def load(self):
+        os.makedirs(self.directory, exist_ok=True)
+        gen = self._current()
+        snapshot = self.read_snapshot(gen)
+        records: list[bytes] = []
+        last = gen
+        while os.path.exists(self._log_path(gen)):
+            path = self._log_path(gen)
+            final = not os.path.exists(self._log_path(gen + 1))
+            log = LogFile(path)
+            records.extend(log.records())
+            if log.problem == "torn" and final:
+                cut = len(log.data) - log.good_end
+                self.log.warn("{path}: the last {bytes} bytes are an incomplete record "
+                              "(a crash mid-write); truncating them", path=path, bytes=cut)
+                with open(path, "r+b") as f:
+                    f.truncate(max(log.good_end, len(LOG_MAGIC) if log.good_end else 0))
+            elif log.problem:
+                raise CorruptLog(path, log.good_end, log.problem)
+            last = gen
+            gen += 1
+        self._gen = last
+        self._open(last)
+        self._start_ticker()
+        return snapshot, records
+
+    def _open(self, gen: int) -> None:
+        path = self._log_path(gen)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, LOG_MAGIC)
+        self._fd = fd
+
+    def _start_ticker(self) -> None:
+        if self.policy == "everysec":
+            self._ticker = LoopingCall(self._fsync_now)
+            self._ticker.clock = self.reactor
+            self._ticker.start(1.0, now=False)
+
+    def append(self, record: bytes) -> defer.Deferred:
+        self._buffer.append(frame(record))
+        self.appended += 1
+        self.bytes_since_compaction += len(record) + RECORD.size
+        if self._flush_call is None:
+            # Group commit: everything appended in this turn of the reactor is written in
+            # one write (and, for `always`, made durable by one fsync).
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        if self.policy == "always":
+            d: defer.Deferred = defer.Deferred()
+            self._waiting.append(d)
+            return d
+        return defer.succeed(None)
+
+    def _write_buffer(self) -> None:
+        if self._buffer:
+            data = b"".join(self._buffer)
+            self._buffer.clear()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        self._write_buffer()
+        if self.policy == "always" and not self._syncing and self._waiting:
+            self._group_fsync()
+
+    def _group_fsync(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._syncing = True
+        d = self._blocking(os.fsync, self._fd)
+
+        def done(result):
+            self._syncing = False
+            for waiter in batch:
+                waiter.callback(None)
+            if self._waiting:  # what came in while we synced: the next group
+                self._write_buffer()
+                self._group_fsync()
+            return result
+
+        def failed(failure):
+            self._syncing = False
+            for waiter in batch:
+                waiter.errback(failure)
+
+        d.addCallbacks(done, failed)
+
+    def _fsync_now(self) -> defer.Deferred:
+        self._write_buffer()
+        if self._fd is None:
+            return defer.succeed(None)
+        return self._blocking(os.fsync, self._fd)
+
+    def sync(self) -> defer.Deferred:
+        return self._fsync_now()
+
+    def compact(self, snapshot: bytes) -> defer.Deferred:
+        if self._compacting is not None:
+            return self._compacting
+        self._write_buffer()
+        old_gen, old_fd = self._gen, self._fd
+        new_gen = old_gen + 1
+        # From here on, appends go to the next log; until CURRENT names the new generation,
+        # recovery reads the old snapshot, the old log and then this one.
+        self._open(new_gen)
+        self._gen = new_gen
+        self.appended = 0
+        self.bytes_since_compaction = 0
+        d = self._blocking(self._write_compaction, snapshot, old_gen, new_gen, old_fd)
+
+        def done(result):
+            self._compacting = None
+            self.log.info("compacted the event log into snapshot.{gen} ({size} bytes)",
+                          gen=new_gen, size=len(snapshot))
+            return result
+
+        def failed(failure):
+            self._compacting = None
+            self.log.failure("compaction failed; the log stays as it was", failure)
+            return failure
+
+        self._compacting = d.addCallbacks(done, failed)
+        return self._compacting
+
+    def _write_compaction(self, snapshot: bytes, old_gen: int, new_gen: int,
+                          old_fd: int) -> None:
+        os.fsync(old_fd)
+        os.close(old_fd)
+        tmp = self._path(f"snapshot.{new_gen}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(SNAP_MAGIC + RECORD.pack(len(snapshot), zlib.crc32(snapshot)) + snapshot)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path(f"snapshot.{new_gen}"))
+        with open(self._path("CURRENT.tmp"), "w") as f:
+            f.write(f"{new_gen}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self._path("CURRENT.tmp"), self._path("CURRENT"))
+        _fsync_dir(self.directory)
+        for gen in range(old_gen, -1, -1):
+            removed = False
+            for name in (f"snapshot.{gen}", f"events.{gen}.aof"):
+                try:
+                    os.unlink(self._path(name))
+                    removed = True
+                except FileNotFoundError:
+                    pass
+            if not removed:
+                break
+
+    def close(self) -> defer.Deferred:
+        if self._flush_call is not None and self._flush_call.active():
+            self._flush_call.cancel()
+            self._flush_call = None
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        self._write_buffer()
+        fd, self._fd = self._fd, None
+        waiting, self._waiting = self._waiting, []
+
+        def finish(_=None):
+            if fd is not None:
+                os.fsync(fd)
+                os.close(fd)
+            for d in waiting:
+                d.callback(None)
+
+        if self._compacting is not None:
+            return self._compacting.addBoth(lambda _: finish())
+        finish()
+        return defer.succeed(None)
+
+    def describe(self) -> dict:
+        size = 0
+        for name in os.listdir(self.directory):
+            if name.startswith(("events.", "snapshot.")):
+                size += os.path.getsize(self._path(name))
+        return {"backend": "aof", "directory": self.directory, "fsync": self.policy,
+                "generation": self._gen, "bytes": size,
+                "records_since_compaction": self.appended}
+
+
+def check(directory: str, fix: bool = False) -> tuple[list[str], bool]:
+    """`titan aof check`: what the log holds and what is wrong; with `fix`, truncate each
+    damaged log at its last good record.  Returns (lines to print, healthy)."""
+    lines = []
+    healthy = True
+    aof = AOFPersistence(directory)
+    try:
+        gen = aof._current()
+    except CorruptLog as e:
+        return [str(e)], False
+    try:
+        snap = aof.read_snapshot(gen)
+        lines.append(f"snapshot.{gen}: " + ("none" if snap is None else f"{len(snap)} bytes, ok"))
+    except CorruptLog as e:
+        lines.append(str(e))
+        healthy = False
+    found = False
+    while os.path.exists(aof._log_path(gen)):
+        found = True
+        path = aof._log_path(gen)
+        log = LogFile(path)
+        count = sum(1 for _ in log.records())
+        if log.problem:
+            healthy = False
+            lost = len(log.data) - log.good_end
+            lines.append(f"{path}: {count} good records, then {log.problem} at byte "
+                         f"{log.good_end} ({lost} bytes after it)")
+            if fix:
+                with open(path, "r+b") as f:
+                    f.truncate(max(log.good_end, len(LOG_MAGIC)))
+                lines.append(f"{path}: truncated to {max(log.good_end, len(LOG_MAGIC))} bytes "
+                             f"({count} records kept, {lost} bytes dropped)")
+        else:
+            lines.append(f"{path}: {count} records, ok")
+        gen += 1
+    if not found:
+        lines.append(f"{directory}: no event log")
+    return lines, healthy
