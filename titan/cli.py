@@ -320,6 +320,31 @@ def cmd_schedules(args) -> int:
     return 0
 
 
+def cmd_aof_check(args) -> int:
+    from titan.persistence.aof import check
+    directory = os.path.expanduser(args.dir)
+    if os.path.isdir(os.path.join(directory, "log")):
+        directory = os.path.join(directory, "log")  # a master's data dir: its log is in log/
+    if not os.path.isdir(directory):
+        raise TitanError(f"aof check: {args.dir} is not a directory")
+    lines, healthy = check(directory, fix=args.fix)
+    for line in lines:
+        print(line)
+    return 0 if healthy or args.fix else 1
+
+
+def cmd_plugins(args) -> int:
+    from titan.interfaces import IPersistenceFactory
+    from titan.plugin_registry import plugins
+    kinds = [("persistence", IPersistenceFactory)]
+    rows = [["KIND", "NAME", "ORIGIN", "DESCRIPTION"]]
+    for kind, interface in kinds:
+        for plugin in plugins(interface):
+            rows.append([kind, plugin.name, type(plugin).__module__, plugin.description])
+    _print_rows(rows)
+    return 0
+
+
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
@@ -431,6 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="only jobs in this state")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("aof", help="inspect or repair a master's event log",
+                       description="Inspect (check) or repair (check --fix) the event log of a "
+                                   "master's data dir.")
+    aof = p.add_subparsers(dest="aof_cmd", metavar="COMMAND")
+    aof.required = True
+    q = aof.add_parser("check", help="say what the log holds and what is damaged",
+                       description="Read every record of the log: report counts and damage; "
+                                   "with --fix, cut each damaged log at its last good record "
+                                   "(what follows it is lost). Run it with the master stopped.")
+    q.add_argument("dir", metavar="DIR", help="the master's data dir (or its log/ folder)")
+    q.add_argument("--fix", action="store_true", help="truncate damaged logs")
+    q.set_defaults(func=cmd_aof_check)
+
+    p = sub.add_parser("plugins", help="list the plugins found",
+                       description="List every plugin Titan finds: kind, name, origin, "
+                                   "description.")
+    p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("up", help="start a master and workers here, in the foreground",
                        description="Start a master and N workers on 127.0.0.1 in the "

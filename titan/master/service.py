@@ -61,7 +61,11 @@ class ListenerService(Service):
     def _listen(self) -> None:
         if self.port is not None:
             return
-        endpoint = serverFromString(self.reactor, self.description)
+        try:
+            endpoint = serverFromString(self.reactor, self.description)
+        except (ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"titan: {self.description!r} is not a server endpoint string "
+                             f"(like tcp:9090:interface=127.0.0.1): {e}")
         d = endpoint.listen(self.factory)
         failures: list = []
         d.addCallbacks(self._listening, failures.append)

@@ -1,8 +1,6 @@
 """`twistd titan-master`: options and service."""
 from __future__ import annotations
 
-from twisted.python import usage
-
 from titan.master.service import MasterService
 from titan.tap import ConfigOptions
 
@@ -19,6 +17,14 @@ class Options(ConfigOptions):
     def postOptions(self) -> None:
         config = self.load()
         self.config = config.override("master", listen=self["listen"])
+        # Name the problem before twistd starts logging, on one line of stderr.
+        from titan.errors import TitanError
+        from titan.interfaces import IPersistenceFactory
+        from titan.plugin_registry import find
+        try:
+            find(IPersistenceFactory, config.persistence.backend, "persistence backend")
+        except TitanError as e:
+            raise SystemExit(f"titan: {config.source}: persistence.backend: {e}")
 
 
 def makeService(options: Options) -> MasterService:

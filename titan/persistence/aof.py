@@ -73,6 +73,12 @@ class LogFile:
                 self.problem = "torn"
                 return
             length, crc = unpack(data, pos)
+            if length == 0:
+                # Never written (append refuses empty records): after a power loss a file
+                # can end in zeros where the data did not reach the disk.
+                zeros = data.count(0, pos) == end - pos
+                self.problem = "torn" if zeros else "a record of length 0"
+                return
             start = pos + RECORD.size
             if start + length > end:
                 self.problem = "torn"

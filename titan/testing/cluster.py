@@ -91,10 +91,11 @@ class Cluster:
         self.master = self._spawn("master", [
             "titan-master", "--config", self.config_path,
             "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir])
-        self.port = read_port(data_dir, self.master.proc, 30)
-        if self.port is None:
+        bound = read_port(data_dir, self.master.proc, 30)
+        if bound is None:
             raise RuntimeError(f"the master did not start:\n{tail(self.master.log_file)}"
                                f"{tail(self.master.log_file + '.err')}")
+        self.port = bound
         return self.master
 
     def start_worker(self, name: str, tags: str = "", slots: Optional[int] = None) -> Child:
