@@ -16,7 +16,7 @@ $(BIN)/python:
 # system finds twisted/plugins/titan_services.py here.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
-	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; from twisted import plugins; list(getPlugins(IPlugin, plugins))"
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; from twisted import plugins; import titan.plugins; list(getPlugins(IPlugin, plugins)); list(getPlugins(IPlugin, titan.plugins))"
 	touch $@
 
 install: $(VENV)/.installed

@@ -333,14 +333,23 @@ def cmd_aof_check(args) -> int:
     return 0 if healthy or args.fix else 1
 
 
+def _origin(plugin) -> str:
+    """`built-in`, or the file a third party's plugin was loaded from."""
+    import titan.plugins
+    module = sys.modules.get(type(plugin).__module__)
+    path = os.path.abspath(getattr(module, "__file__", "") or "?")
+    ours = os.path.dirname(os.path.abspath(titan.plugins.__file__))
+    return "built-in" if os.path.dirname(path) == ours else path
+
+
 def cmd_plugins(args) -> int:
-    from titan.interfaces import IPersistenceFactory
+    from titan.interfaces import IPersistenceFactory, IRouterFactory
     from titan.plugin_registry import plugins
-    kinds = [("persistence", IPersistenceFactory)]
+    kinds = [("router", IRouterFactory), ("persistence", IPersistenceFactory)]
     rows = [["KIND", "NAME", "ORIGIN", "DESCRIPTION"]]
     for kind, interface in kinds:
         for plugin in plugins(interface):
-            rows.append([kind, plugin.name, type(plugin).__module__, plugin.description])
+            rows.append([kind, plugin.name, _origin(plugin), plugin.description])
     _print_rows(rows)
     return 0
 

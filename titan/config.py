@@ -49,9 +49,13 @@ class PersistenceConfig:
     compact_after_bytes: int = 64 * 1024 * 1024
 
 
+DEFAULT_ROUTERS = ("capability", "affinity", "least-loaded")
+
+
 @attrs.frozen
 class Config:
     token: Optional[str] = None
+    router: tuple[str, ...] = DEFAULT_ROUTERS
     master: MasterConfig = MasterConfig()
     worker: WorkerConfig = WorkerConfig()
     persistence: PersistenceConfig = PersistenceConfig()
@@ -67,7 +71,7 @@ class Config:
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no")}
-_TOP = {"token": Optional[str]}
+_TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace"})
 

@@ -49,6 +49,32 @@ class IPersistenceFactory(Interface):
         """An IPersistence storing under `data_dir`, with the config's `options` dict."""
 
 
+class IRouter(Interface):
+    """One link of the routing chain: narrows or orders the workers that could take a job.
+
+    Pure: no I/O; it must not change what it is given (records are the scheduler's own)."""
+
+    name = Attribute("The name the config's `router:` list uses.")
+    description = Attribute("One line for `titan plugins`.")
+
+    def route(job, candidates, context):
+        """The candidates (live workers with a free slot: .name, .tags, .slots, .running,
+        .completed) that may take `job` (.job_id, .spec with .tags, .affinity, ...), best
+        first.  `context.parent_workers(job)` names the workers that ran its parents.
+        An empty list: not now (the job waits)."""
+
+    def explain(job, workers):
+        """Why `job` cannot run on any of the live `workers`, in words, or None."""
+
+
+class IRouterFactory(Interface):
+    name = Attribute("The name the config uses.")
+    description = Attribute("One line for `titan plugins`.")
+
+    def build(options):
+        """An IRouter."""
+
+
 class CorruptLog(Exception):
     """Damage in the middle of a log: start-up stops rather than lose what follows it."""
 

@@ -113,6 +113,7 @@ class JobRecord:
     result: Any = None  # what the job published (small, JSON-like)
     decision: Optional[dict] = None  # a gate's: approved, by, comment, at
     run_id: Optional[str] = None
+    worker_name: Optional[str] = None  # who ran it last (affinity to a parent's worker)
 
     @property
     def node(self) -> str:

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
 from titan.core.dag import SubmitError, check_graph
+from titan.core.routing import DEFAULT_CHAIN, parse_affinity
 from titan.core.model import (
     DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord, WorkerState,
     _tags)
@@ -41,11 +42,14 @@ def cron_valid(cron: str) -> bool:
 class Scheduler:
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
-                 max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN) -> None:
+                 max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
+                 routers: Optional[Iterable] = None) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_jobs_per_run = max_jobs_per_run
+        self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
+        self._free: dict[str, WorkerRecord] = {}  # live workers with a free slot
         self.rng = rng or random.Random(0)
         self.jobs: dict[str, JobRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
@@ -189,14 +193,26 @@ class Scheduler:
                 return (f"retry {job.failures} of {job.spec.retries} in {due:.1f}s "
                         f"(last attempt: {job.reason})")
             return f"delayed; due in {due:.1f}s"
-        need = job.spec.tags
-        capable = [w for w in self.workers.values()
-                   if w.state is WorkerState.ALIVE and need <= w.tags]
-        if not capable:
-            if need:
-                return f"no live worker has the tags {','.join(sorted(need))}"
+        live = [w for w in self.workers.values() if w.state is WorkerState.ALIVE]
+        if not live:
             return "no live worker"
+        for router in self.routers:
+            why = router.explain(job, live) if hasattr(router, "explain") else None
+            if why:
+                return why
         return "waiting for a free slot"
+
+    def parent_workers(self, job: JobRecord) -> set:
+        """Names of the workers that ran `job`'s parents (for affinity routing)."""
+        if not job.run_id:
+            return set()
+        prefix = job.run_id + "/"
+        names = set()
+        for p in job.spec.depends_on:
+            parent = self.jobs.get(prefix + p)
+            if parent is not None and parent.worker_name:
+                names.add(parent.worker_name)
+        return names
 
     def resolve(self, ref: str) -> str:
         """The key of the job `ref` names: a key, `RUN/JOB`, or a bare job id that is
@@ -318,6 +334,7 @@ class Scheduler:
                 job = self.jobs.get(job_id)
                 if job and job.state is JobState.RUNNING and job.worker_id == w.worker_id:
                     self._requeue(job, "its worker no longer had it", out)
+        self._refresh(w)
         self._dispatch(now, out)
 
     def _adopt(self, w: WorkerRecord, report: ev.JobReport, out: Decisions) -> None:
@@ -330,6 +347,7 @@ class Scheduler:
             # It was given up for lost, but runs: take it back rather than run it twice.
             job.queued = False
             job.worker_id = w.worker_id
+            job.worker_name = w.name
             job.attempt = report.attempt
             self._set_state(job, JobState.RUNNING, out)
             return
@@ -355,6 +373,7 @@ class Scheduler:
         w = self.workers.get(e.worker_id)
         if w is not None and w.state is WorkerState.ALIVE:
             w.state = WorkerState.DISCONNECTED
+            self._refresh(w)
             out.append(ev.WorkerChanged(w.worker_id, w.state, "connection lost"))
 
     def _job_started(self, e: ev.JobStarted, now: float, out: Decisions) -> None:
@@ -374,6 +393,7 @@ class Scheduler:
         if w is not None and e.job_id in w.running and not superseded:
             w.running.discard(e.job_id)
             w.completed += 1
+            self._refresh(w)
         if job is not None:
             current = (job.state is JobState.RUNNING and job.worker_id == e.worker_id
                        and job.attempt == e.attempt)
@@ -536,6 +556,7 @@ class Scheduler:
             w.last_seen = now
             if w.state is WorkerState.ALIVE:
                 w.state = WorkerState.DISCONNECTED
+                self._refresh(w)
                 out.append(ev.WorkerChanged(w.worker_id, w.state, "master restarted"))
 
     # -- state changes -------------------------------------------------------------------
@@ -620,6 +641,7 @@ class Scheduler:
     def _worker_dead(self, w: WorkerRecord, reason: str, out: Decisions) -> None:
         del self.workers[w.worker_id]
         w.state = WorkerState.DEAD
+        self._refresh(w)
         out.append(ev.WorkerChanged(w.worker_id, WorkerState.DEAD, reason))
         for job_id in self._by_seq(w.running):
             job = self.jobs.get(job_id)
@@ -646,8 +668,12 @@ class Scheduler:
         out.append(ev.SetTimer(key, at))
 
     def _enqueue(self, job: JobRecord) -> None:
+        # One queue per set of needs: a job that must wait for particular workers (tags, a
+        # strict affinity) never holds up jobs that need something else.
         job.queued = True
-        heapq.heappush(self._queues.setdefault(job.spec.tags, []),
+        target, strict = parse_affinity(job.spec.affinity)
+        key = (job.spec.tags, target if strict else None)
+        heapq.heappush(self._queues.setdefault(key, []),
                        (-job.spec.priority, job.seq, job.job_id))
 
     def _head(self, heap: list) -> Optional[JobRecord]:
@@ -659,49 +685,57 @@ class Scheduler:
             heapq.heappop(heap)
         return None
 
+    def _refresh(self, w: WorkerRecord) -> None:
+        """Keep the index of live workers with a free slot in step with `w`."""
+        if w.state is WorkerState.ALIVE and len(w.running) < w.slots \
+                and self.workers.get(w.worker_id) is w:
+            self._free[w.worker_id] = w
+        else:
+            self._free.pop(w.worker_id, None)
+
     def _dispatch(self, now: float, out: Decisions) -> None:
-        if not self._queues:
+        if not self._queues or not self._free:
             return
-        alive = [w for w in self.workers.values()
-                 if w.state is WorkerState.ALIVE and len(w.running) < w.slots]
-        while alive and self._queues:
+        stuck: set = set()  # queues whose head no worker takes now (slots only fill up here)
+        while self._free and self._queues:
             best: Optional[tuple] = None
-            for need, heap in list(self._queues.items()):
+            for key, heap in list(self._queues.items()):
+                if key in stuck:
+                    continue
                 job = self._head(heap)
                 if job is None:
-                    del self._queues[need]
+                    del self._queues[key]
                     continue
                 entry = heap[0]
                 if best is not None and entry >= best[0]:
                     continue
-                worker = self._choose(need, alive)
-                if worker is not None:
+                worker = self._choose(job)
+                if worker is None:
+                    stuck.add(key)
+                else:
                     best = (entry, heap, job, worker)
             if best is None:
                 return
             _, heap, job, worker = best
             heapq.heappop(heap)
             self._start(job, worker, now, out)
-            if len(worker.running) >= worker.slots:
-                alive.remove(worker)
 
-    @staticmethod
-    def _choose(need: frozenset[str], candidates: Iterable[WorkerRecord]) -> Optional[WorkerRecord]:
-        best = None
-        best_key = None
-        for w in candidates:
-            if need <= w.tags:
-                key = (len(w.running) / w.slots, w.seq)
-                if best is None or key < best_key:
-                    best, best_key = w, key
-        return best
+    def _choose(self, job: JobRecord) -> Optional[WorkerRecord]:
+        candidates = list(self._free.values())
+        for router in self.routers:
+            candidates = router.route(job, candidates, self)
+            if not candidates:
+                return None
+        return candidates[0]
 
     def _start(self, job: JobRecord, worker: WorkerRecord, now: float, out: Decisions) -> None:
         job.queued = False
         job.attempt += 1
         job.worker_id = worker.worker_id
+        job.worker_name = worker.name
         job.started_at = now
         worker.running.add(job.job_id)
+        self._refresh(worker)
         out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec, job.run_id))
         self._set_state(job, JobState.RUNNING, out)
 
@@ -737,7 +771,7 @@ def snapshot(s: Scheduler) -> dict:
         "jobs": [[j.job_id, j.spec.to_wire(), j.seq, j.submitted_at, j.state.value, j.queued,
                   j.attempt, j.failures, j.worker_id, j.exit_code, j.reason, j.started_at,
                   j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
-                  j.decision, j.run_id] for j in s.jobs.values()],
+                  j.decision, j.run_id, j.worker_name] for j in s.jobs.values()],
         "runs": [[r.run_id, r.name, r.created_at, r.seq, r.agent_run_id, r.stage, r.max_jobs,
                   r.schedule_id, r.jobs, {k.value: n for k, n in r.counts.items()}, r.left,
                   r.state.value, r.finished_at, r.version] for r in s.runs.values()],
@@ -762,17 +796,17 @@ def restore(s: Scheduler, data: dict) -> None:
             worker_id=worker_id, name=name, host=host, tags=frozenset(tags), slots=slots,
             joined_at=joined_at, last_seen=last_seen, seq=seq, state=WorkerState(wstate),
             running=set(running), completed=completed)
-    specs: dict = {}
+        s._refresh(s.workers[worker_id])
     for (job_id, spec, seq, submitted_at, state, queued, attempt, failures, worker_id,
          exit_code, reason, started_at, finished_at, ready_at, parents_left, children,
-         result, decision, run_id) in data["jobs"]:
+         result, decision, run_id, worker_name) in data["jobs"]:
         job = JobRecord(job_id=job_id, spec=JobSpec.from_wire(spec), seq=seq,
                         submitted_at=submitted_at, state=_STATES[state], queued=queued,
                         attempt=attempt, failures=failures, worker_id=worker_id,
                         exit_code=exit_code, reason=reason, started_at=started_at,
                         finished_at=finished_at, ready_at=ready_at,
                         parents_left=parents_left, children=children, result=result,
-                        decision=decision, run_id=run_id)
+                        decision=decision, run_id=run_id, worker_name=worker_name)
         s.jobs[job_id] = job
         if queued:
             s._enqueue(job)

@@ -27,7 +27,7 @@ from titan.core.scheduler import (
     Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
     snapshot, worker_view)
 from titan.errors import TitanError
-from titan.interfaces import CorruptLog, IPersistenceFactory
+from titan.interfaces import CorruptLog, IPersistenceFactory, IRouterFactory
 from titan.plugin_registry import find
 from titan.protocols import codec
 from titan.master.logstore import LogStore
@@ -37,6 +37,18 @@ from titan.protocols.rpc import RemoteError
 
 PORT_FILE = "master.port"
 LONG_POLL = 25.0  # seconds a WAIT_JOB or GET_LOGS(wait) may hold its reply
+
+
+def build_routers(config: Config) -> list:
+    """The routing chain the config names, from the plugins found (SystemExit naming the
+    known ones if a name is unknown)."""
+    chain = []
+    for name in config.router:
+        try:
+            chain.append(find(IRouterFactory, name, "router").build({}))
+        except TitanError as e:
+            raise SystemExit(f"titan: {config.source}: router: {e}")
+    return chain
 
 
 class ListenerService(Service):
@@ -99,7 +111,8 @@ class MasterService(MultiService):
         self.scheduler = Scheduler(heartbeat_timeout=mc.heartbeat_timeout,
                                    backoff_base=mc.retry_backoff_base,
                                    backoff_cap=mc.retry_backoff_cap,
-                                   max_jobs_per_run=mc.max_jobs_per_run)
+                                   max_jobs_per_run=mc.max_jobs_per_run,
+                                   routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
         self.recovery: dict = {}

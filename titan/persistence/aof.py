@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Optional
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from titan.interfaces import CorruptLog, IPersistence
@@ -115,8 +116,12 @@ class AOFPersistence:
         self._waiting: list[defer.Deferred] = []  # appends awaiting durability (always)
         self._flush_call = None
         self._syncing = False
-        self._compacting: Optional[defer.Deferred] = None
+        # Fire when the fsyncs running in threads return: a file is closed only after the
+        # fsyncs that use it (a closed descriptor's number can be reused at once).
+        self._inflight: list[defer.Deferred] = []
+        self._compacting: Optional[list[defer.Deferred]] = None  # who waits for it
         self._ticker: Optional[LoopingCall] = None
+        self._closed: Optional[list[defer.Deferred]] = None  # who waits for close
         self.appended = 0  # records appended since the last compaction
         self.bytes_since_compaction = 0
 
@@ -133,9 +138,25 @@ class AOFPersistence:
             with open(self._path("CURRENT")) as f:
                 return int(f.read().strip() or 0)
         except FileNotFoundError:
-            return 0
+            pass
         except ValueError:
             raise CorruptLog(self._path("CURRENT"), 0, "not a generation number") from None
+        # No CURRENT: nothing was ever compacted, so the chain starts at events.0.aof (and
+        # may go on to events.1.aof if the first compaction was cut short).  Later files
+        # without it mean CURRENT was lost: starting empty would drop them all.
+        if not os.path.exists(self._log_path(0)):
+            later = sorted(name for name in self._listdir()
+                           if name.startswith(("events.", "snapshot.")))
+            if later:
+                raise CorruptLog(self._path("CURRENT"), 0,
+                                 f"CURRENT is missing but {', '.join(later)} exist")
+        return 0
+
+    def _listdir(self) -> list[str]:
+        try:
+            return os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
 
     def read_snapshot(self, gen: int) -> Optional[bytes]:
         path = self._path(f"snapshot.{gen}")
@@ -160,6 +181,9 @@ class AOFPersistence:
         os.makedirs(self.directory, exist_ok=True)
         gen = self._current()
         snapshot = self.read_snapshot(gen)
+        if gen and not os.path.exists(self._log_path(gen)):
+            # A compaction creates the next log before CURRENT names it.
+            raise CorruptLog(self._log_path(gen), 0, "the log named by CURRENT is missing")
         records: list[bytes] = []
         last = gen
         while os.path.exists(self._log_path(gen)):
@@ -172,9 +196,11 @@ class AOFPersistence:
                 self.log.warn("{path}: the last {bytes} bytes are an incomplete record "
                               "(a crash mid-write); truncating them", path=path, bytes=cut)
                 with open(path, "r+b") as f:
-                    f.truncate(max(log.good_end, len(LOG_MAGIC) if log.good_end else 0))
+                    f.truncate(log.good_end)
+                    os.fsync(f.fileno())
             elif log.problem:
                 raise CorruptLog(path, log.good_end, log.problem)
+            log.data = b""
             last = gen
             gen += 1
         self._gen = last
@@ -193,9 +219,12 @@ class AOFPersistence:
         if self.policy == "everysec":
             self._ticker = LoopingCall(self._fsync_now)
             self._ticker.clock = self.reactor
-            self._ticker.start(1.0, now=False)
+            self._ticker.start(1.0, now=False).addErrback(
+                lambda f: self.log.failure("the once-a-second fsync stopped", f))
 
     def append(self, record: bytes) -> defer.Deferred:
+        if not record:
+            raise ValueError("an empty record cannot be stored")
         self._buffer.append(frame(record))
         self.appended += 1
         self.bytes_since_compaction += len(record) + RECORD.size
@@ -223,68 +252,105 @@ class AOFPersistence:
         if self.policy == "always" and not self._syncing and self._waiting:
             self._group_fsync()
 
+    def _fsync(self, fd: int) -> defer.Deferred:
+        """fsync(fd) the blocking way, tracked in _inflight until it returns."""
+        d = self._blocking(os.fsync, fd)
+        if not d.called:
+            returned: defer.Deferred = defer.Deferred()
+            self._inflight.append(returned)
+
+            def gone(result):
+                self._inflight.remove(returned)
+                returned.callback(None)
+                return result
+
+            d.addBoth(gone)
+        return d
+
+    def _quiet(self) -> defer.Deferred:
+        """Fires once the fsyncs running now have returned."""
+        return defer.DeferredList(list(self._inflight))
+
     def _group_fsync(self) -> None:
         batch, self._waiting = self._waiting, []
         self._syncing = True
-        d = self._blocking(os.fsync, self._fd)
 
-        def done(result):
+        def settle(result):
             self._syncing = False
             for waiter in batch:
-                waiter.callback(None)
-            if self._waiting:  # what came in while we synced: the next group
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            if self._waiting and self._fd is not None:  # what came in meanwhile
                 self._write_buffer()
                 self._group_fsync()
-            return result
 
-        def failed(failure):
-            self._syncing = False
-            for waiter in batch:
-                waiter.errback(failure)
-
-        d.addCallbacks(done, failed)
+        self._fsync(self._fd).addBoth(settle)
 
     def _fsync_now(self) -> defer.Deferred:
         self._write_buffer()
         if self._fd is None:
             return defer.succeed(None)
-        return self._blocking(os.fsync, self._fd)
+        return self._fsync(self._fd)
 
     def sync(self) -> defer.Deferred:
         return self._fsync_now()
 
     def compact(self, snapshot: bytes) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
         if self._compacting is not None:
-            return self._compacting
+            self._compacting.append(done)
+            return done
+        self._compacting = [done]
         self._write_buffer()
         old_gen, old_fd = self._gen, self._fd
         new_gen = old_gen + 1
-        # From here on, appends go to the next log; until CURRENT names the new generation,
-        # recovery reads the old snapshot, the old log and then this one.
+        # The `always` appends still waiting have their records in the old log: they are
+        # durable once it is.  Appends from here on go to the next log and wait for it.
+        old_waiting, self._waiting = self._waiting, []
+        # Until CURRENT names the new generation, recovery reads the old snapshot, the old
+        # log and then this one.
         self._open(new_gen)
         self._gen = new_gen
         self.appended = 0
         self.bytes_since_compaction = 0
-        d = self._blocking(self._write_compaction, snapshot, old_gen, new_gen, old_fd)
 
-        def done(result):
-            self._compacting = None
+        def synced(result):
+            for waiter in old_waiting:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
+            if isinstance(result, Failure):
+                return result
+            return self._blocking(self._write_compaction, snapshot, old_gen, new_gen)
+
+        d = self._fsync(old_fd)
+        d.addBoth(synced)
+        d.addBoth(self._compacted, old_fd, new_gen, len(snapshot))
+        return done
+
+    def _compacted(self, result, old_fd: int, new_gen: int, size: int) -> None:
+        if isinstance(result, Failure):
+            self.log.failure("compaction failed; the log stays as it was", result)
+        else:
             self.log.info("compacted the event log into snapshot.{gen} ({size} bytes)",
-                          gen=new_gen, size=len(snapshot))
-            return result
+                          gen=new_gen, size=size)
 
-        def failed(failure):
-            self._compacting = None
-            self.log.failure("compaction failed; the log stays as it was", failure)
-            return failure
+        def finish(_):
+            os.close(old_fd)
+            waiters, self._compacting = self._compacting, None
+            for waiter in waiters:
+                if isinstance(result, Failure):
+                    waiter.errback(result)
+                else:
+                    waiter.callback(None)
 
-        self._compacting = d.addCallbacks(done, failed)
-        return self._compacting
+        # Close the old log only once no fsync that might be using it is still running.
+        self._quiet().addCallback(finish)
 
-    def _write_compaction(self, snapshot: bytes, old_gen: int, new_gen: int,
-                          old_fd: int) -> None:
-        os.fsync(old_fd)
-        os.close(old_fd)
+    def _write_compaction(self, snapshot: bytes, old_gen: int, new_gen: int) -> None:
         tmp = self._path(f"snapshot.{new_gen}.tmp")
         with open(tmp, "wb") as f:
             f.write(SNAP_MAGIC + RECORD.pack(len(snapshot), zlib.crc32(snapshot)) + snapshot)
@@ -299,7 +365,7 @@ class AOFPersistence:
         _fsync_dir(self.directory)
         for gen in range(old_gen, -1, -1):
             removed = False
-            for name in (f"snapshot.{gen}", f"events.{gen}.aof"):
+            for name in (f"snapshot.{gen}", f"events.{gen}.aof", f"snapshot.{gen}.tmp"):
                 try:
                     os.unlink(self._path(name))
                     removed = True
@@ -309,26 +375,42 @@ class AOFPersistence:
                 break
 
     def close(self) -> defer.Deferred:
+        closed: defer.Deferred = defer.Deferred()
+        if self._closed is not None:  # closing (callers waiting) or closed (none left)
+            if self._closed:
+                self._closed.append(closed)
+            else:
+                closed.callback(None)
+            return closed
+        self._closed = [closed]
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
-            self._flush_call = None
+        self._flush_call = None
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         self._write_buffer()
-        fd, self._fd = self._fd, None
         waiting, self._waiting = self._waiting, []
+        pending = list(self._inflight)
+        if self._compacting is not None:
+            compacted: defer.Deferred = defer.Deferred()
+            self._compacting.append(compacted)
+            pending.append(compacted)
 
-        def finish(_=None):
+        def finish(_):
+            fd, self._fd = self._fd, None
             if fd is not None:
                 os.fsync(fd)
                 os.close(fd)
             for d in waiting:
                 d.callback(None)
+            waiters, self._closed = self._closed, []
+            for d in waiters:
+                d.callback(None)
 
-        if self._compacting is not None:
-            return self._compacting.addBoth(lambda _: finish())
-        finish()
-        return defer.succeed(None)
+        # After the running fsyncs and compaction (which still use the files), the last
+        # fsync here: a stopping master waits for it anyway.
+        defer.DeferredList(pending, consumeErrors=True).addCallback(finish)
+        return closed
 
     def describe(self) -> dict:
         size = 0
@@ -367,10 +449,14 @@ def check(directory: str, fix: bool = False) -> tuple[list[str], bool]:
             lost = len(log.data) - log.good_end
             lines.append(f"{path}: {count} good records, then {log.problem} at byte "
                          f"{log.good_end} ({lost} bytes after it)")
-            if fix:
+            if fix and log.problem == "not a Titan event log":
+                lines.append(f"{path}: left alone (not a Titan event log: move it away)")
+            elif fix:
+                # good_end is 0 only for a torn magic: an empty file, which load() restarts.
                 with open(path, "r+b") as f:
-                    f.truncate(max(log.good_end, len(LOG_MAGIC)))
-                lines.append(f"{path}: truncated to {max(log.good_end, len(LOG_MAGIC))} bytes "
+                    f.truncate(log.good_end)
+                    os.fsync(f.fileno())
+                lines.append(f"{path}: truncated to {log.good_end} bytes "
                              f"({count} records kept, {lost} bytes dropped)")
         else:
             lines.append(f"{path}: {count} records, ok")

@@ -2,6 +2,13 @@
 
 All database work happens on one dedicated thread (a connection belongs to its thread), never
 on the reactor's.  Appends are batched: one transaction per turn of the reactor.
+
+Records get their ids here, on the reactor's thread, not from SQLite: after a compaction
+deletes every row, SQLite would start again at id 1, under the snapshot's `upto`.
+
+In WAL mode `synchronous=NORMAL` syncs the WAL only at checkpoints, so for `everysec` a
+checkpoint runs once a second when something was committed; `sync()` checkpoints with
+`synchronous=FULL` whatever the policy.
 """
 from __future__ import annotations
 
@@ -10,7 +17,9 @@ import sqlite3
 from typing import Optional
 
 from twisted.internet import defer, threads
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -38,10 +47,14 @@ class SQLitePersistence:
         self.path = os.path.join(directory, "events.sqlite")
         self.policy = fsync
         self._pool = ThreadPool(1, 1, name="titan-sqlite")
+        self._shutdown_trigger = None
         self._db: Optional[sqlite3.Connection] = None
-        self._buffer: list[bytes] = []
+        self._buffer: list[tuple[int, bytes]] = []
         self._waiting: list[defer.Deferred] = []
         self._flush_call = None
+        self._ticker: Optional[LoopingCall] = None
+        self._unsynced = False  # committed since the last checkpoint (everysec)
+        self._closers: Optional[list[defer.Deferred]] = None  # who waits for close
         self._last_id = 0
         self.appended = 0
         self.bytes_since_compaction = 0
@@ -58,11 +71,21 @@ class SQLitePersistence:
         db.executescript(SCHEMA)
         self._db = db
 
-    def _insert(self, records: list[bytes]) -> None:
+    def _insert(self, rows: list[tuple[int, bytes]]) -> None:
         db = self._db
         db.execute("BEGIN")
-        db.executemany("INSERT INTO events (data) VALUES (?)", [(r,) for r in records])
+        db.executemany("INSERT INTO events (id, data) VALUES (?, ?)", rows)
         db.execute("COMMIT")
+
+    def _checkpoint(self, full: bool) -> None:
+        db = self._db
+        if full and self.policy != "always":
+            db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            if full and self.policy != "always":
+                db.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.policy]}")
 
     def _compact(self, snapshot: bytes, upto: int) -> None:
         db = self._db
@@ -72,30 +95,55 @@ class SQLitePersistence:
         db.execute("DELETE FROM events WHERE id <= ?", (upto,))
         db.execute("COMMIT")
 
+    def _disconnect(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
     # -- IPersistence ----------------------------------------------------------------------
 
     def load(self):
         os.makedirs(self.directory, exist_ok=True)
         try:
             db = sqlite3.connect(self.path)
-            db.executescript(SCHEMA)
-            row = db.execute("SELECT upto, data FROM snapshot WHERE id = 1").fetchone()
-            upto, snapshot = (row[0], bytes(row[1])) if row else (0, None)
-            records = [bytes(r[0]) for r in
-                       db.execute("SELECT data FROM events WHERE id > ? ORDER BY id", (upto,))]
-            self._last_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-            self._last_id = max(self._last_id, upto)
-            db.close()
+            try:
+                db.executescript(SCHEMA)
+                row = db.execute("SELECT upto, data FROM snapshot WHERE id = 1").fetchone()
+                upto, snapshot = (row[0], bytes(row[1])) if row else (0, None)
+                records = [bytes(r[0]) for r in db.execute(
+                    "SELECT data FROM events WHERE id > ? ORDER BY id", (upto,))]
+                last = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+            finally:
+                db.close()
         except sqlite3.DatabaseError as e:
             raise CorruptLog(self.path, 0, f"SQLite says: {e}") from None
+        self._last_id = max(last, upto)
         self._pool.start()
-        self.reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        self._run(self._connect)
+        self._shutdown_trigger = self.reactor.addSystemEventTrigger(
+            "during", "shutdown", self._stop_pool)
+        self._run(self._connect).addErrback(
+            lambda f: self.log.failure("cannot open {path}", f, path=self.path))
+        if self.policy == "everysec":
+            self._ticker = LoopingCall(self._tick)
+            self._ticker.clock = self.reactor
+            self._ticker.start(1.0, now=False).addErrback(
+                lambda f: self.log.failure("the once-a-second checkpoint stopped", f))
         return snapshot, records
 
+    def _stop_pool(self) -> None:
+        if self._pool.started:
+            self._pool.stop()
+
+    def _tick(self) -> Optional[defer.Deferred]:
+        if not self._unsynced:
+            return None
+        self._unsynced = False
+        return self._run(self._checkpoint, False).addErrback(
+            lambda f: self.log.failure("checkpoint failed", f))
+
     def append(self, record: bytes) -> defer.Deferred:
-        self._buffer.append(record)
         self._last_id += 1
+        self._buffer.append((self._last_id, record))
         self.appended += 1
         self.bytes_since_compaction += len(record)
         if self._flush_call is None:
@@ -113,6 +161,7 @@ class SQLitePersistence:
         if not batch:
             return defer.succeed(None)
         d = self._run(self._insert, batch)
+        self._unsynced = True
 
         def done(result):
             for w in waiting:
@@ -128,7 +177,11 @@ class SQLitePersistence:
     def sync(self) -> defer.Deferred:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
-        return self._flush()
+        d = self._flush()
+        if not self._pool.started:  # never loaded
+            return d
+        # The single database thread runs this after the inserts above.
+        return self._run(self._checkpoint, True)
 
     def compact(self, snapshot: bytes) -> defer.Deferred:
         self.sync()
@@ -138,14 +191,35 @@ class SQLitePersistence:
         return self._run(self._compact, snapshot, upto)
 
     def close(self) -> defer.Deferred:
+        done: defer.Deferred = defer.Deferred()
+        if self._closers is not None:  # closing (callers waiting) or closed (none left)
+            if self._closers:
+                self._closers.append(done)
+            else:
+                done.callback(None)
+            return done
+        self._closers = [done]
+        if self._ticker is not None and self._ticker.running:
+            self._ticker.stop()
+        if not self._pool.started:  # never loaded
+            self._closed(None)
+            return done
         d = self.sync()
+        d.addBoth(lambda _: self._run(self._disconnect))
+        d.addBoth(self._closed)
+        return done
 
-        def shut(_):
-            return self._run(lambda: self._db and self._db.close())
-
-        d.addCallback(shut)
-        d.addBoth(lambda r: (self._pool.stop() if self._pool.started else None, r)[1])
-        return d
+    def _closed(self, result) -> None:
+        self._stop_pool()
+        if self._shutdown_trigger is not None:
+            self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        waiters, self._closers = self._closers, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
 
     def describe(self) -> dict:
         size = sum(os.path.getsize(self.path + s) for s in ("", "-wal")

@@ -1,0 +1,905 @@
+"""The event-log backends (titan.persistence) and the codec that feeds them.
+
+One conformance suite (ConformanceMixin) runs against every backend and fsync policy; the
+AOF's own promises (torn tails, damage, generations, group commit) follow, then round trips
+of events and scheduler state through the master's codec.  Real reactor, real files.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import zlib
+
+import msgpack
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from titan.core import events as ev
+from titan.core.codec import PERSISTED, RecordError, decode_event, encode_event
+from titan.core.dag import parse_dag
+from titan.core.model import JobSpec, JobState
+from titan.core.scheduler import Scheduler, restore, snapshot
+from titan.interfaces import CorruptLog, IPersistence, IPersistenceFactory
+from titan.persistence.aof import (
+    LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, check, frame)
+from titan.persistence.sqlite import SQLitePersistence
+from titan.plugin_registry import find, plugins
+
+
+def turn() -> defer.Deferred:
+    """One turn of the reactor: what append() scheduled with callLater(0) has run."""
+    return deferLater(reactor, 0, lambda: None)
+
+
+def records(n: int, prefix: bytes = b"r") -> list[bytes]:
+    # Varied sizes, and bytes that look like framing, to catch off-by-ones.
+    return [prefix + b"%d:" % i + bytes(range(i % 7)) * (i % 5) + LOG_MAGIC[: i % 9]
+            for i in range(n)]
+
+
+class Held:
+    """A `blocking` hook for AOFPersistence that runs nothing until told to: the test
+    decides when each fsync or snapshot write happens (and can make one fail)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, f, *args) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        self.calls.append((f, args, d))
+        return d
+
+    def names(self) -> list[str]:
+        return [f.__name__ for f, _, _ in self.calls]
+
+    def release(self, index: int = 0, error: Exception | None = None) -> None:
+        f, args, d = self.calls.pop(index)
+        if error is not None:
+            d.errback(error)
+            return
+        try:
+            result = f(*args)
+        except Exception as e:
+            d.errback(e)
+        else:
+            d.callback(result)
+
+    def release_all(self) -> None:
+        while self.calls:
+            self.release()
+
+
+def capture_log(case) -> list[dict]:
+    """Every log event emitted during the test."""
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    case.addCleanup(globalLogPublisher.removeObserver, seen.append)
+    return seen
+
+
+def warnings(seen: list[dict]) -> list[str]:
+    return [formatEvent(e) for e in seen if e.get("log_level") == LogLevel.warn]
+
+
+# -- plugins -------------------------------------------------------------------------------
+
+class PluginTests(SynchronousTestCase):
+    def test_builtin_backends_are_found(self):
+        names = [p.name for p in plugins(IPersistenceFactory)]
+        self.assertIn("aof", names)
+        self.assertIn("sqlite", names)
+        self.assertEqual(find(IPersistenceFactory, "aof", "backend").name, "aof")
+
+    def test_every_plugin_provides_the_factory_interface(self):
+        found = plugins(IPersistenceFactory)
+        self.assertTrue(found)
+        for plugin in found:
+            self.assertTrue(verifyObject(IPersistenceFactory, plugin))
+            self.assertIsInstance(plugin.description, str)
+
+    def test_factories_build_backends(self):
+        aof = find(IPersistenceFactory, "aof", "backend").build(self.mktemp(), {"fsync": "no"})
+        self.assertIsInstance(aof, AOFPersistence)
+        self.assertEqual(aof.policy, "no")
+        lite = find(IPersistenceFactory, "sqlite", "backend").build(self.mktemp(), {})
+        self.assertIsInstance(lite, SQLitePersistence)
+        self.assertEqual(lite.policy, "everysec")
+
+    def test_backends_provide_the_interface(self):
+        self.assertTrue(verifyObject(IPersistence, AOFPersistence(self.mktemp())))
+        self.assertTrue(verifyObject(IPersistence, SQLitePersistence(self.mktemp())))
+
+    def test_an_unknown_policy_is_refused(self):
+        self.assertRaises(ValueError, AOFPersistence, self.mktemp(), fsync="sometimes")
+        self.assertRaises(ValueError, SQLitePersistence, self.mktemp(), fsync="sometimes")
+
+
+# -- what every backend promises -------------------------------------------------------------
+
+class ConformanceMixin:
+    policy = "everysec"
+
+    def build(self, directory: str):
+        raise NotImplementedError
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.opened: list = []
+
+    async def tearDown(self) -> None:
+        for backend in self.opened:
+            await backend.close()
+
+    def open(self):
+        """A new backend on self.dir, loaded: (backend, snapshot, records)."""
+        backend = self.build(self.dir)
+        self.opened.append(backend)
+        snap, recs = backend.load()
+        return backend, snap, list(recs)
+
+    async def reopen(self, backend):
+        await backend.close()
+        return self.open()
+
+    def test_provides_the_interface(self):
+        backend, _, _ = self.open()
+        self.assertTrue(verifyObject(IPersistence, backend))
+
+    def test_empty_directory(self):
+        backend, snap, recs = self.open()
+        self.assertIsNone(snap)
+        self.assertEqual(recs, [])
+
+    async def test_records_come_back_in_order(self):
+        backend, _, _ = self.open()
+        written = records(500)
+        for r in written:
+            backend.append(r)
+        _, snap, recs = await self.reopen(backend)
+        self.assertIsNone(snap)
+        self.assertEqual(recs, written)
+
+    async def test_appends_across_turns_and_restarts(self):
+        backend, _, _ = self.open()
+        written = []
+        for batch in range(3):
+            for r in records(20, b"b%d-" % batch):
+                written.append(r)
+                backend.append(r)
+            await turn()
+        backend, _, recs = await self.reopen(backend)
+        self.assertEqual(recs, written)
+        backend.append(b"after restart")
+        _, _, recs = await self.reopen(backend)
+        self.assertEqual(recs, written + [b"after restart"])
+
+    async def test_append_deferreds(self):
+        backend, _, _ = self.open()
+        d = backend.append(b"one")
+        if self.policy == "always":
+            # Not durable before the write and the fsync (or commit), which need the reactor.
+            self.assertNoResult(d)
+            await d
+            self.assertTrue(self.stored(b"one"))
+        else:
+            self.assertIsNone(self.successResultOf(d))
+
+    def stored(self, record: bytes) -> bool:
+        """Whether `record` can be read back by someone else already."""
+        raise NotImplementedError
+
+    async def test_sync(self):
+        backend, _, _ = self.open()
+        backend.append(b"x")
+        await backend.sync()
+        self.assertTrue(self.stored(b"x"))
+
+    async def test_compaction(self):
+        backend, _, _ = self.open()
+        for r in records(50):
+            backend.append(r)
+        await backend.compact(b"state after 50")
+        later = records(10, b"later")
+        for r in later:
+            backend.append(r)
+        _, snap, recs = await self.reopen(backend)
+        self.assertEqual(snap, b"state after 50")
+        self.assertEqual(recs, later)
+
+    async def test_compaction_of_nothing_new(self):
+        backend, _, _ = self.open()
+        await backend.compact(b"empty state")
+        _, snap, recs = await self.reopen(backend)
+        self.assertEqual((snap, recs), (b"empty state", []))
+
+    async def test_compaction_while_appending(self):
+        backend, _, _ = self.open()
+        for r in records(100, b"before"):
+            backend.append(r)
+        await turn()
+        for r in records(5, b"unwritten"):  # still buffered when compact() is called
+            backend.append(r)
+        compacted = backend.compact(b"state after 105")
+        after = records(100, b"after")
+        for i, r in enumerate(after):
+            backend.append(r)
+            if i % 25 == 0:
+                await turn()
+        await compacted
+        _, snap, recs = await self.reopen(backend)
+        self.assertEqual(snap, b"state after 105")
+        self.assertEqual(recs, after)
+
+    async def test_repeated_compactions(self):
+        backend, _, _ = self.open()
+        for n in range(4):
+            backend.append(b"record %d" % n)
+            await backend.compact(b"snapshot %d" % n)
+            backend, snap, recs = await self.reopen(backend)
+            self.assertEqual((snap, recs), (b"snapshot %d" % n, []))
+        backend.append(b"last")
+        _, snap, recs = await self.reopen(backend)
+        self.assertEqual((snap, recs), (b"snapshot 3", [b"last"]))
+
+    async def test_compactions_back_to_back(self):
+        # A second compaction asked for while one runs: afterwards the log holds what the
+        # snapshots do not, and nothing twice.
+        backend, _, _ = self.open()
+        backend.append(b"a")
+        first = backend.compact(b"after a")
+        backend.append(b"b")
+        second = backend.compact(b"after a, b")
+        backend.append(b"c")
+        await defer.gatherResults([first, second])
+        _, snap, recs = await self.reopen(backend)
+        self.assertIn((snap, recs), [(b"after a", [b"b", b"c"]), (b"after a, b", [b"c"])])
+
+    async def test_close_twice(self):
+        backend, _, _ = self.open()
+        backend.append(b"x")
+        first = backend.close()
+        second = backend.close()
+        await first
+        await second
+        await backend.close()
+        _, _, recs = self.open()
+        self.assertEqual(recs, [b"x"])
+
+    async def test_close_during_compaction(self):
+        backend, _, _ = self.open()
+        backend.append(b"x")
+        backend.compact(b"state")
+        backend.append(b"y")
+        await backend.close()
+        _, snap, recs = self.open()
+        self.assertEqual((snap, recs), (b"state", [b"y"]))
+
+    def test_describe(self):
+        backend, _, _ = self.open()
+        described = backend.describe()
+        self.assertIsInstance(described, dict)
+        self.assertEqual(described["backend"], self.backend_name)
+        self.assertEqual(described["fsync"], self.policy)
+
+    async def test_counts_since_compaction(self):
+        backend, _, _ = self.open()
+        backend.append(b"12345")
+        self.assertEqual(backend.appended, 1)
+        self.assertGreaterEqual(backend.bytes_since_compaction, 5)
+        await backend.compact(b"s")
+        self.assertEqual((backend.appended, backend.bytes_since_compaction), (0, 0))
+
+
+class AOFMixin(ConformanceMixin):
+    backend_name = "aof"
+
+    def build(self, directory: str):
+        return AOFPersistence(directory, fsync=self.policy)
+
+    def stored(self, record: bytes) -> bool:
+        path = os.path.join(self.dir, max(n for n in os.listdir(self.dir)
+                                          if n.startswith("events.")))
+        with open(path, "rb") as f:
+            return f.read().endswith(frame(record))
+
+
+class SQLiteMixin(ConformanceMixin):
+    backend_name = "sqlite"
+
+    def build(self, directory: str):
+        return SQLitePersistence(directory, fsync=self.policy)
+
+    def stored(self, record: bytes) -> bool:
+        import sqlite3
+        db = sqlite3.connect(os.path.join(self.dir, "events.sqlite"))
+        try:
+            return db.execute("SELECT count(*) FROM events WHERE data = ?",
+                              (record,)).fetchone()[0] == 1
+        finally:
+            db.close()
+
+
+class AOFAlwaysTests(AOFMixin, TestCase):
+    policy = "always"
+
+
+class AOFEverysecTests(AOFMixin, TestCase):
+    policy = "everysec"
+
+
+class AOFNoTests(AOFMixin, TestCase):
+    policy = "no"
+
+
+class SQLiteAlwaysTests(SQLiteMixin, TestCase):
+    policy = "always"
+
+
+class SQLiteEverysecTests(SQLiteMixin, TestCase):
+    policy = "everysec"
+
+
+class SQLiteNoTests(SQLiteMixin, TestCase):
+    policy = "no"
+
+
+# -- the AOF's own promises ------------------------------------------------------------------
+
+class AOFFilesMixin:
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.opened: list = []
+
+    async def tearDown(self) -> None:
+        for backend in self.opened:
+            await backend.close()
+
+    def aof(self, **kw) -> AOFPersistence:
+        backend = AOFPersistence(self.dir, **kw)
+        self.opened.append(backend)
+        return backend
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.dir, name)
+
+    async def write_log(self, recs: list[bytes]) -> None:
+        backend = self.aof(fsync="no")
+        backend.load()
+        for r in recs:
+            backend.append(r)
+        await backend.close()
+
+    def write_file(self, name: str, recs: list[bytes]) -> None:
+        os.makedirs(self.dir, exist_ok=True)
+        with open(self.path(name), "wb") as f:
+            f.write(LOG_MAGIC + b"".join(frame(r) for r in recs))
+
+    def size(self, name: str) -> int:
+        return os.path.getsize(self.path(name))
+
+
+class TornTailTests(AOFFilesMixin, TestCase):
+    async def assertRepaired(self, good: list[bytes], cut: int) -> None:
+        seen = capture_log(self)
+        snap, recs = self.aof().load()
+        self.assertEqual((snap, list(recs)), (None, good))
+        said = warnings(seen)
+        self.assertEqual(len(said), 1, said)
+        self.assertIn(f"the last {cut} bytes are an incomplete record", said[0])
+        self.assertIn(self.path("events.0.aof"), said[0])
+        # Repaired on disk: the next start has nothing to say, and appends follow the
+        # good records.
+        await self.opened[-1].close()
+        self.assertEqual(self.size("events.0.aof"),
+                         len(LOG_MAGIC) + sum(len(frame(r)) for r in good))
+        del seen[:]
+        backend = self.aof()
+        self.assertEqual(list(backend.load()[1]), good)
+        self.assertEqual(warnings(seen), [])
+        backend.append(b"next")
+        await backend.close()
+        self.assertEqual(list(self.aof().load()[1]), good + [b"next"])
+
+    async def test_last_record_cut_short(self):
+        recs = records(10)
+        await self.write_log(recs)
+        with open(self.path("events.0.aof"), "r+b") as f:
+            f.truncate(self.size("events.0.aof") - 3)
+        await self.assertRepaired(recs[:-1], len(frame(recs[-1])) - 3)
+
+    async def test_partial_header(self):
+        recs = records(10)
+        await self.write_log(recs)
+        with open(self.path("events.0.aof"), "ab") as f:
+            f.write(b"\x00\x00\x01")
+        await self.assertRepaired(recs, 3)
+
+    async def test_header_without_all_its_record(self):
+        recs = records(10)
+        await self.write_log(recs)
+        with open(self.path("events.0.aof"), "ab") as f:
+            f.write(frame(b"a record that was being written")[:RECORD.size + 4])
+        await self.assertRepaired(recs, RECORD.size + 4)
+
+    async def test_last_record_with_a_bad_checksum(self):
+        recs = records(10)
+        await self.write_log(recs)
+        with open(self.path("events.0.aof"), "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 0xFF]))
+        await self.assertRepaired(recs[:-1], len(frame(recs[-1])))
+
+    async def test_zeros_after_a_power_cut(self):
+        # The file's size reached the disk but its last blocks did not.
+        recs = records(10)
+        await self.write_log(recs)
+        with open(self.path("events.0.aof"), "ab") as f:
+            f.write(bytes(4096))
+        await self.assertRepaired(recs, 4096)
+
+    async def test_magic_cut_short(self):
+        os.makedirs(self.dir)
+        with open(self.path("events.0.aof"), "wb") as f:
+            f.write(LOG_MAGIC[:5])
+        await self.assertRepaired([], 5)
+
+    def test_not_a_log(self):
+        self.write_file("events.0.aof", [])
+        with open(self.path("events.0.aof"), "r+b") as f:
+            f.write(b"NOTTITAN")
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertIn("not a Titan event log", str(e))
+
+
+class DamageTests(AOFFilesMixin, TestCase):
+    async def flipped(self) -> tuple[list[bytes], int]:
+        """A log of 10 records whose 5th has a flipped bit: (records, its offset)."""
+        recs = records(10)
+        await self.write_log(recs)
+        offset = len(LOG_MAGIC) + sum(len(frame(r)) for r in recs[:4])
+        with open(self.path("events.0.aof"), "r+b") as f:
+            f.seek(offset + RECORD.size + 1)
+            byte = f.read(1)
+            f.seek(offset + RECORD.size + 1)
+            f.write(bytes([byte[0] ^ 0x10]))
+        return recs, offset
+
+    async def test_damage_in_the_middle_stops_the_load(self):
+        _, offset = await self.flipped()
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        path = self.path("events.0.aof")
+        self.assertEqual((e.path, e.offset), (path, offset))
+        self.assertIn(path, str(e))
+        self.assertIn(f"byte {offset}", str(e))
+        self.assertIn("checksum mismatch", str(e))
+        self.assertIn("titan aof check", str(e))
+        # Nothing was repaired or written.
+        self.assertRaises(CorruptLog, self.aof().load)
+
+    async def test_check_reports_and_fixes(self):
+        recs, offset = await self.flipped()
+        path = self.path("events.0.aof")
+        lines, healthy = check(self.dir)
+        self.assertFalse(healthy)
+        text = "\n".join(lines)
+        self.assertIn(f"{path}: 4 good records, then checksum mismatch at byte {offset}", text)
+        self.assertEqual(self.size("events.0.aof"),
+                         len(LOG_MAGIC) + sum(len(frame(r)) for r in recs))  # untouched
+        lines, _ = check(self.dir, fix=True)
+        self.assertIn(f"{path}: truncated to {offset} bytes", "\n".join(lines))
+        self.assertEqual(self.size("events.0.aof"), offset)
+        self.assertEqual(list(self.aof().load()[1]), recs[:4])
+        lines, healthy = check(self.dir)
+        self.assertTrue(healthy, lines)
+        self.assertIn(f"{path}: 4 records, ok", lines)
+
+    async def test_check_of_a_healthy_compacted_log(self):
+        backend = self.aof()
+        backend.load()
+        backend.append(b"a")
+        await backend.compact(b"state")
+        backend.append(b"b")
+        await backend.close()
+        lines, healthy = check(self.dir)
+        self.assertTrue(healthy, lines)
+        self.assertEqual(lines, ["snapshot.1: 5 bytes, ok", f"{self.path('events.1.aof')}: "
+                                                            "1 records, ok"])
+
+    def test_check_of_nothing(self):
+        os.makedirs(self.dir)
+        lines, healthy = check(self.dir)
+        self.assertTrue(healthy)
+        self.assertIn("no event log", lines[-1])
+
+    def test_check_fix_of_a_cut_magic_leaves_an_empty_log(self):
+        os.makedirs(self.dir)
+        with open(self.path("events.0.aof"), "wb") as f:
+            f.write(LOG_MAGIC[:3])
+        check(self.dir, fix=True)
+        self.assertEqual(self.size("events.0.aof"), 0)
+        self.assertEqual(self.aof().load(), (None, []))
+
+    def test_an_empty_record_in_the_middle_is_damage(self):
+        os.makedirs(self.dir)
+        with open(self.path("events.0.aof"), "wb") as f:
+            f.write(LOG_MAGIC + frame(b"a") + RECORD.pack(0, 0) + frame(b"b"))
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertEqual(e.offset, len(LOG_MAGIC) + len(frame(b"a")))
+
+    def test_empty_records_are_refused(self):
+        backend = self.aof()
+        backend.load()
+        self.assertRaises(ValueError, backend.append, b"")
+
+    async def test_damage_in_an_older_generation_is_not_cut(self):
+        # Only the newest log can have been cut by a crash; an older one cut short is damage.
+        self.write_file("events.0.aof", [b"a", b"b"])
+        with open(self.path("events.0.aof"), "ab") as f:
+            f.write(b"\x00\x00")
+        self.write_file("events.1.aof", [b"c"])
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertEqual(e.path, self.path("events.0.aof"))
+        self.assertIn("torn", str(e))
+
+    async def test_missing_snapshot(self):
+        backend = self.aof()
+        backend.load()
+        backend.append(b"a")
+        await backend.compact(b"state")
+        await backend.close()
+        os.unlink(self.path("snapshot.1"))
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertIn(self.path("snapshot.1"), str(e))
+        self.assertIn("missing", str(e))
+
+    async def test_damaged_snapshot(self):
+        backend = self.aof()
+        backend.load()
+        await backend.compact(b"some state")
+        await backend.close()
+        with open(self.path("snapshot.1"), "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            f.write(b"!")
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertIn("checksum", str(e))
+
+    async def test_missing_current(self):
+        backend = self.aof()
+        backend.load()
+        backend.append(b"a")
+        await backend.compact(b"state")
+        backend.append(b"b")
+        await backend.close()
+        os.unlink(self.path("CURRENT"))
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertIn("CURRENT is missing", str(e))
+
+    async def test_missing_log_named_by_current(self):
+        backend = self.aof()
+        backend.load()
+        await backend.compact(b"state")
+        await backend.close()
+        os.unlink(self.path("events.1.aof"))
+        self.assertRaises(CorruptLog, self.aof().load)
+
+    def test_garbled_current(self):
+        os.makedirs(self.dir)
+        with open(self.path("CURRENT"), "w") as f:
+            f.write("one\n")
+        self.assertRaises(CorruptLog, self.aof().load)
+
+
+class GenerationTests(AOFFilesMixin, TestCase):
+    """Crashes in the middle of a compaction."""
+
+    def test_crash_before_current_names_the_new_generation(self):
+        # events.1.aof was started (appends went there) but CURRENT still says 0.
+        self.write_file("events.0.aof", [b"a", b"b"])
+        self.write_file("events.1.aof", [b"c", b"d"])
+        self.assertEqual(self.aof().load(), (None, [b"a", b"b", b"c", b"d"]))
+
+    async def test_crash_after_the_snapshot_was_written(self):
+        # snapshot.2 is in place, CURRENT still says 1: snapshot.1 and both logs count.
+        os.makedirs(self.dir)
+        with open(self.path("CURRENT"), "w") as f:
+            f.write("1\n")
+        self.write_snapshot(1, b"state 1")
+        self.write_snapshot(2, b"state 2")
+        self.write_file("events.1.aof", [b"b"])
+        self.write_file("events.2.aof", [b"c"])
+        backend = self.aof()
+        self.assertEqual(backend.load(), (b"state 1", [b"b", b"c"]))
+        # Appends continue the newest log, and the next compaction cleans up after both.
+        backend.append(b"d")
+        await backend.compact(b"state 3")
+        await backend.close()
+        self.assertEqual(sorted(os.listdir(self.dir)), ["CURRENT", "events.3.aof", "snapshot.3"])
+        self.assertEqual(self.aof().load(), (b"state 3", []))
+
+    def write_snapshot(self, gen: int, body: bytes) -> None:
+        with open(self.path(f"snapshot.{gen}"), "wb") as f:
+            f.write(SNAP_MAGIC + RECORD.pack(len(body), zlib.crc32(body)) + body)
+
+    async def test_a_failed_compaction_leaves_a_loadable_chain(self):
+        seen = capture_log(self)
+        backend = self.aof(fsync="always")
+        backend.load()
+        backend.append(b"a")
+        backend.append(b"b")
+
+        def crash(*args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        backend._write_compaction = crash
+        d = backend.compact(b"state")
+        backend.append(b"c")
+        await self.assertFailure(d, OSError)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertTrue(any("compaction failed" in formatEvent(e) for e in seen))
+        backend.append(b"d")
+        await backend.close()
+        self.assertFalse(os.path.exists(self.path("CURRENT")))
+        backend = self.aof()
+        self.assertEqual(backend.load(), (None, [b"a", b"b", b"c", b"d"]))
+        # and a later compaction succeeds and removes both old logs
+        await backend.compact(b"state 2")
+        await backend.close()
+        self.assertEqual(sorted(os.listdir(self.dir)), ["CURRENT", "events.2.aof", "snapshot.2"])
+
+    async def test_old_files_are_removed(self):
+        backend = self.aof()
+        backend.load()
+        for n in range(3):
+            backend.append(b"x")
+            await backend.compact(b"state %d" % n)
+        await backend.close()
+        self.assertEqual(sorted(os.listdir(self.dir)), ["CURRENT", "events.3.aof", "snapshot.3"])
+
+
+class GroupCommitTests(AOFFilesMixin, TestCase):
+    """`always`: an append's Deferred fires after the fsync that covers its record."""
+
+    async def test_acknowledged_after_the_fsync(self):
+        held = Held()
+        backend = self.aof(fsync="always", blocking=held)
+        backend.load()
+        acks = [backend.append(r) for r in (b"a", b"b", b"c")]
+        await turn()
+        self.assertEqual(held.names(), ["fsync"])  # one fsync for the three
+        for d in acks:
+            self.assertNoResult(d)
+        more = backend.append(b"d")  # arrives during the fsync: the next group
+        await turn()
+        self.assertEqual(held.names(), ["fsync"])
+        held.release()
+        for d in acks:
+            self.successResultOf(d)
+        self.assertNoResult(more)
+        self.assertEqual(held.names(), ["fsync"])
+        held.release()
+        self.successResultOf(more)
+        await backend.close()
+
+    async def test_a_failed_fsync_fails_its_group_and_the_next_goes_on(self):
+        held = Held()
+        backend = self.aof(fsync="always", blocking=held)
+        backend.load()
+        first = backend.append(b"a")
+        await turn()
+        second = backend.append(b"b")
+        await turn()
+        held.release(error=OSError(errno.EIO, "I/O error"))
+        self.failureResultOf(first, OSError)
+        self.assertEqual(held.names(), ["fsync"])
+        held.release()
+        self.successResultOf(second)
+        await backend.close()
+
+    async def test_compaction_during_an_fsync(self):
+        # The old log must stay open until the fsync using it returns, and the appends
+        # written to it are acknowledged only once it has been synced.
+        held = Held()
+        backend = self.aof(fsync="always", blocking=held)
+        backend.load()
+        a = backend.append(b"a")
+        await turn()  # written, fsync 0 (of events.0) running
+        b = backend.append(b"b")
+        await turn()  # written to events.0 too, waits for the next group
+        compacted = backend.compact(b"state after a, b")
+        c = backend.append(b"c")
+        await turn()  # written to events.1
+        self.assertEqual(held.names(), ["fsync", "fsync"])
+        held.release(1)  # compaction's fsync of events.0
+        self.successResultOf(b)
+        self.assertNoResult(a)
+        self.assertEqual(held.names(), ["fsync", "_write_compaction"])
+        held.release(0)  # the first group's fsync, still on events.0: not closed under it
+        self.successResultOf(a)
+        self.assertNoResult(c)
+        self.assertEqual(held.names(), ["_write_compaction", "fsync"])
+        held.release(0)
+        self.assertNoResult(compacted)  # events.0 closes after the fsyncs running now
+        held.release(0)
+        self.successResultOf(c)
+        self.successResultOf(compacted)
+        d = backend.close()
+        held.release_all()
+        await d
+        self.assertEqual(self.aof().load(), (b"state after a, b", [b"c"]))
+
+    async def test_close_waits_for_the_fsync_running(self):
+        held = Held()
+        backend = self.aof(fsync="always", blocking=held)
+        backend.load()
+        a = backend.append(b"a")
+        await turn()
+        b = backend.append(b"b")
+        closed = backend.close()
+        self.assertNoResult(closed)
+        self.assertNoResult(b)
+        held.release()
+        self.successResultOf(a)
+        self.successResultOf(b)
+        self.successResultOf(closed)
+        self.assertEqual(self.aof().load()[1], [b"a", b"b"])
+
+    async def test_inline_blocking_calls(self):
+        # A `blocking` hook may run the call at once: compactions still happen each time.
+        backend = self.aof(fsync="always", blocking=lambda f, *a: defer.maybeDeferred(f, *a))
+        backend.load()
+        for n in range(3):
+            d = backend.append(b"r%d" % n)
+            await turn()
+            self.successResultOf(d)
+            self.successResultOf(backend.compact(b"state %d" % n))
+        backend.append(b"last")
+        await backend.close()
+        self.assertEqual(self.aof().load(), (b"state 2", [b"last"]))
+
+    async def test_everysec_syncs_once_a_second(self):
+        held = Held()
+        backend = self.aof(fsync="everysec", blocking=held)
+        backend.load()
+        self.successResultOf(backend.append(b"a"))
+        await deferLater(reactor, 1.1, lambda: None)
+        self.assertEqual(held.names(), ["fsync"])
+        held.release()
+        d = backend.close()
+        self.successResultOf(d)
+
+
+# -- the master's codec ------------------------------------------------------------------------
+
+SPEC = JobSpec(job_id="j1", command=("echo", "hi"), env=(("A", "1"), ("B", "2")), cwd="/tmp",
+               priority=3, tags=frozenset({"gpu", "cuda"}), timeout=5.0, retries=2, delay=1.5,
+               name="hello", script_name="s.py", script=b"print(1)\n\x00\xff",
+               affinity="w1")
+TEMPLATE = ev.RunTemplate(
+    name="pipe", specs=(JobSpec("a", ["true"]),
+                        JobSpec("g", [], kind="gate", message="ok?", depends_on=["a"],
+                                timeout=3600.0, on_timeout="approve"),
+                        JobSpec("b", ["true"], depends_on=["g"], retries=1)),
+    agent_run_id="agent-7", stage="build", max_jobs=50)
+
+
+def one_of_each() -> list:
+    return [
+        ev.JobSubmitted(SPEC),
+        ev.DagSubmitted("pipe-1", TEMPLATE),
+        ev.JobsAdded("pipe-1", (JobSpec("c", ["true"], depends_on=["b"]),), "pipe-1/a"),
+        ev.WorkerJoined("w1", "worker one", "10.0.0.1", frozenset({"GPU"}), 4,
+                        (ev.JobReport("j1", 1),),
+                        (ev.JobReport("j2", 2, 0), ev.JobReport("j3", 1, None, "killed"))),
+        ev.WorkerDisconnected("w1"),
+        ev.WorkerLost("w1", "no heartbeat for 10s"),
+        ev.MasterRestarted(),
+        ev.JobFinished("j1", "w1", 2, None, "timeout after 5s"),
+        ev.CancelRequested("j1", "by alice"),
+        ev.RunCancelRequested("pipe-1", "by bob"),
+        ev.GateDecided("pipe-1/g", True, "carol", "looks fine"),
+        ev.ResultSet("j1", {"rows": [1, 2.5, "three", None, True], "blob": b"\x00"}),
+        ev.ScheduleAdded("nightly", "0 3 * * *", TEMPLATE),
+        ev.ScheduleRemoved("nightly"),
+        ev.TimerFired(("ready", "j1", 2)),
+    ]
+
+
+class CodecTests(SynchronousTestCase):
+    def test_every_persisted_event_round_trips(self):
+        events = one_of_each()
+        self.assertEqual({type(e) for e in events}, set(PERSISTED))
+        for event in events:
+            at, back = decode_event(encode_event(event, 1234.5))
+            self.assertEqual(at, 1234.5)
+            self.assertEqual(back, event)
+            self.assertIs(type(back), type(event))
+
+    def test_events_that_need_no_record_are_not_persisted(self):
+        for cls in (ev.WorkerHeartbeat, ev.JobStarted, ev.Tick):
+            self.assertNotIn(cls, PERSISTED)
+
+    def test_garbage_is_a_record_error(self):
+        for junk in (b"", b"\xc1", msgpack.packb([1.0, "NoSuchEvent"]),
+                     msgpack.packb([1.0, "JobFinished", "too few"])):
+            self.assertRaises(RecordError, decode_event, junk)
+
+
+def busy_scheduler() -> Scheduler:
+    """Workers, standalone jobs in every state, a DAG run waiting at a gate, a schedule."""
+    s = Scheduler(heartbeat_timeout=5.0, max_jobs_per_run=100)
+    now = 1_700_000_000.0
+    s.apply(ev.WorkerJoined("w1", "one", "h1", frozenset(), 2), now)
+    s.apply(ev.WorkerJoined("w2", "two", "h2", frozenset({"GPU"}), 1), now)
+    for i in range(6):
+        s.apply(ev.JobSubmitted(JobSpec(f"j{i}", ["true"], priority=i % 3,
+                                        retries=1 if i == 1 else 0)), now)
+    s.apply(ev.JobSubmitted(JobSpec("gpu", ["train"], tags=["gpu"])), now)
+    s.apply(ev.JobSubmitted(JobSpec("later", ["true"], delay=60.0)), now)
+    running = {j.job_id: j for j in s.jobs.values() if j.state is JobState.RUNNING}
+    now += 1
+    for job_id, code in (("j0", 0), ("j1", 3)):
+        if job_id in running:
+            job = running[job_id]
+            s.apply(ev.JobFinished(job_id, job.worker_id, job.attempt, code), now)
+    s.apply(ev.ResultSet("j0", {"answer": 42}), now)
+    s.apply(ev.CancelRequested("j5"), now)
+    template = parse_dag({"name": "pipe", "agent_run_id": "agent-1", "stage": "s1", "jobs": [
+        {"id": "a", "command": ["true"]},
+        {"id": "g", "kind": "gate", "depends_on": ["a"], "message": "ship it?"},
+        {"id": "b", "command": ["true"], "depends_on": ["g"]},
+    ]})
+    s.apply(ev.DagSubmitted("pipe-1", template), now)
+    s.apply(ev.ScheduleAdded("nightly", "0 3 * * *", template), now)
+    now += 1
+    for job in list(s.jobs.values()):
+        if job.state is JobState.RUNNING and job.job_id == "pipe-1/a":
+            s.apply(ev.JobFinished(job.job_id, job.worker_id, job.attempt, 0), now)
+    s.apply(ev.WorkerDisconnected("w2"), now)
+    return s
+
+
+def normal(data: dict) -> dict:
+    """A snapshot as it comes back from disk (tuples become lists)."""
+    return msgpack.unpackb(msgpack.packb(data, use_bin_type=True), raw=False,
+                           strict_map_key=False)
+
+
+class SnapshotTests(SynchronousTestCase):
+    def test_the_busy_scheduler_is_busy(self):
+        s = busy_scheduler()
+        states = {j.job_id: j.state for j in s.jobs.values()}
+        self.assertEqual(states["pipe-1/g"], JobState.WAITING_APPROVAL)
+        self.assertEqual(states["j0"], JobState.COMPLETED)
+        self.assertEqual(states["j5"], JobState.CANCELLED)
+        self.assertIn(JobState.RUNNING, states.values())
+        self.assertIn(JobState.PENDING, states.values())
+        self.assertIn("nightly", s.schedules)
+        self.assertIn("pipe-1", s.runs)
+
+    def test_restore_gives_the_same_snapshot(self):
+        s = busy_scheduler()
+        data = normal(snapshot(s))
+        again = Scheduler(heartbeat_timeout=5.0, max_jobs_per_run=100)
+        restore(again, data)
+        self.assertEqual(normal(snapshot(again)), data)
+
+    def test_restored_scheduler_decides_the_same(self):
+        s = busy_scheduler()
+        again = Scheduler(heartbeat_timeout=5.0, max_jobs_per_run=100)
+        restore(again, normal(snapshot(s)))
+        now = 1_700_000_100.0
+        follow = [ev.GateDecided("pipe-1/g", True, "dave"), ev.MasterRestarted(),
+                  ev.WorkerJoined("w3", "three", "h3", frozenset({"GPU"}), 3),
+                  ev.TimerFired(("ready", "later", 0)), ev.Tick()]
+        for event in follow:
+            now += 1
+            self.assertEqual(s.apply(event, now), again.apply(event, now), event)
+        self.assertEqual(normal(snapshot(again)), normal(snapshot(s)))
+
+    def test_unknown_version_is_refused(self):
+        self.assertRaises(ValueError, restore, Scheduler(), {"v": 99})
