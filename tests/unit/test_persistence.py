@@ -835,6 +835,12 @@ def busy_scheduler() -> Scheduler:
     now = 1_700_000_000.0
     s.apply(ev.WorkerJoined("w1", "one", "h1", frozenset(), 2), now)
     s.apply(ev.WorkerJoined("w2", "two", "h2", frozenset({"GPU"}), 1), now)
+    template = parse_dag({"name": "pipe", "agent_run_id": "agent-1", "stage": "s1", "jobs": [
+        {"id": "a", "command": ["true"]},
+        {"id": "g", "kind": "gate", "depends_on": ["a"], "message": "ship it?"},
+        {"id": "b", "command": ["true"], "depends_on": ["g"]},
+    ]})
+    s.apply(ev.DagSubmitted("pipe-1", template), now)
     for i in range(6):
         s.apply(ev.JobSubmitted(JobSpec(f"j{i}", ["true"], priority=i % 3,
                                         retries=1 if i == 1 else 0)), now)
@@ -848,12 +854,6 @@ def busy_scheduler() -> Scheduler:
             s.apply(ev.JobFinished(job_id, job.worker_id, job.attempt, code), now)
     s.apply(ev.ResultSet("j0", {"answer": 42}), now)
     s.apply(ev.CancelRequested("j5"), now)
-    template = parse_dag({"name": "pipe", "agent_run_id": "agent-1", "stage": "s1", "jobs": [
-        {"id": "a", "command": ["true"]},
-        {"id": "g", "kind": "gate", "depends_on": ["a"], "message": "ship it?"},
-        {"id": "b", "command": ["true"], "depends_on": ["g"]},
-    ]})
-    s.apply(ev.DagSubmitted("pipe-1", template), now)
     s.apply(ev.ScheduleAdded("nightly", "0 3 * * *", template), now)
     now += 1
     for job in list(s.jobs.values()):

@@ -30,13 +30,18 @@ def parse_affinity(value: Optional[str]) -> tuple[Optional[str], bool]:
 @implementer(IRouter)
 class Capability:
     name = "capability"
-    description = "Strict: a job runs only where every tag it needs (GPU, HIGH_MEM, ...) is."
+    description = ("Strict: a job runs only where every tag it needs (GPU, HIGH_MEM, ...) is; "
+                   "best fit: workers with fewer tags it does not need first.")
 
     def route(self, job, candidates, context):
         need = job.spec.tags
-        if not need:
-            return candidates
-        return [w for w in candidates if need <= w.tags]
+        fit = [w for w in candidates if need <= w.tags] if need else candidates
+        if len(fit) > 1:
+            # Best fit: keep the GPU box for GPU jobs while plainer workers have room.
+            least = min(len(w.tags) for w in fit)
+            if any(len(w.tags) != least for w in fit):
+                fit = [w for w in fit if len(w.tags) == least]
+        return fit
 
     def explain(self, job, workers):
         need = job.spec.tags

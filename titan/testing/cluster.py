@@ -46,19 +46,21 @@ def free_port() -> int:
 class Cluster:
     def __init__(self, base_dir: str, workers: int = 2, slots: int = 4,
                  heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0,
-                 config_extra: str = "", fixed_port: bool = False) -> None:
+                 config_extra: str = "", fixed_port: bool = False,
+                 env: Optional[dict] = None, config_top: str = "") -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.worker_count = workers
         self.slots = slots
         self.token = secrets.token_urlsafe(16)
         self.port: Optional[int] = free_port() if fixed_port else None
         self.fixed_port = fixed_port
+        self.extra_env = dict(env or {})
         self.master: Optional[Child] = None
         self.workers: dict[str, Child] = {}
         os.makedirs(self.base_dir, exist_ok=True)
         self.config_path = os.path.join(self.base_dir, "titan.yaml")
         with open(self.config_path, "w") as f:
-            f.write(f"master:\n  heartbeat_interval: {heartbeat_interval}\n"
+            f.write(f"{config_top}master:\n  heartbeat_interval: {heartbeat_interval}\n"
                     f"  heartbeat_timeout: {heartbeat_timeout}\n"
                     f"  retry_backoff_base: 0.2\n"
                     f"worker:\n  kill_grace: 2\n{config_extra}")
@@ -68,7 +70,7 @@ class Cluster:
     def _spawn(self, name: str, args: list[str]) -> Child:
         log_file = os.path.join(self.base_dir, f"{name}.log")
         cmd = [os.path.join(BIN, "twistd"), "-n", f"--logfile={log_file}", "--pidfile=", *args]
-        env = dict(os.environ, TITAN_TOKEN=self.token)
+        env = dict(os.environ, TITAN_TOKEN=self.token, **self.extra_env)
         proc = subprocess.Popen(cmd, cwd=self.base_dir, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=open(log_file + ".err", "wb"),
                                 preexec_fn=die_with_parent)
@@ -153,7 +155,7 @@ class Cluster:
 
     def env(self) -> dict:
         return dict(os.environ, TITAN_HOST="127.0.0.1", TITAN_PORT=str(self.port),
-                    TITAN_TOKEN=self.token)
+                    TITAN_TOKEN=self.token, **self.extra_env)
 
     def client(self, **kwargs):
         from titan.sdk.client import Client
