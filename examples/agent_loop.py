@@ -48,14 +48,12 @@ TARGET_SCORE = 1.0          # the draft covers every section of the outline
 class FakeModel:
     """A deterministic stand-in for an LLM: same prompt, same answer."""
 
-    OUTLINES = {
-        "default": ["what it is", "why it matters", "how to use it", "what to watch for"],
-    }
+    OUTLINE = ("what it is", "why it matters", "how to use it", "what to watch for")
     WORDS = ("jobs", "runs", "workers", "gates", "results", "retries", "schedules", "agents",
              "pipelines", "timelines", "tokens", "stages")
 
     def plan(self, goal: str) -> list[str]:
-        return list(self.OUTLINES["default"])
+        return list(self.OUTLINE)     # a real model would outline `goal`
 
     def write(self, goal: str, section: str) -> str:
         def weight(word: str) -> bytes:

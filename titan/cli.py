@@ -189,11 +189,13 @@ def cmd_workers(args) -> int:
     if args.json:
         print(json.dumps(workers, indent=2, sort_keys=True))
         return 0
-    rows = [["ID", "HOST", "TAGS", "SLOTS", "STATE", "HEARTBEAT"]]
+    rows = [["ID", "HOST", "TAGS", "SLOTS", "STATE", "HEARTBEAT", "IDLE", "SPAWNED BY"]]
     for w in sorted(workers, key=lambda w: w["joined_at"]):
+        idle = w.get("idle_for")
         rows.append([w["worker_id"], w["host"], ",".join(w["tags"]) or "-",
                      f"{w['busy']}/{w['slots']}", w["state"],
-                     f"{w['last_heartbeat_ago']:.1f}s ago"])
+                     f"{w['last_heartbeat_ago']:.1f}s ago",
+                     "-" if idle is None else f"{idle:.0f}s", w.get("spawned_by") or "-"])
     _print_rows(rows)
     if not workers:
         print("(no workers)")
@@ -343,9 +345,10 @@ def _origin(plugin) -> str:
 
 
 def cmd_plugins(args) -> int:
-    from titan.interfaces import IPersistenceFactory, IRouterFactory
+    from titan.interfaces import IAutoscalerFactory, IPersistenceFactory, IRouterFactory
     from titan.plugin_registry import plugins
-    kinds = [("router", IRouterFactory), ("persistence", IPersistenceFactory)]
+    kinds = [("router", IRouterFactory), ("autoscaler", IAutoscalerFactory),
+             ("persistence", IPersistenceFactory)]
     rows = [["KIND", "NAME", "ORIGIN", "DESCRIPTION"]]
     for kind, interface in kinds:
         for plugin in plugins(interface):

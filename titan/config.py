@@ -53,12 +53,24 @@ DEFAULT_ROUTERS = ("capability", "affinity", "least-loaded")
 
 
 @attrs.frozen
+class AutoscalerConfig:
+    name: str = "reactive"
+    min_workers: int = 0
+    max_workers: int = 4
+    window: float = 5.0
+    idle_timeout: float = 45.0
+    slots: int = 2
+    interval: float = 1.0
+
+
+@attrs.frozen
 class Config:
     token: Optional[str] = None
     router: tuple[str, ...] = DEFAULT_ROUTERS
     master: MasterConfig = MasterConfig()
     worker: WorkerConfig = WorkerConfig()
     persistence: PersistenceConfig = PersistenceConfig()
+    autoscaler: AutoscalerConfig = AutoscalerConfig()
     source: str = "<defaults>"
 
     def override(self, section: str, **values: Any) -> "Config":
@@ -69,11 +81,13 @@ class Config:
         return attrs.evolve(self, **{section: attrs.evolve(getattr(self, section), **values)})
 
 
-_SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig}
+_SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
+             "autoscaler": AutoscalerConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no")}
 _TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.
-_MAY_BE_ZERO = frozenset({"worker.kill_grace"})
+_MAY_BE_ZERO = frozenset({"worker.kill_grace", "autoscaler.min_workers",
+                          "autoscaler.max_workers"})
 
 
 def load_config(path: Optional[str]) -> Config:

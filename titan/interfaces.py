@@ -75,6 +75,24 @@ class IRouterFactory(Interface):
         """An IRouter."""
 
 
+class IAutoscaler(Interface):
+    """Pure decision logic: from what waits and who works, which workers to start or retire."""
+
+    name = Attribute("The name the config's `autoscaler: {name: ...}` uses.")
+
+    def evaluate(view, now):
+        """A list of `titan.core.autoscale.SpawnWorker` / `RetireWorker` decisions for the
+        `ScaleView` `view` at time `now`, each with the reason it was taken."""
+
+
+class IAutoscalerFactory(Interface):
+    name = Attribute("The name the config uses.")
+    description = Attribute("One line for `titan plugins`.")
+
+    def build(options):
+        """An IAutoscaler configured from the config's `autoscaler:` section (a dict)."""
+
+
 class CorruptLog(Exception):
     """Damage in the middle of a log: start-up stops rather than lose what follows it."""
 

@@ -97,11 +97,12 @@ class SpineTests(ClusterTestCase):
         result = self.titan("workers")
         self.assertEqual(result.returncode, 0, result.stderr)
         lines = result.stdout.decode().splitlines()
-        self.assertEqual(lines[0].split(), ["ID", "HOST", "TAGS", "SLOTS", "STATE", "HEARTBEAT"])
+        self.assertEqual(lines[0].split(), ["ID", "HOST", "TAGS", "SLOTS", "STATE", "HEARTBEAT",
+                                            "IDLE", "SPAWNED", "BY"])
         names = sorted(line.split()[0].rsplit("-", 1)[0] for line in lines[1:])
         self.assertEqual(names, ["w1", "w2"])
         for line in lines[1:]:
-            self.assertRegex(line, r"\s\d+/4\s+ALIVE\s+\d+\.\d+s ago$")
+            self.assertRegex(line, r"\s\d+/4\s+ALIVE\s+\d+\.\d+s ago\s+(-|\d+s)\s+-$")
 
     def test_command_not_found(self):
         result = self.titan("submit", "--wait", "--", "no-such-program-xyz")

@@ -60,6 +60,7 @@ PERSISTED: dict[type, tuple[str, ...]] = {
     ev.WorkerDisconnected: ("plain",),
     ev.WorkerLost: ("plain", "plain"),
     ev.MasterRestarted: (),
+    ev.WorkerRetiring: ("plain", "plain"),
     ev.JobFinished: ("plain",) * 5,
     ev.CancelRequested: ("plain", "plain"),
     ev.RunCancelRequested: ("plain", "plain"),

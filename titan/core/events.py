@@ -61,6 +61,14 @@ class WorkerLost:
 
 
 @attrs.frozen
+class WorkerRetiring:
+    """The autoscaler retires a worker: it takes no new jobs from now on."""
+
+    worker_id: str
+    reason: str = ""
+
+
+@attrs.frozen
 class MasterRestarted:
     """The master came back from its log: every worker must say hello again in time."""
 

@@ -28,6 +28,7 @@ TERMINAL_STATES = frozenset(
 class WorkerState(str, enum.Enum):
     ALIVE = "ALIVE"
     DISCONNECTED = "DISCONNECTED"  # connection lost; its jobs wait for it until the heartbeat timeout
+    DRAINING = "DRAINING"  # being retired: takes no new jobs
     DEAD = "DEAD"
 
 
@@ -114,6 +115,7 @@ class JobRecord:
     decision: Optional[dict] = None  # a gate's: approved, by, comment, at
     run_id: Optional[str] = None
     worker_name: Optional[str] = None  # who ran it last (affinity to a parent's worker)
+    queued_at: Optional[float] = None  # when it last joined a ready queue
 
     @property
     def node(self) -> str:
@@ -171,6 +173,7 @@ class WorkerRecord:
     state: WorkerState = WorkerState.ALIVE
     running: set[str] = attrs.Factory(set)  # job ids holding a slot, cancelled ones included
     completed: int = 0
+    idle_since: Optional[float] = None  # when its last job ended (None while busy)
 
     @property
     def free_slots(self) -> int:

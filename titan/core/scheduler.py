@@ -85,6 +85,7 @@ class Scheduler:
             ev.Tick: self._tick,
             ev.WorkerLost: self._worker_lost,
             ev.MasterRestarted: self._master_restarted,
+            ev.WorkerRetiring: self._worker_retiring,
         }
 
     # -- entry points --------------------------------------------------------------------
@@ -549,6 +550,13 @@ class Scheduler:
             self._worker_dead(w, e.reason, out)
             self._dispatch(now, out)
 
+    def _worker_retiring(self, e: ev.WorkerRetiring, now: float, out: Decisions) -> None:
+        w = self.workers.get(e.worker_id)
+        if w is not None and w.state is not WorkerState.DRAINING:
+            w.state = WorkerState.DRAINING
+            self._refresh(w)
+            out.append(ev.WorkerChanged(w.worker_id, w.state, e.reason or "retiring"))
+
     def _master_restarted(self, e: ev.MasterRestarted, now: float, out: Decisions) -> None:
         """Every worker's connection died with the old master; each gets a full heartbeat
         timeout from now to come back and report, or its jobs run elsewhere."""
@@ -671,6 +679,7 @@ class Scheduler:
         # One queue per set of needs: a job that must wait for particular workers (tags, a
         # strict affinity) never holds up jobs that need something else.
         job.queued = True
+        job.queued_at = self._now
         target, strict = parse_affinity(job.spec.affinity)
         key = (job.spec.tags, target if strict else None)
         heapq.heappush(self._queues.setdefault(key, []),
@@ -687,6 +696,10 @@ class Scheduler:
 
     def _refresh(self, w: WorkerRecord) -> None:
         """Keep the index of live workers with a free slot in step with `w`."""
+        if w.running:
+            w.idle_since = None
+        elif w.idle_since is None:
+            w.idle_since = self._now
         if w.state is WorkerState.ALIVE and len(w.running) < w.slots \
                 and self.workers.get(w.worker_id) is w:
             self._free[w.worker_id] = w
@@ -766,12 +779,14 @@ def snapshot(s: Scheduler) -> dict:
         "v": 1, "seq": s._seq, "worker_seq": s._worker_seq, "run_seq": s._run_seq,
         "rng": [s.rng.getstate()[0], list(s.rng.getstate()[1]), s.rng.getstate()[2]],
         "workers": [[w.worker_id, w.name, w.host, sorted(w.tags), w.slots, w.joined_at,
-                     w.last_seen, w.seq, w.state.value, sorted(w.running), w.completed]
+                     w.last_seen, w.seq, w.state.value, sorted(w.running), w.completed,
+                     w.idle_since]
                     for w in s.workers.values()],
         "jobs": [[j.job_id, j.spec.to_wire(), j.seq, j.submitted_at, j.state.value, j.queued,
                   j.attempt, j.failures, j.worker_id, j.exit_code, j.reason, j.started_at,
                   j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
-                  j.decision, j.run_id, j.worker_name] for j in s.jobs.values()],
+                  j.decision, j.run_id, j.worker_name, j.queued_at]
+                 for j in s.jobs.values()],
         "runs": [[r.run_id, r.name, r.created_at, r.seq, r.agent_run_id, r.stage, r.max_jobs,
                   r.schedule_id, r.jobs, {k.value: n for k, n in r.counts.items()}, r.left,
                   r.state.value, r.finished_at, r.version] for r in s.runs.values()],
@@ -791,15 +806,15 @@ def restore(s: Scheduler, data: dict) -> None:
     version, state, gauss = data["rng"]
     s.rng.setstate((version, tuple(state), gauss))
     for (worker_id, name, host, tags, slots, joined_at, last_seen, seq, wstate, running,
-         completed) in data["workers"]:
+         completed, idle_since) in data["workers"]:
         s.workers[worker_id] = WorkerRecord(
             worker_id=worker_id, name=name, host=host, tags=frozenset(tags), slots=slots,
             joined_at=joined_at, last_seen=last_seen, seq=seq, state=WorkerState(wstate),
-            running=set(running), completed=completed)
+            running=set(running), completed=completed, idle_since=idle_since)
         s._refresh(s.workers[worker_id])
     for (job_id, spec, seq, submitted_at, state, queued, attempt, failures, worker_id,
          exit_code, reason, started_at, finished_at, ready_at, parents_left, children,
-         result, decision, run_id, worker_name) in data["jobs"]:
+         result, decision, run_id, worker_name, queued_at) in data["jobs"]:
         job = JobRecord(job_id=job_id, spec=JobSpec.from_wire(spec), seq=seq,
                         submitted_at=submitted_at, state=_STATES[state], queued=queued,
                         attempt=attempt, failures=failures, worker_id=worker_id,
@@ -810,6 +825,7 @@ def restore(s: Scheduler, data: dict) -> None:
         s.jobs[job_id] = job
         if queued:
             s._enqueue(job)
+        job.queued_at = queued_at
     for (run_id, name, created_at, seq, agent_run_id, stage, max_jobs, schedule_id, jobs,
          counts, left, state, finished_at, version) in data["runs"]:
         s.runs[run_id] = DagRun(
@@ -885,6 +901,7 @@ def worker_view(w: WorkerRecord, now: float) -> dict:
         "slots": w.slots, "busy": len(w.running), "state": w.state.value,
         "last_heartbeat_ago": round(now - w.last_seen, 3), "joined_at": w.joined_at,
         "completed": w.completed,
+        "idle_for": None if w.running or w.idle_since is None else round(now - w.idle_since, 1),
     }
 
 

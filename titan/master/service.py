@@ -10,6 +10,7 @@ import secrets
 import time
 from typing import Any, Optional
 
+import attrs
 import msgpack
 from twisted.application.service import MultiService, Service
 from twisted.internet import defer
@@ -27,7 +28,9 @@ from titan.core.scheduler import (
     Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
     snapshot, worker_view)
 from titan.errors import TitanError
-from titan.interfaces import CorruptLog, IPersistenceFactory, IRouterFactory
+from titan.interfaces import (
+    CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory)
+from titan.master.autoscale import AutoscalerService
 from titan.plugin_registry import find
 from titan.protocols import codec
 from titan.master.logstore import LogStore
@@ -49,6 +52,14 @@ def build_routers(config: Config) -> list:
         except TitanError as e:
             raise SystemExit(f"titan: {config.source}: router: {e}")
     return chain
+
+
+def build_autoscaler(config: Config):
+    options = attrs.asdict(config.autoscaler)
+    try:
+        return find(IAutoscalerFactory, config.autoscaler.name, "autoscaler").build(options)
+    except TitanError as e:
+        raise SystemExit(f"titan: {config.source}: autoscaler.name: {e}")
 
 
 class ListenerService(Service):
@@ -123,6 +134,8 @@ class MasterService(MultiService):
         self.listener = ListenerService(reactor, mc.listen, MasterFactory(self),
                                         self._listening)
         self.listener.setServiceParent(self)
+        self.autoscaler = AutoscalerService(self, build_autoscaler(config))
+        self.autoscaler.setServiceParent(self)
         self._ticker = LoopingCall(self.handle, ev.Tick())
         self._ticker.clock = reactor
 
@@ -526,7 +539,12 @@ class MasterService(MultiService):
 
     def list_workers(self) -> list:
         now = self.now()
-        return [worker_view(w, now) for w in self.scheduler.workers.values()]
+        views = []
+        for w in self.scheduler.workers.values():
+            view = worker_view(w, now)
+            view.update(self.autoscaler.describe(w.name) or {"spawned_by": None})
+            views.append(view)
+        return views
 
     def list_jobs(self, state: Optional[str], limit: int) -> list:
         jobs = self.scheduler.jobs.values()
