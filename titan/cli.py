@@ -130,7 +130,9 @@ def cmd_status(args) -> int:
         print(json.dumps(job, indent=2, sort_keys=True))
         return 0
     print(job["state"])
-    details = [["job", job["job_id"]], ["command", " ".join(job["command"])]]
+    details = [["job", job["job_id"]]]
+    if job["command"]:
+        details.append(["command", " ".join(job["command"])])
     if job.get("name"):
         details.append(["name", job["name"]])
     if job.get("worker"):

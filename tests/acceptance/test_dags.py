@@ -186,7 +186,7 @@ class DagTests(ClusterTestCase):
             level = me.node.count(".")
             if level < 3:  # two children of its own, each running this same script
                 me.add_jobs([{"id": f"{me.node}.{i}", "script": {"name": "grow.py",
-                              "content": open("grow.py", "rb").read()},
+                              "content": open(__file__, "rb").read()},
                               "depends_on": [me.node]} for i in range(2)])
             me.set_result({"level": level})
             """)

@@ -43,10 +43,22 @@ def _strings(job: str, key: str, value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+JOB_KEYS = frozenset({
+    "id", "kind", "type", "command", "script", "depends_on", "priority", "tags", "requirement",
+    "timeout", "retries", "delay", "env", "cwd", "hitl_message", "max_wait_seconds",
+    "affinity", "port", "name"})
+GATE_KEYS = frozenset({"id", "kind", "depends_on", "message", "timeout", "on_timeout", "name"})
+
+
 def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
     """One job of a DAG from its wire form; also its HITL gate request, if any."""
     if not isinstance(raw, dict):
         raise SubmitError(f"jobs[{index}] must be a map")
+    known = GATE_KEYS if raw.get("kind") == "gate" else JOB_KEYS
+    unknown = sorted(str(k) for k in raw if k not in known)
+    if unknown:
+        raise SubmitError(f"jobs[{index}] ({raw.get('id')}): unknown key "
+                          f"{', '.join(map(repr, unknown))} (known: {', '.join(sorted(known))})")
     node = raw.get("id")
     if not isinstance(node, str) or not NAME.match(node):
         raise SubmitError(f"jobs[{index}]: id must be letters, digits, '_', '.' or '-', "
@@ -96,8 +108,7 @@ def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise SubmitError(f"job {node}: priority must be a whole number")
     tags = list(_strings(node, "tags", raw.get("tags")))
-    if raw.get("requirement"):
-        tags.append(str(raw["requirement"]))
+    tags.extend(_strings(node, "requirement", raw.get("requirement")))
     spec = JobSpec(
         job_id=node, command=command, env=tuple(sorted(env.items())),
         cwd=raw.get("cwd"), priority=priority, tags=tags,

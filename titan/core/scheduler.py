@@ -136,7 +136,8 @@ class Scheduler:
                                   "(5 fields, or 6 with seconds last)")
 
     def _check_size(self, max_jobs: Optional[int], have: int, adding: int, run_id: str) -> None:
-        limit = max_jobs or self.max_jobs_per_run
+        # A run may lower the master's bound for itself, never raise it.
+        limit = min(max_jobs or self.max_jobs_per_run, self.max_jobs_per_run)
         if have + adding > limit:
             raise SubmitError(f"run {run_id} would have {have + adding} jobs, over its limit "
                               f"of {limit} (max_jobs)")

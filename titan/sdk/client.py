@@ -138,7 +138,8 @@ class Client:
         """Queue one job (returns its id; a string command runs under `sh -c`), or a whole
         pipeline (a `Pipeline` or its spec: returns the run id)."""
         if hasattr(command, "to_spec") or isinstance(command, dict):
-            return self.submit_dag(command)["run_id"]
+            submitted = self.submit_dag(command)
+            return submitted.get("run_id") or submitted["schedule_id"]
         body = submit_body(command, priority=priority, tags=tags, timeout=timeout,
                            retries=retries, delay=delay, env=env, cwd=cwd, name=name)
         return self.call(Op.SUBMIT_JOB, body)["job_id"]
@@ -154,7 +155,8 @@ class Client:
     def add_jobs(self, run_id: str, jobs: Any) -> list:
         """Grow a running DAG run; `jobs` as in a pipeline spec. Returns the new job ids."""
         if hasattr(jobs, "to_spec"):
-            jobs = jobs.to_spec()["jobs"]
+            # Their parents may be jobs already in the run: the master checks those.
+            jobs = [node.to_spec() for node in jobs.jobs]
         return self.call(Op.ADD_JOBS, {"run_id": run_id, "jobs": list(jobs)})["added"]
 
     def run(self, run_id: str, jobs: bool = True) -> dict:

@@ -235,7 +235,7 @@ class WorkerService(MultiService):
         job.proc = proto
         try:
             os.makedirs(workdir, exist_ok=True)
-            command = self._command(spec, workdir)
+            command = self._command(job)
         except OSError as e:
             self._exited(job, None, f"cannot prepare {workdir}: {e.strerror}")
             return
@@ -244,21 +244,28 @@ class WorkerService(MultiService):
             self._output(job, "err", f"titan: {problem}\n".encode())
             self._exited(job, 127, problem)
 
-    @staticmethod
-    def _command(spec: JobSpec, workdir: str) -> list[str]:
+    def _script_path(self, job: RunningJob) -> str:
+        # Beside the job's files but never among them: a job with a `cwd` of its own must
+        # not find a file of its overwritten.
+        return os.path.join(self.data_dir, "scripts", f"{job.job_id}.{job.attempt}",
+                            job.spec.script_name)
+
+    def _command(self, job: RunningJob) -> list[str]:
         """The argv to run: the command, or a shipped script under its interpreter."""
+        spec = job.spec
         if spec.script_name is None:
             return list(spec.command)
-        path = os.path.join(workdir, spec.script_name)
+        path = self._script_path(job)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
             f.write(spec.script or b"")
         os.chmod(path, 0o755)
         if spec.script_name.endswith(".py"):
             # This worker's own Python: the titan SDK is importable from the script.
-            return [sys.executable, spec.script_name, *spec.command]
+            return [sys.executable, path, *spec.command]
         if spec.script_name.endswith(".sh"):
-            return ["bash", spec.script_name, *spec.command]
-        return [f"./{spec.script_name}", *spec.command]
+            return ["bash", path, *spec.command]
+        return [path, *spec.command]
 
     def kill_job(self, job_id: str, attempt: int, reason: str) -> None:
         job = self.jobs.get(job_id)
@@ -307,12 +314,15 @@ class WorkerService(MultiService):
         job_id = job.job_id
         if self.jobs.get(job_id) is job:
             del self.jobs[job_id]
+        if job.spec.script_name:
+            path = self._script_path(job)
+            try:
+                os.unlink(path)
+                os.rmdir(os.path.dirname(path))
+                os.rmdir(os.path.dirname(os.path.dirname(path)))  # RUN/ of RUN/JOB, if empty
+            except OSError:
+                pass
         if job.own_workdir:
-            if job.spec.script_name:
-                try:
-                    os.unlink(os.path.join(job.workdir, job.spec.script_name))
-                except OSError:
-                    pass
             try:
                 os.rmdir(job.workdir)  # only when the job left nothing behind
                 if "/" in job_id:
