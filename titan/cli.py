@@ -359,6 +359,81 @@ def cmd_plugins(args) -> int:
     return 0
 
 
+def cmd_service(args) -> int:
+    with _client(args) as titan:
+        action = args.service_cmd
+        if action == "deploy":
+            command = list(args.command)
+            if command and command[0] == "--":
+                command = command[1:]
+            if not command:
+                raise TitanError("service deploy: no command given "
+                                 "(titan service deploy NAME [options] -- COMMAND [ARGS...])")
+            env = dict(_pairs(args.env, "--env"))
+            tags = [t for t in (args.tags or "").split(",") if t.strip()]
+            job_id = titan.deploy(args.name, command, port=args.port, restart=args.restart,
+                                  health=args.health, tags=tags, env=env, cwd=args.cwd)
+            if args.no_wait:
+                print(job_id)
+                return 0
+            svc = titan.wait_service(args.name, timeout=args.timeout)
+            where = f" at {svc['host']}:{svc['port']}" if svc.get("port") else ""
+            if svc["state"] == "RUNNING":
+                print(f"{args.name} RUNNING on {svc['worker']}{where} (pid {svc['pid']})")
+                return 0
+            print(f"titan: {args.name} {svc['state']}: {svc.get('reason') or 'not up yet'}",
+                  file=sys.stderr)
+            return 1
+        if action == "list":
+            services = titan.services(everything=args.all)
+            if args.json:
+                print(json.dumps(services, indent=2, sort_keys=True))
+                return 0
+            rows = [["NAME", "WORKER", "ADDRESS", "STATE", "RESTARTS", "UPTIME", "PID"]]
+            for s in services:
+                rows.append([s["name"], s.get("worker") or "-",
+                             f"{s['host']}:{s['port']}" if s.get("port") and s.get("host")
+                             else "-", s["state"], str(s["restarts"]),
+                             "-" if s.get("uptime") is None else f"{s['uptime']:.0f}s",
+                             str(s["pid"]) if s.get("pid") else "-"])
+            _print_rows(rows)
+            for s in services:
+                if s["state"] == "FAILED" and s.get("reason"):
+                    print(f"{s['name']}: {s['reason']}")
+            if not services:
+                print("(no services)")
+            return 0
+        svc = titan.service(args.name)
+        if action == "logs":
+            if args.follow:
+                for data in titan.follow_logs(svc["job_id"]):
+                    sys.stdout.buffer.write(data)
+                    sys.stdout.buffer.flush()
+            else:
+                sys.stdout.buffer.write(titan.logs(svc["job_id"]))
+            return 0
+        if action == "restart":
+            titan.restart_service(args.name)
+            print(f"{args.name} restarting")
+            return 0
+        if action == "stop":
+            result = titan.cancel(svc["job_id"])
+            if not result["cancelled"]:
+                print(f"titan: {args.name} is already {svc['state']}", file=sys.stderr)
+                return 1
+            print(f"{args.name} STOPPED")
+            return 0
+    raise TitanError(f"service {action}: unknown action")
+
+
+def _pairs(items, flag: str):
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise TitanError(f"{flag} {item!r}: expected NAME=VALUE")
+        yield key, value
+
+
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
@@ -471,6 +546,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_jobs)
 
+    p = sub.add_parser("service", help="long-running services: deploy, list, logs, restart, stop",
+                       description="Services are processes their worker keeps running: "
+                                   "restarted per policy, on a port, with a health check.")
+    svc = p.add_subparsers(dest="service_cmd", metavar="ACTION")
+    svc.required = True
+    q = svc.add_parser("deploy", parents=[common], help="start a service and wait until it is up",
+                       usage="titan service deploy NAME [options] -- COMMAND [ARGS...]",
+                       description="Start a service; waits until it is RUNNING (healthy, with a "
+                                   "health check) or has failed. The port reaches the process "
+                                   "as $PORT and as {port} in the command.")
+    q.add_argument("name")
+    q.add_argument("--port", help="a port number, or auto (a free one of the worker's range)")
+    q.add_argument("--restart", default="on-failure", choices=["always", "on-failure", "never"],
+                   help="when to restart it (default on-failure)")
+    q.add_argument("--health", help="tcp, or http:/PATH (answers 2xx or 3xx)")
+    q.add_argument("--tags", "-t", help="capabilities its worker must have")
+    q.add_argument("--env", "-e", action="append", metavar="NAME=VALUE")
+    q.add_argument("--cwd", help="working directory on the worker")
+    q.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    q.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    q.add_argument("command", nargs="*", help="after --: the command and its arguments")
+    q = svc.add_parser("list", parents=[common], help="name, worker, address, state, restarts, "
+                                                      "uptime, pid",
+                       description="List services: name, worker, host:port, state, restarts, "
+                                   "uptime, pid (and why a FAILED one failed).")
+    q.add_argument("--all", action="store_true", help="also services stopped over an hour ago")
+    q.add_argument("--json", action="store_true")
+    q = svc.add_parser("logs", parents=[common], help="a service's output, restarts included",
+                       description="Print a service's output, across its restarts.")
+    q.add_argument("name")
+    q.add_argument("--follow", "-f", action="store_true")
+    q = svc.add_parser("restart", parents=[common], help="restart a service",
+                       description="Restart a running service's process (not counted as a "
+                                   "crash).")
+    q.add_argument("name")
+    q = svc.add_parser("stop", parents=[common], help="stop a service and all it started",
+                       description="Stop a service: its whole process tree is killed and it "
+                                   "is not restarted.")
+    q.add_argument("name")
+    p.set_defaults(func=cmd_service)
+
     p = sub.add_parser("aof", help="inspect or repair a master's event log",
                        description="Inspect (check) or repair (check --fix) the event log of a "
                                    "master's data dir.")
@@ -503,7 +619,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = None
+    if "--" in argv:  # everything after it is the job's command, options included
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = parser.parse_args(argv)
+    if command is not None:
+        if not hasattr(args, "command"):
+            parser.error("'--' goes before a command, in submit and service deploy")
+        args.command = command
     args.master = getattr(args, "master", None)
     args.token = getattr(args, "token", None)
     try:

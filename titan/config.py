@@ -40,6 +40,13 @@ class WorkerConfig:
     data_dir: str = os.path.join(DEFAULT_HOME, "worker")
     log_batch_interval: float = 0.05
     kill_grace: float = 5.0
+    port_range: str = "20000-29999"
+    restart_backoff_base: float = 1.0
+    restart_backoff_cap: float = 30.0
+    crash_loop_restarts: int = 5
+    crash_loop_window: float = 60.0
+    health_interval: float = 2.0
+    health_grace: float = 10.0
 
 
 @attrs.frozen

@@ -799,6 +799,7 @@ def one_of_each() -> list:
         ev.WorkerLost("w1", "no heartbeat for 10s"),
         ev.MasterRestarted(),
         ev.WorkerRetiring("w1", "idle for 45s"),
+        ev.ServiceReported("api.1", "w1", 1, {"state": "RUNNING", "port": 20001, "pid": 42}),
         ev.JobFinished("j1", "w1", 2, None, "timeout after 5s"),
         ev.CancelRequested("j1", "by alice"),
         ev.RunCancelRequested("pipe-1", "by bob"),

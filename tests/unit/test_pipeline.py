@@ -36,7 +36,7 @@ jobs:
 
 KNOWN = ("id, type, file, args, depends_on, requirement, priority, delay, affinity, port, "
          "hitl_message, max_wait_seconds, command, retries, timeout, env, gate, tags, cwd, "
-         "message, on_timeout")
+         "message, on_timeout, restart, health")
 
 
 def job(id, command=None, script=None, **changes):

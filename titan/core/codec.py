@@ -69,6 +69,7 @@ PERSISTED: dict[type, tuple[str, ...]] = {
     ev.ScheduleAdded: ("plain", "plain", "template"),
     ev.ScheduleRemoved: ("plain",),
     ev.TimerFired: ("key",),
+    ev.ServiceReported: ("plain",) * 4,
 }
 _NAMES = {cls: cls.__name__ for cls in PERSISTED}
 _BY_NAME = {name: cls for cls, name in _NAMES.items()}

@@ -46,7 +46,8 @@ def _strings(job: str, key: str, value: Any) -> tuple[str, ...]:
 JOB_KEYS = frozenset({
     "id", "kind", "type", "command", "script", "depends_on", "priority", "tags", "requirement",
     "timeout", "retries", "delay", "env", "cwd", "hitl_message", "max_wait_seconds",
-    "affinity", "port", "name"})
+    "affinity", "port", "name", "restart", "health"})
+RESTART_POLICIES = ("always", "on-failure", "never")
 GATE_KEYS = frozenset({"id", "kind", "depends_on", "message", "timeout", "on_timeout", "name"})
 
 
@@ -73,11 +74,12 @@ def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
         return JobSpec(job_id=node, command=(), kind="gate", depends_on=depends_on,
                        message=str(raw.get("message") or f"approve {node}?"), timeout=timeout,
                        on_timeout=on_timeout), None
-    if kind != "job":
-        raise SubmitError(f"job {node}: kind must be job or gate, not {kind!r}")
-    if (raw.get("type") or "run") != "run":
-        raise SubmitError(f"job {node}: type {raw.get('type')!r} is not supported yet "
-                          "(only run)")
+    if kind not in ("job", "service"):
+        raise SubmitError(f"job {node}: kind must be job, service or gate, not {kind!r}")
+    kind = "service" if raw.get("type") == "service" else kind
+    if (raw.get("type") or "run") not in ("run", "service"):
+        raise SubmitError(f"job {node}: type must be run or service, not {raw.get('type')!r}")
+    service = service_options(node, raw) if kind == "service" else {}
     script = raw.get("script")
     command = raw.get("command")
     if isinstance(command, str):
@@ -115,13 +117,36 @@ def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
         timeout=_number(node, "timeout", raw.get("timeout"), None, allow_zero=False),
         retries=retries, delay=_number(node, "delay", raw.get("delay"), 0.0) or 0.0,
         depends_on=depends_on, script_name=script_name, script=script_content,
-        affinity=raw.get("affinity"))
+        affinity=raw.get("affinity"), kind=kind, **service)
     gate = None
     if raw.get("hitl_message"):
         gate = {"message": str(raw["hitl_message"]),
                 "timeout": _number(node, "max_wait_seconds", raw.get("max_wait_seconds"),
                                    GATE_TIMEOUT, allow_zero=False)}
     return spec, gate
+
+
+def service_options(node: str, raw: dict) -> dict:
+    """A service's port, restart policy and health check, checked."""
+    port = raw.get("port")
+    if port is not None:
+        if isinstance(port, bool) or not (port == "auto" or (isinstance(port, int)
+                                                             and 0 < port < 65536)
+                                          or (isinstance(port, str) and port.isdigit()
+                                              and 0 < int(port) < 65536)):
+            raise SubmitError(f"job {node}: port must be auto or a port number, not {port!r}")
+        port = str(port)
+    restart = raw.get("restart") or "on-failure"
+    if restart not in RESTART_POLICIES:
+        raise SubmitError(f"job {node}: restart must be one of {', '.join(RESTART_POLICIES)}, "
+                          f"not {restart!r}")
+    health = raw.get("health")
+    if health is not None and not (health == "tcp" or (isinstance(health, str)
+                                                        and health.startswith("http:/"))):
+        raise SubmitError(f"job {node}: health must be tcp or http:/PATH, not {health!r}")
+    if health is not None and port is None:
+        raise SubmitError(f"job {node}: a health check needs a port")
+    return {"port": port, "restart": restart, "health": health}
 
 
 def with_hitl_gates(specs: list[JobSpec], gates: dict[str, dict]) -> list[JobSpec]:

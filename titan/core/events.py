@@ -154,6 +154,16 @@ class ScheduleRemoved:
 
 
 @attrs.frozen
+class ServiceReported:
+    """A worker's news of a service it keeps: up, restarting, unhealthy..."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+    status: dict
+
+
+@attrs.frozen
 class TimerFired:
     key: Hashable
 

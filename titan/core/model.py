@@ -65,6 +65,10 @@ class JobSpec:
     script_name: Optional[str] = None  # a script shipped with the job: run as
     script: Optional[bytes] = None  # [interpreter, script_name, *command]
     affinity: Optional[str] = None
+    # kind "service": kept running by its worker (T2)
+    port: Optional[str] = None  # "auto", a number, or None
+    restart: str = "on-failure"  # always | on-failure | never
+    health: Optional[str] = None  # "tcp" or "http:/path"
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -74,7 +78,8 @@ class JobSpec:
             "delay": self.delay, "name": self.name,
             "depends_on": list(self.depends_on), "kind": self.kind, "message": self.message,
             "on_timeout": self.on_timeout, "script_name": self.script_name,
-            "script": self.script, "affinity": self.affinity,
+            "script": self.script, "affinity": self.affinity, "port": self.port,
+            "restart": self.restart, "health": self.health,
         }
 
     @classmethod
@@ -88,7 +93,8 @@ class JobSpec:
             depends_on=body.get("depends_on") or (), kind=body.get("kind") or "job",
             message=body.get("message"), on_timeout=body.get("on_timeout") or "reject",
             script_name=body.get("script_name"), script=body.get("script"),
-            affinity=body.get("affinity"))
+            affinity=body.get("affinity"), port=body.get("port"),
+            restart=body.get("restart") or "on-failure", health=body.get("health"))
 
 
 @attrs.define(eq=False)
@@ -115,6 +121,8 @@ class JobRecord:
     decision: Optional[dict] = None  # a gate's: approved, by, comment, at
     run_id: Optional[str] = None
     worker_name: Optional[str] = None  # who ran it last (affinity to a parent's worker)
+    service: Optional[dict] = None  # a service's last report: state, port, pid, restarts, ...
+    released: bool = False  # a service whose dependents were let go (it came up once)
     queued_at: Optional[float] = None  # when it last joined a ready queue
 
     @property

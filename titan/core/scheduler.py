@@ -86,6 +86,7 @@ class Scheduler:
             ev.WorkerLost: self._worker_lost,
             ev.MasterRestarted: self._master_restarted,
             ev.WorkerRetiring: self._worker_retiring,
+            ev.ServiceReported: self._service_reported,
         }
 
     # -- entry points --------------------------------------------------------------------
@@ -551,6 +552,22 @@ class Scheduler:
             self._worker_dead(w, e.reason, out)
             self._dispatch(now, out)
 
+    def _service_reported(self, e: ev.ServiceReported, now: float, out: Decisions) -> None:
+        job = self.jobs.get(e.job_id)
+        if job is None or job.state is not JobState.RUNNING or job.attempt != e.attempt \
+                or job.worker_id != e.worker_id:
+            return
+        job.service = dict(e.status)
+        if e.status.get("state") == "RUNNING" and not job.released:
+            # Its dependents wait for the service to be up, not for it to end.
+            job.released = True
+            self._release_children(job, out)
+            self._dispatch(now, out)
+        run = self.runs.get(job.run_id) if job.run_id else None
+        if run is not None:
+            self._run_changed(run, out)
+        out.append(ev.JobChanged(job.job_id, job.state))
+
     def _worker_retiring(self, e: ev.WorkerRetiring, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
         if w is not None and w.state is not WorkerState.DRAINING:
@@ -583,7 +600,7 @@ class Scheduler:
             counts[old] -= 1
             counts[state] = counts.get(state, 0) + 1
         if state.terminal:
-            if state is JobState.COMPLETED:
+            if state is JobState.COMPLETED and not job.released:
                 self._release_children(job, out)
             elif job.children:
                 self._cascade(job, out)
@@ -786,7 +803,7 @@ def snapshot(s: Scheduler) -> dict:
         "jobs": [[j.job_id, j.spec.to_wire(), j.seq, j.submitted_at, j.state.value, j.queued,
                   j.attempt, j.failures, j.worker_id, j.exit_code, j.reason, j.started_at,
                   j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
-                  j.decision, j.run_id, j.worker_name, j.queued_at]
+                  j.decision, j.run_id, j.worker_name, j.queued_at, j.service, j.released]
                  for j in s.jobs.values()],
         "runs": [[r.run_id, r.name, r.created_at, r.seq, r.agent_run_id, r.stage, r.max_jobs,
                   r.schedule_id, r.jobs, {k.value: n for k, n in r.counts.items()}, r.left,
@@ -815,14 +832,15 @@ def restore(s: Scheduler, data: dict) -> None:
         s._refresh(s.workers[worker_id])
     for (job_id, spec, seq, submitted_at, state, queued, attempt, failures, worker_id,
          exit_code, reason, started_at, finished_at, ready_at, parents_left, children,
-         result, decision, run_id, worker_name, queued_at) in data["jobs"]:
+         result, decision, run_id, worker_name, queued_at, service, released) in data["jobs"]:
         job = JobRecord(job_id=job_id, spec=JobSpec.from_wire(spec), seq=seq,
                         submitted_at=submitted_at, state=_STATES[state], queued=queued,
                         attempt=attempt, failures=failures, worker_id=worker_id,
                         exit_code=exit_code, reason=reason, started_at=started_at,
                         finished_at=finished_at, ready_at=ready_at,
                         parents_left=parents_left, children=children, result=result,
-                        decision=decision, run_id=run_id, worker_name=worker_name)
+                        decision=decision, run_id=run_id, worker_name=worker_name,
+                        service=service, released=released)
         s.jobs[job_id] = job
         if queued:
             s._enqueue(job)
@@ -894,6 +912,29 @@ def _run_job(s: Scheduler, job: JobRecord, now: float) -> dict:
             "kind": job.spec.kind, "attempt": job.attempt, "worker": w.name if w else None,
             "started_at": job.started_at, "finished_at": job.finished_at,
             "reason": job.reason, "exit_code": job.exit_code}
+
+
+def service_view(s: Scheduler, job: JobRecord, now: float) -> dict:
+    """What `titan service list` shows of a service."""
+    status = job.service or {}
+    w = s.workers.get(job.worker_id) if job.worker_id else None
+    if job.state is JobState.RUNNING:
+        state = status.get("state") or "STARTING"
+    elif job.state is JobState.CANCELLED:
+        state = "STOPPED"
+    else:
+        state = job.state.value
+    since = status.get("since")
+    return {
+        "name": job.spec.name or job.node, "job_id": job.job_id, "state": state,
+        "worker": job.worker_name, "host": w.host if w else None,
+        "port": status.get("port"), "pid": status.get("pid") if job.state is JobState.RUNNING
+        else None, "restarts": status.get("restarts", 0),
+        "uptime": round(now - since, 1) if since and state == "RUNNING" else None,
+        "healthy": status.get("healthy"), "reason": job.reason,
+        "command": list(job.spec.command), "restart": job.spec.restart,
+        "health": job.spec.health, "last_lines": status.get("last_lines") or [],
+    }
 
 
 def worker_view(w: WorkerRecord, now: float) -> dict:

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from titan.master.service import MasterService
 
 HELLOS = (Op.HELLO, Op.REGISTER)
-WORKER_OPS = frozenset({Op.HEARTBEAT, Op.JOB_STARTED, Op.JOB_COMPLETE, Op.LOG_BATCH})
+WORKER_OPS = frozenset({Op.HEARTBEAT, Op.JOB_STARTED, Op.JOB_COMPLETE, Op.LOG_BATCH,
+                        Op.SERVICE_STATUS})
 # What a job, holding its own job-scoped token, may not do: decide gates (a job approving
 # its own gate would defeat the point), cancel work, or drop schedules.
 NOT_FOR_JOBS = frozenset({Op.DECIDE_GATE, Op.CANCEL_JOB, Op.REMOVE_SCHEDULE})
@@ -92,6 +93,18 @@ class MasterProtocol(RpcProtocol):
 
     def op_LOG_BATCH(self, body: dict) -> None:
         self.master.logs_received(_require(body, "job_id"), body.get("chunks") or ())
+
+    def op_SERVICE_STATUS(self, body: dict) -> None:
+        status = body.get("status")
+        if isinstance(status, dict):
+            self.master.handle(ev.ServiceReported(_require(body, "job_id"), self.worker_id,
+                                                  _require(body, "attempt", int), status))
+
+    def op_RESTART_SERVICE(self, body: dict) -> dict:
+        return self.master.restart_service(_require(body, "name"))
+
+    def op_LIST_SERVICES(self, body: dict) -> dict:
+        return {"services": self.master.list_services(bool(body.get("all")))}
 
     def op_JOB_COMPLETE(self, body: dict):
         # The worker keeps its report until this answer, which waits until it is recorded.

@@ -22,11 +22,11 @@ from titan.auth import job_token, load_or_create_token
 from titan.config import Config
 from titan.core import events as ev
 from titan.core.codec import RecordError, decode_event, encode_event, persisted
-from titan.core.dag import RESULT_LIMIT, parse_dag, parse_jobs
+from titan.core.dag import NAME, RESULT_LIMIT, parse_dag, parse_jobs, service_options
 from titan.core.model import JobSpec, JobState, RunState, WorkerState
 from titan.core.scheduler import (
     Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
-    snapshot, worker_view)
+    service_view, snapshot, worker_view)
 from titan.errors import TitanError
 from titan.interfaces import (
     CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory)
@@ -329,13 +329,32 @@ class MasterService(MultiService):
 
     # -- clients ---------------------------------------------------------------------------
 
-    def submit(self, body: dict) -> str:
+    def submit(self, body: dict) -> defer.Deferred:
         command = body.get("command")
         if isinstance(command, str):
             command = ["sh", "-c", command]
+        kind = body.get("kind") or "job"
+        service: dict = {}
+        if kind == "service":
+            name = body.get("name")
+            if not isinstance(name, str) or not NAME.match(name):
+                raise RemoteError("bad_job", "a service needs a name: letters, digits, "
+                                             "'_', '.' or '-'")
+            live = self._service(name, live_only=True)
+            if live is not None:
+                raise RemoteError("bad_job", f"service {name} is already deployed "
+                                             f"({live.state.value} as {live.job_id}); stop it "
+                                             "first or restart it")
+            try:
+                service = service_options(name, body)
+            except SubmitError as e:
+                raise RemoteError("bad_job", str(e)) from None
+            body = dict(body, job_id=self._new_service_id(name), retries=0, timeout=None)
+        elif kind != "job":
+            raise RemoteError("bad_job", f"kind must be job or service, not {kind!r}")
         job_id = body.get("job_id") or self._new_job_id()
         try:
-            spec = JobSpec(
+            spec = JobSpec(kind=kind, **service,
                 job_id=str(job_id), command=command or (),
                 env=tuple(sorted((body.get("env") or {}).items())), cwd=body.get("cwd"),
                 priority=int(body.get("priority") or 0), tags=body.get("tags") or (),
@@ -346,6 +365,52 @@ class MasterService(MultiService):
         except (SubmitError, TypeError, ValueError) as e:
             raise RemoteError("bad_job", str(e))
         return self.after(self.handle(event), spec.job_id)
+
+    def _new_service_id(self, name: str) -> str:
+        n = 1
+        while f"{name}.{n}" in self.scheduler.jobs:
+            n += 1
+        return f"{name}.{n}"
+
+    def _service(self, name: str, live_only: bool = False):
+        """The latest deployment of service `name` (standalone services only)."""
+        found = None
+        for job in self.scheduler.jobs.values():
+            if job.spec.kind == "service" and job.spec.name == name and job.run_id is None:
+                if found is None or job.seq > found.seq:
+                    found = job
+        if live_only and found is not None and found.state.terminal:
+            return None
+        return found
+
+    def restart_service(self, name: str) -> dict:
+        job = self._service(name)
+        if job is None:
+            raise RemoteError("not_found", f"no service {name}")
+        if job.state is not JobState.RUNNING:
+            raise RemoteError("not_running", f"service {name} is {job.state.value}, not running")
+        conn = self.worker_conns.get(job.worker_id)
+        if conn is None:
+            raise RemoteError("unreachable", f"the worker of service {name} is not connected")
+        conn.push(Op.RESTART_SERVICE, {"job_id": job.job_id, "attempt": job.attempt})
+        return {"name": name, "job_id": job.job_id}
+
+    def list_services(self, everything: bool = False) -> list:
+        latest: dict = {}
+        for job in self.scheduler.jobs.values():
+            if job.spec.kind != "service":
+                continue
+            name = job.spec.name or job.job_id
+            if name not in latest or job.seq > latest[name].seq:
+                latest[name] = job
+        now = self.now()
+        out = []
+        for name, job in sorted(latest.items()):
+            if job.state.terminal and not everything and job.finished_at is not None \
+                    and now - job.finished_at > 3600:
+                continue
+            out.append(service_view(self.scheduler, job, now))
+        return out
 
     def _new_job_id(self) -> str:
         while True:

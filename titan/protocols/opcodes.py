@@ -39,6 +39,9 @@ class Op(enum.IntEnum):
     GET_RESULT = 0x3E
     LIST_SCHEDULES = 0x3F
     REMOVE_SCHEDULE = 0x40
+    SERVICE_STATUS = 0x41  # worker -> master push: a service's state changed
+    RESTART_SERVICE = 0x42  # client -> master request; master -> worker push
+    LIST_SERVICES = 0x43
 
     ACK = 0x50
     ERROR = 0x51

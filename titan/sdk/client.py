@@ -212,6 +212,44 @@ class Client:
     def unschedule(self, schedule_id: str) -> dict:
         return self.call(Op.REMOVE_SCHEDULE, {"schedule_id": schedule_id})
 
+    # -- services --------------------------------------------------------------------------
+
+    def deploy(self, name: str, command: Union[str, Sequence[str]], *,
+               port: Union[None, int, str] = None, restart: str = "on-failure",
+               health: Optional[str] = None, tags: Sequence[str] = (),
+               env: Optional[dict] = None, cwd: Optional[str] = None,
+               affinity: Optional[str] = None) -> str:
+        """Start a long-running service; returns its job id (NAME.N). `port`: a number, or
+        "auto" for a free one of the worker's range (it gets $PORT and {port})."""
+        body = submit_body(command, tags=tags, env=env, cwd=cwd, name=name)
+        body.update(kind="service", port=None if port is None else str(port),
+                    restart=restart, health=health, affinity=affinity)
+        return self.call(Op.SUBMIT_JOB, body)["job_id"]
+
+    def services(self, everything: bool = False) -> list:
+        return self.call(Op.LIST_SERVICES, {"all": everything})["services"]
+
+    def service(self, name: str) -> dict:
+        for svc in self.services(everything=True):
+            if svc["name"] == name:
+                return svc
+        raise RemoteError("not_found", f"no service {name}")
+
+    def wait_service(self, name: str, timeout: float = 60.0) -> dict:
+        """Until the service is RUNNING (healthy, if it has a check) or has ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            svc = self.service(name)
+            if svc["state"] not in ("STARTING", "RESTARTING") or time.monotonic() > deadline:
+                return svc
+            time.sleep(0.1)
+
+    def restart_service(self, name: str) -> dict:
+        return self.call(Op.RESTART_SERVICE, {"name": name})
+
+    def stop_service(self, name: str) -> dict:
+        return self.cancel(self.service(name)["job_id"])
+
     # -- jobs ------------------------------------------------------------------------------
 
     def job(self, job_id: str) -> dict:

@@ -53,7 +53,8 @@ ON_TIMEOUT = ("reject", "approve")
 TOP_KEYS = ("name", "project", "jobs", "schedule", "agent_run_id", "stage", "max_jobs")
 JOB_KEYS = ("id", "type", "file", "args", "depends_on", "requirement", "priority", "delay",
             "affinity", "port", "hitl_message", "max_wait_seconds", "command", "retries",
-            "timeout", "env", "gate", "tags", "cwd", "message", "on_timeout")
+            "timeout", "env", "gate", "tags", "cwd", "message", "on_timeout", "restart",
+            "health")
 GATE_KEYS = ("id", "gate", "depends_on", "message", "hitl_message", "timeout",
              "max_wait_seconds", "on_timeout")
 
@@ -318,8 +319,11 @@ class Job(Node):
                  retries: int = 0, delay: float = 0.0, env: Optional[dict[str, str]] = None,
                  cwd: Optional[str] = None, hitl_message: Optional[str] = None,
                  max_wait_seconds: Optional[float] = None, affinity: Optional[str] = None,
-                 type: str = "run", port: Union[int, str, None] = None) -> None:
+                 type: str = "run", port: Union[int, str, None] = None,
+                 restart: Optional[str] = None, health: Optional[str] = None) -> None:
         super().__init__(pipeline, id, depends_on)
+        self.restart = restart
+        self.health = health
         self.command = command
         self.script = script
         self.priority = priority
@@ -349,6 +353,8 @@ class Job(Node):
             "cwd": self.cwd, "hitl_message": self.hitl_message,
             "max_wait_seconds": self.max_wait_seconds, "affinity": self.affinity,
             "type": self.type, "port": self.port,
+            **({"restart": self.restart} if self.restart else {}),
+            **({"health": self.health} if self.health else {}),
         }
 
 
@@ -390,6 +396,8 @@ _JOB_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "affinity": _opt(_text),
     "type": _choice(JOB_TYPES),
     "port": _port,
+    "restart": _opt(_choice(("always", "on-failure", "never"))),
+    "health": _opt(_text),
 }
 
 
@@ -440,8 +448,10 @@ class Pipeline:
             env: Optional[Mapping[str, str]] = None, cwd: Optional[str] = None,
             hitl_message: Optional[str] = None,
             max_wait_seconds: Union[float, str, None] = None, affinity: Optional[str] = None,
-            type: str = "run", port: Union[int, str, None] = None) -> Job:
-        """Add a job that runs `command` (a list, or a string split like a shell)."""
+            type: str = "run", port: Union[int, str, None] = None,
+            restart: Optional[str] = None, health: Optional[str] = None) -> Job:
+        """Add a job that runs `command` (a list, or a string split like a shell);
+        `type="service"` keeps it running (with `port`, `restart`, `health`)."""
         id = self._new_id(id)
         command = self._job_check(id, "command", command, _command)
         options = self._options(id, locals())
@@ -517,7 +527,7 @@ class Pipeline:
         for key, check in _JOB_OPTIONS.items():
             if key == "depends_on":
                 continue
-            options[key] = self._job_check(id, key, given[key], check)
+            options[key] = self._job_check(id, key, given.get(key), check)
         options["depends_on"] = self._depends_list(id, given["depends_on"])
         return options
 
@@ -697,7 +707,7 @@ def _job_yaml(node: Node) -> dict:
         out["depends_on"] = list(node.depends_on)
     defaults = {"priority": 0, "tags": [], "timeout": None, "retries": 0, "delay": 0.0,
                 "env": {}, "cwd": None, "hitl_message": None, "max_wait_seconds": None,
-                "affinity": None, "port": None}
+                "affinity": None, "port": None, "restart": None, "health": None}
     for key, default in defaults.items():
         value = getattr(node, key)
         if value != default:

@@ -423,18 +423,15 @@ class Database:
                              default=_pack_ext, use_bin_type=True)
 
     def restore(self, blob: bytes) -> None:
-        """Replace the contents with a snapshot's; keys already expired are dropped."""
+        """Replace the contents with a snapshot's.  Keys whose time has passed come back
+        too (the log replayed after a snapshot runs at the times it was written, when they
+        may still have been alive); `sweep()` removes them once the clock is current."""
         version, data, expires = msgpack.unpackb(blob, ext_hook=_unpack_ext,
                                                  strict_map_key=False, raw=False)
         if version != SNAPSHOT_VERSION:
             raise ValueError(f"unknown snapshot version {version!r}")
         self.flush()
         self.data = data
-        now = self.now
-        for key, when in list(expires.items()):
-            if when < now:
-                data.pop(key, None)
-                del expires[key]
         self.expires = expires
         self._heap = [(w, k) for k, w in expires.items()]
         heapq.heapify(self._heap)

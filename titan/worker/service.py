@@ -27,6 +27,7 @@ from titan.errors import RemoteError
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
 from titan.worker.executor import JobProcess, guard, spawn
+from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
 MAX_BUFFERED_OUTPUT = 4 * 1024 * 1024  # per job, while the master is unreachable
 FLUSH_AT = 256 * 1024
@@ -49,6 +50,7 @@ class RunningJob:
     workdir: str
     own_workdir: bool
     proc: Optional[JobProcess] = None
+    service: Optional[ServiceSupervisor] = None
     chunks: list = attrs.Factory(list)
     buffered: int = 0
     dropped: int = 0
@@ -71,6 +73,11 @@ class WorkerProtocol(RpcProtocol):
 
     def op_KILL(self, body: dict) -> None:
         self.worker.kill_job(body["job_id"], int(body["attempt"]), body.get("reason") or "killed")
+
+    def op_RESTART_SERVICE(self, body: dict) -> None:
+        job = self.worker.jobs.get(body.get("job_id"))
+        if job is not None and job.service is not None:
+            job.service.restart()
 
     def error_pushed(self, body: dict) -> None:
         self.worker.log.error("master refused a frame: {message}", message=body.get("message"))
@@ -130,12 +137,19 @@ class WorkerService(MultiService):
             self._heartbeat.stop()
         waiting = []
         for job in list(self.jobs.values()):
-            if job.proc is not None and not job.proc.ended:
+            if job.service is not None:
+                job.service.stop("worker stopping")
+                waiting.append(job)
+            elif job.proc is not None and not job.proc.ended:
                 job.proc.kill("worker stopping")
                 waiting.append(job)
+
+        def ended(j: RunningJob) -> bool:
+            return j.service.ended if j.service is not None else j.proc.ended
+
         # Give the processes their grace period; each ends with a report we then drop.
         deadline = self.reactor.seconds() + self.config.worker.kill_grace + 1
-        while any(not j.proc.ended for j in waiting) and self.reactor.seconds() < deadline:
+        while any(not ended(j) for j in waiting) and self.reactor.seconds() < deadline:
             await _sleep(self.reactor, 0.05)
         guard.close()  # whatever outlived its grace period goes now
         await super().stopService()
@@ -177,6 +191,9 @@ class WorkerService(MultiService):
         self._heartbeat.start(interval, now=True)
         self.log.info("registered with the master as {worker_id}", worker_id=self.worker_id)
         self._flush()
+        for job in self.jobs.values():  # a new master knows nothing of their health yet
+            if job.service is not None and not job.service.ended:
+                self._service_report(job, job.service.status())
 
     def _register_failed(self, conn: WorkerProtocol, failure) -> None:
         if failure.check(RemoteError) and failure.value.code == "auth":
@@ -239,6 +256,9 @@ class WorkerService(MultiService):
         except OSError as e:
             self._exited(job, None, f"cannot prepare {workdir}: {e.strerror}")
             return
+        if spec.kind == "service":
+            self._start_service(job, command, env, workdir)
+            return
         problem = spawn(self.reactor, proto, command, env, workdir)
         if problem is not None:
             self._output(job, "err", f"titan: {problem}\n".encode())
@@ -267,10 +287,42 @@ class WorkerService(MultiService):
             return ["bash", path, *spec.command]
         return [path, *spec.command]
 
+    def _start_service(self, job: RunningJob, command: list, env: dict, workdir: str) -> None:
+        taken = {j.service.port for j in self.jobs.values()
+                 if j.service is not None and j.service.port}
+        try:
+            port = pick_port(job.spec.port, self.config.worker.port_range, taken)
+        except PortBusy as e:
+            why = f"{e} ({self.name})"
+            self._output(job, "err", f"titan: {why}\n".encode())
+            self._exited(job, None, why)
+            return
+        supervisor = ServiceSupervisor(
+            self.reactor, job, command, env, workdir, port, self.config.worker,
+            report=lambda status: self._service_report(job, status),
+            finished=lambda code, why: self._exited(job, code, why),
+            output=lambda stream, data: self._output(job, stream, data))
+        job.service = supervisor
+        problem = supervisor.start()
+        if problem is not None:
+            self._output(job, "err", f"titan: {problem}\n".encode())
+            supervisor.ended = True
+            self._exited(job, 127, problem)
+
+    def _service_report(self, job: RunningJob, status: dict) -> None:
+        if self.conn is not None and self.registered:
+            self._flush_job(job)
+            self.conn.push(Op.SERVICE_STATUS, {"job_id": job.job_id, "attempt": job.attempt,
+                                               "status": status})
+
     def kill_job(self, job_id: str, attempt: int, reason: str) -> None:
         job = self.jobs.get(job_id)
-        if job is not None and job.attempt == attempt and job.proc is not None:
-            self.log.info("killing job {job_id}: {reason}", job_id=job_id, reason=reason)
+        if job is None or job.attempt != attempt:
+            return
+        self.log.info("stopping job {job_id}: {reason}", job_id=job_id, reason=reason)
+        if job.service is not None:
+            job.service.stop(reason)
+        elif job.proc is not None:
             job.proc.kill(reason)
 
     def _output(self, job: RunningJob, stream: str, data: bytes) -> None:

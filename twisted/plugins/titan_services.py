@@ -1,4 +1,4 @@
-"""twistd / twist plugins: titan-master, titan-worker."""
+"""twistd / twist plugins: titan-master, titan-worker, titan-store."""
 from twisted.application.service import ServiceMaker
 
 titan_master = ServiceMaker(
@@ -7,3 +7,7 @@ titan_master = ServiceMaker(
 titan_worker = ServiceMaker(
     "titan-worker", "titan.worker.tap",
     "Titan worker: dials the master and runs jobs in their own process groups.", "titan-worker")
+titan_store = ServiceMaker(
+    "titan-store", "titan.store.tap",
+    "TitanStore: keys, sets, hashes, lists, TTLs and pub/sub over the Redis protocol.",
+    "titan-store")
