@@ -35,12 +35,18 @@ class Capability:
 
     def route(self, job, candidates, context):
         need = job.spec.tags
-        fit = [w for w in candidates if need <= w.tags] if need else candidates
+        if need:
+            fit = [w for w in candidates if need <= w.tags]
+        elif any(w.tags for w in candidates):
+            fit = candidates
+        else:
+            return candidates  # nobody has tags: nothing to narrow
         if len(fit) > 1:
             # Best fit: keep the GPU box for GPU jobs while plainer workers have room.
-            least = min(len(w.tags) for w in fit)
-            if any(len(w.tags) != least for w in fit):
-                fit = [w for w in fit if len(w.tags) == least]
+            sizes = [len(w.tags) for w in fit]
+            least = min(sizes)
+            if max(sizes) != least:
+                fit = [w for w, n in zip(fit, sizes) if n == least]
         return fit
 
     def explain(self, job, workers):
@@ -81,10 +87,16 @@ class LeastLoaded:
     def route(self, job, candidates, context):
         if len(candidates) < 2:
             return candidates
-        return sorted(candidates, key=lambda w: (len(w.running) / w.slots, w.completed, w.seq))
+        best = min(candidates, key=_load)
+        # The best first; the rest as they were (only the first is taken).
+        return [best, *(w for w in candidates if w is not best)]
 
     def explain(self, job, workers):
         return None
+
+
+def _load(w) -> tuple:
+    return (len(w.running) / w.slots, w.completed, w.seq)
 
 
 DEFAULT_CHAIN = (Capability(), Affinity(), LeastLoaded())
