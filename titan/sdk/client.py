@@ -259,7 +259,20 @@ class Client:
         return self.call(Op.GET_JOB_STATUS, {"job_id": job_id})["state"]
 
     def wait(self, job_id: str, timeout: Optional[float] = None) -> dict:
-        """Block until the job has ended (or `timeout` seconds pass); returns the job."""
+        """Block until the job — or the DAG run, given a run id — has ended (or `timeout`
+        seconds pass); returns it."""
+        try:
+            return self._wait_job(job_id, timeout)
+        except RemoteError as e:
+            if e.code != "not_found" or "/" in job_id:
+                raise
+            try:
+                self.run(job_id, jobs=False)
+            except RemoteError:
+                raise e from None
+            return self.wait_run(job_id, timeout)
+
+    def _wait_job(self, job_id: str, timeout: Optional[float] = None) -> dict:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = 25.0 if deadline is None else max(0.0, deadline - time.monotonic())
