@@ -5,6 +5,7 @@ carried out here as frames to workers, timers and notifications.
 """
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 import time
@@ -126,6 +127,7 @@ class MasterService(MultiService):
                                    routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
+        self._latest_record: Optional[defer.Deferred] = None
         self.recovery: dict = {}
         self.worker_conns: dict[str, MasterProtocol] = {}
         self._timers: dict[Any, Any] = {}
@@ -161,20 +163,27 @@ class MasterService(MultiService):
         """Replay what the log holds through the core (the same code path as live events),
         then tell it the master restarted and arm the timers its state implies."""
         start = time.perf_counter()
+        # Recovery builds millions of long-lived objects: the cyclic collector would scan
+        # them again and again for nothing.
+        gc.disable()
         try:
-            snap, records = self.persistence.load()
-        except CorruptLog as e:
-            raise SystemExit(f"titan: cannot start: {e}")
-        if snap is not None:
-            restore(self.scheduler, msgpack.unpackb(snap, raw=False, strict_map_key=False))
-        count = 0
-        for record in records:
             try:
-                at, event = decode_event(record)
-            except RecordError as e:
-                raise SystemExit(f"titan: cannot start: event {count + 1} of the log: {e}")
-            self.scheduler.apply(event, at)  # what it decided then was carried out then
-            count += 1
+                snap, records = self.persistence.load()
+            except CorruptLog as e:
+                raise SystemExit(f"titan: cannot start: {e}")
+            if snap is not None:
+                restore(self.scheduler, msgpack.unpackb(snap, raw=False, strict_map_key=False))
+            count = 0
+            for record in records:
+                try:
+                    at, event = decode_event(record)
+                except RecordError as e:
+                    raise SystemExit(f"titan: cannot start: event {count + 1} of the log: {e}")
+                self.scheduler.apply(event, at)  # what it decided then was carried out then
+                count += 1
+        finally:
+            gc.enable()
+        gc.freeze()  # what recovery built is here to stay: keep it out of later collections
         elapsed = time.perf_counter() - start
         self.recovery = {"snapshot": snap is not None, "events": count,
                          "seconds": round(elapsed, 3), "jobs": len(self.scheduler.jobs)}
@@ -235,12 +244,22 @@ class MasterService(MultiService):
         durable = None
         if persisted(event) and self.persistence is not None:
             durable = self.persistence.append(encode_event(event, now))
+            self._latest_record = durable
         for decision in self.scheduler.apply(event, now):
             self._carry_out(decision)
         if self.persistence is not None and \
                 self.persistence.bytes_since_compaction > self.config.persistence.compact_after_bytes:
-            self.compact()
+            self.compact().addErrback(lambda _: None)  # the backend logs what went wrong
         return durable if durable is not None else defer.succeed(None)
+
+    def _when_durable(self, f, *args) -> None:
+        """Run `f` once the latest record is durable: a waiter told a job ended must not
+        hear it before it is on disk (records become durable in order)."""
+        d = self._latest_record
+        if d is None or d.called:
+            f(*args)
+        else:
+            d.addBoth(lambda result: (f(*args), result)[1])
 
     def compact(self) -> defer.Deferred:
         data = msgpack.packb(snapshot(self.scheduler), use_bin_type=True)
@@ -262,15 +281,14 @@ class MasterService(MultiService):
                     "spec": d.spec.to_wire()})
         elif isinstance(d, ev.JobChanged):
             if d.state.terminal:
-                self._job_ended(d.job_id)
+                self._when_durable(self._job_ended, d.job_id)
         elif isinstance(d, ev.Kill):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
                 conn.push(Op.KILL, {"job_id": d.job_id, "attempt": d.attempt,
                                     "reason": d.reason})
         elif isinstance(d, ev.RunChanged):
-            for waiter in self._run_waiters.pop(d.run_id, ()):
-                waiter.callback(None)
+            self._when_durable(self._wake_run, d.run_id)
         elif isinstance(d, ev.SetTimer):
             old = self._timers.pop(d.key, None)
             if old is not None and old.active():
@@ -290,6 +308,10 @@ class MasterService(MultiService):
     def _timer_fired(self, key: Any) -> None:
         self._timers.pop(key, None)
         self.handle(ev.TimerFired(key))
+
+    def _wake_run(self, run_id: str) -> None:
+        for waiter in self._run_waiters.pop(run_id, ()):
+            waiter.callback(None)
 
     def _job_ended(self, job_id: str) -> None:
         for d in self._done_waiters.pop(job_id, ()):
