@@ -18,13 +18,48 @@ def spec_to_wire(spec: JobSpec) -> dict:
     return spec.to_wire()
 
 
+_EMPTY: frozenset = frozenset()
+_setattr = object.__setattr__
+
+
+def spec_from_record(d: dict) -> JobSpec:
+    """A JobSpec from a record this master wrote (so already validated and normalised):
+    fields set directly, without the converters `JobSpec.from_wire` runs — recovery builds
+    one per job, and this is most of what it costs."""
+    spec = object.__new__(JobSpec)
+    _setattr(spec, "job_id", d["job_id"])
+    _setattr(spec, "command", tuple(d["command"]))
+    env = d.get("env")
+    _setattr(spec, "env", tuple(sorted(env.items())) if env else ())
+    _setattr(spec, "cwd", d.get("cwd"))
+    _setattr(spec, "priority", d.get("priority") or 0)
+    tags = d.get("tags")
+    _setattr(spec, "tags", frozenset(tags) if tags else _EMPTY)
+    _setattr(spec, "timeout", d.get("timeout"))
+    _setattr(spec, "retries", d.get("retries") or 0)
+    _setattr(spec, "delay", d.get("delay") or 0.0)
+    _setattr(spec, "name", d.get("name"))
+    deps = d.get("depends_on")
+    _setattr(spec, "depends_on", tuple(deps) if deps else ())
+    _setattr(spec, "kind", d.get("kind") or "job")
+    _setattr(spec, "message", d.get("message"))
+    _setattr(spec, "on_timeout", d.get("on_timeout") or "reject")
+    _setattr(spec, "script_name", d.get("script_name"))
+    _setattr(spec, "script", d.get("script"))
+    _setattr(spec, "affinity", d.get("affinity"))
+    _setattr(spec, "port", d.get("port"))
+    _setattr(spec, "restart", d.get("restart") or "on-failure")
+    _setattr(spec, "health", d.get("health"))
+    return spec
+
+
 def template_to_wire(t: ev.RunTemplate) -> dict:
     return {"name": t.name, "specs": [s.to_wire() for s in t.specs],
             "agent_run_id": t.agent_run_id, "stage": t.stage, "max_jobs": t.max_jobs}
 
 
 def template_from_wire(d: dict) -> ev.RunTemplate:
-    return ev.RunTemplate(name=d["name"], specs=tuple(JobSpec.from_wire(s) for s in d["specs"]),
+    return ev.RunTemplate(name=d["name"], specs=tuple(spec_from_record(s) for s in d["specs"]),
                           agent_run_id=d.get("agent_run_id"), stage=d.get("stage"),
                           max_jobs=d.get("max_jobs"))
 
@@ -41,8 +76,8 @@ _ident = (lambda v: v, lambda v: v)
 # How each kind of field goes to the wire and back.
 _KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "plain": _ident,
-    "spec": (spec_to_wire, JobSpec.from_wire),
-    "specs": (lambda v: [s.to_wire() for s in v], lambda v: tuple(JobSpec.from_wire(s) for s in v)),
+    "spec": (spec_to_wire, spec_from_record),
+    "specs": (lambda v: [s.to_wire() for s in v], lambda v: tuple(spec_from_record(s) for s in v)),
     "template": (template_to_wire, template_from_wire),
     "reports": (_reports_out, _reports_in),
     "tags": (sorted, frozenset),
@@ -91,11 +126,20 @@ def encode_event(event: object, at: float) -> bytes:
     return msgpack.packb([at, _NAMES[cls], *values], use_bin_type=True)
 
 
+# Per event class: None when every field is plain (built from the values as they are), else
+# the decoder of each field.
+_DECODERS = {cls: (None if all(k == "plain" for k in kinds)
+                   else tuple(_KINDS[k][1] for k in kinds))
+             for cls, kinds in PERSISTED.items()}
+
+
 def decode_event(record: bytes) -> tuple[float, object]:
     try:
         at, name, *values = msgpack.unpackb(record, raw=False, strict_map_key=False)
         cls = _BY_NAME[name]
-        kinds = PERSISTED[cls]
-        return at, cls(*(_KINDS[k][1](v) for v, k in zip(values, kinds)))
+        decoders = _DECODERS[cls]
+        if decoders is None:
+            return at, cls(*values)
+        return at, cls(*(f(v) for f, v in zip(decoders, values)))
     except Exception as e:
         raise RecordError(f"undecodable event record: {e}") from None

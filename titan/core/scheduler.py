@@ -817,7 +817,7 @@ def snapshot(s: Scheduler) -> dict:
 
 def restore(s: Scheduler, data: dict) -> None:
     """Load a `snapshot` into a fresh scheduler."""
-    from titan.core.codec import template_from_wire
+    from titan.core.codec import spec_from_record, template_from_wire
     if data.get("v") != 1:
         raise ValueError(f"unknown snapshot version {data.get('v')!r}")
     s._seq, s._worker_seq, s._run_seq = data["seq"], data["worker_seq"], data["run_seq"]
@@ -833,7 +833,7 @@ def restore(s: Scheduler, data: dict) -> None:
     for (job_id, spec, seq, submitted_at, state, queued, attempt, failures, worker_id,
          exit_code, reason, started_at, finished_at, ready_at, parents_left, children,
          result, decision, run_id, worker_name, queued_at, service, released) in data["jobs"]:
-        job = JobRecord(job_id=job_id, spec=JobSpec.from_wire(spec), seq=seq,
+        job = JobRecord(job_id=job_id, spec=spec_from_record(spec), seq=seq,
                         submitted_at=submitted_at, state=_STATES[state], queued=queued,
                         attempt=attempt, failures=failures, worker_id=worker_id,
                         exit_code=exit_code, reason=reason, started_at=started_at,
