@@ -45,6 +45,10 @@ class MasterProtocol(RpcProtocol):
         if self._admitted(opcode, None):
             super().push_received(opcode, body)
 
+    def text_frame_received(self, frame) -> None:
+        # The reference implementation's text requests (docs/compat.md): one per connection.
+        self.master.legacy.frame_received(self, frame)
+
     def _admitted(self, opcode: int, rid: Any) -> bool:
         if self.role is None and opcode not in HELLOS:
             self.send_error(rid, "hello_required",
@@ -175,6 +179,68 @@ class MasterProtocol(RpcProtocol):
     def op_REMOVE_SCHEDULE(self, body: dict) -> dict:
         return self.master.remove_schedule(_require(body, "schedule_id"))
 
+    # -- the store, through the master -----------------------------------------------------
+
+    def _store(self):
+        if self.master.store is None:
+            raise RemoteError("no_store", "the store is not configured on this master")
+        return self.master.store
+
+    def op_KV_SET(self, body: dict):
+        value = body.get("value")
+        if not isinstance(value, (bytes, str)):
+            raise RemoteError("bad_request", "'value' is required (bytes or str)")
+        ex = body.get("ex")
+        return self._store().set(_require(body, "key"), value, ex=ex).addCallback(lambda _: {})
+
+    def op_KV_GET(self, body: dict):
+        return self._store().get(_require(body, "key")).addCallback(lambda v: {"value": v})
+
+    def op_KV_SADD(self, body: dict):
+        member = body.get("member")
+        if not isinstance(member, (bytes, str)):
+            raise RemoteError("bad_request", "'member' is required (bytes or str)")
+        return self._store().sadd(_require(body, "key"), member).addCallback(
+            lambda n: {"added": n})
+
+    def op_KV_SMEMBERS(self, body: dict):
+        return self._store().smembers(_require(body, "key")).addCallback(
+            lambda members: {"members": sorted(members)})
+
+    def op_PUBLISH(self, body: dict):
+        message = body.get("message")
+        if not isinstance(message, (bytes, str)):
+            raise RemoteError("bad_request", "'message' is required (bytes or str)")
+        return self._store().publish(_require(body, "channel"), message).addCallback(
+            lambda n: {"receivers": n})
+
+    def op_SUBSCRIBE(self, body: dict):
+        channel = _require(body, "channel")
+        pattern = bool(body.get("pattern"))
+        if not hasattr(self, "_subscriptions"):
+            self._subscriptions = {}
+        if (channel, pattern) in self._subscriptions:
+            return {"channel": channel}
+
+        def deliver(ch, message, _pattern=channel if pattern else None):
+            if self.connected:
+                self.push(Op.MESSAGE, {"channel": ch, "message": message,
+                                       "pattern": _pattern})
+
+        d = self._store().subscribe(channel, deliver, pattern=pattern)
+
+        def subscribed(subscription):
+            self._subscriptions[(channel, pattern)] = subscription
+            return {"channel": channel}
+        return d.addCallback(subscribed)
+
+    def op_UNSUBSCRIBE(self, body: dict) -> dict:
+        key = (_require(body, "channel"), bool(body.get("pattern")))
+        subscription = getattr(self, "_subscriptions", {}).pop(key, None)
+        if subscription is not None:
+            subscription.unsubscribe()
+        return {"channel": key[0]}
+
     def op_JOB_INFO(self, body: dict) -> dict:
         return self.master.job_info(_require(body, "job_id"))
 
@@ -202,6 +268,8 @@ class MasterProtocol(RpcProtocol):
 
     def connectionLost(self, reason=None) -> None:
         super().connectionLost(reason)
+        for subscription in getattr(self, "_subscriptions", {}).values():
+            subscription.unsubscribe()
         if self.role == "worker":
             self.master.worker_gone(self)
 

@@ -35,6 +35,7 @@ from titan.master.autoscale import AutoscalerService
 from titan.plugin_registry import find
 from titan.protocols import codec
 from titan.master.logstore import LogStore
+from titan.master.legacy import LegacyFrontend
 from titan.master.server import MasterFactory, MasterProtocol
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RemoteError
@@ -127,6 +128,7 @@ class MasterService(MultiService):
                                    routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
+        self.store = None  # a titan.store.client.StoreClient once configured
         self._latest_record: Optional[defer.Deferred] = None
         self.recovery: dict = {}
         self.worker_conns: dict[str, MasterProtocol] = {}
@@ -138,6 +140,7 @@ class MasterService(MultiService):
         self.listener.setServiceParent(self)
         self.autoscaler = AutoscalerService(self, build_autoscaler(config))
         self.autoscaler.setServiceParent(self)
+        self.legacy = LegacyFrontend(self)  # text frames: the reference's requests
         self._ticker = LoopingCall(self.handle, ev.Tick())
         self._ticker.clock = reactor
 

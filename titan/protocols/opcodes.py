@@ -42,6 +42,10 @@ class Op(enum.IntEnum):
     SERVICE_STATUS = 0x41  # worker -> master push: a service's state changed
     RESTART_SERVICE = 0x42  # client -> master request; master -> worker push
     LIST_SERVICES = 0x43
+    PUBLISH = 0x44  # through the master to the store
+    SUBSCRIBE = 0x45  # then MESSAGE pushes on this connection
+    MESSAGE = 0x46  # master -> client push
+    UNSUBSCRIBE = 0x47
 
     ACK = 0x50
     ERROR = 0x51

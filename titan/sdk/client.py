@@ -212,6 +212,43 @@ class Client:
     def unschedule(self, schedule_id: str) -> dict:
         return self.call(Op.REMOVE_SCHEDULE, {"schedule_id": schedule_id})
 
+    # -- the store (through the master) ----------------------------------------------------
+
+    def store_put(self, key: str, value: Union[bytes, str], ex: Optional[float] = None) -> None:
+        self.call(Op.KV_SET, {"key": key, "value": value, "ex": ex})
+
+    def store_get(self, key: str) -> Optional[bytes]:
+        return self.call(Op.KV_GET, {"key": key})["value"]
+
+    def store_sadd(self, key: str, member: Union[bytes, str]) -> int:
+        return self.call(Op.KV_SADD, {"key": key, "member": member})["added"]
+
+    def store_smembers(self, key: str) -> set:
+        return set(self.call(Op.KV_SMEMBERS, {"key": key})["members"])
+
+    def publish(self, channel: str, message: Union[bytes, str]) -> int:
+        return self.call(Op.PUBLISH, {"channel": channel, "message": message})["receivers"]
+
+    def subscribe(self, channel: str, pattern: bool = False,
+                  timeout: Optional[float] = None) -> Iterator[tuple]:
+        """(channel, message) for each message published on `channel` (a glob with
+        `pattern=True`) from now on; stops after `timeout` seconds without one. Use a Client
+        of its own for it."""
+        self.call(Op.SUBSCRIBE, {"channel": channel, "pattern": pattern})
+        self._sock.settimeout(timeout)
+        try:
+            while True:
+                try:
+                    frame = self._next_frame()
+                except socket.timeout:
+                    return
+                if frame.opcode == Op.MESSAGE:
+                    body = codec.unpack(frame.body)
+                    yield body["channel"], body["message"]
+        finally:
+            if self._sock is not None:
+                self._sock.settimeout(self.timeout)
+
     # -- services --------------------------------------------------------------------------
 
     def deploy(self, name: str, command: Union[str, Sequence[str]], *,
