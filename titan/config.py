@@ -29,6 +29,7 @@ class MasterConfig:
     retry_backoff_base: float = 1.0
     retry_backoff_cap: float = 60.0
     max_jobs_per_run: int = 10_000
+    text_frames: str = "loopback"  # off | loopback | on: the reference SDK's text requests
 
 
 @attrs.frozen
@@ -90,7 +91,8 @@ class Config:
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
              "autoscaler": AutoscalerConfig}
-_CHOICES = {"persistence.fsync": ("always", "everysec", "no")}
+_CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
+            "master.text_frames": ("off", "loopback", "on")}
 _TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace", "autoscaler.min_workers",

@@ -1,0 +1,518 @@
+"""The reference implementation's text requests: job strings, and the master's frontend."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from titan.config import Config, MasterConfig
+from titan.core import dag
+from titan.master.legacy import HITL_INTERVAL
+from titan.master.service import MasterService
+from titan.protocols import codec, legacy as L
+from titan.protocols.frame import FrameDecoder, encode_frame
+from titan.protocols.opcodes import Op
+
+B64 = base64.b64encode(b"print(1)").decode()
+
+
+def project_zip(files: dict) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, content in files.items():
+            z.writestr(name, content)
+    return buf.getvalue()
+
+
+class SplitTests(SynchronousTestCase):
+    def test_jobs_joined_by_semicolons(self):
+        a = L.run_payload("a", "a.py", b"1")
+        b = L.run_payload("b", "b.py", b"2", parents=["a"], affinity=True)
+        self.assertEqual(L.split_dag(L.dag_body([a, b])), [a, b])
+        self.assertEqual(L.split_dag(f"{a};{b};"), [a, b])
+        self.assertEqual(L.split_dag(f" ; {a} ;  ; {b} ; "), [a, b])
+        self.assertEqual(L.split_dag(""), [])
+
+    def test_a_semicolon_in_args_stays_there(self):
+        for args in ["'x ; y'", '"x;y"', "x ; y", "a;b;c", "end ;", "; start", "x] ; y"]:
+            a = L.run_payload("a", "a.py", b"1", args=args)
+            b = L.run_payload("b", "b.py", b"2")
+            self.assertEqual(L.split_dag(L.dag_body([a, b])), [a, b], args)
+
+    def test_a_semicolon_in_a_file_name_stays_there(self):
+        a = L.run_payload("a", "we;ird.py", b"1")
+        self.assertEqual(L.split_dag(L.dag_body([a, a.replace("a|", "b|", 1)]))[0], a)
+
+
+class JobStringTests(SynchronousTestCase):
+    def test_run_payload(self):
+        job = L.parse_job_string(
+            f"extract|RUN_PAYLOAD|extract.py|--n 3 'two words'|{B64}|GENERAL|5|1500|[]")
+        self.assertEqual(job, {
+            "id": "extract", "depends_on": [], "priority": 5, "delay": 1.5, "tags": [],
+            "script": {"name": "extract.py", "content": b"print(1)",
+                       "args": ["--n", "3", "two words"]}})
+
+    def test_parents_affinity_and_requirement(self):
+        job = L.parse_job_string(
+            f"DAG-t|RUN_PAYLOAD|t.sh||{B64}|GPU|0|0|[a, DAG-b,]|AFFINITY")
+        self.assertEqual(job["id"], "t")
+        self.assertEqual(job["depends_on"], ["a", "b"])
+        self.assertEqual(job["affinity"], "parent")
+        self.assertEqual(job["tags"], ["GPU"])
+        self.assertEqual(job["script"]["args"], [])
+        self.assertEqual(L.parse_job_string(f"t|RUN_PAYLOAD|t.sh||{B64}|GPU|0|0|[]|STICKY")
+                         ["affinity"], "parent")
+        self.assertNotIn("affinity", L.parse_job_string(
+            f"t|RUN_PAYLOAD|t.sh||{B64}|general|0|0|[]"))
+
+    def test_pipes_in_args_are_kept(self):
+        job = L.parse_job_string(f"p|RUN_PAYLOAD|p.py|a | b 'c|d'|{B64}|GENERAL|1|0|[]")
+        self.assertEqual(job["script"]["args"], ["a", "|", "b", "c|d"])
+
+    def test_unicode(self):
+        content = "print('héllo wörld ✓')\n".encode()
+        s = L.run_payload("u", "naïve.py", content, args="'日本語' ünï ✓")
+        job = L.parse_job_string(s)
+        self.assertEqual(job["script"]["name"], "naïve.py")
+        self.assertEqual(job["script"]["content"], content)
+        self.assertEqual(job["script"]["args"], ["日本語", "ünï", "✓"])
+
+    def test_the_older_layout(self):
+        job = L.parse_job_string(f"old|GPU|RUN_PAYLOAD|o.py|x y|{B64}|2|0|[]")
+        self.assertEqual((job["tags"], job["script"]["args"], job["priority"]),
+                         (["GPU"], ["x", "y"], 2))
+
+    def test_deploy_payload_is_a_service(self):
+        job = L.parse_job_string(f"web|DEPLOY_PAYLOAD|web.py|{B64}|8085|GENERAL|1|0|[]")
+        self.assertEqual((job["type"], job["port"], job["script"]["name"]),
+                         ("service", "8085", "web.py"))
+        job = L.parse_job_string(f"web|DEPLOY_PAYLOAD|web.py|{B64}|0|GENERAL|1|0|[]")
+        self.assertEqual(job["port"], "auto")
+
+    def test_archives(self):
+        data = project_zip({"src/main.py": "print('hi')", "lib/util.py": ""})
+        assets = {"proj.zip": data}.get
+        job = L.parse_job_string(L.run_archive("r", "proj.zip/src/main.py", args="1 'a b'"),
+                                 assets)
+        self.assertEqual(job["script"]["name"], L.ARCHIVE_LAUNCHER)
+        self.assertEqual(job["script"]["args"], ["1", "a b"])
+        self.assertIn(base64.b64encode(data), job["script"]["content"])
+        svc = L.parse_job_string(L.start_archive_service("s", "proj.zip/src/main.py", "--x",
+                                                         port=9000), assets)
+        self.assertEqual((svc["type"], svc["port"], svc["script"]["args"]),
+                         ("service", "9000", ["--x"]))
+
+    def test_errors_name_the_job_and_the_field(self):
+        data = project_zip({"main.py": ""})
+        cases = [
+            (f"j|RUN_PAYLOAD|a.py||{B64}|GENERAL|high|0|[]", "job j: priority must be a whole"),
+            (f"j|RUN_PAYLOAD|a.py||{B64}|GENERAL|1|-5|[]", "job j: delay must be 0 or more"),
+            (f"j|RUN_PAYLOAD|a.py||not*base64|GENERAL|1|0|[]", "job j: the content of a.py is "
+                                                               "not valid base64"),
+            (f"j|RUN_THING|a.py||{B64}|GENERAL|1|0|[]", "job j: unknown job type 'RUN_THING'"),
+            (f"j|RUN_PAYLOAD|a.py||{B64}|GENERAL", "job j: a job string ends with"),
+            (f"j k|RUN_PAYLOAD|a.py||{B64}|GENERAL|1|0|[]", "job j k: the id 'j k' must be"),
+            (f"j|RUN_PAYLOAD|a.py||{B64}|GENERAL|1|0|[a b]", "job j: parent 'a b' must be"),
+            (f"j|RUN_PAYLOAD|a.py|'open|{B64}|GENERAL|1|0|[]", "job j: args \"'open\": No "
+                                                               "closing quotation"),
+            (f"j|RUN_PAYLOAD|a.py|{B64}|1|0|[]", "job j: RUN_PAYLOAD takes FILE|ARGS|BASE64|"),
+            (f"j|DEPLOY_PAYLOAD|w.py|{B64}|99999|GENERAL|1|0|[]", "job j: port must be"),
+            ("j|RUN_ARCHIVE|proj.zip/main.py||GENERAL|1|0|[]", "job j: no uploaded asset "
+                                                               "proj.zip"),
+            ("j|RUN_ARCHIVE|proj/main.py||GENERAL|1|0|[]", "job j: the archive entry must be "
+                                                           "PROJECT.zip/PATH"),
+            ("j|RUN_ARCHIVE|p.zip/../x.py||GENERAL|1|0|[]", "job j: the archive entry '../x.py'"),
+            ("j|RUN_ARCHIVE|p.zip/other.py||GENERAL|1|0|[]", "job j: p.zip has no file other.py"),
+            ("j|RUN_ARCHIVE|bad.zip/main.py||GENERAL|1|0|[]", "job j: bad.zip is not a zip"),
+            (f"j|RUN_PAYLOAD|missing.py|||GENERAL|1|0|[]", "job j: no content for missing.py"),
+        ]
+        assets = {"p.zip": data, "bad.zip": b"not a zip"}.get
+        for text, message in cases:
+            with self.assertRaises(L.ParseError, msg=text) as caught:
+                L.parse_job_string(text, assets)
+            self.assertTrue(str(caught.exception).startswith(message),
+                            f"{text}: {caught.exception}")
+
+    def test_a_script_over_the_limit(self):
+        with self.assertRaises(L.ParseError) as caught:
+            L.parse_job_string(L.run_payload("big", "b.py", b"x" * 100), max_script_bytes=50)
+        self.assertIn("job big: its script is 100 bytes, over the 50-byte limit",
+                      str(caught.exception))
+
+    def test_deployed_script_when_no_content(self):
+        job = L.parse_job_string("d|RUN_PAYLOAD|w.py|a||GENERAL|1|0|[]",
+                                 {"w.py": b"print(2)"}.get)
+        self.assertEqual(job["script"]["content"], b"print(2)")
+
+    def test_the_reference_sdk_gate_becomes_a_gate(self):
+        gate = L.parse_job_string(
+            f"hitl-gate-p|RUN_PAYLOAD|hitl_gate.py|hitl-gate-p 3600 Ship it?|{B64}|GENERAL|"
+            "1|0|[p]")
+        self.assertEqual(gate, {"id": "hitl-gate-p", "kind": "gate", "depends_on": ["p"],
+                                "message": "Ship it?", "timeout": 3600.0,
+                                "on_timeout": "reject"})
+        gate = L.parse_job_string(
+            f"g|RUN_PAYLOAD|hitl_gate.py|g 60 Don't ship yet|{B64}|GENERAL|1|0|[]")
+        self.assertEqual(gate["message"], "Don't ship yet")
+        gate = L.parse_job_string(f"g|RUN_PAYLOAD|hitl_gate.py|g|{B64}|GENERAL|1|0|[]")
+        self.assertEqual((gate["timeout"], gate["message"]),
+                         (L.HITL_DEFAULT_WAIT, "Awaiting human approval"))
+
+    def test_the_dag_spec_is_titans(self):
+        data = project_zip({"main.py": ""})
+        body = L.dag_body([
+            L.run_payload("a", "a.py", b"1", priority=3, delay_ms=250),
+            L.deploy_payload("svc", "s.py", b"2", port=8123, parents=["a"]),
+            L.run_archive("r", "p.zip/main.py", "x", parents=["DAG-a"], requirement="GPU"),
+            f"g|RUN_PAYLOAD|hitl_gate.py|g 60 ok?|{B64}|GENERAL|1|0|[r]",
+        ])
+        spec = L.parse_dag(body, {"p.zip": data}.get)
+        self.assertEqual(spec["name"], L.RUN_NAME)
+        template = dag.parse_dag(spec)
+        specs = {s.job_id: s for s in template.specs}
+        self.assertEqual(set(specs), {"a", "svc", "r", "g"})
+        self.assertEqual((specs["a"].priority, specs["a"].delay), (3, 0.25))
+        self.assertEqual((specs["svc"].kind, specs["svc"].port), ("service", "8123"))
+        self.assertEqual(specs["r"].tags, frozenset({"GPU"}))
+        self.assertEqual((specs["g"].kind, specs["g"].depends_on), ("gate", ("r",)))
+
+    def test_submit_job_forms(self):
+        spec = L.parse_submit_job(f"RUN_PAYLOAD|a.py|x|{B64}|GENERAL", new_id=lambda: "gen")
+        self.assertEqual(spec["jobs"][0]["id"], "gen")
+        job = L.parse_submit_job(f"mine|RUN_PAYLOAD|a.py|x|{B64}|GPU|7|2000")["jobs"][0]
+        self.assertEqual((job["id"], job["priority"], job["delay"], job["tags"]),
+                         ("mine", 7, 2.0, ["GPU"]))
+        job = L.parse_submit_job(f"mine|RUN_PAYLOAD|a.py|x|{B64}|GPU|7")["jobs"][0]
+        self.assertEqual((job["priority"], job["delay"]), (7, 0.0))
+        job = L.parse_submit_job(L.run_payload("full", "a.py", b"1", priority=4))["jobs"][0]
+        self.assertEqual((job["id"], job["priority"]), ("full", 4))
+        with self.assertRaises(L.ParseError) as caught:
+            L.parse_submit_job("hello world")
+        self.assertIn("expected [ID|]JOBTYPE", str(caught.exception))
+
+
+class LauncherTests(SynchronousTestCase):
+    """The script a RUN_ARCHIVE job ships: it unpacks the project, runs the entry, tidies."""
+
+    def run_launcher(self, files: dict, entry: str, args: list) -> tuple:
+        launcher = L.archive_launcher("j", "proj.zip", entry, project_zip(files))
+        work = self.mktemp()
+        os.makedirs(work)
+        path = os.path.abspath(self.mktemp() + "-launcher.py")
+        with open(path, "wb") as f:
+            f.write(launcher)
+        result = subprocess.run([sys.executable, path, *args], cwd=work, capture_output=True,
+                                timeout=60)
+        return result, work
+
+    def test_runs_the_entry_with_args_from_the_project_root(self):
+        result, work = self.run_launcher({
+            "src/main.py": "import sys, os\nfrom helper import VALUE\n"
+                           "print(VALUE, sys.argv[1:], open('data/in.txt').read())\n"
+                           "open('out.txt', 'w').write('made')\nsys.exit(3)\n",
+            "src/helper.py": "VALUE = 'héllo'\n",
+            "data/in.txt": "input",
+        }, "src/main.py", ["a b", "✓"])
+        self.assertEqual(result.returncode, 3, result.stderr)
+        self.assertEqual(result.stdout.decode(), "héllo ['a b', '✓'] input\n")
+        # What it unpacked is gone; what the entry wrote stays.
+        self.assertEqual(os.listdir(work), ["out.txt"])
+
+    def test_shell_entries(self):
+        result, work = self.run_launcher({"run.sh": "echo sh \"$@\"\n"}, "run.sh", ["x"])
+        self.assertEqual((result.returncode, result.stdout), (0, b"sh x\n"), result.stderr)
+
+
+# -- the frontend ---------------------------------------------------------------------------
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.data: dict = {}
+        self.sets: dict = {}
+
+    def set(self, key, value):
+        self.data[key] = value.encode() if isinstance(value, str) else value
+        return defer.succeed(None)
+
+    def get(self, key):
+        return defer.succeed(self.data.get(key))
+
+    def sadd(self, key, member):
+        members = self.sets.setdefault(key, set())
+        member = member.encode() if isinstance(member, str) else member
+        added = member not in members
+        members.add(member)
+        return defer.succeed(int(added))
+
+    def smembers(self, key):
+        return defer.succeed(set(self.sets.get(key, ())))
+
+
+class FrontendTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.data_dir = self.mktemp()
+        config = Config(token="sesame", master=MasterConfig(
+            listen="tcp:0:interface=127.0.0.1", data_dir=self.data_dir))
+        self.master = MasterService(config, reactor=self.reactor)
+        self.master.privilegedStartService()
+        self.master.startService()
+        self.addCleanup(self.master.stopService)
+        self.legacy = self.master.legacy
+
+    def connect(self, peer=None):
+        proto = self.master.listener.factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=peer or IPv4Address("TCP", "127.0.0.1", 40000))
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def replies(self, transport) -> list:
+        return [(f.opcode, f.flags, f.body) for f in FrameDecoder().feed(transport.value())]
+
+    def ask(self, op: int, text, peer=None) -> tuple[int, str]:
+        proto, transport = self.connect(peer)
+        body = text.encode() if isinstance(text, str) else text
+        proto.dataReceived(encode_frame(op, body, flags=0))
+        replies = self.replies(transport)
+        self.assertEqual(len(replies), 1, replies)
+        opcode, flags, data = replies[0]
+        self.assertEqual(flags, 0)
+        self.assertTrue(transport.disconnecting, "one request per connection")
+        return opcode, data.decode("utf-8")
+
+    def ok(self, op: int, text="") -> str:
+        opcode, reply = self.ask(op, text)
+        self.assertEqual(opcode, Op.ACK, reply)
+        return reply
+
+    def error(self, op: int, text="") -> str:
+        opcode, reply = self.ask(op, text)
+        self.assertEqual(opcode, Op.ERROR, reply)
+        return reply
+
+    def state(self, ref: str) -> str:
+        return self.ok(Op.GET_JOB_STATUS, ref)
+
+    # --
+
+    def test_submit_dag_and_address_its_jobs(self):
+        body = L.dag_body([L.run_payload("a", "a.py", b"1"),
+                           L.run_payload("b", "b.py", b"2", parents=["a"])])
+        self.assertEqual(self.ok(Op.SUBMIT_DAG, body), "DAG_ACCEPTED")
+        key = self.legacy.job_key("DAG-b")
+        self.assertTrue(key.startswith("legacy-") and key.endswith("/b"), key)
+        job = self.master.scheduler.jobs[key]
+        self.assertEqual((job.spec.script_name, job.spec.depends_on), ("b.py", ("a",)))
+        self.assertEqual(self.state("DAG-a"), "PENDING")
+        self.assertEqual(self.state("a"), "PENDING")
+        self.assertEqual(self.state(key), "PENDING")
+        self.assertEqual(self.state("DAG-nope"), "NULL")
+        # The same id again: DAG-a is the newer job.
+        self.ok(Op.SUBMIT_DAG, L.run_payload("a", "a.py", b"1"))
+        self.assertNotEqual(self.legacy.job_key("DAG-a").split("/")[0], key.split("/")[0])
+
+    def test_ids_still_resolve_after_a_restart(self):
+        self.ok(Op.SUBMIT_DAG, L.run_payload("solo", "a.py", b"1"))
+        key = self.legacy.job_key("DAG-solo")
+        self.legacy.nodes.clear()  # what a restart loses
+        self.assertEqual(self.legacy.job_key("DAG-solo"), key)
+
+    def test_submit_job(self):
+        self.assertEqual(self.ok(Op.SUBMIT_JOB, f"one|RUN_PAYLOAD|a.py|x|{B64}|GENERAL|3"),
+                         "JOB_ACCEPTED")
+        job = self.master.scheduler.jobs[self.legacy.job_key("DAG-one")]
+        self.assertEqual((job.spec.priority, job.spec.command), (3, ("x",)))
+        self.assertEqual(self.ok(Op.SUBMIT_JOB, f"RUN_PAYLOAD|a.py||{B64}|GENERAL"),
+                         "JOB_ACCEPTED")
+
+    def test_refusals_are_errors_with_the_reason(self):
+        cycle = L.dag_body([L.run_payload("x", "a.py", b"1", parents=["y"]),
+                            L.run_payload("y", "b.py", b"2", parents=["x"])])
+        self.assertEqual(self.error(Op.SUBMIT_DAG, cycle), "ERROR: cycle: x -> y -> x")
+        self.assertEqual(self.error(Op.SUBMIT_DAG, L.run_payload("x", "a.py", b"1",
+                                                                 parents=["ghost"])),
+                         "ERROR: job x depends on unknown job 'ghost'")
+        self.assertEqual(self.error(Op.SUBMIT_DAG, "a|RUN_PAYLOAD|a.py||%%|GENERAL|1|0|[]"),
+                         "ERROR: job a: the content of a.py is not valid base64")
+        self.assertEqual(self.error(Op.SUBMIT_DAG, " ; "),
+                         "ERROR: SUBMIT_DAG: the body holds no job string")
+        self.assertEqual(self.master.scheduler.jobs, {})
+        self.assertEqual(self.error(Op.HEARTBEAT, "x"),
+                         "ERROR: HEARTBEAT is not served as a text frame")
+        opcode, reply = self.ask(Op.STATS, b"\xff\xfe")
+        self.assertEqual(opcode, Op.ERROR)
+        self.assertTrue(reply.startswith("ERROR: the body is not UTF-8 text"), reply)
+
+    def test_cancel_cascades_and_status_shows_it(self):
+        self.ok(Op.SUBMIT_DAG, L.dag_body([L.run_payload("a", "a.py", b"1"),
+                                           L.run_payload("b", "b.py", b"2", parents=["a"])]))
+        self.assertEqual(self.ok(Op.CANCEL_JOB, "DAG-a"), "CANCELLED")
+        self.assertEqual(self.state("DAG-b"), "CANCELLED")
+        self.assertEqual(self.ok(Op.CANCEL_JOB, "DAG-b"), "CANCELLED")
+        self.assertEqual(self.error(Op.CANCEL_JOB, "DAG-ghost"), "NOT_FOUND")
+
+    def test_stop(self):
+        self.ok(Op.SUBMIT_DAG, L.deploy_payload("web", "web.py", b"1", port=8123))
+        job = self.master.scheduler.jobs[self.legacy.job_key("DAG-web")]
+        self.assertEqual((job.spec.kind, job.spec.port), ("service", "8123"))
+        self.assertEqual(self.ok(Op.STOP, "DAG-web"), "STOPPED: DAG-web")
+        self.assertEqual(self.state("DAG-web"), "CANCELLED")
+        self.assertEqual(self.error(Op.STOP, "DAG-web"),
+                         "ERROR: Service DAG-web is not running (CANCELLED)")
+        self.assertEqual(self.error(Op.STOP, "DAG-ghost"), "ERROR: Service DAG-ghost not found")
+        self.assertEqual(self.error(Op.STOP, ""), "ERROR: Missing Service ID")
+
+    def test_logs_are_utf8_and_lengths_are_bytes(self):
+        self.ok(Op.SUBMIT_DAG, L.run_payload("a", "a.py", b"1"))
+        key = self.legacy.job_key("DAG-a")
+        text = "naïve ✓ 日本語\n"
+        self.master.logs_received(key, [["out", text.encode()], ["err", b"\xff\n"]])
+        proto, transport = self.connect()
+        proto.dataReceived(encode_frame(Op.GET_LOGS, b"DAG-a", flags=0))
+        raw = transport.value()
+        body = (text + "\ufffd\n").encode()
+        self.assertEqual(raw, encode_frame(Op.ACK, body, flags=0))
+        self.assertEqual(int.from_bytes(raw[4:8], "big"), len(body))
+        self.assertEqual(self.error(Op.GET_LOGS, "DAG-ghost"), "ERROR: no job DAG-ghost")
+
+    def test_one_request_per_connection(self):
+        proto, transport = self.connect()
+        proto.dataReceived(encode_frame(Op.STATS_JSON, b"", flags=0) +
+                           encode_frame(Op.STATS, b"", flags=0))
+        replies = self.replies(transport)
+        self.assertEqual(len(replies), 1)
+        self.assertEqual(json.loads(replies[0][2])["active_workers"], 0)
+        self.assertTrue(transport.disconnecting)
+
+    def test_policy(self):
+        remote = IPv4Address("TCP", "10.1.2.3", 5000)
+        opcode, reply = self.ask(Op.STATS, "", peer=remote)
+        self.assertEqual((opcode, reply), (Op.ERROR, "ERROR: text frames are served to this "
+                                           "machine only, not to 10.1.2.3 "
+                                           "(master.text_frames: loopback)"))
+        for local in (IPv6Address("TCP", "::1", 5000), IPv4Address("TCP", "127.0.0.2", 5000),
+                      IPv6Address("TCP", "::ffff:127.0.0.1", 5000), UNIXAddress(b"/tmp/s")):
+            self.assertEqual(self.ask(Op.STATS, "", peer=local)[0], Op.ACK, local)
+        self.patch(self.legacy, "policy", lambda: "on")
+        self.assertEqual(self.ask(Op.STATS, "", peer=remote)[0], Op.ACK)
+        self.patch(self.legacy, "policy", lambda: "off")
+        self.assertEqual(self.error(Op.STATS),
+                         "ERROR: text frames are turned off on this master "
+                         "(master.text_frames: off)")
+
+    def test_policy_from_the_config(self):
+        for value, policy in [("off", "off"), ("ON", "on"), ("loopback", "loopback"),
+                              (True, "on"), (False, "off"), ("nonsense", "loopback")]:
+            self.patch(self.master, "config", _Config(value))
+            self.assertEqual(self.legacy.policy(), policy)
+
+    def test_structured_frames_are_untouched(self):
+        proto, transport = self.connect()
+        proto.dataReceived(encode_frame(Op.HELLO, codec.pack({"rid": 1, "token": "sesame"})))
+        frame = FrameDecoder().feed(transport.value())[0]
+        self.assertEqual((frame.opcode, codec.unpack(frame.body)["rid"]), (Op.ACK, 1))
+
+    def test_assets(self):
+        data = "héllo ✓".encode()
+        self.assertEqual(self.ok(Op.UPLOAD_ASSET,
+                                 "notes ✓.txt|" + base64.b64encode(data).decode()),
+                         "UPLOAD_SUCCESS")
+        self.assertEqual(base64.b64decode(self.ok(Op.FETCH_ASSET, "notes ✓.txt")), data)
+        self.assertEqual(self.error(Op.FETCH_ASSET, "nothing.txt"), "ERROR_NOT_FOUND")
+        self.assertEqual(self.error(Op.FETCH_ASSET, "../master.port"), "ERROR_NOT_FOUND")
+        self.assertEqual(self.error(Op.UPLOAD_ASSET, "../x|aGk="),
+                         "ERROR: '../x' is not a plain file name")
+        self.assertEqual(self.error(Op.UPLOAD_ASSET, "x|not base64!"),
+                         "ERROR: the content of x is not valid base64")
+        self.assertEqual(self.error(Op.UPLOAD_ASSET, "x"), "ERROR: UPLOAD_ASSET takes NAME|BASE64")
+        self.assertEqual(sorted(os.listdir(os.path.join(self.data_dir, "assets"))),
+                         ["notes ✓.txt"])
+
+    def test_deployed_scripts_and_archives(self):
+        self.assertEqual(self.ok(Op.DEPLOY_SCRIPT, "w.py|" + B64), "DEPLOY_SUCCESS")
+        self.ok(Op.SUBMIT_DAG, "d|RUN_PAYLOAD|w.py|||GENERAL|1|0|[]")
+        self.assertEqual(self.master.scheduler.jobs[self.legacy.job_key("d")].spec.script,
+                         b"print(1)")
+        data = project_zip({"app/main.py": "print(1)"})
+        self.ok(Op.UPLOAD_ASSET, "proj.zip|" + base64.b64encode(data).decode())
+        self.ok(Op.SUBMIT_DAG, L.run_archive("r", "proj.zip/app/main.py", "--fast 1"))
+        spec = self.master.scheduler.jobs[self.legacy.job_key("r")].spec
+        self.assertEqual((spec.script_name, spec.command), (L.ARCHIVE_LAUNCHER,
+                                                            ("--fast", "1")))
+        self.assertEqual(self.error(Op.SUBMIT_DAG, L.run_archive("r2", "none.zip/x.py")),
+                         "ERROR: job r2: no uploaded asset none.zip (upload the project with "
+                         "UPLOAD_ASSET first)")
+
+    def test_the_store_ops_without_a_store(self):
+        for op, text in [(Op.KV_SET, "k|v"), (Op.KV_GET, "k"), (Op.KV_SADD, "s|m"),
+                         (Op.KV_SMEMBERS, "s")]:
+            self.assertEqual(self.error(op, text), "ERROR: the store is not configured")
+
+    def test_the_store_ops(self):
+        self.master.store = store = FakeStore()
+        self.assertEqual(self.ok(Op.KV_GET, "k"), "NULL")
+        self.assertEqual(self.ok(Op.KV_SET, "k|a|b ✓"), "OK")
+        self.assertEqual(store.data["k"], "a|b ✓".encode())
+        self.assertEqual(self.ok(Op.KV_GET, "k"), "a|b ✓")
+        self.assertEqual(self.ok(Op.KV_SMEMBERS, "s"), "")
+        self.assertEqual(self.ok(Op.KV_SADD, "s|b"), "1")
+        self.assertEqual(self.ok(Op.KV_SADD, "s|a"), "1")
+        self.assertEqual(self.ok(Op.KV_SADD, "s|a"), "0")
+        self.assertEqual(self.ok(Op.KV_SMEMBERS, "s"), "a,b")
+        self.assertEqual(self.error(Op.KV_SET, "novalue"), "ERROR: KV_SET takes KEY|VALUE")
+        self.assertEqual(self.error(Op.KV_GET, ""), "ERROR: a key is required")
+
+    def test_stats_name_workers_and_services(self):
+        proto, transport = self.connect()
+        proto.dataReceived(encode_frame(Op.REGISTER, codec.pack({
+            "rid": 1, "token": "sesame", "worker_id": "w1", "name": "w1", "slots": 2,
+            "tags": ["GPU"]})))
+        self.ok(Op.SUBMIT_DAG, L.deploy_payload("web", "web.py", b"1", port=8123))
+        stats = json.loads(self.ok(Op.STATS_JSON))
+        self.assertEqual(stats["active_workers"], 1)
+        worker, = stats["workers"]
+        self.assertEqual((worker["name"], worker["capabilities"], worker["load"],
+                          worker["services"]), ("w1", "GPU", "1/2", ["DAG-web"]))
+        text = self.ok(Op.STATS)
+        self.assertIn("--- TITAN SYSTEM MONITOR ---", text)
+        self.assertIn("[w1] Load: 1/2 (50%)", text)
+        self.assertIn("Service ID: DAG-web", text)
+
+    def test_gates_through_the_store(self):
+        self.master.store = store = FakeStore()
+        key = L.hitl_key
+        self.ok(Op.SUBMIT_DAG, L.dag_body([
+            f"review|RUN_PAYLOAD|hitl_gate.py|review 600 Ship it?|{B64}|GENERAL|1|0|[]",
+            f"veto|RUN_PAYLOAD|hitl_gate.py|veto 600 Sure?|{B64}|GENERAL|1|0|[]",
+            L.run_payload("after", "a.py", b"1", parents=["review"])]))
+        store.data[key("review")] = b"APPROVED"  # a stale decision: not this gate's
+        self.assertEqual(self.state("DAG-review"), "RUNNING")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[key("review")], b"WAITING")
+        self.assertEqual(store.data["titan:hitl:message:review"], b"Ship it?")
+        self.assertEqual(store.sets["titan:hitl:queue"], {b"review", b"veto"})
+        store.data[key("review")] = b"APPROVED"
+        self.master.decide_gate(self.legacy.job_key("veto"), False, "bob", "no")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-review"), "COMPLETED")
+        gate = self.master.job_info(self.legacy.job_key("review"))
+        self.assertEqual(gate["decision"]["by"], "store")
+        self.assertEqual(store.data[key("veto")], b"REJECTED")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[key("review")], b"APPROVED")
+
+
+class _Config:
+    def __init__(self, text_frames) -> None:
+        self.master = self
+        self.text_frames = text_frames

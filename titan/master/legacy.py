@@ -1,0 +1,487 @@
+"""The reference implementation's text requests, served by the master.
+
+A text frame (flags 0) is one request on a connection of its own: the master answers it with
+one ACK or ERROR text frame, then closes the connection (docs/compat.md).  Whether text
+frames are served at all is `master.text_frames`: `off`, `loopback` (the default: only from
+this machine) or `on`.  They carry no token: whoever may send them may submit jobs.
+
+Jobs submitted this way run as DAG runs named `legacy`; the reference's `DAG-<id>` (or plain
+`<id>`) names the latest job submitted with that id.  The map from ids to jobs is kept in
+memory; after a restart an id still finds its job through the scheduler as long as it is not
+ambiguous (the newest job of that id wins).
+
+With a store configured (`master.store`), approval gates are mirrored the reference's way:
+a waiting gate sets `titan:hitl:status:<gate>` to WAITING, setting that key to APPROVED or
+REJECTED decides the gate, and a gate decided otherwise writes its outcome there.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.address import UNIXAddress
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from titan.core.model import JobState, RunState
+from titan.errors import RemoteError
+from titan.protocols import legacy
+from titan.protocols.opcodes import Op, op_name
+
+if TYPE_CHECKING:
+    from titan.master.service import MasterService
+
+POLICIES = ("off", "loopback", "on")
+HITL_INTERVAL = 0.5
+HITL_QUEUE_KEY = "titan:hitl:queue"
+HITL_MESSAGE_PREFIX = "titan:hitl:message:"
+HITL_TS_PREFIX = "titan:hitl:ts:"
+NO_STORE = "ERROR: the store is not configured"
+SCRIPT_MARGIN = 64 * 1024  # room, in a DISPATCH frame, for what goes with a job's script
+
+
+class Refused(Exception):
+    """An ERROR reply, with its exact text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class LegacyFrontend(Service):
+    log = Logger()
+    name = "legacy"
+
+    def __init__(self, master: "MasterService") -> None:
+        self.master = master
+        self.nodes: dict[str, str] = {}  # a reference id -> the key of its latest job
+        self._gates: dict[str, str] = {}  # key of a gate seen waiting -> its node
+        self._hitl = LoopingCall(self._hitl_tick)
+        self._hitl.clock = master.reactor
+        self.setServiceParent(master)
+        self._handlers = {
+            Op.SUBMIT_JOB: self.submit_job, Op.SUBMIT_DAG: self.submit_dag, Op.STOP: self.stop,
+            Op.STATS: self.stats, Op.STATS_JSON: self.stats_json, Op.GET_LOGS: self.get_logs,
+            Op.UPLOAD_ASSET: self.upload_asset, Op.FETCH_ASSET: self.fetch_asset,
+            Op.GET_JOB_STATUS: self.get_job_status, Op.CANCEL_JOB: self.cancel_job,
+            Op.DEPLOY_SCRIPT: self.deploy_script, Op.KV_SET: self.kv_set,
+            Op.KV_GET: self.kv_get, Op.KV_SADD: self.kv_sadd, Op.KV_SMEMBERS: self.kv_smembers,
+        }
+
+    def startService(self) -> None:
+        super().startService()
+        if not self._hitl.running:
+            self._hitl.start(HITL_INTERVAL, now=False)
+
+    def stopService(self):
+        if self._hitl.running:
+            self._hitl.stop()
+        return super().stopService()
+
+    # -- the connection ---------------------------------------------------------------------
+
+    def policy(self) -> str:
+        value = getattr(self.master.config.master, "text_frames", "loopback")
+        if value is True:
+            return "on"
+        if value is False or value is None:
+            return "off"
+        value = str(value).strip().lower()
+        return value if value in POLICIES else "loopback"
+
+    def refusal(self, protocol) -> Optional[str]:
+        """Why text frames from this connection are not served (None: they are)."""
+        policy = self.policy()
+        if policy == "on":
+            return None
+        if policy == "off":
+            return "text frames are turned off on this master (master.text_frames: off)"
+        try:
+            peer = protocol.transport.getPeer()
+        except Exception:
+            peer = None
+        if isinstance(peer, UNIXAddress):  # a UNIX socket: this machine
+            return None
+        host = str(getattr(peer, "host", "") or "")
+        try:
+            address = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            address = None
+        mapped = getattr(address, "ipv4_mapped", None)
+        if address is not None and (address.is_loopback or (mapped and mapped.is_loopback)):
+            return None
+        return (f"text frames are served to this machine only, not to {host or 'this peer'} "
+                "(master.text_frames: loopback)")
+
+    def frame_received(self, protocol, frame) -> None:
+        """One text request: answer it, then close the connection."""
+        if getattr(protocol, "legacy_request", None) is not None:
+            return  # one request per connection; the rest are not read
+        protocol.legacy_request = frame.opcode
+        refusal = self.refusal(protocol)
+        if refusal is not None:
+            self.log.warn("refused a text {op} from {peer}: {why}", op=op_name(frame.opcode),
+                          peer=protocol._peer(), why=refusal)
+            self._reply(protocol, Op.ERROR, f"ERROR: {refusal}")
+            return
+        try:
+            text = frame.body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            self._reply(protocol, Op.ERROR, f"ERROR: the body is not UTF-8 text ({e.reason} "
+                                            f"at byte {e.start})")
+            return
+        d = self.handle(frame.opcode, text)
+        d.addCallbacks(lambda reply: self._reply(protocol, Op.ACK, reply),
+                       lambda f: self._failed(protocol, frame.opcode, f))
+        d.addErrback(lambda f: self.log.failure("answering a text {op} failed", f,
+                                                op=op_name(frame.opcode)))
+
+    def handle(self, opcode: int, text: str) -> defer.Deferred:
+        """The reply text to a request (fails with Refused for an ERROR reply)."""
+        handler = self._handlers.get(opcode)
+        if handler is None:
+            return defer.fail(Refused(f"ERROR: {op_name(opcode)} is not served as a text "
+                                      "frame"))
+        return defer.maybeDeferred(handler, text)
+
+    def _reply(self, protocol, opcode: int, text: str) -> None:
+        if protocol.connected:
+            protocol.send_text(opcode, text)
+            protocol.transport.loseConnection()
+
+    def _failed(self, protocol, opcode: int, failure) -> None:
+        if failure.check(Refused):
+            text = failure.value.text
+        elif failure.check(legacy.ParseError):
+            text = f"ERROR: {failure.getErrorMessage()}"
+        elif failure.check(RemoteError):
+            text = f"ERROR: {failure.value.message}"
+        else:
+            self.log.failure("text {op} failed", failure, op=op_name(opcode))
+            text = f"ERROR: {op_name(opcode)} failed: {failure.getErrorMessage()}"
+        self._reply(protocol, Op.ERROR, text)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _limit(self) -> int:
+        return max(1024, self.master.config.master.max_frame_bytes - SCRIPT_MARGIN)
+
+    async def submit_dag(self, text: str) -> str:
+        spec = legacy.parse_dag(text, self.asset, self._limit())
+        await self._submit(spec)
+        return "DAG_ACCEPTED"
+
+    async def submit_job(self, text: str) -> str:
+        spec = legacy.parse_submit_job(text, self.asset, self._limit(), new_id=self._new_id)
+        await self._submit(spec)
+        return "JOB_ACCEPTED"
+
+    def _new_id(self) -> str:
+        while True:
+            node = f"job-{os.urandom(4).hex()}"
+            if node not in self.nodes and node not in self.master.scheduler.nodes:
+                return node
+
+    async def _submit(self, spec: dict) -> None:
+        result = await defer.maybeDeferred(self.master.submit_dag, spec)
+        for key in result["jobs"]:
+            self.nodes[key.rsplit("/", 1)[-1]] = key
+
+    def job_key(self, ref: str) -> Optional[str]:
+        """The key of the job a reference id names, or None."""
+        s = self.master.scheduler
+        ref = ref.strip()
+        if not ref:
+            return None
+        if ref in s.jobs:
+            return ref
+        node = legacy.node_of(ref)
+        key = self.nodes.get(node)
+        if key is not None and key in s.jobs:
+            return key
+        keys = s.nodes.get(node) if node in s.nodes else None
+        if keys:
+            return max(keys, key=lambda k: s.jobs[k].seq)
+        if node in s.jobs:
+            return node
+        if "/" in ref:
+            try:
+                return s.resolve(ref)
+            except ValueError:
+                return None
+        return None
+
+    def get_job_status(self, text: str) -> str:
+        key = self.job_key(text)
+        if key is None:
+            return "NULL"
+        return legacy.STATUS.get(self.master.scheduler.jobs[key].state.value, "NULL")
+
+    async def cancel_job(self, text: str) -> str:
+        key = self.job_key(text)
+        if key is None:
+            raise Refused("NOT_FOUND")
+        job = self.master.scheduler.jobs[key]
+        if job.state.terminal:
+            if job.state is JobState.CANCELLED:
+                return "CANCELLED"
+            raise Refused(f"ERROR: {text.strip()} already ended {job.state.value}; "
+                          "there is nothing to cancel")
+        await defer.maybeDeferred(self.master.cancel, key)
+        return "CANCELLED"
+
+    async def stop(self, text: str) -> str:
+        ref = text.strip()
+        if not ref:
+            raise Refused("ERROR: Missing Service ID")
+        key = self.job_key(ref)
+        if key is None:
+            raise Refused(f"ERROR: Service {ref} not found")
+        job = self.master.scheduler.jobs[key]
+        if job.state.terminal:
+            raise Refused(f"ERROR: Service {ref} is not running ({job.state.value})")
+        await defer.maybeDeferred(self.master.cancel, key)
+        return f"STOPPED: {ref}"
+
+    def get_logs(self, text: str) -> str:
+        key = self.job_key(text)
+        if key is None:
+            raise Refused(f"ERROR: no job {text.strip()}")
+        logs = self.master.logs
+        limit = self._limit()
+        size = logs.size(key)
+        start = max(0, size - limit)
+        data = logs.read(key, start, limit)
+        out = data.decode("utf-8", errors="replace")
+        if start:
+            out = f"[titan: the first {start} bytes of this log are not shown]\n" + out
+        return out
+
+    # -- assets -----------------------------------------------------------------------------
+
+    @property
+    def assets_dir(self) -> str:
+        return os.path.join(self.master.data_dir, "assets")
+
+    def asset(self, name: str) -> Optional[bytes]:
+        """An uploaded (or deployed) file's bytes, or None."""
+        if not legacy.valid_asset_name(name):
+            return None
+        try:
+            with open(os.path.join(self.assets_dir, name), "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def _store_asset(self, text: str, what: str) -> None:
+        name, sep, data = text.partition("|")
+        name = name.strip()
+        if not sep:
+            raise Refused(f"ERROR: {what} takes NAME|BASE64")
+        if not legacy.valid_asset_name(name):
+            raise Refused(f"ERROR: {name!r} is not a plain file name")
+        try:
+            content = base64.b64decode(data.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise Refused(f"ERROR: the content of {name} is not valid base64") from None
+        os.makedirs(self.assets_dir, mode=0o700, exist_ok=True)
+        path = os.path.join(self.assets_dir, name)
+        tmp = os.path.join(self.assets_dir, f".{name[:200]}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.replace(tmp, path)
+        except OSError as e:
+            raise Refused(f"ERROR: cannot store {name}: {e.strerror}") from None
+
+    def upload_asset(self, text: str) -> str:
+        self._store_asset(text, "UPLOAD_ASSET")
+        return "UPLOAD_SUCCESS"
+
+    def deploy_script(self, text: str) -> str:
+        self._store_asset(text, "DEPLOY_SCRIPT")
+        return "DEPLOY_SUCCESS"
+
+    def fetch_asset(self, text: str) -> str:
+        data = self.asset(text.strip())
+        if data is None:
+            raise Refused("ERROR_NOT_FOUND")
+        return base64.b64encode(data).decode()
+
+    # -- the store --------------------------------------------------------------------------
+
+    def _store(self):
+        store = getattr(self.master, "store", None)
+        if store is None:
+            raise Refused(NO_STORE)
+        return store
+
+    @staticmethod
+    def _pair(text: str, what: str) -> tuple[str, str]:
+        key, sep, value = text.partition("|")
+        if not sep or not key:
+            raise Refused(f"ERROR: {what} takes KEY|{'VALUE' if what == 'KV_SET' else 'MEMBER'}")
+        return key, value
+
+    @staticmethod
+    def _key(text: str) -> str:
+        if not text:
+            raise Refused("ERROR: a key is required")
+        return text
+
+    async def kv_set(self, text: str) -> str:
+        store = self._store()
+        key, value = self._pair(text, "KV_SET")
+        await store.set(key, value)
+        return "OK"
+
+    async def kv_get(self, text: str) -> str:
+        store = self._store()
+        value = await store.get(self._key(text))
+        return "NULL" if value is None else _text(value)
+
+    async def kv_sadd(self, text: str) -> str:
+        store = self._store()
+        key, member = self._pair(text, "KV_SADD")
+        added = await store.sadd(key, member)
+        return "1" if added else "0"
+
+    async def kv_smembers(self, text: str) -> str:
+        store = self._store()
+        members = await store.smembers(self._key(text))
+        return ",".join(sorted(_text(m) for m in members or ()))
+
+    # -- stats ------------------------------------------------------------------------------
+
+    def _worker_rows(self) -> list[dict]:
+        s = self.master.scheduler
+        rows = []
+        for view in self.master.list_workers():
+            w = s.workers.get(view["worker_id"])
+            running = sorted(w.running, key=lambda k: s.jobs[k].seq) if w else []
+            rows.append({
+                "worker_id": view["worker_id"], "name": view["name"], "host": view["host"],
+                "port": None, "state": view["state"],
+                "capabilities": ",".join(view["tags"]) or legacy.GENERAL,
+                "load": f"{view['busy']}/{view['slots']}",
+                "active_job": self._ref(running[0]) if running else None,
+                "running": [self._ref(k) for k in running],
+                "history": [],
+                "services": [self._ref(k) for k in running
+                             if k in s.jobs and s.jobs[k].spec.kind == "service"],
+            })
+        return rows
+
+    def _ref(self, key: str) -> str:
+        """How the reference names a job: `DAG-<id>` for a job of a run."""
+        job = self.master.scheduler.jobs.get(key)
+        if job is not None and job.run_id is not None:
+            return legacy.DAG_PREFIX + job.node
+        return key
+
+    def stats_json(self, text: str = "") -> str:
+        stats = self.master.stats()
+        counts = stats["jobs"]
+        workers = self._worker_rows()
+        alive = [w for w in workers if w["state"] == "ALIVE"]
+        body = {"active_workers": len(alive), "queue_size": counts.get("PENDING", 0),
+                "workers": workers, "jobs": counts, "slots": stats["slots"],
+                "busy": stats["busy"]}
+        return json.dumps(body, default=str)
+
+    def stats(self, text: str = "") -> str:
+        counts = self.master.stats()["jobs"]
+        workers = self._worker_rows()
+        lines = ["", "--- TITAN SYSTEM MONITOR ---",
+                 f"Active Workers:    {sum(1 for w in workers if w['state'] == 'ALIVE')}",
+                 f"Execution Queue:   {counts.get('PENDING', 0)} jobs",
+                 f"Running:           {counts.get('RUNNING', 0)} jobs",
+                 f"Awaiting approval: {counts.get('WAITING_APPROVAL', 0)} jobs",
+                 f"Completed:         {counts.get('COMPLETED', 0)} jobs",
+                 f"Failed:            {counts.get('FAILED', 0)} jobs",
+                 f"Dead Letter (DLQ): {counts.get('DEAD', 0)} jobs",
+                 f"Cancelled:         {counts.get('CANCELLED', 0)} jobs",
+                 "-------------------------------"]
+        if workers:
+            lines.append("Worker Status:")
+            for w in workers:
+                busy, slots = (int(n) for n in w["load"].split("/"))
+                pct = busy * 100 // slots if slots else 100
+                lines.append(f" • [{w['name']}] Load: {w['load'] + f' ({pct}%)':<12} | "
+                             f"Skills: {w['capabilities']} | {w['state']}")
+                lines.extend(f"    └── [SVC] Service ID: {svc}" for svc in w["services"])
+        else:
+            lines.append("[INFO] No workers currently connected.")
+        return "\n".join(lines) + "\n"
+
+    # -- approval gates through the store ---------------------------------------------------
+
+    def _hitl_tick(self):
+        store = getattr(self.master, "store", None)
+        if store is None:
+            self._gates.clear()
+            return None
+        d = defer.Deferred.fromCoroutine(self._hitl_poll(store))
+        d.addErrback(lambda f: self.log.failure("mirroring gates to the store failed", f))
+        return d
+
+    def _waiting_gates(self) -> dict[str, str]:
+        s = self.master.scheduler
+        waiting = {}
+        for run in s.runs.values():
+            if run.state is RunState.RUNNING and run.counts.get(JobState.WAITING_APPROVAL):
+                for key in run.jobs:
+                    job = s.jobs[key]
+                    if job.state is JobState.WAITING_APPROVAL:
+                        waiting[key] = job.node
+        return waiting
+
+    async def _hitl_poll(self, store) -> None:
+        s = self.master.scheduler
+        waiting = self._waiting_gates()
+        for key in [k for k in self._gates if k not in waiting]:
+            node = self._gates.pop(key)
+            job = s.jobs.get(key)
+            if job is not None and job.state.terminal:
+                await store.set(legacy.hitl_key(node), _outcome(job))
+        for key, node in waiting.items():
+            if key not in self._gates:
+                # Newly waiting: whatever the key held (a decision of an earlier run of a
+                # gate of that name, say) is not this gate's decision.
+                job = s.jobs[key]
+                await store.set(HITL_MESSAGE_PREFIX + node, job.spec.message or "")
+                await store.set(HITL_TS_PREFIX + node, str(int(time.time() * 1000)))
+                await store.sadd(HITL_QUEUE_KEY, node)
+                await store.set(legacy.hitl_key(node), "WAITING")
+                self._gates[key] = node
+                continue
+            value = await store.get(legacy.hitl_key(node))
+            decision = _text(value).strip().upper() if value is not None else ""
+            if decision in ("APPROVED", "REJECTED"):
+                try:
+                    await defer.maybeDeferred(
+                        self.master.decide_gate, key, decision == "APPROVED", "store",
+                        f"{legacy.hitl_key(node)} set to {decision}")
+                except RemoteError as e:  # decided meanwhile
+                    self.log.info("gate {key}: {why}", key=key, why=e.message)
+
+
+def _outcome(job) -> str:
+    if job.state is JobState.COMPLETED:
+        return "APPROVED"
+    if (job.decision or {}).get("by") == "timeout":
+        return "TIMEOUT"
+    return "REJECTED"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
