@@ -68,6 +68,7 @@ def titan_spec(n: int, width: int, name: str = "bench") -> dict:
 # -- CPU accounting (/proc/PID/stat) -------------------------------------------------------
 
 TICK = os.sysconf("SC_CLK_TCK")
+BUSY_CORES = 0.2  # other processes' CPU during a round above which the report warns
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -80,6 +81,20 @@ def proc_cpu(pid: int) -> tuple[float, float]:
     # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
     utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
     return ((utime + stime) / TICK, (cutime + cstime) / TICK)
+
+
+def machine_cpu() -> float:
+    """CPU seconds every process on the machine has used since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / TICK  # all but idle and iowait
+
+
+def others_cores(machine0: float, machine1: float, ours_ms_per_job: dict, n: int,
+                 elapsed: float) -> float:
+    """Cores the rest of the machine used meanwhile: everything minus our own processes."""
+    ours = sum(ours_ms_per_job.values()) * n / 1000.0
+    return max(0.0, (machine1 - machine0 - ours) / elapsed)
 
 
 def cluster_cpu(cluster) -> dict:
@@ -99,6 +114,7 @@ def cpu_delta(before: dict, after: dict, n: int) -> dict:
 
 def titan_round(client, cluster, spec: dict, timeout: float) -> dict:
     n = len(spec["jobs"])
+    machine0 = machine_cpu()
     cpu0 = cluster_cpu(cluster)
     wall0 = time.time()
     t0 = time.perf_counter()
@@ -107,6 +123,7 @@ def titan_round(client, cluster, spec: dict, timeout: float) -> dict:
     run = client.wait_run(reply["run_id"], timeout=timeout)
     t1 = time.perf_counter()
     cpu1 = cluster_cpu(cluster)
+    machine1 = machine_cpu()
     done = run.get("counts", {}).get("COMPLETED", 0)
     if run["state"] != "COMPLETED" or done != n:
         raise RuntimeError(f"run {reply['run_id']} ended {run['state']} with counts "
@@ -116,7 +133,9 @@ def titan_round(client, cluster, spec: dict, timeout: float) -> dict:
     return {"elapsed": t1 - t0, "jobs_per_s": n / (t1 - t0),
             "submit_s": t_submitted - t0, "master_span": master_span,
             "master_jobs_per_s": n / max(1e-9, master_span),
-            "cpu_ms_per_job": cpu_delta(cpu0, cpu1, n)}
+            "cpu_ms_per_job": cpu_delta(cpu0, cpu1, n),
+            "others_cores": others_cores(machine0, machine1, cpu_delta(cpu0, cpu1, n), n,
+                                         t1 - t0)}
 
 
 def bench_titan(args) -> dict:
@@ -143,7 +162,8 @@ def bench_titan(args) -> dict:
                         f"{r['elapsed']:.2f}s; submit_dag {r['submit_s'] * 1000:.0f} ms; run "
                         f"ended on the master's clock after {r['master_span']:.2f}s); CPU ms/job:"
                         f" master {cpu['master']:.2f}, workers {cpu['workers']:.2f}, jobs "
-                        f"{cpu['jobs']:.2f}, client {cpu['client']:.2f}")
+                        f"{cpu['jobs']:.2f}, client {cpu['client']:.2f}; other processes used "
+                        f"{r['others_cores']:.2f} cores meanwhile")
         finally:
             cluster.stop()
     result["jobs_per_s"] = statistics.median(r["jobs_per_s"] for r in result["rounds"])
@@ -161,7 +181,14 @@ def dag_task(*parents: int) -> int:
     return subprocess.run(TASK).returncode
 
 
-def dask_round(client, n: int, width: int, api: str) -> dict:
+def dask_cpu(worker_pids: list[int]) -> dict:
+    workers = [proc_cpu(pid) for pid in worker_pids]
+    t = os.times()  # the scheduler runs in this process too (LocalCluster), with the client
+    return {"workers": sum(w[0] for w in workers), "jobs": sum(w[1] for w in workers),
+            "scheduler+client": t.user + t.system}
+
+
+def dask_round(client, n: int, width: int, api: str, worker_pids: list[int]) -> dict:
     import dask
 
     ends = leaves(n, width)
@@ -170,9 +197,13 @@ def dask_round(client, n: int, width: int, api: str) -> dict:
         nodes: list = []
         for i in range(n):  # the graph is built before the clock starts, as Titan's spec is
             nodes.append(task(*(nodes[p] for p in parents_of(i, width))))
+        machine0 = machine_cpu()
+        cpu0 = dask_cpu(worker_pids)
         t0 = time.perf_counter()
         futures = client.compute([nodes[i] for i in ends])
     else:
+        machine0 = machine_cpu()
+        cpu0 = dask_cpu(worker_pids)
         t0 = time.perf_counter()
         nodes = []
         for i in range(n):
@@ -182,11 +213,15 @@ def dask_round(client, n: int, width: int, api: str) -> dict:
     t_submitted = time.perf_counter()
     codes = client.gather(futures)
     t1 = time.perf_counter()
+    cpu1 = dask_cpu(worker_pids)
+    machine1 = machine_cpu()
     if any(codes):
         raise RuntimeError(f"{sum(1 for c in codes if c)} Dask leaves failed")
     del futures, nodes
     return {"elapsed": t1 - t0, "jobs_per_s": n / (t1 - t0),
-            "submit_s": t_submitted - t0}
+            "submit_s": t_submitted - t0, "cpu_ms_per_job": cpu_delta(cpu0, cpu1, n),
+            "others_cores": others_cores(machine0, machine1, cpu_delta(cpu0, cpu1, n), n,
+                                         t1 - t0)}
 
 
 def bench_dask(args) -> dict:
@@ -204,16 +239,21 @@ def bench_dask(args) -> dict:
                                    local_directory=base, silence_logs=logging.ERROR)
             client = Client(cluster)
             client.wait_for_workers(args.workers, timeout=60)
+            worker_pids = list(client.run(os.getpid).values())
             say(f"  cluster up in {time.perf_counter() - t:.2f}s: scheduler "
                 f"{cluster.scheduler_address}, {args.workers} worker processes x "
                 f"{args.slots} threads")
             if args.warmup:
-                dask_round(client, args.warmup, args.width, args.dask_api)
+                dask_round(client, args.warmup, args.width, args.dask_api, worker_pids)
             for i in range(args.repeat):
-                r = dask_round(client, args.jobs, args.width, args.dask_api)
+                r = dask_round(client, args.jobs, args.width, args.dask_api, worker_pids)
                 result["rounds"].append(r)
+                cpu = r["cpu_ms_per_job"]
                 say(f"  round {i + 1}: {r['jobs_per_s']:7.1f} jobs/s ({args.jobs} tasks in "
-                    f"{r['elapsed']:.2f}s; submitting {r['submit_s'] * 1000:.0f} ms)")
+                    f"{r['elapsed']:.2f}s; submitting {r['submit_s'] * 1000:.0f} ms); CPU "
+                    f"ms/task: scheduler+client {cpu['scheduler+client']:.2f}, workers "
+                    f"{cpu['workers']:.2f}, jobs {cpu['jobs']:.2f}; other processes used "
+                    f"{r['others_cores']:.2f} cores meanwhile")
         finally:
             if client is not None:
                 client.close()
@@ -225,6 +265,11 @@ def bench_dask(args) -> dict:
 
 # -- report --------------------------------------------------------------------------------
 
+def median_cpu(result: dict) -> dict:
+    cpus = [r["cpu_ms_per_job"] for r in result["rounds"]]
+    return {k: statistics.median(c[k] for c in cpus) for k in cpus[0]}
+
+
 def report(args, titan: dict, dask: Optional[dict]) -> bool:
     ratio = titan["jobs_per_s"] / dask["jobs_per_s"] if dask else None
     rows = [
@@ -235,6 +280,10 @@ def report(args, titan: dict, dask: Optional[dict]) -> bool:
          ""),
         ("  rounds, seconds", " ".join(f"{r['elapsed']:.2f}" for r in titan["rounds"]),
          " ".join(f"{r['elapsed']:.2f}" for r in (dask or {}).get("rounds", [])) or "-", ""),
+        ("  other processes, cores", " ".join(f"{r['others_cores']:.2f}"
+                                               for r in titan["rounds"]),
+         " ".join(f"{r['others_cores']:.2f}" for r in (dask or {}).get("rounds", [])) or "-",
+         ""),
     ]
     w0 = max(len(r[0]) for r in rows) + 2
     say("")
@@ -246,11 +295,22 @@ def report(args, titan: dict, dask: Optional[dict]) -> bool:
     say("=" * (w0 + 2 * w1 + 13))
     say(f"Titan, run ended on the master's clock: {titan['master_jobs_per_s']:.1f} jobs/s "
         f"(median; excludes wait_run's final RUN_INFO with every job)")
-    cpus = [r["cpu_ms_per_job"] for r in titan["rounds"]]
-    med = {k: statistics.median(c[k] for c in cpus) for k in cpus[0]}
-    say(f"Titan CPU per job, ms (median): master {med['master']:.2f}, workers "
-        f"{med['workers']:.2f}, the jobs themselves {med['jobs']:.2f}, client "
-        f"{med['client']:.2f}; total {sum(med.values()):.2f}")
+    t_cpu = median_cpu(titan)
+    say(f"CPU per job, ms (median over rounds; /proc/PID/stat of every process involved):")
+    say(f"  Titan: master {t_cpu['master']:.2f}, workers {t_cpu['workers']:.2f}, the jobs "
+        f"{t_cpu['jobs']:.2f}, client {t_cpu['client']:.2f}; total {sum(t_cpu.values()):.2f}")
+    if dask:
+        d_cpu = median_cpu(dask)
+        say(f"  Dask:  scheduler+client {d_cpu['scheduler+client']:.2f}, workers "
+            f"{d_cpu['workers']:.2f}, the jobs {d_cpu['jobs']:.2f}; total "
+            f"{sum(d_cpu.values()):.2f}")
+        say(f"  Dask's CPU per job / Titan's: {sum(d_cpu.values()) / sum(t_cpu.values()):.2f}x "
+            f"(what the throughput ratio tends to when both are CPU-bound on a quiet machine)")
+    busy = max(r["others_cores"] for r in titan["rounds"] + (dask or {}).get("rounds", []))
+    if busy > BUSY_CORES:
+        say(f"warning: other processes used up to {busy:.2f} of the {os.cpu_count()} CPUs "
+            f"during the rounds: the jobs/s figures (and their ratio) are lowered by that, "
+            f"unevenly; the CPU per job figures are not")
     say("")
     say("Target:")
     ok = True

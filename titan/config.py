@@ -41,6 +41,8 @@ class WorkerConfig:
     data_dir: str = os.path.join(DEFAULT_HOME, "worker")
     log_batch_interval: float = 0.05
     kill_grace: float = 5.0
+    detect_tags: bool = True
+    high_mem_gb: float = 64.0
     port_range: str = "20000-29999"
     restart_backoff_base: float = 1.0
     restart_backoff_cap: float = 30.0

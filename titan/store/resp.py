@@ -73,6 +73,14 @@ class RequestParser:
         else:
             buf = data
         out: list = []
+        if self._args is None and not self.unauthenticated and buf and buf[0] == 42:
+            # The common case, whole multibulk requests: a plain loop with no state.
+            pos = self._fast(buf, out)
+            if pos == len(buf):
+                self._buf = b""
+                return out
+            if pos:
+                buf = buf[pos:]
         try:
             pos = self._parse(buf, out)
         except ProtocolError as e:
@@ -90,6 +98,44 @@ class RequestParser:
         else:
             self._buf = buf[pos:] if rest else b""
         return out
+
+    def _fast(self, buf: bytes, out: list) -> int:
+        """Parse the complete, well-formed multibulk requests at the start of `buf` into
+        `out`; return where they end.  Anything else (an inline request, an incomplete or
+        odd one) is left for _parse, which starts again where this stopped."""
+        pos = 0
+        n = len(buf)
+        find = buf.find
+        max_bulk = self.max_bulk
+        while pos < n and buf[pos] == 42:
+            nl = find(b"\r\n", pos)
+            if nl < 0:
+                return pos
+            s = buf[pos + 1:nl]
+            if not s.isdigit() or s[0] == 48:
+                return pos
+            count = int(s)
+            p = nl + 2
+            args = []
+            append = args.append
+            while count:
+                if p >= n or buf[p] != 36:
+                    return pos
+                nl = find(b"\r\n", p)
+                if nl < 0:
+                    return pos
+                s = buf[p + 1:nl]
+                if not s.isdigit() or (s[0] == 48 and len(s) > 1):
+                    return pos
+                end = nl + 2 + int(s)
+                if end + 2 > n or end - nl - 2 > max_bulk:
+                    return pos
+                append(buf[nl + 2:end])
+                p = end + 2
+                count -= 1
+            out.append(args)
+            pos = p
+        return pos
 
     def _parse(self, buf: bytes, out: list) -> int:
         pos = 0

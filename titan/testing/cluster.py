@@ -64,7 +64,8 @@ class Cluster:
             f.write(f"{config_top}master:\n  heartbeat_interval: {heartbeat_interval}\n"
                     f"  heartbeat_timeout: {heartbeat_timeout}\n"
                     f"  retry_backoff_base: 0.2\n"
-                    f"worker:\n  kill_grace: 2\n{worker_extra}autoscaler:\n{autoscaler}"
+                    f"worker:\n  kill_grace: 2\n  detect_tags: false\n{worker_extra}"
+                    f"autoscaler:\n{autoscaler}"
                     f"{config_extra}")
 
     # -- processes -------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from titan.errors import RemoteError
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
 from titan.worker.executor import JobProcess, guard, spawn
+from titan.worker.detect import detected_tags
 from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
 MAX_BUFFERED_OUTPUT = 4 * 1024 * 1024  # per job, while the master is unreachable
@@ -96,7 +97,10 @@ class WorkerService(MultiService):
         self.token = token
         self.name = wc.name or socket.gethostname()
         self.worker_id = f"{self.name}-{secrets.token_hex(3)}"
-        self.tags = tuple(sorted({t.upper() for t in wc.tags}))
+        tags = {t.upper() for t in wc.tags}
+        if wc.detect_tags:
+            tags |= detected_tags(wc.high_mem_gb)
+        self.tags = tuple(sorted(tags))
         self.slots = wc.slots
         self.data_dir = os.path.expanduser(wc.data_dir)
         self.master_host, self.master_port = parse_hostport(wc.master)
