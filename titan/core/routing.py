@@ -37,7 +37,7 @@ class Capability:
         need = job.spec.tags
         if need:
             fit = [w for w in candidates if need <= w.tags]
-        elif any(w.tags for w in candidates):
+        elif getattr(context, "tagged_workers", 1) and any(w.tags for w in candidates):
             fit = candidates
         else:
             return candidates  # nobody has tags: nothing to narrow

@@ -50,6 +50,8 @@ class Scheduler:
         self.max_jobs_per_run = max_jobs_per_run
         self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
         self._free: dict[str, WorkerRecord] = {}  # live workers with a free slot
+        self._with_tags: set = set()  # workers that carry tags
+        self._tagged = 0
         self.rng = rng or random.Random(0)
         self.jobs: dict[str, JobRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
@@ -712,6 +714,11 @@ class Scheduler:
             heapq.heappop(heap)
         return None
 
+    @property
+    def tagged_workers(self) -> int:
+        """How many workers carry tags (0 lets routers skip tag work)."""
+        return self._tagged
+
     def _refresh(self, w: WorkerRecord) -> None:
         """Keep the index of live workers with a free slot in step with `w`."""
         if w.running:
@@ -723,6 +730,12 @@ class Scheduler:
             self._free[w.worker_id] = w
         else:
             self._free.pop(w.worker_id, None)
+        if w.tags and (w.worker_id in self.workers) != (w.worker_id in self._with_tags):
+            if w.worker_id in self.workers:
+                self._with_tags.add(w.worker_id)
+            else:
+                self._with_tags.discard(w.worker_id)
+            self._tagged = len(self._with_tags)
 
     def _dispatch(self, now: float, out: Decisions) -> None:
         if not self._queues or not self._free:
