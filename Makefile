@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 JOBS ?= 2
 
-.PHONY: run test install bench clean
+.PHONY: run test install system-packages bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,18 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 
 install: $(VENV)/.installed
 
+# System packages the tests use (the store's conformance suite runs against a real
+# redis-server too), installed with apt when missing.
+system-packages:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
+	  echo "installing redis-server (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
+	  || { echo "could not install redis-server: install it, then run make test again"; exit 1; }; }
+
 run: install
 	$(BIN)/titan up
 
-test: install
+test: install system-packages
 	$(BIN)/trial -j$(JOBS) tests
 
 $(VENV)/.bench: $(VENV)/.installed
