@@ -437,7 +437,7 @@ def _pairs(items, flag: str):
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
-                  slots=args.slots)
+                  slots=args.slots, store_port=args.store_port)
 
 
 # -- parser ------------------------------------------------------------------------------
@@ -611,6 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", "-n", type=int, default=1, help="how many workers (default 1)")
     p.add_argument("--slots", type=int, default=4, help="slots per worker (default 4)")
     p.add_argument("--port", "-p", type=int, default=9090, help="master port (default 9090)")
+    p.add_argument("--store-port", type=int, default=None,
+                   help="TitanStore's port (default 6379; 0 with --port 0: any free one)")
     p.add_argument("--data-dir", default=os.path.join("~", ".titan"),
                    help="where state and logs go (default ~/.titan)")
     p.set_defaults(func=cmd_up)

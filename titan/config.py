@@ -11,6 +11,8 @@ from typing import Any, Optional
 import attrs
 import yaml
 
+from titan.store.config import StoreConfig
+
 DEFAULT_PORT = 9090
 DEFAULT_HOME = os.path.join("~", ".titan")
 
@@ -81,6 +83,7 @@ class Config:
     worker: WorkerConfig = WorkerConfig()
     persistence: PersistenceConfig = PersistenceConfig()
     autoscaler: AutoscalerConfig = AutoscalerConfig()
+    store: StoreConfig = StoreConfig()
     source: str = "<defaults>"
 
     def override(self, section: str, **values: Any) -> "Config":
@@ -92,8 +95,9 @@ class Config:
 
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
-             "autoscaler": AutoscalerConfig}
+             "autoscaler": AutoscalerConfig, "store": StoreConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
+            "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),
             "master.text_frames": ("off", "loopback", "on")}
 _TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.

@@ -19,7 +19,7 @@ def _twist(plugin: str, args: list[str], log_file: str) -> list[str]:
 
 
 def run_up(workers: int = 1, port: int = 9090, data_dir: str = "~/.titan",
-           slots: int = 4, ready_timeout: float = 15.0) -> int:
+           slots: int = 4, ready_timeout: float = 15.0, store_port: Optional[int] = None) -> int:
     if workers < 0:
         raise TitanError("--workers must be 0 or more")
     home = os.path.abspath(os.path.expanduser(data_dir))
@@ -46,22 +46,36 @@ def run_up(workers: int = 1, port: int = 9090, data_dir: str = "~/.titan",
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        try:
-            os.unlink(os.path.join(master_dir, "master.port"))
-        except OSError:
-            pass
+        store_dir = os.path.join(home, "store")
+        for stale in (os.path.join(master_dir, "master.port"),
+                      os.path.join(store_dir, "store.port")):
+            try:
+                os.unlink(stale)
+            except OSError:
+                pass
+        if store_port is None:
+            store_port = 0 if port == 0 else 6379
+        store = start("store", "titan-store",
+                      ["--listen", f"tcp:{store_port}:interface=127.0.0.1",
+                       "--data-dir", store_dir])
+        store_bound = read_port(store_dir, store, ready_timeout, name="store.port")
+        if store_bound is None:
+            print(f"titan up: the store did not start; its log ({children[0][2]}) ends:\n"
+                  f"{tail(children[0][2])}", file=sys.stderr)
+            return 1
         master = start("master", "titan-master",
-                       ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", master_dir])
+                       ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", master_dir,
+                        "--store", f"redis://127.0.0.1:{store_bound}/0"])
         bound = read_port(master_dir, master, ready_timeout)
         if bound is None:
-            print(f"titan up: the master did not start; its log ({children[0][2]}) ends:\n"
-                  f"{tail(children[0][2])}", file=sys.stderr)
+            print(f"titan up: the master did not start; its log ({children[1][2]}) ends:\n"
+                  f"{tail(children[1][2])}", file=sys.stderr)
             return 1
         for i in range(1, workers + 1):
             start(f"worker-{i}", "titan-worker",
                   ["--master", f"127.0.0.1:{bound}", "--slots", str(slots),
                    "--name", f"worker-{i}", "--data-dir", os.path.join(home, f"worker-{i}")])
-        _banner(bound, workers, slots, home, master_dir, log_dir)
+        _banner(bound, workers, slots, home, master_dir, log_dir, store_bound)
         while not stopping:
             for name, proc, log_file in children:
                 if proc.poll() is not None:
@@ -89,15 +103,16 @@ def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
 
 
 def _banner(port: int, workers: int, slots: int, home: str, master_dir: str,
-            log_dir: str) -> None:
+            log_dir: str, store_port: int) -> None:
     default = os.path.join(os.path.expanduser("~"), ".titan")
     env_hint = "" if home == default else f"export TITAN_DATA_DIR={home}; "
     port_hint = "" if port == 9090 else f"export TITAN_PORT={port}; "
     print(f"""Titan is up.
   master    127.0.0.1:{port}
   workers   {workers} x {slots} slots
+  store     127.0.0.1:{store_port} (TitanStore: redis-cli -p {store_port})
   data      {home}
-  logs      {log_dir}/master.log, worker-N.log
+  logs      {log_dir}/master.log, store.log, worker-N.log
 From another shell (the `titan` command is in .venv/bin of the checkout):
   {port_hint}{env_hint}titan submit --wait -- python3 -c 'print("hi")'
   Clients on this machine read the token from {master_dir}/token;

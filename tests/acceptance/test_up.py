@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -47,7 +48,8 @@ class UpTests(SynchronousTestCase):
         port = int(re.search(r"master\s+127\.0\.0\.1:(\d+)", text).group(1))
         self.assertIn(f"export TITAN_TOKEN=$(cat {home}/master/token)", text)
         children = _children(up.pid)
-        self.assertEqual(len(children), 3)  # master and two workers
+        self.assertEqual(len(children), 4)  # store, master and two workers
+        store_port = int(re.search(r"store\s+127\.0\.0\.1:(\d+)", text).group(1))
 
         # A client that only knows the data dir finds the token there.
         client_env = dict(env, TITAN_PORT=str(port), TITAN_DATA_DIR=home)
@@ -62,6 +64,17 @@ class UpTests(SynchronousTestCase):
         workers = subprocess.run([os.path.join(BIN, "titan"), "workers"], env=client_env,
                                  capture_output=True, timeout=60)
         self.assertEqual(workers.stdout.decode().count(" ALIVE "), 2)
+
+        # A job writes to the store through the master; redis-cli reads it from the store.
+        from titan.sdk.client import Client
+        with Client(master=f"127.0.0.1:{port}", token=open(f"{home}/master/token").read().strip()) as c:
+            job = c.submit([sys.executable, "-c",
+                            "from titan.sdk import Client; Client().store_put('k', 'from a job')"])
+            self.assertEqual(c.wait(job, timeout=60)["state"], "COMPLETED", c.logs(job))
+            self.assertEqual(c.store_get("k"), b"from a job")
+        cli = subprocess.run(["redis-cli", "-p", str(store_port), "GET", "k"],
+                             capture_output=True, timeout=30)
+        self.assertEqual(cli.stdout, b"from a job\n")
 
         up.send_signal(signal.SIGINT)
         self.assertEqual(up.wait(30), 0)

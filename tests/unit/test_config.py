@@ -79,7 +79,7 @@ class ParseTests(unittest.TestCase):
             "data_dir, heartbeat_interval, heartbeat_timeout, max_frame_bytes, "
             "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, text_frames)")
         self.assertConfigError("\n\nworkers:\n  slots: 2\n",
-                               "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, master, persistence, router, token, "
+                               "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, master, persistence, router, store, token, "
                                "worker)")
 
     def test_wrong_types(self):

@@ -153,6 +153,11 @@ class MasterService(MultiService):
         if not self.token:
             self.token = load_or_create_token(self.data_dir)
         self.logs = LogStore(os.path.join(self.data_dir, "logs"))
+        if self.config.store.url and self.store is None:
+            # Only a store the config names: a master alone should not dial 6379 forever.
+            from titan.store.client import StoreClient
+            self.store = StoreClient(self.config.store.url, reactor=self.reactor,
+                                     name="titan-master")
         pc = self.config.persistence
         try:
             factory = find(IPersistenceFactory, pc.backend, "persistence backend")
@@ -214,6 +219,8 @@ class MasterService(MultiService):
             closing = self.persistence.close()
         else:
             closing = defer.succeed(None)
+        if self.store is not None and hasattr(self.store, "close"):
+            self.store.close()
         for call in self._timers.values():
             if call.active():
                 call.cancel()

@@ -11,12 +11,16 @@ class Options(ConfigOptions):
     optParameters = [
         ["listen", "l", None, "Twisted endpoint to listen on "
                               "(default tcp:9090:interface=127.0.0.1)."],
+        ["store", None, None, "The store to reach for tasks' keys, sets and pub/sub: "
+                              "redis://[:PASSWORD@]HOST:PORT[/0] (TitanStore or Redis)."],
     ]
     section = "master"
 
     def postOptions(self) -> None:
         config = self.load()
         self.config = config.override("master", listen=self["listen"])
+        if self["store"]:
+            self.config = self.config.override("store", url=self["store"])
         # Name the problem before twistd starts logging, on one line of stderr.
         from titan.errors import TitanError
         from titan.interfaces import IPersistenceFactory

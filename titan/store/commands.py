@@ -91,8 +91,8 @@ def _int(b: bytes) -> int:
     return v
 
 
-def _upper(b: bytes) -> bytes:
-    return b.upper()
+def _nothing(*args) -> None:
+    pass
 
 
 class Store:
@@ -117,18 +117,22 @@ class Store:
     # -- the journal -----------------------------------------------------------------------
 
     def log(self, args: list) -> None:
-        if self.replaying:
-            return
+        """Journal a change (canonical form), after the time it ran at if that matters:
+        a stale `now` means no key had an expiry time, so the command did not depend on
+        the time (see Database.stale)."""
         journal = self.journal
-        now = self.db.now
+        db = self.db
         if not journal:
             if self.on_journal is not None:
                 self.on_journal()
-            journal.append(now)
-            self._logged_at = now
-        elif now != self._logged_at:
-            journal.append(now)
-            self._logged_at = now
+            if db.stale:
+                self._logged_at = None
+            else:
+                journal.append(db.now)
+                self._logged_at = db.now
+        elif not db.stale and db.now != self._logged_at:
+            journal.append(db.now)
+            self._logged_at = db.now
         journal.append(args)
 
     def take_journal(self) -> Optional[bytes]:
@@ -145,6 +149,8 @@ class Store:
         db = self.db
         count = 0
         self.replaying = True
+        self.log = _nothing  # the replayed commands are journalled already
+        db.stale = False
         try:
             for item in items:
                 if isinstance(item, int):
@@ -157,6 +163,7 @@ class Store:
                     count += 1
         finally:
             self.replaying = False
+            del self.log
         return count
 
     # -- dispatch --------------------------------------------------------------------------
@@ -391,7 +398,7 @@ class Store:
         step = 2 if name in ("mset",) else 1
         last = -1 if arity < 0 and keyed and name in ("del", "unlink", "exists", "mget",
                                                       "mset") else (1 if keyed else 0)
-        return [name.encode(), arity, [Simple(w) for w in words], int(keyed), last,
+        return [name.encode(), arity, [Simple(w.decode()) for w in words], int(keyed), last,
                 step if keyed else 0]
 
     def time_(self, s: Session, args: list) -> bytes:
@@ -508,14 +515,15 @@ class Store:
             if when > INT64_MAX // 1000 or when < -(INT64_MAX // 1000):
                 return error(f"ERR invalid expire time in '{name.decode()}' command")
             when *= 1000
+        now = self.db.current()
         if name in (b"expire", b"pexpire"):
-            if when > INT64_MAX - self.db.now:
+            if when > INT64_MAX - now:
                 return error(f"ERR invalid expire time in '{name.decode()}' command")
-            when += self.db.now
+            when += now
         key = args[1]
         done = self.db.expire_at(key, when, nx, xx, gt, lt)
         if done:
-            if when <= self.db.now:
+            if when <= now:
                 self.log([b"DEL", key])
             else:
                 self.log([b"PEXPIREAT", key, b"%d" % when])
@@ -575,17 +583,24 @@ class Store:
     # -- strings ---------------------------------------------------------------------------
 
     def get(self, s: Session, args: list) -> bytes:
-        v = self.db.get(args[1])
+        db = self.db
+        v = db.data.get(args[1])
         if v is None:
             return NIL
+        if db.expires or type(v) is not bytes:
+            v = db.get(args[1])  # expiry, type: the full path
+            if v is None:
+                return NIL
         return b"$%d\r\n%b\r\n" % (len(v), v)
 
     def set(self, s: Session, args: list) -> bytes:
         key = args[1]
         value = args[2]
         db = self.db
-        if len(args) == 3:  # the common case
-            db.set(key, value)
+        if len(args) == 3:  # the common case, inline
+            db.data[key] = value
+            if db.expires:
+                db.expires.pop(key, None)
             self.log(args)
             return OK
         nx = xx = get = keep = False
@@ -635,7 +650,7 @@ class Store:
         if unit in (b"EX", b"EXAT"):
             ms *= 1000
         if unit in (b"EX", b"PX"):
-            ms += self.db.now
+            ms += self.db.current()
             if ms > INT64_MAX:
                 raise bad
         return ms

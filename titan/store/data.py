@@ -56,13 +56,25 @@ class Database:
         self.expires: dict = {}  # key -> absolute expiry time, ms
         self._heap: list = []    # (expiry time, key), possibly stale: checked on pop
         self.now = 0
+        # The server skips the tick of a batch while no key has an expiry time (nothing
+        # then depends on the time) and marks `now` stale instead; what needs the time
+        # (a relative expiry, a key getting one) calls current(), which ticks.
+        self.stale = False
         self.expired_keys = 0    # removed because they expired (stats)
         self._scans: dict = {}   # scan id -> key list
         self._scan_seq = 0
         self.tick()
 
     def tick(self) -> int:
-        self.now = int(self.clock() * 1000)
+        # (+1 µs: 1700000000.101 * 1000 is 1700000000100.9999 in floating point)
+        self.now = int(self.clock() * 1000 + 0.001)
+        self.stale = False
+        return self.now
+
+    def current(self) -> int:
+        """`now`, read from the clock first if the server left it stale (see below)."""
+        if self.stale:
+            self.tick()
         return self.now
 
     # -- keys ------------------------------------------------------------------------------
@@ -127,6 +139,8 @@ class Database:
     # -- expiry ----------------------------------------------------------------------------
 
     def _set_expire(self, key: bytes, when: int) -> None:
+        if self.stale:
+            self.tick()  # from now on commands look at expiry times, so at the time
         self.expires[key] = when
         heap = self._heap
         heapq.heappush(heap, (when, key))
@@ -150,7 +164,7 @@ class Database:
             return 0
         if lt and current is not None and when >= current:
             return 0
-        if when <= self.now:
+        if when <= self.current():
             self._remove(key)
             return 1
         self._set_expire(key, when)
@@ -184,6 +198,7 @@ class Database:
         pop = heapq.heappop
         while heap and heap[0][0] < now:
             if removed >= limit:
+                self.expired_keys += removed
                 return removed, True
             when, key = pop(heap)
             if expires.get(key) == when:

@@ -24,6 +24,9 @@ UNAUTH_MAX_BULK = 16384
 _BIG = 256 * 1024
 
 
+_HEADERS = [b"$%d" % n for n in range(8192)]  # `$n` for the lengths _fast handles
+
+
 class ProtocolError(Exception):
     """A request that cannot be parsed: the connection gets `-ERR <message>` and closes."""
 
@@ -38,13 +41,16 @@ class RequestParser:
     authenticated, because the limits then depend on the commands before.
     """
 
-    __slots__ = ("max_bulk", "unauthenticated", "error", "_buf", "_args", "_need", "_bulk",
-                 "_chunks", "_have", "_want")
+    __slots__ = ("max_bulk", "unauthenticated", "error", "ready", "_buf", "_args", "_need",
+                 "_bulk", "_chunks", "_have", "_want")
 
     def __init__(self, max_bulk: int = DEFAULT_MAX_BULK) -> None:
         self.max_bulk = max_bulk
         self.unauthenticated = False
         self.error: Optional[str] = None
+        # Nothing held: the next bytes start a request, so `parse_whole(data)` may be
+        # tried before `feed(data)`.
+        self.ready = True
         self._buf = b""
         self._args: Optional[list] = None  # the multibulk request being read
         self._need = 0                       # bulk strings it still lacks
@@ -74,10 +80,11 @@ class RequestParser:
             buf = data
         out: list = []
         if self._args is None and not self.unauthenticated and buf and buf[0] == 42:
-            # The common case, whole multibulk requests: a plain loop with no state.
-            pos = self._fast(buf, out)
+            # The common case, whole multibulk requests: no state to keep.
+            pos = parse_whole(buf, self.max_bulk, out)
             if pos == len(buf):
                 self._buf = b""
+                self.ready = True
                 return out
             if pos:
                 buf = buf[pos:]
@@ -87,6 +94,7 @@ class RequestParser:
             self.error = f"Protocol error: {e}"
             self._buf = b""
             self._args = None
+            self.ready = False
             return out
         rest = len(buf) - pos
         if self._bulk >= 0 and self._bulk + 2 - rest > _BIG:
@@ -97,45 +105,8 @@ class RequestParser:
             self._buf = b""
         else:
             self._buf = buf[pos:] if rest else b""
+        self.ready = not rest and self._args is None
         return out
-
-    def _fast(self, buf: bytes, out: list) -> int:
-        """Parse the complete, well-formed multibulk requests at the start of `buf` into
-        `out`; return where they end.  Anything else (an inline request, an incomplete or
-        odd one) is left for _parse, which starts again where this stopped."""
-        pos = 0
-        n = len(buf)
-        find = buf.find
-        max_bulk = self.max_bulk
-        while pos < n and buf[pos] == 42:
-            nl = find(b"\r\n", pos)
-            if nl < 0:
-                return pos
-            s = buf[pos + 1:nl]
-            if not s.isdigit() or s[0] == 48:
-                return pos
-            count = int(s)
-            p = nl + 2
-            args = []
-            append = args.append
-            while count:
-                if p >= n or buf[p] != 36:
-                    return pos
-                nl = find(b"\r\n", p)
-                if nl < 0:
-                    return pos
-                s = buf[p + 1:nl]
-                if not s.isdigit() or (s[0] == 48 and len(s) > 1):
-                    return pos
-                end = nl + 2 + int(s)
-                if end + 2 > n or end - nl - 2 > max_bulk:
-                    return pos
-                append(buf[nl + 2:end])
-                p = end + 2
-                count -= 1
-            out.append(args)
-            pos = p
-        return pos
 
     def _parse(self, buf: bytes, out: list) -> int:
         pos = 0
@@ -227,6 +198,41 @@ class RequestParser:
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
 _SPACE = frozenset(b" \n\r\t\x0b\x0c\x00")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def parse_whole(buf: bytes, max_bulk: int, out: list) -> int:
+    """Parse the complete, well-formed multibulk requests at the start of `buf` into
+    `out`; return where they end.  Anything else (an inline request, an incomplete or odd
+    one, a value holding CRLF) is left for RequestParser, which starts where this stopped.
+
+    The fast path of the common case: it splits at CRLF and checks that each `$n` line is
+    exactly the length of the part after it; a value holding CRLF fails that check at its
+    first piece."""
+    if len(buf) > max_bulk:
+        return 0  # a bulk string may be too long: RequestParser checks each
+    parts = buf.split(b"\r\n")
+    last = len(parts) - 1
+    i = 0
+    headers = _HEADERS
+    try:
+        while i < last:
+            h = parts[i]
+            s = h[1:]
+            if h[:1] != b"*" or not s.isdigit() or s[0] == 48:
+                break
+            j = i + 1 + 2 * int(s)
+            if j > last:
+                break
+            args = parts[i + 2:j:2]
+            if parts[i + 1:j:2] != [headers[len(a)] for a in args]:
+                break
+            out.append(args)
+            i = j
+    except IndexError:  # a value longer than the table of headers
+        pass
+    if i == last:  # all but what follows the last CRLF
+        return len(buf) - len(parts[last])
+    return sum(map(len, parts[:i])) + 2 * i
 
 
 def split_inline(line: bytes) -> list:
@@ -369,10 +375,10 @@ def encode(value) -> bytes:
         return integer(int(value))
     if isinstance(value, int):
         return integer(value)
-    if isinstance(value, str):
-        return bulk(value.encode())
     if isinstance(value, Simple):
         return b"+" + value.encode() + b"\r\n"
+    if isinstance(value, str):
+        return bulk(value.encode())
     if isinstance(value, ReplyError):
         return error(str(value))
     if isinstance(value, (list, tuple)):

@@ -15,7 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from titan.store.commands import Session, Store
-from titan.store.resp import DEFAULT_MAX_BULK, RequestParser, error
+from titan.store.resp import DEFAULT_MAX_BULK, RequestParser, error, parse_whole
 
 
 @implementer(interfaces.IPushProducer)
@@ -87,6 +87,24 @@ class StoreProtocol(Protocol, Session):
     # -- requests --------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        parser = self.parser
+        if self.gated or self.closing or parser.unauthenticated:
+            self._gated_data(data)
+            return
+        if parser.ready:
+            commands = []
+            if parse_whole(data, parser.max_bulk, commands) != len(data):
+                commands = parser.feed(data)  # from the start: parse_whole keeps nothing
+        else:
+            commands = parser.feed(data)
+        if commands:
+            self._run(commands)
+        if parser.error is not None and not self.closing:
+            self._send(error("ERR " + parser.error))
+            self._close()
+
+    def _gated_data(self, data: bytes) -> None:
+        """dataReceived for a connection not yet authenticated, subscribed or closing."""
         if self.closing:
             return
         parser = self.parser
@@ -98,6 +116,7 @@ class StoreProtocol(Protocol, Session):
             data = b""
             if commands:
                 self._run(commands)
+                parser.unauthenticated = not self.authenticated
             if not one or not commands or self.closing:
                 break
         if parser.error is not None and not self.closing:
@@ -106,12 +125,18 @@ class StoreProtocol(Protocol, Session):
 
     def _run(self, commands: list) -> None:
         store = self.store
-        store.db.tick()
-        execute = store.execute
-        journal = len(store.journal)
-        if len(commands) == 1:
-            out = execute(self, commands[0])
+        db = store.db
+        if db.expires:
+            db.tick()
         else:
+            db.stale = True  # nothing depends on the time: skip reading the clock
+        hold = self.factory.hold_writes
+        if hold:
+            journal = len(store.journal)
+        if len(commands) == 1:
+            out = store.execute(self, commands[0])
+        else:
+            execute = store.execute
             replies = []
             for args in commands:
                 replies.append(execute(self, args))
@@ -119,12 +144,11 @@ class StoreProtocol(Protocol, Session):
                     break
             out = b"".join(replies)
         store.commands_processed += len(commands)
-        if self.factory.hold_writes and len(store.journal) != journal:
+        if hold and len(store.journal) != journal:
             self._hold()
         self._send(out)
         if self.closing:
             self._close()
-        self.parser.unauthenticated = not self.authenticated
 
     # -- replies ---------------------------------------------------------------------------
 
@@ -159,8 +183,7 @@ class StoreProtocol(Protocol, Session):
 
     def _send_now(self, data: bytes) -> None:
         t = self.transport
-        if self._direct and not t.dataBuffer and not t._tempDataLen and t.connected \
-                and not t.disconnecting:
+        if self._direct and not t.dataBuffer and not t._tempDataLen:
             try:
                 sent = t.socket.send(data)
             except (BlockingIOError, InterruptedError):

@@ -19,9 +19,11 @@ def die_with_parent() -> None:
         pass
 
 
-def read_port(data_dir: str, proc: Optional[subprocess.Popen], timeout: float) -> Optional[int]:
-    """The port a master wrote into its data dir once listening; None if it died or timed out."""
-    path = os.path.join(data_dir, "master.port")
+def read_port(data_dir: str, proc: Optional[subprocess.Popen], timeout: float,
+              name: str = "master.port") -> Optional[int]:
+    """The port a server wrote into its data dir once listening; None if it died or timed
+    out."""
+    path = os.path.join(data_dir, name)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
