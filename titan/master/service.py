@@ -476,19 +476,22 @@ class MasterService(MultiService):
     async def wait_job(self, ref: str, timeout: Optional[float]) -> dict:
         """The job once it has ended, or as it is when `timeout` (at most LONG_POLL) passes."""
         job = self._job(ref)
-        job_id = job.job_id
         if not job.state.terminal:
-            d: defer.Deferred = defer.Deferred()
-            waiters = self._done_waiters.setdefault(job_id, [])
-            waiters.append(d)
-            limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
-            call = self.reactor.callLater(limit, lambda: d.called or d.callback(None))
-            await d
-            if call.active():
-                call.cancel()
-            if d in waiters:
-                waiters.remove(d)
-        return self.job_info(job_id)
+            await self._long_poll(self._done_waiters, job.job_id, timeout)
+        return self.job_info(job.job_id)
+
+    async def _long_poll(self, waiters_by_key: dict, key: str, timeout: Optional[float]) -> None:
+        """Until `waiters_by_key[key]` is woken, or `timeout` (at most LONG_POLL) passes."""
+        d: defer.Deferred = defer.Deferred()
+        waiters = waiters_by_key.setdefault(key, [])
+        waiters.append(d)
+        limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
+        call = self.reactor.callLater(limit, lambda: d.called or d.callback(None))
+        await d
+        if call.active():
+            call.cancel()
+        if d in waiters:
+            waiters.remove(d)
 
     async def read_logs(self, ref: str, offset: int, wait: bool) -> dict:
         job = self._job(ref)
@@ -579,16 +582,7 @@ class MasterService(MultiService):
         """The run once it has changed since `version` (or ended), or at the timeout."""
         run = self._run(run_id)
         if run.version <= version and run.state is RunState.RUNNING:
-            d: defer.Deferred = defer.Deferred()
-            waiters = self._run_waiters.setdefault(run_id, [])
-            waiters.append(d)
-            limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
-            call = self.reactor.callLater(limit, lambda: d.called or d.callback(None))
-            await d
-            if call.active():
-                call.cancel()
-            if d in waiters:
-                waiters.remove(d)
+            await self._long_poll(self._run_waiters, run_id, timeout)
         return run_view(self.scheduler, run, self.now(), jobs)
 
     def list_runs(self, agent_run_id: Optional[str], limit: int) -> list:
