@@ -388,7 +388,8 @@ class WorkerService(MultiService):
         report = {"job_id": job_id, "attempt": job.attempt, "exit_code": exit_code,
                   "reason": reason}
         if self.conn is not None and self.registered:
-            self._flush_job(job)
+            if job.chunks or job.dropped:  # no empty batch for a job that said nothing
+                self._flush_job(job)
             self._send_report(report)
         else:
             report["logs"] = self._take_chunks(job)
