@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 JOBS ?= 2
 
-.PHONY: run test install system-packages bench clean
+.PHONY: run test install system-packages bench bench-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 # System packages the tests use (the store's conformance suite runs against a real
 # redis-server too), installed with apt when missing.
 system-packages:
-	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || { \
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || { \
 	  echo "installing redis-server (apt-get)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || { echo "could not install redis-server: install it, then run make test again"; exit 1; }; }
@@ -41,6 +41,9 @@ $(VENV)/.bench: $(VENV)/.installed
 
 bench: $(VENV)/.bench
 	$(BIN)/python bench/fanout.py
+
+bench-store: $(VENV)/.bench system-packages
+	$(BIN)/python bench/store.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info _trial_temp twisted/plugins/dropin.cache

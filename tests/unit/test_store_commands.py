@@ -9,7 +9,7 @@ from twisted.internet.task import Clock
 from twisted.trial import unittest
 
 from titan.store.commands import Session, Store
-from titan.store.resp import ReplyParser, command
+from titan.store.resp import ReplyParser
 
 START = 1_700_000_000.0
 
@@ -234,10 +234,53 @@ class BasicCommandTests(StoreCase):
         self.assertIn("db0:keys=1,expires=0", self.run_("INFO", "keyspace").decode())
         self.assertEqual(self.run_("HELLO", "2")[:4], [b"server", b"redis", b"version",
                                                       b"7.0.0"])
-        self.assertError("NOPROTO unsupported protocol version", "HELLO", "3")
+        self.assertError("NOPROTO unsupported protocol version", "HELLO", "4")
         self.assertEqual(self.run_("QUIT"), "OK")
         self.assertTrue(self.session.closing)
         self.assertError("ERR this store keeps no append-only file", "BGREWRITEAOF")
+
+
+class RESP3Tests(StoreCase):
+    """HELLO 3 (redis-py 8 and other current clients ask for it): nulls, maps, sets and
+    pushes in RESP3's types."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        hello = self.run_("HELLO", "3")
+        self.assertEqual(hello[b"proto"], 3)
+        self.assertEqual(hello[b"version"], b"7.0.0")
+
+    def test_types(self):
+        self.assertEqual(self.raw("GET", "nope"), b"_\r\n")
+        self.assertEqual(self.raw("LPOP", "nope", "2"), b"_\r\n")
+        self.run_("HSET", "h", "f", "v", "g", "w")
+        self.assertEqual(self.raw("HGETALL", "h"),
+                         b"%2\r\n$1\r\nf\r\n$1\r\nv\r\n$1\r\ng\r\n$1\r\nw\r\n")
+        self.assertEqual(self.run_("HGETALL", "h"), {b"f": b"v", b"g": b"w"})
+        self.assertEqual(self.raw("HGETALL", "nope"), b"%0\r\n")
+        self.run_("SADD", "s", "a")
+        self.assertEqual(self.raw("SMEMBERS", "s"), b"~1\r\n$1\r\na\r\n")
+        self.assertEqual(self.run_("MGET", "nope", "s"), [None, None])
+        self.assertIn(b"_\r\n", self.raw("MGET", "nope"))
+        self.assertEqual(self.run_("HELLO", "2")[9], b"standalone")  # back to RESP2
+        self.assertEqual(self.raw("GET", "nope"), b"$-1\r\n")
+
+    def test_pubsub_pushes_and_any_command_while_subscribed(self):
+        self.assertEqual(self.raw("SUBSCRIBE", "ch"),
+                         b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n")
+        self.assertEqual(self.run_("SET", "k", "v"), "OK")
+        self.assertEqual(self.run_("PING"), "PONG")
+        resp2 = Session()
+        self.run_("SUBSCRIBE", "ch", session=resp2)
+        self.assertEqual(self.run_("PUBLISH", "ch", "hi"), 2)
+        self.assertEqual(self.session.pushed,
+                         [b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"])
+        self.assertEqual(resp2.pushed,
+                         [b"*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n"])
+        self.assertEqual(self.raw("UNSUBSCRIBE"),
+                         b">3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n")
+        self.assertEqual(self.raw("UNSUBSCRIBE"),
+                         b">3\r\n$11\r\nunsubscribe\r\n_\r\n:0\r\n")
 
 
 class AuthTests(StoreCase):

@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial import unittest
 
 from titan.store.resp import (
-    INLINE_MAX, ProtocolError, ReplyError, ReplyParser, RequestParser, Simple, bulk,
+    INLINE_MAX, ProtocolError, Push, ReplyError, ReplyParser, RequestParser, Simple, bulk,
     bulks, command, encode, error, integer, parse_int, parse_whole, split_inline)
 
 # Requests of every shape, including values that look like framing.
@@ -254,6 +254,18 @@ class ReplyParserTests(unittest.TestCase):
         for i in range(len(data)):
             got += parser.feed(data[i:i + 1])
         self.check(got)
+
+    def test_resp3_types(self):
+        data = (b"%2\r\n$1\r\na\r\n:1\r\n$1\r\nb\r\n_\r\n" b"~2\r\n+x\r\n+y\r\n"
+                b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$2\r\nhi\r\n" b"#t\r\n#f\r\n,1.5\r\n"
+                b"=8\r\ntxt:text\r\n(12345678901234567890\r\n!3\r\nERR\r\n%0\r\n")
+        expected = [{b"a": 1, b"b": None}, {"x", "y"}, [b"message", b"c", b"hi"], True,
+                    False, 1.5, b"text", 12345678901234567890, ReplyError("ERR"), {}]
+        for i in range(len(data) + 1):
+            parser = ReplyParser()
+            got = parser.feed(data[:i]) + parser.feed(data[i:])
+            self.assertEqual(got, expected)
+            self.assertIsInstance(got[2], Push)
 
     def test_nil_array_and_garbage(self):
         self.assertEqual(ReplyParser().feed(b"*-1\r\n"), [None])

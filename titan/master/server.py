@@ -223,6 +223,8 @@ class MasterProtocol(RpcProtocol):
             return {"channel": channel}
 
         def deliver(ch, message, _pattern=channel if pattern else None):
+            if isinstance(ch, bytes):
+                ch = ch.decode("utf-8", "replace")  # a channel is a name; the message is data
             if self.connected:
                 self.push(Op.MESSAGE, {"channel": ch, "message": message,
                                        "pattern": _pattern})

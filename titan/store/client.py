@@ -79,6 +79,9 @@ class _CommandProtocol(Protocol):
         self.client = client
         self.parser = ReplyParser()
         self.waiting: deque = deque()
+        # (The client holds ClientService's proxy of this protocol, not this object:
+        # it tells a connection that is gone by this flag.)
+        self.alive = True
 
     def connectionMade(self) -> None:
         if hasattr(self.transport, "setTcpNoDelay"):
@@ -109,7 +112,8 @@ class _CommandProtocol(Protocol):
                 d.callback(reply)
 
     def connectionLost(self, reason=None) -> None:
-        self.client._lost(self)
+        self.alive = False
+        self.client._lost()
         waiting, self.waiting = self.waiting, deque()
         for d in waiting:
             d.errback(StoreUnavailable("the connection to the store was lost"))
@@ -141,7 +145,8 @@ class _SubscriberProtocol(_CommandProtocol):
                                       error=str(reply))
 
     def connectionLost(self, reason=None) -> None:
-        self.client._sub_lost(self)
+        self.alive = False
+        self.client._sub_lost()
         waiting, self.waiting = self.waiting, deque()
         for d in waiting:
             d.errback(StoreUnavailable("the connection to the store was lost"))
@@ -233,7 +238,7 @@ class StoreClient:
         d = defer.gatherResults(self._hello(proto), consumeErrors=True)
 
         def ready(_):
-            if proto.transport is None or not proto.transport.connected:
+            if not proto.alive:
                 return
             self._proto = proto
             self.last_error = None
@@ -261,8 +266,8 @@ class StoreClient:
         if proto.transport is not None:
             proto.transport.loseConnection()
 
-    def _lost(self, proto) -> None:
-        if self._proto is proto:
+    def _lost(self) -> None:
+        if self._proto is not None and not self._proto.alive:
             self._proto = None
 
     def execute(self, *args) -> defer.Deferred:
@@ -534,6 +539,8 @@ class StoreClient:
         d = defer.gatherResults(self._hello(proto), consumeErrors=True)
 
         def ready(_):
+            if not proto.alive:
+                return
             self._sub_proto = proto
             self.last_error = None
             channels = [n for (p, n) in self._subs if not p]
@@ -545,8 +552,8 @@ class StoreClient:
 
         return d.addCallbacks(ready, self._refused, errbackArgs=(proto,))
 
-    def _sub_lost(self, proto) -> None:
-        if self._sub_proto is proto:
+    def _sub_lost(self) -> None:
+        if self._sub_proto is not None and not self._sub_proto.alive:
             self._sub_proto = None
             self._confirmed.clear()
 

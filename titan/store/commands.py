@@ -23,8 +23,8 @@ from titan.store.data import (
     INT64_MAX, INT64_MIN, NOT_INTEGER, CommandError, Database, WrongType, glob_matcher)
 from titan.store.pubsub import Hub
 from titan.store.resp import (
-    EMPTY_ARRAY, EMPTY_BULK, NIL, NIL_ARRAY, OK, PONG, Simple, bulk, bulk_or_nil, bulks,
-    encode, error, integer, parse_int)
+    EMPTY_ARRAY, EMPTY_BULK, NIL, NIL_ARRAY, NULL3, OK, PONG, Simple, bulk, bulk_or_nil,
+    bulks, encode, error, integer, parse_int)
 
 REDIS_VERSION = "7.0.0"  # what INFO and HELLO report, for clients that look
 TITAN_STORE_VERSION = "1.0.0"
@@ -57,12 +57,23 @@ class Session:
         self.id = 0
         self.address = ""
         self.pushed: list = []
+        self.set_protocol(2)
+
+    def set_protocol(self, version: int) -> None:
+        """RESP2 or RESP3 (HELLO 3): how nulls, maps, sets and pushes are written."""
+        self.resp3 = version == 3
+        self.nil = NULL3 if self.resp3 else NIL
+        self.nil_array = NULL3 if self.resp3 else NIL_ARRAY
+        self.push_kind = b">" if self.resp3 else b"*"
+        self.regate()
 
     def push(self, data: bytes) -> None:
         self.pushed.append(data)
 
     def regate(self) -> None:
-        self.gated = not self.authenticated or bool(self.channels or self.patterns)
+        # In RESP3 a subscribed connection may run any command (pushes are told apart).
+        self.gated = not self.authenticated or (
+            not self.resp3 and bool(self.channels or self.patterns))
 
 
 def _arity_error(name: str) -> bytes:
@@ -181,7 +192,8 @@ class Store:
         if session.gated:
             if not session.authenticated and not flags & NOAUTH:
                 return NOAUTH_REPLY
-            if (session.channels or session.patterns) and not flags & PUBSUB:
+            if (session.channels or session.patterns) and not flags & PUBSUB \
+                    and not session.resp3:
                 return error(SUBSCRIBED_ONLY.format(name))
         try:
             return handler(session, args)
@@ -253,7 +265,7 @@ class Store:
     def ping(self, s: Session, args: list) -> bytes:
         if len(args) > 2:
             return _arity_error("ping")
-        if s.channels or s.patterns:
+        if (s.channels or s.patterns) and not s.resp3:
             return b"*2\r\n$4\r\npong\r\n" + (bulk(args[1]) if len(args) == 2 else EMPTY_BULK)
         return bulk(args[1]) if len(args) == 2 else PONG
 
@@ -297,9 +309,11 @@ class Store:
             version = parse_int(args[1])
             if version is None:
                 return error("ERR Protocol version is not an integer or out of range")
-            if version != 2:
+            if version not in (2, 3):
                 return error("NOPROTO unsupported protocol version")
             i = 2
+        else:
+            version = None
         name = None
         authed = False
         while i < len(args):
@@ -324,9 +338,11 @@ class Store:
             s.regate()
         if name is not None:
             s.name = name or None
-        return encode([b"server", b"redis", b"version", REDIS_VERSION.encode(),
-                       b"proto", 2, b"id", s.id, b"mode", b"standalone",
-                       b"role", b"master", b"modules", []])
+        if version is not None:
+            s.set_protocol(version)
+        return encode({b"server": b"redis", b"version": REDIS_VERSION.encode(),
+                       b"proto": 3 if s.resp3 else 2, b"id": s.id, b"mode": b"standalone",
+                       b"role": b"master", b"modules": []}, s.resp3)
 
     def select(self, s: Session, args: list) -> bytes:
         if _int(args[1]) != 0:
@@ -348,7 +364,7 @@ class Store:
         if sub == b"getname":
             if n != 2:
                 return _arity_error("client|getname")
-            return bulk_or_nil(s.name)
+            return bulk_or_nil(s.name, s.nil)
         if sub == b"id":
             if n != 2:
                 return _arity_error("client|id")
@@ -449,13 +465,13 @@ class Store:
         if sub == b"get":
             if len(args) < 3:
                 return _arity_error("config|get")
-            out = []
+            out = {}
             for pattern in args[2:]:
                 match = glob_matcher(pattern.lower())
                 for k, v in self.config_values.items():
                     if match is None or match(k.encode()):
-                        out += [k.encode(), v.encode()]
-            return encode(out)
+                        out[k.encode()] = v.encode()
+            return encode(out, s.resp3)
         if sub == b"resetstat":
             self.commands_processed = 0
             return OK
@@ -586,11 +602,11 @@ class Store:
         db = self.db
         v = db.data.get(args[1])
         if v is None:
-            return NIL
+            return s.nil
         if db.expires or type(v) is not bytes:
             v = db.get(args[1])  # expiry, type: the full path
             if v is None:
-                return NIL
+                return s.nil
         return b"$%d\r\n%b\r\n" % (len(v), v)
 
     def set(self, s: Session, args: list) -> bytes:
@@ -632,7 +648,7 @@ class Store:
         old = db.get(key) if get else None  # WRONGTYPE before anything changes
         exists = db.exists(key) if (nx or xx) else None
         if (nx and exists) or (xx and not exists):
-            return bulk_or_nil(old) if get else NIL
+            return bulk_or_nil(old, s.nil) if get else s.nil
         db.set(key, value, when, keep)
         if when is not None:
             self.log([b"SET", key, value, b"PXAT", b"%d" % when])
@@ -640,7 +656,7 @@ class Store:
             self.log([b"SET", key, value, b"KEEPTTL"])
         else:
             self.log([b"SET", key, value])
-        return bulk_or_nil(old) if get else OK
+        return bulk_or_nil(old, s.nil) if get else OK
 
     def _expire_arg(self, amount: bytes, unit: bytes, command: str) -> int:
         ms = _int(amount)
@@ -673,14 +689,14 @@ class Store:
         old = self.db.get(args[1])
         self.db.set(args[1], args[2])
         self.log([b"SET", args[1], args[2]])
-        return bulk_or_nil(old)
+        return bulk_or_nil(old, s.nil)
 
     def getdel(self, s: Session, args: list) -> bytes:
         old = self.db.get(args[1])
         if old is not None:
             self.db.delete([args[1]])
             self.log([b"DEL", args[1]])
-        return bulk_or_nil(old)
+        return bulk_or_nil(old, s.nil)
 
     def mget(self, s: Session, args: list) -> bytes:
         lookup = self.db.lookup
@@ -688,7 +704,7 @@ class Store:
         for key in args[1:]:
             v = lookup(key)
             values.append(v if type(v) is bytes else None)
-        return bulks(values)
+        return bulks(values, s.nil)
 
     def mset(self, s: Session, args: list) -> bytes:
         if len(args) % 2 == 0:
@@ -739,7 +755,7 @@ class Store:
         return integer(n)
 
     def smembers(self, s: Session, args: list) -> bytes:
-        return bulks(list(self.db.smembers(args[1])))
+        return bulks(list(self.db.smembers(args[1])), kind=b"~" if s.resp3 else b"*")
 
     def sismember(self, s: Session, args: list) -> bytes:
         return integer(int(self.db.sismember(args[1], args[2])))
@@ -770,11 +786,11 @@ class Store:
         return integer(1)
 
     def hget(self, s: Session, args: list) -> bytes:
-        return bulk_or_nil(self.db.hget(args[1], args[2]))
+        return bulk_or_nil(self.db.hget(args[1], args[2]), s.nil)
 
     def hmget(self, s: Session, args: list) -> bytes:
         h = self.db.hgetall(args[1])
-        return bulks([h.get(f) for f in args[2:]])
+        return bulks([h.get(f) for f in args[2:]], s.nil)
 
     def hgetall(self, s: Session, args: list) -> bytes:
         h = self.db.hgetall(args[1])
@@ -782,6 +798,8 @@ class Store:
         for k, v in h.items():
             flat.append(k)
             flat.append(v)
+        if s.resp3:
+            return b"%%%d\r\n" % len(h) + bulks(flat)[len(b"*%d\r\n" % len(flat)):]
         return bulks(flat)
 
     def hdel(self, s: Session, args: list) -> bytes:
@@ -830,13 +848,13 @@ class Store:
         if count == 0:  # Redis answers without popping, but after its checks
             v = db.lookup(args[1])
             if v is None:
-                return NIL_ARRAY
+                return s.nil_array
             if type(v) is not deque:
                 raise WrongType()
             return EMPTY_ARRAY
         value = db.pop(args[1], count, left)
         if value is None:
-            return NIL if count is None else NIL_ARRAY
+            return s.nil if count is None else s.nil_array
         self.log(args)
         return bulk(value) if count is None else bulks(value)
 
@@ -849,7 +867,7 @@ class Store:
         return integer(self.db.llen(args[1]))
 
     def lindex(self, s: Session, args: list) -> bytes:
-        return bulk_or_nil(self.db.lindex(args[1], _int(args[2])))
+        return bulk_or_nil(self.db.lindex(args[1], _int(args[2])), s.nil)
 
     # -- pub/sub ---------------------------------------------------------------------------
 
@@ -865,7 +883,7 @@ class Store:
             if channel not in s.channels:
                 s.channels[channel] = None
                 self.hub.subscribe(s, channel)
-            out.append(b"*3\r\n$9\r\nsubscribe\r\n" + bulk(channel)
+            out.append(s.push_kind + b"3\r\n$9\r\nsubscribe\r\n" + bulk(channel)
                        + integer(self._count(s)))
         s.regate()
         return b"".join(out)
@@ -873,12 +891,13 @@ class Store:
     def unsubscribe(self, s: Session, args: list) -> bytes:
         channels = args[1:] or list(s.channels)
         if not channels:
-            return b"*3\r\n$11\r\nunsubscribe\r\n$-1\r\n" + integer(self._count(s))
+            return (s.push_kind + b"3\r\n$11\r\nunsubscribe\r\n" + s.nil
+                    + integer(self._count(s)))
         out = []
         for channel in channels:
             if s.channels.pop(channel, 0) is None:
                 self.hub.unsubscribe(s, channel)
-            out.append(b"*3\r\n$11\r\nunsubscribe\r\n" + bulk(channel)
+            out.append(s.push_kind + b"3\r\n$11\r\nunsubscribe\r\n" + bulk(channel)
                        + integer(self._count(s)))
         s.regate()
         return b"".join(out)
@@ -889,7 +908,7 @@ class Store:
             if pattern not in s.patterns:
                 s.patterns[pattern] = None
                 self.hub.psubscribe(s, pattern)
-            out.append(b"*3\r\n$10\r\npsubscribe\r\n" + bulk(pattern)
+            out.append(s.push_kind + b"3\r\n$10\r\npsubscribe\r\n" + bulk(pattern)
                        + integer(self._count(s)))
         s.regate()
         return b"".join(out)
@@ -897,12 +916,13 @@ class Store:
     def punsubscribe(self, s: Session, args: list) -> bytes:
         patterns = args[1:] or list(s.patterns)
         if not patterns:
-            return b"*3\r\n$12\r\npunsubscribe\r\n$-1\r\n" + integer(self._count(s))
+            return (s.push_kind + b"3\r\n$12\r\npunsubscribe\r\n" + s.nil
+                    + integer(self._count(s)))
         out = []
         for pattern in patterns:
             if s.patterns.pop(pattern, 0) is None:
                 self.hub.punsubscribe(s, pattern)
-            out.append(b"*3\r\n$12\r\npunsubscribe\r\n" + bulk(pattern)
+            out.append(s.push_kind + b"3\r\n$12\r\npunsubscribe\r\n" + bulk(pattern)
                        + integer(self._count(s)))
         s.regate()
         return b"".join(out)

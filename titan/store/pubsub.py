@@ -1,5 +1,6 @@
 """Publish/subscribe: who listens to which channel or pattern.  Pure: subscribers are any
-objects with `push(bytes)` (the server's connections), and the messages are RESP2 arrays.
+objects with `push(bytes)` and `push_kind` (b"*": a RESP2 array, b">": a RESP3 push) —
+the server's connections.
 """
 from __future__ import annotations
 
@@ -61,9 +62,9 @@ class Hub:
         count = 0
         subs = self.channels.get(channel)
         if subs:
-            data = b"*3\r\n$7\r\nmessage\r\n" + _bulk(channel) + _bulk(message)
+            body = b"3\r\n$7\r\nmessage\r\n" + _bulk(channel) + _bulk(message)
             for s in list(subs):
-                s.push(data)
+                s.push(s.push_kind + body)
             count += len(subs)
         if self.patterns:
             tail = None
@@ -71,9 +72,9 @@ class Hub:
                 if match is None or match(channel):
                     if tail is None:
                         tail = _bulk(channel) + _bulk(message)
-                    data = b"*4\r\n$8\r\npmessage\r\n" + _bulk(pattern) + tail
+                    body = b"4\r\n$8\r\npmessage\r\n" + _bulk(pattern) + tail
                     for s in list(psubs):
-                        s.push(data)
+                        s.push(s.push_kind + body)
                     count += len(psubs)
         self.messages += count
         return count

@@ -335,9 +335,12 @@ def bulk(b: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(b), b)
 
 
-def bulk_or_nil(b: Optional[bytes]) -> bytes:
+NULL3 = b"_\r\n"  # RESP3's null, for bulk strings and arrays alike
+
+
+def bulk_or_nil(b: Optional[bytes], nil: bytes = NIL) -> bytes:
     if b is None:
-        return NIL
+        return nil
     return b"$%d\r\n%b\r\n" % (len(b), b)
 
 
@@ -352,23 +355,24 @@ def error(message: str) -> bytes:
         "utf-8", "surrogateescape") + b"\r\n"
 
 
-def bulks(items) -> bytes:
-    """An array of bulk strings (None becomes a nil bulk)."""
-    parts = [b"*%d\r\n" % len(items)]
+def bulks(items, nil: bytes = NIL, kind: bytes = b"*") -> bytes:
+    """An array of bulk strings (None becomes `nil`); `kind` ~ makes it a RESP3 set, >
+    a RESP3 push."""
+    parts = [kind + b"%d\r\n" % len(items)]
     append = parts.append
     for b in items:
         if b is None:
-            append(NIL)
+            append(nil)
         else:
             append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(parts)
 
 
-def encode(value) -> bytes:
+def encode(value, resp3: bool = False) -> bytes:
     """Any reply value: None (nil), bytes/str (bulk), int, list/tuple (array, nested),
-    ReplyError (error), Simple (status)."""
+    dict (RESP3 map, or a flat array in RESP2), ReplyError (error), Simple (status)."""
     if value is None:
-        return NIL
+        return NULL3 if resp3 else NIL
     if isinstance(value, (bytes, bytearray)):
         return b"$%d\r\n%b\r\n" % (len(value), value)
     if isinstance(value, bool):
@@ -382,7 +386,11 @@ def encode(value) -> bytes:
     if isinstance(value, ReplyError):
         return error(str(value))
     if isinstance(value, (list, tuple)):
-        return b"*%d\r\n" % len(value) + b"".join(encode(v) for v in value)
+        return b"*%d\r\n" % len(value) + b"".join(encode(v, resp3) for v in value)
+    if isinstance(value, dict):
+        head = b"%%%d\r\n" % len(value) if resp3 else b"*%d\r\n" % (2 * len(value))
+        return head + b"".join(encode(k, resp3) + encode(v, resp3)
+                               for k, v in value.items())
     raise TypeError(f"cannot encode {type(value).__name__} as RESP")
 
 
@@ -411,23 +419,35 @@ class Simple(str):
 class ReplyError(Exception):
     """An error reply (`-ERR ...`), as a value: the parser returns it, it does not raise."""
 
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ReplyError) and str(other) == str(self)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
     @property
     def prefix(self) -> str:
         return str(self).split(" ", 1)[0]
 
 
+class Push(list):
+    """A RESP3 push (`>`): a pub/sub message or (un)subscribe confirmation."""
+
+
 class ReplyParser:
-    """Incremental RESP2 reply parser: `feed(bytes)` returns the complete replies.
+    """Incremental RESP2/RESP3 reply parser: `feed(bytes)` returns the complete replies.
 
     Status replies come out as Simple (a str), errors as ReplyError instances, integers as
-    int, bulk strings as bytes (nil as None), arrays as lists (nil array as None).
-    Raises ProtocolError on bytes that are not RESP2.
+    int, bulk strings as bytes (nil as None), arrays as lists (nil array as None); from
+    RESP3: null None, maps dict, sets set, pushes Push, booleans bool, doubles float,
+    verbatim strings bytes (without their format).
+    Raises ProtocolError on bytes that are neither.
     """
 
     def __init__(self, max_bulk: int = DEFAULT_MAX_BULK) -> None:
         self.max_bulk = max_bulk
         self._buf = b""
-        self._stack: list = []  # [list being filled, items still needed]
+        self._stack: list = []  # [items, still needed, kind]
 
     def feed(self, data: bytes) -> list:
         buf = self._buf + data if self._buf else data
@@ -440,7 +460,7 @@ class ReplyParser:
             if nl < 0:
                 break
             kind = buf[pos]
-            if kind == 36:  # $
+            if kind in b"$=!":  # bulk, verbatim, blob error
                 length = _reply_int(buf[pos + 1:nl])
                 if length < 0:
                     value = None
@@ -453,25 +473,40 @@ class ReplyParser:
                         break
                     value = buf[nl + 2:end]
                     pos = end + 2
+                    if kind == 61:  # =: "txt:" and the text
+                        value = value[4:]
+                    elif kind == 33:
+                        value = ReplyError(value.decode("utf-8", "replace"))
             elif kind == 43:  # +
                 value = Simple(buf[pos + 1:nl].decode("utf-8", "replace"))
                 pos = nl + 2
-            elif kind == 58:  # :
+            elif kind == 58 or kind == 40:  # : (
                 value = _reply_int(buf[pos + 1:nl])
                 pos = nl + 2
             elif kind == 45:  # -
                 value = ReplyError(buf[pos + 1:nl].decode("utf-8", "replace"))
                 pos = nl + 2
-            elif kind == 42:  # *
+            elif kind == 95:  # _
+                value = None
+                pos = nl + 2
+            elif kind == 35:  # #
+                value = buf[pos + 1:nl] == b"t"
+                pos = nl + 2
+            elif kind == 44:  # ,
+                value = float(buf[pos + 1:nl])
+                pos = nl + 2
+            elif kind in b"*%~>":
                 count = _reply_int(buf[pos + 1:nl])
                 pos = nl + 2
+                if kind == 37:  # %: key, value pairs
+                    count *= 2
                 if count > 0:
-                    stack.append([[], count])
+                    stack.append([[], count, kind])
                     continue
-                value = None if count < 0 else []
+                value = None if count < 0 else _container(kind, [])
             else:
                 raise ProtocolError(f"unexpected reply type {chr(kind)!r}")
-            # Place the value: into the innermost open array, closing those it completes.
+            # Place the value: into the innermost open aggregate, closing those it completes.
             while stack:
                 top = stack[-1]
                 top[0].append(value)
@@ -479,11 +514,21 @@ class ReplyParser:
                 if top[1]:
                     break
                 stack.pop()
-                value = top[0]
+                value = _container(top[2], top[0])
             else:
                 out.append(value)
         self._buf = buf[pos:] if pos < n else b""
         return out
+
+
+def _container(kind: int, items: list):
+    if kind == 37:
+        return dict(zip(items[::2], items[1::2]))
+    if kind == 126:
+        return set(items)
+    if kind == 62:
+        return Push(items)
+    return items
 
 
 def _reply_int(s: bytes) -> int:

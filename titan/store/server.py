@@ -213,6 +213,8 @@ class StoreProtocol(Protocol, Session):
 
 
 class StoreFactory(Factory):
+    noisy = False
+
     def __init__(self, store: Store, max_bulk: int = DEFAULT_MAX_BULK,
                  max_clients: int = 10000, pubsub_buffer_bytes: int = 32 * 1024 * 1024,
                  hold_writes: bool = False) -> None:

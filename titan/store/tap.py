@@ -3,17 +3,17 @@ from __future__ import annotations
 
 import os
 
-import attrs
 from twisted.python import usage
 
-from titan.store.config import FSYNC, StoreConfigError, load_store_config
+from titan.store.config import FSYNC
 
 
 class Options(usage.Options):
     synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR] [--password P]"
     longdesc = ("TitanStore: keys, sets, hashes, lists, TTLs and pub/sub over the Redis "
-                "protocol (RESP2), kept in an append-only file.  The password may also "
-                "come from $TITAN_STORE_PASSWORD.")
+                "protocol (RESP2 and RESP3), kept in an append-only file.  Settings come "
+                "from the config file's `store:` section; these options override them.  "
+                "The password may also come from $TITAN_STORE_PASSWORD.")
     optParameters = [
         ["config", "c", None, "YAML config file (its `store:` section; see etc/titan.yaml)."],
         ["listen", "l", None, "Twisted endpoint to listen on "
@@ -25,17 +25,18 @@ class Options(usage.Options):
     ]
 
     def postOptions(self) -> None:
+        from titan.config import ConfigError, load_config
         try:
-            config = load_store_config(self["config"])
-        except StoreConfigError as e:
+            config = load_config(self["config"])
+        except ConfigError as e:
+            # One line that names file, line and key; twistd's usage dump would bury it.
             raise SystemExit(f"titan-store: {e}")
         if self["fsync"] is not None and self["fsync"] not in FSYNC:
             raise usage.UsageError(f"--fsync must be one of {', '.join(FSYNC)}")
         password = self["password"] or os.environ.get("TITAN_STORE_PASSWORD") or None
-        changes = {"listen": self["listen"], "data_dir": self["data-dir"],
-                   "password": password, "fsync": self["fsync"]}
-        self.config = attrs.evolve(config, **{k: v for k, v in changes.items()
-                                              if v is not None})
+        config = config.override("store", listen=self["listen"], data_dir=self["data-dir"],
+                                 password=password, fsync=self["fsync"])
+        self.config = config.store
 
 
 def makeService(options: Options):
