@@ -13,9 +13,8 @@ from typing import Any, Optional
 
 import attrs
 import msgpack
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -34,6 +33,7 @@ from titan.interfaces import (
 from titan.master.autoscale import AutoscalerService
 from titan.plugin_registry import find
 from titan.protocols import codec
+from titan.listener import ListenerService
 from titan.master.logstore import LogStore
 from titan.master.legacy import LegacyFrontend
 from titan.master.server import MasterFactory, MasterProtocol
@@ -62,51 +62,6 @@ def build_autoscaler(config: Config):
         return find(IAutoscalerFactory, config.autoscaler.name, "autoscaler").build(options)
     except TitanError as e:
         raise SystemExit(f"titan: {config.source}: autoscaler.name: {e}")
-
-
-class ListenerService(Service):
-    """Listens on an endpoint string; the bound port is known once it has started."""
-
-    def __init__(self, reactor, description: str, factory, on_listening=None) -> None:
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.on_listening = on_listening
-        self.port = None
-
-    def privilegedStartService(self) -> None:
-        # twistd calls this before dropping privileges; `twist` calls only startService.
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self.port is not None:
-            return
-        try:
-            endpoint = serverFromString(self.reactor, self.description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"titan: {self.description!r} is not a server endpoint string "
-                             f"(like tcp:9090:interface=127.0.0.1): {e}")
-        d = endpoint.listen(self.factory)
-        failures: list = []
-        d.addCallbacks(self._listening, failures.append)
-        if failures:  # TCP and UNIX endpoints answer at once: fail start-up with the reason
-            raise SystemExit(f"titan: cannot listen on {self.description}: "
-                             f"{failures[0].getErrorMessage()}")
-
-    def _listening(self, port) -> None:
-        self.port = port
-        if self.on_listening:
-            self.on_listening(port)
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            return self.port.stopListening()
 
 
 class MasterService(MultiService):

@@ -14,15 +14,15 @@ import os
 import time
 from typing import Optional
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from titan.interfaces import CorruptLog
 from titan.persistence.aof import AOFPersistence
+from titan.listener import ListenerService
 from titan.store.commands import Store
 from titan.store.config import StoreConfig
 from titan.store.server import StoreFactory
@@ -30,47 +30,6 @@ from titan.store.server import StoreFactory
 PORT_FILE = "store.port"
 LOCK_FILE = "LOCK"
 SWEEP_LIMIT = 20000  # keys removed per sweep before the reactor gets a turn
-
-
-class _Listener(Service):
-    def __init__(self, reactor, description: str, factory, on_listening) -> None:
-        self.reactor = reactor
-        self.description = description
-        self.factory = factory
-        self.on_listening = on_listening
-        self.port = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self._listen()
-
-    def startService(self) -> None:
-        super().startService()
-        self._listen()
-
-    def _listen(self) -> None:
-        if self.port is not None:
-            return
-        try:
-            endpoint = serverFromString(self.reactor, self.description)
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"titan-store: {self.description!r} is not a server endpoint "
-                             f"string (like tcp:6379:interface=127.0.0.1): {e}")
-        failures: list = []
-        endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
-        if failures:
-            raise SystemExit(f"titan-store: cannot listen on {self.description}: "
-                             f"{failures[0].getErrorMessage()}")
-
-    def _listening(self, port) -> None:
-        self.port = port
-        self.on_listening(port)
-
-    def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            port, self.port = self.port, None
-            return port.stopListening()
 
 
 class StoreService(MultiService):
@@ -100,7 +59,8 @@ class StoreService(MultiService):
                                     max_clients=config.max_clients,
                                     pubsub_buffer_bytes=config.pubsub_buffer_bytes,
                                     hold_writes=config.fsync == "always")
-        self.listener = _Listener(reactor, config.listen, self.factory, self._listening)
+        self.listener = ListenerService(reactor, config.listen, self.factory, self._listening,
+                                        who="titan-store")
         self.listener.setServiceParent(self)
         self.aof: Optional[AOFPersistence] = None
         self._lock_fd: Optional[int] = None
