@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -35,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)                   # bench/fanout.py's helpers
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
-from fanout import TARGET_RATIO, TASK, fmt, load_average, say  # noqa: E402
+from fanout import TARGET_RATIO, TASK, fmt, load_average, say, say_host  # noqa: E402
 
 
 # -- the graph -----------------------------------------------------------------------------
@@ -356,10 +355,7 @@ def report(args, titan: dict, dask: Optional[dict]) -> bool:
         f"processes=True); f = lambda *parents: subprocess.run({TASK!r}); {how}")
     say(f"  rounds:      warm-up DAG of {args.warmup} (not counted), then "
         f"{args.repeat} x {args.jobs}")
-    load = load_average()
-    say(f"  host:        {platform.node()}, {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, {platform.platform()}; load average "
-        f"{fmt(args.load_before, '.2f')} before, {fmt(load, '.2f')} after")
+    say_host(args.load_before)
     return ok
 
 

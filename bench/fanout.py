@@ -274,11 +274,16 @@ def report(args, titan: dict, dask: Optional[dict]) -> bool:
                if args.latency else "skipped")
     say(f"  rounds:      warm-up {args.warmup} (not counted), then {args.repeat} x {args.jobs}; "
         f"latency: {latency}")
+    say_host(args.load_before)
+    return ok
+
+
+def say_host(load_before) -> None:
+    """The closing line every benchmark prints: where it ran, and how busy the machine was."""
     load = load_average()
     say(f"  host:        {platform.node()}, {os.cpu_count()} CPUs, Python "
         f"{platform.python_version()}, {platform.platform()}; load average "
-        f"{fmt(args.load_before, '.2f')} before, {fmt(load, '.2f')} after")
-    return ok
+        f"{fmt(load_before, '.2f')} before, {fmt(load, '.2f')} after")
 
 
 def main(argv=None) -> int:
