@@ -34,6 +34,7 @@ from titan.core.model import JobState, RunState
 from titan.errors import RemoteError
 from titan.protocols import legacy
 from titan.protocols.opcodes import Op, op_name
+from titan.store.client import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from titan.master.service import MasterService
@@ -163,6 +164,11 @@ class LegacyFrontend(Service):
             text = f"ERROR: {failure.getErrorMessage()}"
         elif failure.check(RemoteError):
             text = f"ERROR: {failure.value.message}"
+        elif failure.check(StoreError):  # the store refused it (WRONGTYPE, ...)
+            text = f"ERROR: {failure.getErrorMessage()}"
+        elif failure.check(StoreUnavailable):
+            self.log.warn("text {op}: {why}", op=op_name(opcode), why=failure.getErrorMessage())
+            text = f"ERROR: the store is unavailable: {failure.getErrorMessage()}"
         else:
             self.log.failure("text {op} failed", failure, op=op_name(opcode))
             text = f"ERROR: {op_name(opcode)} failed: {failure.getErrorMessage()}"

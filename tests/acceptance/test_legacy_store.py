@@ -1,0 +1,324 @@
+"""The reference implementation's store requests (KV_SET, KV_GET, KV_SADD, KV_SMEMBERS) and
+its store-key approvals, against a live master whose store is a real TitanStore
+(`twistd -n titan-store`), with real workers.
+
+What a user would see is checked from both sides: through the text frames (LegacyClient, the
+reference SDK's wire format) and straight in the store with `redis-cli`.
+"""
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+import time
+
+from tests.acceptance.helpers import ClusterTestCase
+from titan.protocols import legacy as L
+from titan.sdk.legacy_client import LegacyClient, LegacyError
+from titan.testing.cluster import BIN, free_port
+from titan.testing.processes import die_with_parent, read_port, tail
+
+ENDED = {"COMPLETED", "FAILED", "DEAD", "CANCELLED"}
+GATE_SCRIPT = base64.b64encode(b"# the reference SDK's hitl_gate.py").decode()
+
+
+def py(source: str) -> bytes:
+    return textwrap.dedent(source).encode()
+
+
+def gate_job(gate: str, parents: list, wait: int = 600, message: str = "Ship it?") -> str:
+    """What the reference SDK's submit_dag sends for TitanJob(..., hitl_message=...)."""
+    return (f"{gate}|RUN_PAYLOAD|hitl_gate.py|{gate} {wait} {message}|{GATE_SCRIPT}|GENERAL|"
+            f"1|0|[{','.join(parents)}]")
+
+
+def start_store() -> tuple[subprocess.Popen, int]:
+    """A titan-store on 127.0.0.1 (the OS picks the port; the store writes it to its data
+    dir), its append-only file in a temp dir; killed when the test process exits."""
+    if shutil.which("redis-cli") is None:
+        raise RuntimeError("redis-cli is not installed (make test installs it)")
+    base = tempfile.mkdtemp(prefix="titan-legacy-store-")
+    data_dir = os.path.join(base, "data")
+    log_file = os.path.join(base, "store.log")
+    proc = subprocess.Popen(
+        [os.path.join(BIN, "twistd"), "-n", f"--logfile={log_file}", "--pidfile=",
+         "titan-store", "--listen", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir],
+        cwd=base, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=open(log_file + ".err", "wb"), preexec_fn=die_with_parent)
+
+    def stop():
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    atexit.register(stop)
+    port = read_port(data_dir, proc, 30, name="store.port")
+    if port is None:
+        stop()
+        raise RuntimeError(f"titan-store did not start:\n{tail(log_file)}"
+                           f"{tail(log_file + '.err')}")
+    deadline = time.monotonic() + 10
+    while redis_cli(port, "PING") != "PONG\n":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"titan-store does not answer PING:\n{tail(log_file)}")
+        time.sleep(0.05)
+    return proc, port
+
+
+def redis_cli(port: int, *args: str) -> str:
+    """What `redis-cli -p PORT ARGS...` prints (raw: not a terminal)."""
+    done = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+                          capture_output=True, timeout=15)
+    return done.stdout.decode("utf-8")
+
+
+class LegacyStoreTests(ClusterTestCase):
+    """Workers w1 (tag LEFT) and w2 (tag RIGHT): the reference's REQUIREMENT field pins a
+    job to one of them (its job strings cannot name a worker)."""
+
+    workers = 0  # started with tags below
+    slots = 4
+    store_proc = None
+    store_port = 0
+
+    def setUp(self) -> None:
+        cls = type(self)
+        if cls.__dict__.get("store_proc") is None:
+            cls.store_proc, cls.store_port = start_store()
+            cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
+                                                   f"{cls.store_port}/0\n"}
+        super().setUp()
+        if not cls.__dict__.get("tagged_workers"):
+            self.cluster.start_worker("w1", tags="LEFT")
+            self.cluster.start_worker("w2", tags="RIGHT")
+            self.cluster.wait_for_workers(2)
+            cls.tagged_workers = True
+        self.c = LegacyClient("127.0.0.1", self.cluster.port)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def redis(self, *args: str) -> str:
+        return redis_cli(self.store_port, *args)
+
+    def wait_ended(self, *refs: str, timeout: float = 60.0) -> dict:
+        states: dict = {}
+
+        def ended():
+            for ref in refs:
+                if states.get(ref) not in ENDED:
+                    states[ref] = self.c.get_job_status(ref)
+            return all(states[r] in ENDED for r in refs)
+        self.wait_for(ended, timeout, f"{', '.join(refs)} to end (now {states})")
+        return states
+
+    def structured(self, ref: str) -> dict:
+        """The job as Titan's own client sees it (its bare id: unique in these tests)."""
+        with self.cluster.client() as client:
+            return client.job(L.node_of(ref))
+
+    def wait_key(self, key: str, value: str, timeout: float = 20.0) -> None:
+        seen = []
+
+        def holds():
+            seen[:] = [self.redis("GET", key)]
+            return seen[0] == value + "\n"
+        self.wait_for(holds, timeout, f"{key} to be {value} in the store (it is {seen})")
+
+    def submit_gated(self, gate: str, child: str, **gate_options) -> None:
+        """before -> gate -> child, and wait until the store shows the gate WAITING."""
+        before = f"{gate}-before"
+        self.assertEqual(self.c.submit_dag([
+            L.run_payload(before, "before.py", py("print('before')")),
+            gate_job(gate, [before], **gate_options),
+            L.run_payload(child, "child.py", py(f"print('{child} ran')"), parents=[gate]),
+        ]), "DAG_ACCEPTED")
+        self.wait_key(L.hitl_key(gate), "WAITING")
+        self.assertEqual(self.structured(gate)["state"], "WAITING_APPROVAL")
+        self.assertEqual(self.c.get_job_status(f"DAG-{gate}"), "RUNNING")
+        self.assertEqual(self.c.get_job_status(f"DAG-{child}"), "PENDING")
+
+    # -- KV ----------------------------------------------------------------------------------
+
+    def test_kv_ops_round_trip_and_live_in_the_store(self):
+        value = "héllo | wörld ✓ 日本語 | a=b,c"
+        self.assertEqual(self.c.kv_set("legacy:greeting", value), "OK")
+        self.assertEqual(self.c.kv_get("legacy:greeting"), value)
+        self.assertEqual(self.redis("GET", "legacy:greeting"), value + "\n")
+        # Overwritten, and an empty value is a value, not an absent key.
+        self.assertEqual(self.c.kv_set("legacy:greeting", "second"), "OK")
+        self.assertEqual(self.c.kv_get("legacy:greeting"), "second")
+        self.assertEqual(self.c.kv_set("legacy:empty", ""), "OK")
+        self.assertEqual(self.c.kv_get("legacy:empty"), "")
+        self.assertEqual(self.redis("EXISTS", "legacy:empty"), "1\n")
+        # Absent: None here, nothing in the store.
+        self.assertIsNone(self.c.kv_get("legacy:absent"))
+        self.assertEqual(self.redis("EXISTS", "legacy:absent"), "0\n")
+        # Keys are used as given (the reference hid them under `user:`).
+        self.assertEqual(self.redis("EXISTS", "user:legacy:greeting"), "0\n")
+        # What others write to the store, the text frames read.
+        self.assertEqual(self.redis("SET", "legacy:from-cli", "ünïcode ✓"), "OK\n")
+        self.assertEqual(self.c.kv_get("legacy:from-cli"), "ünïcode ✓")
+
+        self.assertEqual(self.c.kv_sadd("legacy:set", "b ✓"), 1)
+        self.assertEqual(self.c.kv_sadd("legacy:set", "a|1"), 1)
+        self.assertEqual(self.c.kv_sadd("legacy:set", "a|1"), 0)
+        self.assertEqual(sorted(self.c.kv_smembers("legacy:set")), ["a|1", "b ✓"])
+        self.assertEqual(sorted(self.redis("SMEMBERS", "legacy:set").splitlines()),
+                         ["a|1", "b ✓"])
+        self.assertEqual(self.redis("SADD", "legacy:set", "c"), "1\n")
+        self.assertEqual(self.c.kv_sadd("legacy:set", "c"), 0)
+        self.assertEqual(sorted(self.c.kv_smembers("legacy:set")), ["a|1", "b ✓", "c"])
+        self.assertEqual(self.c.kv_smembers("legacy:no-such-set"), [])
+
+    def test_kv_errors_say_what_is_wrong(self):
+        for call, text in [
+                (lambda: self.c.call(0x60, "no-separator"), "ERROR: KV_SET takes KEY|VALUE"),
+                (lambda: self.c.call(0x60, "|value"), "ERROR: KV_SET takes KEY|VALUE"),
+                (lambda: self.c.call(0x62, "no-separator"), "ERROR: KV_SADD takes KEY|MEMBER"),
+                (lambda: self.c.call(0x61, ""), "ERROR: a key is required"),
+                (lambda: self.c.call(0x63, ""), "ERROR: a key is required")]:
+            with self.assertRaises(LegacyError) as caught:
+                call()
+            self.assertEqual(caught.exception.text, text)
+        # The store's own refusal comes back as an ERROR that says so.
+        self.c.kv_sadd("legacy:a-set", "m")
+        with self.assertRaises(LegacyError) as caught:
+            self.c.kv_get("legacy:a-set")
+        self.assertEqual(caught.exception.text, "ERROR: WRONGTYPE Operation against a key "
+                                                "holding the wrong kind of value")
+        self.assertEqual(self.c.kv_set("legacy:ok-after", "yes"), "OK")
+
+    def test_kv_hand_off_between_jobs_on_two_workers(self):
+        writer = py("""\
+            from titan.sdk.legacy_client import LegacyClient
+            c = LegacyClient()  # TITAN_HOST / TITAN_PORT, as the reference SDK reads them
+            print(c.kv_set("handoff:rows", "rows=42 | ✓"))
+            print(c.kv_sadd("handoff:seen", "writer"))
+            """)
+        reader = py("""\
+            import sys
+            from titan.sdk.legacy_client import LegacyClient
+            c = LegacyClient()
+            print(sys.argv[1], c.kv_get("handoff:rows"), c.kv_smembers("handoff:seen"))
+            """)
+        self.assertEqual(self.c.submit_dag([
+            L.run_payload("kv-write", "write.py", writer, requirement="LEFT"),
+            L.run_payload("kv-read", "read.py", reader, args="reader", requirement="RIGHT",
+                          parents=["kv-write"]),
+            # |AFFINITY: where the parent ran (w1), though any worker would do.
+            L.run_payload("kv-near", "read.py", reader, args="near", parents=["kv-write"],
+                          affinity=True),
+        ]), "DAG_ACCEPTED")
+        states = self.wait_ended("DAG-kv-write", "DAG-kv-read", "DAG-kv-near")
+        self.assertEqual(set(states.values()), {"COMPLETED"},
+                         (states, self.c.get_logs("DAG-kv-read")))
+        self.assertEqual(self.c.get_logs("DAG-kv-write"), "OK\n1\n")
+        self.assertEqual(self.c.get_logs("DAG-kv-read"), "reader rows=42 | ✓ ['writer']\n")
+        self.assertEqual(self.c.get_logs("DAG-kv-near"), "near rows=42 | ✓ ['writer']\n")
+        self.assertEqual(self.structured("kv-write")["worker"], "w1")
+        self.assertEqual(self.structured("kv-read")["worker"], "w2")
+        self.assertEqual(self.structured("kv-near")["worker"], "w1")
+        self.assertEqual(self.redis("GET", "handoff:rows"), "rows=42 | ✓\n")
+        self.assertEqual(self.redis("SMEMBERS", "handoff:seen"), "writer\n")
+
+    # -- approval gates through the store ----------------------------------------------------
+
+    def test_a_gate_approved_through_the_store_key(self):
+        gate = "hitl-gate-ship"
+        self.submit_gated(gate, "ship", message="Ship it? ✓")
+        self.assertEqual(self.redis("GET", f"titan:hitl:message:{gate}"), "Ship it? ✓\n")
+        self.assertIn(gate, self.redis("SMEMBERS", "titan:hitl:queue").splitlines())
+        self.assertTrue(self.redis("GET", f"titan:hitl:ts:{gate}").strip().isdigit())
+        time.sleep(1.0)  # two polls: WAITING decides nothing
+        self.assertEqual(self.structured(gate)["state"], "WAITING_APPROVAL")
+
+        self.assertEqual(self.redis("SET", L.hitl_key(gate), "APPROVED"), "OK\n")
+        states = self.wait_ended(f"DAG-{gate}", "DAG-ship", timeout=30)
+        self.assertEqual(states, {f"DAG-{gate}": "COMPLETED", "DAG-ship": "COMPLETED"})
+        self.assertEqual(self.c.get_logs("DAG-ship"), "ship ran\n")
+        view = self.structured(gate)
+        self.assertEqual(view["state"], "COMPLETED")
+        self.assertEqual({k: view["decision"][k] for k in ("approved", "by", "comment")},
+                         {"approved": True, "by": "store",
+                          "comment": f"titan:hitl:status:{gate} set to APPROVED"})
+        self.assertGreaterEqual(self.structured("ship")["started_at"], view["finished_at"])
+        shown = self.titan("status", gate)
+        self.assertIn(f"approved by store: titan:hitl:status:{gate} set to APPROVED",
+                      shown.stdout.decode(), shown.stderr.decode())
+        time.sleep(1.0)  # the mirror writes the outcome back: it stays APPROVED
+        self.assertEqual(self.redis("GET", L.hitl_key(gate)), "APPROVED\n")
+
+    def test_a_gate_rejected_through_the_store_key(self):
+        gate = "hitl-gate-veto"
+        self.submit_gated(gate, "vetoed")
+        # KV_SET, as the reference's dashboard does it.
+        self.assertEqual(self.c.kv_set(L.hitl_key(gate), "REJECTED"), "OK")
+        states = self.wait_ended(f"DAG-{gate}", "DAG-vetoed", timeout=30)
+        self.assertEqual(states, {f"DAG-{gate}": "CANCELLED", "DAG-vetoed": "CANCELLED"})
+        view = self.structured(gate)
+        self.assertEqual((view["decision"]["approved"], view["decision"]["by"]),
+                         (False, "store"))
+        self.assertEqual(view["reason"],
+                         f"rejected by store: titan:hitl:status:{gate} set to REJECTED")
+        child = self.structured("vetoed")
+        self.assertEqual(child["reason"], f"cancelled: gate {gate} rejected by store: "
+                                          f"titan:hitl:status:{gate} set to REJECTED")
+        self.assertIsNone(child["started_at"])
+        shown = self.titan("status", "vetoed")
+        self.assertIn(f"cancelled: gate {gate} rejected by store", shown.stdout.decode())
+        self.assertEqual(self.c.get_logs("DAG-vetoed"), "")  # it never ran
+        time.sleep(1.0)
+        self.assertEqual(self.c.kv_get(L.hitl_key(gate)), "REJECTED")
+
+    def test_titan_decisions_are_mirrored_to_the_key(self):
+        approved, rejected, timed_out = "hitl-gate-ok", "hitl-gate-no", "hitl-gate-late"
+        # A decision left over from an earlier gate of the same id decides nothing.
+        self.assertEqual(self.redis("SET", L.hitl_key(approved), "APPROVED"), "OK\n")
+        self.submit_gated(approved, "after-ok")
+        time.sleep(1.0)
+        self.assertEqual(self.structured(approved)["state"], "WAITING_APPROVAL")
+        self.assertEqual(self.redis("GET", L.hitl_key(approved)), "WAITING\n")
+
+        done = self.titan("approve", approved, "-m", "fine", "--by", "alice")
+        self.assertEqual(done.returncode, 0, done.stderr.decode())
+        self.wait_key(L.hitl_key(approved), "APPROVED")
+        self.assertEqual(self.wait_ended("DAG-after-ok")["DAG-after-ok"], "COMPLETED")
+        self.assertEqual(self.structured(approved)["decision"]["by"], "alice")
+
+        self.submit_gated(rejected, "after-no")
+        with self.cluster.client() as client:
+            client.reject(rejected, "not now", by="bob")
+        self.wait_key(L.hitl_key(rejected), "REJECTED")
+        self.assertEqual(self.wait_ended("DAG-after-no")["DAG-after-no"], "CANCELLED")
+
+        self.submit_gated(timed_out, "after-late", wait=3)
+        self.wait_key(L.hitl_key(timed_out), "TIMEOUT", timeout=30)
+        self.assertEqual(self.wait_ended("DAG-after-late")["DAG-after-late"], "CANCELLED")
+        self.assertEqual(self.structured(timed_out)["decision"]["by"], "timeout")
+
+
+class LegacyStoreDownTests(ClusterTestCase):
+    """The master's store is named but nothing answers there."""
+
+    workers = 0
+    dead_port = free_port()  # handed out, then released: nothing listens on it
+    cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:{dead_port}/0\n"}
+
+    def test_a_store_that_does_not_answer_is_an_error_that_says_so(self):
+        c = LegacyClient("127.0.0.1", self.cluster.port)
+        started = time.monotonic()
+        with self.assertRaises(LegacyError) as caught:
+            c.kv_set("legacy:k", "v")
+        self.assertTrue(caught.exception.text.startswith(
+            f"ERROR: the store is unavailable: no connection to the store at "
+            f"127.0.0.1:{self.dead_port} within 10s"), caught.exception.text)
+        self.assertLess(time.monotonic() - started, 20)
+        # The master is fine otherwise.
+        self.assertEqual(c.get_job_status("DAG-nothing"), "NULL")
