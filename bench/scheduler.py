@@ -43,18 +43,21 @@ def run(jobs: int, width: int, workers: int, slots: int, measure_memory: bool) -
     start = time.perf_counter()
     template = parse_dag(body)
     parsed = time.perf_counter()
+    del body  # the master keeps the parsed template, not the wire body
     s = Scheduler(max_jobs_per_run=jobs)
     now = 0.0
     for w in range(workers):
         s.apply(ev.WorkerJoined(f"w{w}", f"w{w}", "bench", frozenset(), slots), now)
+    dispatch = ev.Dispatch
     running = [d for d in s.apply(ev.DagSubmitted("run", template), now)
-               if isinstance(d, ev.Dispatch)]
+               if type(d) is dispatch]
     done = 0
     while running:
         d = running.pop()
         now += 1e-6
-        out = s.apply(ev.JobFinished(d.job_id, d.worker_id, d.attempt, 0), now)
-        running.extend(x for x in out if isinstance(x, ev.Dispatch))
+        for x in s.apply(ev.JobFinished(d.job_id, d.worker_id, d.attempt, 0), now):
+            if type(x) is dispatch:
+                running.append(x)
         done += 1
     end = time.perf_counter()
     peak = tracemalloc.get_traced_memory()[1] if measure_memory else 0

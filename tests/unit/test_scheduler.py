@@ -312,9 +312,10 @@ class HeartbeatTests(SynchronousTestCase):
         for name in names:
             h.submit(name)
         h.disconnect("w1")
-        out = h.join("w1", slots=0)  # forgot everything, takes no work for now
-        pending = [d.job_id for d in out if isinstance(d, ev.JobChanged)]
-        self.assertEqual(pending, names)
+        h.join("w1", slots=0)  # forgot everything, takes no work for now
+        self.assertEqual({h.state(n) for n in names}, {JobState.PENDING})
+        out = h.join("w1", slots=12)
+        self.assertEqual([job for job, _, _ in dispatched(out)], names)
 
     def test_requeued_job_adopted_when_dead_worker_returns(self):
         h = Harness(heartbeat_timeout=10.0)
@@ -328,7 +329,6 @@ class HeartbeatTests(SynchronousTestCase):
         out = h.join("w1", slots=1, running=[ev.JobReport("j1", 1)])
         self.assertEqual(dispatched(out), [])
         self.assertEqual(kills(out), [])
-        self.assertIn(ev.JobChanged("j1", JobState.RUNNING), out)
         job = h.job("j1")
         self.assertEqual((job.state, job.worker_id, job.attempt), (JobState.RUNNING, "w1", 1))
         self.assertEqual(h.running_on("w1"), {"j1"})
@@ -346,7 +346,7 @@ class HeartbeatTests(SynchronousTestCase):
         h.submit("j2")
         h.disconnect("w1")
         out = h.join("w1", slots=1, finished=[ev.JobReport("j1", 1, 0)])
-        self.assertIn(ev.JobChanged("j1", JobState.COMPLETED), out)
+        self.assertIn(ev.JobEnded("j1", JobState.COMPLETED), out)
         self.assertEqual(h.job("j1").exit_code, 0)
         self.assertEqual(dispatched(out), [("j2", "w1", 1)])
         self.assertEqual(h.s.workers["w1"].completed, 1)
@@ -454,7 +454,7 @@ class CancelTests(SynchronousTestCase):
         h = Harness()
         h.submit("j1")
         out = h.cancel("j1")
-        self.assertEqual(out, [ev.JobChanged("j1", JobState.CANCELLED)])
+        self.assertEqual(out, [ev.JobEnded("j1", JobState.CANCELLED)])
         h.join("w1", slots=4)
         h.submit("j2")
         self.assertEqual(dispatched(h.log), [("j2", "w1", 1)])
@@ -478,7 +478,7 @@ class CancelTests(SynchronousTestCase):
         h.submit("j2")
         out = h.cancel("j1")
         self.assertEqual(out, [ev.Kill("w1", "j1", 1, "cancelled by request"),
-                               ev.JobChanged("j1", JobState.CANCELLED)])
+                               ev.JobEnded("j1", JobState.CANCELLED)])
         self.assertEqual(h.state("j1"), JobState.CANCELLED)
         # The process has not exited yet: its slot is still taken.
         self.assertEqual(h.running_on("w1"), {"j1"})
@@ -509,7 +509,7 @@ class FailureTests(SynchronousTestCase):
         h.join("w1", slots=1)
         h.submit("j1")
         out = h.finish("j1", exit_code=3)
-        self.assertEqual(out, [ev.JobChanged("j1", JobState.FAILED)])
+        self.assertEqual(out, [ev.JobEnded("j1", JobState.FAILED)])
         job = h.job("j1")
         self.assertEqual((job.state, job.exit_code, job.reason), (JobState.FAILED, 3, "exit 3"))
         h.clock.advance(100)
@@ -537,7 +537,7 @@ class FailureTests(SynchronousTestCase):
             self.assertEqual(dispatched(h.log)[-1], ("j1", "w1", attempt + 1))
         self.assertGreater(delays[1], delays[0])
         out = h.finish("j1", exit_code=1)
-        self.assertEqual(out, [ev.JobChanged("j1", JobState.DEAD)])
+        self.assertEqual(out, [ev.JobEnded("j1", JobState.DEAD)])
         job = h.job("j1")
         self.assertEqual((job.state, job.failures, job.exit_code), (JobState.DEAD, 3, 1))
         h.clock.advance(1000)

@@ -16,6 +16,10 @@ class JobState(str, enum.Enum):
     CANCELLED = "CANCELLED"
     WAITING_APPROVAL = "WAITING_APPROVAL"  # a gate whose parents are done, awaiting a person
 
+    # The string's own hash (C), not Enum's Python-level one: states key the counters of
+    # every run, touched on every state change.  Equal, since each value is its name.
+    __hash__ = str.__hash__
+
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_STATES
@@ -35,11 +39,18 @@ class WorkerState(str, enum.Enum):
 def _tags(value: Any) -> frozenset[str]:
     """Tags, case-insensitive (kept upper-case).  A plain string is one comma-separated
     list ("gpu,cuda"), never a sequence of one-letter tags."""
+    if not value:
+        return NO_TAGS
     if type(value) is frozenset and all(t == t.upper() for t in value):
         return value  # already normalised (the common case: evolve, templates)
     if isinstance(value, str):
         value = value.split(",")
-    return frozenset(str(t).strip().upper() for t in (value or ()) if str(t).strip())
+    return frozenset(str(t).strip().upper() for t in value if str(t).strip()) or NO_TAGS
+
+
+# One shared empty set: most jobs need no tags, and 100,000 of them need not each carry an
+# object of their own for the garbage collector to walk.
+NO_TAGS: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -116,7 +127,9 @@ class JobRecord:
     finished_at: Optional[float] = None
     ready_at: Optional[float] = None  # when a delayed or retried job becomes due
     parents_left: int = 0  # parents not yet COMPLETED
-    children: list = attrs.Factory(list)  # keys of the jobs that depend on this one
+    # Keys of the jobs that depend on this one.  A tuple, not a list: a tuple of strings is
+    # not tracked by the garbage collector, and a large run holds one per job.
+    children: tuple = ()
     result: Any = None  # what the job published (small, JSON-like)
     decision: Optional[dict] = None  # a gate's: approved, by, comment, at
     run_id: Optional[str] = None
@@ -182,6 +195,9 @@ class WorkerRecord:
     running: set[str] = attrs.Factory(set)  # job ids holding a slot, cancelled ones included
     completed: int = 0
     idle_since: Optional[float] = None  # when its last job ended (None while busy)
+    # (load, completed, seq) as of the last change, kept by the scheduler while the worker
+    # has a free slot: what least-loaded routing compares.
+    rank: tuple = ()
 
     @property
     def free_slots(self) -> int:

@@ -87,7 +87,7 @@ class LeastLoaded:
     def route(self, job, candidates, context):
         if len(candidates) < 2:
             return candidates
-        best = min(candidates, key=_load)
+        best = least_loaded(candidates)
         # The best first; the rest as they were (only the first is taken).
         return [best, *(w for w in candidates if w is not best)]
 
@@ -97,6 +97,15 @@ class LeastLoaded:
 
 def _load(w) -> tuple:
     return (len(w.running) / w.slots, w.completed, w.seq)
+
+
+def least_loaded(workers):
+    """The worker LeastLoaded would put first (`workers` is not empty)."""
+    return min(workers, key=_load)
+
+
+load_rank = _load
+"""How loaded a worker is, as the scheduler caches it on the worker's record (`rank`)."""
 
 
 DEFAULT_CHAIN = (Capability(), Affinity(), LeastLoaded())

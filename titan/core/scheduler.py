@@ -13,19 +13,32 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections import defaultdict
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
 from titan.core.dag import SubmitError, check_graph
-from titan.core.routing import DEFAULT_CHAIN, parse_affinity
+from operator import attrgetter
+
+from titan.core.routing import DEFAULT_CHAIN, Affinity, Capability, LeastLoaded, \
+    load_rank, parse_affinity
 from titan.core.model import (
-    DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord, WorkerState,
-    _tags)
+    TERMINAL_STATES, DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
+    WorkerState, _tags)
 
 Decisions = list
 DEFAULT_MAX_JOBS_PER_RUN = 10_000
+
+# The hot paths read these as globals: cheaper than an attribute of the enum class.
+_PENDING = JobState.PENDING
+_RUNNING = JobState.RUNNING
+_COMPLETED = JobState.COMPLETED
+_CANCELLED = JobState.CANCELLED
+_WAITING = JobState.WAITING_APPROVAL
+_TERMINAL = TERMINAL_STATES
+_ALIVE = WorkerState.ALIVE
+_BUILT_IN_ROUTERS = (Capability, Affinity, LeastLoaded)
+_RANK = attrgetter("rank")
 
 
 def cron_next(cron: str, after: float) -> float:
@@ -49,6 +62,11 @@ class Scheduler:
         self.backoff_cap = backoff_cap
         self.max_jobs_per_run = max_jobs_per_run
         self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
+        # With only the built-in routers, a job that needs no tags and names no worker,
+        # while no worker has tags, goes to the least-loaded free worker (or the first one):
+        # the chain would say the same, this says it without building candidate lists.
+        self._plain_routing = all(type(r) in _BUILT_IN_ROUTERS for r in self.routers)
+        self._least_loaded = any(type(r) is LeastLoaded for r in self.routers)
         self._free: dict[str, WorkerRecord] = {}  # live workers with a free slot
         self._with_tags: set = set()  # workers that carry tags
         self._tagged = 0
@@ -58,7 +76,9 @@ class Scheduler:
         self.runs: dict[str, DagRun] = {}
         self.agent_runs: dict[str, list[str]] = {}  # agent run id -> its DAG runs, in order
         self.schedules: dict[str, Schedule] = {}
-        self.nodes: dict[str, list[str]] = defaultdict(list)  # node id -> keys, all runs
+        # Node id -> its keys in every run, oldest first.  Tuples (strings only: the garbage
+        # collector does not walk them); a node is in a new run far less often than read.
+        self.nodes: dict[str, tuple[str, ...]] = {}
         # Ready jobs, one heap per set of required tags: a job that no worker can take
         # never blocks jobs with other needs.  Entries are (-priority, seq, job_id).
         self._queues: dict[frozenset[str], list[tuple[int, int, str]]] = {}
@@ -240,7 +260,7 @@ class Scheduler:
     # -- event handlers: submissions -----------------------------------------------------
 
     def _job_submitted(self, e: ev.JobSubmitted, now: float, out: Decisions) -> None:
-        job = self._new_job(e.spec, None, now, out)
+        job = self._new_job(e.spec, now)
         self._admit(job, now, out)
         self._dispatch(now, out)
 
@@ -254,7 +274,7 @@ class Scheduler:
         self.runs[run.run_id] = run
         if t.agent_run_id:
             self.agent_runs.setdefault(t.agent_run_id, []).append(run.run_id)
-        self._add_jobs(run, t.specs, now, out)
+        self._add_jobs(run, t.specs, now, out, ev.template_children(t))
         self._dispatch(now, out)
 
     def _jobs_added(self, e: ev.JobsAdded, now: float, out: Decisions) -> None:
@@ -262,43 +282,65 @@ class Scheduler:
         self._dispatch(now, out)
 
     def _add_jobs(self, run: DagRun, specs: Iterable[JobSpec], now: float,
-                  out: Decisions) -> None:
-        added = [self._new_job(spec, run, now, out) for spec in specs]
-        prefix = run.run_id + "/"
+                  out: Decisions, children: Optional[dict] = None) -> None:
+        """Add `specs` to `run` (`children`: `children_of(specs)`, if known already)."""
+        if children is None:
+            children = ev.children_of(specs)
+        run_id = run.run_id
+        prefix = run_id + "/"
+        jobs, nodes, keys = self.jobs, self.nodes, run.jobs
+        seq = self._seq
+        added: list[JobRecord] = []
+        for spec in specs:
+            seq += 1
+            key = prefix + spec.job_id
+            job = JobRecord(key, spec, seq, now, run_id=run_id)
+            jobs[key] = job
+            keys.append(key)
+            nodes[spec.job_id] = nodes.get(spec.job_id, ()) + (key,)
+            added.append(job)
+        self._seq = seq
+        if not added:
+            return
+        run.counts[_PENDING] = run.counts.get(_PENDING, 0) + len(added)
+        run.left += len(added)
+        no_children = ()
         for job in added:
-            left = 0
-            for node in job.spec.depends_on:
-                parent = self.jobs[prefix + node]
-                parent.children.append(job.job_id)
-                if parent.state is not JobState.COMPLETED:
-                    left += 1
-            job.parents_left = left
+            job.children = children.get(job.spec.job_id, no_children)
+        if len(added) == len(keys):
+            # A new run: every parent is among the new jobs, none has completed.
+            for job in added:
+                job.parents_left = len(job.spec.depends_on)
+        else:
+            for job in added:
+                left = 0
+                for node in job.spec.depends_on:
+                    if jobs[prefix + node].state is not _COMPLETED:
+                        left += 1
+                job.parents_left = left
+            # Jobs already in the run that gained children.
+            for node, kids in children.items():
+                parent = jobs[prefix + node]
+                if parent.seq < added[0].seq:
+                    parent.children = parent.children + kids
         for job in added:
-            if job.parents_left == 0 and job.state is JobState.PENDING:
+            if job.parents_left == 0 and job.state is _PENDING:
                 self._admit(job, now, out)
         self._run_changed(run, out)
 
-    def _new_job(self, spec: JobSpec, run: Optional[DagRun], now: float,
-                 out: Decisions) -> JobRecord:
+    def _new_job(self, spec: JobSpec, now: float) -> JobRecord:
+        """A job that stands alone (DAG runs add theirs in `_add_jobs`)."""
         self._seq += 1
-        if run is None:
-            job = JobRecord(job_id=spec.job_id, spec=spec, seq=self._seq, submitted_at=now)
-        else:
-            key = f"{run.run_id}/{spec.job_id}"
-            job = JobRecord(job_id=key, spec=spec, seq=self._seq, submitted_at=now,
-                            run_id=run.run_id)
-            run.jobs.append(key)
-            run.counts[JobState.PENDING] = run.counts.get(JobState.PENDING, 0) + 1
-            run.left += 1
-            self.nodes[spec.job_id].append(key)
+        job = JobRecord(job_id=spec.job_id, spec=spec, seq=self._seq, submitted_at=now)
         self.jobs[job.job_id] = job
-        out.append(ev.JobChanged(job.job_id, JobState.PENDING))
         return job
 
     def _admit(self, job: JobRecord, now: float, out: Decisions) -> None:
         """Every parent has COMPLETED: the job may go (a gate starts waiting for a person)."""
         spec = job.spec
-        if spec.kind == "gate":
+        if spec.kind == "job" and not spec.delay:
+            self._enqueue(job)
+        elif spec.kind == "gate":
             self._set_state(job, JobState.WAITING_APPROVAL, out)
             job.started_at = now
             self._defer(job, now + (spec.timeout or 0), ("gate", job.job_id, 0), out)
@@ -391,19 +433,20 @@ class Scheduler:
                       dispatch: bool = True) -> None:
         w = self.workers.get(e.worker_id)
         job = self.jobs.get(e.job_id)
-        # An older attempt of a job whose current attempt runs on this same worker: the
-        # slot belongs to the current attempt and stays taken.
-        superseded = (job is not None and job.state is JobState.RUNNING
-                      and job.worker_id == e.worker_id and job.attempt != e.attempt)
-        if w is not None and e.job_id in w.running and not superseded:
+        # Is this the attempt now running?  If an older attempt of a job whose current
+        # attempt runs on this same worker reports, the slot belongs to the current attempt
+        # and stays taken.
+        current = on_worker = (job is not None and job.state is _RUNNING
+                               and job.worker_id == e.worker_id)
+        if on_worker and job.attempt != e.attempt:
+            current = False
+        if w is not None and (current or not on_worker) and e.job_id in w.running:
             w.running.discard(e.job_id)
             w.completed += 1
             self._refresh(w)
         if job is not None:
-            current = (job.state is JobState.RUNNING and job.worker_id == e.worker_id
-                       and job.attempt == e.attempt)
             # A job given up for lost that finished after all: its result counts.
-            lost_and_found = self._lost(job, e.attempt)
+            lost_and_found = not current and self._lost(job, e.attempt)
             if current or lost_and_found:
                 if lost_and_found:
                     job.queued = False
@@ -413,7 +456,7 @@ class Scheduler:
                 job.finished_at = now
                 if e.exit_code == 0 and e.reason is None:
                     job.reason = None
-                    self._set_state(job, JobState.COMPLETED, out)
+                    self._set_state(job, _COMPLETED, out)
                 else:
                     self._failed(job, e, now, out)
         if dispatch:
@@ -568,7 +611,6 @@ class Scheduler:
         run = self.runs.get(job.run_id) if job.run_id else None
         if run is not None:
             self._run_changed(run, out)
-        out.append(ev.JobChanged(job.job_id, job.state))
 
     def _worker_retiring(self, e: ev.WorkerRetiring, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
@@ -595,30 +637,33 @@ class Scheduler:
         if old is state:
             return
         job.state = state
-        out.append(ev.JobChanged(job.job_id, state))
         run = self.runs.get(job.run_id) if job.run_id else None
         if run is not None:
             counts = run.counts
             counts[old] -= 1
             counts[state] = counts.get(state, 0) + 1
-        if state.terminal:
-            if state is JobState.COMPLETED and not job.released:
-                self._release_children(job, out)
-            elif job.children:
-                self._cascade(job, out)
+            self._dirty_runs[run.run_id] = run
+        if state in _TERMINAL:
+            out.append(ev.JobEnded(job.job_id, state))
+            if job.children:
+                if state is not _COMPLETED:
+                    self._cascade(job, out)
+                elif not job.released:
+                    self._release_children(job, out)
             if run is not None:
                 run.left -= 1
                 if run.left == 0:
                     self._run_ended(run, out)
-                    return
-        if run is not None:
-            self._run_changed(run, out)
 
     def _release_children(self, job: JobRecord, out: Decisions) -> None:
-        for key in job.children:
-            child = self.jobs[key]
+        if not job.children:
+            return
+        jobs = self.jobs
+        prefix = job.run_id + "/"
+        for node in job.children:
+            child = jobs[prefix + node]
             child.parents_left -= 1
-            if child.parents_left == 0 and child.state is JobState.PENDING:
+            if child.parents_left == 0 and child.state is _PENDING:
                 self._admit(child, self._now, out)
 
     def _cascade(self, failed: JobRecord, out: Decisions) -> None:
@@ -640,8 +685,9 @@ class Scheduler:
                     why = f"cancelled: gate {node} {parent.reason}"
                 else:
                     why = f"cancelled: {node} {parent.state.value}"
-                for key in parent.children:
-                    child = self.jobs[key]
+                prefix = parent.run_id + "/"
+                for child_node in parent.children:
+                    child = self.jobs[prefix + child_node]
                     if not child.state.terminal:
                         child.queued = False
                         child.reason = why
@@ -700,16 +746,23 @@ class Scheduler:
         # strict affinity) never holds up jobs that need something else.
         job.queued = True
         job.queued_at = self._now
-        target, strict = parse_affinity(job.spec.affinity)
-        key = (job.spec.tags, target if strict else None)
-        heapq.heappush(self._queues.setdefault(key, []),
-                       (-job.spec.priority, job.seq, job.job_id))
+        spec = job.spec
+        if spec.affinity:
+            target, strict = parse_affinity(spec.affinity)
+            key = (spec.tags, target if strict else None)
+        else:
+            key = (spec.tags, None)
+        heap = self._queues.get(key)
+        if heap is None:
+            heap = self._queues[key] = []
+        heapq.heappush(heap, (-spec.priority, job.seq, job.job_id))
 
     def _head(self, heap: list) -> Optional[JobRecord]:
         """The first job of a queue that is still waiting, dropping stale entries."""
+        jobs = self.jobs
         while heap:
-            job = self.jobs.get(heap[0][2])
-            if job is not None and job.queued and job.state is JobState.PENDING:
+            job = jobs.get(heap[0][2])
+            if job is not None and job.queued and job.state is _PENDING:
                 return job
             heapq.heappop(heap)
         return None
@@ -725,9 +778,10 @@ class Scheduler:
             w.idle_since = None
         elif w.idle_since is None:
             w.idle_since = self._now
-        if w.state is WorkerState.ALIVE and len(w.running) < w.slots \
+        if w.state is _ALIVE and len(w.running) < w.slots \
                 and self.workers.get(w.worker_id) is w:
             self._free[w.worker_id] = w
+            w.rank = load_rank(w)
         else:
             self._free.pop(w.worker_id, None)
         if w.tags and (w.worker_id in self.workers) != (w.worker_id in self._with_tags):
@@ -738,7 +792,29 @@ class Scheduler:
             self._tagged = len(self._with_tags)
 
     def _dispatch(self, now: float, out: Decisions) -> None:
-        if not self._queues or not self._free:
+        queues, free = self._queues, self._free
+        if not queues or not free:
+            return
+        if len(queues) == 1:
+            # One kind of need (the usual case): take its queue in order.
+            for key, heap in queues.items():
+                pass
+            plain = self._plain_routing and not self._tagged
+            while free:
+                job = self._head(heap)
+                if job is None:
+                    del queues[key]
+                    return
+                spec = job.spec
+                if plain and not spec.tags and not spec.affinity:
+                    worker = (min(free.values(), key=_RANK) if self._least_loaded
+                              else next(iter(free.values())))
+                else:
+                    worker = self._choose(job)
+                    if worker is None:
+                        return
+                heapq.heappop(heap)
+                self._start(job, worker, now, out)
             return
         stuck: set = set()  # queues whose head no worker takes now (slots only fill up here)
         while self._free and self._queues:
@@ -765,6 +841,11 @@ class Scheduler:
             self._start(job, worker, now, out)
 
     def _choose(self, job: JobRecord) -> Optional[WorkerRecord]:
+        spec = job.spec
+        if self._plain_routing and not spec.tags and not spec.affinity and not self._tagged:
+            if self._least_loaded:
+                return min(self._free.values(), key=_RANK)
+            return next(iter(self._free.values()))
         candidates = list(self._free.values())
         for router in self.routers:
             candidates = router.route(job, candidates, self)
@@ -778,10 +859,16 @@ class Scheduler:
         job.worker_id = worker.worker_id
         job.worker_name = worker.name
         job.started_at = now
-        worker.running.add(job.job_id)
-        self._refresh(worker)
+        # The worker was free and alive (that is where `_choose` looks); only its load moves.
+        running = worker.running
+        running.add(job.job_id)
+        worker.idle_since = None
+        if len(running) < worker.slots:
+            worker.rank = load_rank(worker)
+        else:
+            del self._free[worker.worker_id]
         out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec, job.run_id))
-        self._set_state(job, JobState.RUNNING, out)
+        self._set_state(job, _RUNNING, out)
 
 
 def pending_timers(s: Scheduler) -> list:
@@ -807,7 +894,7 @@ def snapshot(s: Scheduler) -> dict:
     """The whole state as plain data (what compaction writes instead of the log so far)."""
     from titan.core.codec import template_to_wire
     return {
-        "v": 1, "seq": s._seq, "worker_seq": s._worker_seq, "run_seq": s._run_seq,
+        "v": 2, "seq": s._seq, "worker_seq": s._worker_seq, "run_seq": s._run_seq,
         "rng": [s.rng.getstate()[0], list(s.rng.getstate()[1]), s.rng.getstate()[2]],
         "workers": [[w.worker_id, w.name, w.host, sorted(w.tags), w.slots, w.joined_at,
                      w.last_seen, w.seq, w.state.value, sorted(w.running), w.completed,
@@ -831,11 +918,14 @@ def snapshot(s: Scheduler) -> dict:
 def restore(s: Scheduler, data: dict) -> None:
     """Load a `snapshot` into a fresh scheduler."""
     from titan.core.codec import spec_from_record, template_from_wire
-    if data.get("v") != 1:
-        raise ValueError(f"unknown snapshot version {data.get('v')!r}")
+    form = data.get("v")
+    if form not in (1, 2):
+        raise ValueError(f"unknown snapshot version {form!r}")
+    # Version 1 named a job's children by key (RUN/JOB); version 2 by id within the run.
     s._seq, s._worker_seq, s._run_seq = data["seq"], data["worker_seq"], data["run_seq"]
     version, state, gauss = data["rng"]
     s.rng.setstate((version, tuple(state), gauss))
+    nodes: dict[str, list[str]] = {}
     for (worker_id, name, host, tags, slots, joined_at, last_seen, seq, wstate, running,
          completed, idle_since) in data["workers"]:
         s.workers[worker_id] = WorkerRecord(
@@ -851,7 +941,8 @@ def restore(s: Scheduler, data: dict) -> None:
                         attempt=attempt, failures=failures, worker_id=worker_id,
                         exit_code=exit_code, reason=reason, started_at=started_at,
                         finished_at=finished_at, ready_at=ready_at,
-                        parents_left=parents_left, children=children, result=result,
+                        parents_left=parents_left, children=tuple(c.rsplit("/", 1)[-1] for c in children) if form == 1
+                        else tuple(children), result=result,
                         decision=decision, run_id=run_id, worker_name=worker_name,
                         service=service, released=released)
         s.jobs[job_id] = job
@@ -867,7 +958,8 @@ def restore(s: Scheduler, data: dict) -> None:
             counts={_STATES[k]: n for k, n in counts.items()}, left=left,
             state=RunState(state), finished_at=finished_at, version=version)
         for key in jobs:
-            s.nodes[s.jobs[key].node].append(key)
+            nodes.setdefault(s.jobs[key].node, []).append(key)
+    s.nodes.update((node, tuple(keys)) for node, keys in nodes.items())
     s.agent_runs.update(data["agent_runs"])
     for (schedule_id, name, cron, template, created_at, fired, next_at,
          last_run_id) in data["schedules"]:

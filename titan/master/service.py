@@ -244,9 +244,8 @@ class MasterService(MultiService):
                     "job_id": d.job_id, "attempt": d.attempt, "run_id": d.run_id,
                     "token": job_token(self.token, d.job_id, d.attempt),
                     "spec": d.spec.to_wire()})
-        elif isinstance(d, ev.JobChanged):
-            if d.state.terminal:
-                self._when_durable(self._job_ended, d.job_id)
+        elif isinstance(d, ev.JobEnded):
+            self._when_durable(self._job_ended, d.job_id)
         elif isinstance(d, ev.Kill):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
