@@ -31,6 +31,7 @@ class MasterConfig:
     retry_backoff_base: float = 1.0
     retry_backoff_cap: float = 60.0
     max_jobs_per_run: int = 10_000
+    keep_finished: int = 10_000  # finished jobs remembered (oldest forgotten first)
     text_frames: str = "loopback"  # off | loopback | on: the reference SDK's text requests
 
 

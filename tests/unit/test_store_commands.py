@@ -446,6 +446,13 @@ _ops = st.one_of(
 )
 
 
+def _live(db, now: int) -> tuple[dict, dict]:
+    """(data, expiry times) of the keys alive at `now` (ms)."""
+    alive = {k for k in db.data if db.expires.get(k, now) >= now}
+    return ({k: v for k, v in db.data.items() if k in alive},
+            {k: w for k, w in db.expires.items() if k in alive})
+
+
 class ReplayPropertyTests(unittest.TestCase):
     @settings(max_examples=150, deadline=None)
     @given(st.lists(_ops, max_size=40), st.booleans())
@@ -470,5 +477,9 @@ class ReplayPropertyTests(unittest.TestCase):
         for record in records:
             if record is not None:
                 copy.replay(record)
-        self.assertEqual(copy.db.data, store.db.data)
-        self.assertEqual(copy.db.expires, store.db.expires)
+        # Compared as a client would see them at the original's last moment: a key that
+        # expired there without any journalled command touching it (a DEL of an expired
+        # key changes nothing, so records nothing) may still sit in the copy's dict,
+        # expired, until something looks at it or the sweep comes by.
+        now = store.db.now
+        self.assertEqual(_live(copy.db, now), _live(store.db, now))

@@ -21,7 +21,7 @@ hot = attrs.define(eq=True, unsafe_hash=True)
 
 # -- events ------------------------------------------------------------------------------
 
-@attrs.frozen
+@hot
 class JobSubmitted:
     spec: JobSpec
 
@@ -190,6 +190,16 @@ class ServiceReported:
 
 
 @attrs.frozen
+class Forget:
+    """Retention: the master forgets these finished standalone jobs and finished runs (with
+    their jobs).  Proposed by the core when more than `keep_finished` finished jobs are
+    remembered; recorded, so a replay forgets exactly what the live master forgot."""
+
+    job_ids: tuple[str, ...] = ()
+    run_ids: tuple[str, ...] = ()
+
+
+@attrs.frozen
 class TimerFired:
     key: Hashable
 
@@ -247,6 +257,13 @@ class RunChanged:
     run_id: str
     state: RunState
     version: int
+
+
+@attrs.frozen
+class Forgotten:
+    """Jobs the core no longer knows (their logs can go)."""
+
+    job_ids: tuple[str, ...]
 
 
 @attrs.frozen

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections import deque
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Optional
 
@@ -28,6 +29,7 @@ from titan.core.model import (
 
 Decisions = list
 DEFAULT_MAX_JOBS_PER_RUN = 10_000
+DEFAULT_KEEP_FINISHED = 10_000
 
 # The hot paths read these as globals: cheaper than an attribute of the enum class.
 _PENDING = JobState.PENDING
@@ -56,11 +58,18 @@ class Scheduler:
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
-                 routers: Optional[Iterable] = None) -> None:
+                 routers: Optional[Iterable] = None,
+                 keep_finished: int = DEFAULT_KEEP_FINISHED) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_jobs_per_run = max_jobs_per_run
+        # Retention: finished standalone jobs and finished runs, oldest first, as
+        # ("job"|"run", id, jobs it counts); past keep_finished jobs the oldest are forgotten.
+        self.keep_finished = keep_finished
+        self._finished: deque = deque()
+        self._finished_jobs = 0
+        self._forgetting = False  # a Forget was proposed and not yet applied
         self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
         # With only the built-in routers, a job that needs no tags and names no worker,
         # while no worker has tags, goes to the least-loaded free worker (or the first one):
@@ -109,6 +118,7 @@ class Scheduler:
             ev.MasterRestarted: self._master_restarted,
             ev.WorkerRetiring: self._worker_retiring,
             ev.ServiceReported: self._service_reported,
+            ev.Forget: self._forget,
         }
 
     # -- entry points --------------------------------------------------------------------
@@ -622,6 +632,7 @@ class Scheduler:
     def _master_restarted(self, e: ev.MasterRestarted, now: float, out: Decisions) -> None:
         """Every worker's connection died with the old master; each gets a full heartbeat
         timeout from now to come back and report, or its jobs run elsewhere."""
+        self._forgetting = False  # a Forget proposed before the crash was never recorded
         for w in self.workers.values():
             w.last_seen = now
             if w.state is WorkerState.ALIVE:
@@ -654,6 +665,8 @@ class Scheduler:
                 run.left -= 1
                 if run.left == 0:
                     self._run_ended(run, out)
+            elif not job.run_id:
+                self._ended("job", job.job_id, 1, out)
 
     def _release_children(self, job: JobRecord, out: Decisions) -> None:
         if not job.children:
@@ -709,6 +722,63 @@ class Scheduler:
             run.state = RunState.CANCELLED
         run.finished_at = self._now
         self._run_changed(run, out)
+        self._ended("run", run.run_id, len(run.jobs), out)
+
+    # -- retention -------------------------------------------------------------------------
+
+    def _ended(self, kind: str, ident: str, jobs: int, out: Decisions) -> None:
+        self._finished.append((kind, ident, jobs))
+        self._finished_jobs += jobs
+        # Forget in batches (a tenth of the bound), not one job per job that ends.
+        if self._forgetting or self._finished_jobs <= self.keep_finished * 1.1 + 1:
+            return
+        job_ids, run_ids = [], []
+        over = self._finished_jobs - self.keep_finished
+        for kind, ident, jobs in self._finished:
+            if over <= 0:
+                break
+            (job_ids if kind == "job" else run_ids).append(ident)
+            over -= jobs
+        self._forgetting = True
+        out.append(ev.Propose(ev.Forget(tuple(job_ids), tuple(run_ids))))
+
+    def _forget(self, e: ev.Forget, now: float, out: Decisions) -> None:
+        self._forgetting = False
+        gone = set(e.job_ids) | set(e.run_ids)
+        # What is forgotten is the oldest of what has finished: the head of the queue.
+        while self._finished and self._finished[0][1] in gone:
+            _, _, jobs = self._finished.popleft()
+            self._finished_jobs -= jobs
+        forgotten: list[str] = []
+        for key in e.job_ids:
+            job = self.jobs.get(key)
+            if job is not None and job.run_id is None and job.state in _TERMINAL:
+                del self.jobs[key]
+                forgotten.append(key)
+        for run_id in e.run_ids:
+            run = self.runs.get(run_id)
+            if run is None or run.state is RunState.RUNNING:
+                continue
+            for key in run.jobs:
+                job = self.jobs.pop(key, None)
+                if job is None:
+                    continue
+                forgotten.append(key)
+                keys = self.nodes.get(job.node, ())
+                if len(keys) == 1:
+                    self.nodes.pop(job.node, None)
+                else:
+                    self.nodes[job.node] = tuple(k for k in keys if k != key)
+            del self.runs[run_id]
+            self._dirty_runs.pop(run_id, None)
+            if run.agent_run_id in self.agent_runs:
+                kept = [r for r in self.agent_runs[run.agent_run_id] if r != run_id]
+                if kept:
+                    self.agent_runs[run.agent_run_id] = kept
+                else:
+                    del self.agent_runs[run.agent_run_id]
+        if forgotten:
+            out.append(ev.Forgotten(tuple(forgotten)))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -814,7 +884,11 @@ class Scheduler:
                     if worker is None:
                         return
                 heapq.heappop(heap)
+                if not heap:
+                    del queues[key]
                 self._start(job, worker, now, out)
+                if not heap:
+                    return
             return
         stuck: set = set()  # queues whose head no worker takes now (slots only fill up here)
         while self._free and self._queues:
@@ -892,7 +966,7 @@ _STATES = {state.value: state for state in JobState}
 
 def snapshot(s: Scheduler) -> dict:
     """The whole state as plain data (what compaction writes instead of the log so far)."""
-    from titan.core.codec import template_to_wire
+    from titan.core.codec import spec_to_record, template_to_wire
     return {
         "v": 2, "seq": s._seq, "worker_seq": s._worker_seq, "run_seq": s._run_seq,
         "rng": [s.rng.getstate()[0], list(s.rng.getstate()[1]), s.rng.getstate()[2]],
@@ -900,7 +974,7 @@ def snapshot(s: Scheduler) -> dict:
                      w.last_seen, w.seq, w.state.value, sorted(w.running), w.completed,
                      w.idle_since]
                     for w in s.workers.values()],
-        "jobs": [[j.job_id, j.spec.to_wire(), j.seq, j.submitted_at, j.state.value, j.queued,
+        "jobs": [[j.job_id, spec_to_record(j.spec), j.seq, j.submitted_at, j.state.value, j.queued,
                   j.attempt, j.failures, j.worker_id, j.exit_code, j.reason, j.started_at,
                   j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
                   j.decision, j.run_id, j.worker_name, j.queued_at, j.service, j.released]
@@ -909,6 +983,7 @@ def snapshot(s: Scheduler) -> dict:
                   r.schedule_id, r.jobs, {k.value: n for k, n in r.counts.items()}, r.left,
                   r.state.value, r.finished_at, r.version] for r in s.runs.values()],
         "agent_runs": s.agent_runs,
+        "finished": [list(item) for item in s._finished],
         "schedules": [[c.schedule_id, c.name, c.cron, template_to_wire(c.template),
                        c.created_at, c.fired, c.next_at, c.last_run_id]
                       for c in s.schedules.values()],
@@ -960,6 +1035,15 @@ def restore(s: Scheduler, data: dict) -> None:
         for key in jobs:
             nodes.setdefault(s.jobs[key].node, []).append(key)
     s.nodes.update((node, tuple(keys)) for node, keys in nodes.items())
+    if "finished" in data:
+        s._finished.extend(tuple(item) for item in data["finished"])
+    else:  # version 1 kept no retention queue: what has finished, in the order it did
+        ended = [(j.finished_at or 0.0, j.seq, "job", j.job_id, 1) for j in s.jobs.values()
+                 if j.run_id is None and j.state in _TERMINAL]
+        ended += [(r.finished_at or 0.0, r.seq, "run", r.run_id, len(r.jobs))
+                  for r in s.runs.values() if r.state is not RunState.RUNNING]
+        s._finished.extend(item[2:] for item in sorted(ended))
+    s._finished_jobs = sum(n for _, _, n in s._finished)
     s.agent_runs.update(data["agent_runs"])
     for (schedule_id, name, cron, template, created_at, fired, next_at,
          last_run_id) in data["schedules"]:

@@ -32,6 +32,21 @@ class LogStore:
         self._sizes[job_id] = before + len(data)
         self.wake(job_id)
 
+    def remove(self, job_id: str) -> None:
+        """Forget a job's output (the master forgot the job); a run's folder goes with its
+        last log."""
+        self._sizes.pop(job_id, None)
+        path = self._path(job_id)
+        try:
+            os.unlink(path)
+        except OSError:
+            return
+        if "/" in job_id:
+            try:
+                os.rmdir(os.path.dirname(path))
+            except OSError:
+                pass  # not empty yet
+
     def size(self, job_id: str) -> int:
         if job_id not in self._sizes:
             try:

@@ -80,6 +80,7 @@ class MasterService(MultiService):
                                    backoff_base=mc.retry_backoff_base,
                                    backoff_cap=mc.retry_backoff_cap,
                                    max_jobs_per_run=mc.max_jobs_per_run,
+                                   keep_finished=mc.keep_finished,
                                    routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
@@ -253,6 +254,10 @@ class MasterService(MultiService):
                                     "reason": d.reason})
         elif isinstance(d, ev.RunChanged):
             self._when_durable(self._wake_run, d.run_id)
+        elif isinstance(d, ev.Forgotten):
+            if self.logs is not None:
+                for job_id in d.job_ids:
+                    self.logs.remove(job_id)
         elif isinstance(d, ev.SetTimer):
             old = self._timers.pop(d.key, None)
             if old is not None and old.active():
