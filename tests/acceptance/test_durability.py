@@ -12,9 +12,10 @@ from titan.testing.cluster import BIN, Cluster
 
 
 class DurabilityTests(SynchronousTestCase):
-    def cluster(self, config_extra: str = "", workers: int = 1) -> Cluster:
+    def cluster(self, config_extra: str = "", workers: int = 1,
+                master_extra: str = "") -> Cluster:
         c = Cluster(tempfile.mkdtemp(prefix="titan-durable-"), workers=workers,
-                    fixed_port=True, config_extra=config_extra)
+                    fixed_port=True, config_extra=config_extra, master_extra=master_extra)
         self.addCleanup(c.stop)
         return c.start()
 
@@ -40,6 +41,32 @@ class DurabilityTests(SynchronousTestCase):
             recovery = t.stats()["recovery"]
             self.assertEqual(recovery["jobs"], 5)
             self.assertGreaterEqual(recovery["events"], 10)
+
+    def test_the_oldest_finished_jobs_are_forgotten_with_their_logs(self):
+        c = self.cluster(master_extra="  keep_finished: 5\n")
+        old = self.finished_jobs(c, 6)
+        new = self.finished_jobs(c, 6)
+        logs_dir = os.path.join(c.base_dir, "master", "logs")
+
+        def check() -> None:
+            for j in old:
+                status = self.titan(c, "status", j)
+                self.assertNotEqual(status.returncode, 0)
+                self.assertIn(f"no job {j}", status.stderr.decode())
+                self.assertFalse(os.path.exists(os.path.join(logs_dir, f"{j}.log")), j)
+            with c.client() as t:
+                for i, j in enumerate(new[1:], start=1):  # 5 or 6 are kept: the newest
+                    self.assertEqual(t.job(j)["state"], "COMPLETED")
+                    self.assertEqual(t.logs(j), f"job {i}\n".encode())
+                listed = {row["job_id"] for row in t.jobs()}
+            self.assertFalse(listed & set(old))
+            self.assertLessEqual(len(listed), 6)
+        check()
+        c.kill_master(signal.SIGKILL)
+        c.start_master()
+        check()
+        with c.client() as t:
+            self.assertLessEqual(t.stats()["recovery"]["jobs"], 6)
 
     def test_sqlite_backend(self):
         c = self.cluster("persistence:\n  backend: sqlite\n  fsync: always\n")

@@ -48,7 +48,8 @@ class Cluster:
                  heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0,
                  config_extra: str = "", fixed_port: bool = False,
                  env: Optional[dict] = None, config_top: str = "",
-                 autoscaler: str = "  max_workers: 0\n", worker_extra: str = "") -> None:
+                 autoscaler: str = "  max_workers: 0\n", worker_extra: str = "",
+                 master_extra: str = "") -> None:
         self.base_dir = os.path.abspath(base_dir)
         self.worker_count = workers
         self.slots = slots
@@ -63,7 +64,7 @@ class Cluster:
         with open(self.config_path, "w") as f:
             f.write(f"{config_top}master:\n  heartbeat_interval: {heartbeat_interval}\n"
                     f"  heartbeat_timeout: {heartbeat_timeout}\n"
-                    f"  retry_backoff_base: 0.2\n"
+                    f"  retry_backoff_base: 0.2\n{master_extra}"
                     f"worker:\n  kill_grace: 2\n  detect_tags: false\n{worker_extra}"
                     f"autoscaler:\n{autoscaler}"
                     f"{config_extra}")
