@@ -304,6 +304,20 @@ class LegacyStoreTests(ClusterTestCase):
         self.assertEqual(self.structured(timed_out)["decision"]["by"], "timeout")
 
 
+    def test_a_gate_decided_before_it_was_mirrored_still_shows_its_outcome(self):
+        gate = "hitl-gate-quick"
+        # An earlier gate of that id left REJECTED behind: the new outcome must replace it.
+        self.assertEqual(self.redis("SET", L.hitl_key(gate), "REJECTED"), "OK\n")
+        with self.cluster.client() as client:
+            run = client.submit_dag({"name": "quick", "jobs": [
+                {"id": gate, "kind": "gate", "message": "ok?"},
+                {"id": "quick-child", "command": ["true"], "depends_on": [gate]}]})["run_id"]
+            # Approved the moment it waits: well inside the mirror's half-second period.
+            client.approve(f"{run}/{gate}", "at once", by="erin")
+            self.assertEqual(client.wait_run(run, timeout=30)["state"], "COMPLETED")
+        self.wait_key(L.hitl_key(gate), "APPROVED")
+
+
 class LegacyStoreDownTests(ClusterTestCase):
     """The master's store is named but nothing answers there."""
 

@@ -64,6 +64,8 @@ class LegacyFrontend(Service):
         self.master = master
         self.nodes: dict[str, str] = {}  # a reference id -> the key of its latest job
         self._gates: dict[str, str] = {}  # key of a gate seen waiting -> its node
+        self._ended_gates: dict[str, str] = {}  # gates ended since the last mirroring
+        master.job_end_listeners.append(self._job_ended)
         self._hitl = LoopingCall(self._hitl_tick)
         self._hitl.clock = master.reactor
         self.setServiceParent(master)
@@ -438,6 +440,13 @@ class LegacyFrontend(Service):
         d.addErrback(lambda f: self.log.failure("mirroring gates to the store failed", f))
         return d
 
+    def _job_ended(self, key: str) -> None:
+        # A gate can be decided between two mirrorings (approved the moment it waits, or
+        # before the store was reachable): its outcome is written all the same.
+        job = self.master.scheduler.jobs.get(key)
+        if job is not None and job.spec.kind == "gate" and self.master.store is not None:
+            self._ended_gates[key] = job.node
+
     def _waiting_gates(self) -> dict[str, str]:
         s = self.master.scheduler
         waiting = {}
@@ -452,8 +461,10 @@ class LegacyFrontend(Service):
     async def _hitl_poll(self, store) -> None:
         s = self.master.scheduler
         waiting = self._waiting_gates()
+        ended, self._ended_gates = self._ended_gates, {}
         for key in [k for k in self._gates if k not in waiting]:
-            node = self._gates.pop(key)
+            ended[key] = self._gates.pop(key)
+        for key, node in ended.items():
             job = s.jobs.get(key)
             if job is not None and job.state.terminal:
                 await store.set(legacy.hitl_key(node), _outcome(job))

@@ -9,7 +9,7 @@ import gc
 import os
 import secrets
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import attrs
 import msgpack
@@ -91,6 +91,9 @@ class MasterService(MultiService):
         self._timers: dict[Any, Any] = {}
         self._done_waiters: dict[str, list[defer.Deferred]] = {}
         self._run_waiters: dict[str, list[defer.Deferred]] = {}
+        # Called with a job's key once its end is durable (the legacy frontend mirrors
+        # gate outcomes to the store with it).
+        self.job_end_listeners: list[Callable[[str], None]] = []
         self.listener = ListenerService(reactor, mc.listen, MasterFactory(self),
                                         self._listening)
         self.listener.setServiceParent(self)
@@ -287,6 +290,8 @@ class MasterService(MultiService):
             d.callback(None)
         if self.logs is not None:
             self.logs.wake(job_id)
+        for listener in self.job_end_listeners:
+            listener(job_id)
 
     # -- workers ---------------------------------------------------------------------------
 
