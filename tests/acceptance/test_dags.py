@@ -57,6 +57,35 @@ class DagTests(ClusterTestCase):
         self.assertEqual(status.stdout.decode().splitlines()[0], "COMPLETED")
         self.assertEqual(self.titan("logs", f"{run_id}/b").stdout, b"B\n")
 
+    def test_a_reference_project_pipeline_runs_as_it_is(self):
+        # The reference's layout: a project folder with the YAML, code importing its
+        # neighbours and data files; `project: true` ships the folder with the jobs.
+        project = os.path.join(self.base_dir, "ref-project")
+        os.makedirs(os.path.join(project, "src"))
+        os.makedirs(os.path.join(project, "data"))
+        files = {
+            "src/main.py": "import sys\nfrom helper import greet\n"
+                           "print(greet(sys.argv[1:]), open('data/input.txt').read().strip())\n"
+                           "open('made-by-' + sys.argv[1] + '.txt', 'w').write('x')\n",
+            "src/helper.py": "def greet(args):\n    return 'hello %s' % args\n",
+            "data/input.txt": "from the project ✓\n",
+            "pipeline.yaml": "name: refproj\nproject: true\njobs:\n"
+                             "  - id: first\n    type: run\n    file: src/main.py\n"
+                             "    args: \"one 'two three'\"\n    priority: 2\n"
+                             "  - id: second\n    file: src/main.py\n    args: again\n"
+                             "    depends_on: [first]\n",
+        }
+        for name, text in files.items():
+            with open(os.path.join(project, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        result = self.titan("run", os.path.join(project, "pipeline.yaml"), "--wait")
+        self.assertEqual(result.returncode, 0, result.stderr.decode())
+        run_id = result.stdout.decode().splitlines()[0]
+        self.assertEqual(self.titan("logs", f"{run_id}/first").stdout.decode(),
+                         "hello ['one', 'two three'] from the project ✓\n")
+        self.assertEqual(self.titan("logs", f"{run_id}/second").stdout.decode(),
+                         "hello ['again'] from the project ✓\n")
+
     def test_fan_out_and_in_with_results(self):
         p = Pipeline("mapreduce")
         split = p.job("split", [PY, "-c", "print('split')"])

@@ -292,6 +292,45 @@ class LegacyTests(ClusterTestCase):
         self.assertEqual(caught.exception.text,
                          "ERROR: Service DAG-svc is not running (CANCELLED)")
 
+    def test_a_service_from_a_project_zip(self):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("app/server.py", textwrap.dedent("""\
+                import os, socket, sys
+                from greeting import text
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", int(os.environ["PORT"])))
+                s.listen(5)
+                print("serving", sys.argv[1:], flush=True)
+                while True:
+                    conn, _ = s.accept()
+                    conn.sendall((text() + " " + open("conf/name.txt").read()).encode())
+                    conn.close()
+                """))
+            z.writestr("app/greeting.py", "def text():\n    return 'hi from the zip'\n")
+            z.writestr("conf/name.txt", "svc ✓")
+        self.assertEqual(self.c.upload_asset("svc.zip", buf.getvalue()), "UPLOAD_SUCCESS")
+        port = _free_port()
+        self.assertEqual(self.c.submit_dag([L.start_archive_service(
+            "zsvc", "svc.zip/app/server.py", "--mode 'fast lane'", port=port)]),
+            "DAG_ACCEPTED")
+
+        def answers():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                    return conn.recv(100)
+            except OSError:
+                return None
+        self.assertEqual(self.wait_for(answers, 30, "the zipped service to answer"),
+                         "hi from the zip svc ✓".encode())
+        self.assertEqual(self.c.get_job_status("DAG-zsvc"), "RUNNING")
+        self.wait_for(lambda: "serving" in self.c.get_logs("DAG-zsvc"), 10, "its output")
+        self.assertEqual(self.c.get_logs("DAG-zsvc"), "serving ['--mode', 'fast lane']\n")
+        self.assertEqual(self.c.stop("DAG-zsvc"), "STOPPED: DAG-zsvc")
+        self.wait_for(lambda: answers() is None, 20, "the service to stop")
+        self.assertEqual(self.c.get_job_status("DAG-zsvc"), "CANCELLED")
+
     # -- the rest ----------------------------------------------------------------------------
 
     def test_stats(self):

@@ -99,11 +99,50 @@ class ReferenceFormatTests(SynchronousTestCase):
             f.write(REFERENCE)
         self.assertEqual(load_pipeline(path).to_spec(), self.expected())
 
-    def test_project_true_sets_project_dir(self):
+    def test_project_true_runs_each_file_from_a_zip_of_the_folder(self):
+        with open(os.path.join(self.dir, "fetch.py"), "w") as f:
+            f.write("import sys, helper\nprint(helper.greet(sys.argv[1:]), open('data.txt').read())\n")
+        with open(os.path.join(self.dir, "helper.py"), "w") as f:
+            f.write("def greet(args):\n    return 'hello %s' % args\n")
+        with open(os.path.join(self.dir, "data.txt"), "w") as f:
+            f.write("beside it")
         text = REFERENCE.replace("project: false", "project: true")
         p = Pipeline.from_yaml(text, "ml.yaml", base_dir=self.dir)
         self.assertEqual(p.project_dir, self.dir)
-        self.assertEqual(p.to_spec(), self.expected())
+        spec = p.to_spec()
+        plain = self.expected()
+        for got, want in zip(spec["jobs"], plain["jobs"]):
+            if want["script"] is None:
+                self.assertEqual(got, want)
+                continue
+            self.assertEqual(got["script"]["name"], f"{want['id']}.project.py")
+            self.assertEqual(got["script"]["args"], want["script"]["args"])
+            self.assertEqual({k: v for k, v in got.items() if k != "script"},
+                             {k: v for k, v in want.items() if k != "script"})
+        # The launcher unpacks the folder where it runs and runs the file there, with its args.
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        launcher = os.path.join(work, "fetch.project.py")
+        with open(launcher, "wb") as f:
+            f.write(spec["jobs"][0]["script"]["content"])
+        done = subprocess.run(["python3", launcher, *spec["jobs"][0]["script"]["args"]],
+                              cwd=work, capture_output=True, timeout=30)
+        self.assertEqual(done.stdout.decode(),
+                         "hello ['--source', 's3://bucket', '--limit', '10'] beside it\n",
+                         done.stderr.decode())
+        self.assertEqual(sorted(os.listdir(work)), ["fetch.project.py"])  # cleaned up
+
+    def test_project_file_outside_the_folder_is_an_error(self):
+        other = self.mktemp()
+        os.makedirs(other)
+        with open(os.path.join(other, "far.py"), "w") as f:
+            f.write("print(1)\n")
+        text = ("name: p\nproject: true\njobs:\n  - id: a\n"
+                f"    file: {os.path.relpath(os.path.join(other, 'far.py'), self.dir)}\n")
+        p = Pipeline.from_yaml(text, "p.yaml", base_dir=self.dir)
+        with self.assertRaises(PipelineError) as caught:
+            p.to_spec()
+        self.assertIn("p.yaml:5: jobs[0].file: job a: p.zip has no file ../", str(caught.exception))
 
     def test_file_in_a_subdirectory_keeps_its_basename(self):
         os.makedirs(os.path.join(self.dir, "scripts"))

@@ -229,6 +229,31 @@ def _project_dir(value: Any) -> Optional[str]:
     return None if value is None else os.fspath(value)
 
 
+MAX_PROJECT_ZIP = 8 * 1024 * 1024  # shipped with every job of the run: keep it small
+
+
+def zip_folder(folder: str) -> bytes:
+    """The folder as a zip (sorted, fixed timestamps: the same files give the same bytes),
+    leaving out hidden entries and __pycache__."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for root, dirs, files in os.walk(folder):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+            for name in sorted(files):
+                if name.startswith("."):
+                    continue
+                path = os.path.join(root, name)
+                arcname = os.path.relpath(path, folder).replace(os.sep, "/")
+                info = zipfile.ZipInfo(arcname, date_time=(2020, 1, 1, 0, 0, 0))
+                info.external_attr = (os.stat(path).st_mode & 0o777) << 16
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with open(path, "rb") as f:
+                    z.writestr(info, f.read())
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------------------------------------
 # The model.
 
@@ -585,9 +610,34 @@ class Pipeline:
     def to_spec(self) -> dict:
         """The SUBMIT_DAG body: a new dict each time."""
         self.validate()
+        jobs = [node.to_spec() for node in self._nodes]
+        if self.project_dir is not None:
+            self._ship_project(jobs)
         return {"name": self.name, "agent_run_id": self.agent_run_id, "stage": self.stage,
-                "schedule": self.schedule, "max_jobs": self.max_jobs,
-                "jobs": [node.to_spec() for node in self._nodes]}
+                "schedule": self.schedule, "max_jobs": self.max_jobs, "jobs": jobs}
+
+    def _ship_project(self, jobs: list[dict]) -> None:
+        """`project: true`: each file job runs its file from a zip of the project folder,
+        unpacked in its own workspace (so it finds its modules and data beside it)."""
+        from titan.protocols.legacy import ParseError, archive_launcher
+        data = zip_folder(self.project_dir)
+        if len(data) > MAX_PROJECT_ZIP:
+            raise PipelineError(f"pipeline {self.name!r}: the project folder "
+                                f"{self.project_dir} zips to {len(data) / 2**20:.1f} MB, over "
+                                f"{MAX_PROJECT_ZIP // 2**20} MB; ship big data as files the "
+                                "jobs read, or run it with project: false")
+        zip_name = f"{self.name}.zip"
+        for spec, node in zip(jobs, self._nodes):
+            script = getattr(node, "script", None)
+            if not script or not script.get("path"):
+                continue
+            try:
+                launcher = archive_launcher(node.id, zip_name, script["path"], data,
+                                            what="project: true")
+            except ParseError as e:
+                raise PipelineError(f"{self._where(node, 'file')}: {e}") from None
+            spec["script"] = {"name": f"{node.id}.project.py", "content": launcher,
+                              "args": list(script["args"])}
 
     def to_yaml(self) -> str:
         """This pipeline in the YAML format.  A script job becomes ``file: <name>``: the
@@ -960,8 +1010,9 @@ class _Reader:
         except OSError as e:
             raise self.fail(_line(node), f"{where}: cannot read {relative}: "
                             f"{e.strerror or e}") from None
+        path = os.path.relpath(os.path.join(self.base_dir, relative), self.base_dir)
         return {"name": os.path.basename(relative.rstrip("/")), "content": content,
-                "args": args}
+                "args": args, "path": path.replace(os.sep, "/")}
 
 
 def _bool(value: Any) -> bool:
