@@ -292,6 +292,27 @@ class LegacyTests(ClusterTestCase):
         self.assertEqual(caught.exception.text,
                          "ERROR: Service DAG-svc is not running (CANCELLED)")
 
+    def test_parallel_jobs_of_one_zip_share_no_workspace_and_keep_every_line(self):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("job.py", textwrap.dedent("""\
+                import sys, time
+                me = sys.argv[1]
+                open("shared-name.txt", "w").write(me)
+                for i in range(2000):
+                    print(me, i)
+                time.sleep(0.3)
+                print("mine:", open("shared-name.txt").read())
+                """))
+        self.assertEqual(self.c.upload_asset("par.zip", buf.getvalue()), "UPLOAD_SUCCESS")
+        names = [f"par-{i}" for i in range(6)]
+        self.c.submit_dag([L.run_archive(n, "par.zip/job.py", n) for n in names])
+        states = self.wait_ended(*(f"DAG-{n}" for n in names))
+        self.assertEqual(set(states.values()), {"COMPLETED"})
+        for n in names:
+            expected = "".join(f"{n} {i}\n" for i in range(2000)) + f"mine: {n}\n"
+            self.assertEqual(self.c.get_logs(f"DAG-{n}"), expected)
+
     def test_a_service_from_a_project_zip(self):
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w") as z:
