@@ -213,7 +213,9 @@ async def breakdown(data_dir: str, backend_name: str) -> dict:
     import msgpack
     from titan.core.codec import decode_event
     from titan.core.scheduler import restore
+    import gc
     backend = build(backend_name, os.path.join(data_dir, "log"), "no")
+    gc.disable()  # as MasterService._recover does
     t0 = time.perf_counter()
     snap, records = backend.load()
     records = list(records)
@@ -227,6 +229,7 @@ async def breakdown(data_dir: str, backend_name: str) -> dict:
     for at, event in decoded:
         s.apply(event, at)
     t4 = time.perf_counter()
+    gc.enable()
     await backend.close()
     return {"load": t1 - t0, "decode": t2 - t1, "restore": t3 - t2, "apply": t4 - t3,
             "records": len(records)}

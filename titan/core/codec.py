@@ -192,7 +192,7 @@ def _decoder(cls: type, decoders: Optional[tuple]) -> Callable[[list], object]:
         return lambda rec: cls(*rec[2:])
     if len(decoders) == 1:
         (only,) = decoders
-        return lambda rec: cls(*(only(v) for v in rec[2:]))
+        return lambda rec: cls(only(rec[2]))
     return lambda rec: cls(*(f(v) for f, v in zip(decoders, rec[2:])))
 
 
