@@ -32,6 +32,7 @@ class MasterConfig:
     retry_backoff_cap: float = 60.0
     max_jobs_per_run: int = 10_000
     keep_finished: int = 10_000  # finished jobs remembered (oldest forgotten first)
+    forget_after: float = 60.0  # ...but each for at least this many seconds after it ends
     text_frames: str = "loopback"  # off | loopback | on: the reference SDK's text requests
 
 

@@ -77,7 +77,7 @@ class ParseTests(unittest.TestCase):
             "master:\n  listen: tcp:0\n  heartbeat_timout: 3\n",
             "/etc/t.yaml:3: unknown key master.heartbeat_timout (known in master: listen, "
             "data_dir, heartbeat_interval, heartbeat_timeout, max_frame_bytes, "
-            "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, keep_finished, text_frames)")
+            "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, keep_finished, forget_after, text_frames)")
         self.assertConfigError("\n\nworkers:\n  slots: 2\n",
                                "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, master, persistence, router, store, token, "
                                "worker)")

@@ -36,7 +36,7 @@ class RetentionTests(SynchronousTestCase):
                 h.finish(job.job_id)
 
     def test_the_oldest_finished_jobs_are_forgotten_in_batches(self):
-        h = Harness(keep_finished=10)
+        h = Harness(keep_finished=10, forget_grace=0)
         h.join("w1", slots=1)
         for i in range(30):
             h.submit(f"j{i:02d}")
@@ -53,7 +53,7 @@ class RetentionTests(SynchronousTestCase):
         self.assertEqual(str(caught.exception), "no job j00")
 
     def test_waiting_and_running_jobs_are_never_forgotten(self):
-        h = Harness(keep_finished=2)
+        h = Harness(keep_finished=2, forget_grace=0)
         h.join("w1", slots=1)
         h.submit("long")  # runs throughout
         for i in range(5):
@@ -70,7 +70,7 @@ class RetentionTests(SynchronousTestCase):
         self.assertLessEqual(sum(1 for j in h.s.jobs.values() if j.state.terminal), 3)
 
     def test_a_finished_run_counts_all_its_jobs_and_goes_whole(self):
-        h = Harness(keep_finished=5)
+        h = Harness(keep_finished=5, forget_grace=0)
         h.join("w1", slots=4)
         h.apply(ev.DagSubmitted("old-1", chain("old", 4, agent_run_id="agent-7", stage="PLAN")))
         self.finish_all(h)
@@ -90,7 +90,7 @@ class RetentionTests(SynchronousTestCase):
         self.assertEqual(h.s.runs["live-1"].state.value, "RUNNING")
 
     def test_replay_forgets_what_was_recorded_whatever_the_bound_is_now(self):
-        h = Harness(keep_finished=4)
+        h = Harness(keep_finished=4, forget_grace=0)
         recorded = []
         original = h.s.apply
 
@@ -104,20 +104,20 @@ class RetentionTests(SynchronousTestCase):
             h.finish(f"j{i}")
         self.assertTrue(forgets(h.log))
         for keep in (4, 1000, 1):
-            fresh = Scheduler(heartbeat_timeout=10.0, keep_finished=keep)
+            fresh = Scheduler(heartbeat_timeout=10.0, keep_finished=keep, forget_grace=0)
             for event, now in recorded:  # decisions are not carried out on replay
                 fresh.apply(event, now)
             self.assertEqual(sorted(fresh.jobs), sorted(h.s.jobs), keep)
 
     def test_the_retention_queue_survives_a_snapshot(self):
-        h = Harness(keep_finished=5)
+        h = Harness(keep_finished=5, forget_grace=0)
         h.join("w1", slots=1)
         for i in range(6):
             h.submit(f"j{i}")
             h.finish(f"j{i}")
         data = msgpack.unpackb(msgpack.packb(snapshot(h.s), use_bin_type=True), raw=False,
                                strict_map_key=False)
-        again = Scheduler(heartbeat_timeout=10.0, keep_finished=5)
+        again = Scheduler(heartbeat_timeout=10.0, keep_finished=5, forget_grace=0)
         restore(again, data)
         out = []
         for i in range(6, 9):
@@ -127,3 +127,23 @@ class RetentionTests(SynchronousTestCase):
             out += again.apply(ev.JobFinished(job.job_id, job.worker_id, job.attempt, 0), 10.0)
         [proposal] = forgets(out)
         self.assertEqual(proposal.job_ids, ("j0", "j1"))  # 7 finished > 5 * 1.1 + 1
+
+    def test_what_just_finished_is_kept_for_the_grace_period(self):
+        h = Harness(keep_finished=3, forget_grace=60.0)
+        h.start_ticking()
+        h.join("w1", slots=4)
+        h.apply(ev.DagSubmitted("big-1", chain("big", 10)))
+        while h.s.runs["big-1"].state.value == "RUNNING":
+            self.finish_all(h)
+            h.advance(1, beating=["w1"])
+        # Over the bound at once, but its client is still reading its end.
+        self.assertIn("big-1", h.s.runs)
+        h.submit("j1")
+        h.finish("j1")
+        h.advance(30, beating=["w1"])
+        self.assertIn("big-1", h.s.runs)
+        h.advance(40, beating=["w1"])  # a tick after a minute forgets it
+        self.assertNotIn("big-1", h.s.runs)
+        self.assertIn("j1", h.s.jobs)  # newer, and within the bound
+        [proposal] = forgets(h.log)
+        self.assertEqual(proposal.run_ids, ("big-1",))

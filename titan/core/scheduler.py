@@ -30,6 +30,9 @@ from titan.core.model import (
 Decisions = list
 DEFAULT_MAX_JOBS_PER_RUN = 10_000
 DEFAULT_KEEP_FINISHED = 10_000
+# A finished job or run is remembered at least this long, however many finish after it: its
+# client is still reading its end (a `titan run --wait` table, a wait_run, its last logs).
+DEFAULT_FORGET_GRACE = 60.0
 
 # The hot paths read these as globals: cheaper than an attribute of the enum class.
 _PENDING = JobState.PENDING
@@ -59,14 +62,17 @@ class Scheduler:
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
                  routers: Optional[Iterable] = None,
-                 keep_finished: int = DEFAULT_KEEP_FINISHED) -> None:
+                 keep_finished: int = DEFAULT_KEEP_FINISHED,
+                 forget_grace: float = DEFAULT_FORGET_GRACE) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_jobs_per_run = max_jobs_per_run
         # Retention: finished standalone jobs and finished runs, oldest first, as
-        # ("job"|"run", id, jobs it counts); past keep_finished jobs the oldest are forgotten.
+        # ("job"|"run", id, jobs it counts, when it ended); past keep_finished jobs the
+        # oldest are forgotten, once they have been finished for forget_grace seconds.
         self.keep_finished = keep_finished
+        self.forget_grace = forget_grace
         self._finished: deque = deque()
         self._finished_jobs = 0
         self._forgetting = False  # a Forget was proposed and not yet applied
@@ -600,6 +606,7 @@ class Scheduler:
             if w.last_seen < deadline:
                 out.append(ev.Propose(ev.WorkerLost(
                     w.worker_id, f"no heartbeat for {now - w.last_seen:.1f}s")))
+        self._maybe_forget(now, out)  # what was too fresh to forget when it ended
 
     def _worker_lost(self, e: ev.WorkerLost, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
@@ -666,7 +673,7 @@ class Scheduler:
                 if run.left == 0:
                     self._run_ended(run, out)
             elif not job.run_id:
-                self._ended("job", job.job_id, 1, out)
+                self._ended("job", job.job_id, 1, self._now, out)
 
     def _release_children(self, job: JobRecord, out: Decisions) -> None:
         if not job.children:
@@ -722,32 +729,37 @@ class Scheduler:
             run.state = RunState.CANCELLED
         run.finished_at = self._now
         self._run_changed(run, out)
-        self._ended("run", run.run_id, len(run.jobs), out)
+        self._ended("run", run.run_id, len(run.jobs), self._now, out)
 
     # -- retention -------------------------------------------------------------------------
 
-    def _ended(self, kind: str, ident: str, jobs: int, out: Decisions) -> None:
-        self._finished.append((kind, ident, jobs))
+    def _ended(self, kind: str, ident: str, jobs: int, now: float, out: Decisions) -> None:
+        self._finished.append((kind, ident, jobs, now))
         self._finished_jobs += jobs
+        self._maybe_forget(now, out)
+
+    def _maybe_forget(self, now: float, out: Decisions) -> None:
         # Forget in batches (a tenth of the bound), not one job per job that ends.
         if self._forgetting or self._finished_jobs <= self.keep_finished * 1.1 + 1:
             return
         job_ids, run_ids = [], []
         over = self._finished_jobs - self.keep_finished
-        for kind, ident, jobs in self._finished:
-            if over <= 0:
+        settled = now - self.forget_grace
+        for kind, ident, jobs, ended_at in self._finished:
+            if over <= 0 or ended_at > settled:
                 break
             (job_ids if kind == "job" else run_ids).append(ident)
             over -= jobs
-        self._forgetting = True
-        out.append(ev.Propose(ev.Forget(tuple(job_ids), tuple(run_ids))))
+        if job_ids or run_ids:
+            self._forgetting = True
+            out.append(ev.Propose(ev.Forget(tuple(job_ids), tuple(run_ids))))
 
     def _forget(self, e: ev.Forget, now: float, out: Decisions) -> None:
         self._forgetting = False
         gone = set(e.job_ids) | set(e.run_ids)
         # What is forgotten is the oldest of what has finished: the head of the queue.
         while self._finished and self._finished[0][1] in gone:
-            _, _, jobs = self._finished.popleft()
+            jobs = self._finished.popleft()[2]
             self._finished_jobs -= jobs
         forgotten: list[str] = []
         for key in e.job_ids:
@@ -1036,14 +1048,16 @@ def restore(s: Scheduler, data: dict) -> None:
             nodes.setdefault(s.jobs[key].node, []).append(key)
     s.nodes.update((node, tuple(keys)) for node, keys in nodes.items())
     if "finished" in data:
-        s._finished.extend(tuple(item) for item in data["finished"])
+        # (Entries of early version-2 snapshots have no end time: long settled.)
+        s._finished.extend((*item, 0.0) if len(item) == 3 else tuple(item)
+                           for item in data["finished"])
     else:  # version 1 kept no retention queue: what has finished, in the order it did
         ended = [(j.finished_at or 0.0, j.seq, "job", j.job_id, 1) for j in s.jobs.values()
                  if j.run_id is None and j.state in _TERMINAL]
         ended += [(r.finished_at or 0.0, r.seq, "run", r.run_id, len(r.jobs))
                   for r in s.runs.values() if r.state is not RunState.RUNNING]
-        s._finished.extend(item[2:] for item in sorted(ended))
-    s._finished_jobs = sum(n for _, _, n in s._finished)
+        s._finished.extend((*item[2:], item[0]) for item in sorted(ended))
+    s._finished_jobs = sum(item[2] for item in s._finished)
     s.agent_runs.update(data["agent_runs"])
     for (schedule_id, name, cron, template, created_at, fired, next_at,
          last_run_id) in data["schedules"]:

@@ -81,6 +81,7 @@ class MasterService(MultiService):
                                    backoff_cap=mc.retry_backoff_cap,
                                    max_jobs_per_run=mc.max_jobs_per_run,
                                    keep_finished=mc.keep_finished,
+                                   forget_grace=mc.forget_after,
                                    routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
