@@ -72,3 +72,28 @@ def read_pid(path: str, timeout: float = 10.0) -> int:
             pass
         time.sleep(0.02)
     raise AssertionError(f"no pid in {path}")
+
+
+ENDED = {"COMPLETED", "FAILED", "DEAD", "CANCELLED"}
+
+
+class LegacyChecks:
+    """For tests that talk to the master as the reference SDK does (`self.c`, a
+    LegacyClient) and look at the result the Titan way."""
+
+    def wait_ended(self, *refs: str, timeout: float = 60.0) -> dict:
+        states: dict = {}
+
+        def ended():
+            for ref in refs:
+                if states.get(ref) not in ENDED:
+                    states[ref] = self.c.get_job_status(ref)
+            return all(states[r] in ENDED for r in refs)
+        self.wait_for(ended, timeout, f"{', '.join(refs)} to end (now {states})")
+        return states
+
+    def structured(self, ref: str) -> dict:
+        """The job as Titan's own client sees it (its bare id: unique in these tests)."""
+        from titan.protocols import legacy
+        with self.cluster.client() as client:
+            return client.job(legacy.node_of(ref))

@@ -11,38 +11,21 @@ import zipfile
 
 from titan.protocols import legacy as L
 from titan.sdk.legacy_client import LegacyClient, LegacyError
-from tests.acceptance.helpers import ClusterTestCase
+from tests.acceptance.helpers import ClusterTestCase, LegacyChecks
 
-ENDED = {"COMPLETED", "FAILED", "DEAD", "CANCELLED"}
 
 
 def py(source: str) -> bytes:
     return textwrap.dedent(source).encode()
 
 
-class LegacyTests(ClusterTestCase):
+class LegacyTests(LegacyChecks, ClusterTestCase):
     workers = 2
     slots = 8
 
     def setUp(self) -> None:
         super().setUp()
         self.c = LegacyClient("127.0.0.1", self.cluster.port)
-
-    def wait_ended(self, *refs: str, timeout: float = 60.0) -> dict:
-        states: dict = {}
-
-        def ended():
-            for ref in refs:
-                if states.get(ref) not in ENDED:
-                    states[ref] = self.c.get_job_status(ref)
-            return all(states[r] in ENDED for r in refs)
-        self.wait_for(ended, timeout, f"{', '.join(refs)} to end (now {states})")
-        return states
-
-    def structured(self, ref: str) -> dict:
-        """The job as Titan's own client sees it (its bare id: unique in these tests)."""
-        with self.cluster.client() as client:
-            return client.job(L.node_of(ref))
 
     # -- DAGs --------------------------------------------------------------------------------
 

@@ -16,13 +16,12 @@ import tempfile
 import textwrap
 import time
 
-from tests.acceptance.helpers import ClusterTestCase
+from tests.acceptance.helpers import ClusterTestCase, LegacyChecks
 from titan.protocols import legacy as L
 from titan.sdk.legacy_client import LegacyClient, LegacyError
 from titan.testing.cluster import BIN, free_port
 from titan.testing.processes import die_with_parent, read_port, tail
 
-ENDED = {"COMPLETED", "FAILED", "DEAD", "CANCELLED"}
 GATE_SCRIPT = base64.b64encode(b"# the reference SDK's hitl_gate.py").decode()
 
 
@@ -79,7 +78,7 @@ def redis_cli(port: int, *args: str) -> str:
     return done.stdout.decode("utf-8")
 
 
-class LegacyStoreTests(ClusterTestCase):
+class LegacyStoreTests(LegacyChecks, ClusterTestCase):
     """Workers w1 (tag LEFT) and w2 (tag RIGHT): the reference's REQUIREMENT field pins a
     job to one of them (its job strings cannot name a worker)."""
 
@@ -106,22 +105,6 @@ class LegacyStoreTests(ClusterTestCase):
 
     def redis(self, *args: str) -> str:
         return redis_cli(self.store_port, *args)
-
-    def wait_ended(self, *refs: str, timeout: float = 60.0) -> dict:
-        states: dict = {}
-
-        def ended():
-            for ref in refs:
-                if states.get(ref) not in ENDED:
-                    states[ref] = self.c.get_job_status(ref)
-            return all(states[r] in ENDED for r in refs)
-        self.wait_for(ended, timeout, f"{', '.join(refs)} to end (now {states})")
-        return states
-
-    def structured(self, ref: str) -> dict:
-        """The job as Titan's own client sees it (its bare id: unique in these tests)."""
-        with self.cluster.client() as client:
-            return client.job(L.node_of(ref))
 
     def wait_key(self, key: str, value: str, timeout: float = 20.0) -> None:
         seen = []

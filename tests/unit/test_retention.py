@@ -91,13 +91,7 @@ class RetentionTests(SynchronousTestCase):
 
     def test_replay_forgets_what_was_recorded_whatever_the_bound_is_now(self):
         h = Harness(keep_finished=4, forget_grace=0)
-        recorded = []
-        original = h.s.apply
-
-        def recording(event, now):
-            recorded.append((event, now))
-            return original(event, now)
-        h.s.apply = recording
+        recorded = h.recording()
         h.join("w1", slots=2)
         for i in range(20):
             h.submit(f"j{i}")

@@ -46,6 +46,17 @@ class Harness:
                     max(0.0, d.at - self.clock.seconds()), self._fire, d.key)
         return out
 
+    def recording(self) -> list:
+        """The events applied from now on, with their times: what a master's log holds."""
+        events: list = []
+        real_apply = self.s.apply
+
+        def apply(event, now):
+            events.append((event, now))
+            return real_apply(event, now)
+        self.s.apply = apply
+        return events
+
     def _fire(self, key) -> None:
         self.timers.pop(key, None)
         self.apply(ev.TimerFired(key))
@@ -716,14 +727,7 @@ class DeterminismTests(SynchronousTestCase):
 
     def test_replaying_the_applied_events_gives_the_same_decisions(self):
         h = Harness()
-        events = []
-        real_apply = h.s.apply
-
-        def recording(event, now):
-            events.append((event, now))
-            return real_apply(event, now)
-
-        h.s.apply = recording
+        events = h.recording()
         log = scripted_run(h)
         fresh = Scheduler(heartbeat_timeout=10.0)
         replayed = []
