@@ -26,6 +26,13 @@ def chain(name: str, n: int, **extra) -> ev.RunTemplate:
         for i in range(n)]})
 
 
+def run_jobs(h: Harness, names) -> None:
+    """Each job submitted, run and finished in turn."""
+    for name in names:
+        h.submit(name)
+        h.finish(name)
+
+
 class RetentionTests(SynchronousTestCase):
     def finish_all(self, h: Harness) -> None:
         while True:
@@ -38,9 +45,7 @@ class RetentionTests(SynchronousTestCase):
     def test_the_oldest_finished_jobs_are_forgotten_in_batches(self):
         h = Harness(keep_finished=10, forget_grace=0)
         h.join("w1", slots=1)
-        for i in range(30):
-            h.submit(f"j{i:02d}")
-            h.finish(f"j{i:02d}")
+        run_jobs(h, (f"j{i:02d}" for i in range(30)))
         kept = sorted(h.s.jobs)
         # Forgotten down to 10 whenever more than 12 (10% slack, plus one) had finished.
         self.assertLessEqual(len(kept), 12)
@@ -77,9 +82,7 @@ class RetentionTests(SynchronousTestCase):
         h.apply(ev.DagSubmitted("live-1", chain("live", 3)))
         self.assertEqual(h.s.runs["old-1"].state.value, "COMPLETED")
         self.assertEqual(h.s.agent_runs, {"agent-7": ["old-1"]})
-        for i in range(3):  # 4 + 3 finished: over 5 * 1.1 + 1
-            h.submit(f"j{i}")
-            h.finish(f"j{i}")
+        run_jobs(h, ("j0", "j1", "j2"))  # 4 + 3 finished: over 5 * 1.1 + 1
         self.assertNotIn("old-1", h.s.runs)
         self.assertFalse([k for k in h.s.jobs if k.startswith("old-1/")])
         self.assertEqual(sorted(forgotten(h.log)), [f"old-1/s{i}" for i in range(4)])
@@ -93,9 +96,7 @@ class RetentionTests(SynchronousTestCase):
         h = Harness(keep_finished=4, forget_grace=0)
         recorded = h.recording()
         h.join("w1", slots=2)
-        for i in range(20):
-            h.submit(f"j{i}")
-            h.finish(f"j{i}")
+        run_jobs(h, (f"j{i}" for i in range(20)))
         self.assertTrue(forgets(h.log))
         for keep in (4, 1000, 1):
             fresh = Scheduler(heartbeat_timeout=10.0, keep_finished=keep, forget_grace=0)
@@ -106,9 +107,7 @@ class RetentionTests(SynchronousTestCase):
     def test_the_retention_queue_survives_a_snapshot(self):
         h = Harness(keep_finished=5, forget_grace=0)
         h.join("w1", slots=1)
-        for i in range(6):
-            h.submit(f"j{i}")
-            h.finish(f"j{i}")
+        run_jobs(h, (f"j{i}" for i in range(6)))
         data = msgpack.unpackb(msgpack.packb(snapshot(h.s), use_bin_type=True), raw=False,
                                strict_map_key=False)
         again = Scheduler(heartbeat_timeout=10.0, keep_finished=5, forget_grace=0)
