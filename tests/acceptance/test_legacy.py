@@ -256,12 +256,7 @@ class LegacyTests(LegacyChecks, ClusterTestCase):
         self.assertEqual(self.c.submit_dag([L.deploy_payload("svc", "svc.py", server,
                                                              port=port)]), "DAG_ACCEPTED")
 
-        def answers():
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                    return s.recv(100)
-            except OSError:
-                return None
+        answers = _greeting(port)
         self.assertEqual(self.wait_for(answers, 30, "the service to answer"),
                          b"hi from the service\n")
         self.assertEqual(self.c.get_job_status("DAG-svc"), "RUNNING")
@@ -320,12 +315,7 @@ class LegacyTests(LegacyChecks, ClusterTestCase):
             "zsvc", "svc.zip/app/server.py", "--mode 'fast lane'", port=port)]),
             "DAG_ACCEPTED")
 
-        def answers():
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-                    return conn.recv(100)
-            except OSError:
-                return None
+        answers = _greeting(port)
         self.assertEqual(self.wait_for(answers, 30, "the zipped service to answer"),
                          "hi from the zip svc ✓".encode())
         self.assertEqual(self.c.get_job_status("DAG-zsvc"), "RUNNING")
@@ -361,6 +351,17 @@ class LegacyTests(LegacyChecks, ClusterTestCase):
         with self.assertRaises(LegacyError) as caught:
             self.c.get_logs("DAG-no-such-job")
         self.assertEqual(caught.exception.text, "ERROR: no job DAG-no-such-job")
+
+
+def _greeting(port: int):
+    """A probe: what a service on `port` says to a new connection (None: nobody there)."""
+    def answers():
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+                return conn.recv(100)
+        except OSError:
+            return None
+    return answers
 
 
 def _free_port() -> int:
