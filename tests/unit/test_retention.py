@@ -140,3 +140,14 @@ class RetentionTests(SynchronousTestCase):
         self.assertIn("j1", h.s.jobs)  # newer, and within the bound
         [proposal] = forgets(h.log)
         self.assertEqual(proposal.run_ids, ("big-1",))
+
+    def test_a_busy_master_forgets_in_batches_not_one_job_per_end(self):
+        h = Harness(keep_finished=100, forget_grace=10.0)
+        h.join("w1", slots=1)
+        for i in range(2000):  # one job ending every 10 ms for 20 s
+            run_jobs(h, [f"j{i}"])
+            h.clock.advance(0.01)
+        proposals = forgets(h.log)
+        self.assertLessEqual(len(proposals), 20)  # at most one look per second (grace / 10)
+        self.assertGreaterEqual(min(len(p.job_ids) for p in proposals), 10)
+        self.assertLessEqual(len(h.s.jobs), 100 + 10 + 1 + 1000 + 100)  # bound, slack, grace

@@ -76,6 +76,7 @@ class Scheduler:
         self._finished: deque = deque()
         self._finished_jobs = 0
         self._forgetting = False  # a Forget was proposed and not yet applied
+        self._next_forget_check = 0.0
         self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
         # With only the built-in routers, a job that needs no tags and names no worker,
         # while no worker has tags, goes to the least-loaded free worker (or the first one):
@@ -739,9 +740,13 @@ class Scheduler:
         self._maybe_forget(now, out)
 
     def _maybe_forget(self, now: float, out: Decisions) -> None:
-        # Forget in batches (a tenth of the bound), not one job per job that ends.
-        if self._forgetting or self._finished_jobs <= self.keep_finished * 1.1 + 1:
+        # Forget in batches, not one job per job that ends: only once more than a tenth over
+        # the bound, and looking at most every tenth of forget_grace (a busy master would
+        # otherwise find one more settled job to forget at every end).
+        if self._forgetting or self._finished_jobs <= self.keep_finished * 1.1 + 1 \
+                or now < self._next_forget_check:
             return
+        self._next_forget_check = now + self.forget_grace / 10
         job_ids, run_ids = [], []
         over = self._finished_jobs - self.keep_finished
         settled = now - self.forget_grace
