@@ -279,7 +279,8 @@ class Scheduler:
     def _job_submitted(self, e: ev.JobSubmitted, now: float, out: Decisions) -> None:
         job = self._new_job(e.spec, now)
         self._admit(job, now, out)
-        self._dispatch(now, out)
+        if self._free:
+            self._dispatch(now, out)
 
     def _dag_submitted(self, e: ev.DagSubmitted, now: float, out: Decisions,
                        schedule_id: Optional[str] = None) -> None:
@@ -884,8 +885,7 @@ class Scheduler:
             return
         if len(queues) == 1:
             # One kind of need (the usual case): take its queue in order.
-            for key, heap in queues.items():
-                pass
+            key, heap = next(iter(queues.items()))
             plain = self._plain_routing and not self._tagged
             while free:
                 job = self._head(heap)
