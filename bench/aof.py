@@ -34,6 +34,8 @@ import sys
 import tempfile
 import time
 
+import msgpack
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet import defer, task  # noqa: E402
@@ -44,7 +46,7 @@ from titan.core import events as ev  # noqa: E402
 from titan.core.codec import encode_event, persisted  # noqa: E402
 from titan.core.dag import parse_dag  # noqa: E402
 from titan.core.model import JobSpec  # noqa: E402
-from titan.core.scheduler import Scheduler  # noqa: E402
+from titan.core.scheduler import Scheduler, snapshot  # noqa: E402
 from titan.interfaces import IPersistenceFactory  # noqa: E402
 from titan.plugin_registry import find  # noqa: E402
 
@@ -141,8 +143,9 @@ async def appends_always(reactor, backend_name: str, recs: list[bytes], submitte
 # -- 2. recovery ---------------------------------------------------------------------------
 
 async def write_log(reactor, backend_name: str, log_dir: str, events: int,
-                    dag_jobs: int) -> dict:
-    """A master's log of about `events` events: what a busy master records."""
+                    dag_jobs: int, compact_after: int = 0) -> dict:
+    """A master's log of about `events` events: what a busy master records (compacted
+    whenever it has grown by `compact_after` bytes, as MasterService does, if that is set)."""
     backend = build(backend_name, log_dir, "no")
     backend.load()
     s = Scheduler(max_jobs_per_run=max(dag_jobs, 1))
@@ -160,6 +163,9 @@ async def write_log(reactor, backend_name: str, log_dir: str, events: int,
                 handle(d.event)
             elif isinstance(d, ev.Dispatch):
                 running.append(d)
+        # After the event took effect, as MasterService.handle does.
+        if compact_after and backend.bytes_since_compaction > compact_after:
+            backend.compact(msgpack.packb(snapshot(s), use_bin_type=True))
 
     def finish_one() -> None:
         d = running.pop(0)
@@ -291,6 +297,21 @@ async def recovery(reactor, a, base: str) -> None:
     b = await breakdown(data_dir, a.backend)
     print(f"    of which: load {b['load']:.2f}s, restore {b['restore']:.2f}s, "
           f"decode+apply {b['decode'] + b['apply']:.2f}s")
+
+    # What a master running with the default configuration leaves on disk after the same
+    # events: it compacts whenever the log has grown by compact_after_bytes.
+    every = PersistenceConfig().compact_after_bytes
+    auto_dir = os.path.join(base, "auto")
+    made = await write_log(reactor, a.backend, os.path.join(auto_dir, "log"), a.events,
+                           a.dag_jobs, compact_after=every)
+    master, wall = recover(auto_dir, a.backend)
+    r = master.recovery
+    same = "the same as" if r["jobs"] == made["jobs"] else "NOT the same as"
+    await master.persistence.close()
+    print(f"  a master with the default compact_after_bytes ({mb(every)}) after the same "
+          f"events: {mb(du(os.path.join(auto_dir, 'log')))} on disk; recovery {wall:.2f}s "
+          f"wall (snapshot: {r['snapshot']}, {r['events']:,} events after it, "
+          f"{r['jobs']:,} jobs: {same} the master that wrote it)")
 
 
 async def main(reactor, a) -> None:

@@ -764,9 +764,14 @@ class Scheduler:
         self._forgetting = False
         gone = set(e.job_ids) | set(e.run_ids)
         # What is forgotten is the oldest of what has finished: the head of the queue.
+        popped = 0
         while self._finished and self._finished[0][1] in gone:
-            jobs = self._finished.popleft()[2]
-            self._finished_jobs -= jobs
+            self._finished_jobs -= self._finished.popleft()[2]
+            popped += 1
+        if popped < len(gone):  # not the oldest after all: take them out wherever they are
+            kept = [item for item in self._finished if item[1] not in gone]
+            self._finished_jobs = sum(item[2] for item in kept)
+            self._finished = deque(kept)
         forgotten: list[str] = []
         for key in e.job_ids:
             job = self.jobs.get(key)
