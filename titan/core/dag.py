@@ -10,7 +10,7 @@ import re
 import attrs
 from typing import Any, Iterable, Optional
 
-from titan.core.events import RunTemplate
+from titan.core.events import RunTemplate, children_of, template_children
 from titan.core.model import JobSpec
 
 GATE_TIMEOUT = 48 * 3600.0
@@ -191,7 +191,7 @@ def parse_dag(body: dict) -> RunTemplate:
     if not isinstance(name, str) or not NAME.match(name):
         raise SubmitError(f"DAG name must be letters, digits, '_', '.' or '-', not {name!r}")
     specs = parse_jobs(body.get("jobs"))
-    check_graph(specs, known=())
+    children = check_graph(specs, known=())
     max_jobs = body.get("max_jobs")
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int)
                                  or max_jobs < 1):
@@ -201,13 +201,16 @@ def parse_dag(body: dict) -> RunTemplate:
                                      or not NAME.match(agent_run_id)):
         raise SubmitError(f"agent_run_id must be letters, digits, '_', '.' or '-'")
     stage = body.get("stage")
-    return RunTemplate(name=name, specs=tuple(specs), agent_run_id=agent_run_id,
-                       stage=str(stage) if stage is not None else None, max_jobs=max_jobs)
+    template = RunTemplate(name=name, specs=tuple(specs), agent_run_id=agent_run_id,
+                           stage=str(stage) if stage is not None else None, max_jobs=max_jobs)
+    template_children(template, children)  # worked out for the check: kept for the runs
+    return template
 
 
-def check_graph(specs: Iterable[JobSpec], known: Iterable[str]) -> None:
+def check_graph(specs: Iterable[JobSpec], known: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """Refuse duplicate ids, unknown parents and cycles among `specs` (whose parents may
-    also be the `known` nodes of a run that already exists)."""
+    also be the `known` nodes of a run that already exists); `children_of(specs)` if all
+    is well."""
     specs = list(specs)
     known = set(known)
     seen: dict[str, int] = {}
@@ -223,11 +226,7 @@ def check_graph(specs: Iterable[JobSpec], known: Iterable[str]) -> None:
                 raise SubmitError(f"job {spec.job_id} depends on unknown job {parent!r}")
     # Kahn's algorithm over the new jobs; known jobs cannot depend on new ones.
     parents_left = {s.job_id: sum(1 for p in s.depends_on if p in seen) for s in specs}
-    children: dict[str, list[str]] = {}
-    for s in specs:
-        for p in s.depends_on:
-            if p in seen:
-                children.setdefault(p, []).append(s.job_id)
+    children = children_of(specs)  # only new nodes are looked up: known ones never get ready
     ready = [n for n, c in parents_left.items() if c == 0]
     done = 0
     while ready:
@@ -239,6 +238,7 @@ def check_graph(specs: Iterable[JobSpec], known: Iterable[str]) -> None:
                 ready.append(child)
     if done < len(specs):
         raise SubmitError(f"cycle: {' -> '.join(_a_cycle(specs, parents_left))}")
+    return children
 
 
 def _a_cycle(specs: list[JobSpec], parents_left: dict[str, int]) -> list[str]:

@@ -125,10 +125,12 @@ def children_of(specs: Iterable[JobSpec]) -> dict[str, tuple[str, ...]]:
     return {node: tuple(kids) for node, kids in children.items()}
 
 
-def template_children(t: RunTemplate) -> dict[str, tuple[str, ...]]:
-    """`children_of(t.specs)`, cached on the template (frozen, so set past attrs)."""
+def template_children(t: RunTemplate, known: Optional[dict] = None
+                      ) -> dict[str, tuple[str, ...]]:
+    """`children_of(t.specs)`, cached on the template (frozen, so set past attrs); `known`:
+    that map, if the caller has worked it out already."""
     if t._children is None:
-        object.__setattr__(t, "_children", children_of(t.specs))
+        object.__setattr__(t, "_children", known if known is not None else children_of(t.specs))
     return t._children
 
 

@@ -87,7 +87,7 @@ class LeastLoaded:
     def route(self, job, candidates, context):
         if len(candidates) < 2:
             return candidates
-        best = least_loaded(candidates)
+        best = min(candidates, key=load_rank)
         # The best first; the rest as they were (only the first is taken).
         return [best, *(w for w in candidates if w is not best)]
 
@@ -95,17 +95,10 @@ class LeastLoaded:
         return None
 
 
-def _load(w) -> tuple:
+def load_rank(w) -> tuple:
+    """How loaded a worker is (least first): running jobs per slot, then jobs completed,
+    then join order.  The scheduler caches it on the record (`rank`)."""
     return (len(w.running) / w.slots, w.completed, w.seq)
-
-
-def least_loaded(workers):
-    """The worker LeastLoaded would put first (`workers` is not empty)."""
-    return min(workers, key=_load)
-
-
-load_rank = _load
-"""How loaded a worker is, as the scheduler caches it on the worker's record (`rank`)."""
 
 
 DEFAULT_CHAIN = (Capability(), Affinity(), LeastLoaded())

@@ -15,12 +15,11 @@ import heapq
 import random
 from collections import deque
 from datetime import datetime, timezone
+from operator import attrgetter
 from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
 from titan.core.dag import SubmitError, check_graph
-from operator import attrgetter
-
 from titan.core.routing import DEFAULT_CHAIN, Affinity, Capability, LeastLoaded, \
     load_rank, parse_affinity
 from titan.core.model import (
@@ -38,8 +37,6 @@ DEFAULT_FORGET_GRACE = 60.0
 _PENDING = JobState.PENDING
 _RUNNING = JobState.RUNNING
 _COMPLETED = JobState.COMPLETED
-_CANCELLED = JobState.CANCELLED
-_WAITING = JobState.WAITING_APPROVAL
 _TERMINAL = TERMINAL_STATES
 _ALIVE = WorkerState.ALIVE
 _BUILT_IN_ROUTERS = (Capability, Affinity, LeastLoaded)
@@ -891,20 +888,14 @@ class Scheduler:
         if len(queues) == 1:
             # One kind of need (the usual case): take its queue in order.
             key, heap = next(iter(queues.items()))
-            plain = self._plain_routing and not self._tagged
             while free:
                 job = self._head(heap)
                 if job is None:
                     del queues[key]
                     return
-                spec = job.spec
-                if plain and not spec.tags and not spec.affinity:
-                    worker = (min(free.values(), key=_RANK) if self._least_loaded
-                              else next(iter(free.values())))
-                else:
-                    worker = self._choose(job)
-                    if worker is None:
-                        return
+                worker = self._choose(job)
+                if worker is None:
+                    return
                 heapq.heappop(heap)
                 if not heap:
                     del queues[key]
@@ -955,14 +946,8 @@ class Scheduler:
         job.worker_id = worker.worker_id
         job.worker_name = worker.name
         job.started_at = now
-        # The worker was free and alive (that is where `_choose` looks); only its load moves.
-        running = worker.running
-        running.add(job.job_id)
-        worker.idle_since = None
-        if len(running) < worker.slots:
-            worker.rank = load_rank(worker)
-        else:
-            del self._free[worker.worker_id]
+        worker.running.add(job.job_id)
+        self._refresh(worker)
         out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec, job.run_id))
         self._set_state(job, _RUNNING, out)
 
@@ -996,9 +981,9 @@ def snapshot(s: Scheduler) -> dict:
                      w.last_seen, w.seq, w.state.value, sorted(w.running), w.completed,
                      w.idle_since]
                     for w in s.workers.values()],
-        "jobs": [[j.job_id, spec_to_record(j.spec), j.seq, j.submitted_at, j.state.value, j.queued,
-                  j.attempt, j.failures, j.worker_id, j.exit_code, j.reason, j.started_at,
-                  j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
+        "jobs": [[j.job_id, spec_to_record(j.spec), j.seq, j.submitted_at, j.state.value,
+                  j.queued, j.attempt, j.failures, j.worker_id, j.exit_code, j.reason,
+                  j.started_at, j.finished_at, j.ready_at, j.parents_left, j.children, j.result,
                   j.decision, j.run_id, j.worker_name, j.queued_at, j.service, j.released]
                  for j in s.jobs.values()],
         "runs": [[r.run_id, r.name, r.created_at, r.seq, r.agent_run_id, r.stage, r.max_jobs,
@@ -1033,13 +1018,14 @@ def restore(s: Scheduler, data: dict) -> None:
     for (job_id, spec, seq, submitted_at, state, queued, attempt, failures, worker_id,
          exit_code, reason, started_at, finished_at, ready_at, parents_left, children,
          result, decision, run_id, worker_name, queued_at, service, released) in data["jobs"]:
+        if form == 1:
+            children = [c.rsplit("/", 1)[-1] for c in children]
         job = JobRecord(job_id=job_id, spec=spec_from_record(spec), seq=seq,
                         submitted_at=submitted_at, state=_STATES[state], queued=queued,
                         attempt=attempt, failures=failures, worker_id=worker_id,
                         exit_code=exit_code, reason=reason, started_at=started_at,
                         finished_at=finished_at, ready_at=ready_at,
-                        parents_left=parents_left, children=tuple(c.rsplit("/", 1)[-1] for c in children) if form == 1
-                        else tuple(children), result=result,
+                        parents_left=parents_left, children=tuple(children), result=result,
                         decision=decision, run_id=run_id, worker_name=worker_name,
                         service=service, released=released)
         s.jobs[job_id] = job
@@ -1058,9 +1044,7 @@ def restore(s: Scheduler, data: dict) -> None:
             nodes.setdefault(s.jobs[key].node, []).append(key)
     s.nodes.update((node, tuple(keys)) for node, keys in nodes.items())
     if "finished" in data:
-        # (Entries of early version-2 snapshots have no end time: long settled.)
-        s._finished.extend((*item, 0.0) if len(item) == 3 else tuple(item)
-                           for item in data["finished"])
+        s._finished.extend(tuple(item) for item in data["finished"])
     else:  # version 1 kept no retention queue: what has finished, in the order it did
         ended = [(j.finished_at or 0.0, j.seq, "job", j.job_id, 1) for j in s.jobs.values()
                  if j.run_id is None and j.state in _TERMINAL]

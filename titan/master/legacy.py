@@ -461,9 +461,9 @@ class LegacyFrontend(Service):
     async def _hitl_poll(self, store) -> None:
         s = self.master.scheduler
         waiting = self._waiting_gates()
-        ended, self._ended_gates = self._ended_gates, {}
         for key in [k for k in self._gates if k not in waiting]:
-            ended[key] = self._gates.pop(key)
+            del self._gates[key]  # ended: `_job_ended` has it
+        ended, self._ended_gates = self._ended_gates, {}
         for key, node in ended.items():
             job = s.jobs.get(key)
             if job is not None and job.state.terminal:

@@ -33,15 +33,18 @@ the YAML and the scripts together.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
 import shlex
+import zipfile
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import yaml
 
 from titan.errors import TitanError
+from titan.protocols.legacy import ParseError, archive_launcher
 
 __all__ = ["Pipeline", "Job", "Gate", "PipelineError", "load_pipeline", "GATE_TIMEOUT"]
 
@@ -235,8 +238,6 @@ MAX_PROJECT_ZIP = 8 * 1024 * 1024  # shipped with every job of the run: keep it 
 def zip_folder(folder: str) -> bytes:
     """The folder as a zip (sorted, fixed timestamps: the same files give the same bytes),
     leaving out hidden entries and __pycache__."""
-    import io
-    import zipfile
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for root, dirs, files in os.walk(folder):
@@ -619,7 +620,6 @@ class Pipeline:
     def _ship_project(self, jobs: list[dict]) -> None:
         """`project: true`: each file job runs its file from a zip of the project folder,
         unpacked in its own workspace (so it finds its modules and data beside it)."""
-        from titan.protocols.legacy import ParseError, archive_launcher
         data = zip_folder(self.project_dir)
         if len(data) > MAX_PROJECT_ZIP:
             raise PipelineError(f"pipeline {self.name!r}: the project folder "
