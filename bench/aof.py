@@ -1,6 +1,6 @@
 """The master's event log: append throughput per fsync policy, and recovery time.
 
-    python bench/aof.py [--events 1000000] [--appends 200000] [--seconds 3]
+    python bench/aof.py [--events 1000000] [--per-turn 100] [--appends 200000] [--seconds 3]
                         [--submitters 100] [--backend aof|sqlite] [--dir DIR]
                         [--skip-appends] [--skip-recovery] [--profile N]
 
@@ -13,7 +13,8 @@
 2. Recovery.  A log of --events events, written the way a master writes it (a scheduler
    applies each event and the events it leads to are recorded): 2 workers join, a DAG run of
    --dag-jobs jobs, then standalone jobs submitted and finished in turn (JobSubmitted +
-   JobFinished pairs).  Then a MasterService (MemoryReactorClock, data_dir = the bench dir)
+   JobFinished pairs), --per-turn of them per turn of the reactor (each turn's records are
+   one write, one batch frame).  Then a MasterService (MemoryReactorClock, data_dir = the bench dir)
    recovers from it exactly as at start-up (`_prepare` -> `_recover`: load, decode, apply).
    Target <= 5 s for 1,000,000 events.  Then the master compacts (snapshot of its state) and
    a fresh master recovers again: target <= 1 s.  File sizes before and after.
@@ -143,9 +144,11 @@ async def appends_always(reactor, backend_name: str, recs: list[bytes], submitte
 # -- 2. recovery ---------------------------------------------------------------------------
 
 async def write_log(reactor, backend_name: str, log_dir: str, events: int,
-                    dag_jobs: int, compact_after: int = 0) -> dict:
+                    dag_jobs: int, compact_after: int = 0, per_turn: int = 100) -> dict:
     """A master's log of about `events` events: what a busy master records (compacted
-    whenever it has grown by `compact_after` bytes, as MasterService does, if that is set)."""
+    whenever it has grown by `compact_after` bytes, as MasterService does, if that is set),
+    `per_turn` submissions and completions per turn of the reactor (the AOF writes each
+    turn's records as one batch frame)."""
     backend = build(backend_name, log_dir, "no")
     backend.load()
     s = Scheduler(max_jobs_per_run=max(dag_jobs, 1))
@@ -192,8 +195,8 @@ async def write_log(reactor, backend_name: str, log_dir: str, events: int,
         else:
             finish_one()
         i += 1
-        if i % 20_000 == 0:
-            await turn(reactor)  # let the backend write what it has
+        if i % per_turn == 0:
+            await turn(reactor)  # the backend writes what this turn appended
     await backend.close()
     return {"events": written[0], "jobs": len(s.jobs), "state": s}
 
@@ -217,7 +220,7 @@ def recover(data_dir: str, backend_name: str):
 async def breakdown(data_dir: str, backend_name: str) -> dict:
     """The recovery loop in three steps, timed apart: read, decode, apply."""
     import msgpack
-    from titan.core.codec import decode_event
+    from titan.core.codec import decode_events
     from titan.core.scheduler import restore
     import gc
     backend = build(backend_name, os.path.join(data_dir, "log"), "no")
@@ -226,7 +229,7 @@ async def breakdown(data_dir: str, backend_name: str) -> dict:
     snap, records = backend.load()
     records = list(records)
     t1 = time.perf_counter()
-    decoded = [decode_event(r) for r in records]
+    decoded = list(decode_events(records))
     t2 = time.perf_counter()
     s = Scheduler(max_jobs_per_run=100_000)
     if snap is not None:
@@ -258,10 +261,25 @@ async def recovery(reactor, a, base: str) -> None:
     data_dir = os.path.join(base, "master")
     log_dir = os.path.join(data_dir, "log")
     t = time.perf_counter()
-    made = await write_log(reactor, a.backend, log_dir, a.events, a.dag_jobs)
-    print(f"  wrote {made['events']:,} events ({made['jobs']:,} jobs) in "
+    made = await write_log(reactor, a.backend, log_dir, a.events, a.dag_jobs,
+                           per_turn=a.per_turn)
+    print(f"  wrote {made['events']:,} events ({made['jobs']:,} jobs, {a.per_turn} "
+          f"submissions or completions per turn of the reactor) in "
           f"{time.perf_counter() - t:.1f}s: {mb(du(log_dir))} in {log_dir}")
     del made
+    single_dir = None
+    if a.backend == "aof":
+        # The same records, a frame each: a log written by a master that never appended two
+        # events in one turn (idle most of the time), the slowest layout to read back.
+        from titan.persistence.aof import LOG_MAGIC, frame
+        single_dir = os.path.join(base, "single")
+        os.makedirs(os.path.join(single_dir, "log"))
+        backend = build(a.backend, log_dir, "no")
+        _, records = backend.load()
+        await backend.close()
+        with open(os.path.join(single_dir, "log", "events.0.aof"), "wb") as f:
+            f.write(LOG_MAGIC + b"".join(frame(r) for r in records))
+        del records
 
     master, wall = recover(data_dir, a.backend)
     r = master.recovery
@@ -274,6 +292,14 @@ async def recovery(reactor, a, base: str) -> None:
     b = await breakdown(data_dir, a.backend)
     print(f"    of which: load {b['load']:.2f}s, decode {b['decode']:.2f}s, "
           f"apply {b['apply']:.2f}s ({b['records']:,} records)")
+    if single_dir:
+        master, wall = recover(single_dir, a.backend)
+        r = master.recovery
+        await master.persistence.close()
+        del master
+        shutil.rmtree(single_dir)
+        print(f"  the same log with a frame per record (no two events ever in one turn): "
+              f"{wall:.2f}s wall ({r['events']:,} events, {r['jobs']:,} jobs)")
     if a.profile:
         print(f"\n  cProfile of one recovery (top {a.profile} by own time):")
         print("    " + profile_recovery(data_dir, a.backend, a.profile).replace("\n", "\n    "))
@@ -303,7 +329,7 @@ async def recovery(reactor, a, base: str) -> None:
     every = PersistenceConfig().compact_after_bytes
     auto_dir = os.path.join(base, "auto")
     made = await write_log(reactor, a.backend, os.path.join(auto_dir, "log"), a.events,
-                           a.dag_jobs, compact_after=every)
+                           a.dag_jobs, compact_after=every, per_turn=a.per_turn)
     master, wall = recover(auto_dir, a.backend)
     r = master.recovery
     same = "the same as" if r["jobs"] == made["jobs"] else "NOT the same as"
@@ -350,6 +376,8 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=1_000_000, help="events in the recovery log")
     p.add_argument("--dag-jobs", type=int, default=2_000, help="jobs of the DAG run in it")
+    p.add_argument("--per-turn", type=int, default=100,
+                   help="submissions or completions per turn of the reactor while writing it")
     p.add_argument("--appends", type=int, default=200_000, help="records per loop")
     p.add_argument("--seconds", type=float, default=3.0, help="length of the `always` run")
     p.add_argument("--submitters", type=int, default=100)

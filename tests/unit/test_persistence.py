@@ -24,7 +24,8 @@ from titan.core.model import JobSpec, JobState
 from titan.core.scheduler import Scheduler, restore, snapshot
 from titan.interfaces import CorruptLog, IPersistence, IPersistenceFactory
 from titan.persistence.aof import (
-    LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, check, frame)
+    BATCH, BATCH_BYTES, LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, batch_frame, check,
+    frame)
 from titan.persistence.sqlite import SQLitePersistence
 from titan.plugin_registry import find, plugins
 
@@ -366,11 +367,26 @@ class AOFFilesMixin:
         return os.path.join(self.dir, name)
 
     async def write_log(self, recs: list[bytes]) -> None:
+        """A log written one record per turn of the reactor: a frame per record."""
         backend = self.aof(fsync="no")
         backend.load()
         for r in recs:
             backend.append(r)
+            await turn()
         await backend.close()
+
+    async def write_batches(self, *batches: list[bytes]) -> list[int]:
+        """A log written a batch per turn: the offset at which each batch's frame starts."""
+        backend = self.aof(fsync="no")
+        backend.load()
+        offsets = []
+        for batch in batches:
+            offsets.append(self.size("events.0.aof"))
+            for r in batch:
+                backend.append(r)
+            await turn()
+        await backend.close()
+        return offsets
 
     def write_file(self, name: str, recs: list[bytes]) -> None:
         os.makedirs(self.dir, exist_ok=True)
@@ -454,6 +470,94 @@ class TornTailTests(AOFFilesMixin, TestCase):
             f.write(b"NOTTITAN")
         e = self.assertRaises(CorruptLog, self.aof().load)
         self.assertIn("not a Titan event log", str(e))
+
+
+class BatchTests(AOFFilesMixin, TestCase):
+    """What one turn of the reactor appends is one write, framed as one batch."""
+
+    async def test_a_turn_is_one_frame_and_reads_back_as_its_records(self):
+        first, second = records(200, b"a"), records(3, b"b")
+        offsets = await self.write_batches(first, [b"alone"], second)
+        self.assertEqual(list(self.aof().load()[1]), first + [b"alone"] + second)
+        with open(self.path("events.0.aof"), "rb") as f:
+            data = f.read()
+        self.assertEqual(data[offsets[0]:offsets[1]], batch_frame(first))
+        self.assertEqual(data[offsets[1]:offsets[2]], frame(b"alone"))  # a lone record
+        self.assertEqual(data[offsets[2]:], batch_frame(second))
+        lines, healthy = check(self.dir)
+        self.assertTrue(healthy)
+        self.assertIn(f"{self.path('events.0.aof')}: 204 records, ok", lines)
+
+    async def test_a_big_turn_is_split_into_bounded_batches(self):
+        big = [b"%06d" % i + bytes(1000) for i in range(2500)]  # ~2.5 MB in one turn
+        await self.write_batches(big)
+        self.assertEqual(list(self.aof().load()[1]), big)
+        with open(self.path("events.0.aof"), "rb") as f:
+            data = f.read()
+        pos, sizes = len(LOG_MAGIC), []
+        while pos < len(data):
+            length, _ = RECORD.unpack_from(data, pos)
+            self.assertTrue(length & BATCH)
+            sizes.append(length & ~BATCH)
+            pos += RECORD.size + (length & ~BATCH)
+        self.assertEqual(len(sizes), 3)
+        self.assertTrue(all(n <= BATCH_BYTES + 4096 for n in sizes), sizes)
+
+    async def test_a_batch_cut_short_is_dropped_whole_with_a_warning(self):
+        kept, cut = records(30, b"k"), records(30, b"c")
+        offsets = await self.write_batches(kept, cut)
+        size = self.size("events.0.aof")
+        with open(self.path("events.0.aof"), "r+b") as f:
+            f.truncate(size - 10)
+        seen = capture_log(self)
+        self.assertEqual(list(self.aof().load()[1]), kept)
+        said = warnings(seen)
+        self.assertEqual(len(said), 1, said)
+        self.assertIn(f"the last {size - 10 - offsets[1]} bytes are an incomplete record",
+                      said[0])
+        await self.opened[-1].close()
+        self.assertEqual(self.size("events.0.aof"), offsets[1])
+
+    async def test_damage_in_a_batch_stops_the_load_at_its_frame(self):
+        first, hit, last = records(10, b"f"), records(10, b"h"), records(10, b"l")
+        offsets = await self.write_batches(first, hit, last)
+        with open(self.path("events.0.aof"), "r+b") as f:
+            f.seek(offsets[1] + RECORD.size + 5)
+            byte = f.read(1)
+            f.seek(offsets[1] + RECORD.size + 5)
+            f.write(bytes([byte[0] ^ 0x01]))
+        e = self.assertRaises(CorruptLog, self.aof().load)
+        self.assertEqual(e.offset, offsets[1])
+        self.assertIn("checksum mismatch", str(e))
+        lines, healthy = check(self.dir)
+        self.assertFalse(healthy)
+        self.assertIn(f"10 good records, then checksum mismatch at byte {offsets[1]}",
+                      "\n".join(lines))
+        check(self.dir, fix=True)
+        self.assertEqual(list(self.aof().load()[1]), first)
+
+    def test_a_batch_that_is_not_a_list_of_records_is_damage(self):
+        os.makedirs(self.dir)
+        import msgpack
+        for payload in (msgpack.packb({"not": "a list"}), msgpack.packb([b"ok", 7]),
+                        msgpack.packb([]), b"\xc1"):
+            bad = RECORD.pack(len(payload) | BATCH, zlib.crc32(payload)) + payload
+            with open(self.path("events.0.aof"), "wb") as f:
+                f.write(LOG_MAGIC + frame(b"a") + bad + frame(b"b"))
+            e = self.assertRaises(CorruptLog, self.aof().load)
+            self.assertEqual(e.offset, len(LOG_MAGIC) + len(frame(b"a")))
+            self.assertIn("a batch of records that does not decode", str(e))
+
+    def test_an_oversized_record_is_refused(self):
+        backend = self.aof()
+        backend.load()
+
+        class Huge(bytes):
+            def __len__(self):
+                return BATCH
+
+        e = self.assertRaises(ValueError, backend.append, Huge(b"x"))
+        self.assertIn("over the limit", str(e))
 
 
 class DamageTests(AOFFilesMixin, TestCase):
@@ -843,6 +947,28 @@ class CodecTests(SynchronousTestCase):
         for junk in (b"", b"\xc1", msgpack.packb([1.0, "NoSuchEvent"]),
                      msgpack.packb([1.0, "JobFinished", "too few"])):
             self.assertRaises(RecordError, decode_event, junk)
+
+    def test_decode_events_is_decode_event_of_each_record(self):
+        from titan.core.codec import decode_events
+        events = one_of_each() * 300  # several chunks, the last one partial
+        records = [encode_event(e, 100.0 + i) for i, e in enumerate(events)]
+        self.assertEqual(list(decode_events(records)), [decode_event(r) for r in records])
+        self.assertEqual(list(decode_events(iter(records[:3]))),
+                         [decode_event(r) for r in records[:3]])
+        self.assertEqual(list(decode_events([])), [])
+
+    def test_decode_events_stops_at_the_bad_record_after_the_good_ones(self):
+        from titan.core.codec import decode_events
+        good = [encode_event(ev.JobFinished(f"j{i}", "w1", 1, 0), float(i)) for i in range(600)]
+        for junk in (b"\xc1", msgpack.packb([1.0, "NoSuchEvent"]),
+                     b"\x93\x01",  # an array that takes its last values from the next record
+                     msgpack.packb([1.0, "JobFinished", "too few"]) + b"\x01"):
+            seen = []
+            with self.assertRaises(RecordError):
+                for at, event in decode_events(good[:520] + [junk] + good[520:]):
+                    seen.append(event)
+            self.assertEqual(len(seen), 520, junk)
+            self.assertEqual(seen[-1], ev.JobFinished("j519", "w1", 1, 0))
 
 
 def busy_scheduler() -> Scheduler:

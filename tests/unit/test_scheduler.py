@@ -737,6 +737,51 @@ class DeterminismTests(SynchronousTestCase):
         self.assertEqual({k: (j.state, j.attempt) for k, j in fresh.jobs.items()},
                          {k: (j.state, j.attempt) for k, j in h.s.jobs.items()})
 
+    def test_replay_reaches_the_same_state_as_apply_and_decides_the_same_after(self):
+        from titan.core.scheduler import snapshot
+        h = Harness()
+        events = h.recording()
+        scripted_run(h)
+        applied = Scheduler(heartbeat_timeout=10.0)
+        for event, now in events:
+            applied.apply(event, now)
+        replayed = Scheduler(heartbeat_timeout=10.0)
+        self.assertEqual(replayed.replay((now, event) for event, now in events), len(events))
+        self.assertEqual(replayed.replayed, len(events))
+        self.assertEqual(snapshot(replayed), snapshot(applied))
+        self.assertEqual(snapshot(replayed), snapshot(h.s))
+        # Replaying announced nothing, and took nothing away from what comes next.
+        for s in (applied, replayed):
+            s.apply(ev.WorkerJoined("w9", "w9", "h", frozenset(), 2), 500.0)
+        after = []
+        for n in range(4):
+            spec = JobSpec(job_id=f"after-{n}", command=("true",))
+            decided = replayed.apply(ev.JobSubmitted(spec), 501.0)
+            self.assertEqual(decided, applied.apply(ev.JobSubmitted(spec), 501.0))
+            after += decided
+        self.assertEqual(snapshot(replayed), snapshot(applied))
+        self.assertIn("after-0", [job_id for job_id, _, _ in dispatched(after)])
+        job = replayed.jobs["after-0"]
+        self.assertIn(ev.JobEnded("after-0", JobState.COMPLETED), replayed.apply(
+            ev.JobFinished("after-0", job.worker_id, job.attempt, 0), 502.0))
+
+    def test_a_replay_that_breaks_off_says_how_far_it_got(self):
+        h = Harness()
+        events = h.recording()
+        scripted_run(h)
+
+        def broken():
+            for i, (event, now) in enumerate(events):
+                if i == 7:
+                    raise ValueError("record 8 is bad")
+                yield now, event
+
+        fresh = Scheduler(heartbeat_timeout=10.0)
+        self.assertRaises(ValueError, fresh.replay, broken())
+        self.assertEqual(fresh.replayed, 7)
+        self.assertEqual(fresh.apply(ev.WorkerJoined("w9", "w9", "h", frozenset(), 1), 1.0)[0],
+                         ev.WorkerChanged("w9", WorkerState.ALIVE, "joined"))
+
 
 class ScaleTests(SynchronousTestCase):
     def test_twenty_thousand_jobs_ten_workers(self):

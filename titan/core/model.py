@@ -53,7 +53,12 @@ def _tags(value: Any) -> frozenset[str]:
 NO_TAGS: frozenset[str] = frozenset()
 
 
-@attrs.frozen
+# Immutable by convention, not by a frozen guard: a frozen attrs class stores each field
+# through object.__setattr__ (and without NO_OP, attrs would run the converters on every
+# store), and recovery builds a spec per submitted job -- 20 such calls cost it more than
+# everything else a submission's record does.  Nothing assigns to a spec; a changed one is
+# a new one (attrs.evolve).
+@attrs.define(eq=True, unsafe_hash=True, on_setattr=attrs.setters.NO_OP)
 class JobSpec:
     """What a client asked for.  Immutable: it is what gets persisted and sent to workers."""
 

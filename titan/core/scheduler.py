@@ -41,6 +41,8 @@ _TERMINAL = TERMINAL_STATES
 _ALIVE = WorkerState.ALIVE
 _BUILT_IN_ROUTERS = (Capability, Affinity, LeastLoaded)
 _RANK = attrgetter("rank")
+_PLAIN_QUEUE = (frozenset(), None)  # the queue of jobs that need no tags and no worker
+_SEQ_SPAN = 1 << 48  # more jobs than a master will ever number: priority outranks seq
 
 
 def cron_next(cron: str, after: float) -> float:
@@ -93,14 +95,21 @@ class Scheduler:
         # collector does not walk them); a node is in a new run far less often than read.
         self.nodes: dict[str, tuple[str, ...]] = {}
         # Ready jobs, one heap per set of required tags: a job that no worker can take
-        # never blocks jobs with other needs.  Entries are (-priority, seq, job_id).
-        self._queues: dict[frozenset[str], list[tuple[int, int, str]]] = {}
+        # never blocks jobs with other needs.  Entries are (order, push, job): order puts
+        # higher priorities first, then submission order, in one number (one comparison);
+        # push tells apart two entries of one job (a stale one and a new one), so the
+        # comparison never reaches the record.  An entry is stale once its job left the
+        # queue (dispatched, cancelled, forgotten): dropped when it reaches the head.
+        self._queues: dict[tuple, list[tuple[int, int, JobRecord]]] = {}
+        self._pushes = 0
         self._seq = 0
         self._worker_seq = 0
         self._run_seq = 0
         self._now = 0.0
         self._cascading: Optional[list[JobRecord]] = None
         self._dirty_runs: dict[str, DagRun] = {}
+        self._announce = True  # False while replaying: see replay()
+        self.replayed = 0
         self._handlers: dict[type, Callable] = {
             ev.JobSubmitted: self._job_submitted,
             ev.DagSubmitted: self._dag_submitted,
@@ -210,6 +219,32 @@ class Scheduler:
             self._dirty_runs.clear()
         return out
 
+    def replay(self, events: Iterable[tuple[float, object]]) -> int:
+        """Apply recorded `(at, event)`s, as recovery does: the same handlers as `apply`,
+        without announcing what follows (a dispatch, a job's end): those decisions were
+        carried out when the events were new.  Every other decision is made and dropped,
+        as `apply`'s caller would drop it.  Returns how many were applied (also kept in
+        `replayed`, for a caller whose iterable raised)."""
+        handlers, dirty = self._handlers, self._dirty_runs
+        out: Decisions = []
+        count = 0
+        self._announce = False
+        try:
+            for at, event in events:
+                self._now = at
+                handlers[type(event)](event, at, out)
+                if dirty:
+                    for run in dirty.values():
+                        run.version += 1
+                    dirty.clear()
+                if out:
+                    out.clear()
+                count += 1
+        finally:
+            self._announce = True
+            self.replayed = count
+        return count
+
     # -- queries -------------------------------------------------------------------------
 
     def waiting_reason(self, job_id: str, now: float) -> Optional[str]:
@@ -274,8 +309,14 @@ class Scheduler:
     # -- event handlers: submissions -----------------------------------------------------
 
     def _job_submitted(self, e: ev.JobSubmitted, now: float, out: Decisions) -> None:
-        job = self._new_job(e.spec, now)
-        self._admit(job, now, out)
+        spec = e.spec
+        self._seq += 1
+        job = JobRecord(spec.job_id, spec, self._seq, now)
+        self.jobs[spec.job_id] = job
+        if spec.kind == "job" and not spec.delay:
+            self._enqueue(job)  # what _admit does for a plain job, without the call
+        else:
+            self._admit(job, now, out)
         if self._free:
             self._dispatch(now, out)
 
@@ -456,9 +497,20 @@ class Scheduler:
         if on_worker and job.attempt != e.attempt:
             current = False
         if w is not None and (current or not on_worker) and e.job_id in w.running:
-            w.running.discard(e.job_id)
+            running = w.running
+            running.remove(e.job_id)
             w.completed += 1
-            self._refresh(w)
+            # _refresh(w), less the tag index (a finish does not change who is a worker).
+            if running:
+                w.idle_since = None
+            elif w.idle_since is None:
+                w.idle_since = now
+            if w.state is _ALIVE and len(running) < w.slots \
+                    and self.workers.get(w.worker_id) is w:
+                self._free[w.worker_id] = w
+                w.rank = (len(running) / w.slots, w.completed, w.seq)
+            else:
+                self._free.pop(w.worker_id, None)
         if job is not None:
             # A job given up for lost that finished after all: its result counts.
             lost_and_found = not current and self._lost(job, e.attempt)
@@ -661,7 +713,8 @@ class Scheduler:
             counts[state] = counts.get(state, 0) + 1
             self._dirty_runs[run.run_id] = run
         if state in _TERMINAL:
-            out.append(ev.JobEnded(job.job_id, state))
+            if self._announce:
+                out.append(ev.JobEnded(job.job_id, state))
             if job.children:
                 if state is not _COMPLETED:
                     self._cascade(job, out)
@@ -672,7 +725,13 @@ class Scheduler:
                 if run.left == 0:
                     self._run_ended(run, out)
             elif not job.run_id:
-                self._ended("job", job.job_id, 1, self._now, out)
+                # _ended("job", ...), inline: a standalone job ends once per job.
+                now = self._now
+                self._finished.append(("job", job.job_id, 1, now))
+                self._finished_jobs += 1
+                if self._finished_jobs > self.keep_finished * 1.1 + 1 \
+                        and now >= self._next_forget_check:
+                    self._maybe_forget(now, out)
 
     def _release_children(self, job: JobRecord, out: Decisions) -> None:
         if not job.children:
@@ -840,19 +899,22 @@ class Scheduler:
         if spec.affinity:
             target, strict = parse_affinity(spec.affinity)
             key = (spec.tags, target if strict else None)
-        else:
+        elif spec.tags:
             key = (spec.tags, None)
+        else:
+            key = _PLAIN_QUEUE
         heap = self._queues.get(key)
         if heap is None:
             heap = self._queues[key] = []
-        heapq.heappush(heap, (-spec.priority, job.seq, job.job_id))
+        self._pushes += 1
+        heapq.heappush(heap, (job.seq - spec.priority * _SEQ_SPAN, self._pushes, job))
 
-    def _head(self, heap: list) -> Optional[JobRecord]:
+    @staticmethod
+    def _head(heap: list) -> Optional[JobRecord]:
         """The first job of a queue that is still waiting, dropping stale entries."""
-        jobs = self.jobs
         while heap:
-            job = jobs.get(heap[0][2])
-            if job is not None and job.queued and job.state is _PENDING:
+            job = heap[0][2]
+            if job.queued and job.state is _PENDING:
                 return job
             heapq.heappop(heap)
         return None
@@ -887,16 +949,31 @@ class Scheduler:
             return
         if len(queues) == 1:
             # One kind of need (the usual case): take its queue in order.
-            key, heap = next(iter(queues.items()))
+            for key, heap in queues.items():
+                break
+            heappop = heapq.heappop
+            plain = self._plain_routing and not self._tagged
             while free:
-                job = self._head(heap)
-                if job is None:
+                if not heap:
                     del queues[key]
                     return
-                worker = self._choose(job)
-                if worker is None:
-                    return
-                heapq.heappop(heap)
+                # The head of the queue, if it still waits (_head, inline).
+                job = heap[0][2]
+                if not job.queued or job.state is not _PENDING:
+                    heappop(heap)
+                    continue
+                spec = job.spec
+                if plain and not spec.tags and not spec.affinity:
+                    # _choose's plain case, inline.
+                    if len(free) == 1 or not self._least_loaded:
+                        worker = next(iter(free.values()))
+                    else:
+                        worker = min(free.values(), key=_RANK)
+                else:
+                    worker = self._choose(job)
+                    if worker is None:
+                        return
+                heappop(heap)
                 if not heap:
                     del queues[key]
                 self._start(job, worker, now, out)
@@ -943,13 +1020,31 @@ class Scheduler:
     def _start(self, job: JobRecord, worker: WorkerRecord, now: float, out: Decisions) -> None:
         job.queued = False
         job.attempt += 1
-        job.worker_id = worker.worker_id
+        worker_id = worker.worker_id
+        job.worker_id = worker_id
         job.worker_name = worker.name
         job.started_at = now
-        worker.running.add(job.job_id)
-        self._refresh(worker)
-        out.append(ev.Dispatch(worker.worker_id, job.job_id, job.attempt, job.spec, job.run_id))
-        self._set_state(job, _RUNNING, out)
+        running = worker.running
+        running.add(job.job_id)
+        # _refresh(worker), inline: the worker came from _free (alive, a member), so only
+        # its slot count and rank move.
+        worker.idle_since = None
+        if len(running) < worker.slots:
+            worker.rank = (len(running) / worker.slots, worker.completed, worker.seq)
+        else:
+            self._free.pop(worker_id, None)
+        if self._announce:
+            out.append(ev.Dispatch(worker_id, job.job_id, job.attempt, job.spec, job.run_id))
+        # _set_state(job, RUNNING), inline: PENDING -> RUNNING ends nothing, cascades nothing.
+        old = job.state
+        job.state = _RUNNING
+        if job.run_id:
+            run = self.runs.get(job.run_id)
+            if run is not None:
+                counts = run.counts
+                counts[old] -= 1
+                counts[_RUNNING] = counts.get(_RUNNING, 0) + 1
+                self._dirty_runs[run.run_id] = run
 
 
 def pending_timers(s: Scheduler) -> list:

@@ -74,9 +74,8 @@ class AutoscalerService(Service):
         s = self.master.scheduler
         waiting: dict[frozenset, list] = {}
         for (tags, _strict), heap in s._queues.items():
-            for _, _, job_id in heap:
-                job = s.jobs.get(job_id)
-                if job is not None and job.queued and job.state is JobState.PENDING:
+            for _, _, job in heap:
+                if job.queued and job.state is JobState.PENDING:
                     waiting.setdefault(tags, []).append(now - (job.queued_at or now))
         by_name = {w.name: w for w in s.workers.values()}
         for name, child in self.children.items():

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from titan.auth import job_token, load_or_create_token
 from titan.config import Config
 from titan.core import events as ev
-from titan.core.codec import RecordError, decode_event, encode_event, persisted
+from titan.core.codec import RecordError, decode_events, encode_event, persisted
 from titan.core.dag import NAME, RESULT_LIMIT, parse_dag, parse_jobs, service_options
 from titan.core.model import JobSpec, JobState, RunState, WorkerState
 from titan.core.scheduler import (
@@ -141,14 +141,12 @@ class MasterService(MultiService):
                 raise SystemExit(f"titan: cannot start: {e}")
             if snap is not None:
                 restore(self.scheduler, msgpack.unpackb(snap, raw=False, strict_map_key=False))
-            count = 0
-            for record in records:
-                try:
-                    at, event = decode_event(record)
-                except RecordError as e:
-                    raise SystemExit(f"titan: cannot start: event {count + 1} of the log: {e}")
-                self.scheduler.apply(event, at)  # what it decided then was carried out then
-                count += 1
+            try:
+                # What it decided then was carried out then: replay() drops the decisions.
+                count = self.scheduler.replay(decode_events(records))
+            except RecordError as e:
+                raise SystemExit(f"titan: cannot start: event {self.scheduler.replayed + 1} "
+                                 f"of the log: {e}")
         finally:
             gc.enable()
         gc.freeze()  # what recovery built is here to stay: keep it out of later collections
