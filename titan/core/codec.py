@@ -202,7 +202,13 @@ def _job_submitted(rec: list, _cls=ev.JobSubmitted, _array=_spec_from_array) -> 
     return _cls(_array(spec) if type(spec) is list else spec_from_record(spec))
 
 
+def _job_finished(rec: list, _cls=ev.JobFinished) -> object:
+    # The other half of every job's life in the log: fields by index, no slice, no star.
+    return _cls(rec[2], rec[3], rec[4], rec[5], rec[6])
+
+
 _BUILD["JobSubmitted"] = _job_submitted
+_BUILD["JobFinished"] = _job_finished
 _unpackb = msgpack.unpackb
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
 from titan.core.dag import SubmitError, check_graph
+from titan.core.ready import ReadyQueue
 from titan.core.routing import DEFAULT_CHAIN, Affinity, Capability, LeastLoaded, \
     load_rank, parse_affinity
 from titan.core.model import (
@@ -94,13 +95,13 @@ class Scheduler:
         # Node id -> its keys in every run, oldest first.  Tuples (strings only: the garbage
         # collector does not walk them); a node is in a new run far less often than read.
         self.nodes: dict[str, tuple[str, ...]] = {}
-        # Ready jobs, one heap per set of required tags: a job that no worker can take
+        # Ready jobs, one queue per set of required tags: a job that no worker can take
         # never blocks jobs with other needs.  Entries are (order, push, job): order puts
         # higher priorities first, then submission order, in one number (one comparison);
         # push tells apart two entries of one job (a stale one and a new one), so the
         # comparison never reaches the record.  An entry is stale once its job left the
         # queue (dispatched, cancelled, forgotten): dropped when it reaches the head.
-        self._queues: dict[tuple, list[tuple[int, int, JobRecord]]] = {}
+        self._queues: dict[tuple, ReadyQueue] = {}
         self._pushes = 0
         self._seq = 0
         self._worker_seq = 0
@@ -903,20 +904,20 @@ class Scheduler:
             key = (spec.tags, None)
         else:
             key = _PLAIN_QUEUE
-        heap = self._queues.get(key)
-        if heap is None:
-            heap = self._queues[key] = []
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = ReadyQueue()
         self._pushes += 1
-        heapq.heappush(heap, (job.seq - spec.priority * _SEQ_SPAN, self._pushes, job))
+        queue.push((job.seq - spec.priority * _SEQ_SPAN, self._pushes, job))
 
     @staticmethod
-    def _head(heap: list) -> Optional[JobRecord]:
+    def _head(queue: ReadyQueue) -> Optional[JobRecord]:
         """The first job of a queue that is still waiting, dropping stale entries."""
-        while heap:
-            job = heap[0][2]
+        while queue:
+            job = queue.first()[2]
             if job.queued and job.state is _PENDING:
                 return job
-            heapq.heappop(heap)
+            queue.pop()
         return None
 
     @property
@@ -949,18 +950,25 @@ class Scheduler:
             return
         if len(queues) == 1:
             # One kind of need (the usual case): take its queue in order.
-            for key, heap in queues.items():
+            for key, queue in queues.items():
                 break
-            heappop = heapq.heappop
+            # queue.first() and queue.pop(), inline: this loop runs once per dispatch.
+            heap, run = queue.heap, queue.run
+            heappop, popleft = heapq.heappop, run.popleft
             plain = self._plain_routing and not self._tagged
             while free:
-                if not heap:
+                if heap and (not run or heap[0] < run[0]):
+                    in_heap, job = True, heap[0][2]
+                elif run:
+                    in_heap, job = False, run[0][2]
+                else:
                     del queues[key]
                     return
-                # The head of the queue, if it still waits (_head, inline).
-                job = heap[0][2]
-                if not job.queued or job.state is not _PENDING:
-                    heappop(heap)
+                if not job.queued or job.state is not _PENDING:  # a stale entry
+                    if in_heap:
+                        heappop(heap)
+                    else:
+                        popleft()
                     continue
                 spec = job.spec
                 if plain and not spec.tags and not spec.affinity:
@@ -973,35 +981,38 @@ class Scheduler:
                     worker = self._choose(job)
                     if worker is None:
                         return
-                heappop(heap)
-                if not heap:
+                if in_heap:
+                    heappop(heap)
+                else:
+                    popleft()
+                if not heap and not run:
                     del queues[key]
-                self._start(job, worker, now, out)
-                if not heap:
+                    self._start(job, worker, now, out)
                     return
+                self._start(job, worker, now, out)
             return
         stuck: set = set()  # queues whose head no worker takes now (slots only fill up here)
         while self._free and self._queues:
             best: Optional[tuple] = None
-            for key, heap in list(self._queues.items()):
+            for key, queue in list(self._queues.items()):
                 if key in stuck:
                     continue
-                job = self._head(heap)
+                job = self._head(queue)
                 if job is None:
                     del self._queues[key]
                     continue
-                entry = heap[0]
+                entry = queue.first()
                 if best is not None and entry >= best[0]:
                     continue
                 worker = self._choose(job)
                 if worker is None:
                     stuck.add(key)
                 else:
-                    best = (entry, heap, job, worker)
+                    best = (entry, queue, job, worker)
             if best is None:
                 return
-            _, heap, job, worker = best
-            heapq.heappop(heap)
+            _, queue, job, worker = best
+            queue.pop()
             self._start(job, worker, now, out)
 
     def _choose(self, job: JobRecord) -> Optional[WorkerRecord]:

@@ -73,8 +73,8 @@ class AutoscalerService(Service):
     def view(self, now: float) -> ScaleView:
         s = self.master.scheduler
         waiting: dict[frozenset, list] = {}
-        for (tags, _strict), heap in s._queues.items():
-            for _, _, job in heap:
+        for (tags, _strict), queue in s._queues.items():
+            for _, _, job in queue:
                 if job.queued and job.state is JobState.PENDING:
                     waiting.setdefault(tags, []).append(now - (job.queued_at or now))
         by_name = {w.name: w for w in s.workers.values()}
