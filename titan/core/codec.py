@@ -1,6 +1,7 @@
 """Events as plain data: what a persistence backend stores and recovery replays.
 
 A record is a msgpack array `[at, type, field, ...]`; `at` is the time the event was applied.
+Records decode with arrays as tuples (one allocation each, and what specs hold anyway).
 Pure code (msgpack only).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def spec_from_record(d) -> JobSpec:
     fields set directly, without the converters `JobSpec.from_wire` runs — recovery builds
     one per job, and this is most of what it costs.  Takes `spec_to_record`'s arrays and
     the full maps older logs and snapshots hold."""
-    if type(d) is list:
+    if type(d) is tuple or type(d) is list:
         return _spec_from_array(d)
     spec = object.__new__(JobSpec)
     _setattr(spec, "job_id", d["job_id"])
@@ -76,7 +77,7 @@ def _compile_spec_builder():
     the converters -- recovery builds one per submitted job."""
     env: dict[str, Any] = {"new": object.__new__, "JobSpec": JobSpec, "fix": _fix_extra}
     lines = ["def build(r):", "    o = new(JobSpec)", "    o.job_id = r[0]",
-             "    o.command = tuple(r[1])"]
+             "    c = r[1]", "    o.command = c if type(c) is tuple else tuple(c)"]
     for name, default in _OPTIONAL:
         env[f"default_{name}"] = default
         lines.append(f"    o.{name} = default_{name}")
@@ -112,6 +113,16 @@ def template_from_wire(d: dict) -> ev.RunTemplate:
                           max_jobs=d.get("max_jobs"))
 
 
+def _as_lists(value: Any) -> Any:
+    """What a client sent, as it sent it: records decode arrays as tuples (cheaper, and
+    what specs hold); data that is the client's own gets its lists back."""
+    if type(value) is tuple:
+        return [_as_lists(v) for v in value]
+    if type(value) is dict:
+        return {k: _as_lists(v) for k, v in value.items()}
+    return value
+
+
 def _reports_out(reports) -> list:
     return [[r.job_id, r.attempt, r.exit_code, r.reason] for r in reports]
 
@@ -131,6 +142,7 @@ _KINDS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
     "reports": (_reports_out, _reports_in),
     "tags": (sorted, frozenset),
     "key": (list, tuple),
+    "data": (lambda v: v, _as_lists),  # a client's own values (a result, a service's status)
 }
 
 # The events that change what the master must remember, and their fields' kinds.  Heartbeats,
@@ -149,12 +161,12 @@ PERSISTED: dict[type, tuple[str, ...]] = {
     ev.CancelRequested: ("plain", "plain"),
     ev.RunCancelRequested: ("plain", "plain"),
     ev.GateDecided: ("plain",) * 4,
-    ev.ResultSet: ("plain", "plain"),
+    ev.ResultSet: ("plain", "data"),
     ev.ScheduleAdded: ("plain", "plain", "template"),
     ev.ScheduleRemoved: ("plain",),
     ev.TimerFired: ("key",),
     ev.Forget: ("key", "key"),
-    ev.ServiceReported: ("plain",) * 4,
+    ev.ServiceReported: ("plain", "plain", "plain", "data"),
 }
 _NAMES = {cls: cls.__name__ for cls in PERSISTED}
 _BY_NAME = {name: cls for cls, name in _NAMES.items()}
@@ -214,7 +226,7 @@ _unpackb = msgpack.unpackb
 
 def decode_event(record: bytes) -> tuple[float, object]:
     try:
-        rec = _unpackb(record, raw=False, strict_map_key=False)
+        rec = _unpackb(record, raw=False, strict_map_key=False, use_list=False)
         return rec[0], _BUILD[rec[1]](rec)
     except Exception as e:
         raise RecordError(f"undecodable event record: {e}") from None
@@ -240,7 +252,7 @@ def decode_events(records: Iterable[bytes]) -> Iterator[tuple[float, object]]:
             return
         try:
             rows = _unpackb(_ARRAY32 + len(chunk).to_bytes(4, "big") + b"".join(chunk),
-                            raw=False, strict_map_key=False)
+                            raw=False, strict_map_key=False, use_list=False)
             if len(rows) != len(chunk):
                 raise ValueError("records do not split")
             events = [(row[0], build[row[1]](row)) for row in rows]

@@ -821,19 +821,22 @@ class Scheduler:
         self._forgetting = False
         gone = set(e.job_ids) | set(e.run_ids)
         # What is forgotten is the oldest of what has finished: the head of the queue.
-        popped = 0
-        while self._finished and self._finished[0][1] in gone:
-            self._finished_jobs -= self._finished.popleft()[2]
+        finished, popleft = self._finished, self._finished.popleft
+        popped = count = 0
+        while finished and finished[0][1] in gone:
+            count += popleft()[2]
             popped += 1
+        self._finished_jobs -= count
         if popped < len(gone):  # not the oldest after all: take them out wherever they are
-            kept = [item for item in self._finished if item[1] not in gone]
+            kept = [item for item in finished if item[1] not in gone]
             self._finished_jobs = sum(item[2] for item in kept)
             self._finished = deque(kept)
         forgotten: list[str] = []
+        jobs = self.jobs
         for key in e.job_ids:
-            job = self.jobs.get(key)
+            job = jobs.get(key)
             if job is not None and job.run_id is None and job.state in _TERMINAL:
-                del self.jobs[key]
+                del jobs[key]
                 forgotten.append(key)
         for run_id in e.run_ids:
             run = self.runs.get(run_id)
@@ -857,7 +860,7 @@ class Scheduler:
                     self.agent_runs[run.agent_run_id] = kept
                 else:
                     del self.agent_runs[run.agent_run_id]
-        if forgotten:
+        if forgotten and self._announce:
             out.append(ev.Forgotten(tuple(forgotten)))
 
     # -- helpers -------------------------------------------------------------------------
