@@ -948,6 +948,21 @@ class CodecTests(SynchronousTestCase):
                      msgpack.packb([1.0, "JobFinished", "too few"])):
             self.assertRaises(RecordError, decode_event, junk)
 
+    def test_records_number_their_event_and_old_named_records_still_decode(self):
+        from titan.core.codec import CODES, decode_events
+        self.assertEqual(set(CODES), set(PERSISTED))
+        self.assertEqual(len(set(CODES.values())), len(CODES))
+        # Logs on disk hold these numbers: they never change.
+        self.assertEqual((CODES[ev.JobSubmitted], CODES[ev.JobFinished], CODES[ev.Forget],
+                          CODES[ev.ServiceReported]), (1, 2, 17, 18))
+        for event in one_of_each():
+            record = msgpack.unpackb(encode_event(event, 7.5), raw=False)
+            self.assertEqual(record[1], CODES[type(event)])
+            record[1] = type(event).__name__  # as records were written before the numbers
+            named = msgpack.packb(record, use_bin_type=True)
+            self.assertEqual(decode_event(named), (7.5, event))
+            self.assertEqual(list(decode_events([named, named])), [(7.5, event)] * 2)
+
     def test_decode_events_is_decode_event_of_each_record(self):
         from titan.core.codec import decode_events
         events = one_of_each() * 300  # several chunks, the last one partial
@@ -960,7 +975,8 @@ class CodecTests(SynchronousTestCase):
     def test_decode_events_stops_at_the_bad_record_after_the_good_ones(self):
         from titan.core.codec import decode_events
         good = [encode_event(ev.JobFinished(f"j{i}", "w1", 1, 0), float(i)) for i in range(600)]
-        for junk in (b"\xc1", msgpack.packb([1.0, "NoSuchEvent"]),
+        for junk in (b"\xc1", msgpack.packb([1.0, "NoSuchEvent"]), msgpack.packb([1.0, 99]),
+                     msgpack.packb([1.0, 2, "j", "w", 1, 0, None, "one too many"]),
                      b"\x93\x01",  # an array that takes its last values from the next record
                      msgpack.packb([1.0, "JobFinished", "too few"]) + b"\x01"):
             seen = []

@@ -518,8 +518,9 @@ class Scheduler:
             if current or lost_and_found:
                 if lost_and_found:
                     job.queued = False
-                job.worker_id = e.worker_id
-                job.attempt = e.attempt
+                    job.worker_id = e.worker_id
+                    job.attempt = e.attempt
+                # (Current: the job already names this worker and attempt.)
                 job.exit_code = e.exit_code
                 job.finished_at = now
                 if e.exit_code == 0 and e.reason is None:
