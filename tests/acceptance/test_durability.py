@@ -103,7 +103,7 @@ class DurabilityTests(SynchronousTestCase):
         c.kill_master(signal.SIGTERM)
         with open(log, "rb") as f:
             data = bytearray(f.read())
-        data[good + 20] ^= 0x40  # a bit flip in the first record after `first`'s
+        data[good + 9] ^= 0x40  # a bit flip in the first frame after `first`'s (past its header)
         with open(log, "wb") as f:
             f.write(data)
         with self.assertRaises(RuntimeError) as caught:
