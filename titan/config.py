@@ -61,7 +61,7 @@ class PersistenceConfig:
     backend: str = "aof"
     fsync: str = "everysec"
     # ~300,000 events of a busy master: what a restart replays at most after its snapshot.
-    compact_after_bytes: int = 16 * 1024 * 1024
+    compact_after_bytes: int = 12 * 1024 * 1024
 
 
 DEFAULT_ROUTERS = ("capability", "affinity", "least-loaded")
