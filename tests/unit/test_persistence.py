@@ -540,6 +540,7 @@ class BatchTests(AOFFilesMixin, TestCase):
         os.makedirs(self.dir)
         import msgpack
         for payload in (msgpack.packb({"not": "a list"}), msgpack.packb([b"ok", 7]),
+                        msgpack.packb([b"ok", b""]), msgpack.packb([b"ok", "text"]),
                         msgpack.packb([]), b"\xc1"):
             bad = RECORD.pack(len(payload) | BATCH, zlib.crc32(payload)) + payload
             with open(self.path("events.0.aof"), "wb") as f:

@@ -806,6 +806,10 @@ class Scheduler:
                 or now < self._next_forget_check:
             return
         self._next_forget_check = now + self.forget_grace / 10
+        if not self._announce:
+            # Replaying: what this would propose is in the log already, a little further on
+            # (a proposal is dropped like every decision of a replay).
+            return
         job_ids, run_ids = [], []
         over = self._finished_jobs - self.keep_finished
         settled = now - self.forget_grace
