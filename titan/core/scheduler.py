@@ -310,14 +310,12 @@ class Scheduler:
     # -- event handlers: submissions -----------------------------------------------------
 
     def _job_submitted(self, e: ev.JobSubmitted, now: float, out: Decisions) -> None:
+        # A job that stands alone (DAG runs add theirs in `_add_jobs`).
         spec = e.spec
         self._seq += 1
         job = JobRecord(spec.job_id, spec, self._seq, now)
         self.jobs[spec.job_id] = job
-        if spec.kind == "job" and not spec.delay:
-            self._enqueue(job)  # what _admit does for a plain job, without the call
-        else:
-            self._admit(job, now, out)
+        self._admit(job, now, out)
         if self._free:
             self._dispatch(now, out)
 
@@ -384,13 +382,6 @@ class Scheduler:
             if job.parents_left == 0 and job.state is _PENDING:
                 self._admit(job, now, out)
         self._run_changed(run, out)
-
-    def _new_job(self, spec: JobSpec, now: float) -> JobRecord:
-        """A job that stands alone (DAG runs add theirs in `_add_jobs`)."""
-        self._seq += 1
-        job = JobRecord(job_id=spec.job_id, spec=spec, seq=self._seq, submitted_at=now)
-        self.jobs[job.job_id] = job
-        return job
 
     def _admit(self, job: JobRecord, now: float, out: Decisions) -> None:
         """Every parent has COMPLETED: the job may go (a gate starts waiting for a person)."""
@@ -498,20 +489,9 @@ class Scheduler:
         if on_worker and job.attempt != e.attempt:
             current = False
         if w is not None and (current or not on_worker) and e.job_id in w.running:
-            running = w.running
-            running.remove(e.job_id)
+            w.running.discard(e.job_id)
             w.completed += 1
-            # _refresh(w), less the tag index (a finish does not change who is a worker).
-            if running:
-                w.idle_since = None
-            elif w.idle_since is None:
-                w.idle_since = now
-            if w.state is _ALIVE and len(running) < w.slots \
-                    and self.workers.get(w.worker_id) is w:
-                self._free[w.worker_id] = w
-                w.rank = (len(running) / w.slots, w.completed, w.seq)
-            else:
-                self._free.pop(w.worker_id, None)
+            self._refresh(w)
         if job is not None:
             # A job given up for lost that finished after all: its result counts.
             lost_and_found = not current and self._lost(job, e.attempt)

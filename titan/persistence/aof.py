@@ -20,10 +20,9 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-
-import msgpack
 from typing import Callable, Optional
 
+import msgpack
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -58,21 +57,23 @@ def batch_frame(records: list[bytes]) -> bytes:
     return RECORD.pack(len(payload) | BATCH, zlib.crc32(payload)) + payload
 
 
+def _frame_of(records: list[bytes]) -> bytes:
+    return frame(records[0]) if len(records) == 1 else batch_frame(records)
+
+
 def frames(records: list[bytes], size: int) -> bytes:
     """`records` (`size` bytes in all) as they go on disk: one frame for a lone record,
     else batches of up to BATCH_BYTES."""
-    if len(records) == 1:
-        return frame(records[0])
     if size <= BATCH_BYTES:
-        return batch_frame(records)
+        return _frame_of(records)
     out, group, grouped = [], [], 0
     for record in records:
         if group and grouped + len(record) > BATCH_BYTES:
-            out.append(batch_frame(group) if len(group) > 1 else frame(group[0]))
+            out.append(_frame_of(group))
             group, grouped = [], 0
         group.append(record)
         grouped += len(record)
-    out.append(batch_frame(group) if len(group) > 1 else frame(group[0]))
+    out.append(_frame_of(group))
     return b"".join(out)
 
 
