@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import stat
 
+from twisted.internet import defer
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -51,7 +52,7 @@ class Peer:
         return reply["result"]
 
 
-class MasterTests(SynchronousTestCase):
+class MasterCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.data_dir = self.mktemp()
@@ -78,6 +79,8 @@ class MasterTests(SynchronousTestCase):
     def dispatched(self, peer: Peer) -> list[dict]:
         return [body for op, body in peer.frames() if op == Op.DISPATCH]
 
+
+class MasterTests(MasterCase):
     def test_listens_and_writes_its_port(self):
         self.assertEqual(len(self.reactor.tcpServers), 1)
         with open(os.path.join(self.data_dir, "master.port")) as f:
@@ -193,6 +196,71 @@ class MasterTests(SynchronousTestCase):
         [(op, kill)] = w.frames()
         self.assertEqual((op, kill["job_id"], kill["attempt"]), (Op.KILL, job_id, 1))
         self.assertFalse(c.result(Op.CANCEL_JOB, {"job_id": job_id})["cancelled"])
+
+
+class HeldPersistence:
+    """The master's backend, with every append's durability held until the test says so."""
+
+    def __init__(self, backend) -> None:
+        self.backend = backend
+        self.held: list = []
+
+    def append(self, record: bytes):
+        self.backend.append(record)
+        d = defer.Deferred()
+        self.held.append(d)
+        return d
+
+    def release(self) -> None:
+        held, self.held = self.held, []
+        for d in held:
+            d.callback(None)
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+
+class DurableRepliesTests(MasterCase):
+    """A reply reports nothing a crash could take back (fsync: always, group commit)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.held = HeldPersistence(self.master.persistence)
+        self.master.persistence = self.held
+
+    def worker(self, worker_id: str, slots: int = 1, **extra) -> Peer:
+        peer = Peer(self.master)
+        rid = peer.send(Op.REGISTER, {"token": TOKEN, "worker_id": worker_id,
+                                      "name": worker_id, "slots": slots, **extra})
+        self.released(peer, rid)  # a worker's joining is recorded too
+        return peer
+
+    def released(self, peer: Peer, rid: int) -> dict:
+        self.assertEqual(peer.frames(), [])  # nothing until the record is durable
+        self.held.release()
+        op, body = peer.reply(rid)
+        self.assertEqual(op, Op.ACK, body)
+        return body["result"]
+
+    def test_a_status_waits_for_the_end_to_be_durable(self):
+        w = self.worker("w1")
+        c = self.client()
+        job_id = self.released(c, c.send(Op.SUBMIT_JOB, {"command": ["true"]}))["job_id"]
+        self.assertEqual(c.result(Op.JOB_INFO, {"job_id": job_id})["state"], "RUNNING")
+        w.frames()
+        done = w.send(Op.JOB_COMPLETE, {"job_id": job_id, "attempt": 1, "exit_code": 0})
+        info = c.send(Op.JOB_INFO, {"job_id": job_id})
+        wait = c.send(Op.WAIT_JOB, {"job_id": job_id})  # already ended in memory
+        self.assertEqual(c.frames(), [])
+        self.assertEqual(w.frames(), [])
+        self.held.release()
+        replies = {body["rid"]: body["result"]["state"] for _, body in c.frames()}
+        self.assertEqual(replies, {info: "COMPLETED", wait: "COMPLETED"})
+        self.assertEqual(w.reply(done)[0], Op.ACK)
+
+    def test_a_reply_with_nothing_pending_goes_at_once(self):
+        c = self.client()
+        self.assertEqual(c.result(Op.LIST_WORKERS, {})["workers"], [])
 
 
 class TokenTests(SynchronousTestCase):

@@ -155,6 +155,15 @@ class LegacyFrontend(Service):
         return defer.maybeDeferred(handler, text)
 
     def _reply(self, protocol, opcode: int, text: str) -> None:
+        # Whatever a reply reports is on disk first (MasterService.settled).
+        d = self.master.settled()
+        if d.called:
+            self._send(protocol, opcode, text)
+        else:
+            d.addCallback(lambda _: self._send(protocol, opcode, text))
+
+    @staticmethod
+    def _send(protocol, opcode: int, text: str) -> None:
         if protocol.connected:
             protocol.send_text(opcode, text)
             protocol.transport.loseConnection()

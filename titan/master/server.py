@@ -63,6 +63,14 @@ class MasterProtocol(RpcProtocol):
             return False
         return True
 
+    def _send_reply(self, rid: Any, result: Any) -> None:
+        # Whatever a reply reports is on disk first (MasterService.settled).
+        d = self.master.settled()
+        if d.called:
+            super()._send_reply(rid, result)
+        else:
+            d.addCallback(lambda _: super(MasterProtocol, self)._send_reply(rid, result))
+
     def _check_token(self, body: dict) -> None:
         if not token_matches(self.master.token, body.get("token")):
             self.master.log.warn("refused {peer}: wrong cluster token", peer=self._peer())

@@ -229,6 +229,19 @@ class MasterService(MultiService):
         else:
             d.addBoth(lambda result: (f(*args), result)[1])
 
+    def settled(self) -> defer.Deferred:
+        """Fires once every record appended so far is durable (or failed to be stored).
+
+        Every reply waits for it: an answer may only report state that a crash cannot take
+        back.  A job can end in memory while its record is still being written, and a status
+        or wait that looked then must not answer "COMPLETED" ahead of the disk."""
+        d = self._latest_record
+        if d is None or d.called:
+            return defer.succeed(None)
+        settled: defer.Deferred = defer.Deferred()
+        self._when_durable(settled.callback, None)
+        return settled
+
     def compact(self) -> defer.Deferred:
         data = msgpack.packb(snapshot(self.scheduler), use_bin_type=True)
         return self.persistence.compact(data)
