@@ -24,7 +24,13 @@ class IPersistence(Interface):
 
     def append(record):
         """Store one record.  Returns a Deferred that fires once it is as durable as the
-        fsync policy promises (at once for `everysec` and `no`)."""
+        fsync policy promises (at once for `everysec` and `no`: see `barrier`)."""
+
+    def barrier():
+        """A Deferred that fires once every record appended so far is as durable as the
+        policy promises: on disk for `always`, out of the process (written to the operating
+        system, committed) for `everysec` and `no`.  The master sends no reply before it:
+        a crash of the process cannot take back what a reply reported."""
 
     def compact(snapshot):
         """Start a compaction: `snapshot` (bytes) stands for every record appended so far.
@@ -46,7 +52,10 @@ class IPersistenceFactory(Interface):
     description = Attribute("One line for `titan plugins`.")
 
     def build(data_dir, options):
-        """An IPersistence storing under `data_dir`, with the config's `options` dict."""
+        """An IPersistence storing under `data_dir`, with the config's `options` dict.
+
+        `options["reactor"]`, when present, is the reactor to schedule writes with (the
+        master's own: a test's fake clock); otherwise the global one."""
 
 
 class IRouter(Interface):

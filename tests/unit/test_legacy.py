@@ -274,6 +274,13 @@ class FrontendTests(SynchronousTestCase):
         proto = self.master.listener.factory.buildProtocol(None)
         transport = StringTransport(peerAddress=peer or IPv4Address("TCP", "127.0.0.1", 40000))
         proto.makeConnection(transport)
+        received = proto.dataReceived
+
+        def data_received(data: bytes) -> None:
+            received(data)
+            self.reactor.advance(0)  # the turn's records are written; replies go out
+
+        proto.dataReceived = data_received
         return proto, transport
 
     def replies(self, transport) -> list:

@@ -9,7 +9,9 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.config import Config, MasterConfig
+from titan.core.codec import decode_event
 from titan.master.service import LONG_POLL, MasterService
+from titan.persistence.aof import LogFile
 from titan.protocols import codec
 from titan.protocols.frame import FrameDecoder, encode_frame
 from titan.protocols.opcodes import Op
@@ -21,6 +23,7 @@ class Peer:
     """One connection to the master, as a client or worker would hold it."""
 
     def __init__(self, master: MasterService) -> None:
+        self.reactor = master.reactor
         factory = master.listener.factory
         self.proto = factory.buildProtocol(None)
         self.transport = StringTransport()
@@ -33,6 +36,7 @@ class Peer:
             self.rid += 1
             body = dict(body, rid=self.rid)
         self.proto.dataReceived(encode_frame(op, codec.pack(body)))
+        self.reactor.advance(0)  # the turn's records are written; replies go out
         return self.rid
 
     def frames(self) -> list[tuple[int, dict]]:
@@ -211,6 +215,13 @@ class HeldPersistence:
         self.held.append(d)
         return d
 
+    def barrier(self):
+        if not self.held:
+            return self.backend.barrier()
+        d = defer.Deferred()
+        self.held.append(d)
+        return d
+
     def release(self) -> None:
         held, self.held = self.held, []
         for d in held:
@@ -257,6 +268,20 @@ class DurableRepliesTests(MasterCase):
         replies = {body["rid"]: body["result"]["state"] for _, body in c.frames()}
         self.assertEqual(replies, {info: "COMPLETED", wait: "COMPLETED"})
         self.assertEqual(w.reply(done)[0], Op.ACK)
+
+    def test_everysec_answers_once_the_record_is_written(self):
+        """The default policy's promise: a crash of the process loses nothing answered."""
+        self.master.persistence = self.held.backend
+        c = self.client()
+        c.proto.dataReceived(encode_frame(Op.SUBMIT_JOB, codec.pack(
+            {"rid": 7, "command": ["true"]})))
+        log = os.path.join(self.data_dir, "log", "events.0.aof")
+        self.assertEqual(c.frames(), [])  # the record is not written yet (end of the turn)
+        self.assertEqual(LogFile(log).records(), [])
+        self.reactor.advance(0)
+        [(op, body)] = c.frames()
+        [record] = LogFile(log).records()
+        self.assertEqual(decode_event(record)[1].spec.job_id, body["result"]["job_id"])
 
     def test_a_reply_with_nothing_pending_goes_at_once(self):
         c = self.client()

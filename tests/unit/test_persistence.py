@@ -24,8 +24,8 @@ from titan.core.model import JobSpec, JobState
 from titan.core.scheduler import Scheduler, restore, snapshot
 from titan.interfaces import CorruptLog, IPersistence, IPersistenceFactory
 from titan.persistence.aof import (
-    BATCH, BATCH_BYTES, LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, batch_frame, check,
-    frame)
+    BATCH, BATCH_BYTES, LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, LogFile, batch_frame,
+    check, frame)
 from titan.persistence.sqlite import SQLitePersistence
 from titan.plugin_registry import find, plugins
 
@@ -188,6 +188,25 @@ class ConformanceMixin:
         else:
             self.assertIsNone(self.successResultOf(d))
 
+    async def test_barrier(self):
+        """A barrier fires once what was appended before it can be read back by someone
+        else (for `always`: once it is synced too); barriers fire in order."""
+        backend, _, _ = self.open()
+        self.successResultOf(backend.barrier())  # nothing appended: at once
+        fired: list = []
+        barriers = []
+        for name in (b"one", b"two", b"three"):
+            backend.append(name)
+            barriers.append(backend.barrier().addCallback(
+                lambda _, name=name: fired.append((name, self.stored(name)))))
+        self.assertEqual(fired, [])  # the write (or commit) needs the reactor
+        await defer.gatherResults(barriers)
+        self.assertEqual(fired, [(b"one", True), (b"two", True), (b"three", True)])
+        backend.append(b"four")
+        await backend.sync()
+        self.assertTrue(self.stored(b"four"))
+        await backend.barrier()  # nothing new (at once, or once the syncs running return)
+
     def stored(self, record: bytes) -> bool:
         """Whether `record` can be read back by someone else already."""
         raise NotImplementedError
@@ -303,8 +322,7 @@ class AOFMixin(ConformanceMixin):
     def stored(self, record: bytes) -> bool:
         path = os.path.join(self.dir, max(n for n in os.listdir(self.dir)
                                           if n.startswith("events.")))
-        with open(path, "rb") as f:
-            return f.read().endswith(frame(record))
+        return record in LogFile(path).records()
 
 
 class SQLiteMixin(ConformanceMixin):

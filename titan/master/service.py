@@ -124,7 +124,7 @@ class MasterService(MultiService):
         except TitanError as e:
             raise SystemExit(f"titan: {self.config.source}: persistence.backend: {e}")
         self.persistence = factory.build(os.path.join(self.data_dir, "log"),
-                                         {"fsync": pc.fsync})
+                                         {"fsync": pc.fsync, "reactor": self.reactor})
         self._recover()
 
     def _recover(self) -> None:
@@ -230,17 +230,15 @@ class MasterService(MultiService):
             d.addBoth(lambda result: (f(*args), result)[1])
 
     def settled(self) -> defer.Deferred:
-        """Fires once every record appended so far is durable (or failed to be stored).
+        """Fires once every record appended so far is as durable as the policy promises
+        (`IPersistence.barrier`), or failed to be stored.
 
         Every reply waits for it: an answer may only report state that a crash cannot take
-        back.  A job can end in memory while its record is still being written, and a status
-        or wait that looked then must not answer "COMPLETED" ahead of the disk."""
-        d = self._latest_record
-        if d is None or d.called:
+        back.  A job ends in memory while its record is still being written, and a status or
+        wait that looks then must not answer "COMPLETED" ahead of the log."""
+        if self.persistence is None:
             return defer.succeed(None)
-        settled: defer.Deferred = defer.Deferred()
-        self._when_durable(settled.callback, None)
-        return settled
+        return self.persistence.barrier().addErrback(lambda _: None)  # the backend logs it
 
     def compact(self) -> defer.Deferred:
         data = msgpack.packb(snapshot(self.scheduler), use_bin_type=True)

@@ -181,7 +181,8 @@ class AOFPersistence:
         self._fd: Optional[int] = None
         self._buffer: list[bytes] = []  # records appended and not yet written
         self._buffered = 0  # their bytes
-        self._waiting: list[defer.Deferred] = []  # appends awaiting durability (always)
+        # Appends (always) and barriers waiting for what was appended before them to be durable.
+        self._waiting: list[defer.Deferred] = []
         self._flush_call = None
         self._syncing = False
         # Fire when the fsyncs running in threads return: a file is closed only after the
@@ -310,6 +311,17 @@ class AOFPersistence:
             return d
         return defer.succeed(None)
 
+    def barrier(self) -> defer.Deferred:
+        # Waits in _waiting behind the appends before it: fired when they are written
+        # (everysec, no) or by the group fsync that covers them (always).
+        if not self._buffer and not self._waiting and not self._syncing:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append(d)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+        return d
+
     def _write_buffer(self) -> None:
         if self._buffer:
             data = frames(self._buffer, self._buffered)
@@ -322,8 +334,16 @@ class AOFPersistence:
     def _flush(self) -> None:
         self._flush_call = None
         self._write_buffer()
-        if self.policy == "always" and not self._syncing and self._waiting:
+        if self.policy != "always":
+            self._written()
+        elif not self._syncing and self._waiting:
             self._group_fsync()
+
+    def _written(self) -> None:
+        """everysec, no: what was appended is written, so the barriers waiting fire."""
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(None)
 
     def _fsync(self, fd: int) -> defer.Deferred:
         """fsync(fd) the blocking way, tracked in _inflight until it returns."""
@@ -363,6 +383,8 @@ class AOFPersistence:
 
     def _fsync_now(self) -> defer.Deferred:
         self._write_buffer()
+        if self.policy != "always":
+            self._written()
         if self._fd is None:
             return defer.succeed(None)
         return self._fsync(self._fd)
@@ -382,6 +404,9 @@ class AOFPersistence:
         # The `always` appends still waiting have their records in the old log: they are
         # durable once it is.  Appends from here on go to the next log and wait for it.
         old_waiting, self._waiting = self._waiting, []
+        written: list[defer.Deferred] = []
+        if self.policy != "always":  # barriers: written is all they wait for
+            written, old_waiting = old_waiting, []
         # Until CURRENT names the new generation, recovery reads the old snapshot, the old
         # log and then this one.
         self._open(new_gen)
@@ -402,6 +427,8 @@ class AOFPersistence:
         d = self._fsync(old_fd)
         d.addBoth(synced)
         d.addBoth(self._compacted, old_fd, new_gen, len(snapshot))
+        for waiter in written:
+            waiter.callback(None)
         return done
 
     def _compacted(self, result, old_fd: int, new_gen: int, size: int) -> None:

@@ -33,6 +33,10 @@ CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
 """
 
 
+def _nothing() -> None:
+    pass
+
+
 @implementer(IPersistence)
 class SQLitePersistence:
     log = Logger()
@@ -56,6 +60,7 @@ class SQLitePersistence:
         self._unsynced = False  # committed since the last checkpoint (everysec)
         self._closers: Optional[list[defer.Deferred]] = None  # who waits for close
         self._last_id = 0
+        self._inserting = 0  # batches handed to the database thread and not yet committed
         self.appended = 0
         self.bytes_since_compaction = 0
 
@@ -154,20 +159,34 @@ class SQLitePersistence:
             return d
         return defer.succeed(None)
 
+    def barrier(self) -> defer.Deferred:
+        if self._buffer:  # fires with the insert of the buffered batch
+            d: defer.Deferred = defer.Deferred()
+            self._waiting.append(d)
+            return d
+        if self._inserting:  # the one database thread gets to this after those inserts
+            return self._run(_nothing)
+        return defer.succeed(None)
+
     def _flush(self) -> defer.Deferred:
         self._flush_call = None
         batch, self._buffer = self._buffer, []
         waiting, self._waiting = self._waiting, []
         if not batch:
+            for w in waiting:
+                w.callback(None)
             return defer.succeed(None)
+        self._inserting += 1
         d = self._run(self._insert, batch)
         self._unsynced = True
 
         def done(result):
+            self._inserting -= 1
             for w in waiting:
                 w.callback(None)
 
         def failed(failure):
+            self._inserting -= 1
             self.log.failure("could not store {n} events", failure, n=len(batch))
             for w in waiting:
                 w.errback(failure)

@@ -14,7 +14,8 @@ class _AOFFactory:
 
     def build(self, data_dir, options):
         from titan.persistence.aof import AOFPersistence
-        return AOFPersistence(data_dir, fsync=options.get("fsync", "everysec"))
+        return AOFPersistence(data_dir, fsync=options.get("fsync", "everysec"),
+                              reactor=options.get("reactor"))
 
 
 @implementer(IPlugin, IPersistenceFactory)
@@ -24,7 +25,8 @@ class _SQLiteFactory:
 
     def build(self, data_dir, options):
         from titan.persistence.sqlite import SQLitePersistence
-        return SQLitePersistence(data_dir, fsync=options.get("fsync", "everysec"))
+        return SQLitePersistence(data_dir, fsync=options.get("fsync", "everysec"),
+                                 reactor=options.get("reactor"))
 
 
 aof = _AOFFactory()
