@@ -155,7 +155,8 @@ class LegacyFrontend(Service):
         return defer.maybeDeferred(handler, text)
 
     def _reply(self, protocol, opcode: int, text: str) -> None:
-        # Whatever a reply reports is on disk first (MasterService.settled).
+        # Whatever a reply reports is as durable as the fsync policy promises first
+        # (MasterService.settled).
         d = self.master.settled()
         if d.called:
             self._send(protocol, opcode, text)

@@ -64,7 +64,8 @@ class MasterProtocol(RpcProtocol):
         return True
 
     def _send_reply(self, rid: Any, result: Any) -> None:
-        # Whatever a reply reports is on disk first (MasterService.settled).
+        # Whatever a reply reports is as durable as the fsync policy promises first
+        # (MasterService.settled).
         d = self.master.settled()
         if d.called:
             super()._send_reply(rid, result)
