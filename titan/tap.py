@@ -1,7 +1,9 @@
-"""Command-line options shared by the twistd plugins (titan-master, titan-worker)."""
+"""What the twistd plugins (titan-master, titan-worker, titan-store) share: command-line
+options, and stop signals handled in the reactor's loop."""
 from __future__ import annotations
 
 import os
+import signal
 
 from twisted.python import usage
 
@@ -26,3 +28,35 @@ class ConfigOptions(usage.Options):
         token = self["token"] or os.environ.get("TITAN_TOKEN") or config.token
         config = config.override("", token=token)
         return config.override(self.section, data_dir=self["data-dir"])
+
+
+def stop_signals_in_the_loop(reactor=None) -> None:
+    """Once the reactor runs, SIGTERM and SIGINT only hand themselves to its loop.
+
+    Twisted's own handlers log ("Received SIGTERM, shutting down.") inside the signal
+    handler.  When the signal lands while the main thread is taking the log file's lock, the
+    handler waits for that lock for ever: it happened to a worker told by the kernel that
+    its master died (PR_SET_PDEATHSIG) at the moment it logged losing the connection.  These
+    handlers do nothing but `callFromThread`, which is safe there; the loop then runs
+    Twisted's handler, which logs and stops."""
+    if reactor is None:
+        from twisted.internet import reactor
+
+    stopping = []
+
+    def in_the_loop(handler, signum: int) -> None:
+        # A second signal (the kernel's and a supervisor's, say) would make the reactor
+        # complain that it is not running any more: the first one stops it.
+        if not stopping:
+            stopping.append(signum)
+            handler(signum, None)
+
+    def install() -> None:
+        for signum, handler in ((signal.SIGTERM, reactor.sigTerm),
+                                (signal.SIGINT, reactor.sigInt)):
+            if callable(signal.getsignal(signum)):  # the reactor installed its handlers
+                signal.signal(signum, lambda n, frame, h=handler:
+                              reactor.callFromThread(in_the_loop, h, n))
+
+    # After the "during startup" trigger in which the reactor installs its own.
+    reactor.addSystemEventTrigger("after", "startup", install)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from titan.master.service import MasterService
-from titan.tap import ConfigOptions
+from titan.tap import ConfigOptions, stop_signals_in_the_loop
 
 
 class Options(ConfigOptions):
@@ -32,4 +32,5 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> MasterService:
+    stop_signals_in_the_loop()
     return MasterService(options.config)

@@ -6,6 +6,7 @@ import os
 from twisted.python import usage
 
 from titan.store.config import FSYNC
+from titan.tap import stop_signals_in_the_loop
 
 
 class Options(usage.Options):
@@ -41,4 +42,5 @@ class Options(usage.Options):
 
 def makeService(options: Options):
     from titan.store.service import StoreService
+    stop_signals_in_the_loop()
     return StoreService(options.config)

@@ -5,7 +5,7 @@ from twisted.python import usage
 
 from titan.auth import read_token
 from titan.config import MasterConfig
-from titan.tap import ConfigOptions
+from titan.tap import ConfigOptions, stop_signals_in_the_loop
 from titan.worker.service import WorkerService, parse_hostport
 
 
@@ -45,4 +45,5 @@ class Options(ConfigOptions):
 
 
 def makeService(options: Options) -> WorkerService:
+    stop_signals_in_the_loop()
     return WorkerService(options.config, options.config.token)
