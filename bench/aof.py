@@ -231,6 +231,13 @@ def recover(data_dir: str, backend_name: str):
     return master, time.perf_counter() - start
 
 
+async def closed_recovery(data_dir: str, backend_name: str) -> tuple[float, dict]:
+    """`recover`, then the master's files closed: (wall seconds, what it recovered)."""
+    master, wall = recover(data_dir, backend_name)
+    await master.persistence.close()
+    return wall, master.recovery
+
+
 async def breakdown(data_dir: str, backend_name: str) -> dict:
     """The recovery loop in three steps, timed apart: read, decode, apply."""
     import msgpack
@@ -299,10 +306,7 @@ async def recovery(reactor, a, base: str) -> None:
     for _ in range(a.rounds):
         copy = os.path.join(base, "copy")
         shutil.copytree(data_dir, copy)
-        master, wall = recover(copy, a.backend)
-        r = master.recovery
-        await master.persistence.close()
-        del master
+        wall, r = await closed_recovery(copy, a.backend)
         shutil.rmtree(copy)
         walls.append(wall)
     wall = sorted(walls)[len(walls) // 2]
@@ -315,10 +319,7 @@ async def recovery(reactor, a, base: str) -> None:
     print(f"    of which: load {b['load']:.2f}s, decode {b['decode']:.2f}s, "
           f"apply {b['apply']:.2f}s ({b['records']:,} records)")
     if single_dir:
-        master, wall = recover(single_dir, a.backend)
-        r = master.recovery
-        await master.persistence.close()
-        del master
+        wall, r = await closed_recovery(single_dir, a.backend)
         shutil.rmtree(single_dir)
         print(f"  the same log with a frame per record (no two events ever in one turn): "
               f"{wall:.2f}s wall ({r['events']:,} events, {r['jobs']:,} jobs)")

@@ -9,6 +9,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.config import Config, MasterConfig
+from titan.core import events as ev
 from titan.core.codec import decode_event
 from titan.master.service import LONG_POLL, MasterService
 from titan.persistence.aof import LogFile
@@ -282,6 +283,18 @@ class DurableRepliesTests(MasterCase):
         [(op, body)] = c.frames()
         [record] = LogFile(log).records()
         self.assertEqual(decode_event(record)[1].spec.job_id, body["result"]["job_id"])
+
+    def test_a_held_reply_that_cannot_be_sent_is_answered_as_a_failure(self):
+        c = self.client()
+        job_id = self.released(c, c.send(Op.SUBMIT_JOB, {"command": ["true"]}))["job_id"]
+        self.master.handle(ev.CancelRequested(job_id))  # a record to wait for
+        self.patch(self.master, "job_info", lambda ref: {"unpackable": object()})
+        rid = c.send(Op.JOB_INFO, {"job_id": job_id})
+        self.assertEqual(c.frames(), [])
+        self.held.release()
+        op, body = c.reply(rid)
+        self.assertEqual((op, body["code"]), (Op.ERROR, "internal"))
+        self.assertEqual(len(self.flushLoggedErrors(TypeError)), 1)  # and it is logged
 
     def test_a_reply_with_nothing_pending_goes_at_once(self):
         c = self.client()

@@ -973,11 +973,10 @@ class Scheduler:
                     heappop(heap)
                 else:
                     popleft()
+                self._start(job, worker, now, out)
                 if not heap and not run:
                     del queues[key]
-                    self._start(job, worker, now, out)
                     return
-                self._start(job, worker, now, out)
             return
         stuck: set = set()  # queues whose head no worker takes now (slots only fill up here)
         while self._free and self._queues:
@@ -1029,7 +1028,7 @@ class Scheduler:
         # its slot count and rank move.
         worker.idle_since = None
         if len(running) < worker.slots:
-            worker.rank = (len(running) / worker.slots, worker.completed, worker.seq)
+            worker.rank = load_rank(worker)
         else:
             self._free.pop(worker_id, None)
         if self._announce:

@@ -154,14 +154,11 @@ class LegacyFrontend(Service):
                                       "frame"))
         return defer.maybeDeferred(handler, text)
 
-    def _reply(self, protocol, opcode: int, text: str) -> None:
+    def _reply(self, protocol, opcode: int, text: str) -> defer.Deferred:
         # Whatever a reply reports is as durable as the fsync policy promises first
         # (MasterService.settled).
-        d = self.master.settled()
-        if d.called:
-            self._send(protocol, opcode, text)
-        else:
-            d.addCallback(lambda _: self._send(protocol, opcode, text))
+        return self.master.settled().addCallback(
+            lambda _: self._send(protocol, opcode, text))
 
     @staticmethod
     def _send(protocol, opcode: int, text: str) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
+from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
 from titan import __version__
@@ -63,14 +64,12 @@ class MasterProtocol(RpcProtocol):
             return False
         return True
 
-    def _send_reply(self, rid: Any, result: Any) -> None:
+    def _send_reply(self, rid: Any, result: Any) -> defer.Deferred:
         # Whatever a reply reports is as durable as the fsync policy promises first
-        # (MasterService.settled).
-        d = self.master.settled()
-        if d.called:
-            super()._send_reply(rid, result)
-        else:
-            d.addCallback(lambda _: super(MasterProtocol, self)._send_reply(rid, result))
+        # (MasterService.settled).  Returned, so that a reply that fails to go out is
+        # answered as a failure, as RpcProtocol does for one sent at once.
+        send = super()._send_reply
+        return self.master.settled().addCallback(lambda _: send(rid, result))
 
     def _check_token(self, body: dict) -> None:
         if not token_matches(self.master.token, body.get("token")):

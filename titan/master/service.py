@@ -86,7 +86,6 @@ class MasterService(MultiService):
         self.logs: Optional[LogStore] = None
         self.persistence = None
         self.store = None  # a titan.store.client.StoreClient once configured
-        self._latest_record: Optional[defer.Deferred] = None
         self.recovery: dict = {}
         self.worker_conns: dict[str, MasterProtocol] = {}
         self._timers: dict[Any, Any] = {}
@@ -212,7 +211,6 @@ class MasterService(MultiService):
         durable = None
         if persisted(event) and self.persistence is not None:
             durable = self.persistence.append(encode_event(event, now))
-            self._latest_record = durable
         for decision in self.scheduler.apply(event, now):
             self._carry_out(decision)
         if self.persistence is not None and \
@@ -221,13 +219,9 @@ class MasterService(MultiService):
         return durable if durable is not None else defer.succeed(None)
 
     def _when_durable(self, f, *args) -> None:
-        """Run `f` once the latest record is durable: a waiter told a job ended must not
-        hear it before it is on disk (records become durable in order)."""
-        d = self._latest_record
-        if d is None or d.called:
-            f(*args)
-        else:
-            d.addBoth(lambda result: (f(*args), result)[1])
+        """Run `f` once what was recorded so far is durable: a job's end is told (to waiters,
+        to the store's mirror) only once a crash cannot take it back."""
+        self.settled().addCallback(lambda _: f(*args))
 
     def settled(self) -> defer.Deferred:
         """Fires once every record appended so far is as durable as the policy promises

@@ -331,19 +331,20 @@ class AOFPersistence:
             while view:
                 view = view[os.write(self._fd, view):]
 
-    def _flush(self) -> None:
-        self._flush_call = None
+    def _write_pending(self) -> None:
+        """Write what was appended.  Under everysec and no, that is all the barriers waiting
+        need: they fire."""
         self._write_buffer()
         if self.policy != "always":
-            self._written()
-        elif not self._syncing and self._waiting:
-            self._group_fsync()
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.callback(None)
 
-    def _written(self) -> None:
-        """everysec, no: what was appended is written, so the barriers waiting fire."""
-        waiting, self._waiting = self._waiting, []
-        for waiter in waiting:
-            waiter.callback(None)
+    def _flush(self) -> None:
+        self._flush_call = None
+        self._write_pending()
+        if self.policy == "always" and not self._syncing and self._waiting:
+            self._group_fsync()
 
     def _fsync(self, fd: int) -> defer.Deferred:
         """fsync(fd) the blocking way, tracked in _inflight until it returns."""
@@ -382,9 +383,7 @@ class AOFPersistence:
         self._fsync(self._fd).addBoth(settle)
 
     def _fsync_now(self) -> defer.Deferred:
-        self._write_buffer()
-        if self.policy != "always":
-            self._written()
+        self._write_pending()
         if self._fd is None:
             return defer.succeed(None)
         return self._fsync(self._fd)
@@ -401,12 +400,9 @@ class AOFPersistence:
         self._write_buffer()
         old_gen, old_fd = self._gen, self._fd
         new_gen = old_gen + 1
-        # The `always` appends still waiting have their records in the old log: they are
-        # durable once it is.  Appends from here on go to the next log and wait for it.
+        # The appends (always) and barriers still waiting have their records in the old log:
+        # they fire once it is synced.  Appends from here on go to the next log.
         old_waiting, self._waiting = self._waiting, []
-        written: list[defer.Deferred] = []
-        if self.policy != "always":  # barriers: written is all they wait for
-            written, old_waiting = old_waiting, []
         # Until CURRENT names the new generation, recovery reads the old snapshot, the old
         # log and then this one.
         self._open(new_gen)
@@ -427,8 +423,6 @@ class AOFPersistence:
         d = self._fsync(old_fd)
         d.addBoth(synced)
         d.addBoth(self._compacted, old_fd, new_gen, len(snapshot))
-        for waiter in written:
-            waiter.callback(None)
         return done
 
     def _compacted(self, result, old_fd: int, new_gen: int, size: int) -> None:
