@@ -259,6 +259,7 @@ class RunChanged:
     run_id: str
     state: RunState
     version: int
+    jobs: tuple = ()  # keys of the run's jobs that moved (or joined it) in this event
 
 
 @attrs.frozen

@@ -109,6 +109,9 @@ class Scheduler:
         self._now = 0.0
         self._cascading: Optional[list[JobRecord]] = None
         self._dirty_runs: dict[str, DagRun] = {}
+        # Jobs of runs whose state moved (or that joined a running run) in this event: each
+        # RunChanged names its own, so a watcher is told what changed, not the whole run.
+        self._moved: list[JobRecord] = []
         self._announce = True  # False while replaying: see replay()
         self.replayed = 0
         self._handlers: dict[type, Callable] = {
@@ -214,10 +217,22 @@ class Scheduler:
         self._handlers[type(event)](event, now, out)
         if self._dirty_runs:
             # One RunChanged per run and event, however many of its jobs moved.
-            for run in self._dirty_runs.values():
-                run.version += 1
-                out.append(ev.RunChanged(run.run_id, run.state, run.version))
+            moved = self._moved
+            if len(self._dirty_runs) == 1:
+                keys = tuple([job.job_id for job in moved])
+                for run in self._dirty_runs.values():
+                    run.version += 1
+                    out.append(ev.RunChanged(run.run_id, run.state, run.version, keys))
+            else:
+                for run in self._dirty_runs.values():
+                    run.version += 1
+                    run_id = run.run_id
+                    out.append(ev.RunChanged(run_id, run.state, run.version, tuple(
+                        [job.job_id for job in moved if job.run_id == run_id])))
             self._dirty_runs.clear()
+            moved.clear()
+        elif self._moved:
+            self._moved.clear()
         return out
 
     def replay(self, events: Iterable[tuple[float, object]]) -> int:
@@ -226,7 +241,7 @@ class Scheduler:
         carried out when the events were new.  Every other decision is made and dropped,
         as `apply`'s caller would drop it.  Returns how many were applied (also kept in
         `replayed`, for a caller whose iterable raised)."""
-        handlers, dirty = self._handlers, self._dirty_runs
+        handlers, dirty, moved = self._handlers, self._dirty_runs, self._moved
         out: Decisions = []
         count = 0
         self._announce = False
@@ -238,6 +253,7 @@ class Scheduler:
                     for run in dirty.values():
                         run.version += 1
                     dirty.clear()
+                    moved.clear()
                 if out:
                     out.clear()
                 count += 1
@@ -363,7 +379,8 @@ class Scheduler:
         for job in added:
             job.children = children.get(job.spec.job_id, no_children)
         if len(added) == len(keys):
-            # A new run: every parent is among the new jobs, none has completed.
+            # A new run: every parent is among the new jobs, none has completed (and no
+            # one watches it yet: its jobs are not announced as moved).
             for job in added:
                 job.parents_left = len(job.spec.depends_on)
         else:
@@ -373,6 +390,7 @@ class Scheduler:
                     if jobs[prefix + node].state is not _COMPLETED:
                         left += 1
                 job.parents_left = left
+            self._moved.extend(added)  # a watcher of the run learns of its new jobs
             # Jobs already in the run that gained children.
             for node, kids in children.items():
                 parent = jobs[prefix + node]
@@ -694,6 +712,7 @@ class Scheduler:
             counts[old] -= 1
             counts[state] = counts.get(state, 0) + 1
             self._dirty_runs[run.run_id] = run
+            self._moved.append(job)
         if state in _TERMINAL:
             if self._announce:
                 out.append(ev.JobEnded(job.job_id, state))
@@ -1043,6 +1062,7 @@ class Scheduler:
                 counts[old] -= 1
                 counts[_RUNNING] = counts.get(_RUNNING, 0) + 1
                 self._dirty_runs[run.run_id] = run
+                self._moved.append(job)
 
 
 def pending_timers(s: Scheduler) -> list:

@@ -35,6 +35,11 @@ class MasterProtocol(RpcProtocol):
     role: Optional[str] = None  # "client" or "worker", once the hello is accepted
     worker_id: Optional[str] = None
     scope: Optional[tuple[str, int]] = None  # (job id, attempt) for a job's own connection
+    watching: set  # run ids whose changes are pushed here (WATCH_RUN)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.watching = set()
 
     # -- the hello gate --------------------------------------------------------------------
 
@@ -130,6 +135,12 @@ class MasterProtocol(RpcProtocol):
     def op_SUBMIT_JOB(self, body: dict):
         return self.master.submit(body).addCallback(lambda job_id: {"job_id": job_id})
 
+    def op_SUBMIT_JOBS(self, body: dict):
+        return self.master.submit_many(body.get("jobs"))
+
+    def op_WAIT_JOBS(self, body: dict):
+        return self.master.wait_jobs(body.get("job_ids"), body.get("timeout"))
+
     def op_SUBMIT_DAG(self, body: dict) -> dict:
         return self.master.submit_dag(body)
 
@@ -154,6 +165,14 @@ class MasterProtocol(RpcProtocol):
     def op_WAIT_RUN(self, body: dict):
         return self.master.wait_run(_require(body, "run_id"), int(body.get("version") or 0),
                                     body.get("timeout"), bool(body.get("jobs", False)))
+
+    def op_WATCH_RUN(self, body: dict) -> dict:
+        return self.master.watch_run(self, _require(body, "run_id"), bool(body.get("jobs", True)))
+
+    def op_UNWATCH_RUN(self, body: dict) -> dict:
+        run_id = _require(body, "run_id")
+        self.master.unwatch_run(self, run_id)
+        return {"run_id": run_id}
 
     def op_LIST_RUNS(self, body: dict) -> dict:
         return {"runs": self.master.list_runs(body.get("agent_run_id"),
@@ -278,6 +297,8 @@ class MasterProtocol(RpcProtocol):
 
     def connectionLost(self, reason=None) -> None:
         super().connectionLost(reason)
+        if self.watching:
+            self.master.unwatch_run(self)
         for subscription in getattr(self, "_subscriptions", {}).values():
             subscription.unsubscribe()
         if self.role == "worker":

@@ -27,12 +27,14 @@ from titan.core.model import JobSpec, JobState, RunState, WorkerState
 from titan.core.scheduler import (
     Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
     service_view, snapshot, worker_view)
+from titan.core.scheduler import _run_job as run_job_view
 from titan.errors import TitanError
 from titan.interfaces import (
     CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory)
 from titan.master.autoscale import AutoscalerService
 from titan.plugin_registry import find
 from titan.protocols import codec
+from titan.protocols.frame import encode_frame
 from titan.listener import ListenerService
 from titan.master.logstore import LogStore
 from titan.master.legacy import LegacyFrontend
@@ -42,6 +44,21 @@ from titan.protocols.rpc import RemoteError
 
 PORT_FILE = "master.port"
 LONG_POLL = 25.0  # seconds a WAIT_JOB or GET_LOGS(wait) may hold its reply
+MAX_BATCH = 100_000  # jobs in one SUBMIT_JOBS or WAIT_JOBS request
+
+
+class _AllEnded:
+    """One waiter for many jobs (WAIT_JOBS): it sits in `_done_waiters` like a Deferred,
+    and `done` fires once every job it was registered for has ended."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.done: defer.Deferred = defer.Deferred()
+
+    def callback(self, _) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.done.called:
+            self.done.callback(None)
 
 
 def build_routers(config: Config) -> list:
@@ -62,6 +79,9 @@ def build_autoscaler(config: Config):
         return find(IAutoscalerFactory, config.autoscaler.name, "autoscaler").build(options)
     except TitanError as e:
         raise SystemExit(f"titan: {config.source}: autoscaler.name: {e}")
+
+
+_ACTIVE = frozenset({JobState.RUNNING, JobState.WAITING_APPROVAL})
 
 
 class MasterService(MultiService):
@@ -91,6 +111,10 @@ class MasterService(MultiService):
         self._timers: dict[Any, Any] = {}
         self._done_waiters: dict[str, list[defer.Deferred]] = {}
         self._run_waiters: dict[str, list[defer.Deferred]] = {}
+        # WATCH_RUN: the connections watching each run, and the keys of its jobs that moved
+        # since the last RUN_CHANGED push (sent once per reactor turn, after the records).
+        self._watchers: dict[str, set] = {}
+        self._watch_moved: dict[str, dict] = {}
         # Called with a job's key once its end is durable (the legacy frontend mirrors
         # gate outcomes to the store with it).
         self.job_end_listeners: list[Callable[[str], None]] = []
@@ -261,6 +285,12 @@ class MasterService(MultiService):
                                     "reason": d.reason})
         elif isinstance(d, ev.RunChanged):
             self._when_durable(self._wake_run, d.run_id)
+            if d.run_id in self._watchers:
+                moved = self._watch_moved.get(d.run_id)
+                if moved is None:
+                    moved = self._watch_moved[d.run_id] = {}
+                    self.reactor.callLater(0, self._push_run_changes, d.run_id)
+                moved.update(dict.fromkeys(d.jobs))
         elif isinstance(d, ev.Forgotten):
             if self.logs is not None:
                 for job_id in d.job_ids:
@@ -288,6 +318,62 @@ class MasterService(MultiService):
     def _wake_run(self, run_id: str) -> None:
         for waiter in self._run_waiters.pop(run_id, ()):
             waiter.callback(None)
+
+    def _push_run_changes(self, run_id: str) -> None:
+        """One RUN_CHANGED push to every watcher of the run: the jobs that moved since the
+        last one (as they are now), once what it reports is durable."""
+        keys = self._watch_moved.pop(run_id, None) or {}
+        conns = self._watchers.get(run_id)
+        if not conns:
+            return
+        run = self.scheduler.runs.get(run_id)
+        if run is None:  # forgotten: nothing more will change
+            del self._watchers[run_id]
+            return
+        s, now = self.scheduler, self.now()
+        views = []
+        for key in keys:
+            job = s.jobs.get(key)
+            if job is not None and job.run_id == run_id:
+                views.append(run_job_view(s, job, now))
+        body = run_view(s, run, now, jobs=False)
+        body["jobs"] = views
+        if run.state is not RunState.RUNNING:
+            del self._watchers[run_id]  # the last push: the run has ended
+            for conn in conns:
+                conn.watching.discard(run_id)
+        data = encode_frame(Op.RUN_CHANGED, codec.pack(body))
+        conns = list(conns)
+
+        def send(_):
+            for conn in conns:
+                if conn.connected:
+                    conn.transport.write(data)
+        self.settled().addCallback(send)
+
+    def watch_run(self, conn: MasterProtocol, run_id: str, jobs: bool) -> dict:
+        """The run now (every job with `jobs`, else only those running or waiting for
+        approval, as `active`); while it runs, RUN_CHANGED pushes follow on `conn`."""
+        run = self._run(run_id)
+        s, now = self.scheduler, self.now()
+        view = run_view(s, run, now, jobs)
+        if not jobs:
+            view["active"] = [run_job_view(s, job, now) for job in map(s.jobs.get, run.jobs)
+                              if job is not None and job.state in _ACTIVE]
+        if run.state is RunState.RUNNING:
+            self._watchers.setdefault(run_id, set()).add(conn)
+            conn.watching.add(run_id)
+        return view
+
+    def unwatch_run(self, conn: MasterProtocol, run_id: Optional[str] = None) -> None:
+        """Stop pushing one run's changes to `conn` (every run's, without `run_id`)."""
+        for rid in [run_id] if run_id is not None else list(conn.watching):
+            conn.watching.discard(rid)
+            conns = self._watchers.get(rid)
+            if conns is not None:
+                conns.discard(conn)
+                if not conns:
+                    del self._watchers[rid]
 
     def _job_ended(self, job_id: str) -> None:
         for d in self._done_waiters.pop(job_id, ()):
@@ -330,6 +416,41 @@ class MasterService(MultiService):
     # -- clients ---------------------------------------------------------------------------
 
     def submit(self, body: dict) -> defer.Deferred:
+        event = self._submission(body)
+        return self.after(self.handle(event), event.spec.job_id)
+
+    def submit_many(self, bodies: Any) -> defer.Deferred:
+        """SUBMIT_JOBS: every job is checked before any is queued (all or nothing); they
+        are recorded together and answered once, with their ids in order."""
+        if not isinstance(bodies, list) or not bodies:
+            raise RemoteError("bad_request", "'jobs' is required: a list of job submissions")
+        if len(bodies) > MAX_BATCH:
+            raise RemoteError("bad_request", f"{len(bodies)} jobs in one request, over the "
+                                             f"limit of {MAX_BATCH}: split the batch")
+        events, taken = [], set()
+        for i, body in enumerate(bodies):
+            if not isinstance(body, dict):
+                raise RemoteError("bad_job", f"jobs[{i}]: expected a map of job options, not "
+                                             f"{type(body).__name__}")
+            if (body.get("kind") or "job") != "job":
+                raise RemoteError("bad_job", f"jobs[{i}]: a batch takes jobs only; deploy "
+                                             "services one at a time")
+            try:
+                event = self._submission(body, taken)
+            except RemoteError as e:
+                raise RemoteError(e.code, f"jobs[{i}]: {e.message}") from None
+            if event.spec.job_id in taken:
+                raise RemoteError("bad_job", f"jobs[{i}]: job id {event.spec.job_id!r} "
+                                             "appears twice in the batch")
+            taken.add(event.spec.job_id)
+            events.append(event)
+        durable = None
+        for event in events:
+            durable = self.handle(event)
+        return self.after(durable, {"job_ids": [e.spec.job_id for e in events]})
+
+    def _submission(self, body: dict, taken=()) -> ev.JobSubmitted:
+        """The JobSubmitted event a SUBMIT_JOB body asks for, checked."""
         command = body.get("command")
         if isinstance(command, str):
             command = ["sh", "-c", command]
@@ -352,7 +473,7 @@ class MasterService(MultiService):
             body = dict(body, job_id=self._new_service_id(name), retries=0, timeout=None)
         elif kind != "job":
             raise RemoteError("bad_job", f"kind must be job or service, not {kind!r}")
-        job_id = body.get("job_id") or self._new_job_id()
+        job_id = body.get("job_id") or self._new_job_id(taken)
         try:
             spec = JobSpec(kind=kind, **service,
                 job_id=str(job_id), command=command or (),
@@ -364,7 +485,7 @@ class MasterService(MultiService):
             self.scheduler.validate(event)
         except (SubmitError, TypeError, ValueError) as e:
             raise RemoteError("bad_job", str(e))
-        return self.after(self.handle(event), spec.job_id)
+        return event
 
     def _new_service_id(self, name: str) -> str:
         n = 1
@@ -412,10 +533,10 @@ class MasterService(MultiService):
             out.append(service_view(self.scheduler, job, now))
         return out
 
-    def _new_job_id(self) -> str:
+    def _new_job_id(self, taken=()) -> str:
         while True:
             job_id = secrets.token_hex(4)
-            if job_id not in self.scheduler.jobs:
+            if job_id not in self.scheduler.jobs and job_id not in taken:
                 return job_id
 
     def _job(self, ref: str):
@@ -447,6 +568,41 @@ class MasterService(MultiService):
         if not job.state.terminal:
             await self._long_poll(self._done_waiters, job.job_id, timeout)
         return self.job_info(job.job_id)
+
+    async def wait_jobs(self, refs: Any, timeout: Optional[float]) -> dict:
+        """WAIT_JOBS: once every job of `refs` has ended, or when `timeout` (at most
+        LONG_POLL) passes: the ended ones as `jobs`, the ids of the others as `pending`."""
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise RemoteError("bad_request", "'job_ids' is required: a list of job ids")
+        if len(refs) > MAX_BATCH:
+            raise RemoteError("bad_request", f"{len(refs)} jobs in one request, over the "
+                                             f"limit of {MAX_BATCH}")
+        jobs = [self._job(ref) for ref in refs]
+        waiting = [job.job_id for job in jobs if not job.state.terminal]
+        if waiting:
+            waiter = _AllEnded(len(waiting))
+            for job_id in waiting:
+                self._done_waiters.setdefault(job_id, []).append(waiter)
+            limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
+            call = self.reactor.callLater(limit, lambda: waiter.done.called
+                                          or waiter.done.callback(None))
+            await waiter.done
+            if call.active():
+                call.cancel()
+            for job_id in waiting:
+                waiters = self._done_waiters.get(job_id)
+                if waiters and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._done_waiters[job_id]
+        s, now = self.scheduler, self.now()
+        ended, pending = [], []
+        for job in jobs:
+            if job.state.terminal:
+                ended.append(job_view(s, job, now))
+            else:
+                pending.append(job.job_id)
+        return {"jobs": ended, "pending": pending}
 
     async def _long_poll(self, waiters_by_key: dict, key: str, timeout: Optional[float]) -> None:
         """Until `waiters_by_key[key]` is woken, or `timeout` (at most LONG_POLL) passes."""

@@ -46,6 +46,11 @@ class Op(enum.IntEnum):
     SUBSCRIBE = 0x45  # then MESSAGE pushes on this connection
     MESSAGE = 0x46  # master -> client push
     UNSUBSCRIBE = 0x47
+    WATCH_RUN = 0x48  # a snapshot of the run, then RUN_CHANGED pushes on this connection
+    RUN_CHANGED = 0x49  # master -> client push: what changed in a watched run
+    UNWATCH_RUN = 0x4A
+    SUBMIT_JOBS = 0x4B  # many jobs in one request
+    WAIT_JOBS = 0x4C  # until every job of a list has ended (a bounded long poll)
 
     ACK = 0x50
     ERROR = 0x51
