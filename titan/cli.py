@@ -235,35 +235,41 @@ def cmd_run(args) -> int:
         print(run_id, flush=True)
         if not args.wait:
             return 0
-        run = _follow_run(titan, run_id, sys.stderr.isatty())
+        return _follow_run(args, run_id, titan)
+
+
+def _follow_run(args, run_id: str, titan=None) -> int:
+    """Follow a run by its changes until it ends (titan/follow.py), then its table, a
+    failed run's failed jobs' last lines and the total time; the exit status."""
+    from titan.follow import Detached, follow_run, report_end
+    spare = [titan] if titan is not None else []  # the first follow reuses this connection
+
+    def connect():
+        return spare.pop() if spare else _client(args)
+    try:
+        run = follow_run(connect, run_id, sys.stderr.isatty())
+    except Detached:
+        return 130
+    sys.stdout.flush()
     _run_table(run)
-    print(f"{run_id} {run['state']}: {_counts(run)}", file=sys.stderr)
+    sys.stdout.flush()
+    report_end(lambda: _client(args), run)
     return 0 if run["state"] == "COMPLETED" else 1
 
 
-def _follow_run(titan, run_id: str, tty: bool) -> dict:
-    """Show a run's progress until it ends; a bar on a terminal, plain lines otherwise."""
-    seen: dict[str, str] = {}
-    for run in titan.watch_run(run_id, jobs=not tty):
-        if tty:
-            total = run["total"] or 1
-            done = sum(n for s, n in run["counts"].items()
-                       if s in ("COMPLETED", "FAILED", "DEAD", "CANCELLED"))
-            width = 30
-            filled = int(width * done / total)
-            bar = "#" * filled + "-" * (width - filled)
-            sys.stderr.write(f"\r[{bar}] {done}/{total}  {_counts(run)}\x1b[K")
-            sys.stderr.flush()
-        else:
-            for j in run["jobs"]:
-                if seen.get(j["node"]) != j["state"]:
-                    seen[j["node"]] = j["state"]
-                    why = f" ({j['reason']})" if j.get("reason") else ""
-                    print(f"{time.strftime('%H:%M:%S')} {j['node']} {j['state']}{why}",
-                          file=sys.stderr, flush=True)
-    if tty:
-        sys.stderr.write("\n")
-    return titan.run(run_id)
+def cmd_wait(args) -> int:
+    """Follow a run again (as `run --wait` does), or wait for one job."""
+    with _client(args) as titan:
+        run = _is_run(titan, args.ref)
+        if run is None:
+            try:
+                job = titan.wait(args.ref)
+            except KeyboardInterrupt:
+                print(f"\ntitan: stopped waiting; {args.ref} goes on", file=sys.stderr)
+                return 130
+            print(f"{job['job_id']} {_outcome(job)}", file=sys.stderr)
+            return _exit_status(job)
+        return _follow_run(args, run["run_id"], titan)
 
 
 def cmd_approve(args, approved: bool = True) -> int:
@@ -485,6 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="agent_run_id=ID or stage=NAME for this run")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("wait", parents=[common], help="follow a run (or wait for a job) until "
+                                                     "it ends",
+                       description="Follow a DAG run until it ends, as `titan run --wait` "
+                                   "does (also to pick one up again after Ctrl-C), or wait "
+                                   "for one job; exit non-zero unless it COMPLETED.")
+    p.add_argument("ref", metavar="REF", help="a run id, or a job (RUN/JOB or a job id)")
+    p.set_defaults(func=cmd_wait)
 
     p = sub.add_parser("status", parents=[common], help="a job's or a run's state and details",
                        description="Print the state of a job (RUN/JOB, or a job id unique "

@@ -148,8 +148,9 @@ class ReferenceFormatTests(SynchronousTestCase):
         os.makedirs(os.path.join(self.dir, "scripts"))
         with open(os.path.join(self.dir, "scripts", "x.sh"), "wb") as f:
             f.write(b"echo x\n")
-        p = Pipeline.from_yaml("name: s\njobs:\n  - id: x\n    file: scripts/x.sh\n"
-                               "    args: [-v, 3]\n", "s.yaml", base_dir=self.dir)
+        p = Pipeline.from_yaml("name: s\nproject: false\njobs:\n  - id: x\n"
+                               "    file: scripts/x.sh\n    args: [-v, 3]\n", "s.yaml",
+                               base_dir=self.dir)
         self.assertEqual(p.to_spec()["jobs"][0]["script"],
                          {"name": "x.sh", "content": b"echo x\n", "args": ["-v", "3"]})
 
@@ -162,6 +163,111 @@ class ReferenceFormatTests(SynchronousTestCase):
         self.assertEqual([(j["type"], j["port"], j["affinity"]) for j in jobs],
                          [("service", 8080, "w1"), ("service", "auto", None),
                           ("run", "8081", None)])
+
+
+class ReferenceDefaultsTests(SynchronousTestCase):
+    """What the reference's YAML parser (titan_yaml_parser.py) makes of its own files."""
+
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(os.path.join(self.dir, "src"))
+        with open(os.path.join(self.dir, "src", "step.py"), "w") as f:
+            f.write("print('step')\n")
+
+    def read(self, text):
+        return Pipeline.from_yaml(text, "ref.yaml", base_dir=self.dir)
+
+    def test_version_is_read_and_left_alone(self):
+        for version in ('"1.0"', "1.0", "2"):
+            p = self.read(f"name: v\nversion: {version}\njobs:\n  - {{id: a, command: 'true'}}\n")
+            self.assertEqual(p.to_spec(), dag("v", [job("a", ["true"])]))
+        e = self.assertRaises(PipelineError, self.read,
+                              "name: v\nversion: [1]\njobs:\n  - {id: a, command: 'true'}\n")
+        self.assertEqual(str(e), "ref.yaml:2: version must be a version label like '1.0', "
+                                 "not [1]")
+
+    def test_requirement_general_means_any_worker(self):
+        p = self.read("name: g\njobs:\n"
+                      "  - {id: a, command: 'true', requirement: GENERAL}\n"
+                      "  - {id: b, command: 'true', requirement: general, tags: [ssd]}\n"
+                      "  - {id: c, command: 'true', requirement: GPU}\n")
+        self.assertEqual([j["tags"] for j in p.to_spec()["jobs"]], [[], ["ssd"], ["GPU"]])
+
+    def test_affinity_true_means_the_parents_worker(self):
+        p = self.read("name: s\njobs:\n"
+                      "  - {id: a, command: 'true'}\n"
+                      "  - {id: b, command: 'true', depends_on: a, affinity: true}\n"
+                      "  - {id: c, command: 'true', depends_on: a, affinity: false}\n"
+                      "  - {id: d, command: 'true', affinity: w2}\n"
+                      "  - {id: e, command: 'true', affinity: 'strict:w2'}\n")
+        self.assertEqual([j["affinity"] for j in p.to_spec()["jobs"]],
+                         [None, "parent", None, "w2", "strict:w2"])
+        e = self.assertRaises(PipelineError, self.read,
+                              "name: s\njobs:\n  - id: a\n    command: 'true'\n"
+                              "    affinity: 3\n")
+        self.assertEqual(str(e), "ref.yaml:5: jobs[0].affinity must be true, false, parent, a "
+                                 "worker's name or strict:..., not 3")
+        b = Pipeline("b")
+        b.job("x", "true")
+        self.assertEqual(b.job("y", "true", affinity=True, depends_on="x").affinity, "parent")
+
+    def test_project_defaults_to_true_as_in_the_reference(self):
+        p = self.read("name: ref\njobs:\n  - {id: a, file: src/step.py, args: GO}\n")
+        self.assertEqual(p.project_dir, self.dir)
+        [spec] = p.to_spec()["jobs"]
+        self.assertEqual(spec["script"]["name"], "a.project.py")  # runs src/step.py from the zip
+        self.assertEqual(spec["script"]["args"], ["GO"])
+        self.assertIn("project: true", p.to_yaml())
+        plain = self.read("name: ref\nproject: false\njobs:\n  - {id: a, file: src/step.py}\n")
+        self.assertIsNone(plain.project_dir)
+        self.assertEqual(plain.to_spec()["jobs"][0]["script"]["name"], "step.py")
+        self.assertIn("project: false", plain.to_yaml())  # read back the same
+        self.assertIsNone(self.read("name: c\njobs:\n  - {id: a, command: 'true'}\n")
+                          .project_dir)  # no file job: nothing to ship
+
+    def test_the_reference_example_pipeline(self):
+        # titan_test_suite/examples/yaml_based_static_tests/dag_structure_test/agent.yaml,
+        # the reference's own example, as it is written.
+        for name in ("scripts/init.py", "src/processor.py", "src/server.py"):
+            os.makedirs(os.path.join(self.dir, os.path.dirname(name)), exist_ok=True)
+            with open(os.path.join(self.dir, name), "w") as f:
+                f.write("print(1)\n")
+        p = self.read('''\
+name: "titan-comprehensive-test"
+version: "1.0"
+jobs:
+  - id: "step-1-init"
+    type: "run"
+    file: "scripts/init.py"
+    priority: 10
+    args: "--mode reset"
+  - id: "step-2-fetch"
+    type: "run"
+    file: "src/processor.py"
+    args: "FETCH"
+    delay: 2
+    depends_on:
+      - "step-1-init"
+  - id: "step-3-process"
+    type: "run"
+    file: "src/processor.py"
+    args: "PROCESS_DATA"
+    requirement: GENERAL
+    affinity: true
+    depends_on:
+      - "step-2-fetch"
+  - id: "step-4-server"
+    type: "service"
+    file: "src/server.py"
+    port: 9000
+    depends_on:
+      - "step-3-process"
+''')
+        jobs = {j["id"]: j for j in p.to_spec()["jobs"]}
+        self.assertEqual(jobs["step-3-process"]["affinity"], "parent")
+        self.assertEqual(jobs["step-3-process"]["tags"], [])
+        self.assertEqual(jobs["step-4-server"]["type"], "service")
+        self.assertEqual(jobs["step-4-server"]["script"]["name"], "step-4-server.project.py")
 
 
 class TitanKeysTests(SynchronousTestCase):
@@ -302,7 +408,7 @@ jobs:
         self.assertError(text, f"etl.yaml:4: jobs[0]: unknown key 'comand' (known: {KNOWN})")
         self.assertError("name: etl\nretry: 1\njobs: []\n",
                          "etl.yaml:2: unknown key 'retry' (known: name, project, jobs, "
-                         "schedule, agent_run_id, stage, max_jobs)")
+                         "schedule, agent_run_id, stage, max_jobs, version)")
 
     def test_unknown_dependency(self):
         text = """\

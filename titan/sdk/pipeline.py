@@ -33,6 +33,7 @@ the YAML and the scripts together.
 """
 from __future__ import annotations
 
+import gc
 import io
 import math
 import os
@@ -49,11 +50,13 @@ from titan.protocols.legacy import ParseError, archive_launcher
 __all__ = ["Pipeline", "Job", "Gate", "PipelineError", "load_pipeline", "GATE_TIMEOUT"]
 
 GATE_TIMEOUT = 48 * 3600.0
+GENERAL = "GENERAL"  # the reference's requirement for "any worker": no tag
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 JOB_TYPES = ("run", "service")
 ON_TIMEOUT = ("reject", "approve")
 
-TOP_KEYS = ("name", "project", "jobs", "schedule", "agent_run_id", "stage", "max_jobs")
+TOP_KEYS = ("name", "project", "jobs", "schedule", "agent_run_id", "stage", "max_jobs",
+            "version")
 JOB_KEYS = ("id", "type", "file", "args", "depends_on", "requirement", "priority", "delay",
             "affinity", "port", "hitl_message", "max_wait_seconds", "command", "retries",
             "timeout", "env", "gate", "tags", "cwd", "message", "on_timeout", "restart",
@@ -127,9 +130,13 @@ def _text(value: Any) -> str:
     return value
 
 
+_STR = {str}
+
+
 def _strings(value: Any, what: str = "a list of strings") -> list[str]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _Bad(f"must be {what}, not {value!r}")
+    if not isinstance(value, (list, tuple)) or not set(map(type, value)) <= _STR:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise _Bad(f"must be {what}, not {value!r}")
     return list(value)
 
 
@@ -196,6 +203,19 @@ def _env(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _affinity(value: Any) -> Optional[str]:
+    """Where a job would rather run: `true` (the reference's sticky flag: on the worker
+    that ran its parent, as `parent`), `false`, or the router's text (`parent`, a worker's
+    name, `strict:...`)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "parent"
+    if not isinstance(value, str) or not value.strip():
+        raise _Bad(f"must be true, false, parent, a worker's name or strict:..., not {value!r}")
+    return value.strip()
+
+
 def _port(value: Any) -> Union[int, str, None]:
     if value is None:
         return None
@@ -225,6 +245,13 @@ def _schedule(value: Any) -> Optional[str]:
         return value
     if not croniter.is_valid(value):
         raise _Bad(f"is not a valid cron expression: {value!r}")
+    return value
+
+
+def _version(value: Any) -> Any:
+    """The reference's `version:` label: a string or a number, read and not used."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise _Bad(f"must be a version label like '1.0', not {value!r}")
     return value
 
 
@@ -419,12 +446,18 @@ _JOB_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "cwd": _opt(_text),
     "hitl_message": _opt(_text),
     "max_wait_seconds": _opt(lambda v: _seconds(v, zero_ok=False)),
-    "affinity": _opt(_text),
+    "affinity": _affinity,
     "type": _choice(JOB_TYPES),
     "port": _port,
     "restart": _opt(_choice(("always", "on-failure", "never"))),
     "health": _opt(_text),
 }
+
+
+_JOB_KEY_SET = frozenset(JOB_KEYS)
+# Read as YAML types, not as the text written.
+_TYPED_KEYS = frozenset({"priority", "retries", "timeout", "delay", "max_wait_seconds", "port",
+                         "affinity"})
 
 
 class Pipeline:
@@ -620,12 +653,18 @@ class Pipeline:
     def _ship_project(self, jobs: list[dict]) -> None:
         """`project: true`: each file job runs its file from a zip of the project folder,
         unpacked in its own workspace (so it finds its modules and data beside it)."""
+        if not any(getattr(node, "script", None) and node.script.get("path")
+                   for node in self._nodes):
+            return  # no file job: nothing runs from the folder
         data = zip_folder(self.project_dir)
         if len(data) > MAX_PROJECT_ZIP:
+            given = "project" in self._lines
             raise PipelineError(f"pipeline {self.name!r}: the project folder "
                                 f"{self.project_dir} zips to {len(data) / 2**20:.1f} MB, over "
                                 f"{MAX_PROJECT_ZIP // 2**20} MB; ship big data as files the "
-                                "jobs read, or run it with project: false")
+                                "jobs read, or run it with project: false"
+                                + ("" if given else " (project is true unless the YAML says "
+                                   "otherwise, as in the reference)"))
         zip_name = f"{self.name}.zip"
         for spec, node in zip(jobs, self._nodes):
             script = getattr(node, "script", None)
@@ -647,6 +686,8 @@ class Pipeline:
         top: dict[str, Any] = {"name": self.name}
         if self.project_dir is not None:
             top["project"] = True
+        elif any(isinstance(node, Job) and node.script is not None for node in self._nodes):
+            top["project"] = False  # what YAML assumes when project is not given is true
         for key in ("schedule", "agent_run_id", "stage", "max_jobs"):
             if getattr(self, key) is not None:
                 top[key] = getattr(self, key)
@@ -691,7 +732,16 @@ class Pipeline:
         relative to `base_dir` (default: the directory of `path`, else the current one)."""
         if base_dir is None:
             base_dir = os.getcwd() if path.startswith("<") else (os.path.dirname(path) or ".")
-        return _Reader(path, base_dir).pipeline(text)
+        # Reading builds a few objects per line and frees none, which sets off the cyclic
+        # garbage collector's full passes again and again (a 10,000-job file took 4 times
+        # as long): nothing here makes cycles worth looking for, so it waits until the end.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return _Reader(path, base_dir).pipeline(text)
+        finally:
+            if collecting:
+                gc.enable()
 
 
 def _join(where: str, problem: str) -> str:
@@ -781,6 +831,38 @@ def load_pipeline(path: str) -> Pipeline:
 # ---------------------------------------------------------------------------------------------
 # The YAML reader: nodes from yaml.compose keep their lines for the messages.
 
+# libyaml's parser (C) when PyYAML was built with it, as its wheels are: its nodes keep
+# their line marks too, and it reads a 10,000-job file ~15 times faster.
+_NULL = "tag:yaml.org,2002:null"
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """SafeLoader's tags, found faster: the parser asks for every scalar's tag, and a
+    pipeline repeats the same keys and words on every job; SafeLoader has no path
+    resolvers, so the walk that keeps their place is skipped."""
+
+    _tags: dict = {}  # plain scalar -> its tag
+
+    def resolve(self, kind, value, implicit):
+        if kind is yaml.ScalarNode:
+            if not implicit[0]:
+                return yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG  # quoted: a string
+            tag = self._tags.get(value)
+            if tag is None:
+                tag = super().resolve(kind, value, implicit)
+                if len(self._tags) < 100_000:
+                    self._tags[value] = tag
+            return tag
+        return super().resolve(kind, value, implicit)
+
+    if not yaml.SafeLoader.yaml_path_resolvers:
+        def descend_resolver(self, current_node, current_index):
+            pass
+
+        def ascend_resolver(self):
+            pass
+
+
 def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
@@ -789,6 +871,7 @@ class _Reader:
     def __init__(self, path: str, base_dir: str) -> None:
         self.path = path
         self.base_dir = base_dir
+        self._constructor = yaml.constructor.SafeConstructor()
 
     def fail(self, line: int, message: str) -> PipelineError:
         return PipelineError(f"{self.path}:{line}: {message}")
@@ -807,24 +890,31 @@ class _Reader:
             yield key_node, value_node
 
     def value(self, node: yaml.Node, where: str) -> Any:
-        loader = yaml.SafeLoader("")
+        # One constructor for the whole file (making one per value cost more than the
+        # parse); it keeps what it built by node, and every node is built once.
+        constructor = self._constructor
         try:
-            return loader.construct_object(node, deep=True)
+            return constructor.construct_object(node, deep=True)
         except yaml.YAMLError as e:
+            constructor.constructed_objects.clear()
+            constructor.recursive_objects.clear()
             mark = getattr(e, "problem_mark", None) or node.start_mark
             problem = getattr(e, "problem", None) or str(e)
             raise self.fail(mark.line + 1, f"{where}: {problem}") from None
-        finally:
-            loader.dispose()
 
     def plain(self, node: yaml.Node, where: str) -> Any:
         """The value, where a scalar that is not null stays the text that was written
         (`id: 007` is "007", `env: {DEBUG: yes}` gives "yes"), in lists and mappings too."""
-        if isinstance(node, yaml.ScalarNode):
-            return None if self.value(node, where) is None else node.value
-        if isinstance(node, yaml.SequenceNode):
-            return [self.plain(item, where) for item in node.value]
-        if isinstance(node, yaml.MappingNode):
+        kind = type(node)
+        if kind is yaml.ScalarNode:
+            # The composer resolved the tag: a null is `~`, `null` or nothing, plain.
+            return None if node.tag == _NULL else node.value
+        if kind is yaml.SequenceNode:
+            items = node.value
+            if all(type(item) is yaml.ScalarNode and item.tag != _NULL for item in items):
+                return [item.value for item in items]  # the usual list: texts
+            return [self.plain(item, where) for item in items]
+        if kind is yaml.MappingNode:
             return {self.plain(k, where): self.plain(v, where) for k, v in node.value}
         return self.value(node, where)  # pragma: no cover
 
@@ -838,7 +928,12 @@ class _Reader:
 
     def pipeline(self, text: str) -> Pipeline:
         try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
+            try:
+                root = yaml.compose(text, Loader=_Loader)
+            except yaml.YAMLError:
+                # Once more with PyYAML's own parser, whose messages are the ones users
+                # know ("expected ..., but found ..."); libyaml's are terser.
+                root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{self.path}:{mark.line + 1}" if mark else self.path
@@ -851,7 +946,9 @@ class _Reader:
         top: dict[str, Any] = {}
         lines: dict[str, int] = {}
         jobs_node: Optional[yaml.Node] = None
-        project = False
+        # The reference's parser runs file jobs from the project folder unless told
+        # `project: false`; so does Titan (a file job is then shipped with the folder).
+        project = True
         top_checks = {"name": _name_ok, "agent_run_id": _opt(_name_ok), "stage": _opt(_text),
                       "schedule": _opt(_schedule), "max_jobs": _opt(lambda v: _whole(v, 1))}
         for key_node, value_node in self.pairs(root, ""):
@@ -860,9 +957,13 @@ class _Reader:
             if key == "jobs":
                 jobs_node = value_node
             elif key == "project":
-                project = self.check(value_node, key, _opt(_bool), plain=False) or False
+                project = self.check(value_node, key, _opt(_bool), plain=False)
+                project = True if project is None else project
             elif key == "max_jobs":
                 top[key] = self.check(value_node, key, top_checks[key], plain=False)
+            elif key == "version":
+                # The reference's files carry `version: "1.0"`; its parser ignores it.
+                self.check(value_node, key, _version, plain=False)
             elif key in top_checks:
                 top[key] = self.check(value_node, key, top_checks[key])
             else:
@@ -892,6 +993,9 @@ class _Reader:
                                 f"jobs[{was}] (line {line})")
             first_line[node.id] = (index, node._key_lines["id"])
             pipeline._add(node)
+        if "project" not in lines and not any(
+                isinstance(node, Job) and node.script is not None for node in pipeline._nodes):
+            pipeline.project_dir = None  # the default, and no file job it would matter to
         pipeline.validate()
         return pipeline
 
@@ -902,13 +1006,19 @@ class _Reader:
                             f"{self.value(job_node, where)!r}")
         given: dict[str, yaml.Node] = {}
         key_lines: dict[str, int] = {}
-        for key_node, value_node in self.pairs(job_node, where):
+        for key_node, value_node in job_node.value:  # pairs(), inline: it runs for every key
+            if type(key_node) is not yaml.ScalarNode:
+                raise self.fail(_line(key_node), f"{where}: keys must be plain names")
             key = key_node.value
-            if key not in JOB_KEYS:
-                raise self.fail(_line(key_node), f"{where}: unknown key {key!r} "
+            line = key_node.start_mark.line + 1
+            if key in given:
+                raise self.fail(line, f"{where}.{key} is given twice (first at line "
+                                f"{key_lines[key]})")
+            if key not in _JOB_KEY_SET:
+                raise self.fail(line, f"{where}: unknown key {key!r} "
                                 f"(known: {', '.join(JOB_KEYS)})")
             given[key] = value_node
-            key_lines[key] = _line(key_node)
+            key_lines[key] = line
         if "id" not in given:
             raise self.fail(_line(job_node), f"{where}: id is required")
         id = self.check(given["id"], f"{where}.id", _name_ok)
@@ -951,18 +1061,19 @@ class _Reader:
                 raise self.fail(_line(job_node), f"{where}: give command or file (the script "
                                 "to run)")
             options: dict[str, Any] = {}
-            for key, check in _JOB_OPTIONS.items():
-                if key in given and key != "depends_on":
-                    # Numbers keep their type; names, texts and lists keep what was written.
-                    plain = key not in ("priority", "retries", "timeout", "delay",
-                                        "max_wait_seconds", "port")
-                    options[key] = get(key, check, plain)
+            for key in given:
+                check = _JOB_OPTIONS.get(key)
+                if check is not None and key != "depends_on":
+                    # Numbers (and affinity's true) keep their type; names, texts and lists
+                    # keep what was written.
+                    options[key] = get(key, check, key not in _TYPED_KEYS)
             for key in ("tags", "env"):
                 options[key] = options.get(key) or ({} if key == "env" else [])
             if "requirement" in given:
+                # The reference's requirement: one tag, or GENERAL (any worker).
                 requirement = get("requirement", _opt(_tags))
                 for tag in requirement or ():
-                    if tag not in options["tags"]:
+                    if tag.upper() != GENERAL and tag not in options["tags"]:
                         options["tags"].append(tag)
             if options.get("delay") is None:
                 options["delay"] = 0.0
@@ -994,8 +1105,13 @@ class _Reader:
         parents = self.check(node, where, _depends_on)
         items = node.value if isinstance(node, yaml.SequenceNode) else [node]
         lines: dict[str, int] = {}
-        for item in items:
-            lines.setdefault(self.plain(item, where), _line(item))
+        for parent, item in zip(parents, items):
+            if parent not in lines:
+                lines[parent] = item.start_mark.line + 1
+        if len(parents) != len(items):  # the same parent twice: match them by text
+            lines = {}
+            for item in items:
+                lines.setdefault(self.plain(item, where), _line(item))
         return parents, lines
 
     def script(self, node: yaml.Node, where: str, args: list[str]) -> dict:
