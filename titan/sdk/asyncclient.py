@@ -7,7 +7,7 @@ many requests in flight.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
@@ -17,6 +17,26 @@ from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
 from titan.sdk.client import TERMINAL, submit_body
 from titan.sdk.connection import cluster_token, master_address
+from titan.sdk.watch import RunFollower, batch_bodies, check_ids, chunks, expand
+
+
+class ClientProtocol(RpcProtocol):
+    """A client's connection: requests, and the RUN_CHANGED pushes of watched runs."""
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.run_watchers: dict[str, Callable[[dict], None]] = {}
+
+    def op_RUN_CHANGED(self, body: dict) -> None:
+        watcher = self.run_watchers.get(body.get("run_id"))
+        if watcher is not None:
+            watcher(body)
+
+    def connectionLost(self, reason=None) -> None:
+        super().connectionLost(reason)
+        watchers, self.run_watchers = self.run_watchers, {}
+        for watcher in watchers.values():
+            watcher(None)
 
 
 class AsyncClient:
@@ -30,7 +50,7 @@ class AsyncClient:
         token = cluster_token(token)
         if not token:
             raise TitanError("no cluster token: pass token=, or set TITAN_TOKEN")
-        proto = RpcProtocol()
+        proto = ClientProtocol()
         proto.clock = reactor
         try:
             await connectProtocol(HostnameEndpoint(reactor, host, port), proto)
@@ -53,6 +73,78 @@ class AsyncClient:
 
     async def submit(self, command: Union[str, Sequence[str]], **options: Any) -> str:
         return (await self.call(Op.SUBMIT_JOB, submit_body(command, **options)))["job_id"]
+
+    async def submit_many(self, jobs: Iterable[Any], **defaults: Any) -> list:
+        """Many jobs in one request (per 5,000); their ids in order.  Items and `defaults`
+        as for `Client.submit_many`."""
+        ids: list = []
+        for part in chunks(batch_bodies(jobs, defaults)):
+            ids += (await self.call(Op.SUBMIT_JOBS, {"jobs": part}))["job_ids"]
+        return ids
+
+    async def map(self, template: Any, items: Iterable[Any], **defaults: Any) -> list:
+        """One job per item (see `Client.map` for the template); their ids in order."""
+        return await self.submit_many([expand(template, item) for item in items], **defaults)
+
+    async def wait_many(self, job_ids: Iterable[str]) -> list:
+        """Every job once it has ended, in the order given."""
+        ids = check_ids(job_ids)
+        ended: dict = {}
+        for part in chunks(ids):
+            pending = part
+            while pending:
+                reply = await self.call(Op.WAIT_JOBS, {"job_ids": pending}, timeout=None)
+                ended.update((job["job_id"], job) for job in reply["jobs"])
+                pending = reply["pending"]
+        return [ended[job_id] if job_id in ended else await self.job(job_id)
+                for job_id in ids]
+
+    def watch_run(self, run_id: str, on_change: Optional[Callable[[dict], Any]] = None,
+                  jobs: bool = True) -> defer.Deferred:
+        """Follow a run by its changes: `on_change(run)` with the run as it is, then after
+        every change (the master pushes only the jobs that moved; `run` as
+        `Client.watch_run` yields it); the Deferred fires with the run once it has ended,
+        or fails if the connection is lost first."""
+        proto = self.protocol
+        done: defer.Deferred = defer.Deferred()
+        follower: list = []
+        early: list = []
+
+        def pushed(body):
+            if done.called:
+                return
+            if body is None:
+                done.errback(TitanError(f"lost the master while watching run {run_id}"))
+                return
+            if not follower:
+                early.append(body)
+                return
+            if follower[0].apply(body):
+                changed(follower[0])
+
+        def changed(f):
+            if on_change is not None:
+                on_change(f.run)
+            if f.ended:
+                proto.run_watchers.pop(run_id, None)
+                done.callback(f.run)
+
+        def snapshot(view):
+            f = RunFollower(view, jobs)
+            follower.append(f)
+            changed(f)
+            for body in early:
+                if not done.called and f.apply(body):
+                    changed(f)
+            return done
+
+        proto.run_watchers[run_id] = pushed
+        d = self.call(Op.WATCH_RUN, {"run_id": run_id, "jobs": jobs})
+
+        def failed(f):
+            proto.run_watchers.pop(run_id, None)
+            return f
+        return d.addCallback(snapshot).addErrback(failed)
 
     async def job(self, job_id: str) -> dict:
         return await self.call(Op.JOB_INFO, {"job_id": job_id})

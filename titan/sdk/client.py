@@ -10,19 +10,27 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-from typing import Any, Iterator, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 from titan.errors import RemoteError, TitanError
 from titan.protocols import codec
-from titan.protocols.frame import Frame, FrameDecoder, FrameError, encode_frame
-from titan.protocols.opcodes import Op
+from titan.protocols.frame import DEFAULT_MAX_BODY, Frame, FrameDecoder, FrameError, encode_frame
+from titan.protocols.opcodes import Op, op_name
 from titan.sdk.connection import cluster_token, master_address
+from titan.sdk.watch import RunFollower, batch_bodies, check_ids, chunks, expand
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "DEAD", "CANCELLED"})
+# A master answers a connection and a HELLO at once: waiting longer only hides a wrong
+# address (a port nobody answers on, or a server that is not a Titan master).
+CONNECT_TIMEOUT = 5.0
 
 
 class ConnectError(TitanError):
-    pass
+    """The master could not be reached, or the connection to it failed; `detail` says how."""
+
+    def __init__(self, message: str, detail: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.detail = detail or message
 
 
 def _whoami() -> str:
@@ -54,6 +62,7 @@ class Client:
         self._decoder = FrameDecoder()
         self._frames: list[Frame] = []
         self._rids = itertools.count(1)
+        self._run_pushes: list[dict] = []  # RUN_CHANGED pushes read while awaiting a reply
 
     # -- connection ------------------------------------------------------------------------
 
@@ -70,8 +79,15 @@ class Client:
 
     def _connect(self) -> None:
         where = f"{self.host}:{self.port}"
+        wait = min(self.timeout, CONNECT_TIMEOUT)
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            sock = socket.create_connection((self.host, self.port), timeout=wait)
+        except socket.timeout:
+            raise ConnectError(f"cannot reach the master at {where}: no answer within "
+                               f"{wait:g}s") from None
+        except ConnectionRefusedError:
+            raise ConnectError(f"cannot reach the master at {where}: connection refused "
+                               f"(nothing listens there: is the master running?)") from None
         except OSError as e:
             raise ConnectError(f"cannot reach the master at {where}: "
                                f"{e.strerror or e}") from None
@@ -79,15 +95,24 @@ class Client:
         self._sock = sock
         self._decoder = FrameDecoder()
         self._frames = []
+        self._run_pushes = []
         if not self.token:
             self.close()
             raise TitanError("no cluster token: pass --token, set TITAN_TOKEN, or run where "
                              "the master keeps it (~/.titan/master/token)")
         try:
-            self._call(Op.HELLO, {"token": self.token, "client": self.name})
+            hello = self._call(Op.HELLO, {"token": self.token, "client": self.name},
+                               timeout=wait)
         except RemoteError as e:
             self.close()
             raise TitanError(f"the master at {where} refused this client: {e.message}") from None
+        except ConnectError as e:
+            raise ConnectError(f"{where} is not a Titan master (or not a working one): "
+                               f"{e.detail}") from None
+        if not isinstance(hello, dict) or hello.get("server") != "titan-master":
+            self.close()
+            raise ConnectError(f"{where} is not a Titan master: it answered the HELLO as "
+                               f"{hello!r:.80}")
 
     def call(self, opcode: int, body: Optional[dict] = None, timeout: Optional[float] = None) -> Any:
         if self._sock is None:
@@ -99,9 +124,23 @@ class Client:
         message = dict(body)
         message["rid"] = rid
         assert self._sock is not None
+        payload = codec.pack(message)
+        if len(payload) > DEFAULT_MAX_BODY:
+            raise TitanError(f"this {op_name(opcode)} request is {len(payload)} bytes, over "
+                             f"the protocol's frame limit of {DEFAULT_MAX_BODY} bytes: send "
+                             f"less in one request")
         self._sock.settimeout(timeout or self.timeout)
         try:
-            self._sock.sendall(encode_frame(opcode, codec.pack(message)))
+            try:
+                self._sock.sendall(encode_frame(opcode, payload))
+            except OSError:
+                # The master may have refused the request (a frame over its limit) and closed
+                # the connection: what it answered says why, where "Broken pipe" would not.
+                refusal = self._refusal()
+                if refusal is not None:
+                    self.close()
+                    raise RemoteError(str(refusal.get("code")), str(refusal.get("message")))
+                raise
             while True:
                 frame = self._next_frame()
                 reply = codec.unpack(frame.body)
@@ -109,23 +148,46 @@ class Client:
                     # The master could not read a request of ours: say so, do not hang.
                     raise RemoteError(str(reply.get("code")), str(reply.get("message")))
                 if reply.get("rid") != rid:
+                    if frame.opcode == Op.RUN_CHANGED:
+                        self._run_pushes.append(reply)  # for watch_run
                     continue  # a push, or an old reply: not ours
                 if frame.opcode == Op.ERROR:
                     raise RemoteError(str(reply.get("code")), str(reply.get("message")))
                 return reply.get("result")
-        except (OSError, codec.BodyError) as e:
+        except socket.timeout:
             self.close()
             raise ConnectError(f"connection to the master at {self.host}:{self.port} "
-                               f"failed: {e}") from None
+                               f"failed: no answer within {timeout or self.timeout:g}s",
+                               detail=f"no answer within {timeout or self.timeout:g}s") from None
+        except (OSError, codec.BodyError) as e:
+            self.close()
+            detail = (e.strerror if isinstance(e, OSError) else None) or str(e)
+            raise ConnectError(f"connection to the master at {self.host}:{self.port} "
+                               f"failed: {detail}", detail=detail) from None
+
+    def _refusal(self) -> Optional[dict]:
+        """The ERROR the master sent before it closed the connection, if it sent one."""
+        try:
+            self._sock.settimeout(1.0)
+            while True:
+                data = self._sock.recv(65536)
+                if not data:
+                    return None
+                for item in self._decoder.feed(data):
+                    if isinstance(item, Frame) and item.opcode == Op.ERROR:
+                        return codec.unpack(item.body)
+        except (OSError, codec.BodyError):
+            return None
 
     def _next_frame(self) -> Frame:
         while not self._frames:
             data = self._sock.recv(65536)
             if not data:
-                raise ConnectionError("the master closed the connection")
+                raise ConnectionError("the connection was closed at the other end")
             for item in self._decoder.feed(data):
                 if isinstance(item, FrameError):
-                    raise ConnectionError(f"bad frame from the master: {item.message}")
+                    raise ConnectionError(f"it sent {bytes(data[:40])!r}, which is not a "
+                                          f"TITAN_PROTO frame ({item.message})")
                 self._frames.append(item)
         return self._frames.pop(0)
 
@@ -143,6 +205,58 @@ class Client:
         body = submit_body(command, priority=priority, tags=tags, timeout=timeout,
                            retries=retries, delay=delay, env=env, cwd=cwd, name=name)
         return self.call(Op.SUBMIT_JOB, body)["job_id"]
+
+    def submit_many(self, jobs: Iterable[Any], **defaults: Any) -> list[str]:
+        """Queue many jobs in one request (per 5,000); returns their ids, in order.
+
+        Each item is a command (a list, or a string run by `sh -c`) or a dict of `submit`
+        options with a `command` (and, if you like, a `job_id`); `defaults` (priority=,
+        tags=, timeout=, retries=, delay=, env=, cwd=, name=) apply to every job an item
+        does not say otherwise for.  The master checks every job of a request before it
+        queues any: a bad one is named by its place (`jobs[3]: ...`).
+
+            ids = titan.submit_many([["gzip", f] for f in files], tags=["CPU"])
+            done = titan.wait_many(ids)"""
+        bodies = batch_bodies(jobs, defaults)
+        ids: list[str] = []
+        for part in chunks(bodies):
+            ids += self.call(Op.SUBMIT_JOBS, {"jobs": part})["job_ids"]
+        return ids
+
+    def map(self, template: Any, items: Iterable[Any], **defaults: Any) -> list[str]:
+        """One job per item, in one request: returns their ids in the items' order.
+
+        `template` is a string (a shell command; `{}` becomes the item, shell-quoted, or
+        the item is added last, as xargs does), a list of arguments (`{}` in any becomes
+        the item as it is; no shell), or a function of the item returning a command or a
+        dict of `submit` options.  `defaults` as for `submit_many`.
+
+            ids = titan.map("gzip -9 {}", files)
+            ids = titan.map(["python3", "train.py", "--seed={}"], range(8), tags=["GPU"])
+            jobs = titan.wait_many(ids)       # each job as `wait` returns it"""
+        return self.submit_many([expand(template, item) for item in items], **defaults)
+
+    def wait_many(self, job_ids: Iterable[str], timeout: Optional[float] = None) -> list:
+        """Block until every job has ended (or `timeout` seconds pass); returns the jobs,
+        in the order given (ones not ended by the timeout as they are then)."""
+        ids = check_ids(job_ids)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ended: dict[str, dict] = {}
+        for part in chunks(ids):
+            pending = part
+            while pending:
+                left = 25.0 if deadline is None else max(0.0, deadline - time.monotonic())
+                reply = self.call(Op.WAIT_JOBS, {"job_ids": pending,
+                                                 "timeout": min(left, 25.0)},
+                                  timeout=min(left, 25.0) + 30)
+                for job in reply["jobs"]:
+                    ended[job["job_id"]] = job
+                pending = reply["pending"]
+                if pending and deadline is not None and time.monotonic() >= deadline:
+                    for job_id in pending:
+                        ended[job_id] = self.job(job_id)
+                    break
+        return [ended.get(job_id) or ended[self.job(job_id)["job_id"]] for job_id in ids]
 
     # -- DAG runs --------------------------------------------------------------------------
 
@@ -162,17 +276,65 @@ class Client:
     def run(self, run_id: str, jobs: bool = True) -> dict:
         return self.call(Op.RUN_INFO, {"run_id": run_id, "jobs": jobs})
 
-    def watch_run(self, run_id: str, jobs: bool = False) -> Iterator[dict]:
-        """The run each time it changes, until it has ended (the last one yielded)."""
-        version = -1
+    def watch_run(self, run_id: str, jobs: bool = True,
+                  tick: Optional[float] = None) -> Iterator[dict]:
+        """The run as it is, then again after each change, until it has ended (the last
+        one yielded).  The master sends the run once, then only the jobs that moved
+        (WATCH_RUN, RUN_CHANGED pushes); each run yielded has `changed` (those jobs) and
+        `active` (the jobs running or waiting for approval), and with `jobs` every job,
+        kept current.  With `tick` (seconds), the run is also yielded, unchanged
+        (`changed` empty), after `tick` seconds without news: for a clock on screen.
+
+        A lost connection raises ConnectError; call again to pick up where the run is."""
+        follower = RunFollower(self.call(Op.WATCH_RUN, {"run_id": run_id, "jobs": jobs}), jobs)
+        yield follower.run
+        quiet = 0.0
+        while not follower.ended:
+            push = self._next_run_push(run_id, tick or 30.0)
+            if push is None:
+                quiet += tick or 30.0
+                if quiet >= 30.0:
+                    # Nothing for a while: make sure the master is still there.
+                    self.call(Op.RUN_INFO, {"run_id": run_id, "jobs": False})
+                    quiet = 0.0
+                if tick:
+                    follower.run["changed"] = []
+                    yield follower.run
+                continue
+            quiet = 0.0
+            if follower.apply(push):
+                yield follower.run
+
+    def _next_run_push(self, run_id: str, timeout: float) -> Optional[dict]:
+        """The next RUN_CHANGED push about `run_id`, or None after `timeout` seconds."""
         while True:
-            run = self.call(Op.WAIT_RUN, {"run_id": run_id, "version": version, "jobs": jobs},
-                            timeout=60)
-            if run["version"] != version or run["state"] != "RUNNING":
-                yield run
-            version = run["version"]
-            if run["state"] != "RUNNING":
-                return
+            for i, push in enumerate(self._run_pushes):
+                if push.get("run_id") == run_id:
+                    return self._run_pushes.pop(i)
+            if self._sock is None:
+                raise ConnectError(f"not connected to the master at {self.host}:{self.port}")
+            self._sock.settimeout(timeout)
+            try:
+                frame = self._next_frame()
+            except socket.timeout:
+                return None
+            except OSError as e:
+                self.close()
+                raise ConnectError(f"connection to the master at {self.host}:{self.port} "
+                                   f"failed: {e}") from None
+            finally:
+                if self._sock is not None:
+                    self._sock.settimeout(self.timeout)
+            if frame.opcode == Op.RUN_CHANGED:
+                try:
+                    self._run_pushes.append(codec.unpack(frame.body))
+                except codec.BodyError:
+                    continue
+
+    def unwatch_run(self, run_id: str) -> None:
+        """Stop the pushes of a run that `watch_run` was following."""
+        self.call(Op.UNWATCH_RUN, {"run_id": run_id})
+        self._run_pushes = [p for p in self._run_pushes if p.get("run_id") != run_id]
 
     def wait_run(self, run_id: str, timeout: Optional[float] = None) -> dict:
         """Block until the run has ended (or `timeout` passes); returns it with its jobs."""
