@@ -76,6 +76,17 @@ class DecisionTests(SynchronousTestCase):
         self.assertEqual(self.submit("plain"), {"plain": "cpu"})
         self.assertEqual(self.submit("overflow"), {"overflow": "gpu"})  # cpu is full
 
+    def test_general_requirement_is_any_worker_and_leaves_the_gpu_box_free(self):
+        # The reference's `requirement: GENERAL` is no tag: any worker takes it, the plain
+        # one first; the GPU box only when the plain one is full.
+        self.join("gpu", slots=2, tags=["GPU"])
+        self.join("cpu", slots=1)
+        placed = self.dag([{"id": "a", "command": ["x"], "requirement": "GENERAL"},
+                           {"id": "b", "command": ["x"], "requirement": "general"},
+                           {"id": "t", "command": ["x"], "requirement": "GPU"}])
+        self.assertEqual(placed, {"r/a": "cpu", "r/b": "gpu", "r/t": "gpu"})
+        self.assertEqual(self.s.jobs["r/a"].spec.tags, frozenset())
+
     def test_least_loaded_then_fewest_completed(self):
         self.join("a", slots=2)
         self.join("b", slots=4)

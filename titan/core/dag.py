@@ -16,6 +16,7 @@ from titan.core.model import JobSpec
 GATE_TIMEOUT = 48 * 3600.0
 NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 RESULT_LIMIT = 64 * 1024
+GENERAL = "GENERAL"  # the reference's requirement meaning "any worker"
 
 
 class SubmitError(ValueError):
@@ -110,7 +111,9 @@ def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise SubmitError(f"job {node}: priority must be a whole number")
     tags = list(_strings(node, "tags", raw.get("tags")))
-    tags.extend(_strings(node, "requirement", raw.get("requirement")))
+    # The reference's requirement: a tag, or GENERAL for any worker (no tag at all).
+    tags.extend(t for t in _strings(node, "requirement", raw.get("requirement"))
+                if t.strip().upper() != GENERAL)
     spec = JobSpec(
         job_id=node, command=command, env=tuple(sorted(env.items())),
         cwd=raw.get("cwd"), priority=priority, tags=tags,
