@@ -2,6 +2,7 @@
 waiting for many jobs (WAIT_JOBS), through the master's protocol with a fake clock."""
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.core import events as ev
@@ -179,3 +180,60 @@ class SubmitManyTests(MasterCase):
         self.assertEqual(self.master._done_waiters, {})
         op, body = c.reply(c.send(Op.WAIT_JOBS, {"job_ids": [ids[0], "zzz"]}))
         self.assertEqual((op, body["code"]), (Op.ERROR, "not_found"))
+
+
+class AsyncClientTests(MasterCase):
+    """The Twisted client's batch submit and watch_run, wired to the master in memory."""
+
+    def connect(self):
+        from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+
+        from titan.sdk.asyncclient import AsyncClient, ClientProtocol
+        server = self.master.listener.factory.buildProtocol(None)
+        proto = ClientProtocol()
+        proto.clock = self.reactor
+        self.pump = connect(server, makeFakeServer(server), proto, makeFakeClient(proto),
+                            greet=False)
+        client = AsyncClient(proto)
+        d = client.call(Op.HELLO, {"token": "sesame"})
+        self.flush()
+        self.successResultOf(d)
+        return client
+
+    def flush(self):
+        for _ in range(5):
+            self.pump.flush()
+            self.reactor.advance(0)
+
+    def test_submit_many_map_wait_many_and_watch_run(self):
+        w = self.worker("w1", slots=4)
+        client = self.connect()
+        d = defer.ensureDeferred(client.map(["echo", "{}"], ["x", "y"], priority=3))
+        self.flush()
+        ids = self.successResultOf(d)
+        specs = [b["spec"] for b in self.dispatched(w)]
+        self.assertEqual([(s["command"], s["priority"]) for s in specs],
+                         [(["echo", "x"], 3), (["echo", "y"], 3)])
+        waited = defer.ensureDeferred(client.wait_many(ids))
+        for job_id in ids:
+            w.send(Op.JOB_COMPLETE, {"job_id": job_id, "attempt": 1, "exit_code": 0})
+        self.flush()
+        self.assertEqual([j["state"] for j in self.successResultOf(waited)],
+                         ["COMPLETED", "COMPLETED"])
+
+        run_id = self.client().result(Op.SUBMIT_DAG, DIAMOND)["run_id"]
+        seen = []
+        ended = client.watch_run(run_id, lambda run: seen.append(
+            {j["node"]: j["state"] for j in run["changed"]}))
+        self.flush()
+        for _ in range(3):
+            for d in self.dispatched(w):
+                w.send(Op.JOB_COMPLETE, {"job_id": d["job_id"], "attempt": 1, "exit_code": 0})
+            self.flush()
+        run = self.successResultOf(ended)
+        self.assertEqual(run["state"], "COMPLETED")
+        self.assertEqual({j["node"]: j["state"] for j in run["jobs"]},
+                         {"a": "COMPLETED", "b": "COMPLETED", "c": "COMPLETED"})
+        self.assertEqual(seen[0], {"a": "RUNNING", "b": "PENDING", "c": "RUNNING"})
+        self.assertEqual(seen[-1].get("b"), "COMPLETED")
+        self.assertNotIn("a", seen[-1])  # only what moved is told
