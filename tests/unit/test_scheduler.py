@@ -15,8 +15,9 @@ from twisted.internet.task import Clock, LoopingCall
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.core import events as ev
-from titan.core.model import JobSpec, JobState, WorkerState
-from titan.core.scheduler import Scheduler, SubmitError, job_view, worker_view
+from titan.core.model import JobSpec, JobState, RunState, WorkerState
+from titan.core.scheduler import (STOPPED_WITH_RUN, Scheduler, SubmitError, job_view,
+                                  service_view, worker_view)
 
 
 class Harness:
@@ -808,3 +809,126 @@ class ScaleTests(SynchronousTestCase):
         self.assertEqual(sum(w.completed for w in s.workers.values()), count)
         self.assertTrue(all(w.completed > 0 and not w.running for w in s.workers.values()))
         self.assertLess(elapsed, 30.0)
+
+
+class PipelineServiceTests(SynchronousTestCase):
+    """Services inside a DAG run (docs/pipelines.md, "Services in a pipeline")."""
+
+    def setUp(self):
+        self.h = Harness()
+        self.h.join("w1", slots=4)
+
+    def run_dag(self, jobs) -> list:
+        from titan.core.dag import parse_dag
+        return self.h.apply(ev.DagSubmitted("r", parse_dag({"name": "r", "jobs": jobs})))
+
+    def report(self, job_id, state, **status) -> list:
+        job = self.h.job(job_id)
+        return self.h.apply(ev.ServiceReported(job_id, job.worker_id, job.attempt,
+                                               dict(status, state=state)))
+
+    def etl(self):
+        return self.run_dag([
+            {"id": "api", "type": "service", "command": ["serve"], "port": 8080},
+            {"id": "load", "command": ["load"], "depends_on": ["api"]},
+            {"id": "report", "command": ["report"], "depends_on": ["load"]}])
+
+    def test_dependents_start_once_the_service_is_up_and_a_port_means_a_tcp_check(self):
+        self.assertEqual(dispatched(self.etl()), [("r/api", "w1", 1)])
+        self.assertEqual(self.h.job("r/api").spec.health, "tcp")  # readiness by default
+        self.assertEqual(dispatched(self.report("r/api", "STARTING", port=8080)), [])
+        self.assertEqual(self.h.waiting("r/load"), "waiting for api")
+        self.assertEqual(dispatched(self.report("r/api", "RUNNING", port=8080)),
+                         [("r/load", "w1", 1)])
+        self.assertIs(self.h.s.runs["r"].state, RunState.RUNNING)
+
+    def test_the_run_ends_with_its_jobs_and_stops_the_services_they_needed(self):
+        self.etl()
+        self.report("r/api", "RUNNING", port=8080)
+        self.h.finish("r/load")
+        out = self.h.finish("r/report")
+        run = self.h.s.runs["r"]
+        self.assertIs(run.state, RunState.COMPLETED)
+        self.assertEqual(kills(out), [("r/api", "w1", 1)])
+        [kill] = [d for d in out if isinstance(d, ev.Kill)]
+        self.assertEqual(kill.reason, STOPPED_WITH_RUN)
+        api = self.h.job("r/api")
+        self.assertIs(api.state, JobState.COMPLETED)
+        self.assertEqual(api.reason, "stopped: its run ended")
+        self.assertEqual(run.counts[JobState.COMPLETED], 3)
+        self.assertIn(ev.JobEnded("r/api", JobState.COMPLETED), out)
+        view = service_view(self.h.s, api, self.h.clock.seconds())
+        self.assertEqual((view["state"], view["reason"]), ("STOPPED", "stopped: its run ended"))
+        # The worker's report of the killed process changes nothing, and frees the slot.
+        self.h.apply(ev.JobFinished("r/api", "w1", 1, None, "killed: stopped"))
+        self.assertIs(api.state, JobState.COMPLETED)
+        self.assertEqual(self.h.running_on("w1"), set())
+
+    def test_a_dependent_that_fails_ends_the_run_failed_and_stops_the_service(self):
+        self.etl()
+        self.report("r/api", "RUNNING", port=8080)
+        out = self.h.finish("r/load", exit_code=1)
+        self.assertIs(self.h.s.runs["r"].state, RunState.FAILED)
+        self.assertEqual(self.h.state("r/report"), JobState.CANCELLED)
+        self.assertEqual(kills(out), [("r/api", "w1", 1)])
+
+    def test_a_service_that_fails_before_it_is_up_fails_the_run(self):
+        self.etl()
+        self.h.finish("r/api", exit_code=2, reason="crash loop: 5 restarts in 60s")
+        run = self.h.s.runs["r"]
+        self.assertIs(run.state, RunState.FAILED)
+        self.assertEqual(self.h.job("r/load").reason, "cancelled: api FAILED")
+
+    def test_a_service_that_dies_after_it_was_up_leaves_running_dependents_alone(self):
+        self.etl()
+        self.report("r/api", "RUNNING", port=8080)
+        out = self.h.finish("r/api", exit_code=2, reason="crash loop")
+        self.assertEqual(kills(out), [])
+        self.assertIs(self.h.state("r/load"), JobState.RUNNING)  # it ends as it ends
+        self.h.finish("r/load")
+        self.h.finish("r/report")
+        self.assertIs(self.h.s.runs["r"].state, RunState.FAILED)  # the service failed
+
+    def test_a_service_no_job_needs_is_the_runs_product_and_keeps_running(self):
+        self.run_dag([{"id": "build", "command": ["make"]},
+                      {"id": "web", "type": "service", "command": ["serve"],
+                       "depends_on": ["build"]}])
+        self.h.finish("r/build")
+        web = self.h.job("r/web")
+        self.assertIsNone(web.spec.health)  # no port: up once started
+        run = self.h.s.runs["r"]
+        self.assertIs(run.state, RunState.RUNNING)  # it waits for the service to be up
+        out = self.report("r/web", "RUNNING")
+        self.assertIs(run.state, RunState.COMPLETED)
+        self.assertEqual(kills(out), [])
+        self.assertIs(web.state, JobState.RUNNING)
+        # Retention leaves a run alone while a service of it runs ...
+        self.h.apply(ev.Forget((), ("r",)))
+        self.assertIn("r", self.h.s.runs)
+        # ... and it is stopped like any job: cancelling the run stops it.
+        out = self.h.apply(ev.RunCancelRequested("r", "cancelled by bob"))
+        self.assertEqual(kills(out), [("r/web", "w1", 1)])
+        self.assertIs(web.state, JobState.CANCELLED)
+        self.assertIs(run.state, RunState.COMPLETED)  # what it was when it ended
+        self.h.apply(ev.Forget((), ("r",)))
+        self.assertNotIn("r", self.h.s.runs)
+
+    def test_cancelling_a_running_run_cancels_its_services(self):
+        self.etl()
+        self.report("r/api", "RUNNING", port=8080)
+        out = self.h.apply(ev.RunCancelRequested("r", "cancelled by bob"))
+        self.assertEqual(sorted(kills(out)), [("r/api", "w1", 1), ("r/load", "w1", 1)])
+        self.assertIs(self.h.state("r/api"), JobState.CANCELLED)
+        self.assertIs(self.h.s.runs["r"].state, RunState.CANCELLED)
+
+    def test_a_snapshot_restores_what_the_run_still_waits_for(self):
+        from titan.core.scheduler import restore, snapshot
+        self.etl()
+        self.report("r/api", "RUNNING", port=8080)
+        self.h.finish("r/load")
+        s = Scheduler()
+        restore(s, snapshot(self.h.s))
+        self.assertEqual(s.runs["r"].left, 1)  # report; not the service, which is up
+        job = s.jobs["r/report"]
+        s.apply(ev.JobFinished("r/report", job.worker_id, job.attempt, 0, None), 100.0)
+        self.assertIs(s.runs["r"].state, RunState.COMPLETED)

@@ -81,6 +81,10 @@ def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
     if (raw.get("type") or "run") not in ("run", "service"):
         raise SubmitError(f"job {node}: type must be run or service, not {raw.get('type')!r}")
     service = service_options(node, raw) if kind == "service" else {}
+    if service and service["port"] is not None and service["health"] is None:
+        # A pipeline's service counts as up for its dependents once it is: with a port,
+        # once the port takes connections (docs/pipelines.md, services in pipelines).
+        service["health"] = "tcp"
     script = raw.get("script")
     command = raw.get("command")
     if isinstance(command, str):

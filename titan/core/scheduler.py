@@ -44,6 +44,8 @@ _BUILT_IN_ROUTERS = (Capability, Affinity, LeastLoaded)
 _RANK = attrgetter("rank")
 _PLAIN_QUEUE = (frozenset(), None)  # the queue of jobs that need no tags and no worker
 _SEQ_SPAN = 1 << 48  # more jobs than a master will ever number: priority outranks seq
+# Why a service some job of its run needed ended when the run did.
+STOPPED_WITH_RUN = "stopped: its run ended"
 
 
 def cron_next(cron: str, after: float) -> float:
@@ -568,7 +570,10 @@ class Scheduler:
         run = self.runs.get(e.run_id)
         if run is None:
             return
-        for key in list(run.jobs):
+        # Services that are up first: once the last job is cancelled the run ends, and would
+        # stop them as done (COMPLETED) rather than cancelled.
+        keys = list(run.jobs)
+        for key in [k for k in keys if self.jobs[k].released] + keys:
             job = self.jobs[key]
             if not job.state.terminal:
                 self._cancel_job(job, e.reason, now, out)
@@ -671,12 +676,17 @@ class Scheduler:
                 or job.worker_id != e.worker_id:
             return
         job.service = dict(e.status)
+        run = self.runs.get(job.run_id) if job.run_id else None
         if e.status.get("state") == "RUNNING" and not job.released:
-            # Its dependents wait for the service to be up, not for it to end.
+            # Its dependents wait for the service to be up, not for it to end; and its run
+            # no longer waits for it (a service runs until it is stopped).
             job.released = True
             self._release_children(job, out)
+            if run is not None and run.state is RunState.RUNNING:
+                run.left -= 1
+                if run.left == 0:
+                    self._run_ended(run, out)
             self._dispatch(now, out)
-        run = self.runs.get(job.run_id) if job.run_id else None
         if run is not None:
             self._run_changed(run, out)
 
@@ -721,7 +731,7 @@ class Scheduler:
                     self._cascade(job, out)
                 elif not job.released:
                     self._release_children(job, out)
-            if run is not None:
+            if run is not None and not job.released:  # a service that came up left `left`
                 run.left -= 1
                 if run.left == 0:
                     self._run_ended(run, out)
@@ -767,7 +777,9 @@ class Scheduler:
                 prefix = parent.run_id + "/"
                 for child_node in parent.children:
                     child = self.jobs[prefix + child_node]
-                    if not child.state.terminal:
+                    # A child already running was let go by a service that was up then:
+                    # it goes on, and ends as it ends.
+                    if not child.state.terminal and child.state is not _RUNNING:
                         child.queued = False
                         child.reason = why
                         child.finished_at = self._now
@@ -779,16 +791,39 @@ class Scheduler:
         self._dirty_runs[run.run_id] = run
 
     def _run_ended(self, run: DagRun, out: Decisions) -> None:
+        """Every job of the run has ended, and every service is up or has ended."""
         counts = run.counts
-        if counts.get(JobState.COMPLETED, 0) == len(run.jobs):
-            run.state = RunState.COMPLETED
-        elif counts.get(JobState.FAILED, 0) or counts.get(JobState.DEAD, 0):
+        total = len(run.jobs)
+        live = total - sum(counts.get(state, 0) for state in _TERMINAL)
+        if live:
+            # Services still running (or waiting for a worker again): those some job of
+            # the run depends on were there for the run and stop with it; the others (no
+            # job needs them: the pipeline's product, a reference deploy) go on.
+            self._stop_helpers(run, out)
+            live = total - sum(counts.get(state, 0) for state in _TERMINAL)
+        if counts.get(JobState.FAILED, 0) or counts.get(JobState.DEAD, 0):
             run.state = RunState.FAILED
+        elif counts.get(JobState.COMPLETED, 0) + live == total:
+            run.state = RunState.COMPLETED
         else:
             run.state = RunState.CANCELLED
         run.finished_at = self._now
         self._run_changed(run, out)
-        self._ended("run", run.run_id, len(run.jobs), self._now, out)
+        self._ended("run", run.run_id, total, self._now, out)
+
+    def _stop_helpers(self, run: DagRun, out: Decisions) -> None:
+        jobs = self.jobs
+        for key in run.jobs:
+            job = jobs[key]
+            if job.state.terminal or not job.children:
+                continue
+            # A service that did its part: COMPLETED, saying it was stopped.
+            if job.state is _RUNNING and job.worker_id is not None:
+                out.append(ev.Kill(job.worker_id, job.job_id, job.attempt, STOPPED_WITH_RUN))
+            job.queued = False
+            job.reason = STOPPED_WITH_RUN
+            job.finished_at = self._now
+            self._set_state(job, _COMPLETED, out)
 
     # -- retention -------------------------------------------------------------------------
 
@@ -845,6 +880,11 @@ class Scheduler:
         for run_id in e.run_ids:
             run = self.runs.get(run_id)
             if run is None or run.state is RunState.RUNNING:
+                continue
+            if len(run.jobs) != sum(run.counts.get(state, 0) for state in _TERMINAL):
+                # It ended, but a service of it still runs: not yet; look again later.
+                self._finished.append(("run", run_id, len(run.jobs), now))
+                self._finished_jobs += len(run.jobs)
                 continue
             for key in run.jobs:
                 job = self.jobs.pop(key, None)
@@ -1153,6 +1193,11 @@ def restore(s: Scheduler, data: dict) -> None:
             schedule_id=schedule_id, jobs=jobs,
             counts={_STATES[k]: n for k, n in counts.items()}, left=left,
             state=RunState(state), finished_at=finished_at, version=version)
+        if state == RunState.RUNNING.value:
+            # What the run waits for: jobs that have not ended, less services that are up
+            # (snapshots from before services let their run end counted those too).
+            s.runs[run_id].left = sum(1 for key in jobs if not s.jobs[key].state.terminal
+                                      and not s.jobs[key].released)
         for key in jobs:
             nodes.setdefault(s.jobs[key].node, []).append(key)
     s.nodes.update((node, tuple(keys)) for node, keys in nodes.items())
@@ -1230,7 +1275,7 @@ def service_view(s: Scheduler, job: JobRecord, now: float) -> dict:
     w = s.workers.get(job.worker_id) if job.worker_id else None
     if job.state is JobState.RUNNING:
         state = status.get("state") or "STARTING"
-    elif job.state is JobState.CANCELLED:
+    elif job.state is JobState.CANCELLED or job.reason == STOPPED_WITH_RUN:
         state = "STOPPED"
     else:
         state = job.state.value
