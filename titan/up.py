@@ -9,6 +9,7 @@ import time
 from typing import Optional
 
 from titan.auth import load_or_create_token
+from titan.datadir import DataDirInUse, DataDirLock, holder
 from titan.errors import TitanError
 from titan.testing.processes import die_with_parent, read_port, tail
 
@@ -24,7 +25,35 @@ def run_up(workers: int = 1, port: int = 9090, data_dir: str = "~/.titan",
         raise TitanError("--workers must be 0 or more")
     home = os.path.abspath(os.path.expanduser(data_dir))
     master_dir = os.path.join(home, "master")
+    store_dir = os.path.join(home, "store")
     log_dir = os.path.join(home, "logs")
+    # Before anything is touched: a cluster already running on this dir keeps its files.
+    lock = _take_home(home, [master_dir, store_dir] +
+                      [os.path.join(home, f"worker-{i}") for i in range(1, workers + 1)])
+    try:
+        return _run(home, master_dir, store_dir, log_dir, workers, port, slots,
+                    ready_timeout, store_port)
+    finally:
+        lock.release()
+
+
+def _take_home(home: str, dirs: list[str]) -> DataDirLock:
+    """Hold `home` for this `titan up`, once nobody else holds it or a dir under it."""
+    try:
+        lock = DataDirLock.acquire(home, "titan-up")
+    except DataDirInUse as e:
+        raise TitanError(f"up: {e}") from None
+    for path in dirs:
+        other = holder(path)
+        if other is not None:
+            lock.release()
+            raise TitanError(f"up: {other}")
+    return lock
+
+
+def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
+         workers: int, port: int, slots: int, ready_timeout: float,
+         store_port: Optional[int]) -> int:
     os.makedirs(log_dir, exist_ok=True)
     token = load_or_create_token(master_dir)
     env = dict(os.environ, TITAN_TOKEN=token)
@@ -46,7 +75,6 @@ def run_up(workers: int = 1, port: int = 9090, data_dir: str = "~/.titan",
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        store_dir = os.path.join(home, "store")
         for stale in (os.path.join(master_dir, "master.port"),
                       os.path.join(store_dir, "store.port")):
             try:

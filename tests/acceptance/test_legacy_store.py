@@ -301,6 +301,108 @@ class LegacyStoreTests(LegacyChecks, ClusterTestCase):
         self.wait_key(L.hitl_key(gate), "APPROVED")
 
 
+    # -- A3: an approval written by anyone is never lost, whatever the timing ------------------
+
+    def gated_by_parent(self, gate: str, parent_source: str) -> None:
+        """parent -> gate -> child, where the parent itself writes to the gate's key."""
+        self.assertEqual(self.c.submit_dag([
+            L.run_payload(f"{gate}-parent", "parent.py", py(parent_source)),
+            gate_job(gate, [f"{gate}-parent"]),
+            L.run_payload(f"{gate}-child", "child.py", py("print('child ran')"),
+                          parents=[gate]),
+        ]), "DAG_ACCEPTED")
+
+    def test_an_approval_before_the_gate_starts_decides_it_when_it_starts(self):
+        gate = "hitl-gate-early"
+        self.gated_by_parent(gate, f"""\
+            import time
+            from titan.sdk.legacy_client import LegacyClient
+            print(LegacyClient().kv_set("titan:hitl:status:{gate}", "APPROVED"))
+            time.sleep(1.5)  # three mirrorings while the gate has not started
+            """)
+        states = self.wait_ended(f"DAG-{gate}", f"DAG-{gate}-child", timeout=30)
+        self.assertEqual(states, {f"DAG-{gate}": "COMPLETED",
+                                  f"DAG-{gate}-child": "COMPLETED"})
+        view = self.structured(gate)
+        self.assertEqual((view["decision"]["by"], view["decision"]["comment"]),
+                         ("store", f"titan:hitl:status:{gate} set to APPROVED"))
+        self.assertEqual(self.redis("GET", L.hitl_key(gate)), "APPROVED\n")
+
+    def test_an_approval_right_after_the_parent_completes_is_not_lost(self):
+        gate = "hitl-gate-prompt"
+        # The last thing the parent does: the gate starts waiting a moment later, well
+        # inside the mirror's half-second period.
+        self.gated_by_parent(gate, f"""\
+            from titan.sdk.legacy_client import LegacyClient
+            print(LegacyClient().kv_set("titan:hitl:status:{gate}", "APPROVED"))
+            """)
+        states = self.wait_ended(f"DAG-{gate}", f"DAG-{gate}-child", timeout=30)
+        self.assertEqual(states, {f"DAG-{gate}": "COMPLETED",
+                                  f"DAG-{gate}-child": "COMPLETED"})
+        self.assertEqual(self.structured(gate)["decision"]["by"], "store")
+        self.assertEqual(self.redis("GET", L.hitl_key(gate)), "APPROVED\n")
+
+    def test_a_rejection_right_after_the_parent_completes_is_not_lost(self):
+        gate = "hitl-gate-nay"
+        self.gated_by_parent(gate, f"""\
+            from titan.sdk.legacy_client import LegacyClient
+            print(LegacyClient().kv_set("titan:hitl:status:{gate}", "REJECTED"))
+            """)
+        states = self.wait_ended(f"DAG-{gate}", f"DAG-{gate}-child", timeout=30)
+        self.assertEqual(states, {f"DAG-{gate}": "CANCELLED",
+                                  f"DAG-{gate}-child": "CANCELLED"})
+        self.assertEqual(self.redis("GET", L.hitl_key(gate)), "REJECTED\n")
+
+    # -- B8: a Titan pipeline's hitl_message gate, under the reference's name -----------------
+
+    def test_a_hitl_message_gate_is_approved_under_the_references_name(self):
+        with self.cluster.client() as client:
+            run = client.submit_dag({"name": "refgate", "jobs": [
+                {"id": "prep", "command": ["true"], "hitl_message": "Looks right?"},
+                {"id": "train", "command": ["true"], "depends_on": ["prep"]}]})["run_id"]
+        gate = "hitl-gate-prep"
+        self.wait_key(L.hitl_key(gate), "WAITING")
+        self.assertEqual(self.redis("GET", f"titan:hitl:message:{gate}"), "Looks right?\n")
+        self.assertIn(gate, self.redis("SMEMBERS", "titan:hitl:queue").splitlines())
+        self.assertEqual(self.c.get_job_status(f"DAG-{gate}"), "RUNNING")
+        shown = self.titan("status", f"{run}/{gate}")
+        self.assertEqual(shown.returncode, 0, shown.stderr.decode())
+        self.assertIn("prep.approval", shown.stdout.decode())
+        self.assertEqual(self.redis("SET", L.hitl_key(gate), "APPROVED"), "OK\n")
+        with self.cluster.client() as client:
+            self.assertEqual(client.wait_run(run, timeout=30)["state"], "COMPLETED")
+        self.assertEqual(self.c.get_job_status(f"DAG-{gate}"), "COMPLETED")
+        self.wait_key(L.hitl_key("prep.approval"), "APPROVED")
+
+    # -- B11: the reference's DAGs share their run's directory on a worker -------------------
+
+    def test_a_reference_dag_shares_its_workspace_on_a_worker(self):
+        write = py("""\
+            import os
+            open("rows.csv", "w").write("a,b\\n1,2\\n")
+            print(os.path.basename(os.getcwd()))
+            """)
+        read = py("""\
+            import os
+            print(open("rows.csv").read().splitlines() if os.path.exists("rows.csv")
+                  else "no rows.csv here")
+            """)
+        self.assertEqual(self.c.submit_dag([
+            L.run_payload("ws-write", "write.py", write, requirement="LEFT"),
+            L.run_payload("ws-read", "read.py", read, requirement="LEFT",
+                          parents=["ws-write"]),
+            # Another worker: it has the run's directory too, but not w1's files.
+            L.run_payload("ws-elsewhere", "read.py", read, requirement="RIGHT",
+                          parents=["ws-write"]),
+        ]), "DAG_ACCEPTED")
+        states = self.wait_ended("DAG-ws-write", "DAG-ws-read", "DAG-ws-elsewhere")
+        self.assertEqual(set(states.values()), {"COMPLETED"})
+        run = self.structured("ws-write")["job_id"].split("/")[0]
+        self.assertEqual(self.c.get_logs("DAG-ws-write"), f"{run}\n")
+        self.assertEqual(self.c.get_logs("DAG-ws-read"), "['a,b', '1,2']\n")
+        self.assertEqual(self.c.get_logs("DAG-ws-elsewhere"), "no rows.csv here\n")
+
+
 class LegacyStoreDownTests(ClusterTestCase):
     """The master's store is named but nothing answers there."""
 

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.config import Config, MasterConfig
-from titan.core import dag
+from titan.core import dag, events as ev
 from titan.master.legacy import HITL_INTERVAL
 from titan.master.service import MasterService
 from titan.protocols import codec, legacy as L
@@ -59,8 +59,33 @@ class JobStringTests(SynchronousTestCase):
             f"extract|RUN_PAYLOAD|extract.py|--n 3 'two words'|{B64}|GENERAL|5|1500|[]")
         self.assertEqual(job, {
             "id": "extract", "depends_on": [], "priority": 5, "delay": 1.5, "tags": [],
+            "retries": 3, "workspace": "shared",
             "script": {"name": "extract.py", "content": b"print(1)",
                        "args": ["--n", "3", "two words"]}})
+
+    def test_the_references_defaults_retries_and_a_shared_workspace(self):
+        """B10, B11: a failed job runs again 3 times before it is DEAD; scripts of a DAG
+        share their run's directory, archives (unpacked) and gates do not."""
+        zipped = project_zip({"main.py": "print(1)"})
+        assets = {"p.zip": zipped}.get
+        run = L.parse_job_string(f"r|RUN_PAYLOAD|r.py||{B64}|GENERAL|0|0|[]")
+        service = L.parse_job_string(f"s|DEPLOY_PAYLOAD|s.py|{B64}|8080|GENERAL|0|0|[]")
+        archive = L.parse_job_string("a|RUN_ARCHIVE|p.zip/main.py||GENERAL|0|0|[]", assets)
+        zservice = L.parse_job_string(
+            "z|START_ARCHIVE_SERVICE|p.zip/main.py||0|GENERAL|0|0|[]", assets)
+        gate = L.parse_job_string(f"g|RUN_PAYLOAD|hitl_gate.py|g 60|{B64}|GENERAL|0|0|[]")
+        self.assertEqual([j.get("retries") for j in (run, service, archive, zservice, gate)],
+                         [3, None, 3, None, None])
+        self.assertEqual([j.get("workspace") for j in (run, service, archive, zservice, gate)],
+                         ["shared", "shared", "job", "job", None])
+        spec = L.parse_dag(L.dag_body([L.run_payload("x", "x.py", b"1"),
+                                       L.run_payload("y", "y.py", b"1", parents=["x"])]))
+        template = dag.parse_dag(spec)
+        self.assertEqual([(s.retries, s.workspace) for s in template.specs],
+                         [(3, "shared"), (3, "shared")])
+        job = L.parse_submit_job(f"RUN_PAYLOAD|r.py||{B64}|GENERAL", new_id=lambda: "j")
+        self.assertEqual((job["jobs"][0]["retries"], job["jobs"][0]["workspace"]),
+                         (3, "shared"))
 
     def test_parents_affinity_and_requirement(self):
         job = L.parse_job_string(
@@ -236,16 +261,40 @@ class LauncherTests(SynchronousTestCase):
 # -- the frontend ---------------------------------------------------------------------------
 
 class FakeStore:
+    """The store commands the frontend uses, on dicts; `writes` lists every (key, value)
+    the master wrote, and `on_get` may play a writer that comes in right after a GET."""
+
     def __init__(self) -> None:
         self.data: dict = {}
         self.sets: dict = {}
+        self.writes: list = []
+        self.on_get = None
 
-    def set(self, key, value):
-        self.data[key] = value.encode() if isinstance(value, str) else value
-        return defer.succeed(None)
+    def _put(self, key, value) -> None:
+        value = value.encode() if isinstance(value, str) else value
+        self.data[key] = value
+        self.writes.append((key, value))
+
+    def set(self, key, value, nx=False):
+        if nx and key in self.data:
+            return defer.succeed(False)
+        self._put(key, value)
+        return defer.succeed(True if nx else None)
 
     def get(self, key):
-        return defer.succeed(self.data.get(key))
+        value = self.data.get(key)
+        if self.on_get is not None:
+            self.on_get(key)
+        return defer.succeed(value)
+
+    def delete(self, *keys):
+        return defer.succeed(sum(1 for k in keys if self.data.pop(k, None) is not None))
+
+    def execute(self, command, *args):
+        assert command == "GETSET", command
+        old = self.data.get(args[0])
+        self._put(*args)
+        return defer.succeed(old)
 
     def sadd(self, key, member):
         members = self.sets.setdefault(key, set())
@@ -498,13 +547,17 @@ class FrontendTests(SynchronousTestCase):
     def test_gates_through_the_store(self):
         self.master.store = store = FakeStore()
         key = L.hitl_key
+        # Left by earlier gates of these names: not these gates' decisions.
+        store.data[key("review")] = b"APPROVED"
+        store.data[key("veto")] = b"CLEARED"  # what the reference's SDK writes
         self.ok(Op.SUBMIT_DAG, L.dag_body([
             f"review|RUN_PAYLOAD|hitl_gate.py|review 600 Ship it?|{B64}|GENERAL|1|0|[]",
             f"veto|RUN_PAYLOAD|hitl_gate.py|veto 600 Sure?|{B64}|GENERAL|1|0|[]",
             L.run_payload("after", "a.py", b"1", parents=["review"])]))
-        store.data[key("review")] = b"APPROVED"  # a stale decision: not this gate's
+        self.assertNotIn(key("review"), store.data)  # cleared as the run was submitted
         self.assertEqual(self.state("DAG-review"), "RUNNING")
         self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-review"), "RUNNING")
         self.assertEqual(store.data[key("review")], b"WAITING")
         self.assertEqual(store.data["titan:hitl:message:review"], b"Ship it?")
         self.assertEqual(store.sets["titan:hitl:queue"], {b"review", b"veto"})
@@ -518,6 +571,198 @@ class FrontendTests(SynchronousTestCase):
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(store.data[key("review")], b"APPROVED")
 
+    # -- A3: a decision written by anyone is never written over ------------------------------
+
+    def worker(self, slots: int = 2) -> None:
+        proto, _ = self.connect()
+        proto.dataReceived(encode_frame(Op.REGISTER, codec.pack({
+            "rid": 1, "token": "sesame", "worker_id": "w1", "name": "w1", "slots": slots})))
+
+    def finish(self, ref: str, exit_code: int = 0) -> None:
+        job = self.master.scheduler.jobs[self.legacy.job_key(ref)]
+        self.master.handle(ev.JobFinished(job.job_id, job.worker_id, job.attempt, exit_code))
+        self.reactor.advance(0)
+
+    def gated(self, gate: str) -> FakeStore:
+        """before -> gate -> after, `before` running on w1, with a store."""
+        self.master.store = store = FakeStore()
+        self.worker()
+        self.ok(Op.SUBMIT_DAG, L.dag_body([
+            L.run_payload(f"{gate}-before", "b.py", b"1"),
+            f"{gate}|RUN_PAYLOAD|hitl_gate.py|{gate} 600 Go?|{B64}|GENERAL|1|0|"
+            f"[{gate}-before]",
+            L.run_payload(f"{gate}-after", "a.py", b"1", parents=[gate])]))
+        self.assertEqual(self.state(f"DAG-{gate}-before"), "RUNNING")
+        return store
+
+    def assertNeverOverwritten(self, store: FakeStore, key: str, decision: bytes) -> None:
+        self.assertEqual([v for k, v in store.writes if k == key], [decision])
+
+    def test_an_approval_before_the_gate_starts_decides_it_when_it_starts(self):
+        store = self.gated("early")
+        self.reactor.advance(HITL_INTERVAL)  # mirrorings while the parent runs
+        store.data[L.hitl_key("early")] = b"APPROVED"  # KV_SET, redis-cli, a dashboard
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-early"), "PENDING")
+        self.finish("DAG-early-before")
+        self.reactor.advance(HITL_INTERVAL)  # the first mirroring of the waiting gate
+        self.assertEqual(self.state("DAG-early"), "COMPLETED")
+        self.assertEqual(self.state("DAG-early-after"), "RUNNING")
+        gate = self.master.job_info(self.legacy.job_key("DAG-early"))
+        self.assertEqual((gate["decision"]["by"], gate["decision"]["comment"]),
+                         ("store", "titan:hitl:status:early set to APPROVED"))
+        self.reactor.advance(HITL_INTERVAL)  # the outcome mirrored
+        self.assertEqual(store.data[L.hitl_key("early")], b"APPROVED")
+        self.assertNotIn((L.hitl_key("early"), b"WAITING"), store.writes)
+
+    def test_a_rejection_right_after_the_parent_completes_is_not_lost(self):
+        store = self.gated("quick")
+        self.finish("DAG-quick-before")
+        self.assertEqual(self.state("DAG-quick"), "RUNNING")  # waiting: not yet mirrored
+        store.data[L.hitl_key("quick")] = b"REJECTED"
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-quick"), "CANCELLED")
+        self.assertEqual(self.state("DAG-quick-after"), "CANCELLED")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("quick")], b"REJECTED")
+        self.assertNotIn((L.hitl_key("quick"), b"WAITING"), store.writes)
+
+    def test_cleared_becomes_waiting_and_a_decision_in_between_still_counts(self):
+        store = self.gated("racy")
+        store.data[L.hitl_key("racy")] = b"CLEARED"  # the reference SDK's, after the submit
+        key = L.hitl_key("racy")
+
+        def approve_after_the_get(k):  # someone approves between the GET and the GETSET
+            if k == key and store.data.get(k) == b"CLEARED":
+                store.data[k] = b"APPROVED"
+        store.on_get = approve_after_the_get
+        self.finish("DAG-racy-before")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-racy"), "COMPLETED")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[key], b"APPROVED")
+
+        # Without a decision, CLEARED becomes WAITING (the reference's dashboard lists only
+        # gates that say WAITING).
+        store = self.gated("calm")
+        store.data[L.hitl_key("calm")] = b"CLEARED"
+        self.finish("DAG-calm-before")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("calm")], b"WAITING")
+        self.assertEqual(self.state("DAG-calm"), "RUNNING")
+
+    def test_a_new_run_of_a_gate_is_not_decided_by_the_last_ones_outcome(self):
+        store = self.gated("again")
+        self.finish("DAG-again-before")
+        store.data[L.hitl_key("again")] = b"APPROVED"
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-again"), "COMPLETED")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("again")], b"APPROVED")
+        # The same DAG again: its gate waits for a decision of its own.
+        self.ok(Op.SUBMIT_DAG, L.dag_body([
+            f"again|RUN_PAYLOAD|hitl_gate.py|again 600 Go?|{B64}|GENERAL|1|0|[]"]))
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-again"), "RUNNING")
+        self.assertEqual(store.data[L.hitl_key("again")], b"WAITING")
+
+    def test_a_recovered_gate_keeps_a_decision_written_while_the_master_was_down(self):
+        store = self.gated("down")
+        self.finish("DAG-down-before")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("down")], b"WAITING")
+        self.master.stopService()
+        store.data[L.hitl_key("down")] = b"APPROVED"
+        config = self.master.config
+        self.master = MasterService(config, reactor=self.reactor)
+        self.master.store = store
+        self.master.privilegedStartService()
+        self.master.startService()
+        self.addCleanup(self.master.stopService)
+        self.legacy = self.master.legacy
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-down"), "COMPLETED")
+
+    # -- B8: the reference's name of a hitl_message gate -------------------------------------
+
+    def test_a_hitl_message_gate_answers_to_the_references_name(self):
+        self.master.store = store = FakeStore()
+        self.worker()
+        run = self.master.submit_dag({"name": "ref", "jobs": [
+            {"id": "prep", "command": ["true"], "hitl_message": "Looks right?"},
+            {"id": "train", "command": ["true"], "depends_on": ["prep"]}]})
+        self.reactor.advance(0)
+        run_id = self.successResultOf(run)["run_id"]
+        gate = f"{run_id}/prep.approval"
+        self.assertEqual(self.master.scheduler.resolve(f"{run_id}/hitl-gate-prep"), gate)
+        self.assertEqual(self.master.scheduler.resolve("hitl-gate-prep"), gate)
+        self.assertEqual(self.legacy.job_key("DAG-hitl-gate-prep"), gate)
+        self.assertEqual(self.state("DAG-hitl-gate-prep"), "PENDING")
+        self.finish(f"{run_id}/prep")
+        self.assertEqual(self.state("DAG-hitl-gate-prep"), "RUNNING")
+        self.reactor.advance(HITL_INTERVAL)
+        for name in ("prep.approval", "hitl-gate-prep"):
+            self.assertEqual(store.data[L.hitl_key(name)], b"WAITING")
+            self.assertEqual(store.data["titan:hitl:message:" + name], b"Looks right?")
+        self.assertEqual(store.sets["titan:hitl:queue"], {b"hitl-gate-prep"})
+        store.data[L.hitl_key("hitl-gate-prep")] = b"APPROVED"  # the reference's dashboard
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-hitl-gate-prep"), "COMPLETED")
+        self.assertEqual(self.state(f"{run_id}/train"), "RUNNING")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("prep.approval")], b"APPROVED")
+        # Titan's approve under that name too (the CLI and SDK resolve through the core).
+        run = self.successResultOf(self.master.submit_dag({"name": "ref", "jobs": [
+            {"id": "more", "command": ["true"], "hitl_message": "And this?"}]}))
+        self.finish(f"{run['run_id']}/more")
+        self.master.decide_gate(f"{run['run_id']}/hitl-gate-more", True, "carol", "ok")
+        self.assertEqual(self.state(f"{run['run_id']}/more.approval"), "COMPLETED")
+        # Only a gate that hitl_message made answers to it.
+        with self.assertRaises(dag.SubmitError):
+            self.master.scheduler.resolve(f"{run['run_id']}/hitl-gate-nope")
+
+    # -- B12: STATS_JSON as the reference's dashboard reads it -------------------------------
+
+    def test_stats_port_history_and_queue_size(self):
+        self.worker(slots=1)
+        self.ok(Op.SUBMIT_DAG, L.dag_body([
+            L.run_payload("s1", "a.py", b"1"),
+            L.run_payload("s2", "a.py", b"1"),
+            L.run_payload("s3", "a.py", b"1"),
+            L.run_payload("blocked", "a.py", b"1", parents=["s1", "s2", "s3"])]))
+        stats = json.loads(self.ok(Op.STATS_JSON))
+        # s1 runs; s2 and s3 wait for the slot; `blocked` waits for its parents.
+        self.assertEqual(stats["jobs"]["PENDING"], 3)
+        self.assertEqual(stats["queue_size"], 2)
+        worker, = stats["workers"]
+        self.assertEqual(worker["port"], 40000)  # its end of its connection to the master
+        self.assertEqual(worker["active_job"], "DAG-s1")
+        self.assertEqual([(h["id"], h["status"]) for h in worker["history"]],
+                         [("DAG-s1", "RUNNING")])
+        s1 = self.master.scheduler.jobs[self.legacy.job_key("s1")]
+        self.master.handle(ev.JobStarted(s1.job_id, "w1", s1.attempt))
+        self.reactor.advance(1.5)
+        self.finish("DAG-s1")
+        self.reactor.advance(0.25)
+        self.finish("DAG-s2", exit_code=1)  # retried: the reference's 3 retries
+        stats = json.loads(self.ok(Op.STATS_JSON))
+        self.assertEqual(stats["queue_size"], 0)  # s3 runs; s2 waits out its backoff
+        history = stats["workers"][0]["history"]
+        self.assertEqual([(h["id"], h["status"]) for h in history],
+                         [("DAG-s3", "RUNNING"), ("DAG-s1", "COMPLETED")])
+        self.assertEqual(history[1]["time"], "1500ms")
+        self.assertEqual(history[1]["completed_at"],
+                         int(self.master.scheduler.jobs[self.legacy.job_key("s1")]
+                             .finished_at * 1000))
+        self.assertIn("Execution Queue:   0 jobs", self.ok(Op.STATS))
+        for name in ("h%d" % i for i in range(12)):
+            self.ok(Op.SUBMIT_JOB, L.run_payload(name, "a.py", b"1"))
+        self.finish("DAG-s3")
+        for i in range(12):
+            self.finish("DAG-h%d" % i)
+        history = json.loads(self.ok(Op.STATS_JSON))["workers"][0]["history"]
+        self.assertEqual(len(history), 10)  # the last ten, as the reference keeps
+        self.assertEqual(history[-1]["id"], "DAG-h11")
 
 class _Config:
     def __init__(self, text_frames) -> None:

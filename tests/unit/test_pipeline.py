@@ -408,7 +408,7 @@ jobs:
         self.assertError(text, f"etl.yaml:4: jobs[0]: unknown key 'comand' (known: {KNOWN})")
         self.assertError("name: etl\nretry: 1\njobs: []\n",
                          "etl.yaml:2: unknown key 'retry' (known: name, project, jobs, "
-                         "schedule, agent_run_id, stage, max_jobs, version)")
+                         "schedule, agent_run_id, stage, max_jobs, version, workspace)")
 
     def test_unknown_dependency(self):
         text = """\

@@ -68,6 +68,7 @@ def spec_from_record(d) -> JobSpec:
     _setattr(spec, "port", d.get("port"))
     _setattr(spec, "restart", d.get("restart") or "on-failure")
     _setattr(spec, "health", d.get("health"))
+    _setattr(spec, "workspace", d.get("workspace"))
     return spec
 
 

@@ -47,13 +47,23 @@ def _strings(job: str, key: str, value: Any) -> tuple[str, ...]:
 JOB_KEYS = frozenset({
     "id", "kind", "type", "command", "script", "depends_on", "priority", "tags", "requirement",
     "timeout", "retries", "delay", "env", "cwd", "hitl_message", "max_wait_seconds",
-    "affinity", "port", "name", "restart", "health"})
+    "affinity", "port", "name", "restart", "health", "workspace"})
+WORKSPACES = ("job", "shared")  # a job's own directory, or its run's (on each worker)
 RESTART_POLICIES = ("always", "on-failure", "never")
 GATE_KEYS = frozenset({"id", "kind", "depends_on", "message", "timeout", "on_timeout", "name"})
 
 
-def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
-    """One job of a DAG from its wire form; also its HITL gate request, if any."""
+def _workspace(where: str, value: Any) -> Optional[str]:
+    if value is not None and value not in WORKSPACES:
+        raise SubmitError(f"{where}: workspace must be {' or '.join(WORKSPACES)}, "
+                          f"not {value!r}")
+    return "shared" if value == "shared" else None
+
+
+def parse_job(raw: Any, index: int,
+              workspace: Optional[str] = None) -> tuple[JobSpec, Optional[dict]]:
+    """One job of a DAG from its wire form; also its HITL gate request, if any.
+    `workspace`: the DAG's default for jobs that do not say."""
     if not isinstance(raw, dict):
         raise SubmitError(f"jobs[{index}] must be a map")
     known = GATE_KEYS if raw.get("kind") == "gate" else JOB_KEYS
@@ -124,7 +134,8 @@ def parse_job(raw: Any, index: int) -> tuple[JobSpec, Optional[dict]]:
         timeout=_number(node, "timeout", raw.get("timeout"), None, allow_zero=False),
         retries=retries, delay=_number(node, "delay", raw.get("delay"), 0.0) or 0.0,
         depends_on=depends_on, script_name=script_name, script=script_content,
-        affinity=raw.get("affinity"), kind=kind, **service)
+        affinity=raw.get("affinity"), kind=kind,
+        workspace=_workspace(f"job {node}", raw.get("workspace") or workspace), **service)
     gate = None
     if raw.get("hitl_message"):
         gate = {"message": str(raw["hitl_message"]),
@@ -156,6 +167,31 @@ def service_options(node: str, raw: dict) -> dict:
     return {"port": port, "restart": restart, "health": health}
 
 
+# The gate a job's `hitl_message` asks for is `<id>.approval` in Titan; the reference's SDK
+# names it `hitl-gate-<id>` (its own TitanJob id, which is also its store key).  Both names
+# address it: `reference_gate_name` gives the second, `approval_gate_node` goes back.
+APPROVAL_SUFFIX = ".approval"
+REFERENCE_GATE_PREFIX = "hitl-gate-"
+
+
+def reference_gate_name(spec: JobSpec) -> Optional[str]:
+    """`hitl-gate-<id>` for the gate that `hitl_message` put after job <id>, else None."""
+    if spec.kind != "gate" or len(spec.depends_on) != 1:
+        return None
+    parent = spec.depends_on[0]
+    if spec.job_id != parent + APPROVAL_SUFFIX:
+        return None
+    return REFERENCE_GATE_PREFIX + parent
+
+
+def approval_gate_node(name: str) -> Optional[str]:
+    """`<id>.approval` for the reference's `hitl-gate-<id>`, else None (the caller checks
+    that it is a gate after <id>, with `reference_gate_name`)."""
+    if not name.startswith(REFERENCE_GATE_PREFIX) or len(name) == len(REFERENCE_GATE_PREFIX):
+        return None
+    return name[len(REFERENCE_GATE_PREFIX):] + APPROVAL_SUFFIX
+
+
 def with_hitl_gates(specs: list[JobSpec], gates: dict[str, dict]) -> list[JobSpec]:
     """Insert an approval gate after each job that asked for one; its children wait on it."""
     if not gates:
@@ -163,7 +199,7 @@ def with_hitl_gates(specs: list[JobSpec], gates: dict[str, dict]) -> list[JobSpe
     taken = {s.job_id for s in specs}
     gate_of: dict[str, str] = {}
     for node in gates:
-        name = f"{node}.approval"
+        name = node + APPROVAL_SUFFIX
         while name in taken:
             name += "_"
         taken.add(name)
@@ -181,12 +217,12 @@ def with_hitl_gates(specs: list[JobSpec], gates: dict[str, dict]) -> list[JobSpe
     return out
 
 
-def parse_jobs(raw_jobs: Any) -> list[JobSpec]:
+def parse_jobs(raw_jobs: Any, workspace: Optional[str] = None) -> list[JobSpec]:
     if not isinstance(raw_jobs, (list, tuple)) or not raw_jobs:
         raise SubmitError("a DAG needs a non-empty list of jobs")
     specs, gates = [], {}
     for i, raw in enumerate(raw_jobs):
-        spec, gate = parse_job(raw, i)
+        spec, gate = parse_job(raw, i, workspace)
         specs.append(spec)
         if gate:
             gates[spec.job_id] = gate
@@ -197,7 +233,7 @@ def parse_dag(body: dict) -> RunTemplate:
     name = body.get("name") or "dag"
     if not isinstance(name, str) or not NAME.match(name):
         raise SubmitError(f"DAG name must be letters, digits, '_', '.' or '-', not {name!r}")
-    specs = parse_jobs(body.get("jobs"))
+    specs = parse_jobs(body.get("jobs"), _workspace("the DAG", body.get("workspace")))
     children = check_graph(specs, known=())
     max_jobs = body.get("max_jobs")
     if max_jobs is not None and (isinstance(max_jobs, bool) or not isinstance(max_jobs, int)

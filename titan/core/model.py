@@ -85,6 +85,9 @@ class JobSpec:
     port: Optional[str] = None  # "auto", a number, or None
     restart: str = "on-failure"  # always | on-failure | never
     health: Optional[str] = None  # "tcp" or "http:/path"
+    # "shared": the job runs in its run's directory on the worker (docs/pipelines.md), not
+    # in one of its own; None: its own (or `cwd`).
+    workspace: Optional[str] = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -95,7 +98,7 @@ class JobSpec:
             "depends_on": list(self.depends_on), "kind": self.kind, "message": self.message,
             "on_timeout": self.on_timeout, "script_name": self.script_name,
             "script": self.script, "affinity": self.affinity, "port": self.port,
-            "restart": self.restart, "health": self.health,
+            "restart": self.restart, "health": self.health, "workspace": self.workspace,
         }
 
     @classmethod
@@ -110,7 +113,8 @@ class JobSpec:
             message=body.get("message"), on_timeout=body.get("on_timeout") or "reject",
             script_name=body.get("script_name"), script=body.get("script"),
             affinity=body.get("affinity"), port=body.get("port"),
-            restart=body.get("restart") or "on-failure", health=body.get("health"))
+            restart=body.get("restart") or "on-failure", health=body.get("health"),
+            workspace=body.get("workspace"))
 
 
 @attrs.define(eq=False)

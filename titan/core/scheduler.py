@@ -19,7 +19,8 @@ from operator import attrgetter
 from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
-from titan.core.dag import SubmitError, check_graph
+from titan.core.dag import (SubmitError, approval_gate_node, check_graph,
+                            reference_gate_name)
 from titan.core.ready import ReadyQueue
 from titan.core.routing import DEFAULT_CHAIN, Affinity, Capability, LeastLoaded, \
     load_rank, parse_affinity
@@ -323,6 +324,16 @@ class Scheduler:
                     runs = ", ".join(self.jobs[k].run_id for k in candidates[:5])
                     raise SubmitError(f"job {ref} is in several runs ({runs}); "
                                       f"say RUN/{ref}")
+        # The reference's name of a `hitl_message` gate: hitl-gate-<id> is <id>.approval.
+        run, sep, node = ref.rpartition("/")
+        gate = approval_gate_node(node)
+        if gate is not None:
+            try:
+                key = self.resolve(run + sep + gate)
+            except SubmitError:
+                key = None
+            if key is not None and reference_gate_name(self.jobs[key].spec) == node:
+                return key
         raise SubmitError(f"no job {ref}")
 
     # -- event handlers: submissions -----------------------------------------------------

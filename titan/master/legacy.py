@@ -12,7 +12,12 @@ ambiguous (the newest job of that id wins).
 
 With a store configured (`master.store`), approval gates are mirrored the reference's way:
 a waiting gate sets `titan:hitl:status:<gate>` to WAITING, setting that key to APPROVED or
-REJECTED decides the gate, and a gate decided otherwise writes its outcome there.
+REJECTED decides the gate, and a gate decided otherwise writes its outcome there.  A
+decision is never written over: a new run clears its gates' keys as it is submitted (what
+an earlier gate of that name left there is not this one's), WAITING goes in only where the
+key is absent (SET NX) or holds no decision, and a decision found when the gate starts
+waiting decides it at once.  A `hitl_message` gate answers to the reference's name,
+`hitl-gate-<id>`, too (titan/core/dag.py).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from twisted.internet.address import UNIXAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from titan.core.dag import approval_gate_node, reference_gate_name
 from titan.core.model import JobState, RunState
 from titan.errors import RemoteError
 from titan.protocols import legacy
@@ -44,6 +50,8 @@ HITL_INTERVAL = 0.5
 HITL_QUEUE_KEY = "titan:hitl:queue"
 HITL_MESSAGE_PREFIX = "titan:hitl:message:"
 HITL_TS_PREFIX = "titan:hitl:ts:"
+DECISIONS = ("APPROVED", "REJECTED")
+HISTORY = 10  # finished jobs per worker in STATS_JSON, as the reference keeps
 NO_STORE = "ERROR: the store is not configured"
 SCRIPT_MARGIN = 64 * 1024  # room, in a DISPATCH frame, for what goes with a job's script
 
@@ -63,9 +71,11 @@ class LegacyFrontend(Service):
     def __init__(self, master: "MasterService") -> None:
         self.master = master
         self.nodes: dict[str, str] = {}  # a reference id -> the key of its latest job
-        self._gates: dict[str, str] = {}  # key of a gate seen waiting -> its node
-        self._ended_gates: dict[str, str] = {}  # gates ended since the last mirroring
+        self._gates: dict[str, list] = {}  # key of a gate seen waiting -> its store names
+        self._ended_gates: dict[str, list] = {}  # gates ended since the last mirroring
+        self._started_at = float("inf")  # runs created from then on are new (not recovered)
         master.job_end_listeners.append(self._job_ended)
+        master.run_change_listeners.append(self._run_changed)
         self._hitl = LoopingCall(self._hitl_tick)
         self._hitl.clock = master.reactor
         self.setServiceParent(master)
@@ -80,6 +90,7 @@ class LegacyFrontend(Service):
 
     def startService(self) -> None:
         super().startService()
+        self._started_at = self.master.now()
         if not self._hitl.running:
             self._hitl.start(HITL_INTERVAL, now=False)
 
@@ -231,6 +242,11 @@ class LegacyFrontend(Service):
                 return s.resolve(ref)
             except ValueError:
                 return None
+        gate = approval_gate_node(node)  # hitl-gate-<id>: the gate of <id>'s hitl_message
+        if gate is not None:
+            key = self.job_key(gate)
+            if key is not None and reference_gate_name(s.jobs[key].spec) == node:
+                return key
         return None
 
     def get_job_status(self, text: str) -> str:
@@ -377,22 +393,68 @@ class LegacyFrontend(Service):
 
     def _worker_rows(self) -> list[dict]:
         s = self.master.scheduler
+        now = self.master.now()
+        history = self._history()
         rows = []
         for view in self.master.list_workers():
-            w = s.workers.get(view["worker_id"])
+            worker_id = view["worker_id"]
+            w = s.workers.get(worker_id)
             running = sorted(w.running, key=lambda k: s.jobs[k].seq) if w else []
             rows.append({
-                "worker_id": view["worker_id"], "name": view["name"], "host": view["host"],
-                "port": None, "state": view["state"],
+                "worker_id": worker_id, "name": view["name"], "host": view["host"],
+                "port": self._port(worker_id), "state": view["state"],
                 "capabilities": ",".join(view["tags"]) or legacy.GENERAL,
                 "load": f"{view['busy']}/{view['slots']}",
                 "active_job": self._ref(running[0]) if running else None,
                 "running": [self._ref(k) for k in running],
-                "history": [],
+                # As the reference's: what runs now, then the last jobs it ran, oldest first.
+                "history": [self._history_entry(s.jobs[k], now) for k in running
+                            if k in s.jobs] + history.get(worker_id, []),
                 "services": [self._ref(k) for k in running
                              if k in s.jobs and s.jobs[k].spec.kind == "service"],
             })
         return rows
+
+    def _port(self, worker_id: str) -> Optional[int]:
+        """The worker's port: its end of the connection it keeps to the master (a Titan
+        worker listens on none), or None while it is not connected."""
+        conn = self.master.worker_conns.get(worker_id)
+        try:
+            return int(conn.transport.getPeer().port)
+        except (AttributeError, TypeError, ValueError):
+            return None
+
+    def _history(self) -> dict[str, list]:
+        """Worker id -> its last HISTORY finished jobs, oldest first."""
+        s = self.master.scheduler
+        ended: dict[str, list] = {}
+        for job in s.jobs.values():
+            if job.worker_id is not None and job.state.terminal and \
+                    job.finished_at is not None:
+                ended.setdefault(job.worker_id, []).append(job)
+        now = self.master.now()
+        out = {}
+        for worker_id, jobs in ended.items():
+            jobs.sort(key=lambda j: (j.finished_at, j.seq))
+            out[worker_id] = [self._history_entry(j, now) for j in jobs[-HISTORY:]]
+        return out
+
+    def _history_entry(self, job, now: float) -> dict:
+        status = legacy.STATUS.get(job.state.value, job.state.value)
+        start = job.started_at
+        if not job.state.terminal:
+            ms = int(((now - start) if start is not None else 0) * 1000)
+            return {"id": self._ref(job.job_id), "status": status, "time": f"{ms}ms"}
+        ms = int(((job.finished_at - start) if start is not None else 0) * 1000)
+        return {"id": self._ref(job.job_id), "status": status, "time": f"{ms}ms",
+                "completed_at": int(job.finished_at * 1000)}
+
+    def _queued(self) -> int:
+        """Jobs ready to run and waiting for a slot (not those waiting for parents, a delay,
+        a retry's backoff or a person)."""
+        pending = JobState.PENDING
+        return sum(1 for job in self.master.scheduler.jobs.values()
+                   if job.queued and job.state is pending)
 
     def _ref(self, key: str) -> str:
         """How the reference names a job: `DAG-<id>` for a job of a run."""
@@ -406,7 +468,7 @@ class LegacyFrontend(Service):
         counts = stats["jobs"]
         workers = self._worker_rows()
         alive = [w for w in workers if w["state"] == "ALIVE"]
-        body = {"active_workers": len(alive), "queue_size": counts.get("PENDING", 0),
+        body = {"active_workers": len(alive), "queue_size": self._queued(),
                 "workers": workers, "jobs": counts, "slots": stats["slots"],
                 "busy": stats["busy"]}
         return json.dumps(body, default=str)
@@ -416,7 +478,8 @@ class LegacyFrontend(Service):
         workers = self._worker_rows()
         lines = ["", "--- TITAN SYSTEM MONITOR ---",
                  f"Active Workers:    {sum(1 for w in workers if w['state'] == 'ALIVE')}",
-                 f"Execution Queue:   {counts.get('PENDING', 0)} jobs",
+                 f"Execution Queue:   {self._queued()} jobs",
+                 f"Pending:           {counts.get('PENDING', 0)} jobs",
                  f"Running:           {counts.get('RUNNING', 0)} jobs",
                  f"Awaiting approval: {counts.get('WAITING_APPROVAL', 0)} jobs",
                  f"Completed:         {counts.get('COMPLETED', 0)} jobs",
@@ -447,14 +510,41 @@ class LegacyFrontend(Service):
         d.addErrback(lambda f: self.log.failure("mirroring gates to the store failed", f))
         return d
 
+    @staticmethod
+    def _names(job) -> list:
+        """The gate's names in the store: its id, and the reference's `hitl-gate-<id>` for a
+        `hitl_message` gate (the last is the one listed in the queue)."""
+        alias = reference_gate_name(job.spec)
+        return [job.node, alias] if alias else [job.node]
+
     def _job_ended(self, key: str) -> None:
         # A gate can be decided between two mirrorings (approved the moment it waits, or
         # before the store was reachable): its outcome is written all the same.
         job = self.master.scheduler.jobs.get(key)
         if job is not None and job.spec.kind == "gate" and self.master.store is not None:
-            self._ended_gates[key] = job.node
+            self._ended_gates[key] = self._names(job)
 
-    def _waiting_gates(self) -> dict[str, str]:
+    def _run_changed(self, change) -> None:
+        """A new run: clear its gates' keys, as the reference's SDK does when it submits
+        (`CLEARED`).  What is there was left by an earlier gate of the same name; a decision
+        written from now on is this run's.  The DEL goes out before the submission's reply
+        (which waits for the log), so whoever learns of the run writes after it."""
+        store = self.master.store
+        if store is None or change.version != 1:
+            return
+        s = self.master.scheduler
+        run = s.runs.get(change.run_id)
+        if run is None or run.created_at < self._started_at:
+            return  # recovered, not new: what its keys hold may be decisions for it
+        keys = [legacy.hitl_key(name) for k in run.jobs
+                if s.jobs[k].spec.kind == "gate" for name in self._names(s.jobs[k])]
+        if keys:
+            d = store.delete(*keys)
+            d.addErrback(lambda f: self.log.warn(
+                "run {run}: cannot clear its gates' keys in the store: {why}",
+                run=change.run_id, why=f.getErrorMessage()))
+
+    def _waiting_gates(self) -> dict:
         s = self.master.scheduler
         waiting = {}
         for run in s.runs.values():
@@ -462,7 +552,7 @@ class LegacyFrontend(Service):
                 for key in run.jobs:
                     job = s.jobs[key]
                     if job.state is JobState.WAITING_APPROVAL:
-                        waiting[key] = job.node
+                        waiting[key] = job
         return waiting
 
     async def _hitl_poll(self, store) -> None:
@@ -471,30 +561,65 @@ class LegacyFrontend(Service):
         for key in [k for k in self._gates if k not in waiting]:
             del self._gates[key]  # ended: `_job_ended` has it
         ended, self._ended_gates = self._ended_gates, {}
-        for key, node in ended.items():
+        for key, names in ended.items():
             job = s.jobs.get(key)
             if job is not None and job.state.terminal:
-                await store.set(legacy.hitl_key(node), _outcome(job))
-        for key, node in waiting.items():
-            if key not in self._gates:
-                # Newly waiting: whatever the key held (a decision of an earlier run of a
-                # gate of that name, say) is not this gate's decision.
-                job = s.jobs[key]
-                await store.set(HITL_MESSAGE_PREFIX + node, job.spec.message or "")
-                await store.set(HITL_TS_PREFIX + node, str(int(time.time() * 1000)))
-                await store.sadd(HITL_QUEUE_KEY, node)
-                await store.set(legacy.hitl_key(node), "WAITING")
-                self._gates[key] = node
-                continue
-            value = await store.get(legacy.hitl_key(node))
-            decision = _text(value).strip().upper() if value is not None else ""
-            if decision in ("APPROVED", "REJECTED"):
+                for name in names:
+                    await store.set(legacy.hitl_key(name), _outcome(job))
+        for key, job in waiting.items():
+            names = self._gates.get(key)
+            if names is None:
+                names = self._names(job)
+                found = await self._mirror(store, job, names)
+                self._gates[key] = names
+            else:
+                found = None
+                for name in names:
+                    value = _decision(await store.get(legacy.hitl_key(name)))
+                    if value is not None:
+                        found = (name, value)
+                        break
+            if found is not None:
+                name, decision = found
                 try:
                     await defer.maybeDeferred(
                         self.master.decide_gate, key, decision == "APPROVED", "store",
-                        f"{legacy.hitl_key(node)} set to {decision}")
+                        f"{legacy.hitl_key(name)} set to {decision}")
                 except RemoteError as e:  # decided meanwhile
                     self.log.info("gate {key}: {why}", key=key, why=e.message)
+
+    async def _mirror(self, store, job, names: list) -> Optional[tuple]:
+        """A gate that started waiting: list it the reference's way and say WAITING in its
+        keys, writing over no decision.  Returns (name, decision) if one was already there
+        (written before the gate started, or the moment it did)."""
+        for name in names:
+            await store.set(HITL_MESSAGE_PREFIX + name, job.spec.message or "")
+            await store.set(HITL_TS_PREFIX + name, str(int(time.time() * 1000)))
+        await store.sadd(HITL_QUEUE_KEY, names[-1])
+        found = None
+        for name in names:
+            key = legacy.hitl_key(name)
+            if await store.set(key, "WAITING", nx=True):
+                continue
+            value = await store.get(key)
+            decision = _decision(value)
+            if decision is None and _text(value).strip().upper() != "WAITING":
+                # CLEARED (the reference's SDK writes it), or anything else that decides
+                # nothing: the reference's dashboard lists the gate only if it says WAITING.
+                # GETSET: a decision written since the GET is not lost, it decides the gate
+                # (whose outcome is then written back).
+                decision = _decision(await store.execute("GETSET", key, "WAITING"))
+            if decision is not None and found is None:
+                found = (name, decision)
+        return found
+
+
+def _decision(value: Any) -> Optional[str]:
+    """APPROVED or REJECTED if that is what a status key holds, else None."""
+    if value is None:
+        return None
+    text = _text(value).strip().upper()
+    return text if text in DECISIONS else None
 
 
 def _outcome(job) -> str:

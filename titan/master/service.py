@@ -28,6 +28,7 @@ from titan.core.scheduler import (
     Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
     service_view, snapshot, worker_view)
 from titan.core.scheduler import _run_job as run_job_view
+from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import TitanError
 from titan.interfaces import (
     CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory)
@@ -94,7 +95,9 @@ class MasterService(MultiService):
         self.reactor = reactor
         self.config = config
         mc = config.master
-        self.data_dir = os.path.expanduser(mc.data_dir)
+        # Absolute: the autoscaler's workers and job logs must not depend on the cwd.
+        self.data_dir = os.path.abspath(os.path.expanduser(mc.data_dir))
+        self._lock: Optional[DataDirLock] = None
         self.token: str = config.token or ""
         self.scheduler = Scheduler(heartbeat_timeout=mc.heartbeat_timeout,
                                    backoff_base=mc.retry_backoff_base,
@@ -118,6 +121,9 @@ class MasterService(MultiService):
         # Called with a job's key once its end is durable (the legacy frontend mirrors
         # gate outcomes to the store with it).
         self.job_end_listeners: list[Callable[[str], None]] = []
+        # Called with each RunChanged as it is applied, before any reply that reports it
+        # (the legacy frontend clears a new run's gate keys in the store with it).
+        self.run_change_listeners: list[Callable[[Any], None]] = []
         self.listener = ListenerService(reactor, mc.listen, MasterFactory(self),
                                         self._listening)
         self.listener.setServiceParent(self)
@@ -133,6 +139,12 @@ class MasterService(MultiService):
         if self.logs is not None:
             return
         os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        # One master per data dir, or two would append to one event log: take the dir
+        # before reading or writing anything in it.
+        try:
+            self._lock = DataDirLock.acquire(self.data_dir, "titan-master")
+        except DataDirInUse as e:
+            raise SystemExit(f"titan-master: cannot start: {e}")
         if not self.token:
             self.token = load_or_create_token(self.data_dir)
         self.logs = LogStore(os.path.join(self.data_dir, "logs"))
@@ -206,11 +218,19 @@ class MasterService(MultiService):
             if call.active():
                 call.cancel()
         self._timers.clear()
-        try:
-            os.unlink(os.path.join(self.data_dir, PORT_FILE))
-        except OSError:
-            pass
-        return defer.gatherResults([closing, defer.maybeDeferred(super().stopService)])
+        if self._lock is not None:
+            try:
+                os.unlink(os.path.join(self.data_dir, PORT_FILE))
+            except OSError:
+                pass
+        done = defer.gatherResults([closing, defer.maybeDeferred(super().stopService)])
+        return done.addBoth(self._unlock)
+
+    def _unlock(self, result):
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        return result
 
     def _listening(self, port) -> None:
         address = port.getHost()
@@ -285,6 +305,8 @@ class MasterService(MultiService):
                                     "reason": d.reason})
         elif isinstance(d, ev.RunChanged):
             self._when_durable(self._wake_run, d.run_id)
+            for listener in self.run_change_listeners:
+                listener(d)
             if d.run_id in self._watchers:
                 moved = self._watch_moved.get(d.run_id)
                 if moved is None:

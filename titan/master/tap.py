@@ -1,6 +1,8 @@
 """`twistd titan-master`: options and service."""
 from __future__ import annotations
 
+import os
+
 from titan.master.service import MasterService
 from titan.tap import ConfigOptions, stop_signals_in_the_loop
 
@@ -18,7 +20,9 @@ class Options(ConfigOptions):
 
     def postOptions(self) -> None:
         config = self.load()
-        self.config = config.override("master", listen=self["listen"])
+        # Absolute now, whatever directory the service later runs from (twistd may chdir).
+        data_dir = os.path.abspath(os.path.expanduser(config.master.data_dir))
+        self.config = config.override("master", listen=self["listen"], data_dir=data_dir)
         if self["store"]:
             self.config = self.config.override("store", url=self["store"])
         # Name the problem before twistd starts logging, on one line of stderr.

@@ -48,6 +48,11 @@ HITL_SCRIPT = "hitl_gate.py"  # the reference SDK's approval gate, run as a job 
 HITL_DEFAULT_WAIT = 48 * 3600
 HITL_KEY_PREFIX = "titan:hitl:status:"
 ARCHIVE_LAUNCHER = "archive_launcher.py"
+# The reference's defaults for what its clients submit: a failed job is run again up to 3
+# times before it is DEAD, and a worker runs the scripts of a DAG in one shared directory
+# (archives in their own, as there).
+RETRIES = 3
+WORKSPACE = "shared"
 
 ID = re.compile(r"^[A-Za-z0-9_.-]+$")
 _FLAG = re.compile(r"\|\s*(AFFINITY|STICKY)\s*$", re.IGNORECASE)
@@ -232,7 +237,10 @@ def parse_job_string(text: str, assets: Optional[Assets] = None,
     if not payload:
         raise ParseError(f"job {job}: {kind} takes {_LAYOUT[kind]}, got no fields")
     out: dict = {"id": job, "depends_on": parents, "priority": priority,
-                 "delay": delay_ms / 1000.0, "tags": _tags(requirement)}
+                 "delay": delay_ms / 1000.0, "tags": _tags(requirement),
+                 "workspace": WORKSPACE if kind in (RUN_PAYLOAD, DEPLOY_PAYLOAD) else "job"}
+    if kind in (RUN_PAYLOAD, RUN_ARCHIVE):
+        out["retries"] = RETRIES
     if affinity:
         out["affinity"] = affinity
     if kind == RUN_PAYLOAD:
@@ -351,12 +359,14 @@ _LAUNCHER = '''\
 """Titan: runs %(entry)s from the project archive %(zip)s (the reference's %(what)s).
 
 Unpacks the project into the job's working directory, runs the entry there with this job's
-arguments, then removes what it unpacked (whatever the entry wrote stays)."""
+arguments, then removes what it unpacked (whatever the entry wrote stays) -- unless the
+directory is its run's shared workspace (KEEP), where other jobs may use those files."""
 import base64, io, os, signal, subprocess, sys, zipfile
 
 ENTRY = %(entry)r
 ARCHIVE = %(zip)r
 DATA = %(data)r
+KEEP = %(keep)r
 
 
 def main():
@@ -385,12 +395,13 @@ def main():
     except OSError as e:
         print("titan: cannot run %%s from %%s: %%s" %% (ENTRY, ARCHIVE, e), file=sys.stderr)
         code = 127
-    for p in sorted(written, key=len, reverse=True):
+    for p in [] if KEEP else sorted(written, key=len, reverse=True):
         try:
             os.rmdir(p) if os.path.isdir(p) else os.unlink(p)
         except OSError:
             pass
-    for d in sorted({os.path.dirname(p) for p in written}, key=len, reverse=True):
+    for d in [] if KEEP else sorted({os.path.dirname(p) for p in written}, key=len,
+                                    reverse=True):
         while d.startswith(root + os.sep):
             try:
                 os.rmdir(d)
@@ -405,8 +416,9 @@ main()
 
 
 def archive_launcher(job: str, zip_name: str, entry: str, data: bytes,
-                     what: str = "RUN_ARCHIVE") -> bytes:
-    """A Python script that carries the zip and runs `entry` from it (see _LAUNCHER)."""
+                     what: str = "RUN_ARCHIVE", keep: bool = False) -> bytes:
+    """A Python script that carries the zip and runs `entry` from it (see _LAUNCHER);
+    `keep`: leave what it unpacked (a shared workspace)."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             names = {n.replace("\\", "/").lstrip("/") for n in z.namelist()}
@@ -415,7 +427,7 @@ def archive_launcher(job: str, zip_name: str, entry: str, data: bytes,
     if entry not in names:
         raise ParseError(f"job {job}: {zip_name} has no file {entry}")
     return (_LAUNCHER % {"entry": entry, "zip": zip_name, "what": what,
-                         "data": base64.b64encode(data)}).encode()
+                         "data": base64.b64encode(data), "keep": bool(keep)}).encode()
 
 
 # -- writing job strings (for clients) ----------------------------------------------------

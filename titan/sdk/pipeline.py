@@ -56,7 +56,8 @@ JOB_TYPES = ("run", "service")
 ON_TIMEOUT = ("reject", "approve")
 
 TOP_KEYS = ("name", "project", "jobs", "schedule", "agent_run_id", "stage", "max_jobs",
-            "version")
+            "version", "workspace")
+WORKSPACES = ("job", "shared")  # each job its own directory, or one per run on each worker
 JOB_KEYS = ("id", "type", "file", "args", "depends_on", "requirement", "priority", "delay",
             "affinity", "port", "hitl_message", "max_wait_seconds", "command", "retries",
             "timeout", "env", "gate", "tags", "cwd", "message", "on_timeout", "restart",
@@ -465,7 +466,8 @@ class Pipeline:
 
     def __init__(self, name: str, *, agent_run_id: Optional[str] = None,
                  stage: Optional[str] = None, schedule: Optional[str] = None,
-                 max_jobs: Optional[int] = None, project_dir: Optional[str] = None) -> None:
+                 max_jobs: Optional[int] = None, project_dir: Optional[str] = None,
+                 workspace: Optional[str] = None) -> None:
         self.path: Optional[str] = None     # the YAML file it came from, if any
         self._lines: dict[str, int] = {}
         self._nodes: list[Node] = []
@@ -476,6 +478,8 @@ class Pipeline:
         self.schedule = self._check("schedule", schedule, _schedule)
         self.max_jobs = self._check("max_jobs", max_jobs, _opt(lambda v: _whole(v, 1)))
         self.project_dir = _project_dir(project_dir)
+        # "shared": the run's jobs share one directory on each worker (docs/pipelines.md).
+        self.workspace = self._check("workspace", workspace, _opt(_choice(WORKSPACES)))
 
     def _check(self, key: str, value: Any, check: Callable[[Any], Any]) -> Any:
         try:
@@ -648,7 +652,8 @@ class Pipeline:
         if self.project_dir is not None:
             self._ship_project(jobs)
         return {"name": self.name, "agent_run_id": self.agent_run_id, "stage": self.stage,
-                "schedule": self.schedule, "max_jobs": self.max_jobs, "jobs": jobs}
+                "schedule": self.schedule, "max_jobs": self.max_jobs, "jobs": jobs,
+                **({"workspace": self.workspace} if self.workspace else {})}
 
     def _ship_project(self, jobs: list[dict]) -> None:
         """`project: true`: each file job runs its file from a zip of the project folder,
@@ -672,7 +677,8 @@ class Pipeline:
                 continue
             try:
                 launcher = archive_launcher(node.id, zip_name, script["path"], data,
-                                            what="project: true")
+                                            what="project: true",
+                                            keep=self.workspace == "shared")
             except ParseError as e:
                 raise PipelineError(f"{self._where(node, 'file')}: {e}") from None
             spec["script"] = {"name": f"{node.id}.project.py", "content": launcher,
@@ -688,7 +694,7 @@ class Pipeline:
             top["project"] = True
         elif any(isinstance(node, Job) and node.script is not None for node in self._nodes):
             top["project"] = False  # what YAML assumes when project is not given is true
-        for key in ("schedule", "agent_run_id", "stage", "max_jobs"):
+        for key in ("schedule", "agent_run_id", "stage", "max_jobs", "workspace"):
             if getattr(self, key) is not None:
                 top[key] = getattr(self, key)
         top["jobs"] = [_job_yaml(node) for node in self._nodes]
@@ -950,7 +956,8 @@ class _Reader:
         # `project: false`; so does Titan (a file job is then shipped with the folder).
         project = True
         top_checks = {"name": _name_ok, "agent_run_id": _opt(_name_ok), "stage": _opt(_text),
-                      "schedule": _opt(_schedule), "max_jobs": _opt(lambda v: _whole(v, 1))}
+                      "schedule": _opt(_schedule), "max_jobs": _opt(lambda v: _whole(v, 1)),
+                      "workspace": _opt(_choice(WORKSPACES))}
         for key_node, value_node in self.pairs(root, ""):
             key = key_node.value
             lines[key] = _line(key_node)

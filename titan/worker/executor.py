@@ -1,4 +1,5 @@
-"""How a job becomes a process: its own session and process group, its own directory.
+"""How a job becomes a process: its own session and process group, its own directory
+(or its run's shared one: `job_workdir`).
 
 Output is handed over as it arrives; on exit whatever the job left behind in its process
 group is killed, so a job never leaves orphans.
@@ -199,6 +200,35 @@ class JobProcess(ProcessProtocol):
                 name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
                 why = f"killed by signal {name}"
         self.on_exit(exit_code, why)
+
+
+def job_workdir(data_dir: str, job_id: str, spec, run_id: Optional[str]) -> tuple[str, bool]:
+    """Where a job runs, and whether the worker made that directory (and removes it once it
+    is empty and no job of this worker runs there).
+
+    - `cwd` given: there, as it is.
+    - `workspace: shared` in a run: `<data_dir>/shared/<RUN_ID>`, one per run on each
+      worker, shared by the run's jobs that run on this worker (docs/pipelines.md).
+    - otherwise its own: `<data_dir>/work/<job id>` (`work/RUN_ID/JOB_ID` in a run).
+    """
+    if spec.cwd:
+        return os.path.expanduser(spec.cwd), False
+    if spec.workspace == "shared" and run_id:
+        return os.path.join(data_dir, "shared", run_id), True
+    return os.path.join(data_dir, "work", job_id), True
+
+
+def release_workdir(workdir: str, job_id: str, in_use: bool) -> None:
+    """Remove a directory the worker made for a job if the job left it empty (and no other
+    job runs there); then its run's folder (`work/RUN_ID`), once empty."""
+    if in_use:
+        return
+    try:
+        os.rmdir(workdir)
+        if "/" in job_id:
+            os.rmdir(os.path.dirname(workdir))
+    except OSError:
+        pass
 
 
 def resolve_executable(command: list[str], env: dict, cwd: str) -> Optional[str]:

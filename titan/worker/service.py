@@ -23,10 +23,11 @@ from twisted.logger import Logger
 
 from titan.config import Config
 from titan.core.model import JobSpec
+from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import RemoteError
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
-from titan.worker.executor import JobProcess, guard, spawn
+from titan.worker.executor import JobProcess, guard, job_workdir, release_workdir, spawn
 from titan.worker.detect import detected_tags
 from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
@@ -102,7 +103,8 @@ class WorkerService(MultiService):
             tags |= detected_tags(wc.high_mem_gb)
         self.tags = tuple(sorted(tags))
         self.slots = wc.slots
-        self.data_dir = os.path.expanduser(wc.data_dir)
+        self.data_dir = os.path.abspath(os.path.expanduser(wc.data_dir))
+        self._lock: Optional[DataDirLock] = None
         self.master_host, self.master_port = parse_hostport(wc.master)
         self.jobs: dict[str, RunningJob] = {}
         self.unacked: dict[tuple[str, int], dict] = {}  # finished, not yet acknowledged
@@ -128,7 +130,20 @@ class WorkerService(MultiService):
         p.clock = self.reactor
         return p
 
+    def privilegedStartService(self) -> None:
+        self._take_data_dir()
+        super().privilegedStartService()
+
+    def _take_data_dir(self) -> None:
+        # Two workers on one dir would run jobs in each other's folders and scripts.
+        if self._lock is None:
+            try:
+                self._lock = DataDirLock.acquire(self.data_dir, "titan-worker")
+            except DataDirInUse as e:
+                raise SystemExit(f"titan-worker: cannot start: {e}")
+
     def startService(self) -> None:
+        self._take_data_dir()
         os.makedirs(os.path.join(self.data_dir, "work"), exist_ok=True)
         self.log.info("titan-worker {worker_id} ({slots} slots, tags {tags}) dialing "
                       "{host}:{port}", worker_id=self.worker_id, slots=self.slots,
@@ -157,6 +172,9 @@ class WorkerService(MultiService):
             await _sleep(self.reactor, 0.05)
         guard.close()  # whatever outlived its grace period goes now
         await super().stopService()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def stopService(self):
         return defer.Deferred.fromCoroutine(self._stop())
@@ -233,11 +251,7 @@ class WorkerService(MultiService):
             if existing.attempt == attempt:
                 return  # a repeated dispatch
             existing.proc and existing.proc.kill("superseded by a newer attempt")
-        if spec.cwd:
-            workdir, own = os.path.expanduser(spec.cwd), False
-        else:
-            # RUN/JOB for a DAG job: one folder per run, one per job inside it.
-            workdir, own = os.path.join(self.data_dir, "work", job_id), True
+        workdir, own = job_workdir(self.data_dir, job_id, spec, run_id)
         job = RunningJob(job_id=job_id, spec=spec, attempt=attempt, workdir=workdir,
                          own_workdir=own)
         self.jobs[job_id] = job
@@ -378,13 +392,9 @@ class WorkerService(MultiService):
                 os.rmdir(os.path.dirname(os.path.dirname(path)))  # RUN/ of RUN/JOB, if empty
             except OSError:
                 pass
-        if job.own_workdir:
-            try:
-                os.rmdir(job.workdir)  # only when the job left nothing behind
-                if "/" in job_id:
-                    os.rmdir(os.path.dirname(job.workdir))  # the run's, once empty
-            except OSError:
-                pass
+        if job.own_workdir:  # removed only when left empty (and not in use: `shared`)
+            release_workdir(job.workdir, job_id,
+                            any(j.workdir == job.workdir for j in self.jobs.values()))
         report = {"job_id": job_id, "attempt": job.attempt, "exit_code": exit_code,
                   "reason": reason}
         if self.conn is not None and self.registered:

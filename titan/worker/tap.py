@@ -1,6 +1,8 @@
 """`twistd titan-worker`: options and service."""
 from __future__ import annotations
 
+import os
+
 from twisted.python import usage
 
 from titan.auth import read_token
@@ -30,6 +32,10 @@ class Options(ConfigOptions):
             raise usage.UsageError("--slots must be 1 or more")
         config = config.override("worker", master=self["master"], tags=tags,
                                  slots=self["slots"], name=self["name"])
+        # Absolute now: jobs run in their own directories, and a relative path to the
+        # scripts they are shipped would name nothing from there.
+        config = config.override("worker", data_dir=os.path.abspath(
+            os.path.expanduser(config.worker.data_dir)))
         try:
             parse_hostport(config.worker.master)
         except ValueError as e:
