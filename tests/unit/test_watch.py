@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from titan.core import events as ev
 from titan.core.dag import parse_dag
 from titan.core.scheduler import Scheduler
+from titan.master.service import WATCH_INTERVAL
 from titan.protocols.opcodes import Op
 from tests.unit.test_master import MasterCase
 
@@ -36,6 +37,7 @@ class CoreNamesWhatMovedTests(SynchronousTestCase):
 class WatchRunTests(MasterCase):
     def pushes(self, peer) -> list[dict]:
         self.reactor.advance(0)
+        self.reactor.advance(WATCH_INTERVAL)
         return [body for op, body in peer.frames() if op == Op.RUN_CHANGED]
 
     def finish(self, worker, job_id: str, code: int = 0) -> None:
@@ -91,6 +93,30 @@ class WatchRunTests(MasterCase):
         self.assertEqual(len(pushes), 1, pushes)
         self.assertEqual({j["node"]: j["state"] for j in pushes[0]["jobs"]},
                          {"a": "COMPLETED", "c": "COMPLETED", "b": "RUNNING"})
+
+    def test_pushes_are_spaced_but_the_end_goes_at_once(self):
+        w = self.worker("w1", slots=1)
+        c = self.client()
+        run_id = c.result(Op.SUBMIT_DAG, DIAMOND)["run_id"]
+        c.result(Op.WATCH_RUN, {"run_id": run_id})
+
+        def pushed():
+            return [b for op, b in c.frames() if op == Op.RUN_CHANGED]
+        [first] = self.dispatched(w)
+        self.finish(w, first["job_id"])
+        self.assertEqual(len(pushed()), 1)  # the first goes at once
+        self.reactor.advance(WATCH_INTERVAL / 2)
+        [second] = self.dispatched(w)
+        self.finish(w, second["job_id"])
+        self.assertEqual(pushed(), [])  # too soon after the last one: held
+        self.reactor.advance(WATCH_INTERVAL / 2)
+        [held] = pushed()
+        self.assertEqual(sorted(j["state"] for j in held["jobs"]), ["COMPLETED", "RUNNING"])
+        [third] = self.dispatched(w)
+        self.finish(w, third["job_id"])  # the run ends: its push does not wait
+        [last] = pushed()
+        self.assertEqual((last["state"], [j["state"] for j in last["jobs"]]),
+                         ("COMPLETED", ["COMPLETED"]))
 
     def test_without_jobs_the_snapshot_lists_the_active_ones(self):
         self.worker("w1", slots=1)
@@ -204,6 +230,7 @@ class AsyncClientTests(MasterCase):
         for _ in range(5):
             self.pump.flush()
             self.reactor.advance(0)
+            self.reactor.advance(WATCH_INTERVAL)
 
     def test_submit_many_map_wait_many_and_watch_run(self):
         w = self.worker("w1", slots=4)

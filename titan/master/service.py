@@ -46,6 +46,9 @@ from titan.protocols.rpc import RemoteError
 PORT_FILE = "master.port"
 LONG_POLL = 25.0  # seconds a WAIT_JOB or GET_LOGS(wait) may hold its reply
 MAX_BATCH = 100_000  # jobs in one SUBMIT_JOBS or WAIT_JOBS request
+# RUN_CHANGED pushes of one run go at most this often (the run's end at once): a busy run
+# moves hundreds of times a second, and nobody reads a progress line that fast.
+WATCH_INTERVAL = 0.01
 
 
 class _AllEnded:
@@ -118,6 +121,8 @@ class MasterService(MultiService):
         # since the last RUN_CHANGED push (sent once per reactor turn, after the records).
         self._watchers: dict[str, set] = {}
         self._watch_moved: dict[str, dict] = {}
+        self._watch_calls: dict[str, Any] = {}  # run -> its next push, scheduled
+        self._watch_last: dict[str, float] = {}  # run -> when its last push was built
         # Called with a job's key once its end is durable (the legacy frontend mirrors
         # gate outcomes to the store with it).
         self.job_end_listeners: list[Callable[[str], None]] = []
@@ -308,10 +313,20 @@ class MasterService(MultiService):
             for listener in self.run_change_listeners:
                 listener(d)
             if d.run_id in self._watchers:
-                moved = self._watch_moved.get(d.run_id)
+                run_id = d.run_id
+                moved = self._watch_moved.get(run_id)
+                ended = d.state is not RunState.RUNNING
                 if moved is None:
-                    moved = self._watch_moved[d.run_id] = {}
-                    self.reactor.callLater(0, self._push_run_changes, d.run_id)
+                    moved = self._watch_moved[run_id] = {}
+                    last = self._watch_last.get(run_id)
+                    wait = 0.0 if ended or last is None else max(
+                        0.0, last + WATCH_INTERVAL - self.now())
+                    self._watch_calls[run_id] = self.reactor.callLater(
+                        wait, self._push_run_changes, run_id)
+                elif ended:
+                    call = self._watch_calls.get(run_id)
+                    if call is not None and call.active():
+                        call.reset(0)
                 moved.update(dict.fromkeys(d.jobs))
         elif isinstance(d, ev.Forgotten):
             if self.logs is not None:
@@ -345,8 +360,11 @@ class MasterService(MultiService):
         """One RUN_CHANGED push to every watcher of the run: the jobs that moved since the
         last one (as they are now), once what it reports is durable."""
         keys = self._watch_moved.pop(run_id, None) or {}
+        self._watch_calls.pop(run_id, None)
+        self._watch_last[run_id] = self.now()
         conns = self._watchers.get(run_id)
         if not conns:
+            self._watch_last.pop(run_id, None)
             return
         run = self.scheduler.runs.get(run_id)
         if run is None:  # forgotten: nothing more will change
@@ -362,6 +380,7 @@ class MasterService(MultiService):
         body["jobs"] = views
         if run.state is not RunState.RUNNING:
             del self._watchers[run_id]  # the last push: the run has ended
+            self._watch_last.pop(run_id, None)
             for conn in conns:
                 conn.watching.discard(run_id)
         data = encode_frame(Op.RUN_CHANGED, codec.pack(body))
