@@ -76,6 +76,8 @@ class AutoscalerConfig:
     idle_timeout: float = 45.0
     slots: int = 2
     interval: float = 1.0
+    # Tags a worker it starts may carry beyond the ones this machine is seen to have.
+    tags: tuple[str, ...] = ()
 
 
 @attrs.frozen

@@ -601,7 +601,7 @@ class MasterService(MultiService):
                               close=True)
 
     def job_info(self, ref: str) -> dict:
-        return job_view(self.scheduler, self._job(ref), self.now())
+        return self.autoscaler.annotate(job_view(self.scheduler, self._job(ref), self.now()))
 
     async def wait_job(self, ref: str, timeout: Optional[float]) -> dict:
         """The job once it has ended, or as it is when `timeout` (at most LONG_POLL) passes."""

@@ -13,13 +13,17 @@ from titan.worker.service import WorkerService, parse_hostport
 
 class Options(ConfigOptions):
     synopsis = ("[--config FILE] [--master HOST:PORT] [--token T] [--tags A,B] [--slots N] "
-                "[--name NAME] [--data-dir DIR]")
+                "[--name NAME] [--data-dir DIR] [--no-detect-tags]")
     longdesc = "A Titan worker: dials the master and runs the jobs it is given."
     optParameters = [
         ["master", "m", None, "Where the master listens, HOST:PORT (default 127.0.0.1:9090)."],
         ["tags", "t", None, "Capability tags, comma separated (GPU,HIGH_MEM,...)."],
         ["slots", "s", None, "How many jobs may run at once (default 4).", int],
         ["name", "n", None, "A name for people (default: the host name)."],
+    ]
+    optFlags = [
+        ["no-detect-tags", None, "Offer only the --tags given, not also the ones this "
+                                 "machine is seen to have (GPU, HIGH_MEM)."],
     ]
     section = "worker"
 
@@ -31,7 +35,8 @@ class Options(ConfigOptions):
         if self["slots"] is not None and self["slots"] < 1:
             raise usage.UsageError("--slots must be 1 or more")
         config = config.override("worker", master=self["master"], tags=tags,
-                                 slots=self["slots"], name=self["name"])
+                                 slots=self["slots"], name=self["name"],
+                                 detect_tags=False if self["no-detect-tags"] else None)
         # Absolute now: jobs run in their own directories, and a relative path to the
         # scripts they are shipped would name nothing from there.
         config = config.override("worker", data_dir=os.path.abspath(
