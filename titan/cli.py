@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from titan import __version__
 from titan.errors import RemoteError, TitanError
 
 EPILOG = ("The master is found from --master, else TITAN_HOST/TITAN_PORT, else 127.0.0.1:9090; "
@@ -23,12 +24,38 @@ def _client(args):
     return Client(master=args.master, token=args.token, name="titan-cli")
 
 
+COMMAND_WIDTH = 60  # a command longer than this is cut in tables (with …)
+
+
+def _ellipsis() -> str:
+    encoding = (getattr(sys.stdout, "encoding", None) or "ascii").lower()
+    return "…" if "utf" in encoding else "..."
+
+
+def _cell(value, width: Optional[int] = None) -> str:
+    """A table cell on one line: a newline shows as ⏎ (or |), other control characters as
+    spaces; cut to `width` characters with … when longer."""
+    text = "" if value is None else str(value)
+    mark = "⏎" if _ellipsis() == "…" else "|"
+    text = text.replace("\r\n", "\n").replace("\n", mark)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    if width is not None and len(text) > width:
+        cut = _ellipsis()
+        text = text[:max(0, width - len(cut))] + cut
+    return text
+
+
 def _print_rows(rows: list[list[str]]) -> None:
     if not rows:
         return
+    rows = [[_cell(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=repr))
 
 
 def _outcome(job: dict) -> str:
@@ -132,7 +159,7 @@ def cmd_status(args) -> int:
     print(job["state"])
     details = [["job", job["job_id"]]]
     if job["command"]:
-        details.append(["command", " ".join(job["command"])])
+        details.append(["command", _cell(" ".join(job["command"]))])
     if job.get("name"):
         details.append(["name", job["name"]])
     if job.get("worker"):
@@ -141,7 +168,7 @@ def cmd_status(args) -> int:
     if job.get("exit_code") is not None:
         details.append(["exit code", str(job["exit_code"])])
     if job.get("reason"):
-        details.append(["reason", job["reason"]])
+        details.append(["reason", _cell(job["reason"])])
     if job.get("waiting"):
         details.append(["waiting", job["waiting"]])
     if job.get("run_id"):
@@ -207,12 +234,17 @@ def cmd_workers(args) -> int:
 def cmd_jobs(args) -> int:
     with _client(args) as titan:
         jobs = titan.jobs(state=args.state, limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+        return 0
     rows = [["JOB", "STATE", "WORKER", "EXIT", "COMMAND"]]
     for j in jobs:
         rows.append([j["job_id"], j["state"], j.get("worker") or "-",
                      "-" if j.get("exit_code") is None else str(j["exit_code"]),
-                     " ".join(j["command"])[:60]])
+                     _cell(" ".join(j["command"]), COMMAND_WIDTH)])
     _print_rows(rows)
+    if not jobs:
+        print("(no jobs)")
     return 0
 
 
@@ -319,6 +351,9 @@ def cmd_runs(args) -> int:
 def cmd_schedules(args) -> int:
     with _client(args) as titan:
         schedules = titan.schedules()
+    if args.json:
+        _print_json(schedules)
+        return 0
     rows = [["SCHEDULE", "CRON", "FIRED", "NEXT (UTC)", "LAST RUN"]]
     for sc in schedules:
         rows.append([sc["schedule_id"], sc["cron"], str(sc["fired"]),
@@ -357,10 +392,15 @@ def cmd_plugins(args) -> int:
     from titan.plugin_registry import plugins
     kinds = [("router", IRouterFactory), ("autoscaler", IAutoscalerFactory),
              ("persistence", IPersistenceFactory)]
+    found = [{"kind": kind, "name": plugin.name, "origin": _origin(plugin),
+              "description": plugin.description}
+             for kind, interface in kinds for plugin in plugins(interface)]
+    if args.json:
+        _print_json(found)
+        return 0
     rows = [["KIND", "NAME", "ORIGIN", "DESCRIPTION"]]
-    for kind, interface in kinds:
-        for plugin in plugins(interface):
-            rows.append([kind, plugin.name, _origin(plugin), plugin.description])
+    for p in found:
+        rows.append([p["kind"], p["name"], p["origin"], p["description"]])
     _print_rows(rows)
     return 0
 
@@ -387,8 +427,10 @@ def cmd_service(args) -> int:
             if svc["state"] == "RUNNING":
                 print(f"{args.name} RUNNING on {svc['worker']}{where} (pid {svc['pid']})")
                 return 0
-            print(f"titan: {args.name} {svc['state']}: {svc.get('reason') or 'not up yet'}",
-                  file=sys.stderr)
+            why = _service_why(svc) or "not up yet"
+            if svc["state"] in ("STARTING", "RESTARTING"):
+                why += f" (not up after {args.timeout:g}s; it keeps trying: titan service list)"
+            print(f"titan: {args.name} {svc['state']}: {why}", file=sys.stderr)
             return 1
         if action == "list":
             services = titan.services(everything=args.all)
@@ -404,8 +446,9 @@ def cmd_service(args) -> int:
                              str(s["pid"]) if s.get("pid") else "-"])
             _print_rows(rows)
             for s in services:
-                if s["state"] == "FAILED" and s.get("reason"):
-                    print(f"{s['name']}: {s['reason']}")
+                why = _service_why(s)
+                if why:
+                    print(_cell(f"{s['name']}: {why}"))
             if not services:
                 print("(no services)")
             return 0
@@ -432,6 +475,21 @@ def cmd_service(args) -> int:
     raise TitanError(f"service {action}: unknown action")
 
 
+def _service_why(svc: dict) -> Optional[str]:
+    """Why a service is not (or no longer) up, if anyone knows: its end, its failing health
+    check, how its process last ended."""
+    if svc["state"] in ("FAILED", "EXITED", "DEAD") and svc.get("reason"):
+        return svc["reason"]
+    parts = []
+    if svc.get("health_error"):
+        parts.append(svc["health_error"])
+    if svc["state"] == "RESTARTING" and svc.get("last_exit"):
+        last = [line for line in svc.get("last_lines") or () if line.strip()]
+        parts.append(f"last exit: {svc['last_exit']}"
+                     + (f" (last line: {last[-1].strip()})" if last else ""))
+    return "; ".join(parts) or None
+
+
 def _pairs(items, flag: str):
     for item in items or ():
         key, sep, value = item.partition("=")
@@ -448,6 +506,62 @@ def cmd_up(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------
 
+def _number(kind, low=None, high=None, low_open=False):
+    """An argparse type: an int or a finite float within bounds, refused with a message that
+    says what was expected (before anything reaches the master)."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'more than' if low_open else 'at least'} {low}")
+    if high is not None:
+        bounds.append(f"at most {high}")
+    noun = "a whole number" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (low is not None and (value <= low if low_open else value < low)) or \
+                (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be "
+                                             f"{' and '.join(bounds)}")
+        return value
+    parse.__name__ = "integer" if kind is int else "number"
+    return parse
+
+
+SECONDS = _number(float, 0, low_open=True)          # > 0
+NON_NEGATIVE_SECONDS = _number(float, 0)             # >= 0
+COUNT = _number(int, 0)                              # >= 0
+POSITIVE = _number(int, 1)                           # >= 1
+PORT = _number(int, 0, high=65535)
+
+
+def _service_port(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number (1-65535) or auto")
+    return text
+
+
+def _job_state(text: str) -> str:
+    from titan.core.model import JobState
+    states = [s.value for s in JobState]
+    if text.upper() not in states:
+        raise argparse.ArgumentTypeError(
+            f"no job state {text!r}: the states are {', '.join(states)}")
+    return text.upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--master", metavar="HOST:PORT", default=argparse.SUPPRESS,
@@ -459,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="titan", parents=[common], epilog=EPILOG,
         description="Titan: submit and watch jobs, start a local cluster.")
+    parser.add_argument("--version", action="version", version=f"titan {__version__}")
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
@@ -471,12 +586,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print its output as it comes, then wait")
     p.add_argument("--priority", "-p", type=int, default=0, help="higher runs first (default 0)")
     p.add_argument("--tags", "-t", help="capabilities a worker must have, e.g. GPU,HIGH_MEM")
-    p.add_argument("--timeout", type=float, help="seconds before the job is killed")
-    p.add_argument("--retries", type=int, default=0, help="retries after a failure (default 0)")
-    p.add_argument("--delay", type=float, default=0.0, help="seconds to wait before it may run")
+    p.add_argument("--timeout", type=SECONDS, help="seconds before the job is killed")
+    p.add_argument("--retries", type=COUNT, default=0,
+                   help="retries after a failure (default 0)")
+    p.add_argument("--delay", type=NON_NEGATIVE_SECONDS, default=0.0,
+                   help="seconds to wait before it may run")
     p.add_argument("--env", "-e", action="append", metavar="NAME=VALUE",
                    help="environment variable for the job (repeatable)")
-    p.add_argument("--cwd", help="working directory on the worker (default: a fresh one)")
+    p.add_argument("--cwd", help="an existing directory on the worker to run in (default: "
+                                 "a fresh one)")
     p.add_argument("--name", help="a name for people")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
     p.set_defaults(func=cmd_submit)
@@ -540,12 +658,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="List recent DAG runs; with an agent run id, that agent "
                                    "run's DAG runs in order (its timeline).")
     p.add_argument("agent_run_id", nargs="?", metavar="AGENT_RUN_ID")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=POSITIVE, default=50, help="at most this many (default 50)")
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("schedules", parents=[common], help="list cron schedules",
                        description="List the pipelines that run on a cron schedule.")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_schedules)
 
     p = sub.add_parser("workers", parents=[common], help="list the workers",
@@ -556,8 +675,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs",
                        description="List the most recent jobs.")
-    p.add_argument("--state", help="only jobs in this state")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--state", type=_job_state,
+                   help="only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, DEAD, "
+                        "CANCELLED, WAITING_APPROVAL)")
+    p.add_argument("--limit", type=POSITIVE, default=50,
+                   help="the most recent N (default 50)")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("service", help="long-running services: deploy, list, logs, restart, stop",
@@ -571,22 +694,24 @@ def build_parser() -> argparse.ArgumentParser:
                                    "health check) or has failed. The port reaches the process "
                                    "as $PORT and as {port} in the command.")
     q.add_argument("name")
-    q.add_argument("--port", help="a port number, or auto (a free one of the worker's range)")
+    q.add_argument("--port", type=_service_port,
+                   help="a port number, or auto (a free one of the worker's range)")
     q.add_argument("--restart", default="on-failure", choices=["always", "on-failure", "never"],
                    help="when to restart it (default on-failure)")
     q.add_argument("--health", help="tcp, or http:/PATH (answers 2xx or 3xx)")
     q.add_argument("--tags", "-t", help="capabilities its worker must have")
     q.add_argument("--env", "-e", action="append", metavar="NAME=VALUE")
-    q.add_argument("--cwd", help="working directory on the worker")
+    q.add_argument("--cwd", help="an existing directory on the worker to run in")
     q.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    q.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (default 60)")
+    q.add_argument("--timeout", type=SECONDS, default=60.0,
+                   help="seconds to wait (default 60)")
     q.add_argument("command", nargs="*", help="after --: the command and its arguments")
     q = svc.add_parser("list", parents=[common], help="name, worker, address, state, restarts, "
                                                       "uptime, pid",
                        description="List services: name, worker, host:port, state, restarts, "
                                    "uptime, pid (and why a FAILED one failed).")
     q.add_argument("--all", action="store_true", help="also services stopped over an hour ago")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="everything, as JSON")
     q = svc.add_parser("logs", parents=[common], help="a service's output, restarts included",
                        description="Print a service's output, across its restarts.")
     q.add_argument("name")
@@ -617,15 +742,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list the plugins found",
                        description="List every plugin Titan finds: kind, name, origin, "
                                    "description.")
+    p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("up", help="start a master and workers here, in the foreground",
                        description="Start a master and N workers on 127.0.0.1 in the "
                                    "foreground; Ctrl-C stops all of them.")
-    p.add_argument("--workers", "-n", type=int, default=1, help="how many workers (default 1)")
-    p.add_argument("--slots", type=int, default=4, help="slots per worker (default 4)")
-    p.add_argument("--port", "-p", type=int, default=9090, help="master port (default 9090)")
-    p.add_argument("--store-port", type=int, default=None,
+    p.add_argument("--workers", "-n", type=COUNT, default=1, help="how many workers (default 1)")
+    p.add_argument("--slots", type=POSITIVE, default=4, help="slots per worker (default 4)")
+    p.add_argument("--port", "-p", type=PORT, default=9090, help="master port (default 9090)")
+    p.add_argument("--store-port", type=PORT, default=None,
                    help="TitanStore's port (default 6379; 0 with --port 0: any free one)")
     p.add_argument("--data-dir", default=os.path.join("~", ".titan"),
                    help="where state and logs go (default ~/.titan)")

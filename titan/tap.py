@@ -2,8 +2,11 @@
 options, and stop signals handled in the reactor's loop."""
 from __future__ import annotations
 
+import atexit
 import os
 import signal
+import sys
+from typing import Optional
 
 from twisted.python import usage
 
@@ -28,6 +31,50 @@ class ConfigOptions(usage.Options):
         token = self["token"] or os.environ.get("TITAN_TOKEN") or config.token
         config = config.override("", token=token)
         return config.override(self.section, data_dir=self["data-dir"])
+
+
+TWISTD_DEFAULT_PIDFILE = "twistd.pid"
+
+
+def own_pidfile(options: usage.Options, data_dir: Optional[str], name: str) -> None:
+    """twistd writes `./twistd.pid` unless told otherwise, so a master and a worker started
+    from one directory (as the README shows) collide: the second refuses to start.  Unless
+    --pidfile was given, a titan process in the foreground (-n) writes none, and a daemon
+    writes `DATA_DIR/NAME.pid`.  (`twist` has no pidfile: nothing to do.)"""
+    parent = getattr(options, "parent", None)
+    if parent is None or parent.get("pidfile") != TWISTD_DEFAULT_PIDFILE:
+        return
+    if parent.get("nodaemon") or not data_dir:
+        parent["pidfile"] = ""
+        return
+    data_dir = os.path.abspath(os.path.expanduser(data_dir))
+    os.makedirs(data_dir, exist_ok=True)
+    parent["pidfile"] = os.path.join(data_dir, f"{name}.pid")
+
+
+_exit_status: list = []
+
+
+def _exit_with_status() -> None:
+    # Registered when this module is imported, so it runs after the atexit handlers
+    # registered later (LIFO), once twistd has stopped everything and returned.
+    if _exit_status:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        os._exit(_exit_status[0])
+
+
+atexit.register(_exit_with_status)
+
+
+def exit_after_stop(reactor, status: int) -> None:
+    """Stop the reactor (services stop as usual), then end the process with `status`:
+    twistd itself always exits 0, which would tell a supervisor that all went well."""
+    _exit_status[:] = [status]
+    reactor.callLater(0, reactor.stop)
 
 
 def stop_signals_in_the_loop(reactor=None) -> None:

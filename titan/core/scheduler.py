@@ -1300,6 +1300,9 @@ def service_view(s: Scheduler, job: JobRecord, now: float) -> dict:
         "healthy": status.get("healthy"), "reason": job.reason,
         "command": list(job.spec.command), "restart": job.spec.restart,
         "health": job.spec.health, "last_lines": status.get("last_lines") or [],
+        # Why its health check fails (its worker says), and how its process last ended.
+        "health_error": status.get("health_error") if job.state is JobState.RUNNING else None,
+        "last_exit": status.get("last_exit"),
     }
 
 

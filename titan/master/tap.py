@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from titan.master.service import MasterService
-from titan.tap import ConfigOptions, stop_signals_in_the_loop
+from titan.tap import ConfigOptions, own_pidfile, stop_signals_in_the_loop
 
 
 class Options(ConfigOptions):
@@ -33,6 +33,7 @@ class Options(ConfigOptions):
             find(IPersistenceFactory, config.persistence.backend, "persistence backend")
         except TitanError as e:
             raise SystemExit(f"titan: {config.source}: persistence.backend: {e}")
+        own_pidfile(self, self.config.master.data_dir, "titan-master")
 
 
 def makeService(options: Options) -> MasterService:

@@ -6,7 +6,7 @@ import os
 from twisted.python import usage
 
 from titan.store.config import FSYNC
-from titan.tap import stop_signals_in_the_loop
+from titan.tap import own_pidfile, stop_signals_in_the_loop
 
 
 class Options(usage.Options):
@@ -38,6 +38,7 @@ class Options(usage.Options):
         config = config.override("store", listen=self["listen"], data_dir=self["data-dir"],
                                  password=password, fsync=self["fsync"])
         self.config = config.store
+        own_pidfile(self, self.config.data_dir, "titan-store")
 
 
 def makeService(options: Options):

@@ -27,6 +27,7 @@ from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import RemoteError
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
+from titan.tap import exit_after_stop
 from titan.worker.executor import JobProcess, guard, job_workdir, release_workdir, spawn
 from titan.worker.detect import detected_tags
 from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
@@ -222,8 +223,9 @@ class WorkerService(MultiService):
             self.log.error("the master refused this worker: {message}; stopping",
                            message=failure.value.message)
             print(f"titan-worker: the master at {self.master_host}:{self.master_port} refused "
-                  f"the cluster token ({failure.value.message})", file=sys.stderr)
-            self.reactor.callLater(0, self.reactor.stop)
+                  f"the cluster token ({failure.value.message}); stopping", file=sys.stderr,
+                  flush=True)
+            exit_after_stop(self.reactor, 2)
             return
         self.log.warn("registration failed: {why}", why=failure.getErrorMessage())
         if conn.transport is not None:
@@ -268,8 +270,16 @@ class WorkerService(MultiService):
                            on_exit=lambda code, why: self._exited(job, code, why),
                            timeout=spec.timeout, kill_grace=self.config.worker.kill_grace)
         job.proc = proto
+        if not own and not os.path.isdir(workdir):
+            # A `cwd` someone gave is used as it is, never made: a typo must not run the job
+            # in a fresh, empty directory.
+            why = f"cwd {spec.cwd}: no such directory on worker {self.name}"
+            self._output(job, "err", f"titan: {why}\n".encode())
+            self._exited(job, None, why)
+            return
         try:
-            os.makedirs(workdir, exist_ok=True)
+            if own:
+                os.makedirs(workdir, exist_ok=True)
             command = self._command(job)
         except OSError as e:
             self._exited(job, None, f"cannot prepare {workdir}: {e.strerror}")

@@ -12,6 +12,7 @@ import collections
 import errno
 import os
 import random
+import re
 import socket
 from typing import Callable, Optional
 
@@ -65,6 +66,48 @@ def pick_port(wanted: Optional[str], port_range: str, taken: set) -> Optional[in
     raise PortBusy(f"no free port left in {port_range}")
 
 
+_PORT_VARIABLE = re.compile(r"\$(?:PORT\b|\{PORT\})")
+
+
+def with_port(arg: str, port: int) -> str:
+    """`{port}`, `$PORT` and `${PORT}` in an argument become the service's port: no shell
+    runs the command, so `'$PORT'` as a user types it would otherwise stay as it is."""
+    return _PORT_VARIABLE.sub(str(port), arg.replace("{port}", str(port)))
+
+
+class HealthAnswer(Exception):
+    """An HTTP health check got an answer outside 2xx-3xx."""
+
+    def __init__(self, path: str, code: int) -> None:
+        super().__init__(f"GET {path} \u2192 {code}")
+
+
+def health_problem(health: str, failure) -> str:
+    """Why a health check failed, in a few words a person reads in `titan service list`:
+    "health: GET / → 404", "health: connection refused", "health: no answer within 2s"."""
+    from twisted.internet import error
+    from twisted.web._newclient import ResponseNeverReceived
+    value = getattr(failure, "value", failure)
+    if isinstance(value, HealthAnswer):
+        what = str(value)
+    elif isinstance(value, error.ConnectionRefusedError):
+        what = "connection refused"
+    elif isinstance(value, (error.TimeoutError, defer.CancelledError, defer.TimeoutError)):
+        what = "no answer in time"
+    elif isinstance(value, ResponseNeverReceived):
+        what = "the connection closed without an HTTP answer"
+    elif isinstance(value, error.ConnectionLost) or isinstance(value, error.ConnectionDone):
+        what = "the connection closed without an answer"
+    else:
+        what = (failure.getErrorMessage() if hasattr(failure, "getErrorMessage")
+                else str(value)) or type(value).__name__
+        what = " ".join(what.split())[:120]
+    kind = "GET" if health.startswith("http:") else "tcp"
+    if kind == "tcp" or isinstance(value, HealthAnswer):
+        return f"health: {what}"
+    return f"health: GET {health[len('http:'):] or '/'}: {what}"
+
+
 class _Probe(Protocol):
     def connectionMade(self):
         self.transport.loseConnection()
@@ -81,7 +124,7 @@ class ServiceSupervisor:
         self.job = job
         self.spec = job.spec
         self.port = port
-        self.command = [a.replace("{port}", str(port)) if port else a for a in command]
+        self.command = [with_port(a, port) for a in command] if port else list(command)
         self.env = dict(env, PORT=str(port)) if port else env
         self.cwd = cwd
         self.options = options  # the worker config: backoff, crash loop, health timings
@@ -99,6 +142,8 @@ class ServiceSupervisor:
         self.manual_restart = False
         self.healthy = False
         self._failures = 0
+        self.health_error: Optional[str] = None  # why the last health check failed
+        self.last_exit: Optional[str] = None  # how the process last ended, before a restart
         self._health: Optional[LoopingCall] = None
         self._pending_start = None
         self.ended = False
@@ -173,7 +218,8 @@ class ServiceSupervisor:
                     self.options.restart_backoff_base * 2 ** (len(self.restart_times) - 1))
         self.log.info("service {job} exited ({what}); restart {n} in {delay:.1f}s",
                       job=self.job.job_id, what=what, n=self.restarts, delay=delay)
-        self._set("RESTARTING", last_exit=what)
+        self.last_exit = what
+        self._set("RESTARTING")
         self._schedule_start(delay)
 
     def _schedule_start(self, delay: float) -> None:
@@ -212,7 +258,7 @@ class ServiceSupervisor:
 
             def status(response):
                 if not 200 <= response.code < 400:
-                    raise ValueError(f"{url} answered {response.code}")
+                    raise HealthAnswer(health[len("http:"):] or "/", response.code)
                 return treq.content(response)
             return d.addCallback(status)
         endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.port,
@@ -221,22 +267,30 @@ class ServiceSupervisor:
 
     def _passed(self, _) -> None:
         self._failures = 0
+        cleared = self.health_error is not None
+        self.health_error = None
         if not self.healthy and not self.ended:
             self.healthy = True
             self._set("RUNNING")
+        elif cleared and not self.ended:
+            self.report(self.status())
 
     def _missed(self, failure) -> None:
         if self.ended or self.proc is None or self.proc.ended:
             return
+        why = health_problem(self.spec.health or "", failure)
+        if why != self.health_error:
+            self.health_error = why  # the master keeps it: `titan service list` shows it
+            self.report(self.status())
         in_grace = self.reactor.seconds() - (self.started_at or 0) < self.options.health_grace
         if self.healthy or not in_grace:
             self._failures += 1
             if self._failures >= FAILURES_BEFORE_RESTART:
                 self.log.warn("service {job} is unhealthy ({why}); restarting it",
-                              job=self.job.job_id, why=failure.getErrorMessage())
+                              job=self.job.job_id, why=why)
                 self._failures = 0
                 self._stop_health()
-                self.proc.kill(f"unhealthy: {failure.getErrorMessage()}")
+                self.proc.kill(f"unhealthy ({why})")
 
     # -- reports -----------------------------------------------------------------------
 
@@ -251,6 +305,7 @@ class ServiceSupervisor:
         return {"state": self.state, "port": self.port,
                 "pid": self.proc.pid if self.proc and not self.proc.ended else None,
                 "restarts": self.restarts, "healthy": self.healthy,
+                "health_error": self.health_error, "last_exit": self.last_exit,
                 "since": self.started_at, "last_lines": list(self.last_lines)[-5:]}
 
     def _set(self, state: str, **extra) -> None:

@@ -7,7 +7,7 @@ from twisted.python import usage
 
 from titan.auth import read_token
 from titan.config import MasterConfig
-from titan.tap import ConfigOptions, stop_signals_in_the_loop
+from titan.tap import ConfigOptions, own_pidfile, stop_signals_in_the_loop
 from titan.worker.service import WorkerService, parse_hostport
 
 
@@ -53,6 +53,7 @@ class Options(ConfigOptions):
             raise usage.UsageError(
                 "no cluster token: pass --token, set TITAN_TOKEN, or put token: in the config")
         self.config = config
+        own_pidfile(self, config.worker.data_dir, "titan-worker")
 
 
 def makeService(options: Options) -> WorkerService:
