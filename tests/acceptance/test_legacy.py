@@ -333,6 +333,33 @@ class LegacyTests(LegacyChecks, ClusterTestCase):
         stats = self.c.stats_json()
         self.assertEqual(stats["active_workers"], 2)
         self.assertEqual(sorted(w["name"] for w in stats["workers"]), ["w1", "w2"])
+
+    def test_stats_as_the_references_dashboard_reads_them(self):
+        """B12: each worker's port and its recent jobs; queue_size counts only jobs ready
+        and waiting for a slot (here: none, though a job waits for its parent)."""
+        self.c.submit_dag([
+            L.run_payload("st-slow", "slow.py", py("import time; time.sleep(3)")),
+            L.run_payload("st-after", "a.py", b"print(1)", parents=["st-slow"])])
+        self.wait_for(lambda: self.c.get_job_status("DAG-st-slow") == "RUNNING", 20,
+                      "st-slow to run")
+        stats = self.c.stats_json()
+        self.assertEqual(stats["queue_size"], 0)
+        self.assertGreaterEqual(stats["jobs"]["PENDING"], 1)  # st-after, blocked
+        ports = [w["port"] for w in stats["workers"]]
+        self.assertTrue(all(isinstance(p, int) and p > 0 for p in ports), ports)
+        self.assertEqual(len(set(ports)), 2)
+        running = [h for w in stats["workers"] for h in w["history"]
+                   if h["id"] == "DAG-st-slow"]
+        self.assertEqual([h["status"] for h in running], ["RUNNING"])
+        self.assertTrue(running[0]["time"].endswith("ms"))
+        self.assertEqual(self.wait_ended("DAG-st-after")["DAG-st-after"], "COMPLETED")
+        stats = self.c.stats_json()
+        done = {h["id"]: h for w in stats["workers"] for h in w["history"]}
+        self.assertEqual(done["DAG-st-slow"]["status"], "COMPLETED")
+        self.assertGreaterEqual(int(done["DAG-st-slow"]["time"][:-2]), 2900)
+        self.assertGreater(done["DAG-st-after"]["completed_at"],
+                           done["DAG-st-slow"]["completed_at"])
+        self.assertTrue(all(len(w["history"]) <= 10 for w in stats["workers"]))
         text = self.c.stats()
         self.assertIn("--- TITAN SYSTEM MONITOR ---", text)
         self.assertIn("Active Workers:    2", text)
