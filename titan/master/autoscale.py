@@ -132,9 +132,9 @@ class AutoscalerService(Service):
         for decision in self.autoscaler.evaluate(view, now):
             if isinstance(decision, SpawnWorker):
                 if not decision.tags <= self.spawnable:  # a plugin that did not check
-                    self._tell_once("refused", decision.tags, f"refused to start a worker tagged "
-                                                   f"{_label(decision.tags)}: "
-                                                   f"{self.cannot(decision.tags)}")
+                    self._tell_once("refused", decision.tags,
+                                    f"refused to start a worker tagged "
+                                    f"{_label(decision.tags)}: {self.cannot(decision.tags)}")
                     continue
                 self.spawn(decision.tags, decision.reason)
             elif isinstance(decision, RetireWorker):
@@ -168,8 +168,8 @@ class AutoscalerService(Service):
         # A need that cleared is told again if it comes back.
         self._told = {told for told in self._told if told[1] in waiting}
         for tags, _missing in unservable(view):
-            self._tell_once("none for", tags, f"no worker started for jobs needing {_label(tags)}: "
-                                  f"{self.cannot(tags)}")
+            self._tell_once("none for", tags, f"no worker started for jobs needing "
+                                              f"{_label(tags)}: {self.cannot(tags)}")
 
     def _tell_once(self, kind: str, tags: frozenset, text: str) -> None:
         if (kind, tags) not in self._told:
