@@ -27,7 +27,7 @@ class DataDirInUse(TitanError):
     def __init__(self, path: str, who: str, pid: Optional[int]) -> None:
         self.path, self.who, self.pid = path, who, pid
         super().__init__(f"{path} is in use by {who} (pid {pid if pid else '?'}); stop it "
-                         f"first, or give this one another data dir")
+                         f"first, or give this one another --data-dir")
 
 
 def _read_holder(fd: int) -> tuple[Optional[int], str]:

@@ -52,7 +52,7 @@ class DataDirLockTests(SynchronousTestCase):
             DataDirLock.acquire(path, "titan-worker")
         self.assertEqual(str(e.exception),
                          f"{path} is in use by titan-worker (pid {other.pid}); stop it first, "
-                         f"or give this one another data dir")
+                         f"or give this one another --data-dir")
         other.stdin.close()
         other.wait(10)  # the kernel drops its lock with it, however it ends
         self.assertIsNone(holder(path))
