@@ -683,6 +683,20 @@ class FrontendTests(SynchronousTestCase):
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(self.state("DAG-down"), "COMPLETED")
 
+    def test_a_scheduled_run_clears_its_gates_keys_when_it_starts(self):
+        self.master.store = store = FakeStore()
+        store.data[L.hitl_key("nightly-ok")] = b"APPROVED"  # yesterday's run's outcome
+        self.successResultOf(self.master.submit_dag({
+            "name": "nightly", "schedule": "* * * * *", "jobs": [
+                {"id": "nightly-ok", "kind": "gate", "message": "Go?"}]}))
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("nightly-ok")], b"APPROVED")  # no run yet
+        self.reactor.advance(61)  # the schedule fires: a run whose gate waits at once
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(store.data[L.hitl_key("nightly-ok")], b"WAITING")
+        key = self.master.scheduler.resolve("nightly-ok")
+        self.assertEqual(self.master.scheduler.jobs[key].state.value, "WAITING_APPROVAL")
+
     # -- B8: the reference's name of a hitl_message gate -------------------------------------
 
     def test_a_hitl_message_gate_answers_to_the_references_name(self):
