@@ -115,6 +115,40 @@ class PipelineServiceTests(ClusterTestCase):
         self.wait_for(lambda: not listening(port), what="the service's port to close")
 
 
+    def test_a_service_no_job_needs_runs_on_after_the_run_until_cancelled(self):
+        port = free_port()
+        folder = os.path.join(self.base_dir, "deliver")
+        os.makedirs(folder)
+        with open(os.path.join(folder, "server.py"), "w") as f:
+            f.write(SLOW_SERVER)
+        path = os.path.join(folder, "deliver.yaml")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                name: deliver
+                jobs:
+                  - id: build
+                    command: "true"
+                  - id: web
+                    type: service
+                    file: server.py
+                    args: "{port}"
+                    port: {port}
+                    depends_on: build
+                """))
+        result = self.wait_run(path)
+        self.assertEqual(result.returncode, 0, result.stderr.decode())
+        run_id = result.stdout.decode().split()[0]
+        self.assertTrue(listening(port))  # the run ended once web was up
+        svc = self.services()[f"{run_id}/web"]
+        self.assertEqual(svc["state"], "RUNNING")
+        status = self.titan("status", run_id).stdout.decode()
+        self.assertRegex(status, r"(?m)^web\s+RUNNING")
+        cancel = self.titan("cancel", run_id)
+        self.assertEqual(cancel.returncode, 0, cancel.stderr.decode())
+        self.wait_for(lambda: not listening(port), what="the service's port to close")
+        self.assertEqual(self.services()[f"{run_id}/web"]["state"], "STOPPED")
+
+
 class ReferencePipelineTests(ClusterTestCase):
     """The reference's example (dag_structure_test/agent.yaml) as its users write it."""
 

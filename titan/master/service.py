@@ -678,7 +678,9 @@ class MasterService(MultiService):
         """Cancel a job, or every unfinished job of a run, or a schedule."""
         if ref in self.scheduler.runs and ref not in self.scheduler.jobs:
             run = self.scheduler.runs[ref]
-            if run.state is not RunState.RUNNING:
+            live = any(not self.scheduler.jobs[k].state.terminal for k in run.jobs) \
+                if run.state is not RunState.RUNNING else True
+            if not live:  # (an ended run may still have a service it delivered running)
                 return {"run_id": ref, "state": run.state.value, "cancelled": False}
             durable = self.handle(ev.RunCancelRequested(ref))
             return self.after(durable, {"run_id": ref, "state": run.state.value,
