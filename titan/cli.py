@@ -257,7 +257,7 @@ def cmd_run(args) -> int:
             raise TitanError(f"--set {item!r}: expected agent_run_id=ID or stage=NAME")
         setattr(pipeline, key, value)
     with _client(args) as titan:
-        submitted = titan.submit_dag(pipeline)
+        submitted = titan.submit_dag(pipeline, watch=args.wait)
         if "schedule_id" in submitted:
             when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(submitted["next_at"]))
             print(submitted["schedule_id"])
@@ -267,10 +267,10 @@ def cmd_run(args) -> int:
         print(run_id, flush=True)
         if not args.wait:
             return 0
-        return _follow_run(args, run_id, titan)
+        return _follow_run(args, run_id, titan, submitted.get("run"))
 
 
-def _follow_run(args, run_id: str, titan=None) -> int:
+def _follow_run(args, run_id: str, titan=None, snapshot=None) -> int:
     """Follow a run by its changes until it ends (titan/follow.py), then its table, a
     failed run's failed jobs' last lines and the total time; the exit status."""
     from titan.follow import Detached, follow_run, report_end
@@ -279,7 +279,7 @@ def _follow_run(args, run_id: str, titan=None) -> int:
     def connect():
         return spare.pop() if spare else _client(args)
     try:
-        run = follow_run(connect, run_id, sys.stderr.isatty())
+        run = follow_run(connect, run_id, sys.stderr.isatty(), snapshot=snapshot)
     except Detached:
         return 130
     sys.stdout.flush()

@@ -110,10 +110,11 @@ class Display:
 
 
 def follow_run(connect: Callable, run_id: str, tty: bool,
-               err: Optional[TextIO] = None) -> dict:
+               err: Optional[TextIO] = None, snapshot: Optional[dict] = None) -> dict:
     """Follow `run_id` until it ends; returns the run with every job.
 
-    `connect()` gives a fresh `Client`.  KeyboardInterrupt is turned into `Detached` after
+    `connect()` gives a fresh `Client` (the first one may be the connection that submitted
+    the run with `watch`, and `snapshot` the run it answered).  KeyboardInterrupt is turned into `Detached` after
     saying how to follow the run again."""
     from titan.sdk.client import ConnectError
     err = err or sys.stderr
@@ -125,7 +126,9 @@ def follow_run(connect: Callable, run_id: str, tty: bool,
             try:
                 with connect() as titan:
                     first = True
-                    for run in titan.watch_run(run_id, jobs=True, tick=1.0 if tty else None):
+                    given, snapshot = snapshot, None  # a reconnection asks afresh
+                    for run in titan.watch_run(run_id, jobs=True, tick=1.0 if tty else None,
+                                               snapshot=given):
                         if lost_at is not None:
                             display.say(f"titan: reconnected to the master after "
                                         f"{time.monotonic() - lost_at:.1f}s; following "

@@ -264,3 +264,21 @@ class AsyncClientTests(MasterCase):
         self.assertEqual(seen[0], {"a": "RUNNING", "b": "PENDING", "c": "RUNNING"})
         self.assertEqual(seen[-1].get("b"), "COMPLETED")
         self.assertNotIn("a", seen[-1])  # only what moved is told
+
+
+class SubmitAndWatchTests(MasterCase):
+    def test_submit_dag_with_watch_answers_the_run_and_pushes_its_changes(self):
+        w = self.worker("w1", slots=1)
+        c = self.client()
+        submitted = c.result(Op.SUBMIT_DAG, dict(DIAMOND, watch=True))
+        snap = submitted["run"]
+        self.assertEqual((snap["run_id"], [j["node"] for j in snap["jobs"]]),
+                         (submitted["run_id"], ["a", "b", "c"]))
+        self.assertEqual(snap["jobs"][0]["state"], "RUNNING")
+        [d] = self.dispatched(w)
+        w.send(Op.JOB_COMPLETE, {"job_id": d["job_id"], "attempt": 1, "exit_code": 0})
+        self.reactor.advance(WATCH_INTERVAL)
+        [push] = [b for op, b in c.frames() if op == Op.RUN_CHANGED]
+        self.assertEqual(push["jobs"][0]["state"], "COMPLETED")
+        other = self.client()  # without watch: no run in the reply, no pushes
+        self.assertNotIn("run", other.result(Op.SUBMIT_DAG, DIAMOND))

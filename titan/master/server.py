@@ -142,7 +142,7 @@ class MasterProtocol(RpcProtocol):
         return self.master.wait_jobs(body.get("job_ids"), body.get("timeout"))
 
     def op_SUBMIT_DAG(self, body: dict) -> dict:
-        return self.master.submit_dag(body)
+        return self.master.submit_dag(body, self if body.get("watch") else None)
 
     def op_ADD_JOBS(self, body: dict) -> dict:
         run_id = body.get("run_id")

@@ -703,7 +703,9 @@ class MasterService(MultiService):
             raise RemoteError("bad_dag", str(e)) from None
         return self.handle(event)
 
-    def submit_dag(self, body: dict) -> dict:
+    def submit_dag(self, body: dict, watcher: Optional[MasterProtocol] = None) -> dict:
+        """SUBMIT_DAG; with `watcher` (the request had `watch: true`), the reply has the run
+        as WATCH_RUN gives it (`run`) and its changes are pushed to the watcher."""
         try:
             template = parse_dag(body)
         except SubmitError as e:
@@ -723,8 +725,10 @@ class MasterService(MultiService):
             return self.after(durable, {"schedule_id": schedule_id, "next_at": sched.next_at})
         run_id = self._new_run_id(template.name)
         durable = self._apply_checked(ev.DagSubmitted(run_id, template))
-        return self.after(durable, {"run_id": run_id,
-                                    "jobs": list(self.scheduler.runs[run_id].jobs)})
+        reply = {"run_id": run_id, "jobs": list(self.scheduler.runs[run_id].jobs)}
+        if watcher is not None:
+            reply["run"] = self.watch_run(watcher, run_id, True)
+        return self.after(durable, reply)
 
     def _new_run_id(self, name: str) -> str:
         while True:

@@ -260,10 +260,14 @@ class Client:
 
     # -- DAG runs --------------------------------------------------------------------------
 
-    def submit_dag(self, pipeline: Any) -> dict:
+    def submit_dag(self, pipeline: Any, watch: bool = False) -> dict:
         """Start a DAG run (or register a schedule, if the spec has one); returns
-        {"run_id", "jobs"} or {"schedule_id", "next_at"}."""
+        {"run_id", "jobs"} or {"schedule_id", "next_at"}.  With `watch`, the run's changes
+        are pushed from the start and the reply has the run as `run`: pass it to
+        `watch_run(run_id, snapshot=...)`, which then needs no request of its own."""
         spec = pipeline.to_spec() if hasattr(pipeline, "to_spec") else pipeline
+        if watch:
+            spec = dict(spec, watch=True)
         return self.call(Op.SUBMIT_DAG, spec)
 
     def add_jobs(self, run_id: str, jobs: Any) -> list:
@@ -276,8 +280,8 @@ class Client:
     def run(self, run_id: str, jobs: bool = True) -> dict:
         return self.call(Op.RUN_INFO, {"run_id": run_id, "jobs": jobs})
 
-    def watch_run(self, run_id: str, jobs: bool = True,
-                  tick: Optional[float] = None) -> Iterator[dict]:
+    def watch_run(self, run_id: str, jobs: bool = True, tick: Optional[float] = None,
+                  snapshot: Optional[dict] = None) -> Iterator[dict]:
         """The run as it is, then again after each change, until it has ended (the last
         one yielded).  The master sends the run once, then only the jobs that moved
         (WATCH_RUN, RUN_CHANGED pushes); each run yielded has `changed` (those jobs) and
@@ -285,8 +289,11 @@ class Client:
         kept current.  With `tick` (seconds), the run is also yielded, unchanged
         (`changed` empty), after `tick` seconds without news: for a clock on screen.
 
-        A lost connection raises ConnectError; call again to pick up where the run is."""
-        follower = RunFollower(self.call(Op.WATCH_RUN, {"run_id": run_id, "jobs": jobs}), jobs)
+        A lost connection raises ConnectError; call again to pick up where the run is.
+        `snapshot`: the `run` of `submit_dag(..., watch=True)` on this connection."""
+        if snapshot is None:
+            snapshot = self.call(Op.WATCH_RUN, {"run_id": run_id, "jobs": jobs})
+        follower = RunFollower(snapshot, jobs)
         yield follower.run
         quiet = 0.0
         while not follower.ended:
