@@ -33,6 +33,7 @@ the YAML and the scripts together.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import math
@@ -647,6 +648,10 @@ class Pipeline:
 
     def to_spec(self) -> dict:
         """The SUBMIT_DAG body: a new dict each time."""
+        with _no_gc():
+            return self._to_spec()
+
+    def _to_spec(self) -> dict:
         self.validate()
         jobs = [node.to_spec() for node in self._nodes]
         if self.project_dir is not None:
@@ -738,16 +743,23 @@ class Pipeline:
         relative to `base_dir` (default: the directory of `path`, else the current one)."""
         if base_dir is None:
             base_dir = os.getcwd() if path.startswith("<") else (os.path.dirname(path) or ".")
-        # Reading builds a few objects per line and frees none, which sets off the cyclic
-        # garbage collector's full passes again and again (a 10,000-job file took 4 times
-        # as long): nothing here makes cycles worth looking for, so it waits until the end.
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with _no_gc():
             return _Reader(path, base_dir).pipeline(text)
-        finally:
-            if collecting:
-                gc.enable()
+
+
+@contextlib.contextmanager
+def _no_gc():
+    """Reading a big pipeline (or writing its spec) makes objects by the hundred thousand
+    and frees none, which sets off the cyclic garbage collector's full passes again and
+    again (a 10,000-job file took 4 times as long): none of it makes cycles worth looking
+    for, so the collector waits until the end."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _join(where: str, problem: str) -> str:
@@ -840,33 +852,58 @@ def load_pipeline(path: str) -> Pipeline:
 # libyaml's parser (C) when PyYAML was built with it, as its wheels are: its nodes keep
 # their line marks too, and it reads a 10,000-job file ~15 times faster.
 _NULL = "tag:yaml.org,2002:null"
+_NULLS = frozenset({"", "~", "null", "Null", "NULL"})  # YAML 1.1's plain nulls
+# A plain scalar whose tag nobody has asked for yet (see _Loader).
+_UNRESOLVED = "!titan-unresolved"
+_STR_TAG = yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
+_SEQ_TAG = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
+_MAP_TAG = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """SafeLoader's tags, found faster: the parser asks for every scalar's tag, and a
-    pipeline repeats the same keys and words on every job; SafeLoader has no path
-    resolvers, so the walk that keeps their place is skipped."""
-
-    _tags: dict = {}  # plain scalar -> its tag
+    """SafeLoader's nodes, with the tags of plain scalars left to be found when a value is
+    read as a YAML type (`_Reader.value`): the reader takes most scalars as the text that was
+    written, and finding a tag (a regular expression or more) for each of them cost as much
+    as libyaml's parse.  SafeLoader has no path resolvers, so the walk that keeps their
+    place is skipped too."""
 
     def resolve(self, kind, value, implicit):
         if kind is yaml.ScalarNode:
-            if not implicit[0]:
-                return yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG  # quoted: a string
-            tag = self._tags.get(value)
-            if tag is None:
-                tag = super().resolve(kind, value, implicit)
-                if len(self._tags) < 100_000:
-                    self._tags[value] = tag
-            return tag
-        return super().resolve(kind, value, implicit)
+            return _UNRESOLVED if implicit[0] else _STR_TAG  # quoted: a string
+        return _SEQ_TAG if kind is yaml.SequenceNode else _MAP_TAG
 
-    if not yaml.SafeLoader.yaml_path_resolvers:
-        def descend_resolver(self, current_node, current_index):
-            pass
+    def descend_resolver(self, current_node, current_index):
+        pass
 
-        def ascend_resolver(self):
-            pass
+    def ascend_resolver(self):
+        pass
+
+
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _resolve_tags(node: yaml.Node) -> None:
+    """Give the plain scalars under `node` the tags SafeLoader would have."""
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if type(node) is yaml.ScalarNode:
+            if node.tag == _UNRESOLVED:
+                node.tag = _RESOLVER.resolve(yaml.ScalarNode, node.value, (True, False))
+        elif type(node) is yaml.SequenceNode:
+            stack.extend(node.value)
+        elif type(node) is yaml.MappingNode:
+            for key, value in node.value:
+                stack.append(key)
+                stack.append(value)
+
+
+def _is_null(node: yaml.Node) -> bool:
+    if type(node) is not yaml.ScalarNode:
+        return False
+    if node.tag == _UNRESOLVED:
+        return node.value in _NULLS
+    return node.tag == _NULL
 
 
 def _line(node: yaml.Node) -> int:
@@ -899,6 +936,7 @@ class _Reader:
         # One constructor for the whole file (making one per value cost more than the
         # parse); it keeps what it built by node, and every node is built once.
         constructor = self._constructor
+        _resolve_tags(node)
         try:
             return constructor.construct_object(node, deep=True)
         except yaml.YAMLError as e:
@@ -913,11 +951,14 @@ class _Reader:
         (`id: 007` is "007", `env: {DEBUG: yes}` gives "yes"), in lists and mappings too."""
         kind = type(node)
         if kind is yaml.ScalarNode:
-            # The composer resolved the tag: a null is `~`, `null` or nothing, plain.
-            return None if node.tag == _NULL else node.value
+            # A null is `~`, `null` or nothing, unquoted.
+            return None if _is_null(node) else node.value
         if kind is yaml.SequenceNode:
             items = node.value
-            if all(type(item) is yaml.ScalarNode and item.tag != _NULL for item in items):
+            if all(type(item) is yaml.ScalarNode and (
+                    item.tag == _STR_TAG or
+                    (item.tag == _UNRESOLVED and item.value not in _NULLS))
+                   for item in items):
                 return [item.value for item in items]  # the usual list: texts
             return [self.plain(item, where) for item in items]
         if kind is yaml.MappingNode:
@@ -925,12 +966,20 @@ class _Reader:
         return self.value(node, where)  # pragma: no cover
 
     def check(self, node: yaml.Node, where: str, check: Callable[[Any], Any],
-              plain: bool = True) -> Any:
-        value = self.plain(node, where) if plain else self.value(node, where)
+              plain: bool = True, key: Optional[str] = None) -> Any:
+        """`check(value)`; `where`, or `where.key` when a key is given, names it in errors
+        (put together only then: this runs for every value of every job)."""
+        if plain:
+            value = self.plain(node, where if key is None else f"{where}.{key}") \
+                if type(node) is not yaml.ScalarNode else \
+                (None if _is_null(node) else node.value)
+        else:
+            value = self.value(node, where if key is None else f"{where}.{key}")
         try:
             return check(value)
         except _Bad as e:
-            raise self.fail(_line(node), _join(where, str(e))) from None
+            raise self.fail(_line(node), _join(where if key is None else f"{where}.{key}",
+                                               str(e))) from None
 
     def pipeline(self, text: str) -> Pipeline:
         try:
@@ -945,7 +994,7 @@ class _Reader:
             where = f"{self.path}:{mark.line + 1}" if mark else self.path
             problem = getattr(e, "problem", None) or str(e)
             raise PipelineError(f"{where}: not valid YAML: {problem}") from None
-        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")):
+        if root is None or _is_null(root):
             raise self.fail(1, "the pipeline is empty: it needs a name and jobs")
         if not isinstance(root, yaml.MappingNode):
             raise self.fail(_line(root), "a pipeline must be a mapping of keys (name, jobs, ...)")
@@ -985,7 +1034,7 @@ class _Reader:
         if jobs_node is None:
             raise self.fail(_line(root), "jobs: a pipeline needs at least one job "
                             "(there is no jobs: list)")
-        if isinstance(jobs_node, yaml.ScalarNode) and jobs_node.tag.endswith(":null"):
+        if _is_null(jobs_node):
             raise self.fail(_line(jobs_node), "jobs: a pipeline needs at least one job")
         if not isinstance(jobs_node, yaml.SequenceNode):
             raise self.fail(_line(jobs_node), f"jobs must be a list of jobs, not "
@@ -1028,12 +1077,11 @@ class _Reader:
             key_lines[key] = line
         if "id" not in given:
             raise self.fail(_line(job_node), f"{where}: id is required")
-        id = self.check(given["id"], f"{where}.id", _name_ok)
-        is_gate = "gate" in given and self.check(given["gate"], f"{where}.gate", _bool,
-                                                 plain=False)
+        id = self.check(given["id"], where, _name_ok, key="id")
+        is_gate = "gate" in given and self.check(given["gate"], where, _bool, False, "gate")
 
         def get(key: str, check: Callable[[Any], Any], plain: bool = True) -> Any:
-            return self.check(given[key], f"{where}.{key}", check, plain)
+            return self.check(given[key], where, check, plain, key)
 
         def one_of(a: str, b: str) -> Optional[str]:
             if a in given and b in given:
@@ -1068,12 +1116,13 @@ class _Reader:
                 raise self.fail(_line(job_node), f"{where}: give command or file (the script "
                                 "to run)")
             options: dict[str, Any] = {}
-            for key in given:
+            for key, value_node in given.items():
                 check = _JOB_OPTIONS.get(key)
                 if check is not None and key != "depends_on":
                     # Numbers (and affinity's true) keep their type; names, texts and lists
                     # keep what was written.
-                    options[key] = get(key, check, key not in _TYPED_KEYS)
+                    options[key] = self.check(value_node, where, check,
+                                              key not in _TYPED_KEYS, key)
             for key in ("tags", "env"):
                 options[key] = options.get(key) or ({} if key == "env" else [])
             if "requirement" in given:
@@ -1108,10 +1157,18 @@ class _Reader:
                    ) -> tuple[list[str], dict[str, int]]:
         if node is None:
             return [], {}
+        items = node.value if type(node) is yaml.SequenceNode else [node]
+        lines: dict[str, int] = {}
+        if all(type(item) is yaml.ScalarNode and (
+                item.tag == _STR_TAG or (item.tag == _UNRESOLVED and item.value not in _NULLS))
+               for item in items):
+            # The usual: ids as written (texts, so _depends_on has nothing to refuse).
+            for item in items:
+                if item.value not in lines:
+                    lines[item.value] = item.start_mark.line + 1
+            return list(lines), lines
         where = f"{where}.depends_on"
         parents = self.check(node, where, _depends_on)
-        items = node.value if isinstance(node, yaml.SequenceNode) else [node]
-        lines: dict[str, int] = {}
         for parent, item in zip(parents, items):
             if parent not in lines:
                 lines[parent] = item.start_mark.line + 1
