@@ -215,3 +215,22 @@ class BatchSubmitTests(FollowCase):
                 c.submit_many([["true"], {"command": ["true"], "timeout": -5}])
             self.assertIn("jobs[1]: ", str(caught.exception))
             self.assertEqual(len(c.jobs(limit=10000)), before)
+
+
+class WaitRunTests(FollowCase):
+    def test_wait_run_follows_pushes_and_keeps_its_timeout(self):
+        path, go = self.held("waited")
+        with self.cluster.client() as c:
+            from titan.sdk.pipeline import load_pipeline
+            run_id = c.submit_dag(load_pipeline(path))["run_id"]
+            t0 = time.monotonic()
+            run = c.wait_run(run_id, timeout=0.5)
+            self.assertLess(time.monotonic() - t0, 5)
+            self.assertEqual(run["state"], "RUNNING")
+            self.assertEqual(len(run["jobs"]), 2)
+            # The connection is still good for requests, and no stale push gets in the way.
+            self.assertEqual(c.run(run_id, jobs=False)["state"], "RUNNING")
+            self.release(go)
+            run = c.wait(run_id, timeout=30)
+            self.assertEqual(run["state"], "COMPLETED")
+            self.assertEqual([j["state"] for j in run["jobs"]], ["COMPLETED", "COMPLETED"])

@@ -346,15 +346,13 @@ class Client:
     def wait_run(self, run_id: str, timeout: Optional[float] = None) -> dict:
         """Block until the run has ended (or `timeout` passes); returns it with its jobs."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        version = -1
-        while True:
-            left = 25.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            run = self.call(Op.WAIT_RUN, {"run_id": run_id, "version": version,
-                                          "timeout": min(left, 25.0)}, timeout=60)
-            version = run["version"]
-            if run["state"] != "RUNNING" or (deadline is not None
-                                             and time.monotonic() >= deadline):
-                return self.run(run_id)
+        # Followed by its changes (pushed, without the jobs), then read whole once.
+        for run in self.watch_run(run_id, jobs=False, tick=None if deadline is None else 0.25):
+            if run["state"] == "RUNNING" and deadline is not None \
+                    and time.monotonic() >= deadline:
+                self.unwatch_run(run_id)
+                break
+        return self.run(run_id)
 
     def runs(self, agent_run_id: Optional[str] = None, limit: int = 100) -> list:
         return self.call(Op.LIST_RUNS, {"agent_run_id": agent_run_id, "limit": limit})["runs"]
