@@ -126,8 +126,10 @@ def parse_job(raw: Any, index: int,
         raise SubmitError(f"job {node}: priority must be a whole number")
     tags = list(_strings(node, "tags", raw.get("tags")))
     # The reference's requirement: a tag, or GENERAL for any worker (no tag at all).
-    tags.extend(t for t in _strings(node, "requirement", raw.get("requirement"))
-                if t.strip().upper() != GENERAL)
+    requirement = raw.get("requirement")
+    if requirement is not None:
+        tags.extend(t for t in _strings(node, "requirement", requirement)
+                    if t.strip().upper() != GENERAL)
     spec = JobSpec(
         job_id=node, command=command, env=tuple(sorted(env.items())),
         cwd=raw.get("cwd"), priority=priority, tags=tags,
