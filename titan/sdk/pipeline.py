@@ -898,6 +898,21 @@ def _resolve_tags(node: yaml.Node) -> None:
                 stack.append(value)
 
 
+def _texts(items: list) -> Optional[list]:
+    """The texts of a sequence's items when every one is a scalar taken as written, else
+    None (a null, a nested list or mapping...: the generic path says what is wrong)."""
+    out = []
+    for item in items:
+        if type(item) is not yaml.ScalarNode:
+            return None
+        tag = item.tag
+        if tag == _STR_TAG or (tag == _UNRESOLVED and item.value not in _NULLS):
+            out.append(item.value)
+        else:
+            return None
+    return out
+
+
 def _is_null(node: yaml.Node) -> bool:
     if type(node) is not yaml.ScalarNode:
         return False
@@ -1107,14 +1122,15 @@ class _Reader:
             if node.timeout is None:
                 node.timeout = GATE_TIMEOUT
         else:
-            for key in ("message", "on_timeout"):
-                if key in given:
-                    raise self.fail(key_lines[key], f"{where}.{key}: only for a gate "
-                                    "(add gate: true)")
+            if "message" in given or "on_timeout" in given:
+                key = "message" if "message" in given else "on_timeout"
+                raise self.fail(key_lines[key], f"{where}.{key}: only for a gate "
+                                "(add gate: true)")
             source = one_of("command", "file")
             if source is None:
                 raise self.fail(_line(job_node), f"{where}: give command or file (the script "
                                 "to run)")
+            # What is not given keeps Job's default (a value given is never None here).
             options: dict[str, Any] = {}
             for key, value_node in given.items():
                 check = _JOB_OPTIONS.get(key)
@@ -1123,25 +1139,22 @@ class _Reader:
                     # keep what was written.
                     options[key] = self.check(value_node, where, check,
                                               key not in _TYPED_KEYS, key)
-            for key in ("tags", "env"):
-                options[key] = options.get(key) or ({} if key == "env" else [])
             if "requirement" in given:
                 # The reference's requirement: one tag, or GENERAL (any worker).
                 requirement = get("requirement", _opt(_tags))
+                tags = options.setdefault("tags", [])
                 for tag in requirement or ():
-                    if tag.upper() != GENERAL and tag not in options["tags"]:
-                        options["tags"].append(tag)
-            if options.get("delay") is None:
-                options["delay"] = 0.0
-            for key, default in (("priority", 0), ("retries", 0), ("type", "run")):
-                if options.get(key) is None:
-                    options[key] = default
+                    if tag.upper() != GENERAL and tag not in tags:
+                        tags.append(tag)
             command = script = None
             if source == "command":
                 if "args" in given:
                     raise self.fail(key_lines["args"], f"{where}.args: only with file (put "
                                     "the arguments in command)")
-                command = get("command", _command)
+                words = given["command"]
+                command = _texts(words.value) if type(words) is yaml.SequenceNode else None
+                if not command or not command[0]:  # a string to split, or something wrong
+                    command = get("command", _command)
             else:
                 script = self.script(given["file"], f"{where}.file",
                                      get("args", _args) if "args" in given else [])
@@ -1159,9 +1172,7 @@ class _Reader:
             return [], {}
         items = node.value if type(node) is yaml.SequenceNode else [node]
         lines: dict[str, int] = {}
-        if all(type(item) is yaml.ScalarNode and (
-                item.tag == _STR_TAG or (item.tag == _UNRESOLVED and item.value not in _NULLS))
-               for item in items):
+        if _texts(items) is not None:
             # The usual: ids as written (texts, so _depends_on has nothing to refuse).
             for item in items:
                 if item.value not in lines:
