@@ -837,7 +837,7 @@ class PipelineServiceTests(SynchronousTestCase):
         self.assertEqual(dispatched(self.etl()), [("r/api", "w1", 1)])
         self.assertEqual(self.h.job("r/api").spec.health, "tcp")  # readiness by default
         self.assertEqual(dispatched(self.report("r/api", "STARTING", port=8080)), [])
-        self.assertEqual(self.h.waiting("r/load"), "waiting for api")
+        self.assertEqual(self.h.waiting("r/load"), "waiting for api to be up")
         self.assertEqual(dispatched(self.report("r/api", "RUNNING", port=8080)),
                          [("r/load", "w1", 1)])
         self.assertIs(self.h.s.runs["r"].state, RunState.RUNNING)
@@ -863,6 +863,14 @@ class PipelineServiceTests(SynchronousTestCase):
         self.h.apply(ev.JobFinished("r/api", "w1", 1, None, "killed: stopped"))
         self.assertIs(api.state, JobState.COMPLETED)
         self.assertEqual(self.h.running_on("w1"), set())
+
+    def test_a_job_waiting_for_a_service_and_a_job_names_only_what_it_waits_for(self):
+        self.run_dag([{"id": "api", "type": "service", "command": ["serve"]},
+                      {"id": "build", "command": ["make"]},
+                      {"id": "use", "command": ["use"], "depends_on": ["api", "build"]}])
+        self.assertEqual(self.h.waiting("r/use"), "waiting for api to be up, build")
+        self.report("r/api", "RUNNING")
+        self.assertEqual(self.h.waiting("r/use"), "waiting for build")
 
     def test_a_dependent_that_fails_ends_the_run_failed_and_stops_the_service(self):
         self.etl()

@@ -278,8 +278,12 @@ class Scheduler:
         if job.state is not JobState.PENDING:
             return None
         if job.parents_left:
-            waiting = [p for p in job.spec.depends_on
-                       if self.jobs[f"{job.run_id}/{p}"].state is not JobState.COMPLETED]
+            waiting = []
+            for p in job.spec.depends_on:
+                parent = self.jobs[f"{job.run_id}/{p}"]
+                if parent.state is JobState.COMPLETED or parent.released:
+                    continue  # done, or a service that is up
+                waiting.append(f"{p} to be up" if parent.spec.kind == "service" else p)
             return "waiting for " + ", ".join(waiting)
         if not job.queued:
             due = max(0.0, (job.ready_at or now) - now)
