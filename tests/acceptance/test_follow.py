@@ -234,3 +234,17 @@ class WaitRunTests(FollowCase):
             run = c.wait(run_id, timeout=30)
             self.assertEqual(run["state"], "COMPLETED")
             self.assertEqual([j["state"] for j in run["jobs"]], ["COMPLETED", "COMPLETED"])
+
+    def test_leaving_watch_run_early_stops_the_pushes(self):
+        path, go = self.held("left")
+        with self.cluster.client() as c:
+            from titan.sdk.pipeline import load_pipeline
+            run_id = c.submit_dag(load_pipeline(path))["run_id"]
+            for run in c.watch_run(run_id):
+                if run["active"] and run["active"][0]["node"] == "slow":
+                    break
+            self.release(go)
+            self.wait_for(lambda: c.run(run_id, jobs=False)["state"] == "COMPLETED",
+                          what="the run to end")
+            # The master stopped pushing when the loop was left: nothing piled up meanwhile.
+            self.assertEqual(c._run_pushes, [])

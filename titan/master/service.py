@@ -368,7 +368,9 @@ class MasterService(MultiService):
             return
         run = self.scheduler.runs.get(run_id)
         if run is None:  # forgotten: nothing more will change
-            del self._watchers[run_id]
+            for conn in self._watchers.pop(run_id):
+                conn.watching.discard(run_id)
+            self._watch_last.pop(run_id, None)
             return
         s, now = self.scheduler, self.now()
         views = []

@@ -124,7 +124,12 @@ class AsyncClient:
 
         def changed(f):
             if on_change is not None:
-                on_change(f.run)
+                try:
+                    on_change(f.run)
+                except Exception:
+                    proto.run_watchers.pop(run_id, None)
+                    done.errback()
+                    return
             if f.ended:
                 proto.run_watchers.pop(run_id, None)
                 done.callback(f.run)

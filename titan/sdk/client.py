@@ -294,23 +294,31 @@ class Client:
         if snapshot is None:
             snapshot = self.call(Op.WATCH_RUN, {"run_id": run_id, "jobs": jobs})
         follower = RunFollower(snapshot, jobs)
-        yield follower.run
-        quiet = 0.0
-        while not follower.ended:
-            push = self._next_run_push(run_id, tick or 30.0)
-            if push is None:
-                quiet += tick or 30.0
-                if quiet >= 30.0:
-                    # Nothing for a while: make sure the master is still there.
-                    self.call(Op.RUN_INFO, {"run_id": run_id, "jobs": False})
-                    quiet = 0.0
-                if tick:
-                    follower.run["changed"] = []
-                    yield follower.run
-                continue
+        try:
+            yield follower.run
             quiet = 0.0
-            if follower.apply(push):
-                yield follower.run
+            while not follower.ended:
+                push = self._next_run_push(run_id, tick or 30.0)
+                if push is None:
+                    quiet += tick or 30.0
+                    if quiet >= 30.0:
+                        # Nothing for a while: make sure the master is still there.
+                        self.call(Op.RUN_INFO, {"run_id": run_id, "jobs": False})
+                        quiet = 0.0
+                    if tick:
+                        follower.run["changed"] = []
+                        yield follower.run
+                    continue
+                quiet = 0.0
+                if follower.apply(push):
+                    yield follower.run
+        finally:
+            if not follower.ended and self._sock is not None:
+                # Left before the end (a break, a timeout): stop the pushes.
+                try:
+                    self.unwatch_run(run_id)
+                except TitanError:
+                    pass
 
     def _next_run_push(self, run_id: str, timeout: float) -> Optional[dict]:
         """The next RUN_CHANGED push about `run_id`, or None after `timeout` seconds."""
@@ -347,10 +355,11 @@ class Client:
         """Block until the run has ended (or `timeout` passes); returns it with its jobs."""
         deadline = None if timeout is None else time.monotonic() + timeout
         # Followed by its changes (pushed, without the jobs), then read whole once.
-        for run in self.watch_run(run_id, jobs=False, tick=None if deadline is None else 0.25):
+        changes = self.watch_run(run_id, jobs=False, tick=None if deadline is None else 0.25)
+        for run in changes:
             if run["state"] == "RUNNING" and deadline is not None \
                     and time.monotonic() >= deadline:
-                self.unwatch_run(run_id)
+                changes.close()  # which stops the pushes
                 break
         return self.run(run_id)
 
