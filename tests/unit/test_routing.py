@@ -87,6 +87,15 @@ class DecisionTests(SynchronousTestCase):
         self.assertEqual(placed, {"r/a": "cpu", "r/b": "gpu", "r/t": "gpu"})
         self.assertEqual(self.s.jobs["r/a"].spec.tags, frozenset())
 
+    def test_a_worker_tagged_general_counts_as_plain(self):
+        # Reference users tag their plain workers GENERAL: a plain job goes there, not to
+        # the GPU box that joined first.
+        self.join("gpu", slots=2, tags=["GPU"])
+        self.join("gen", slots=1, tags=["GENERAL"])
+        self.assertEqual(self.submit("plain"), {"plain": "gen"})
+        self.assertEqual(self.submit("more"), {"more": "gpu"})  # gen is full
+        self.assertEqual(self.submit("t", tags=["GPU"]), {"t": "gpu"})
+
     def test_least_loaded_then_fewest_completed(self):
         self.join("a", slots=2)
         self.join("b", slots=4)

@@ -12,6 +12,8 @@ from zope.interface import implementer
 
 from titan.interfaces import IRouter
 
+GENERAL = "GENERAL"  # the reference's capability of a plain worker: no specialisation
+
 
 def parse_affinity(value: Optional[str]) -> tuple[Optional[str], bool]:
     """`affinity` is `parent` (the worker that ran a parent: data locality), a worker name,
@@ -42,8 +44,11 @@ class Capability:
         else:
             return candidates  # nobody has tags: nothing to narrow
         if len(fit) > 1:
-            # Best fit: keep the GPU box for GPU jobs while plainer workers have room.
-            sizes = [len(w.tags) for w in fit]
+            # Best fit: keep the GPU box for GPU jobs while plainer workers have room.  Every
+            # worker that fits has the tags the job needs, so the fewest tags is the fewest
+            # the job does not need; a worker tagged GENERAL (the reference's word for a
+            # plain one) counts as plain.
+            sizes = [len(w.tags) - (GENERAL in w.tags) for w in fit]
             least = min(sizes)
             if max(sizes) != least:
                 fit = [w for w, n in zip(fit, sizes) if n == least]
