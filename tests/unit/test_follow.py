@@ -86,3 +86,20 @@ class DisplayTests(SynchronousTestCase):
         self.assertEqual(lines[0], "--- r/a FAILED (exit 3); last 10 lines of its output:")
         self.assertEqual(lines[1:11], [f"  r/a line {i}" for i in range(5, 15)])
         self.assertEqual(lines[11], "r FAILED: COMPLETED 1  FAILED 1; took 12.50s")
+
+
+class StartUpTests(SynchronousTestCase):
+    def test_the_client_path_builds_no_attrs_classes(self):
+        """`titan run` and the SDK's client start without attrs or the config (start-up is
+        a tenth of a 1,000-job `titan run --wait`); the port default is the config's."""
+        import subprocess
+        import sys
+        code = ("import sys, titan.cli, titan.follow, titan.sdk.client, titan.sdk.pipeline; "
+                "print(sorted(m for m in ('attrs', 'attr', 'titan.config', 'titan.core') "
+                "if m in sys.modules))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout
+        self.assertEqual(out.strip(), "[]")
+        from titan import config
+        from titan.sdk import connection
+        self.assertEqual(connection.DEFAULT_PORT, config.DEFAULT_PORT)

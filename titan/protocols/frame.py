@@ -6,9 +6,7 @@ split, and yields whole frames or errors.
 from __future__ import annotations
 
 import struct
-from typing import Union
-
-import attrs
+from typing import NamedTuple, Union
 
 from titan.protocols.opcodes import KNOWN_OPCODES, op_name
 
@@ -19,8 +17,9 @@ FLAG_STRUCTURED = 0x01
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 
 
-@attrs.frozen
-class Frame:
+# Named tuples, not attrs classes: every client imports this module, and `titan status`
+# should not pay for building attrs classes at start-up (~15 ms of a CLI command).
+class Frame(NamedTuple):
     opcode: int
     body: bytes
     flags: int = FLAG_STRUCTURED
@@ -30,8 +29,7 @@ class Frame:
         return bool(self.flags & FLAG_STRUCTURED)
 
 
-@attrs.frozen
-class FrameError:
+class FrameError(NamedTuple):
     """A frame the decoder could not accept.
 
     `fatal` means the byte stream can no longer be trusted (bad header or length): the peer
@@ -45,7 +43,7 @@ class FrameError:
     fatal: bool
     opcode: int = 0
     flags: int = FLAG_STRUCTURED
-    body: bytes = attrs.field(default=b"", repr=False)
+    body: bytes = b""
 
 
 def encode_frame(opcode: int, body: bytes, flags: int = FLAG_STRUCTURED) -> bytes:

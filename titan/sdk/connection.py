@@ -5,8 +5,11 @@ import os
 from typing import Optional
 
 from titan.auth import read_token
-from titan.config import DEFAULT_PORT, MasterConfig
 from titan.errors import TitanError
+
+# titan.config (attrs, YAML) is imported only when it is needed: every CLI command and SDK
+# client goes through here, and most never read the config.
+DEFAULT_PORT = 9090  # titan.config.DEFAULT_PORT
 
 
 def master_address(master: Optional[str] = None) -> tuple[str, int]:
@@ -34,4 +37,5 @@ def cluster_token(token: Optional[str] = None) -> Optional[str]:
         found = read_token(os.path.join(data_dir, "master"))
         if found:
             return found
+    from titan.config import MasterConfig
     return read_token(MasterConfig().data_dir)
