@@ -90,11 +90,11 @@ class DisplayTests(SynchronousTestCase):
 
 class StartUpTests(SynchronousTestCase):
     def test_the_client_path_builds_no_attrs_classes(self):
-        """`titan run` and the SDK's client start without attrs or the config (start-up is
-        a tenth of a 1,000-job `titan run --wait`); the port default is the config's."""
+        """The CLI and the SDK's client start without attrs or the config (start-up is a
+        tenth of a 1,000-job `titan run --wait`); the port default is the config's."""
         import subprocess
         import sys
-        code = ("import sys, titan.cli, titan.follow, titan.sdk.client, titan.sdk.pipeline; "
+        code = ("import sys, titan.cli, titan.follow, titan.sdk.client; "
                 "print(sorted(m for m in ('attrs', 'attr', 'titan.config', 'titan.core') "
                 "if m in sys.modules))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
