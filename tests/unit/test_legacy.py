@@ -123,6 +123,8 @@ class JobStringTests(SynchronousTestCase):
                          ("service", "8085", "web.py"))
         job = L.parse_job_string(f"web|DEPLOY_PAYLOAD|web.py|{B64}|0|GENERAL|1|0|[]")
         self.assertEqual(job["port"], "auto")
+        # As in the reference, a DAG's services stay up once the DAG is done.
+        self.assertIs(job["persist"], True)
 
     def test_archives(self):
         data = project_zip({"src/main.py": "print('hi')", "lib/util.py": ""})
@@ -134,8 +136,8 @@ class JobStringTests(SynchronousTestCase):
         self.assertIn(base64.b64encode(data), job["script"]["content"])
         svc = L.parse_job_string(L.start_archive_service("s", "proj.zip/src/main.py", "--x",
                                                          port=9000), assets)
-        self.assertEqual((svc["type"], svc["port"], svc["script"]["args"]),
-                         ("service", "9000", ["--x"]))
+        self.assertEqual((svc["type"], svc["port"], svc["script"]["args"], svc["persist"]),
+                         ("service", "9000", ["--x"], True))
 
     def test_errors_name_the_job_and_the_field(self):
         data = project_zip({"main.py": ""})

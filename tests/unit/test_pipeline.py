@@ -36,7 +36,7 @@ jobs:
 
 KNOWN = ("id, type, file, args, depends_on, requirement, priority, delay, affinity, port, "
          "hitl_message, max_wait_seconds, command, retries, timeout, env, gate, tags, cwd, "
-         "message, on_timeout, restart, health")
+         "message, on_timeout, restart, health, persist")
 
 
 def job(id, command=None, script=None, **changes):
@@ -163,6 +163,21 @@ class ReferenceFormatTests(SynchronousTestCase):
         self.assertEqual([(j["type"], j["port"], j["affinity"]) for j in jobs],
                          [("service", 8080, "w1"), ("service", "auto", None),
                           ("run", "8081", None)])
+
+    def test_persist_keeps_a_service_up_after_its_run(self):
+        text = ("name: svc\njobs:\n"
+                "  - {id: api, type: service, command: [serve], persist: true}\n"
+                "  - {id: use, command: [use], depends_on: api}\n")
+        p = Pipeline.from_yaml(text, "svc.yaml", base_dir=self.dir)
+        self.assertEqual([j.get("persist") for j in p.to_spec()["jobs"]], [True, None])
+        self.assertIn("persist: true", p.to_yaml())
+        e = self.assertRaises(PipelineError, Pipeline.from_yaml,
+                              "name: s\njobs:\n  - id: a\n    command: x\n"
+                              "    persist: true\n", "s.yaml", self.dir)
+        self.assertEqual(str(e), "s.yaml:5: jobs[0].persist: only for a service "
+                                 "(add type: service)")
+        b = Pipeline("b")
+        self.assertTrue(b.job("api", "serve", type="service", persist=True).to_spec()["persist"])
 
 
 class ReferenceDefaultsTests(SynchronousTestCase):

@@ -921,6 +921,26 @@ class PipelineServiceTests(SynchronousTestCase):
         self.h.apply(ev.Forget((), ("r",)))
         self.assertNotIn("r", self.h.s.runs)
 
+    def test_a_service_marked_persist_stays_up_after_the_run(self):
+        self.run_dag([
+            {"id": "api", "type": "service", "command": ["serve"], "persist": True},
+            {"id": "load", "command": ["load"], "depends_on": ["api"]}])
+        self.report("r/api", "RUNNING")
+        out = self.h.finish("r/load")
+        self.assertIs(self.h.s.runs["r"].state, RunState.COMPLETED)
+        self.assertEqual(kills(out), [])
+        self.assertIs(self.h.state("r/api"), JobState.RUNNING)
+
+    def test_persist_is_for_services(self):
+        from titan.core.dag import parse_dag
+        for job, message in (
+                ({"id": "a", "command": ["x"], "persist": True},
+                 "job a: persist is for a service (type: service)"),
+                ({"id": "a", "type": "service", "command": ["x"], "persist": "yes"},
+                 "job a: persist must be true or false, not 'yes'")):
+            e = self.assertRaises(SubmitError, parse_dag, {"name": "r", "jobs": [job]})
+            self.assertEqual(str(e), message)
+
     def test_cancelling_a_running_run_cancels_its_services(self):
         self.etl()
         self.report("r/api", "RUNNING", port=8080)

@@ -69,6 +69,7 @@ def spec_from_record(d) -> JobSpec:
     _setattr(spec, "restart", d.get("restart") or "on-failure")
     _setattr(spec, "health", d.get("health"))
     _setattr(spec, "workspace", d.get("workspace"))
+    _setattr(spec, "persist", bool(d.get("persist")))
     return spec
 
 

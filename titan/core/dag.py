@@ -47,7 +47,8 @@ def _strings(job: str, key: str, value: Any) -> tuple[str, ...]:
 JOB_KEYS = frozenset({
     "id", "kind", "type", "command", "script", "depends_on", "priority", "tags", "requirement",
     "timeout", "retries", "delay", "env", "cwd", "hitl_message", "max_wait_seconds",
-    "affinity", "port", "name", "restart", "health", "workspace"})
+    "affinity", "port", "name", "restart", "health", "workspace",
+    "persist"})
 WORKSPACES = ("job", "shared")  # a job's own directory, or its run's (on each worker)
 RESTART_POLICIES = ("always", "on-failure", "never")
 GATE_KEYS = frozenset({"id", "kind", "depends_on", "message", "timeout", "on_timeout", "name"})
@@ -91,6 +92,13 @@ def parse_job(raw: Any, index: int,
     if (raw.get("type") or "run") not in ("run", "service"):
         raise SubmitError(f"job {node}: type must be run or service, not {raw.get('type')!r}")
     service = service_options(node, raw) if kind == "service" else {}
+    persist = raw.get("persist")
+    if persist is not None and not isinstance(persist, bool):
+        raise SubmitError(f"job {node}: persist must be true or false, not {persist!r}")
+    if persist and kind != "service":
+        raise SubmitError(f"job {node}: persist is for a service (type: service)")
+    if persist:
+        service["persist"] = True
     if service and service["port"] is not None and service["health"] is None:
         # A pipeline's service counts as up for its dependents once it is: with a port,
         # once the port takes connections (docs/pipelines.md, services in pipelines).

@@ -88,6 +88,9 @@ class JobSpec:
     # "shared": the job runs in its run's directory on the worker (docs/pipelines.md), not
     # in one of its own; None: its own (or `cwd`).
     workspace: Optional[str] = None
+    # A service of a DAG run that stays up after its run ends although a job of the run
+    # needed it (docs/pipelines.md, services in a pipeline).
+    persist: bool = False
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -99,6 +102,7 @@ class JobSpec:
             "on_timeout": self.on_timeout, "script_name": self.script_name,
             "script": self.script, "affinity": self.affinity, "port": self.port,
             "restart": self.restart, "health": self.health, "workspace": self.workspace,
+            "persist": self.persist,
         }
 
     @classmethod
@@ -114,7 +118,7 @@ class JobSpec:
             script_name=body.get("script_name"), script=body.get("script"),
             affinity=body.get("affinity"), port=body.get("port"),
             restart=body.get("restart") or "on-failure", health=body.get("health"),
-            workspace=body.get("workspace"))
+            workspace=body.get("workspace"), persist=bool(body.get("persist")))
 
 
 @attrs.define(eq=False)

@@ -812,8 +812,9 @@ class Scheduler:
         live = total - sum(counts.get(state, 0) for state in _TERMINAL)
         if live:
             # Services still running (or waiting for a worker again): those some job of
-            # the run depends on were there for the run and stop with it; the others (no
-            # job needs them: the pipeline's product, a reference deploy) go on.
+            # the run depends on were there for the run and stop with it, unless marked
+            # `persist`; the others (no job needs them: the pipeline's product, a reference
+            # deploy) go on.
             self._stop_helpers(run, out)
             live = total - sum(counts.get(state, 0) for state in _TERMINAL)
         if counts.get(JobState.FAILED, 0) or counts.get(JobState.DEAD, 0):
@@ -830,7 +831,7 @@ class Scheduler:
         jobs = self.jobs
         for key in run.jobs:
             job = jobs[key]
-            if job.state.terminal or not job.children:
+            if job.state.terminal or not job.children or job.spec.persist:
                 continue
             # A service that did its part: COMPLETED, saying it was stopped.
             if job.state is _RUNNING and job.worker_id is not None:

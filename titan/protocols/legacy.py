@@ -258,7 +258,8 @@ def parse_job_string(text: str, assets: Optional[Assets] = None,
         name = _file(job, payload[0])
         out["script"] = {"name": name, "content": _content(job, name, payload[1], assets),
                          "args": []}
-        out.update(type="service", port=_port(job, payload[2]))
+        # The reference leaves a DAG's services up once the DAG is done.
+        out.update(type="service", port=_port(job, payload[2]), persist=True)
     else:
         service = kind == START_ARCHIVE_SERVICE
         if service and len(payload) < 2:
@@ -273,7 +274,7 @@ def parse_job_string(text: str, assets: Optional[Assets] = None,
         out["script"] = {"name": ARCHIVE_LAUNCHER, "content": launcher,
                          "args": _args(job, "|".join(payload[1:]))}
         if service:
-            out.update(type="service", port=port)
+            out.update(type="service", port=port, persist=True)
     size = len(out["script"]["content"])
     if max_script_bytes is not None and size > max_script_bytes:
         raise ParseError(f"job {job}: its script is {size} bytes, over the "

@@ -62,7 +62,7 @@ WORKSPACES = ("job", "shared")  # each job its own directory, or one per run on 
 JOB_KEYS = ("id", "type", "file", "args", "depends_on", "requirement", "priority", "delay",
             "affinity", "port", "hitl_message", "max_wait_seconds", "command", "retries",
             "timeout", "env", "gate", "tags", "cwd", "message", "on_timeout", "restart",
-            "health")
+            "health", "persist")
 GATE_KEYS = ("id", "gate", "depends_on", "message", "hitl_message", "timeout",
              "max_wait_seconds", "on_timeout")
 
@@ -375,10 +375,12 @@ class Job(Node):
                  cwd: Optional[str] = None, hitl_message: Optional[str] = None,
                  max_wait_seconds: Optional[float] = None, affinity: Optional[str] = None,
                  type: str = "run", port: Union[int, str, None] = None,
-                 restart: Optional[str] = None, health: Optional[str] = None) -> None:
+                 restart: Optional[str] = None, health: Optional[str] = None,
+                 persist: Optional[bool] = False) -> None:
         super().__init__(pipeline, id, depends_on)
         self.restart = restart
         self.health = health
+        self.persist = bool(persist)
         self.command = command
         self.script = script
         self.priority = priority
@@ -410,6 +412,7 @@ class Job(Node):
             "type": self.type, "port": self.port,
             **({"restart": self.restart} if self.restart else {}),
             **({"health": self.health} if self.health else {}),
+            **({"persist": True} if self.persist else {}),
         }
 
 
@@ -453,13 +456,14 @@ _JOB_OPTIONS: dict[str, Callable[[Any], Any]] = {
     "port": _port,
     "restart": _opt(_choice(("always", "on-failure", "never"))),
     "health": _opt(_text),
+    "persist": _opt(lambda v: _bool(v)),  # (_bool is defined further down)
 }
 
 
 _JOB_KEY_SET = frozenset(JOB_KEYS)
 # Read as YAML types, not as the text written.
 _TYPED_KEYS = frozenset({"priority", "retries", "timeout", "delay", "max_wait_seconds", "port",
-                         "affinity"})
+                         "affinity", "persist"})
 
 
 class Pipeline:
@@ -513,9 +517,10 @@ class Pipeline:
             hitl_message: Optional[str] = None,
             max_wait_seconds: Union[float, str, None] = None, affinity: Optional[str] = None,
             type: str = "run", port: Union[int, str, None] = None,
-            restart: Optional[str] = None, health: Optional[str] = None) -> Job:
+            restart: Optional[str] = None, health: Optional[str] = None,
+            persist: bool = False) -> Job:
         """Add a job that runs `command` (a list, or a string split like a shell);
-        `type="service"` keeps it running (with `port`, `restart`, `health`)."""
+        `type="service"` keeps it running (with `port`, `restart`, `health`, `persist`)."""
         id = self._new_id(id)
         command = self._job_check(id, "command", command, _command)
         options = self._options(id, locals())
@@ -825,7 +830,8 @@ def _job_yaml(node: Node) -> dict:
         out["depends_on"] = list(node.depends_on)
     defaults = {"priority": 0, "tags": [], "timeout": None, "retries": 0, "delay": 0.0,
                 "env": {}, "cwd": None, "hitl_message": None, "max_wait_seconds": None,
-                "affinity": None, "port": None, "restart": None, "health": None}
+                "affinity": None, "port": None, "restart": None, "health": None,
+                "persist": False}
     for key, default in defaults.items():
         value = getattr(node, key)
         if value != default:
@@ -1139,6 +1145,9 @@ class _Reader:
                     # keep what was written.
                     options[key] = self.check(value_node, where, check,
                                               key not in _TYPED_KEYS, key)
+            if options.get("persist") and options.get("type") != "service":
+                raise self.fail(key_lines["persist"], f"{where}.persist: only for a service "
+                                "(add type: service)")
             if "requirement" in given:
                 # The reference's requirement: one tag, or GENERAL (any worker).
                 requirement = get("requirement", _opt(_tags))
