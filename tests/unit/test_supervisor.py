@@ -96,3 +96,50 @@ class HealthReportTests(SynchronousTestCase):
         self.sup._passed(None)
         self.assertIsNone(self.reports[-1]["health_error"])
         self.assertEqual(self.reports[-1]["state"], "RUNNING")
+
+
+class ReadinessPaceTests(SynchronousTestCase):
+    """While a service comes up, its check runs often (what waits for it starts soon after
+    it listens); once it is up, or its grace is over, at the configured pace."""
+
+    def make(self, answers: list) -> tuple:
+        from twisted.internet import defer
+        clock = Clock()
+        reports: list[dict] = []
+        job = SimpleNamespace(job_id="r/api", spec=SimpleNamespace(health="tcp",
+                                                                  restart="on-failure"))
+        options = WorkerConfig(health_interval=2.0, health_grace=1.0)
+        sup = ServiceSupervisor(clock, job, ["server"], {}, "/", 20001, options,
+                                report=reports.append, finished=lambda code, why: None,
+                                output=lambda stream, data: None)
+        sup.proc = FakeProcess()
+        sup.started_at = 0.0
+        probes: list[float] = []
+
+        def probe():
+            probes.append(clock.seconds())
+            ok = answers.pop(0) if answers else True
+            return defer.succeed(None) if ok else defer.fail(error.ConnectionRefusedError())
+        sup._probe = probe
+        sup._set("STARTING")
+        sup._check_every(min(supervisor.READY_POLL, options.health_interval))
+        return clock, sup, probes, reports
+
+    def test_quick_checks_until_up_then_the_configured_pace(self) -> None:
+        clock, sup, probes, reports = self.make([False, False, True])
+        clock.pump([0.2] * 3)
+        self.assertEqual(reports[-1]["state"], "RUNNING")
+        self.assertEqual([round(t, 1) for t in probes], [0.2, 0.4, 0.6])
+        clock.pump([0.5] * 3)
+        self.assertEqual(len(probes), 3)  # next one 2 s after it came up
+        clock.advance(0.5)
+        self.assertEqual([round(t, 1) for t in probes], [0.2, 0.4, 0.6, 2.6])
+
+    def test_past_its_grace_failures_count_at_the_configured_pace(self) -> None:
+        clock, sup, probes, reports = self.make([False] * 20)
+        clock.pump([0.2] * 6)   # 1.2 s: the grace (1 s) is over at the 5th check
+        self.assertEqual(len(probes), 5)
+        self.assertIsNone(sup.proc.killed)
+        clock.pump([1.0] * 4)   # two more misses, 2 s apart: three in a row
+        self.assertEqual(len(probes), 7)
+        self.assertIsNotNone(sup.proc.killed)

@@ -25,6 +25,8 @@ from twisted.logger import Logger
 from titan.worker.executor import JobProcess, spawn
 
 FAILURES_BEFORE_RESTART = 3  # failed health checks in a row, once the grace is over
+# While a service comes up (its grace period), its health is checked this often (at most).
+READY_POLL = 0.2
 
 
 class PortBusy(Exception):
@@ -163,9 +165,9 @@ class ServiceSupervisor:
         self._failures = 0
         if self.spec.health:
             self._set("STARTING")
-            self._health = LoopingCall(self._check)
-            self._health.clock = self.reactor
-            self._health.start(self.options.health_interval, now=False)
+            # Quick checks while it comes up (what waits for it starts sooner), the
+            # configured pace once it is up or its grace is over.
+            self._check_every(min(READY_POLL, self.options.health_interval))
         else:
             self._set("RUNNING")
         return None
@@ -244,6 +246,15 @@ class ServiceSupervisor:
             self._health.stop()
         self._health = None
 
+    def _check_every(self, interval: float) -> None:
+        if self._health is not None:
+            if self._health.interval == interval:
+                return
+            self._stop_health()
+        self._health = LoopingCall(self._check)
+        self._health.clock = self.reactor
+        self._health.start(interval, now=False)
+
     def _check(self) -> defer.Deferred:
         d = self._probe()
         d.addCallbacks(self._passed, self._missed)
@@ -271,6 +282,7 @@ class ServiceSupervisor:
         self.health_error = None
         if not self.healthy and not self.ended:
             self.healthy = True
+            self._check_every(self.options.health_interval)
             self._set("RUNNING")
         elif cleared and not self.ended:
             self.report(self.status())
@@ -283,6 +295,8 @@ class ServiceSupervisor:
             self.health_error = why  # the master keeps it: `titan service list` shows it
             self.report(self.status())
         in_grace = self.reactor.seconds() - (self.started_at or 0) < self.options.health_grace
+        if not in_grace:
+            self._check_every(self.options.health_interval)  # failures count at its pace
         if self.healthy or not in_grace:
             self._failures += 1
             if self._failures >= FAILURES_BEFORE_RESTART:
