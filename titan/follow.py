@@ -9,6 +9,8 @@ failed jobs' last lines of output.
 """
 from __future__ import annotations
 
+import io
+import os
 import shutil
 import sys
 import time
@@ -99,8 +101,14 @@ class Display:
             more = f" +{len(running) - 4}" if len(running) > 4 else ""
             parts.append(f"running: {shown}{more}")
         line = "  ".join(parts)
-        cols = shutil.get_terminal_size((100, 24)).columns
-        return line[:max(20, cols - 1)]
+        return line[:max(20, self._columns() - 1)]
+
+    def _columns(self) -> int:
+        try:  # the terminal stderr is on (stdout may be a pipe); 0 when it does not say
+            columns = os.get_terminal_size(self.err.fileno()).columns
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            columns = 0
+        return columns or shutil.get_terminal_size((100, 24)).columns
 
     def end(self) -> None:
         if self.line:
