@@ -240,6 +240,18 @@ class ReferenceDefaultsTests(SynchronousTestCase):
         self.assertIsNone(self.read("name: c\njobs:\n  - {id: a, command: 'true'}\n")
                           .project_dir)  # no file job: nothing to ship
 
+    def test_a_big_folder_by_default_says_how_to_ship_the_file_alone(self):
+        with open(os.path.join(self.dir, "big.bin"), "wb") as f:
+            f.write(os.urandom(9 * 2**20))  # does not compress
+        p = self.read("name: ref\njobs:\n  - {id: a, file: src/step.py}\n")
+        e = self.assertRaises(PipelineError, p.to_spec)
+        self.assertEqual(str(e), f"pipeline 'ref': the project folder {self.dir} zips to more "
+                                 "than 8 MB; ship big data as files the jobs read, or run it "
+                                 "with project: false (project is true unless the YAML says "
+                                 "otherwise, as in the reference)")
+        self.read("name: ref\nproject: false\njobs:\n  - {id: a, file: src/step.py}\n"
+                  ).to_spec()  # the file alone
+
     def test_the_reference_example_pipeline(self):
         # titan_test_suite/examples/yaml_based_static_tests/dag_structure_test/agent.yaml,
         # the reference's own example, as it is written.

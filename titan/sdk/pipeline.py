@@ -264,9 +264,11 @@ def _project_dir(value: Any) -> Optional[str]:
 MAX_PROJECT_ZIP = 8 * 1024 * 1024  # shipped with every job of the run: keep it small
 
 
-def zip_folder(folder: str) -> bytes:
+def zip_folder(folder: str, limit: Optional[int] = None) -> bytes:
     """The folder as a zip (sorted, fixed timestamps: the same files give the same bytes),
-    leaving out hidden entries and __pycache__."""
+    leaving out hidden entries and __pycache__.  Past `limit` bytes it stops there (what it
+    returns is then longer than `limit`, and not a whole zip): a big folder is not read to
+    the end to be refused."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for root, dirs, files in os.walk(folder):
@@ -281,6 +283,8 @@ def zip_folder(folder: str) -> bytes:
                 info.compress_type = zipfile.ZIP_DEFLATED
                 with open(path, "rb") as f:
                     z.writestr(info, f.read())
+                if limit is not None and buf.tell() > limit:
+                    return buf.getvalue()
     return buf.getvalue()
 
 
@@ -671,11 +675,11 @@ class Pipeline:
         if not any(getattr(node, "script", None) and node.script.get("path")
                    for node in self._nodes):
             return  # no file job: nothing runs from the folder
-        data = zip_folder(self.project_dir)
+        data = zip_folder(self.project_dir, limit=MAX_PROJECT_ZIP)
         if len(data) > MAX_PROJECT_ZIP:
             given = "project" in self._lines
             raise PipelineError(f"pipeline {self.name!r}: the project folder "
-                                f"{self.project_dir} zips to {len(data) / 2**20:.1f} MB, over "
+                                f"{self.project_dir} zips to more than "
                                 f"{MAX_PROJECT_ZIP // 2**20} MB; ship big data as files the "
                                 "jobs read, or run it with project: false"
                                 + ("" if given else " (project is true unless the YAML says "
