@@ -122,8 +122,8 @@ def follow_run(connect: Callable, run_id: str, tty: bool,
     """Follow `run_id` until it ends; returns the run with every job.
 
     `connect()` gives a fresh `Client` (the first one may be the connection that submitted
-    the run with `watch`, and `snapshot` the run it answered).  KeyboardInterrupt is turned into `Detached` after
-    saying how to follow the run again."""
+    the run with `watch`, and `snapshot` the run it answered).  KeyboardInterrupt is turned
+    into `Detached` after saying how to follow the run again."""
     from titan.sdk.client import ConnectError
     err = err or sys.stderr
     display = Display(run_id, tty, err)

@@ -143,7 +143,8 @@ class WatchRunTests(MasterCase):
     def test_an_unknown_run_is_named(self):
         c = self.client()
         op, body = c.reply(c.send(Op.WATCH_RUN, {"run_id": "nope"}))
-        self.assertEqual((op, body["code"], body["message"]), (Op.ERROR, "not_found", "no run nope"))
+        self.assertEqual((op, body["code"], body["message"]),
+                         (Op.ERROR, "not_found", "no run nope"))
 
 
 class SubmitManyTests(MasterCase):
