@@ -854,9 +854,9 @@ class LoaderTests(SynchronousTestCase):
         finally:
             sys.path.pop(0)
         text = pipeline_text(10_000)
-        start = time.perf_counter()
+        start = time.process_time()  # CPU time: other processes on the machine do not count
         spec = Pipeline.from_yaml(text, "big.yaml").to_spec()
-        took = time.perf_counter() - start
+        took = time.process_time() - start
         self.assertEqual(len(spec["jobs"]), 10_000)
         self.assertEqual(spec["jobs"][10]["env"], {"STEP": "10", "DEBUG": "yes"})
         self.assertEqual(spec["jobs"][10]["timeout"], 300.0)
