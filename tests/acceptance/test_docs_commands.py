@@ -10,11 +10,14 @@ loopback, if those ports are free.
 
 How a command is read:
 - `# ...` ends it (a comment); in a block with `$ ` lines, only those are commands (the
-  other lines are their output).
+  other lines are their output).  A block without a language counts only for its `$ `
+  lines (a transcript).
 - `[...]` is optional: the command runs without it.
 - JOB_ID and RUN_ID are what the latest `titan submit` / `titan run` printed first.
 - It must exit 0, or N when its comment says "exits N".
 - `export NAME=...` changes the environment of the commands after it.
+- A command whose comment says "someone approves meanwhile" has its run's gates approved,
+  as `titan approve` does, while it runs.
 - A command that starts a server (SERVERS) runs in the background until the next block that
   starts one, or the end; the command after it runs once the server is up.
 - NOT_RUN lists the commands that are not run, each with the reason.
@@ -109,9 +112,9 @@ def commands(path: str) -> list[dict]:
     """The commands of a page's shell blocks, in order."""
     found = []
     for language, _, lines in blocks(path):
-        if language not in ("sh", "bash", "shell"):
-            continue
         prompt = any(text.startswith("$ ") for _, text in lines)
+        if language not in ("sh", "bash", "shell") and not (language == "" and prompt):
+            continue
         first = True
         for number, text in lines:
             if prompt:
@@ -264,9 +267,12 @@ class Runner:
         self.before(command)
         started = time.monotonic()
         try:
-            result = subprocess.run(["sh", "-c", command], cwd=cwd, env=self.env,
-                                    capture_output=True, timeout=COMMAND_TIMEOUT,
-                                    stdin=subprocess.DEVNULL)
+            if "someone approves meanwhile" in cmd["comment"]:
+                result = self.run_approving(command, cwd)
+            else:
+                result = subprocess.run(["sh", "-c", command], cwd=cwd, env=self.env,
+                                        capture_output=True, timeout=COMMAND_TIMEOUT,
+                                        stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             self.emit(**where, ran=command, ok=False,
                       error=f"still running after {COMMAND_TIMEOUT:g}s")
@@ -281,6 +287,44 @@ class Runner:
             self.values["JOB_ID"] = first
         if first and re.match(r"titan run\b", command):
             self.values["RUN_ID"] = first
+
+    def run_approving(self, command: str, cwd: str) -> subprocess.CompletedProcess:
+        """Run a command that prints a run id first and waits for the run; approve each of
+        the run's gates once it waits, as a person in another shell would."""
+        out_path = os.path.join(self.base, "approving.out")
+        with open(out_path, "wb") as out:
+            proc = subprocess.Popen(["sh", "-c", command], cwd=cwd, env=self.env,
+                                    stdout=out, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
+            deadline = time.monotonic() + COMMAND_TIMEOUT
+            approved: set = set()
+            while proc.poll() is None:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(command, COMMAND_TIMEOUT)
+                with open(out_path, "rb") as f:
+                    words = f.read().split()
+                if words:
+                    run_id = words[0].decode()
+                    for gate in self.waiting_gates(run_id):
+                        if gate not in approved:
+                            approved.add(gate)
+                            subprocess.run(["titan", "approve", gate, "-m", "ok"],
+                                           env=self.env, capture_output=True, timeout=30)
+                time.sleep(0.1)
+            err = proc.stderr.read()
+        with open(out_path, "rb") as f:
+            return subprocess.CompletedProcess(command, proc.returncode, f.read(), err)
+
+    def waiting_gates(self, run_id: str) -> list:
+        result = subprocess.run(["titan", "status", run_id, "--json"], env=self.env,
+                                capture_output=True, timeout=30)
+        try:
+            jobs = json.loads(result.stdout)["jobs"]
+        except (ValueError, KeyError):
+            return []
+        return [j["job_id"] for j in jobs if j["state"] == "WAITING_APPROVAL"]
 
     def before(self, command: str) -> None:
         """What a reader waits for before typing the command."""
