@@ -112,7 +112,8 @@ class WrongTokenWorkerTests(ClusterTestCase):
         self.assertNotEqual(status, 0)
         with open(child.log_file) as f:
             log = f.read()
-        self.assertIn("refused the cluster token (wrong cluster token)", log)
+        self.assertIn("refused the cluster token (wrong cluster token); stopping", log)
+        self.assertNotIn("reconnecting", log.split("refused the cluster token", 1)[1])
 
 
 class FrameLimitTests(ClusterTestCase):

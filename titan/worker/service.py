@@ -111,6 +111,7 @@ class WorkerService(MultiService):
         self.unacked: dict[tuple[str, int], dict] = {}  # finished, not yet acknowledged
         self.conn: Optional[WorkerProtocol] = None
         self.registered = False
+        self.refused = False  # the master refused our token: the worker is stopping
         self._flush_call = None
         self._heartbeat: Optional[LoopingCall] = None
         env = dict(os.environ)
@@ -225,6 +226,7 @@ class WorkerService(MultiService):
             print(f"titan-worker: the master at {self.master_host}:{self.master_port} refused "
                   f"the cluster token ({failure.value.message}); stopping", file=sys.stderr,
                   flush=True)
+            self.refused = True  # for good: no "reconnecting"
             exit_after_stop(self.reactor, 2)
             return
         self.log.warn("registration failed: {why}", why=failure.getErrorMessage())
@@ -237,7 +239,8 @@ class WorkerService(MultiService):
             self.registered = False
             if self._heartbeat is not None and self._heartbeat.running:
                 self._heartbeat.stop()
-            self.log.warn("lost the master; reconnecting")
+            if not self.refused:
+                self.log.warn("lost the master; reconnecting")
 
     def _beat(self) -> None:
         if self.conn is not None and self.registered:
