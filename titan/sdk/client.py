@@ -41,11 +41,30 @@ def _whoami() -> str:
         return "someone"
 
 
+def _check_number(name: str, value: Any, kind: type, low: Optional[float] = None,
+                  low_open: bool = False) -> None:
+    ok_types = (int,) if kind is int else (int, float)
+    if isinstance(value, bool) or not isinstance(value, ok_types):
+        noun = "a whole number" if kind is int else "a number"
+        raise TitanError(f"{name}={value!r}: expected {noun}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise TitanError(f"{name}={value!r}: expected a finite number")
+    if low is not None and (value <= low if low_open else value < low):
+        raise TitanError(f"{name}={value!r}: must be {'more than' if low_open else 'at least'} "
+                         f"{low:g}")
+
+
 def submit_body(command: Union[str, Sequence[str]], *, priority: int = 0,
                 tags: Sequence[str] = (), timeout: Optional[float] = None, retries: int = 0,
                 delay: float = 0.0, env: Optional[dict] = None, cwd: Optional[str] = None,
                 name: Optional[str] = None) -> dict:
-    """The SUBMIT_JOB request for one job (shared by the blocking and the async client)."""
+    """The SUBMIT_JOB request for one job (shared by the blocking and the async client).
+    Numbers out of range are refused here, before anything is sent (TitanError)."""
+    _check_number("priority", priority, int)
+    _check_number("retries", retries, int, low=0)
+    _check_number("delay", delay, float, low=0)
+    if timeout is not None:
+        _check_number("timeout", timeout, float, low=0, low_open=True)
     return {"command": command if isinstance(command, str) else list(command),
             "priority": priority, "tags": list(tags), "timeout": timeout,
             "retries": retries, "delay": delay, "env": env or {}, "cwd": cwd, "name": name}
