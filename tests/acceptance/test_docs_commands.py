@@ -3,7 +3,7 @@
 The commands are taken from the ```sh (and ```bash) blocks, in order, and run with `sh -c`
 against a real cluster — the one the docs themselves start (`make run`, then `twistd -n
 titan-master` / `titan-worker` "by hand", `twistd -n titan-store`), on the ports and in the
-~/.titan the docs name, with HOME a fresh directory.  So that ports 9090 and 6379 are free
+~/.titan the docs name, with HOME a fresh directory.  examples/README.md's commands run too.  So that ports 9090 and 6379 are free
 whatever else this machine runs, the commands run in a network namespace of their own
 (`unshare -rn`, loopback only) when the system allows one; otherwise on this machine's
 loopback, if those ports are free.
@@ -47,11 +47,17 @@ from twisted.trial.unittest import SynchronousTestCase
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 DOCS = ["README.md"] + sorted(os.path.relpath(p, ROOT)
-                              for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+                              for p in glob.glob(os.path.join(ROOT, "docs", "*.md"))) \
+    + ["examples/README.md"]
+# Pages whose commands run from the checkout, as their readers' do (the others from a scratch
+# directory that has the checkout's etc/ and examples/).
+FROM_THE_CHECKOUT = ("README.md", "examples/README.md")
 
 # Commands not run here, and why.  (Matched on the start of the command.)
 NOT_RUN = {
     "make test": "it runs every test, this one included: minutes, and recursive",
+    ".venv/bin/python examples/agent_loop.py": "it stops at its gate until a person decides "
+    "(the page says so); docs/pipelines.md runs it with --approve",
 }
 
 # Commands that start servers, and what shows each is up.
@@ -221,7 +227,7 @@ class Runner:
     def run_doc(self, doc: str) -> None:
         cwd = ROOT
         files = files_of(doc)
-        if doc != "README.md":
+        if doc not in FROM_THE_CHECKOUT:
             # A scratch directory that looks like the checkout to the page's commands
             # (etc/, examples/), with the page's own files in it.
             cwd = os.path.join(self.base, "pages", doc.replace("/", "_"))
