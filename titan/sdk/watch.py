@@ -8,6 +8,8 @@ from __future__ import annotations
 import shlex
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
+from titan.errors import TitanError
+
 ACTIVE = ("RUNNING", "WAITING_APPROVAL")
 BATCH = 5000  # jobs per SUBMIT_JOBS / WAIT_JOBS request (well under the frame limit)
 
@@ -91,8 +93,9 @@ def batch_bodies(items: Iterable[Any], defaults: dict) -> list[dict]:
     for i, item in enumerate(items):
         try:
             bodies.append(_one(item, defaults))
-        except TypeError as e:
-            raise TypeError(f"job {i}: {e}") from None
+        except (TypeError, TitanError) as e:
+            # Named by its place, as the master names a bad job of a batch.
+            raise type(e)(f"jobs[{i}]: {e}") from None
     return bodies
 
 
