@@ -180,6 +180,8 @@ def cmd_status(args) -> int:
         what = "approved" if d["approved"] else "rejected"
         details.append(["decision", f"{what} by {d['by']}"
                         + (f": {d['comment']}" if d.get("comment") else "")])
+        if d.get("via"):  # what the master saw: the credential, the peer, the store key
+            details.append(["via", _cell(d["via"])])
     if job.get("result") is not None:
         details.append(["result", json.dumps(job["result"])[:200]])
     if job.get("tags"):
@@ -213,8 +215,12 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_workers(args) -> int:
+    from titan.protocols.opcodes import Op
     with _client(args) as titan:
-        workers = titan.workers()
+        reply = titan.call(Op.LIST_WORKERS)
+    workers = reply["workers"]
+    for warning in reply.get("warnings") or ():  # text frames on, ...: said every time
+        print(f"titan: WARNING: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(workers, indent=2, sort_keys=True))
         return 0

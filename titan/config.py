@@ -14,6 +14,11 @@ import yaml
 from titan.store.config import StoreConfig
 
 DEFAULT_PORT = 9090
+# What the reference's clients (its SDK, CLI and dashboard) send as text frames: everything
+# the master serves that way (titan/master/legacy.py), and the most `text_frame_ops` allows.
+TEXT_FRAME_OPS = ("SUBMIT_JOB", "SUBMIT_DAG", "STOP", "STATS", "STATS_JSON", "GET_LOGS",
+                  "UPLOAD_ASSET", "FETCH_ASSET", "GET_JOB_STATUS", "CANCEL_JOB",
+                  "DEPLOY_SCRIPT", "KV_SET", "KV_GET", "KV_SADD", "KV_SMEMBERS")
 DEFAULT_HOME = os.path.join("~", ".titan")
 
 
@@ -33,7 +38,10 @@ class MasterConfig:
     max_jobs_per_run: int = 10_000
     keep_finished: int = 10_000  # finished jobs remembered (oldest forgotten first)
     forget_after: float = 60.0  # ...but each for at least this many seconds after it ends
-    text_frames: str = "loopback"  # off | loopback | on: the reference SDK's text requests
+    # off | on: the reference SDK's token-less text requests (docs/compat.md); when on, only
+    # from processes of the master's own user on this machine, and only these operations.
+    text_frames: str = "off"
+    text_frame_ops: tuple[str, ...] = TEXT_FRAME_OPS
 
 
 @attrs.frozen
@@ -103,7 +111,11 @@ _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": Pers
              "autoscaler": AutoscalerConfig, "store": StoreConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
             "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),
-            "master.text_frames": ("off", "loopback", "on")}
+            "master.text_frames": ("off", "on"), "master.text_frame_ops": TEXT_FRAME_OPS}
+# Values that were valid once and mean something else now: the error says what to write.
+_GONE = {("master.text_frames", "loopback"):
+         "master.text_frames: loopback is gone: text frames are off unless `on`, which serves "
+         "them to processes of the master's own user on this machine only (docs/compat.md)"}
 _TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace", "autoscaler.min_workers",
@@ -183,9 +195,16 @@ def _section(cls: type, node: yaml.Node, path: str, name: str):
                               f"{name}.{key} (known in {name}: {known})")
         values[key] = _convert(fields[key].type, value_node, path, f"{name}.{key}")
         choices = _CHOICES.get(f"{name}.{key}")
-        if choices and values[key] not in choices:
+        gone = _GONE.get((f"{name}.{key}", values[key]))
+        if gone:
+            raise ConfigError(f"{path}:{value_node.start_mark.line + 1}: {gone}")
+        many = isinstance(values[key], tuple)
+        wrong = [v for v in (values[key] if many else (values[key],)) if v not in choices] \
+            if choices else []
+        if wrong:
             raise ConfigError(f"{path}:{value_node.start_mark.line + 1}: {name}.{key} must be "
-                              f"one of {', '.join(choices)}, not {values[key]!r}")
+                              f"{'among' if many else 'one of'} {', '.join(choices)}, "
+                              f"not {wrong[0]!r}")
     return cls(**values)
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 from titan.auth import load_or_create_token
 from titan.datadir import DataDirInUse, DataDirLock, holder
 from titan.errors import TitanError
+from titan.store.config import load_or_create_password
 from titan.testing.processes import die_with_parent, read_port, tail
 
 
@@ -57,11 +58,14 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
     os.makedirs(log_dir, exist_ok=True)
     token = load_or_create_token(master_dir)
     env = dict(os.environ, TITAN_TOKEN=token)
+    # The store's password (issue 15): for the store and the master only, by environment.
+    store_env = {"TITAN_STORE_PASSWORD": load_or_create_password(store_dir)}
     children: list[tuple[str, subprocess.Popen, str]] = []
 
-    def start(name: str, plugin: str, args: list[str]) -> subprocess.Popen:
+    def start(name: str, plugin: str, args: list[str],
+              extra_env: Optional[dict] = None) -> subprocess.Popen:
         log_file = os.path.join(log_dir, f"{name}.log")
-        proc = subprocess.Popen(_twist(plugin, args, log_file), env=env,
+        proc = subprocess.Popen(_twist(plugin, args, log_file), env=dict(env, **extra_env or {}),
                                 stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         children.append((name, proc, log_file))
         return proc
@@ -85,7 +89,7 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
             store_port = 0 if port == 0 else 6379
         store = start("store", "titan-store",
                       ["--listen", f"tcp:{store_port}:interface=127.0.0.1",
-                       "--data-dir", store_dir])
+                       "--data-dir", store_dir], store_env)
         store_bound = read_port(store_dir, store, ready_timeout, name="store.port")
         if store_bound is None:
             print(f"titan up: the store did not start; its log ({children[0][2]}) ends:\n"
@@ -93,7 +97,7 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
             return 1
         master = start("master", "titan-master",
                        ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", master_dir,
-                        "--store", f"redis://127.0.0.1:{store_bound}/0"])
+                        "--store", f"redis://127.0.0.1:{store_bound}/0"], store_env)
         bound = read_port(master_dir, master, ready_timeout)
         if bound is None:
             print(f"titan up: the master did not start; its log ({children[1][2]}) ends:\n"
@@ -103,7 +107,7 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
             start(f"worker-{i}", "titan-worker",
                   ["--master", f"127.0.0.1:{bound}", "--slots", str(slots),
                    "--name", f"worker-{i}", "--data-dir", os.path.join(home, f"worker-{i}")])
-        _banner(bound, workers, slots, home, master_dir, log_dir, store_bound)
+        _banner(bound, workers, slots, home, master_dir, log_dir, store_bound, store_dir)
         while not stopping:
             for name, proc, log_file in children:
                 if proc.poll() is not None:
@@ -131,14 +135,15 @@ def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
 
 
 def _banner(port: int, workers: int, slots: int, home: str, master_dir: str,
-            log_dir: str, store_port: int) -> None:
+            log_dir: str, store_port: int, store_dir: str = "") -> None:
     default = os.path.join(os.path.expanduser("~"), ".titan")
     env_hint = "" if home == default else f"export TITAN_DATA_DIR={home}; "
     port_hint = "" if port == 9090 else f"export TITAN_PORT={port}; "
     print(f"""Titan is up.
   master    127.0.0.1:{port}
   workers   {workers} x {slots} slots
-  store     127.0.0.1:{store_port} (TitanStore: redis-cli -p {store_port})
+  store     127.0.0.1:{store_port} (TitanStore, password in {store_dir}/password:
+            REDISCLI_AUTH=$(cat {store_dir}/password) redis-cli -p {store_port})
   data      {home}
   logs      {log_dir}/master.log, store.log, worker-N.log
 From another shell (the `titan` command is in .venv/bin of the checkout):

@@ -22,6 +22,7 @@ def py(source: str) -> bytes:
 class LegacyTests(LegacyChecks, ClusterTestCase):
     workers = 2
     slots = 8
+    cluster_options = {"master_extra": "  text_frames: on\n"}  # off by default
 
     def setUp(self) -> None:
         super().setUp()

@@ -92,7 +92,8 @@ class LegacyStoreTests(LegacyChecks, ClusterTestCase):
         if cls.__dict__.get("store_proc") is None:
             cls.store_proc, cls.store_port = start_store()
             cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
-                                                   f"{cls.store_port}/0\n"}
+                                                   f"{cls.store_port}/0\n",
+                                   "master_extra": "  text_frames: on\n"}  # off by default
         super().setUp()
         if not cls.__dict__.get("tagged_workers"):
             self.cluster.start_worker("w1", tags="LEFT")
@@ -408,7 +409,8 @@ class LegacyStoreDownTests(ClusterTestCase):
 
     workers = 0
     dead_port = free_port()  # handed out, then released: nothing listens on it
-    cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:{dead_port}/0\n"}
+    cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:{dead_port}/0\n",
+                       "master_extra": "  text_frames: on\n"}
 
     def test_a_store_that_does_not_answer_is_an_error_that_says_so(self):
         c = LegacyClient("127.0.0.1", self.cluster.port)

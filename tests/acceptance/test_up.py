@@ -72,9 +72,37 @@ class UpTests(SynchronousTestCase):
                             "from titan.sdk import Client; Client().store_put('k', 'from a job')"])
             self.assertEqual(c.wait(job, timeout=60)["state"], "COMPLETED", c.logs(job))
             self.assertEqual(c.store_get("k"), b"from a job")
+            # ...but not a gate's key: a job never decides a gate (issue 15, 2).
+            job = c.submit([sys.executable, "-c",
+                            "from titan.sdk import Client\n"
+                            "Client().store_put('titan:hitl:status:g', 'APPROVED')"])
+            self.assertEqual(c.wait(job, timeout=60)["state"], "FAILED")
+            self.assertIn(b"a job's own token may not KV_SET 'titan:hitl:status:g'", c.logs(job))
+            self.assertIsNone(c.store_get("titan:hitl:status:g"))
+        # The store has a password (issue 15, 2): generated, kept 0600, given to the store
+        # and the master by environment (not on their command lines), not to the workers.
+        password_file = os.path.join(home, "store", "password")
+        self.assertEqual(os.stat(password_file).st_mode & 0o777, 0o600)
+        with open(password_file) as f:
+            password = f.read().strip()
+        self.assertGreaterEqual(len(password), 24)
+        self.assertIn(f"REDISCLI_AUTH=$(cat {password_file}) redis-cli -p {store_port}", text)
         cli = subprocess.run(["redis-cli", "-p", str(store_port), "GET", "k"],
                              capture_output=True, timeout=30)
+        self.assertIn(b"NOAUTH", cli.stdout + cli.stderr)
+        cli = subprocess.run(["redis-cli", "-p", str(store_port), "GET", "k"],
+                             capture_output=True, timeout=30,
+                             env=dict(os.environ, REDISCLI_AUTH=password))
         self.assertEqual(cli.stdout, b"from a job\n")
+        for pid in children:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+            self.assertNotIn(password.encode(), cmdline)
+            if b"titan-worker" in cmdline:
+                self.assertFalse([e for e in environ if e.startswith(b"TITAN_STORE_PASSWORD=")],
+                                 cmdline)
 
         up.send_signal(signal.SIGINT)
         self.assertEqual(up.wait(30), 0)

@@ -1,6 +1,8 @@
 """The YAML config loader: every key, and errors that name the file, the line and the key."""
 from __future__ import annotations
 
+import attrs
+
 import os
 
 from twisted.trial import unittest
@@ -72,12 +74,34 @@ class ParseTests(unittest.TestCase):
         self.assertEqual(parse_config('token: "null"\n').token, "null")
         self.assertIsNone(parse_config("token: ~\n").token)
 
+    def test_text_frames(self):
+        # Issue 15, 1: off unless turned on; `loopback` (the old default) is refused, saying
+        # what it became.
+        self.assertEqual(parse_config("").master.text_frames, "off")
+        self.assertEqual(parse_config("master:\n  text_frames: on\n").master.text_frames, "on")
+        self.assertConfigError(
+            "master:\n  text_frames: loopback\n",
+            "/etc/t.yaml:2: master.text_frames: loopback is gone: text frames are off unless "
+            "`on`, which serves them to processes of the master's own user on this machine "
+            "only (docs/compat.md)")
+        self.assertConfigError("master:\n  text_frames: yes\n",
+                               "/etc/t.yaml:2: master.text_frames must be one of off, on, "
+                               "not 'yes'")
+        self.assertEqual(parse_config("master:\n  text_frame_ops: [KV_GET, STATS]\n")
+                         .master.text_frame_ops, ("KV_GET", "STATS"))
+        self.assertConfigError(
+            "master:\n  text_frame_ops: [KV_GET, DECIDE_GATE]\n",
+            "/etc/t.yaml:2: master.text_frame_ops must be among SUBMIT_JOB, SUBMIT_DAG, STOP, "
+            "STATS, STATS_JSON, GET_LOGS, UPLOAD_ASSET, FETCH_ASSET, GET_JOB_STATUS, CANCEL_JOB, "
+            "DEPLOY_SCRIPT, KV_SET, KV_GET, KV_SADD, KV_SMEMBERS, not 'DECIDE_GATE'")
+
     def test_unknown_key(self):
         self.assertConfigError(
             "master:\n  listen: tcp:0\n  heartbeat_timout: 3\n",
             "/etc/t.yaml:3: unknown key master.heartbeat_timout (known in master: listen, "
             "data_dir, heartbeat_interval, heartbeat_timeout, max_frame_bytes, "
-            "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, keep_finished, forget_after, text_frames)")
+            "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, keep_finished, forget_after, "
+            + ", ".join(f.name for f in attrs.fields(MasterConfig)[10:]) + ")")
         self.assertConfigError("\n\nworkers:\n  slots: 2\n",
                                "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, master, persistence, router, store, token, "
                                "worker)")

@@ -14,13 +14,14 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from titan.config import Config, MasterConfig
+from titan.config import TEXT_FRAME_OPS, Config, MasterConfig
 from titan.core import dag, events as ev
 from titan.master.legacy import HITL_INTERVAL
+from titan.master.peer import describe_uid
 from titan.master.service import MasterService
 from titan.protocols import codec, legacy as L
 from titan.protocols.frame import FrameDecoder, encode_frame
-from titan.protocols.opcodes import Op
+from titan.protocols.opcodes import Op, op_name
 
 B64 = base64.b64encode(b"print(1)").decode()
 
@@ -277,7 +278,7 @@ class FakeStore:
         self.data[key] = value
         self.writes.append((key, value))
 
-    def set(self, key, value, nx=False):
+    def set(self, key, value, nx=False, ex=None):
         if nx and key in self.data:
             return defer.succeed(False)
         self._put(key, value)
@@ -310,16 +311,26 @@ class FakeStore:
 
 
 class FrontendTests(SynchronousTestCase):
+    text_frames = "on"
+
     def setUp(self) -> None:
         self.reactor = MemoryReactorClock()
         self.data_dir = self.mktemp()
         config = Config(token="sesame", master=MasterConfig(
-            listen="tcp:0:interface=127.0.0.1", data_dir=self.data_dir))
+            listen="tcp:0:interface=127.0.0.1", data_dir=self.data_dir,
+            text_frames=self.text_frames))
         self.master = MasterService(config, reactor=self.reactor)
+        self.legacy = self.master.legacy
+        # The peers of these in-memory connections run as the master's user unless a test
+        # says otherwise (what titan/master/peer.py finds for a real socket).
+        self.peer_uids: dict = {}
+        self.patch(self.legacy, "peer_uid", lambda transport: self.peer_uids.get(
+            getattr(transport.getPeer(), "port", None), self.legacy.own_uid))
+        self.stderr = io.StringIO()
+        self.patch(sys, "__stderr__", self.stderr)
         self.master.privilegedStartService()
         self.master.startService()
         self.addCleanup(self.master.stopService)
-        self.legacy = self.master.legacy
 
     def connect(self, peer=None):
         proto = self.master.listener.factory.buildProtocol(None)
@@ -452,25 +463,59 @@ class FrontendTests(SynchronousTestCase):
         self.assertEqual(json.loads(replies[0][2])["active_workers"], 0)
         self.assertTrue(transport.disconnecting)
 
-    def test_policy(self):
-        remote = IPv4Address("TCP", "10.1.2.3", 5000)
-        opcode, reply = self.ask(Op.STATS, "", peer=remote)
-        self.assertEqual((opcode, reply), (Op.ERROR, "ERROR: text frames are served to this "
-                                           "machine only, not to 10.1.2.3 "
-                                           "(master.text_frames: loopback)"))
-        for local in (IPv6Address("TCP", "::1", 5000), IPv4Address("TCP", "127.0.0.2", 5000),
-                      IPv6Address("TCP", "::ffff:127.0.0.1", 5000), UNIXAddress(b"/tmp/s")):
-            self.assertEqual(self.ask(Op.STATS, "", peer=local)[0], Op.ACK, local)
-        self.patch(self.legacy, "policy", lambda: "on")
-        self.assertEqual(self.ask(Op.STATS, "", peer=remote)[0], Op.ACK)
-        self.patch(self.legacy, "policy", lambda: "off")
-        self.assertEqual(self.error(Op.STATS),
-                         "ERROR: text frames are turned off on this master "
-                         "(master.text_frames: off)")
+    def test_on_serves_the_masters_own_user_only(self):
+        # Issue 15, 1: a peer of another uid (found from the kernel's socket tables for TCP,
+        # SO_PEERCRED for a UNIX socket; injected here) is refused; so is one whose user
+        # cannot be told (another machine).  The master's own user is served.
+        own = self.legacy.own_uid
+        self.peer_uids.update({5001: own + 1, 5002: None})
+        for peer in (IPv4Address("TCP", "127.0.0.1", 5000), IPv6Address("TCP", "::1", 5000),
+                     UNIXAddress(b"/tmp/s")):
+            self.assertEqual(self.ask(Op.STATS, "", peer=peer)[0], Op.ACK, peer)
+        opcode, reply = self.ask(Op.SUBMIT_DAG, L.run_payload("x", "x.sh", b"id"),
+                                 peer=IPv4Address("TCP", "127.0.0.1", 5001))
+        self.assertEqual(opcode, Op.ERROR)
+        self.assertEqual(reply, "ERROR: text frames are served only to processes of the "
+                                f"master's user ({describe_uid(own)}) on this machine, not to "
+                                f"127.0.0.1, run by {describe_uid(own + 1)} "
+                                "(master.text_frames: on)")
+        opcode, reply = self.ask(Op.STATS, "", peer=IPv4Address("TCP", "10.1.2.3", 5002))
+        self.assertEqual((opcode, reply), (
+            Op.ERROR, "ERROR: text frames are served only to processes of the master's user "
+                      f"({describe_uid(own)}) on this machine, not to 10.1.2.3, whose user "
+                      "cannot be told (another machine, or a socket already closed) "
+                      "(master.text_frames: on)"))
+        self.assertEqual(self.master.scheduler.jobs, {})  # nothing of the refused DAG ran
+
+    def test_on_is_loud(self):
+        warning = self.legacy.warning()
+        self.assertIn("text frames are on (master.text_frames: on)", warning)
+        self.assertIn(f"titan-master: WARNING: {warning}\n", self.stderr.getvalue())
+        proto, transport = self.connect()
+        proto.dataReceived(encode_frame(Op.HELLO, codec.pack({"rid": 1, "token": "sesame"})))
+        proto.dataReceived(encode_frame(Op.LIST_WORKERS, codec.pack({"rid": 2})))
+        frames = FrameDecoder().feed(transport.value())
+        self.assertEqual(codec.unpack(frames[-1].body)["result"]["warnings"], [warning])
+        self.assertEqual(self.master.stats()["text_frames"], "on")
+
+    def test_only_the_configured_operations(self):
+        self.patch(self.master, "config", self.master.config.override(
+            "master", text_frame_ops=("GET_JOB_STATUS",)))
+        self.assertEqual(self.state("DAG-x"), "NULL")
+        self.assertEqual(self.error(Op.KV_SET, "k|v"),
+                         "ERROR: KV_SET is not served as a text frame on this master "
+                         "(master.text_frame_ops)")
+        self.assertEqual(self.error(Op.SUBMIT_DAG, L.run_payload("x", "x.sh", b"id")),
+                         "ERROR: SUBMIT_DAG is not served as a text frame on this master "
+                         "(master.text_frame_ops)")
+        self.assertEqual(self.master.scheduler.jobs, {})
+
+    def test_the_config_names_every_operation_served(self):
+        self.assertEqual({op_name(op) for op in self.legacy._handlers}, set(TEXT_FRAME_OPS))
 
     def test_policy_from_the_config(self):
-        for value, policy in [("off", "off"), ("ON", "on"), ("loopback", "loopback"),
-                              (True, "on"), (False, "off"), ("nonsense", "loopback")]:
+        for value, policy in [("off", "off"), ("ON", "on"), ("on", "on"), (True, "on"),
+                              (False, "off"), ("loopback", "off"), ("nonsense", "off")]:
             self.patch(self.master, "config", _Config(value))
             self.assertEqual(self.legacy.policy(), policy)
 
@@ -569,9 +614,68 @@ class FrontendTests(SynchronousTestCase):
         self.assertEqual(self.state("DAG-review"), "COMPLETED")
         gate = self.master.job_info(self.legacy.job_key("review"))
         self.assertEqual(gate["decision"]["by"], "store")
+        # Who made it, as far as the master can tell (issue 15, 2).
+        self.assertEqual(gate["decision"]["via"], "store key titan:hitl:status:review, set "
+                                                  "by a write straight to the store (not "
+                                                  "through the master)")
         self.assertEqual(store.data[key("veto")], b"REJECTED")
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(store.data[key("review")], b"APPROVED")
+
+    # -- issue 15, 2: who decides a gate, and a job never does -----------------------------
+
+    def hello(self, token: str, peer=None):
+        proto, transport = self.connect(peer)
+        proto.dataReceived(encode_frame(Op.HELLO, codec.pack({"rid": 1, "token": token})))
+        return proto, transport
+
+    def call(self, proto, transport, op: int, body: dict) -> dict:
+        proto.dataReceived(encode_frame(op, codec.pack({"rid": 2, **body})))
+        return codec.unpack(FrameDecoder().feed(transport.value())[-1].body)
+
+    def test_a_text_frame_kv_set_decides_a_gate_and_is_named(self):
+        store = self.gated("kv")
+        self.finish("DAG-kv-before")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.ok(Op.KV_SET, f"{L.hitl_key('kv')}|APPROVED"), "OK")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.state("DAG-kv"), "COMPLETED")
+        decision = self.master.job_info(self.legacy.job_key("kv"))["decision"]
+        self.assertEqual((decision["approved"], decision["by"]), (True, "store"))
+        self.assertEqual(decision["via"], "store key titan:hitl:status:kv, set by a text "
+                                          "frame KV_SET from 127.0.0.1:40000 "
+                                          f"({describe_uid(self.legacy.own_uid)})")
+        self.assertEqual(store.data[L.hitl_key("kv")], b"APPROVED")
+
+    def test_a_cluster_token_decision_names_the_credential(self):
+        self.gated("ct")
+        self.finish("DAG-ct-before")
+        proto, transport = self.hello("sesame", IPv4Address("TCP", "127.0.0.1", 40001))
+        reply = self.call(proto, transport, Op.DECIDE_GATE, {
+            "job_id": self.legacy.job_key("ct"), "approved": False, "by": "alice"})
+        self.assertEqual(reply["result"]["state"], "CANCELLED", reply)
+        decision = self.master.job_info(self.legacy.job_key("ct"))["decision"]
+        self.assertEqual((decision["by"], decision["via"]),
+                         ("alice", "cluster token from 127.0.0.1"))
+
+    def test_a_jobs_token_may_not_write_gate_keys(self):
+        from titan.auth import job_token
+        store = self.gated("jt")
+        job = self.master.scheduler.jobs[self.legacy.job_key("DAG-jt-before")]
+        self.master.handle(ev.JobStarted(job.job_id, "w1", job.attempt))
+        proto, transport = self.hello(job_token("sesame", job.job_id, job.attempt))
+        for op, body in [(Op.KV_SET, {"key": L.hitl_key("jt"), "value": "APPROVED"}),
+                         (Op.KV_SADD, {"key": "titan:hitl:queue", "member": "jt"})]:
+            reply = self.call(proto, transport, op, body)
+            self.assertEqual(reply.get("code"), "forbidden", reply)
+            self.assertIn(f"a job's own token may not {op_name(op)} '{body['key']}'",
+                          reply["message"])
+        self.assertNotIn(L.hitl_key("jt"), store.data)
+        self.assertNotIn("titan:hitl:queue", store.sets)
+        # Its other keys are its own business.
+        reply = self.call(proto, transport, Op.KV_SET, {"key": "mine", "value": "1"})
+        self.assertNotIn("code", reply)
+        self.assertEqual(store.data["mine"], b"1")
 
     # -- A3: a decision written by anyone is never written over ------------------------------
 
@@ -682,6 +786,7 @@ class FrontendTests(SynchronousTestCase):
         self.master.startService()
         self.addCleanup(self.master.stopService)
         self.legacy = self.master.legacy
+        self.patch(self.legacy, "peer_uid", lambda transport: self.legacy.own_uid)
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(self.state("DAG-down"), "COMPLETED")
 
@@ -779,6 +884,48 @@ class FrontendTests(SynchronousTestCase):
         history = json.loads(self.ok(Op.STATS_JSON))["workers"][0]["history"]
         self.assertEqual(len(history), 10)  # the last ten, as the reference keeps
         self.assertEqual(history[-1]["id"], "DAG-h11")
+
+class TextFramesOffTests(SynchronousTestCase):
+    """Issue 15, 1 and 2: by default the token-less text frames are off, and so is the
+    reference's way of deciding gates through their store keys."""
+
+    text_frames = MasterConfig().text_frames  # the default
+    setUp = FrontendTests.setUp
+    connect, replies, ask, error = (FrontendTests.connect, FrontendTests.replies,
+                                    FrontendTests.ask, FrontendTests.error)
+    worker, finish = FrontendTests.worker, FrontendTests.finish
+
+    def test_off_by_default_and_refused_with_the_reason(self):
+        self.assertEqual(self.text_frames, "off")
+        off = ("ERROR: text frames are turned off on this master (master.text_frames: off); "
+               "Titan's own clients need none, and docs/compat.md says how to turn them on "
+               "for the reference's")
+        for op, text in [(Op.SUBMIT_DAG, L.run_payload("x", "x.sh", b"id")),
+                         (Op.STATS, ""), (Op.KV_SET, "k|v"), (Op.GET_LOGS, "DAG-x")]:
+            self.assertEqual(self.error(op, text), off)
+        self.assertEqual(self.master.scheduler.jobs, {})
+        self.assertIsNone(self.legacy.warning())
+        self.assertEqual(self.stderr.getvalue(), "")  # nothing to warn of
+
+    def test_the_store_keys_decide_nothing(self):
+        self.master.store = store = FakeStore()
+        self.worker()
+        d = self.master.submit_dag({"name": "p", "jobs": [
+            {"id": "review", "kind": "gate"},
+            {"id": "after", "command": ["true"], "depends_on": ["review"]}]})
+        self.reactor.advance(0)
+        run = self.successResultOf(d)["run_id"]
+        store.data[L.hitl_key("review")] = b"APPROVED"  # a job, a dashboard, anyone
+        for _ in range(4):
+            self.reactor.advance(HITL_INTERVAL)
+        gate = self.master.job_info(f"{run}/review")
+        self.assertEqual(gate["state"], "WAITING_APPROVAL")
+        self.assertEqual(store.writes, [])  # not mirrored either
+        self.master.decide_gate(f"{run}/review", True, "alice", "")
+        self.reactor.advance(HITL_INTERVAL)
+        self.assertEqual(self.master.job_info(f"{run}/review")["state"], "COMPLETED")
+        self.assertEqual(store.writes, [])
+
 
 class _Config:
     def __init__(self, text_frames) -> None:

@@ -162,7 +162,7 @@ PERSISTED: dict[type, tuple[str, ...]] = {
     ev.JobFinished: ("plain",) * 5,
     ev.CancelRequested: ("plain", "plain"),
     ev.RunCancelRequested: ("plain", "plain"),
-    ev.GateDecided: ("plain",) * 4,
+    ev.GateDecided: ("plain",) * 5,  # records of 4 (before `via`) decode too
     ev.ResultSet: ("plain", "data"),
     ev.ScheduleAdded: ("plain", "plain", "template"),
     ev.ScheduleRemoved: ("plain",),

@@ -159,8 +159,9 @@ class RunCancelRequested:
 class GateDecided:
     job_id: str
     approved: bool
-    by: str
+    by: str  # the name the decider gave (or "timeout", "store")
     comment: str = ""
+    via: str = ""  # how it came: the credential and path the master saw (docs/security.md)
 
 
 @attrs.frozen

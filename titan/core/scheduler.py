@@ -599,6 +599,8 @@ class Scheduler:
         if job is None or job.state is not JobState.WAITING_APPROVAL:
             return
         job.decision = {"approved": e.approved, "by": e.by, "comment": e.comment, "at": now}
+        if e.via:
+            job.decision["via"] = e.via
         job.finished_at = now
         job.ready_at = None
         if e.approved:

@@ -1,16 +1,19 @@
 """The reference implementation's text requests, served by the master.
 
 A text frame (flags 0) is one request on a connection of its own: the master answers it with
-one ACK or ERROR text frame, then closes the connection (docs/compat.md).  Whether text
-frames are served at all is `master.text_frames`: `off`, `loopback` (the default: only from
-this machine) or `on`.  They carry no token: whoever may send them may submit jobs.
+one ACK or ERROR text frame, then closes the connection (docs/compat.md).  They carry no
+token, so they are served only when the operator turns them on (`master.text_frames: on`;
+the default is `off`), loudly (a warning at start-up, and in `titan workers`), and then only
+to processes of the master's own user on this machine (titan/master/peer.py finds the
+peer's uid) and only for the operations in `master.text_frame_ops` (docs/security.md).
 
 Jobs submitted this way run as DAG runs named `legacy`; the reference's `DAG-<id>` (or plain
 `<id>`) names the latest job submitted with that id.  The map from ids to jobs is kept in
 memory; after a restart an id still finds its job through the scheduler as long as it is not
 ambiguous (the newest job of that id wins).
 
-With a store configured (`master.store`), approval gates are mirrored the reference's way:
+With a store configured (`store.url`) and text frames on, approval gates are mirrored the
+reference's way (with text frames off, the keys decide nothing and are not written):
 a waiting gate sets `titan:hitl:status:<gate>` to WAITING, setting that key to APPROVED or
 REJECTED decides the gate, and a gate decided otherwise writes its outcome there.  A
 decision is never written over: a new run clears its gates' keys as it is submitted (what
@@ -23,15 +26,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import os
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.address import UNIXAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
@@ -39,13 +41,14 @@ from titan.core.dag import approval_gate_node, reference_gate_name
 from titan.core.model import JobState, RunState
 from titan.errors import RemoteError
 from titan.protocols import legacy
+from titan.master.peer import describe_uid, peer_uid
 from titan.protocols.opcodes import Op, op_name
 from titan.store.client import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from titan.master.service import MasterService
 
-POLICIES = ("off", "loopback", "on")
+POLICIES = ("off", "on")
 HITL_INTERVAL = 0.5
 HITL_QUEUE_KEY = "titan:hitl:queue"
 HITL_MESSAGE_PREFIX = "titan:hitl:message:"
@@ -76,6 +79,12 @@ class LegacyFrontend(Service):
         self._started_at = float("inf")  # runs created from then on are new (not recovered)
         master.job_end_listeners.append(self._job_ended)
         master.run_change_listeners.append(self._run_changed)
+        # Who runs the other end of a connection (injected by tests), and who we are.
+        self.peer_uid = peer_uid
+        self.own_uid = os.geteuid()
+        # Which text-frame KV write set a gate's status key last (key -> who), so that the
+        # decision it brings names who made it.
+        self._key_writers: dict[str, str] = {}
         self._hitl = LoopingCall(self._hitl_tick)
         self._hitl.clock = master.reactor
         self.setServiceParent(master)
@@ -91,6 +100,11 @@ class LegacyFrontend(Service):
     def startService(self) -> None:
         super().startService()
         self._started_at = self.master.now()
+        warning = self.warning()
+        if warning is not None:
+            # Loud: in the log, and on the terminal that started the master.
+            self.log.warn("WARNING: {what}", what=warning)
+            print(f"titan-master: WARNING: {warning}", file=sys.__stderr__, flush=True)
         if not self._hitl.running:
             self._hitl.start(HITL_INTERVAL, now=False)
 
@@ -102,37 +116,49 @@ class LegacyFrontend(Service):
     # -- the connection ---------------------------------------------------------------------
 
     def policy(self) -> str:
-        value = getattr(self.master.config.master, "text_frames", "loopback")
+        """`on` or `off` (anything but an explicit `on` is off)."""
+        value = getattr(self.master.config.master, "text_frames", "off")
         if value is True:
             return "on"
-        if value is False or value is None:
-            return "off"
-        value = str(value).strip().lower()
-        return value if value in POLICIES else "loopback"
+        return "on" if str(value).strip().lower() == "on" else "off"
+
+    def enabled(self) -> bool:
+        return self.policy() == "on"
+
+    def ops(self) -> frozenset:
+        """The opcodes served as text frames (`master.text_frame_ops`)."""
+        names = getattr(self.master.config.master, "text_frame_ops", None)
+        if names is None:
+            return frozenset(self._handlers)
+        return frozenset(op for op in self._handlers if op_name(op) in set(names))
+
+    def warning(self) -> Optional[str]:
+        """What `titan workers` and the start-up log say while text frames are on."""
+        if not self.enabled():
+            return None
+        return (f"text frames are on (master.text_frames: on): processes of "
+                f"{describe_uid(self.own_uid)} on this machine may submit jobs, read logs, "
+                "cancel jobs and use the store without the cluster token (docs/security.md)")
 
     def refusal(self, protocol) -> Optional[str]:
         """Why text frames from this connection are not served (None: they are)."""
-        policy = self.policy()
-        if policy == "on":
+        if not self.enabled():
+            return ("text frames are turned off on this master (master.text_frames: off); "
+                    "Titan's own clients need none, and docs/compat.md says how to turn them "
+                    "on for the reference's")
+        uid = self.peer_uid(protocol.transport)
+        if uid is not None and uid == self.own_uid:
             return None
-        if policy == "off":
-            return "text frames are turned off on this master (master.text_frames: off)"
         try:
             peer = protocol.transport.getPeer()
         except Exception:
             peer = None
-        if isinstance(peer, UNIXAddress):  # a UNIX socket: this machine
-            return None
-        host = str(getattr(peer, "host", "") or "")
-        try:
-            address = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            address = None
-        mapped = getattr(address, "ipv4_mapped", None)
-        if address is not None and (address.is_loopback or (mapped and mapped.is_loopback)):
-            return None
-        return (f"text frames are served to this machine only, not to {host or 'this peer'} "
-                "(master.text_frames: loopback)")
+        host = str(getattr(peer, "host", "") or "") or "this peer"
+        who = (f"{host}, whose user cannot be told (another machine, or a socket already "
+               "closed)" if uid is None else f"{host}, run by {describe_uid(uid)}")
+        return (f"text frames are served only to processes of the master's user "
+                f"({describe_uid(self.own_uid)}) on this machine, not to {who} "
+                "(master.text_frames: on)")
 
     def frame_received(self, protocol, frame) -> None:
         """One text request: answer it, then close the connection."""
@@ -151,18 +177,24 @@ class LegacyFrontend(Service):
             self._reply(protocol, Op.ERROR, f"ERROR: the body is not UTF-8 text ({e.reason} "
                                             f"at byte {e.start})")
             return
-        d = self.handle(frame.opcode, text)
+        d = self.handle(frame.opcode, text, f"a text frame KV_SET from {protocol._peer()} "
+                                            f"({describe_uid(self.own_uid)})")
         d.addCallbacks(lambda reply: self._reply(protocol, Op.ACK, reply),
                        lambda f: self._failed(protocol, frame.opcode, f))
         d.addErrback(lambda f: self.log.failure("answering a text {op} failed", f,
                                                 op=op_name(frame.opcode)))
 
-    def handle(self, opcode: int, text: str) -> defer.Deferred:
+    def handle(self, opcode: int, text: str, peer: str = "") -> defer.Deferred:
         """The reply text to a request (fails with Refused for an ERROR reply)."""
         handler = self._handlers.get(opcode)
         if handler is None:
             return defer.fail(Refused(f"ERROR: {op_name(opcode)} is not served as a text "
                                       "frame"))
+        if opcode not in self.ops():
+            return defer.fail(Refused(f"ERROR: {op_name(opcode)} is not served as a text "
+                                      "frame on this master (master.text_frame_ops)"))
+        if opcode == Op.KV_SET:
+            return defer.maybeDeferred(self.kv_set, text, peer)
         return defer.maybeDeferred(handler, text)
 
     def _reply(self, protocol, opcode: int, text: str) -> defer.Deferred:
@@ -367,11 +399,21 @@ class LegacyFrontend(Service):
             raise Refused("ERROR: a key is required")
         return text
 
-    async def kv_set(self, text: str) -> str:
+    async def kv_set(self, text: str, who: str = "a text frame KV_SET") -> str:
         store = self._store()
         key, value = self._pair(text, "KV_SET")
+        self.note_writer(key, value, who)
         await store.set(key, value)
         return "OK"
+
+    def note_writer(self, key: str, value: Any, who: str) -> None:
+        """`who` writes `value` to `key` through the master: if that is a decision in a
+        gate's status key, the decision it brings is recorded as theirs."""
+        if not key.startswith(legacy.HITL_KEY_PREFIX) or _decision(value) is None:
+            return
+        if len(self._key_writers) >= 10_000:
+            self._key_writers.pop(next(iter(self._key_writers)))
+        self._key_writers[key] = who
 
     async def kv_get(self, text: str) -> str:
         store = self._store()
@@ -503,7 +545,7 @@ class LegacyFrontend(Service):
 
     def _hitl_tick(self):
         store = getattr(self.master, "store", None)
-        if store is None:
+        if store is None or not self.enabled():  # the keys are the reference's path only
             self._gates.clear()
             return None
         d = defer.Deferred.fromCoroutine(self._hitl_poll(store))
@@ -521,7 +563,8 @@ class LegacyFrontend(Service):
         # A gate can be decided between two mirrorings (approved the moment it waits, or
         # before the store was reachable): its outcome is written all the same.
         job = self.master.scheduler.jobs.get(key)
-        if job is not None and job.spec.kind == "gate" and self.master.store is not None:
+        if job is not None and job.spec.kind == "gate" and self.master.store is not None \
+                and self.enabled():
             self._ended_gates[key] = self._names(job)
 
     def _run_changed(self, change) -> None:
@@ -530,7 +573,7 @@ class LegacyFrontend(Service):
         written from now on is this run's.  The DEL goes out before the submission's reply
         (which waits for the log), so whoever learns of the run writes after it."""
         store = self.master.store
-        if store is None or change.version != 1:
+        if store is None or change.version != 1 or not self.enabled():
             return
         s = self.master.scheduler
         run = s.runs.get(change.run_id)
@@ -581,10 +624,14 @@ class LegacyFrontend(Service):
                         break
             if found is not None:
                 name, decision = found
+                status_key = legacy.hitl_key(name)
+                who = self._key_writers.pop(status_key, None) or \
+                    "a write straight to the store (not through the master)"
                 try:
                     await defer.maybeDeferred(
                         self.master.decide_gate, key, decision == "APPROVED", "store",
-                        f"{legacy.hitl_key(name)} set to {decision}")
+                        f"{status_key} set to {decision}",
+                        via=f"store key {status_key}, set by {who}")
                 except RemoteError as e:  # decided meanwhile
                     self.log.info("gate {key}: {why}", key=key, why=e.message)
 

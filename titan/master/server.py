@@ -30,6 +30,10 @@ def _require(body: dict, key: str, kind: type = str) -> Any:
     return value
 
 
+# The reference's gate keys in the store (docs/compat.md): a job's token may not write them.
+HITL_PREFIX = "titan:hitl:"
+
+
 class MasterProtocol(RpcProtocol):
     master: "MasterService"
     role: Optional[str] = None  # "client" or "worker", once the hello is accepted
@@ -182,9 +186,22 @@ class MasterProtocol(RpcProtocol):
         approved = body.get("approved")
         if not isinstance(approved, bool):
             raise RemoteError("bad_request", "'approved' is required (true or false)")
+        # `by` is the name the client gives; `via` is what the master saw (jobs' tokens
+        # never get here: NOT_FOR_JOBS).
         return self.master.decide_gate(_require(body, "job_id"), approved,
                                        str(body.get("by") or "someone"),
-                                       str(body.get("comment") or ""))
+                                       str(body.get("comment") or ""), via=self._via())
+
+    def _via(self) -> str:
+        """The credential and the peer of this connection, for the record of a decision."""
+        from titan.master.peer import describe_uid, peer_uid
+        try:
+            host = self.transport.getPeer().host
+        except Exception:
+            host = "?"
+        uid = peer_uid(self.transport)
+        return f"cluster token from {host}" + (f", {describe_uid(uid)}" if uid is not None
+                                               else "")
 
     def op_SET_RESULT(self, body: dict) -> dict:
         job_id = body.get("job_id")
@@ -213,12 +230,23 @@ class MasterProtocol(RpcProtocol):
             raise RemoteError("no_store", "the store is not configured on this master")
         return self.master.store
 
+    def _writable(self, op: str, key: str) -> str:
+        """A job's token may not write the gate keys (`titan:hitl:*`): a job must not decide
+        a gate by any path (docs/security.md)."""
+        if self.scope is not None and key.startswith(HITL_PREFIX):
+            raise RemoteError("forbidden", f"a job's own token may not {op} {key!r}: keys "
+                                           f"under {HITL_PREFIX} belong to approval gates")
+        return key
+
     def op_KV_SET(self, body: dict):
         value = body.get("value")
         if not isinstance(value, (bytes, str)):
             raise RemoteError("bad_request", "'value' is required (bytes or str)")
         ex = body.get("ex")
-        return self._store().set(_require(body, "key"), value, ex=ex).addCallback(lambda _: {})
+        key = self._writable("KV_SET", _require(body, "key"))
+        if key.startswith(HITL_PREFIX):
+            self.master.legacy.note_writer(key, value, f"a KV_SET with the {self._via()}")
+        return self._store().set(key, value, ex=ex).addCallback(lambda _: {})
 
     def op_KV_GET(self, body: dict):
         return self._store().get(_require(body, "key")).addCallback(lambda v: {"value": v})
@@ -227,7 +255,8 @@ class MasterProtocol(RpcProtocol):
         member = body.get("member")
         if not isinstance(member, (bytes, str)):
             raise RemoteError("bad_request", "'member' is required (bytes or str)")
-        return self._store().sadd(_require(body, "key"), member).addCallback(
+        return self._store().sadd(self._writable("KV_SADD", _require(body, "key")),
+                                  member).addCallback(
             lambda n: {"added": n})
 
     def op_KV_SMEMBERS(self, body: dict):
@@ -287,7 +316,8 @@ class MasterProtocol(RpcProtocol):
         return self.master.cancel(_require(body, "job_id"))
 
     def op_LIST_WORKERS(self, body: dict) -> dict:
-        return {"workers": self.master.list_workers()}
+        warning = self.master.legacy.warning()  # `titan workers` shows it
+        return {"workers": self.master.list_workers(), "warnings": [warning] if warning else []}
 
     def op_LIST_JOBS(self, body: dict) -> dict:
         return {"jobs": self.master.list_jobs(body.get("state"), body.get("limit") or 100)}

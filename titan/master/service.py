@@ -157,7 +157,7 @@ class MasterService(MultiService):
             # Only a store the config names: a master alone should not dial 6379 forever.
             from titan.store.client import StoreClient
             self.store = StoreClient(self.config.store.url, reactor=self.reactor,
-                                     name="titan-master")
+                                     name="titan-master", password=self.config.store.password)
         pc = self.config.persistence
         try:
             factory = find(IPersistenceFactory, pc.backend, "persistence backend")
@@ -769,9 +769,10 @@ class MasterService(MultiService):
         now = self.now()
         return [run_view(s, r, now, jobs=False) for r in runs]
 
-    def decide_gate(self, ref: str, approved: bool, by: str, comment: str) -> dict:
+    def decide_gate(self, ref: str, approved: bool, by: str, comment: str,
+                    via: str = "") -> dict:
         job = self._job(ref)
-        durable = self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment))
+        durable = self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment, via))
         return self.after(durable, job_view(self.scheduler, job, self.now()))
 
     def set_result(self, ref: str, value: Any) -> dict:
@@ -826,4 +827,4 @@ class MasterService(MultiService):
                 "slots": sum(w.slots for w in workers),
                 "busy": sum(len(w.running) for w in workers),
                 "persistence": self.persistence.describe() if self.persistence else None,
-                "recovery": self.recovery}
+                "recovery": self.recovery, "text_frames": self.legacy.policy()}

@@ -25,6 +25,12 @@ class Options(ConfigOptions):
         self.config = config.override("master", listen=self["listen"], data_dir=data_dir)
         if self["store"]:
             self.config = self.config.override("store", url=self["store"])
+        # The store's password: $TITAN_STORE_PASSWORD (how `titan up` passes it, never on a
+        # command line), else `store.password` in the config, else the URL's.  Taken out of
+        # the environment, which the workers it starts would inherit.
+        password = os.environ.pop("TITAN_STORE_PASSWORD", None)
+        if password:
+            self.config = self.config.override("store", password=password)
         # Name the problem before twistd starts logging, on one line of stderr.
         from titan.errors import TitanError
         from titan.interfaces import IPersistenceFactory

@@ -190,12 +190,14 @@ class StoreClient:
 
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", reactor=None,
                  connect_timeout: float = 10.0, name: Optional[str] = None,
-                 retry_max_delay: float = 5.0) -> None:
+                 retry_max_delay: float = 5.0, password: Optional[str] = None) -> None:
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.url = url
         self.options = parse_url(url)
+        if password and self.options["password"] is None:  # a password the URL lacks
+            self.options["password"] = password
         self.connect_timeout = connect_timeout
         self.name = name
         self._retry = backoffPolicy(initialDelay=0.1, maxDelay=retry_max_delay)

@@ -50,3 +50,26 @@ class StoreConfig:
 
 
 CHOICES = {"backend": BACKENDS, "fsync": FSYNC}
+PASSWORD_FILE = "password"
+
+
+def load_or_create_password(data_dir: str) -> str:
+    """The store password kept in `data_dir/password` (mode 0600), made on first use: what
+    `titan up` gives its store and its master (by environment, never a command line)."""
+    path = os.path.join(os.path.abspath(os.path.expanduser(data_dir)), PASSWORD_FILE)
+    try:
+        with open(path, encoding="ascii") as f:
+            existing = f.read().strip()
+        if existing:
+            return existing
+    except OSError:
+        pass
+    import secrets
+    password = secrets.token_urlsafe(24)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.write(password + "\n")
+    os.replace(tmp, path)
+    return password
