@@ -46,6 +46,26 @@ class IPersistence(Interface):
     def describe():
         """A dict for people: backend, where, sizes, policy."""
 
+    unavailable = Attribute(
+        "None while records are being stored, else why not (one line, e.g. 'cannot write "
+        "/data/log/events.0.aof: No space left on device').  A write that failed or was cut "
+        "short is never acknowledged: its records stay pending (nothing torn is left in the "
+        "log) and the backend retries them with backoff until they are stored; the "
+        "Deferreds of `append` and `barrier` that cover them wait meanwhile.")
+
+    def watch(callback):
+        """Call `callback(reason)` each time `unavailable` changes: a reason when storing
+        stops working, None once the pending records are stored again."""
+
+
+class StorageUnavailable(Exception):
+    """Records could not be stored: `reason` says why.  Appends and barriers fail with it
+    only when the backend is closed with records it could not store."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"storage unavailable: {reason}")
+        self.reason = reason
+
 
 class IPersistenceFactory(Interface):
     name = Attribute("The name the config uses, e.g. 'aof'.")

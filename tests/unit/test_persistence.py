@@ -22,10 +22,10 @@ from titan.core.codec import PERSISTED, RecordError, decode_event, encode_event
 from titan.core.dag import parse_dag
 from titan.core.model import JobSpec, JobState
 from titan.core.scheduler import Scheduler, restore, snapshot
-from titan.interfaces import CorruptLog, IPersistence, IPersistenceFactory
+from titan.interfaces import CorruptLog, IPersistence, IPersistenceFactory, StorageUnavailable
 from titan.persistence.aof import (
-    BATCH, BATCH_BYTES, LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, LogFile, batch_frame,
-    check, frame)
+    BATCH, BATCH_BYTES, LOG_MAGIC, RECORD, SNAP_MAGIC, AOFPersistence, FileOps, LogFile,
+    batch_frame, check, frame)
 from titan.persistence.sqlite import SQLitePersistence
 from titan.plugin_registry import find, plugins
 
@@ -71,6 +71,83 @@ class Held:
     def release_all(self) -> None:
         while self.calls:
             self.release()
+
+
+async def wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    """Until `condition()` holds; fails after `timeout` seconds saying `what` never came."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await deferLater(reactor, 0.005, lambda: None)
+
+
+class Faults:
+    """What a backend's next writes do (in-process fault injection): succeed (mode None),
+    fail as on a full disk ("full"), on a file made read-only ("denied"), or ("short")
+    store part of what they were given and then fail as on a full disk."""
+
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.failures = 0  # writes failed so far
+
+    def set(self, mode: str | None) -> None:
+        self.mode = mode
+
+
+class FaultyOps(FileOps):
+    """The AOF's system calls, failing as `faults` says: ENOSPC, EPERM, or a short write
+    (half the bytes) followed by ENOSPC."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.faults = faults
+        self._cut = False
+
+    def write(self, fd: int, data) -> int:
+        faults = self.faults
+        if faults.mode is None:
+            return os.write(fd, data)
+        if faults.mode == "short" and not self._cut and len(data) > 1:
+            self._cut = True  # the next write fails: the disk filled up in between
+            return os.write(fd, bytes(data[:len(data) // 2]))
+        self._cut = False
+        faults.failures += 1
+        code = errno.EPERM if faults.mode == "denied" else errno.ENOSPC
+        raise OSError(code, os.strerror(code))
+
+
+class FaultyConnection:
+    """A sqlite3 connection whose writes fail as `faults` says: "full" and "denied" fail the
+    INSERT; "short" lets the INSERT in and fails the COMMIT (as a full disk does when the
+    transaction's pages are written)."""
+
+    def __init__(self, db, faults: Faults) -> None:
+        self._db = db
+        self._faults = faults
+
+    def _check(self, sql: str) -> None:
+        mode = self._faults.mode
+        word = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
+        if mode is None or word not in ("INSERT", "COMMIT", "DELETE"):
+            return
+        if mode == "short" and word != "COMMIT":
+            return
+        self._faults.failures += 1
+        import sqlite3
+        if mode == "denied":
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def execute(self, sql, *args):
+        self._check(sql)
+        return self._db.execute(sql, *args)
+
+    def executemany(self, sql, rows):
+        self._check(sql)
+        return self._db.executemany(sql, rows)
+
+    def __getattr__(self, name):
+        return getattr(self._db, name)
 
 
 def capture_log(case) -> list[dict]:
@@ -134,9 +211,14 @@ class ConformanceMixin:
         for backend in self.opened:
             await backend.close()
 
-    def open(self):
-        """A new backend on self.dir, loaded: (backend, snapshot, records)."""
+    def open(self, faults: Faults | None = None):
+        """A new backend on self.dir, loaded: (backend, snapshot, records); its writes fail
+        as `faults` says, and it retries them quickly."""
         backend = self.build(self.dir)
+        if faults is not None:
+            self.inject(backend, faults)
+            backend.retry_first = backend._retry_delay = 0.01
+            backend.retry_max = 0.05
         self.opened.append(backend)
         snap, recs = backend.load()
         return backend, snap, list(recs)
@@ -304,6 +386,126 @@ class ConformanceMixin:
         self.assertEqual(described["backend"], self.backend_name)
         self.assertEqual(described["fsync"], self.policy)
 
+    # -- a full or failing disk (issue 14): the same rule for every backend and policy --
+
+    def inject(self, backend, faults: Faults) -> None:
+        raise NotImplementedError
+
+    async def crash(self, backend) -> None:
+        """Stop `backend` as a killed process would: nothing more written, nothing closed
+        cleanly."""
+        raise NotImplementedError
+
+    reasons: dict = {}
+
+    async def outage(self, mode: str) -> None:
+        """Records appended while writes fail are not acknowledged (their appends under
+        `always`, and every barrier after them, wait); the backend says why once; once
+        writes work again it stores them by itself, in order, once each, and the log
+        reads back whole."""
+        faults = Faults()
+        backend, _, _ = self.open(faults)
+        seen: list = []
+        backend.watch(seen.append)
+        before = records(20, b"before")
+        for r in before:
+            backend.append(r)
+        await backend.barrier()
+        faults.set(mode)
+        during = records(30, b"during")
+        acks = [backend.append(r) for r in during[:10]]
+        first = backend.barrier()
+        await wait_for(lambda: backend.unavailable is not None, "the failure to be seen")
+        acks += [backend.append(r) for r in during[10:]]
+        second = backend.barrier()
+        await wait_for(lambda: faults.failures >= 4, "retries of the failed write")
+        waiting = [first, second] + (acks if self.policy == "always" else [])
+        for d in waiting:
+            self.assertNoResult(d)
+        self.assertEqual(len(seen), 1, seen)  # once per outage, not once per retry
+        self.assertIn(self.reasons[mode], seen[0])
+        self.assertEqual(backend.unavailable, seen[0])
+        self.assertFalse(any(map(self.stored, during)))
+        faults.set(None)
+        await wait_for(lambda: all(d.called for d in waiting), "the records to be stored")
+        for d in waiting:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertIsNone(backend.unavailable)
+        self.assertEqual(seen[1:], [None])
+        after = records(5, b"after")
+        for r in after:
+            backend.append(r)
+        _, _, recs = await self.reopen(backend)
+        self.assertEqual(recs, before + during + after)
+
+    async def test_a_full_disk_holds_records_until_it_recovers(self):
+        await self.outage("full")
+
+    async def test_a_read_only_log_holds_records_until_it_recovers(self):
+        await self.outage("denied")
+
+    async def test_a_short_write_holds_records_until_it_recovers(self):
+        await self.outage("short")
+
+    async def crash_in_outage(self, mode: str) -> None:
+        faults = Faults()
+        backend, _, _ = self.open(faults)
+        acknowledged = records(15, b"acked")
+        for r in acknowledged:
+            backend.append(r)
+        await backend.barrier()
+        faults.set(mode)
+        unacknowledged = [backend.append(r) for r in records(10, b"lost")]
+        last = backend.barrier()
+        await wait_for(lambda: faults.failures >= 3, "retries of the failed write")
+        self.assertNoResult(last)
+        await self.crash(backend)
+        # Started again (the disk still full): every acknowledged record, nothing torn in
+        # the middle (a damaged log would not load), none of the others.
+        _, _, recs = self.open()
+        self.assertEqual(recs, acknowledged)
+        if self.policy == "always":
+            for d in unacknowledged:
+                self.assertNoResult(d)
+
+    async def test_a_crash_during_a_full_disk_keeps_what_was_acknowledged(self):
+        await self.crash_in_outage("full")
+
+    async def test_a_crash_after_short_writes_leaves_no_torn_frame(self):
+        await self.crash_in_outage("short")
+
+    async def test_closing_during_an_outage_tells_whoever_waits(self):
+        faults = Faults()
+        backend, _, _ = self.open(faults)
+        backend.append(b"kept")
+        await backend.barrier()
+        faults.set("full")
+        ack = backend.append(b"never stored")
+        waiting = backend.barrier()
+        await wait_for(lambda: backend.unavailable is not None, "the failure to be seen")
+        await backend.close()
+        if self.policy == "always":
+            self.failureResultOf(ack, StorageUnavailable)
+        failure = self.failureResultOf(waiting, StorageUnavailable)
+        self.assertIn(self.reasons["full"], str(failure.value))
+        self.assertTrue(str(failure.value).startswith("storage unavailable: "))
+        _, _, recs = self.open()
+        self.assertEqual(recs, [b"kept"])
+
+    async def test_no_compaction_while_records_are_pending(self):
+        faults = Faults()
+        backend, _, _ = self.open(faults)
+        backend.append(b"a")
+        await backend.barrier()
+        faults.set("full")
+        backend.append(b"b")
+        await wait_for(lambda: backend.unavailable is not None, "the failure to be seen")
+        await self.assertFailure(backend.compact(b"state"), StorageUnavailable)
+        faults.set(None)
+        await wait_for(lambda: backend.unavailable is None, "the recovery")
+        _, snap, recs = await self.reopen(backend)
+        self.assertEqual((snap, recs), (None, [b"a", b"b"]))
+
     async def test_counts_since_compaction(self):
         backend, _, _ = self.open()
         backend.append(b"12345")
@@ -315,9 +517,25 @@ class ConformanceMixin:
 
 class AOFMixin(ConformanceMixin):
     backend_name = "aof"
+    reasons = {"full": "No space left on device", "denied": "Operation not permitted",
+               "short": "No space left on device"}
 
     def build(self, directory: str):
         return AOFPersistence(directory, fsync=self.policy)
+
+    def inject(self, backend, faults: Faults) -> None:
+        backend.ops = FaultyOps(faults)
+
+    async def crash(self, backend) -> None:
+        for call in (backend._flush_call, backend._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        if backend._ticker is not None and backend._ticker.running:
+            backend._ticker.stop()
+        await backend._quiet()
+        os.close(backend._fd)
+        backend._fd = None
+        backend._closed = []  # close() has nothing left to do
 
     def stored(self, record: bytes) -> bool:
         path = os.path.join(self.dir, max(n for n in os.listdir(self.dir)
@@ -327,18 +545,45 @@ class AOFMixin(ConformanceMixin):
 
 class SQLiteMixin(ConformanceMixin):
     backend_name = "sqlite"
+    reasons = {"full": "database or disk is full", "denied": "readonly database",
+               "short": "database or disk is full"}
 
     def build(self, directory: str):
         return SQLitePersistence(directory, fsync=self.policy)
 
+    def inject(self, backend, faults: Faults) -> None:
+        connect = backend.connect
+        backend.connect = lambda *a, **k: FaultyConnection(connect(*a, **k), faults)
+
+    async def crash(self, backend) -> None:
+        for call in (backend._flush_call, backend._retry_call):
+            if call is not None and call.active():
+                call.cancel()
+        if backend._ticker is not None and backend._ticker.running:
+            backend._ticker.stop()
+        await backend._run(backend._disconnect)  # after what its thread was doing
+        backend._waiters = []  # (a killed process tells nobody)
+        backend._closers = []
+        backend._stop_pool()
+
+    async def test_no_shared_memory_file(self):
+        """WAL without a -shm file mapped into the process (locking_mode=EXCLUSIVE): a full
+        or read-only disk is then an error SQLite reports, not a SIGBUS."""
+        backend, _, _ = self.open()
+        backend.append(b"x")
+        await backend.sync()
+        mode = await backend._run(
+            lambda: backend._db.execute("PRAGMA locking_mode").fetchone()[0])
+        journal = await backend._run(
+            lambda: backend._db.execute("PRAGMA journal_mode").fetchone()[0])
+        self.assertEqual((mode, journal), ("exclusive", "wal"))
+        self.assertFalse(os.path.exists(os.path.join(self.dir, "events.sqlite-shm")))
+
     def stored(self, record: bytes) -> bool:
-        import sqlite3
-        db = sqlite3.connect(os.path.join(self.dir, "events.sqlite"))
-        try:
-            return db.execute("SELECT count(*) FROM events WHERE data = ?",
-                              (record,)).fetchone()[0] == 1
-        finally:
-            db.close()
+        # Through the backend's own connection: it holds the database exclusively.
+        db = self.opened[-1]._db
+        return db.execute("SELECT count(*) FROM events WHERE data = ?",
+                          (record,)).fetchone()[0] == 1
 
 
 class AOFAlwaysTests(AOFMixin, TestCase):
@@ -762,8 +1007,11 @@ class GenerationTests(AOFFilesMixin, TestCase):
         d = backend.compact(b"state")
         backend.append(b"c")
         await self.assertFailure(d, OSError)
-        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
-        self.assertTrue(any("compaction failed" in formatEvent(e) for e in seen))
+        # One line, no traceback: the disk is full, not the program broken.
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 0)
+        self.assertEqual([w for w in warnings(seen) if "compaction failed" in w],
+                         ["compaction failed (cannot write snapshot.1: No space left on "
+                          "device); the log stays as it was; trying again in 30s"])
         backend.append(b"d")
         await backend.close()
         self.assertFalse(os.path.exists(self.path("CURRENT")))
@@ -808,20 +1056,30 @@ class GroupCommitTests(AOFFilesMixin, TestCase):
         self.successResultOf(more)
         await backend.close()
 
-    async def test_a_failed_fsync_fails_its_group_and_the_next_goes_on(self):
+    async def test_a_failed_fsync_writes_its_group_again(self):
+        # Linux may drop the pages of a failed fsync: what it covered is cut off and written
+        # again, and acknowledged only by a later fsync that worked.
         held = Held()
         backend = self.aof(fsync="always", blocking=held)
+        backend.retry_first = backend._retry_delay = 0.01
         backend.load()
         first = backend.append(b"a")
         await turn()
-        second = backend.append(b"b")
+        second = backend.append(b"b")  # written during the fsync
         await turn()
-        held.release(error=OSError(errno.EIO, "I/O error"))
-        self.failureResultOf(first, OSError)
-        self.assertEqual(held.names(), ["fsync"])
+        held.release(error=OSError(errno.EIO, "Input/output error"))
+        self.assertNoResult(first)
+        self.assertNoResult(second)
+        self.assertIn("cannot fsync", backend.unavailable)
+        self.assertIn("Input/output error", backend.unavailable)
+        await wait_for(lambda: held.calls, "the retry's fsync")
+        self.assertNoResult(first)
         held.release()
+        self.successResultOf(first)
         self.successResultOf(second)
+        self.assertIsNone(backend.unavailable)
         await backend.close()
+        self.assertEqual(self.aof().load(), (None, [b"a", b"b"]))  # once each
 
     async def test_compaction_during_an_fsync(self):
         # The old log must stay open until the fsync using it returns, and the appends

@@ -14,9 +14,16 @@ instead of per record.  They lose nothing a single-record layout would keep: a c
 a write short either way, and a write is acknowledged (`always`) only after its fsync.
 Recovery truncates a torn tail (a crash mid-write) with a warning that says how many bytes,
 and refuses to start on damage anywhere else (CorruptLog, pointing at `titan aof check`).
+
+A write that fails or is cut short (a full disk, a log made read-only) never leaves a torn
+frame behind: the file is cut back to the end of its last good frame and the records stay
+pending, unacknowledged, while `unavailable` says why; a probe retries them with backoff and
+the waiters fire once they are stored.  Under `always` a failed fsync does the same with
+what it covered (Linux may drop the pages of a failed fsync: they are written again).
 """
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import zlib
@@ -29,7 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from titan.interfaces import CorruptLog, IPersistence
+from titan.interfaces import CorruptLog, IPersistence, StorageUnavailable
 
 LOG_MAGIC = b"TITANAOF"
 SNAP_MAGIC = b"TITANSNP"
@@ -38,6 +45,23 @@ POLICIES = ("always", "everysec", "no")
 BATCH = 0x80000000  # set in a frame's length: the payload is a batch of records
 MAX_RECORD = BATCH - 1
 BATCH_BYTES = 1 << 20  # a batch frame holds about this much at most
+RETRY_FIRST = 0.1  # seconds before the first retry of a failed write; doubled up to
+RETRY_MAX = 5.0  # this
+COMPACTION_PAUSE = 30.0  # seconds without compactions after one could not start
+
+
+class FileOps:
+    """The system calls the log's writes go through (a test swaps in one that fails)."""
+    write = staticmethod(os.write)
+    fsync = staticmethod(os.fsync)
+    truncate = staticmethod(os.ftruncate)
+
+
+def why(action: str, path: str, error: BaseException) -> str:
+    """One line for an OSError: 'cannot write PATH: No space left on device'."""
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot {action} {path}: {error.strerror}"
+    return f"cannot {action} {path}: {error}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -167,7 +191,7 @@ class AOFPersistence:
     log = Logger()
 
     def __init__(self, directory: str, fsync: str = "everysec", reactor=None,
-                 blocking: Optional[Callable] = None) -> None:
+                 blocking: Optional[Callable] = None, ops: Optional[FileOps] = None) -> None:
         if fsync not in POLICIES:
             raise ValueError(f"fsync must be one of {', '.join(POLICIES)}, not {fsync!r}")
         if reactor is None:
@@ -193,6 +217,17 @@ class AOFPersistence:
         self._closed: Optional[list[defer.Deferred]] = None  # who waits for close
         self.appended = 0  # records appended since the last compaction
         self.bytes_since_compaction = 0
+        self.ops = ops or FileOps()
+        self._end = 0  # the current log's size up to the end of its last good frame
+        self._torn = False  # bytes after _end that a failed write left: cut before writing
+        self._synced = 0  # (always) the current log's size at its last good fsync
+        self._written: list[bytes] = []  # (always) records written after _synced
+        self.unavailable: Optional[str] = None  # why records cannot be stored now
+        self._watchers: list[Callable] = []
+        self._retry_call = None
+        self.retry_first, self.retry_max = RETRY_FIRST, RETRY_MAX
+        self._retry_delay = RETRY_FIRST
+        self._no_compaction_until = 0.0
 
     # -- files -----------------------------------------------------------------------------
 
@@ -280,9 +315,20 @@ class AOFPersistence:
     def _open(self, gen: int) -> None:
         path = self._log_path(gen)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        if os.fstat(fd).st_size == 0:
-            os.write(fd, LOG_MAGIC)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            try:
+                if self.ops.write(fd, LOG_MAGIC) != len(LOG_MAGIC):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError:
+                os.close(fd)
+                os.unlink(path)
+                raise
+            size = len(LOG_MAGIC)
         self._fd = fd
+        self._end = self._synced = size
+        self._torn = False
+        self._written = []
 
     def _start_ticker(self) -> None:
         if self.policy == "everysec":
@@ -322,33 +368,107 @@ class AOFPersistence:
             self._flush_call = self.reactor.callLater(0, self._flush)
         return d
 
-    def _write_buffer(self) -> None:
-        if self._buffer:
-            data = frames(self._buffer, self._buffered)
-            self._buffer.clear()
-            self._buffered = 0
+    def watch(self, callback: Callable) -> None:
+        self._watchers.append(callback)
+
+    def _trouble(self, reason: str) -> None:
+        """Storing stopped working: say so once, and retry with backoff."""
+        if self.unavailable is None:
+            self.unavailable = reason
+            for callback in list(self._watchers):
+                callback(reason)
+        if self._retry_call is None and self._closed is None:
+            self._retry_call = self.reactor.callLater(self._retry_delay, self._probe)
+            self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+
+    def _recovered(self) -> None:
+        if self.unavailable is None:
+            return
+        self.unavailable = None
+        self._retry_delay = self.retry_first
+        for callback in list(self._watchers):
+            callback(None)
+        if (self._buffer or self._waiting) and self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _write_buffer(self) -> bool:
+        """Write what was appended; False (records kept, nothing torn left) if it failed."""
+        if not self._buffer:
+            return True
+        data = frames(self._buffer, self._buffered)
+        written = 0
+        try:
+            if self._torn:
+                self.ops.truncate(self._fd, self._end)
+                self._torn = False
             view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            while written < len(data):
+                n = self.ops.write(self._fd, view[written:])
+                if n <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                written += n
+        except OSError as e:
+            if written:
+                self._torn = True
+                try:  # cut the partial frame now: a crash must not find it (mid-log later)
+                    self.ops.truncate(self._fd, self._end)
+                    self._torn = False
+                except OSError:
+                    pass  # cut before the next write, which waits for it
+            self._trouble(why("write", self._log_path(self._gen), e))
+            return False
+        self._end += len(data)
+        if self.policy == "always":
+            self._written.extend(self._buffer)
+        self._buffer.clear()
+        self._buffered = 0
+        return True
 
     def _write_pending(self) -> None:
         """Write what was appended.  Under everysec and no, that is all the barriers waiting
         need: they fire."""
-        self._write_buffer()
-        if self.policy != "always":
+        if self._write_buffer() and self.policy != "always":
             waiting, self._waiting = self._waiting, []
             for waiter in waiting:
                 waiter.callback(None)
 
     def _flush(self) -> None:
         self._flush_call = None
+        if self.unavailable is not None or self._fd is None:
+            return  # the probe writes
         self._write_pending()
-        if self.policy == "always" and not self._syncing and self._waiting:
+        if self.policy == "always" and not self._syncing and self._waiting \
+                and self.unavailable is None:
             self._group_fsync()
+
+    def _probe(self) -> None:
+        """Retry what failed: write what is pending, fsync it, and go on if that worked."""
+        self._retry_call = None
+        if self._fd is None or self._closed is not None:
+            return
+        if self._syncing:  # its end decides; look again after it
+            self._trouble(self.unavailable or "an fsync is still running")
+            return
+        if not self._write_buffer():
+            return  # _trouble scheduled the next try
+        if self.policy == "always":
+            self._group_fsync()
+            return
+        gen = self._gen
+
+        def synced(result):
+            if isinstance(result, Failure):
+                self._trouble(why("fsync", self._log_path(gen), result.value))
+                return
+            if gen == self._gen:
+                self._write_pending()
+            self._recovered()
+
+        self._fsync(self._fd).addBoth(synced)
 
     def _fsync(self, fd: int) -> defer.Deferred:
         """fsync(fd) the blocking way, tracked in _inflight until it returns."""
-        d = self._blocking(os.fsync, fd)
+        d = self._blocking(self.ops.fsync, fd)
         if not d.called:
             returned: defer.Deferred = defer.Deferred()
             self._inflight.append(returned)
@@ -368,27 +488,58 @@ class AOFPersistence:
     def _group_fsync(self) -> None:
         batch, self._waiting = self._waiting, []
         self._syncing = True
+        gen, end, count = self._gen, self._end, len(self._written)
 
         def settle(result):
             self._syncing = False
+            if isinstance(result, Failure):
+                reason = why("fsync", self._log_path(gen), result.value)
+                if gen == self._gen and self._fd is not None:
+                    # What it covered may be gone from the page cache: cut back to the last
+                    # good fsync and write it all again; its waiters wait for that.
+                    self._buffer[:0] = self._written
+                    self._buffered += sum(map(len, self._written))
+                    self._written = []
+                    self._end = self._synced
+                    self._torn = True
+                    self._waiting[:0] = batch
+                else:  # an older log, being compacted away: its records cannot be rewritten
+                    for waiter in batch:
+                        waiter.errback(StorageUnavailable(reason))
+                self._trouble(reason)
+                return
+            if gen == self._gen:
+                self._synced = max(self._synced, end)
+                del self._written[:count]
             for waiter in batch:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(None)
-            if self._waiting and self._fd is not None:  # what came in meanwhile
-                self._write_buffer()
-                self._group_fsync()
+                waiter.callback(None)
+            if self.unavailable is not None:
+                if not self._buffer and not self._torn:
+                    self._recovered()
+                elif self._retry_call is None and self._closed is None:
+                    self._retry_call = self.reactor.callLater(0, self._probe)
+            elif self._waiting and self._fd is not None and self.unavailable is None:
+                if self._write_buffer():  # what came in meanwhile
+                    self._group_fsync()
 
         self._fsync(self._fd).addBoth(settle)
 
     def _fsync_now(self) -> defer.Deferred:
+        if self.unavailable is not None or self._fd is None:
+            return defer.succeed(None)  # the probe syncs
         self._write_pending()
-        if self._fd is None:
+        if self.unavailable is not None:
             return defer.succeed(None)
-        return self._fsync(self._fd)
+        gen = self._gen
+
+        def failed(failure):
+            self._trouble(why("fsync", self._log_path(gen), failure.value))
+
+        return self._fsync(self._fd).addErrback(failed)
 
     def sync(self) -> defer.Deferred:
+        if self.unavailable is not None:
+            return defer.fail(StorageUnavailable(self.unavailable))
         return self._fsync_now()
 
     def compact(self, snapshot: bytes) -> defer.Deferred:
@@ -396,28 +547,43 @@ class AOFPersistence:
         if self._compacting is not None:
             self._compacting.append(done)
             return done
-        self._compacting = [done]
-        self._write_buffer()
+        if self.unavailable is not None:
+            return defer.fail(StorageUnavailable(self.unavailable))
+        if self.reactor.seconds() < self._no_compaction_until:
+            return defer.fail(StorageUnavailable("compactions paused after a failure"))
+        if not self._write_buffer():
+            return defer.fail(StorageUnavailable(self.unavailable))
         old_gen, old_fd = self._gen, self._fd
         new_gen = old_gen + 1
+        old = (self._end, self._synced, self._torn, self._written)
+        # Until CURRENT names the new generation, recovery reads the old snapshot, the old
+        # log and then this one.
+        try:
+            self._open(new_gen)
+        except OSError as e:
+            self._fd = old_fd
+            self._end, self._synced, self._torn, self._written = old
+            reason = why("start", self._log_path(new_gen), e)
+            self._pause_compactions(reason)
+            return defer.fail(StorageUnavailable(reason))
+        self._compacting = [done]
         # The appends (always) and barriers still waiting have their records in the old log:
         # they fire once it is synced.  Appends from here on go to the next log.
         old_waiting, self._waiting = self._waiting, []
-        # Until CURRENT names the new generation, recovery reads the old snapshot, the old
-        # log and then this one.
-        self._open(new_gen)
         self._gen = new_gen
         self.appended = 0
         self.bytes_since_compaction = 0
 
         def synced(result):
-            for waiter in old_waiting:
-                if isinstance(result, Failure):
-                    waiter.errback(result)
-                else:
-                    waiter.callback(None)
             if isinstance(result, Failure):
+                # Written to a log being compacted away: they cannot be written again there.
+                reason = why("fsync", self._log_path(old_gen), result.value)
+                for waiter in old_waiting:
+                    waiter.errback(StorageUnavailable(reason))
+                self._trouble(reason)
                 return result
+            for waiter in old_waiting:
+                waiter.callback(None)
             return self._blocking(self._write_compaction, snapshot, old_gen, new_gen)
 
         d = self._fsync(old_fd)
@@ -425,9 +591,19 @@ class AOFPersistence:
         d.addBoth(self._compacted, old_fd, new_gen, len(snapshot))
         return done
 
+    def _pause_compactions(self, reason: str) -> None:
+        self._no_compaction_until = self.reactor.seconds() + COMPACTION_PAUSE
+        self.log.warn("compaction failed ({reason}); the log stays as it was; trying again "
+                      "in {pause:.0f}s", reason=reason, pause=COMPACTION_PAUSE)
+
     def _compacted(self, result, old_fd: int, new_gen: int, size: int) -> None:
         if isinstance(result, Failure):
-            self.log.failure("compaction failed; the log stays as it was", result)
+            if result.check(OSError, StorageUnavailable):
+                error = result.value
+                self._pause_compactions(getattr(error, "reason", None)
+                                        or why("write", f"snapshot.{new_gen}", error))
+            else:
+                self.log.failure("compaction failed; the log stays as it was", result)
         else:
             self.log.info("compacted the event log into snapshot.{gen} ({size} bytes)",
                           gen=new_gen, size=size)
@@ -446,10 +622,18 @@ class AOFPersistence:
 
     def _write_compaction(self, snapshot: bytes, old_gen: int, new_gen: int) -> None:
         tmp = self._path(f"snapshot.{new_gen}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(SNAP_MAGIC + RECORD.pack(len(snapshot), zlib.crc32(snapshot)) + snapshot)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(SNAP_MAGIC + RECORD.pack(len(snapshot), zlib.crc32(snapshot))
+                        + snapshot)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            try:  # give the space back
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
         os.replace(tmp, self._path(f"snapshot.{new_gen}"))
         with open(self._path("CURRENT.tmp"), "w") as f:
             f.write(f"{new_gen}\n")
@@ -480,9 +664,19 @@ class AOFPersistence:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
-        self._write_buffer()
+        if self._fd is not None and not self._write_buffer():
+            # A last try failed: what is pending is lost with the process, and was never
+            # acknowledged; whoever waits for it is told.
+            failed = StorageUnavailable(self.unavailable or "closed")
+            self._buffer.clear()
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.errback(failed)
         waiting, self._waiting = self._waiting, []
         pending = list(self._inflight)
         if self._compacting is not None:
@@ -492,11 +686,19 @@ class AOFPersistence:
 
         def finish(_):
             fd, self._fd = self._fd, None
+            error = None
             if fd is not None:
-                os.fsync(fd)
+                try:
+                    self.ops.fsync(fd)
+                except OSError as e:
+                    error = StorageUnavailable(why("fsync", self._log_path(self._gen), e))
+                    self.log.warn("closing the event log: {why}", why=error.reason)
                 os.close(fd)
             for d in waiting:
-                d.callback(None)
+                if error is None:
+                    d.callback(None)
+                else:
+                    d.errback(error)
             waiters, self._closed = self._closed, []
             for d in waiters:
                 d.callback(None)

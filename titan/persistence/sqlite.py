@@ -9,12 +9,23 @@ deletes every row, SQLite would start again at id 1, under the snapshot's `upto`
 In WAL mode `synchronous=NORMAL` syncs the WAL only at checkpoints, so for `everysec` a
 checkpoint runs once a second when something was committed; `sync()` checkpoints with
 `synchronous=FULL` whatever the policy.
+
+The connection holds the database in `locking_mode=EXCLUSIVE` (one master per data dir
+anyway): WAL then keeps its index in the process's memory instead of a `-shm` file mapped
+into it, so a shared-memory file that cannot be written (a full or read-only disk) is an
+error SQLite reports, not a SIGBUS that kills the master without a word.
+
+A batch that fails to commit (`database or disk is full`, a read-only file) is rolled back and
+kept: its records, and every batch queued behind it, stay pending and unacknowledged while
+`unavailable` says why, and a probe commits them again with backoff (ids are given here, so
+the retried rows take their places in the log).  Waiters fire only once every record up to
+theirs is committed.
 """
 from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Optional
+from typing import Callable, Optional
 
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
@@ -23,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from titan.interfaces import CorruptLog, IPersistence
+from titan.interfaces import CorruptLog, IPersistence, StorageUnavailable
 
 SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "no": "OFF"}
 SCHEMA = """
@@ -33,8 +44,19 @@ CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
 """
 
 
-def _nothing() -> None:
-    pass
+RETRY_FIRST = 0.1  # seconds before the first retry of a failed commit; doubled up to
+RETRY_MAX = 5.0  # this
+COMPACTION_PAUSE = 30.0  # seconds without compactions after one failed
+
+
+class _HeldBack(Exception):
+    """A batch queued behind one that failed: not tried, so that the log keeps its order."""
+
+
+def _reason(path: str, error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"cannot write {path}: {error.strerror}"
+    return f"cannot write {path}: {error}"
 
 
 @implementer(IPersistence)
@@ -53,8 +75,20 @@ class SQLitePersistence:
         self._pool = ThreadPool(1, 1, name="titan-sqlite")
         self._shutdown_trigger = None
         self._db: Optional[sqlite3.Connection] = None
+        self.connect = sqlite3.connect  # how the database thread opens it (tests wrap it)
         self._buffer: list[tuple[int, bytes]] = []
-        self._waiting: list[defer.Deferred] = []
+        # (id, Deferred): fires once every record up to that id is committed.
+        self._waiters: list[tuple[int, defer.Deferred]] = []
+        self._done_upto = 0  # the last id of the last batch the database thread finished
+        self._failed: list[tuple[int, bytes]] = []  # rows that failed or were held back
+        self._broken = False  # (database thread) a batch failed: hold back the next ones
+        self.unavailable: Optional[str] = None
+        self._watchers: list[Callable] = []
+        self._retry_call = None
+        self.retry_first, self.retry_max = RETRY_FIRST, RETRY_MAX
+        self._retry_delay = RETRY_FIRST
+        self._no_compaction_until = 0.0
+        self._checkpoint_trouble = False
         self._flush_call = None
         self._ticker: Optional[LoopingCall] = None
         self._unsynced = False  # committed since the last checkpoint (everysec)
@@ -69,18 +103,55 @@ class SQLitePersistence:
 
     # -- on the database thread ------------------------------------------------------------
 
+    def _open_db(self):
+        # EXCLUSIVE before the first access in WAL mode: no -shm file, no mmap (see above).
+        db = self.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
     def _connect(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.policy]}")
-        db.executescript(SCHEMA)
+        db = self._open_db()
+        try:
+            db.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.policy]}")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
 
-    def _insert(self, rows: list[tuple[int, bytes]]) -> None:
+    def _transaction(self, sql: str, rows: list[tuple[int, bytes]]) -> None:
+        if self._db is None:
+            self._connect()
         db = self._db
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO events (id, data) VALUES (?, ?)", rows)
-        db.execute("COMMIT")
+        try:
+            db.execute("BEGIN")
+            db.executemany(sql, rows)
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # rolled back already
+            raise
+
+    def _insert(self, rows: list[tuple[int, bytes]]) -> None:
+        if self._broken:
+            raise _HeldBack()
+        try:
+            self._transaction("INSERT INTO events (id, data) VALUES (?, ?)", rows)
+        except BaseException:
+            self._broken = True
+            raise
+
+    def _insert_again(self, rows: list[tuple[int, bytes]]) -> None:
+        # OR REPLACE: a COMMIT that reported a failure may have stored its rows all the same.
+        self._transaction("INSERT OR REPLACE INTO events (id, data) VALUES (?, ?)", rows)
+        self._broken = False
 
     def _checkpoint(self, full: bool) -> None:
         db = self._db
@@ -93,12 +164,21 @@ class SQLitePersistence:
                 db.execute(f"PRAGMA synchronous={SYNCHRONOUS[self.policy]}")
 
     def _compact(self, snapshot: bytes, upto: int) -> None:
+        if self._broken:
+            raise StorageUnavailable("records before the snapshot are not stored yet")
         db = self._db
         db.execute("BEGIN")
-        db.execute("INSERT OR REPLACE INTO snapshot (id, upto, data) VALUES (1, ?, ?)",
-                   (upto, snapshot))
-        db.execute("DELETE FROM events WHERE id <= ?", (upto,))
-        db.execute("COMMIT")
+        try:
+            db.execute("INSERT OR REPLACE INTO snapshot (id, upto, data) VALUES (1, ?, ?)",
+                       (upto, snapshot))
+            db.execute("DELETE FROM events WHERE id <= ?", (upto,))
+            db.execute("COMMIT")
+        except BaseException:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
 
     def _disconnect(self) -> None:
         if self._db is not None:
@@ -110,7 +190,7 @@ class SQLitePersistence:
     def load(self):
         os.makedirs(self.directory, exist_ok=True)
         try:
-            db = sqlite3.connect(self.path)
+            db = self._open_db()
             try:
                 db.executescript(SCHEMA)
                 row = db.execute("SELECT upto, data FROM snapshot WHERE id = 1").fetchone()
@@ -122,12 +202,12 @@ class SQLitePersistence:
                 db.close()
         except sqlite3.DatabaseError as e:
             raise CorruptLog(self.path, 0, f"SQLite says: {e}") from None
-        self._last_id = max(last, upto)
+        self._last_id = self._done_upto = max(last, upto)
         self._pool.start()
         self._shutdown_trigger = self.reactor.addSystemEventTrigger(
             "during", "shutdown", self._stop_pool)
-        self._run(self._connect).addErrback(
-            lambda f: self.log.failure("cannot open {path}", f, path=self.path))
+        # If it fails, the first insert opens it again (and reports why it cannot).
+        self._run(self._connect).addErrback(lambda f: None)
         if self.policy == "everysec":
             self._ticker = LoopingCall(self._tick)
             self._ticker.clock = self.reactor
@@ -140,11 +220,97 @@ class SQLitePersistence:
             self._pool.stop()
 
     def _tick(self) -> Optional[defer.Deferred]:
-        if not self._unsynced:
+        if not self._unsynced or self.unavailable is not None:
             return None
         self._unsynced = False
-        return self._run(self._checkpoint, False).addErrback(
-            lambda f: self.log.failure("checkpoint failed", f))
+
+        def checked(result):
+            if isinstance(result, Failure):
+                if not self._checkpoint_trouble:  # one line per spell of failures
+                    self._checkpoint_trouble = True
+                    self.log.warn("cannot checkpoint {path}: {why}; the WAL keeps the "
+                                  "commits meanwhile", path=self.path,
+                                  why=result.getErrorMessage())
+                self._unsynced = True
+            elif self._checkpoint_trouble:
+                self._checkpoint_trouble = False
+                self.log.info("checkpoints of {path} work again", path=self.path)
+
+        return self._run(self._checkpoint, False).addBoth(checked)
+
+    # -- availability ----------------------------------------------------------------------
+
+    def watch(self, callback: Callable) -> None:
+        self._watchers.append(callback)
+
+    def _trouble(self, reason: str) -> None:
+        if self.unavailable is None:
+            self.unavailable = reason
+            for callback in list(self._watchers):
+                callback(reason)
+        if self._retry_call is None and self._closers is None:
+            self._retry_call = self.reactor.callLater(self._retry_delay, self._probe)
+            self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+
+    def _recovered(self) -> None:
+        self.unavailable = None
+        self._retry_delay = self.retry_first
+        for callback in list(self._watchers):
+            callback(None)
+
+    def _probe(self) -> None:
+        """Commit what failed again, in id order, with what was appended since."""
+        self._retry_call = None
+        if self._closers is not None:
+            return
+        if self._inserting:  # batches still on their way back: look again after them
+            self._retry_call = self.reactor.callLater(self._retry_delay, self._probe)
+            return
+        self._failed.extend(self._buffer)
+        self._buffer = []
+        self._failed.sort()
+        rows = list(self._failed)
+        if not rows:
+            self._recovered()
+            return
+        self._inserting += 1
+
+        def stored(_):
+            self._inserting -= 1
+            self._unsynced = True
+            del self._failed[:len(rows)]
+            self._done_upto = max(self._done_upto, rows[-1][0])
+            if not self._failed:
+                self._recovered()
+            self._fire()
+            if self._buffer and self._flush_call is None:
+                self._flush_call = self.reactor.callLater(0, self._flush)
+
+        def failed(failure):
+            self._inserting -= 1
+            self._trouble(_reason(self.path, failure.value))
+
+        self._run(self._insert_again, rows).addCallbacks(stored, failed)
+
+    def _stored_through(self) -> int:
+        """Every record up to this id is committed."""
+        if self._failed:
+            return min(self._done_upto, self._failed[0][0] - 1)
+        return self._done_upto
+
+    def _fire(self) -> None:
+        through = self._stored_through()
+        waiters = self._waiters
+        n = 0
+        while n < len(waiters) and waiters[n][0] <= through:
+            n += 1
+        if n:
+            ready = waiters[:n]
+            del waiters[:n]
+            for _, d in ready:
+                d.callback(None)
+
+    # -- appends ---------------------------------------------------------------------------
 
     def append(self, record: bytes) -> defer.Deferred:
         self._last_id += 1
@@ -155,26 +321,25 @@ class SQLitePersistence:
             self._flush_call = self.reactor.callLater(0, self._flush)
         if self.policy == "always":
             d: defer.Deferred = defer.Deferred()
-            self._waiting.append(d)
+            self._waiters.append((self._last_id, d))
             return d
         return defer.succeed(None)
 
     def barrier(self) -> defer.Deferred:
-        if self._buffer:  # fires with the insert of the buffered batch
-            d: defer.Deferred = defer.Deferred()
-            self._waiting.append(d)
-            return d
-        if self._inserting:  # the one database thread gets to this after those inserts
-            return self._run(_nothing)
-        return defer.succeed(None)
+        if self._last_id <= self._stored_through():
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append((self._last_id, d))
+        return d
 
     def _flush(self) -> defer.Deferred:
         self._flush_call = None
         batch, self._buffer = self._buffer, []
-        waiting, self._waiting = self._waiting, []
         if not batch:
-            for w in waiting:
-                w.callback(None)
+            self._fire()
+            return defer.succeed(None)
+        if self.unavailable is not None:  # the probe commits them
+            self._failed.extend(batch)
             return defer.succeed(None)
         self._inserting += 1
         d = self._run(self._insert, batch)
@@ -182,32 +347,54 @@ class SQLitePersistence:
 
         def done(result):
             self._inserting -= 1
-            for w in waiting:
-                w.callback(None)
+            self._done_upto = max(self._done_upto, batch[-1][0])
+            self._fire()
 
         def failed(failure):
             self._inserting -= 1
-            self.log.failure("could not store {n} events", failure, n=len(batch))
-            for w in waiting:
-                w.errback(failure)
+            self._done_upto = max(self._done_upto, batch[-1][0])
+            self._failed.extend(batch)
+            self._failed.sort()
+            if not failure.check(_HeldBack):
+                self._trouble(_reason(self.path, failure.value))
+            elif self.unavailable is None:  # (its cause is reported by the batch before)
+                self._trouble("a batch before it failed")
 
         return d.addCallbacks(done, failed)
 
     def sync(self) -> defer.Deferred:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
+        self._flush_call = None
         d = self._flush()
+        if self.unavailable is not None:
+            return defer.fail(StorageUnavailable(self.unavailable))
         if not self._pool.started:  # never loaded
             return d
         # The single database thread runs this after the inserts above.
         return self._run(self._checkpoint, True)
 
     def compact(self, snapshot: bytes) -> defer.Deferred:
-        self.sync()
+        if self.unavailable is not None:
+            return defer.fail(StorageUnavailable(self.unavailable))
+        if self.reactor.seconds() < self._no_compaction_until:
+            return defer.fail(StorageUnavailable("compactions paused after a failure"))
+        self.sync().addErrback(lambda _: None)
         upto = self._last_id  # the single database thread runs the inserts first
+        appended, size = self.appended, self.bytes_since_compaction
         self.appended = 0
         self.bytes_since_compaction = 0
-        return self._run(self._compact, snapshot, upto)
+
+        def failed(failure):
+            self.appended += appended
+            self.bytes_since_compaction += size
+            self._no_compaction_until = self.reactor.seconds() + COMPACTION_PAUSE
+            self.log.warn("compaction failed ({why}); the log stays as it was; trying again "
+                          "in {pause:.0f}s", why=failure.getErrorMessage(),
+                          pause=COMPACTION_PAUSE)
+            return failure
+
+        return self._run(self._compact, snapshot, upto).addErrback(failed)
 
     def close(self) -> defer.Deferred:
         done: defer.Deferred = defer.Deferred()
@@ -218,17 +405,39 @@ class SQLitePersistence:
                 done.callback(None)
             return done
         self._closers = [done]
+        if self._retry_call is not None and self._retry_call.active():
+            self._retry_call.cancel()
+        self._retry_call = None
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if not self._pool.started:  # never loaded
             self._closed(None)
             return done
-        d = self.sync()
+        if self.unavailable is not None:  # a last try
+            self._failed.extend(self._buffer)
+            self._buffer = []
+            self._failed.sort()
+            rows, self._failed = self._failed, []
+
+            def last(_):
+                self._done_upto = max(self._done_upto, rows[-1][0])
+                self._fire()
+
+            d = self._run(self._insert_again, rows).addCallback(last) if rows \
+                else defer.succeed(None)
+            d.addErrback(lambda _: None)  # what waits for them is told, in _closed
+        else:
+            d = self.sync()
         d.addBoth(lambda _: self._run(self._disconnect))
         d.addBoth(self._closed)
         return done
 
     def _closed(self, result) -> None:
+        # Whoever still waits waits for records that were never stored: told so.
+        waiters, self._waiters = self._waiters, []
+        failed = StorageUnavailable(self.unavailable or "the event log was closed")
+        for _, d in waiters:
+            d.errback(failed)
         self._stop_pool()
         if self._shutdown_trigger is not None:
             self.reactor.removeSystemEventTrigger(self._shutdown_trigger)
