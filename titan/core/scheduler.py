@@ -473,8 +473,9 @@ class Scheduler:
         if job is not None and job.state is JobState.RUNNING and job.worker_id == w.worker_id \
                 and job.attempt == report.attempt:
             return
-        if self._lost(job, report.attempt):
-            # It was given up for lost, but runs: take it back rather than run it twice.
+        if self._lost(job, report.attempt) or self._next(job, report.attempt):
+            # It was given up for lost, or its dispatch followed events the log does not
+            # hold, but it runs: take it back rather than run it twice.
             job.queued = False
             job.worker_id = w.worker_id
             job.worker_name = w.name
@@ -483,6 +484,15 @@ class Scheduler:
             return
         why = "unknown to the master" if job is None else f"already {job.state.value}"
         out.append(ev.Kill(w.worker_id, report.job_id, report.attempt, why))
+
+    @staticmethod
+    def _next(job: Optional[JobRecord], attempt: int) -> bool:
+        """Is `attempt` the next attempt of a job that waits (PENDING)?
+
+        Only a master can have started it: one that dispatched it and then lost the events
+        it followed from (a machine crash under `fsync: everysec`; docs/semantics.md).  Its
+        worker's account is adopted, so the job does not run again with the same number."""
+        return job is not None and job.state is JobState.PENDING and attempt == job.attempt + 1
 
     @staticmethod
     def _lost(job: Optional[JobRecord], attempt: int) -> bool:
@@ -528,8 +538,10 @@ class Scheduler:
             w.completed += 1
             self._refresh(w)
         if job is not None:
-            # A job given up for lost that finished after all: its result counts.
-            lost_and_found = not current and self._lost(job, e.attempt)
+            # A job given up for lost that finished after all, or the next attempt of a job
+            # the log has waiting (its dispatch outran the log): its result counts.
+            lost_and_found = not current and (self._lost(job, e.attempt)
+                                              or self._next(job, e.attempt))
             if current or lost_and_found:
                 if lost_and_found:
                     job.queued = False

@@ -9,6 +9,7 @@ import gc
 import os
 import secrets
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 import attrs
@@ -135,6 +136,12 @@ class MasterService(MultiService):
         self.autoscaler = AutoscalerService(self, build_autoscaler(config))
         self.autoscaler.setServiceParent(self)
         self.legacy = LegacyFrontend(self)  # text frames: the reference's requests
+        # DISPATCH and KILL frames decided in this turn, and the turns' batches waiting for
+        # their barrier, oldest first (_to_worker).
+        self._outbox: list = []
+        self._outbox_call = None
+        self._sealed: deque = deque()
+        self._outbox_failing = False  # a barrier failed and none has fired since
         self._ticker = LoopingCall(self.handle, ev.Tick())
         self._ticker.clock = reactor
 
@@ -297,7 +304,7 @@ class MasterService(MultiService):
         elif isinstance(d, ev.Dispatch):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
-                conn.push(Op.DISPATCH, {
+                self._to_worker(conn, Op.DISPATCH, {
                     "job_id": d.job_id, "attempt": d.attempt, "run_id": d.run_id,
                     "token": job_token(self.token, d.job_id, d.attempt),
                     "spec": d.spec.to_wire()})
@@ -306,8 +313,8 @@ class MasterService(MultiService):
         elif isinstance(d, ev.Kill):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
-                conn.push(Op.KILL, {"job_id": d.job_id, "attempt": d.attempt,
-                                    "reason": d.reason})
+                self._to_worker(conn, Op.KILL, {"job_id": d.job_id, "attempt": d.attempt,
+                                                "reason": d.reason})
         elif isinstance(d, ev.RunChanged):
             self._when_durable(self._wake_run, d.run_id)
             for listener in self.run_change_listeners:
@@ -347,6 +354,55 @@ class MasterService(MultiService):
                 conn = self.worker_conns.pop(d.worker_id, None)
                 if conn is not None:
                     conn.transport.loseConnection()
+
+    # -- frames to workers: after the records they follow from --------------------------
+
+    def _to_worker(self, conn: MasterProtocol, opcode: int, body: dict) -> None:
+        """Send a decision's frame (DISPATCH, KILL) to a worker once every record appended
+        so far is durable: a worker must never run an attempt that a crash of the master
+        could take back (docs/semantics.md).  The frames of one turn of the reactor share
+        one barrier, taken at the end of the turn (after every record they follow from);
+        they go out in the order they were decided, on the connection they were meant for
+        (a worker that has reconnected meanwhile reported afresh: it gets none of them)."""
+        self._outbox.append((conn, opcode, body))
+        if self._outbox_call is None:
+            self._outbox_call = self.reactor.callLater(0, self._seal_outbox)
+
+    def _seal_outbox(self) -> None:
+        self._outbox_call = None
+        batch = [self._outbox, False]  # [frames, durable yet]
+        self._outbox = []
+        self._sealed.append(batch)
+        self._await_durable(batch)
+
+    def _await_durable(self, batch: list) -> None:
+        if self.persistence is None:
+            self._outbox_durable(None, batch)
+            return
+        self.persistence.barrier().addCallbacks(
+            self._outbox_durable, self._outbox_not_durable,
+            callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _outbox_durable(self, _, batch: list) -> None:
+        batch[1] = True
+        self._outbox_failing = False
+        sealed = self._sealed
+        while sealed and sealed[0][1]:
+            for conn, opcode, body in sealed.popleft()[0]:
+                if conn.connected:
+                    conn.push(opcode, body)
+
+    def _outbox_not_durable(self, failure, batch: list) -> None:
+        # What they follow from is not stored: they stay held, behind a new barrier, until
+        # the backend has stored it -- or never go, if the master is stopping.
+        if not self.running:
+            return
+        if not self._outbox_failing:  # once per outage
+            self.log.warn("frames to workers are held: the records they follow from are "
+                          "not stored ({why}); trying again every second",
+                          why=failure.getErrorMessage())
+        self._outbox_failing = True
+        self.reactor.callLater(1.0, self._await_durable, batch)
 
     def _timer_fired(self, key: Any) -> None:
         self._timers.pop(key, None)
@@ -556,7 +612,9 @@ class MasterService(MultiService):
         conn = self.worker_conns.get(job.worker_id)
         if conn is None:
             raise RemoteError("unreachable", f"the worker of service {name} is not connected")
-        conn.push(Op.RESTART_SERVICE, {"job_id": job.job_id, "attempt": job.attempt})
+        # Behind the service's DISPATCH, if that is still held (_to_worker).
+        self._to_worker(conn, Op.RESTART_SERVICE,
+                        {"job_id": job.job_id, "attempt": job.attempt})
         return {"name": name, "job_id": job.job_id}
 
     def list_services(self, everything: bool = False) -> list:

@@ -207,6 +207,15 @@ class WorkerService(MultiService):
         self.registered = True
         for report in delivered:
             self.unacked.pop((report["job_id"], report["attempt"]), None)
+        # Jobs that ended while the hello was on its way (one the master told to stop, say):
+        # their reports go now, or the master would keep their slots taken until the next
+        # reconnect.
+        for report in list(self.unacked.values()):
+            logs = report.pop("logs", None)
+            if logs:
+                conn.push(Op.LOG_BATCH, {"job_id": report["job_id"],
+                                         "attempt": report["attempt"], "chunks": logs})
+            self._send_report(report)
         interval = float(result.get("heartbeat_interval") or 2.0)
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
