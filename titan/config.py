@@ -42,6 +42,21 @@ class MasterConfig:
     # from processes of the master's own user on this machine, and only these operations.
     text_frames: str = "off"
     text_frame_ops: tuple[str, ...] = TEXT_FRAME_OPS
+    # Limits against hostile clients (docs/security.md): before its hello a peer may send
+    # frames of preauth_frame_bytes (text frames: text_frame_bytes, where they are served)
+    # and must say it within hello_timeout seconds; connections in all, not yet
+    # authenticated, and from one address not yet authenticated; room kept for workers.
+    preauth_frame_bytes: int = 64 * 1024
+    text_frame_bytes: int = 16 * 1024 * 1024
+    preauth_buffer_bytes: int = 64 * 1024 * 1024
+    hello_timeout: float = 10.0
+    max_connections: int = 4096
+    max_pending_connections: int = 256
+    max_pending_per_host: int = 64
+    worker_reserve: int = 256
+    # A connection whose replies stay unread this long, or pile up past this, is closed.
+    send_stall_timeout: float = 30.0
+    max_send_buffer_bytes: int = 64 * 1024 * 1024
 
 
 @attrs.frozen
@@ -119,7 +134,7 @@ _GONE = {("master.text_frames", "loopback"):
 _TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace", "autoscaler.min_workers",
-                          "autoscaler.max_workers"})
+                          "autoscaler.max_workers", "master.worker_reserve"})
 
 
 def load_config(path: Optional[str]) -> Config:

@@ -42,6 +42,8 @@ from titan.core.model import JobState, RunState
 from titan.errors import RemoteError
 from titan.protocols import legacy
 from titan.master.peer import describe_uid, peer_uid
+from titan.master.logstore import TextSlice
+from titan.protocols.frame import HEADER, VERSION
 from titan.protocols.opcodes import Op, op_name
 from titan.store.client import StoreError, StoreUnavailable
 
@@ -204,10 +206,18 @@ class LegacyFrontend(Service):
             lambda _: self._send(protocol, opcode, text))
 
     @staticmethod
-    def _send(protocol, opcode: int, text: str) -> None:
-        if protocol.connected:
-            protocol.send_text(opcode, text)
-            protocol.transport.loseConnection()
+    def _send(protocol, opcode: int, text) -> None:
+        if not protocol.connected:
+            if isinstance(text, TextSlice):
+                text.close()
+            return
+        if isinstance(text, TextSlice):
+            # A log is streamed as the peer reads it (titan/master/logstore.py): a reply
+            # nobody reads holds a chunk, not the log.
+            protocol.send_stream(_text_frame_chunks(opcode, text), done=protocol.close)
+            return
+        protocol.send_text(opcode, text)
+        protocol.close()
 
     def _failed(self, protocol, opcode: int, failure) -> None:
         if failure.check(Refused):
@@ -313,7 +323,8 @@ class LegacyFrontend(Service):
         await defer.maybeDeferred(self.master.cancel, key)
         return f"STOPPED: {ref}"
 
-    def get_logs(self, text: str) -> str:
+    def get_logs(self, text: str) -> TextSlice:
+        """The job's output, as a TextSlice: streamed, never held whole."""
         key = self.job_key(text)
         if key is None:
             raise Refused(f"ERROR: no job {text.strip()}")
@@ -321,11 +332,8 @@ class LegacyFrontend(Service):
         limit = self._limit()
         size = logs.size(key)
         start = max(0, size - limit)
-        data = logs.read(key, start, limit)
-        out = data.decode("utf-8", errors="replace")
-        if start:
-            out = f"[titan: the first {start} bytes of this log are not shown]\n" + out
-        return out
+        note = f"[titan: the first {start} bytes of this log are not shown]\n" if start else ""
+        return logs.text_slice(key, start, size, note.encode())
 
     # -- assets -----------------------------------------------------------------------------
 
@@ -659,6 +667,12 @@ class LegacyFrontend(Service):
             if decision is not None and found is None:
                 found = (name, decision)
         return found
+
+
+def _text_frame_chunks(opcode: int, text: TextSlice):
+    """A text frame of `text`, a chunk at a time: the header, then the text."""
+    yield HEADER.pack(VERSION, opcode, 0, 0, text.length())
+    yield from text.chunks()
 
 
 def _decision(value: Any) -> Optional[str]:

@@ -1,12 +1,70 @@
 """Job output kept by the master: one append-only file per job under the data dir."""
 from __future__ import annotations
 
+import codecs
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 from twisted.internet import defer
 
 READ_LIMIT = 1024 * 1024
+STREAM_CHUNK = 64 * 1024  # what a streamed read holds at a time
+
+
+class TextSlice:
+    """Bytes [start, end) of a job's log as UTF-8 text (bytes that are not UTF-8 replaced
+    by U+FFFD), read from a file already open, a chunk at a time: `length()` counts the
+    text's bytes in a first pass (a frame's header goes first), `chunks()` gives them.
+    Nothing larger than a chunk is held, however long the log."""
+
+    def __init__(self, f, start: int, end: int, prefix: bytes = b"") -> None:
+        self.f = f
+        self.start = start
+        self.end = end
+        self.prefix = prefix
+        self._length: Optional[int] = None
+
+    def _pieces(self) -> Iterator[bytes]:
+        if self.f is None:
+            return
+        self.f.seek(self.start)
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        left = self.end - self.start
+        while left > 0:
+            raw = self.f.read(min(STREAM_CHUNK, left))
+            if not raw:
+                break  # (cannot shrink: logs are only appended to; but be safe)
+            left -= len(raw)
+            yield decoder.decode(raw, final=left <= 0).encode("utf-8")
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail.encode("utf-8")
+
+    def length(self) -> int:
+        if self._length is None:
+            self._length = len(self.prefix) + sum(len(p) for p in self._pieces())
+        return self._length
+
+    def chunks(self) -> Iterator[bytes]:
+        try:
+            if self.prefix:
+                yield self.prefix
+            yield from self._pieces()
+        finally:
+            self.close()
+
+    def text(self) -> str:
+        """The whole slice at once (for a caller that wants it in memory)."""
+        return b"".join(self.chunks()).decode("utf-8")
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1048576:.3g} MB" if n >= 1048576 else f"{n} bytes"
 
 
 class LogStore:
@@ -61,6 +119,15 @@ class LogStore:
         with open(self._path(job_id), "rb") as f:
             f.seek(offset)
             return f.read(limit)
+
+    def text_slice(self, job_id: str, start: int, end: int, prefix: bytes = b"") -> TextSlice:
+        """Bytes [start, end) of the log, to stream as text (TextSlice); the file stays
+        open until it is read or closed, so a log forgotten meanwhile still reads."""
+        try:
+            f = open(self._path(job_id), "rb") if end > start else None
+        except OSError:
+            f = None
+        return TextSlice(f, start, end if f is not None else start, prefix)
 
     def changed(self, job_id: str) -> defer.Deferred:
         """Fires the next time `job_id` gets output (or ends: see `wake`)."""

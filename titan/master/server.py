@@ -1,16 +1,30 @@
-"""The master's side of a TITAN_PROTO connection: hello first, then clients' and workers' ops."""
+"""The master's side of a TITAN_PROTO connection: hello first, then clients' and workers' ops.
+
+Until its hello a connection is held to small limits (docs/security.md, "Limits against
+hostile clients"): frames of `master.preauth_frame_bytes` (text frames, where they are
+served, `master.text_frame_bytes`), nothing but the hello decoded, `master.hello_timeout`
+seconds to say it, and a place among `master.max_pending_connections` (the oldest pending
+connection makes room for a new one).  The factory counts connections by kind and keeps
+room for workers; every connection is its transport's producer (titan/protocols/rpc.py), so
+a peer that does not read its replies is not read either, and is closed once it stalls.
+"""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
 
 from titan import __version__
 from titan.auth import parse_job_token, token_matches
 from titan.core import events as ev
+from titan.limits import (
+    ConnectionLimits, EpisodeLog, Refused, connection_cap, raise_fd_limit)
 from titan.protocols.opcodes import Op, op_name
-from titan.protocols.rpc import RemoteError, RpcProtocol
+from titan.protocols.rpc import RemoteError, RpcProtocol, _rid_of
 
 if TYPE_CHECKING:
     from titan.master.service import MasterService
@@ -40,10 +54,127 @@ class MasterProtocol(RpcProtocol):
     worker_id: Optional[str] = None
     scope: Optional[tuple[str, int]] = None  # (job id, attempt) for a job's own connection
     watching: set  # run ids whose changes are pushed here (WATCH_RUN)
+    factory: "MasterFactory"
+    backpressure = True
+    authenticated = False  # a hello with the cluster token (or a job's) was accepted
+    _hello_call = None
+    _buffered = 0  # bytes of this connection counted in the factory's pre-auth buffer
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self.watching = set()
+        mc = self.master.config.master
+        decoder = self._decoder
+        decoder.max_body = min(mc.preauth_frame_bytes, mc.max_frame_bytes)
+        decoder.limit_note = " before HELLO (master.preauth_frame_bytes)"
+        decoder.max_text_body = mc.text_frame_bytes
+        decoder.text_limit_note = " (master.text_frame_bytes)"
+        decoder.text_gate = self._text_gate
+        if self.factory.admit(self):
+            self._hello_call = self._clock().callLater(mc.hello_timeout, self._hello_expired)
+
+    # -- limits before the hello -------------------------------------------------------------
+
+    def host(self) -> str:
+        try:
+            return str(self.transport.getPeer().host)
+        except Exception:
+            return "?"
+
+    def note(self, kind: str, format: str, /, **fields: Any) -> bool:
+        """Warn about this peer, once per peer and kind per episode (titan/limits.py)."""
+        return self.factory.note(self.host(), kind, format, peer=self._peer(), **fields)
+
+    def _text_gate(self, opcode: int, length: int) -> Optional[str]:
+        """A text frame over the pre-auth limit may have up to master.text_frame_bytes only
+        where text frames are served to this peer."""
+        if self.authenticated:
+            return None
+        return self.master.legacy.refusal(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        super().dataReceived(data)
+        if not self.authenticated and self.connected:
+            self._count_buffer()
+
+    def _count_buffer(self) -> None:
+        """Keep the bytes buffered by connections not yet authenticated within
+        master.preauth_buffer_bytes in all: a large text request that would pass it is
+        refused (smaller frames always fit: they are bounded per connection)."""
+        now = self._decoder.buffered
+        total = self.factory.count_buffer(now - self._buffered)
+        self._buffered = now
+        limit = self.master.config.master.preauth_buffer_bytes
+        if total > limit and now > self._decoder.max_body:
+            self.note("busy_buffer", "refused {peer}: unauthenticated requests being read "
+                      "hold {total} bytes, over master.preauth_buffer_bytes", total=total)
+            self.send_text(Op.ERROR, f"ERROR: the master is reading {total} bytes of "
+                                     "unauthenticated requests, over its limit "
+                                     "(master.preauth_buffer_bytes): try again later")
+            self._uncount_buffer()
+            self.abort()
+
+    def _uncount_buffer(self) -> None:
+        if self._buffered:
+            self.factory.count_buffer(-self._buffered)
+            self._buffered = 0
+
+    def _hello_expired(self) -> None:
+        self._hello_call = None
+        if self.authenticated or not self.connected:
+            return
+        timeout = self.master.config.master.hello_timeout
+        self.note("hello_timeout", "closing {peer}: no HELLO within {timeout:g} s",
+                  timeout=timeout)
+        self.send_error(None, "hello_timeout", f"no HELLO within {timeout:g} s of connecting "
+                                               "(master.hello_timeout)")
+        self.close()
+
+    def _cancel_hello_timer(self) -> None:
+        if self._hello_call is not None:
+            if self._hello_call.active():
+                self._hello_call.cancel()
+            self._hello_call = None
+
+    def _authenticate(self, kind: str) -> None:
+        """The hello is good: count this connection as a `client` or `worker`, lift the
+        pre-auth limits (RemoteError "busy" if the clients' share is full)."""
+        try:
+            self.factory.limits.authenticated(self, kind)
+        except Refused as e:
+            self.note("busy_clients", "refused {peer}: {why}", why=e.message)
+            raise RemoteError(e.code, e.message, close=True) from None
+        if self.authenticated:
+            return
+        self.authenticated = True
+        self._cancel_hello_timer()
+        self._uncount_buffer()
+        mc = self.master.config.master
+        self._decoder.max_body = mc.max_frame_bytes
+        self._decoder.limit_note = " (master.max_frame_bytes)"
+
+    def admit_frame(self, frame) -> bool:
+        # Before the hello nothing else is even decoded (its rid is read to answer it).
+        if self.role is None and frame.opcode not in HELLOS:
+            self.send_error(_rid_of(frame.body), "hello_required",
+                            f"{op_name(frame.opcode)} before HELLO: say HELLO with the cluster "
+                            "token first")
+            self.close()
+            return False
+        return True
+
+    def frame_error(self, problem) -> None:
+        self.note(f"bad_frame:{problem.code}", "bad frame from {peer}: {message}",
+                  message=problem.message)
+        super().frame_error(problem)
+
+    def send_buffer_stalled(self, seconds: float) -> None:
+        self.note("stalled", "closing {peer}: its replies went unread for {seconds:g} s "
+                  "(master.send_stall_timeout)", seconds=seconds)
+
+    def send_buffer_full(self, size: int) -> None:
+        self.note("send_buffer", "closing {peer}: {size} bytes unsent, over "
+                  "master.max_send_buffer_bytes", size=size)
 
     # -- the hello gate --------------------------------------------------------------------
 
@@ -57,13 +188,16 @@ class MasterProtocol(RpcProtocol):
 
     def text_frame_received(self, frame) -> None:
         # The reference implementation's text requests (docs/compat.md): one per connection.
+        # It has arrived whole: the hello deadline is over (a reply left unread is closed
+        # as any other, after master.send_stall_timeout).
+        self._cancel_hello_timer()
         self.master.legacy.frame_received(self, frame)
 
     def _admitted(self, opcode: int, rid: Any) -> bool:
         if self.role is None and opcode not in HELLOS:
             self.send_error(rid, "hello_required",
                             f"{op_name(opcode)} before HELLO: say HELLO with the cluster token first")
-            self.transport.loseConnection()
+            self.close()
             return False
         if opcode in WORKER_OPS and self.role != "worker":
             self.send_error(rid, "not_a_worker", f"{op_name(opcode)} is for registered workers")
@@ -82,7 +216,7 @@ class MasterProtocol(RpcProtocol):
 
     def _check_token(self, body: dict) -> None:
         if not token_matches(self.master.token, body.get("token")):
-            self.master.log.warn("refused {peer}: wrong cluster token", peer=self._peer())
+            self.note("wrong_token", "refused {peer}: wrong cluster token")
             raise RemoteError("auth", "wrong cluster token", close=True)
 
     def op_HELLO(self, body: dict) -> dict:
@@ -92,12 +226,19 @@ class MasterProtocol(RpcProtocol):
             self.scope = scope
         else:
             self._check_token(body)
+        if body.get("as") == "worker" and scope is None:
+            # A worker whose REGISTER is larger than the pre-auth limit says HELLO first;
+            # it counts as a worker (room is kept for workers) and may only REGISTER next.
+            self._authenticate("worker")
+            return {"server": "titan-master", "version": __version__, "job_id": None}
+        self._authenticate("client")
         self.role = "client"
         return {"server": "titan-master", "version": __version__,
                 "job_id": scope[0] if scope else None}
 
     def op_REGISTER(self, body: dict) -> dict:
         self._check_token(body)
+        self._authenticate("worker")
         self.role = "worker"
         self.worker_id = _require(body, "worker_id")
         self.master.worker_registered(self, body)
@@ -327,6 +468,9 @@ class MasterProtocol(RpcProtocol):
 
     def connectionLost(self, reason=None) -> None:
         super().connectionLost(reason)
+        self._cancel_hello_timer()
+        self._uncount_buffer()
+        self.factory.limits.gone(self)
         if self.watching:
             self.master.unwatch_run(self)
         for subscription in getattr(self, "_subscriptions", {}).values():
@@ -337,13 +481,83 @@ class MasterProtocol(RpcProtocol):
 
 class MasterFactory(Factory):
     protocol = MasterProtocol
+    noisy = False
+    log = Logger()
+    fd_limit: tuple[int, int] = (-1, -1)  # (soft, hard) RLIMIT_NOFILE once listening
 
     def __init__(self, master: "MasterService") -> None:
         self.master = master
+        self.limits = self._limits(-1)
+        self.episodes = EpisodeLog(self.log)
+        self.preauth_buffered = 0
+        self._sweeper: Optional[LoopingCall] = None
+
+    def _limits(self, fd_soft_limit: int) -> ConnectionLimits:
+        mc = self.master.config.master
+        return ConnectionLimits(connection_cap(mc.max_connections, fd_soft_limit),
+                                mc.max_pending_connections, mc.max_pending_per_host,
+                                mc.worker_reserve)
+
+    def startFactory(self) -> None:
+        # As many descriptors as the system lets this process have, and connections kept
+        # below them: a flood of connections must not leave none for files and workers.
+        self.fd_limit = raise_fd_limit()
+        self.limits = self._limits(self.fd_limit[0])
+        mc = self.master.config.master
+        if self.limits.max_connections < mc.max_connections:
+            self.log.warn("at most {n} connections (master.max_connections is {configured}, "
+                          "but this process may open {soft} files)",
+                          n=self.limits.max_connections, configured=mc.max_connections,
+                          soft=self.fd_limit[0])
+        self._sweeper = LoopingCall(lambda: self.episodes.sweep(self.master.now()))
+        self._sweeper.clock = self.master.reactor
+        self._sweeper.start(self.episodes.quiet, now=False)
+
+    def stopFactory(self) -> None:
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self.episodes.sweep(float("inf"))
+
+    def note(self, host: str, kind: str, format: str, /, **fields: Any) -> bool:
+        return self.episodes.note(self.master.now(), host, kind, format, **fields)
+
+    def count_buffer(self, delta: int) -> int:
+        self.preauth_buffered += delta
+        return self.preauth_buffered
+
+    def admit(self, conn: MasterProtocol) -> bool:
+        """Count a new connection; close the pending ones it evicts, or itself if there is
+        no room.  False if it was refused."""
+        host = conn.host()
+        try:
+            evicted = self.limits.connected(conn, host)
+        except Refused as e:
+            self.note(host, "refused", "refused a connection from {host}: {why}", host=host,
+                      why=e.message)
+            conn.send_error(None, e.code, e.message)
+            conn.close()
+            return False
+        for old in evicted:
+            old_host = old.host()
+            mine = old_host == host
+            why = (f"{self.limits.max_pending_per_host} newer connections from {old_host} "
+                   "have not said HELLO either (master.max_pending_per_host)" if mine else
+                   "the master holds as many connections without a HELLO as it may "
+                   "(master.max_pending_connections, master.max_connections)")
+            self.note(old_host, "evicted", "closing the oldest connection from {host} that "
+                      "has not said HELLO: {why}", host=old_host, why=why)
+            old._cancel_hello_timer()
+            old.send_error(None, "evicted", f"closed before its HELLO: {why}")
+            old.close()
+        return True
 
     def buildProtocol(self, addr):
         p = MasterProtocol()
         p.factory = self
         p.master = self.master
+        p.clock = self.master.reactor
         p.max_body = self.master.config.master.max_frame_bytes
+        mc = self.master.config.master
+        p.stall_timeout = mc.send_stall_timeout
+        p.max_send_buffer = mc.max_send_buffer_bytes
         return p

@@ -6,7 +6,7 @@ split, and yields whole frames or errors.
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 from titan.protocols.opcodes import KNOWN_OPCODES, op_name
 
@@ -15,6 +15,9 @@ HEADER = struct.Struct("!BBBBI")  # version, opcode, flags, spare, body length
 HEADER_SIZE = HEADER.size  # 8
 FLAG_STRUCTURED = 0x01
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+# Until a peer has authenticated, a master reads frames of at most this many bytes (a HELLO
+# or REGISTER is far smaller): a stranger cannot make it buffer megabytes.
+DEFAULT_PREAUTH_MAX_BODY = 64 * 1024
 
 
 # Named tuples, not attrs classes: every client imports this module, and `titan status`
@@ -51,10 +54,26 @@ def encode_frame(opcode: int, body: bytes, flags: int = FLAG_STRUCTURED) -> byte
 
 
 class FrameDecoder:
-    def __init__(self, max_body: int = DEFAULT_MAX_BODY) -> None:
+    """`max_body` bounds a structured frame's body, `max_text_body` a text frame's (flags 0;
+    the same as `max_body` unless given).  Both are checked on the header, before any of
+    the body is buffered, and may be changed between feeds (a master raises them once a
+    peer has authenticated).
+
+    `text_gate`, when set, is asked about a text frame longer than `max_body` (only then):
+    it returns None to let it have up to `max_text_body`, or why not (said in the error).
+    """
+
+    def __init__(self, max_body: int = DEFAULT_MAX_BODY,
+                 max_text_body: Optional[int] = None) -> None:
         self.max_body = max_body
+        self.max_text_body = max_text_body
+        self.text_gate: Optional[Callable[[int, int], Optional[str]]] = None
         self._buffer = bytearray()
         self._broken = False
+
+    # Said after the limit in a too_large error (where the limit comes from).
+    limit_note = ""
+    text_limit_note = ""
 
     @property
     def broken(self) -> bool:
@@ -85,11 +104,20 @@ class FrameDecoder:
                     f"unsupported protocol version {version} (this server speaks {VERSION})",
                     fatal=True, opcode=opcode, flags=flags))
                 break
-            if length > self.max_body:
+            limit, note = self.max_body, self.limit_note
+            if length > limit and not flags & FLAG_STRUCTURED and \
+                    self.max_text_body is not None:
+                why = self.text_gate(opcode, length) if self.text_gate is not None else None
+                if why is None:
+                    limit, note = self.max_text_body, self.text_limit_note
+                else:
+                    note = f" ({why})"
+            if length > limit:
+                kind = "" if flags & FLAG_STRUCTURED else "text "
                 out.append(FrameError(
                     "too_large",
-                    f"{op_name(opcode)} frame of {length} bytes is over the "
-                    f"{self.max_body}-byte limit",
+                    f"{op_name(opcode)} {kind}frame of {length} bytes is over the "
+                    f"{limit}-byte limit{note}",
                     fatal=True, opcode=opcode, flags=flags))
                 break
             if end - pos - HEADER_SIZE < length:

@@ -7,16 +7,27 @@ worker, a log batch) and get no reply.
 
 A subclass serves operation `X` by defining `op_X(self, body)`, which returns the result
 (or a Deferred / coroutine of it) or raises `RemoteError`.
+
+With `backpressure` on (the master's connections), the protocol is its transport's
+streaming producer: once the replies waiting to be sent pass the transport's buffer, the
+peer's requests are no longer read (nor those already read handled) until the peer has
+read them; a connection whose buffer stays full for `stall_timeout` seconds, or whose
+unsent bytes pass `max_send_buffer`, is closed.
 """
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Optional
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+import msgpack
 
 from twisted.internet import defer, error
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from titan.errors import RemoteError
 from titan.protocols import codec
@@ -25,11 +36,17 @@ from titan.protocols.frame import (
 from titan.protocols.opcodes import Op, op_name
 
 
+@implementer(IPushProducer)
 class RpcProtocol(Protocol):
     log = Logger()
     max_body = DEFAULT_MAX_BODY
+    max_text_body: Optional[int] = None  # text frames' limit; max_body when None
     request_timeout: Optional[float] = 30.0
     clock: Any = None  # an IReactorTime; the global reactor when None
+    backpressure = False  # be the transport's producer (see the module's doc)
+    stall_timeout: Optional[float] = 30.0
+    max_send_buffer: Optional[int] = None
+    paused = False
 
     def connectionMade(self) -> None:
         # Frames are small and often go out back to back with no reply in between (a push,
@@ -38,9 +55,15 @@ class RpcProtocol(Protocol):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        self._decoder = FrameDecoder(self.max_body)
+        self._decoder = FrameDecoder(self.max_body, self.max_text_body)
         self._pending: dict[int, defer.Deferred] = {}
         self._next_rid = 1
+        self._held: deque = deque()  # frames read while paused, handled on resume
+        self._stall_call = None
+        self._stream: Optional[Iterator[bytes]] = None  # send_stream's, while it lasts
+        self._stream_done: Optional[Callable[[], None]] = None
+        if self.backpressure and hasattr(self.transport, "registerProducer"):
+            self.transport.registerProducer(self, True)
 
     def _clock(self):
         if self.clock is None:
@@ -51,20 +74,154 @@ class RpcProtocol(Protocol):
     # -- inbound -------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
-        for item in self._decoder.feed(data):
-            if isinstance(item, FrameError):
-                self.frame_error(item)
-                if item.fatal:
-                    self.transport.loseConnection()
-                    return
-            else:
-                # One frame a handler trips over must not cost the connection (and every
-                # other request in flight on it).
-                try:
-                    self.frame_received(item)
-                except Exception:
-                    self.log.failure("{op} frame from {peer} failed", op=op_name(item.opcode),
-                                     peer=self._peer())
+        items = self._decoder.feed(data)
+        if self.paused or self._held or self._stream is not None:
+            self._held.extend(items)
+            return
+        self._handle_items(items)
+
+    def _handle_items(self, items) -> None:
+        for i, item in enumerate(items):
+            if self.paused:  # a reply just filled the transport: the rest waits
+                self._held.extend(items[i:])
+                return
+            if not self._handle_item(item):
+                return
+
+    def _handle_item(self, item) -> bool:
+        """Handle one decoded frame or error; False once the connection is closing."""
+        if isinstance(item, FrameError):
+            self.frame_error(item)
+            if item.fatal:
+                self.close()
+                return False
+        else:
+            # One frame a handler trips over must not cost the connection (and every
+            # other request in flight on it).
+            try:
+                self.frame_received(item)
+            except Exception:
+                self.log.failure("{op} frame from {peer} failed", op=op_name(item.opcode),
+                                 peer=self._peer())
+        return not getattr(self.transport, "disconnecting", False)
+
+    # -- backpressure (IPushProducer, registered on the transport) --------------------------
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: read no more of this peer until it drains."""
+        if self.paused:
+            return
+        self.paused = True
+        self.transport.pauseProducing()
+        if self.stall_timeout is not None and self._stall_call is None:
+            self._stall_call = self._clock().callLater(self.stall_timeout, self._stalled)
+
+    def resumeProducing(self) -> None:
+        was_paused, self.paused = self.paused, False
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+        if getattr(self.transport, "disconnecting", False):
+            # A closing transport with a producer waits for it: let it finish closing.
+            self.transport.unregisterProducer()
+            return
+        if was_paused:
+            self.transport.resumeProducing()
+        self._pump()
+        while self._held and not self.paused and self._stream is None:
+            if not self._handle_item(self._held.popleft()):
+                self._held.clear()
+                return
+
+    def stopProducing(self) -> None:
+        self._held.clear()
+        self._end_stream(done=False)
+
+    def send_stream(self, chunks: Iterable[bytes],
+                    done: Optional[Callable[[], None]] = None) -> None:
+        """Write `chunks` (one frame, its header first) as the peer reads them: the next
+        chunk is taken only while the transport is not paused, so a reply of any size holds
+        about one chunk in memory.  Frames read meanwhile wait for its end, then `done` is
+        called."""
+        self._end_stream(done=False)
+        self._stream = iter(chunks)
+        self._stream_done = done
+        self._pump()
+
+    def _pump(self) -> None:
+        while self._stream is not None and not self.paused:
+            if not self.connected:
+                self._end_stream(done=False)
+                return
+            try:
+                chunk = next(self._stream)
+            except StopIteration:
+                self._end_stream(done=True)
+                return
+            except Exception:
+                self.log.failure("streaming a reply to {peer} failed", peer=self._peer())
+                self._end_stream(done=False)
+                self.abort()
+                return
+            self.write(chunk)
+
+    def _end_stream(self, done: bool) -> None:
+        stream, callback = self._stream, self._stream_done
+        self._stream = self._stream_done = None
+        if stream is not None:
+            close = getattr(stream, "close", None)  # a generator: its `finally` runs
+            if close is not None:
+                close()
+        if done and callback is not None:
+            callback()
+
+    def _stalled(self) -> None:
+        self._stall_call = None
+        if not self.paused or not self.connected:
+            return
+        self.send_buffer_stalled(self.stall_timeout)
+        self.abort()
+
+    def send_buffer_stalled(self, seconds: float) -> None:
+        """Called before a connection whose replies went unread for `seconds` is closed."""
+        self.log.warn("closing {peer}: its replies went unread for {seconds:g} s",
+                      peer=self._peer(), seconds=seconds)
+
+    def send_buffer_full(self, size: int) -> None:
+        """Called before a connection with more than `max_send_buffer` bytes unsent is
+        closed."""
+        self.log.warn("closing {peer}: {size} bytes unsent, over the {limit}-byte limit",
+                      peer=self._peer(), size=size, limit=self.max_send_buffer)
+
+    def unsent_bytes(self) -> int:
+        t = self.transport
+        return getattr(t, "_tempDataLen", 0) + len(getattr(t, "dataBuffer", b"")) \
+            - getattr(t, "offset", 0)
+
+    def close(self) -> None:
+        """Close once what was written has gone (a paused producer does not hold it)."""
+        t = self.transport
+        if self.backpressure and getattr(t, "producer", None) is self:
+            t.unregisterProducer()
+        t.loseConnection()
+
+    def abort(self) -> None:
+        """Close now, dropping whatever is unsent."""
+        t = self.transport
+        if self.backpressure and getattr(t, "producer", None) is self:
+            t.unregisterProducer()
+        self._held.clear()
+        abort = getattr(t, "abortConnection", None)
+        (abort or t.loseConnection)()
+
+    def write(self, data: bytes) -> None:
+        """Every frame this protocol sends goes out here."""
+        self.transport.write(data)
+        limit = self.max_send_buffer
+        if limit is not None and self.connected and self.unsent_bytes() > limit:
+            self.send_buffer_full(self.unsent_bytes())
+            self.abort()
 
     def frame_error(self, problem: FrameError) -> None:
         self.log.warn("bad frame from {peer}: {message}", peer=self._peer(),
@@ -78,6 +235,8 @@ class RpcProtocol(Protocol):
         if not frame.structured:
             self.text_frame_received(frame)
             return
+        if not self.admit_frame(frame):
+            return
         try:
             body = codec.unpack(frame.body)
         except codec.BodyError as e:
@@ -90,6 +249,11 @@ class RpcProtocol(Protocol):
             self.push_received(frame.opcode, body)
         else:
             self.request_received(frame.opcode, rid, body)
+
+    def admit_frame(self, frame: Frame) -> bool:
+        """Whether a structured frame's body is decoded and served at all (a master serves
+        nothing but the hello to a peer that has not said it)."""
+        return True
 
     def text_frame_received(self, frame: Frame) -> None:
         self.send_text(Op.ERROR, "ERROR: text frames are not served on this connection")
@@ -131,7 +295,7 @@ class RpcProtocol(Protocol):
         if failure.check(RemoteError):
             self.send_error(rid, failure.value.code, failure.value.message)
             if failure.value.close:
-                self.transport.loseConnection()
+                self.close()
             return
         self.log.failure("{op} failed", failure, op=op_name(opcode))
         self.send_error(rid, "internal", f"{op_name(opcode)} failed: {failure.getErrorMessage()}")
@@ -156,10 +320,10 @@ class RpcProtocol(Protocol):
     # -- outbound ------------------------------------------------------------------------
 
     def send_frame(self, opcode: int, body: dict) -> None:
-        self.transport.write(encode_frame(opcode, codec.pack(body)))
+        self.write(encode_frame(opcode, codec.pack(body)))
 
     def send_text(self, opcode: int, text: str) -> None:
-        self.transport.write(encode_frame(opcode, text.encode("utf-8"), flags=0))
+        self.write(encode_frame(opcode, text.encode("utf-8"), flags=0))
 
     def send_error(self, rid: Any, code: str, message: str) -> None:
         self.send_frame(Op.ERROR, {"rid": rid, "code": code, "message": message})
@@ -181,13 +345,19 @@ class RpcProtocol(Protocol):
         data = encode_frame(opcode, codec.pack(message))  # may raise: nothing is pending yet
         d: defer.Deferred = defer.Deferred(lambda _: self._pending.pop(rid, None))
         self._pending[rid] = d
-        self.transport.write(data)
+        self.write(data)
         if timeout is not None:
             d.addTimeout(timeout, self._clock())
         return d
 
     def connectionLost(self, reason: Optional[Failure] = None) -> None:
         self.connected = False
+        self._held.clear()
+        self._end_stream(done=False)
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
         why = reason.getErrorMessage() if reason is not None else "connection closed"
         pending, self._pending = self._pending, {}
         for d in pending.values():
@@ -206,12 +376,20 @@ def _is_rid(value: Any) -> bool:
 
 
 def _rid_of(body: bytes) -> Any:
-    """The `rid` of a structured body we otherwise refuse, if it has one."""
+    """The `rid` of a structured body we otherwise refuse, if it has one: found by
+    reading the map's keys and skipping every other value unbuilt."""
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=True,
+                                max_buffer_size=max(len(body), 1))
     try:
-        rid = codec.unpack(body).get("rid")
-    except codec.BodyError:
+        unpacker.feed(body)
+        for _ in range(unpacker.read_map_header()):
+            if unpacker.unpack() == "rid":
+                rid = unpacker.unpack()
+                return rid if _is_rid(rid) else None
+            unpacker.skip()
+    except Exception:  # msgpack raises several unrelated types
         return None
-    return rid if _is_rid(rid) else None
+    return None
 
 
 def _call(handler: Callable, body: dict) -> defer.Deferred:

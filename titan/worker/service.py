@@ -25,6 +25,8 @@ from titan.config import Config
 from titan.core.model import JobSpec
 from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import RemoteError
+from titan.protocols import codec
+from titan.protocols.frame import DEFAULT_PREAUTH_MAX_BODY
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
 from titan.tap import exit_after_stop
@@ -34,6 +36,9 @@ from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
 MAX_BUFFERED_OUTPUT = 4 * 1024 * 1024  # per job, while the master is unreachable
 FLUSH_AT = 256 * 1024
+# A REGISTER larger than this goes after a HELLO (a master's pre-auth frame limit is 64 KiB
+# unless configured otherwise; the margin is for a smaller one).
+PREAUTH_REGISTER_BYTES = DEFAULT_PREAUTH_MAX_BODY // 2
 
 
 def parse_hostport(value: str, default_port: int = 9090) -> tuple[str, int]:
@@ -197,7 +202,13 @@ class WorkerService(MultiService):
                         for j in self.jobs.values()],
             "finished": finished,
         }
-        d = conn.call(Op.REGISTER, body, timeout=30)
+        if len(codec.pack(body)) > PREAUTH_REGISTER_BYTES:
+            # Finished jobs' output makes it larger than a master reads before a hello
+            # (master.preauth_frame_bytes): authenticate first, as a worker, then REGISTER.
+            d = conn.call(Op.HELLO, {"token": self.token, "as": "worker"}, timeout=30)
+            d.addCallback(lambda _: conn.call(Op.REGISTER, body, timeout=30))
+        else:
+            d = conn.call(Op.REGISTER, body, timeout=30)
         d.addCallbacks(lambda result: self._registered(conn, result, finished),
                        lambda f: self._register_failed(conn, f))
 
