@@ -236,6 +236,9 @@ class LegacyStoreTests(LegacyChecks, ClusterTestCase):
         shown = self.titan("status", gate)
         self.assertIn(f"approved by store: titan:hitl:status:{gate} set to APPROVED",
                       shown.stdout.decode(), shown.stderr.decode())
+        # Who wrote it, as far as the master can tell (issue 15, 2).
+        self.assertIn(f"  via:       store key titan:hitl:status:{gate}, set by a write "
+                      "straight to the store (not through the master)\n", shown.stdout.decode())
         time.sleep(1.0)  # the mirror writes the outcome back: it stays APPROVED
         self.assertEqual(self.redis("GET", L.hitl_key(gate)), "APPROVED\n")
 

@@ -40,9 +40,23 @@ class TextFramesOffTests(ClusterTestCase):
                              "(master.text_frames: off); Titan's own clients need none, and "
                              "docs/compat.md says how to turn them on for the reference's")
         with self.cluster.client() as client:
-            self.assertEqual(client.jobs(), [])
+            self.assertEqual([j for j in client.jobs() if j.get("node") == "x"], [])
         shown = self.titan("workers")
         self.assertNotIn("text frames", shown.stderr.decode())
+
+    def test_a_decision_shows_who_made_it(self):
+        # Issue 15, 2: `by` is the name the decider gives; `via` what the master saw.
+        with self.cluster.client() as client:
+            run = client.submit_dag({"name": "via", "jobs": [{"id": "g", "kind": "gate"}]})
+        gate = f"{run['run_id']}/g"
+        self.wait_for(lambda: self.titan("status", gate).stdout.startswith(b"WAITING_APPROVAL"),
+                      20, "the gate to wait")
+        approved = self.titan("approve", gate, "--by", "carol", "-m", "fine")
+        self.assertEqual(approved.stdout.decode(), f"{gate} APPROVED by carol\n")
+        shown = self.titan("status", gate).stdout.decode()
+        self.assertIn("  decision:  approved by carol: fine\n", shown)
+        self.assertIn(f"  via:       cluster token from 127.0.0.1, "
+                      f"{describe_uid(os.geteuid())}\n", shown)
 
 
 class TextFramesOnTests(ClusterTestCase):
