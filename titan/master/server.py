@@ -33,8 +33,10 @@ HELLOS = (Op.HELLO, Op.REGISTER)
 WORKER_OPS = frozenset({Op.HEARTBEAT, Op.JOB_STARTED, Op.JOB_COMPLETE, Op.LOG_BATCH,
                         Op.SERVICE_STATUS})
 # What a job, holding its own job-scoped token, may not do: decide gates (a job approving
-# its own gate would defeat the point), cancel work, or drop schedules.
-NOT_FOR_JOBS = frozenset({Op.DECIDE_GATE, Op.CANCEL_JOB, Op.REMOVE_SCHEDULE})
+# its own gate would defeat the point), cancel work, drop schedules, or restart services
+# (the service it would name by its name is some other job).
+NOT_FOR_JOBS = frozenset({Op.DECIDE_GATE, Op.CANCEL_JOB, Op.REMOVE_SCHEDULE,
+                          Op.RESTART_SERVICE})
 
 
 def _require(body: dict, key: str, kind: type = str) -> Any:
@@ -202,9 +204,17 @@ class MasterProtocol(RpcProtocol):
         if opcode in WORKER_OPS and self.role != "worker":
             self.send_error(rid, "not_a_worker", f"{op_name(opcode)} is for registered workers")
             return False
-        if self.scope is not None and opcode in NOT_FOR_JOBS:
-            self.send_error(rid, "forbidden", f"a job's own token may not {op_name(opcode)}")
-            return False
+        if self.scope is not None:
+            if opcode in NOT_FOR_JOBS:
+                self.send_error(rid, "forbidden",
+                                f"a job's own token may not {op_name(opcode)}")
+                return False
+            try:  # the token works while its attempt runs, and no longer
+                self.master.check_scope(self.scope)
+            except RemoteError as e:
+                self.send_error(rid, e.code, e.message)
+                self.transport.loseConnection()
+                return False
         return True
 
     def _send_reply(self, rid: Any, result: Any) -> defer.Deferred:
@@ -224,6 +234,7 @@ class MasterProtocol(RpcProtocol):
         if scope is not None:
             self.master.check_scope(scope)
             self.scope = scope
+            self.master.job_connected(self)
         else:
             self._check_token(body)
         if body.get("as") == "worker" and scope is None:
@@ -477,6 +488,8 @@ class MasterProtocol(RpcProtocol):
             subscription.unsubscribe()
         if self.role == "worker":
             self.master.worker_gone(self)
+        if self.scope is not None:
+            self.master.job_disconnected(self)
 
 
 class MasterFactory(Factory):

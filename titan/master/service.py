@@ -142,7 +142,8 @@ class MasterService(MultiService):
         self._outbox_call = None
         self._sealed: deque = deque()
         self._outbox_failing = False  # a barrier failed and none has fired since
-        self._ticker = LoopingCall(self.handle, ev.Tick())
+        self._job_conns: dict[str, set] = {}  # job id -> connections of its token
+        self._ticker = LoopingCall(self._tick)
         self._ticker.clock = reactor
 
     # -- life cycle ------------------------------------------------------------------------
@@ -310,6 +311,8 @@ class MasterService(MultiService):
                     "spec": d.spec.to_wire()})
         elif isinstance(d, ev.JobEnded):
             self._when_durable(self._job_ended, d.job_id)
+            if d.job_id in self._job_conns:
+                self._close_job_connections(d.job_id)
         elif isinstance(d, ev.Kill):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
@@ -651,6 +654,36 @@ class MasterService(MultiService):
         if run is None:
             raise RemoteError("not_found", f"no run {run_id}")
         return run
+
+    def job_connected(self, conn: MasterProtocol) -> None:
+        """A connection opened with a job's token: closed once that attempt is over."""
+        self._job_conns.setdefault(conn.scope[0], set()).add(conn)
+
+    def job_disconnected(self, conn: MasterProtocol) -> None:
+        conns = self._job_conns.get(conn.scope[0])
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._job_conns[conn.scope[0]]
+
+    def _close_job_connections(self, job_id: Optional[str] = None) -> None:
+        """Hang up the connections of job tokens whose attempt no longer runs (of `job_id`
+        only, or of every job): a job's token opens nothing once its attempt is over, and
+        a connection it opened then is closed, pushes and all."""
+        for key in [job_id] if job_id is not None else list(self._job_conns):
+            for conn in list(self._job_conns.get(key, ())):
+                try:
+                    self.check_scope(conn.scope)
+                except RemoteError:
+                    self.job_disconnected(conn)
+                    if conn.transport is not None:
+                        conn.transport.loseConnection()
+
+    def _tick(self) -> defer.Deferred:
+        d = self.handle(ev.Tick())
+        if self._job_conns:  # attempts ended by a lost worker or a retry: not by JobEnded
+            self._close_job_connections()
+        return d
 
     def check_scope(self, scope: tuple[str, int]) -> None:
         """A job's token is good while that attempt of the job runs, and no longer."""
