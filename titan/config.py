@@ -38,6 +38,11 @@ class MasterConfig:
     max_jobs_per_run: int = 10_000
     keep_finished: int = 10_000  # finished jobs remembered (oldest forgotten first)
     forget_after: float = 60.0  # ...but each for at least this many seconds after it ends
+    # Job output: at most log_max_bytes kept per attempt (the rest is cut, with a line that
+    # says so); past keep_log_bytes of output in all, the oldest finished jobs are forgotten
+    # (logs and all) as past keep_finished.
+    log_max_bytes: int = 50 * 1024 * 1024
+    keep_log_bytes: int = 10 * 1024 * 1024 * 1024
     # off | on: the reference SDK's token-less text requests (docs/compat.md); when on, only
     # from processes of the master's own user on this machine, and only these operations.
     text_frames: str = "off"

@@ -151,3 +151,57 @@ class RetentionTests(SynchronousTestCase):
         self.assertLessEqual(len(proposals), 20)  # at most one look per second (grace / 10)
         self.assertGreaterEqual(min(len(p.job_ids) for p in proposals), 10)
         self.assertLessEqual(len(h.s.jobs), 100 + 10 + 1 + 1000 + 100)  # bound, slack, grace
+
+
+class LogBytesRetentionTests(SynchronousTestCase):
+    """keep_log_bytes: past that much job output kept, the oldest finished jobs go (logs and
+    all) even when fewer than keep_finished have finished (issue 15)."""
+
+    def test_the_oldest_finished_jobs_go_once_their_logs_pass_the_bound(self):
+        h = Harness(keep_finished=1000, forget_grace=0, keep_log_bytes=10_000)
+        h.join("w1", slots=1)
+        for i in range(8):
+            name = f"j{i}"
+            h.submit(name)
+            h.apply(ev.LogWritten(name, 3_000))  # 24,000 bytes in all, 8 jobs of 1,000
+            h.finish(name)
+        kept = sorted(h.s.jobs)
+        # Down to nine tenths of the bound whenever it is passed: the newest ones stay.
+        self.assertEqual(kept, [f"j{i}" for i in range(8 - len(kept), 8)])
+        self.assertLessEqual(3_000 * len(kept), 10_000)
+        self.assertEqual(sorted(forgotten(h.log)), [f"j{i}" for i in range(8 - len(kept))])
+        self.assertEqual(h.s._log_total, 3_000 * len(kept))
+
+    def test_a_running_job_is_not_forgotten_for_its_log(self):
+        h = Harness(keep_finished=1000, forget_grace=0, keep_log_bytes=1_000)
+        h.join("w1", slots=1)
+        h.submit("big")
+        h.apply(ev.LogWritten("big", 5_000))
+        self.assertIn("big", h.s.jobs)
+        self.assertEqual(forgets(h.log), [])
+        h.finish("big")
+        h.apply(ev.Tick())
+        self.assertNotIn("big", h.s.jobs)
+        self.assertEqual(forgotten(h.log), ["big"])
+
+    def test_without_a_byte_bound_only_jobs_count(self):
+        h = Harness(keep_finished=1000, forget_grace=0)
+        h.join("w1", slots=1)
+        h.submit("big")
+        h.apply(ev.LogWritten("big", 10 ** 12))
+        h.finish("big")
+        h.apply(ev.Tick())
+        self.assertIn("big", h.s.jobs)
+
+    def test_a_run_counts_the_bytes_of_its_jobs(self):
+        h = Harness(keep_finished=1000, forget_grace=0, keep_log_bytes=10_000)
+        h.join("w1", slots=4)
+        h.apply(ev.DagSubmitted("r1", chain("r", 2)))
+        h.apply(ev.LogWritten("r1/s0", 6_000))
+        h.finish("r1/s0")
+        h.apply(ev.LogWritten("r1/s1", 6_000))
+        h.finish("r1/s1")
+        h.apply(ev.Tick())
+        self.assertNotIn("r1", h.s.runs)
+        self.assertEqual(sorted(forgotten(h.log)), ["r1/s0", "r1/s1"])
+        self.assertEqual(h.s._log_total, 0)

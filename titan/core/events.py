@@ -212,6 +212,16 @@ class Tick:
     """Time passes: check heartbeats."""
 
 
+@attrs.define
+class LogWritten:
+    """The master kept `size` more bytes of a job's output.  Not recorded: the log files are
+    their own record, and a master that restarts tells the core what they hold.  Retention
+    counts these bytes (`keep_log_bytes`) as well as jobs."""
+
+    job_id: str
+    size: int
+
+
 # -- decisions ---------------------------------------------------------------------------
 
 @attrs.frozen

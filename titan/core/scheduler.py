@@ -66,7 +66,8 @@ class Scheduler:
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
                  routers: Optional[Iterable] = None,
                  keep_finished: int = DEFAULT_KEEP_FINISHED,
-                 forget_grace: float = DEFAULT_FORGET_GRACE) -> None:
+                 forget_grace: float = DEFAULT_FORGET_GRACE,
+                 keep_log_bytes: Optional[int] = None) -> None:
         self.heartbeat_timeout = heartbeat_timeout
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
@@ -80,6 +81,10 @@ class Scheduler:
         self._finished_jobs = 0
         self._forgetting = False  # a Forget was proposed and not yet applied
         self._next_forget_check = 0.0
+        # ...and past keep_log_bytes of job output kept (LogWritten), the oldest too.
+        self.keep_log_bytes = keep_log_bytes
+        self._log_bytes: dict[str, int] = {}  # job key -> bytes of output kept
+        self._log_total = 0
         self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
         # With only the built-in routers, a job that needs no tags and names no worker,
         # while no worker has tags, goes to the least-loaded free worker (or the first one):
@@ -134,6 +139,7 @@ class Scheduler:
             ev.ScheduleRemoved: self._schedule_removed,
             ev.TimerFired: self._timer_fired,
             ev.Tick: self._tick,
+            ev.LogWritten: self._log_written,
             ev.WorkerLost: self._worker_lost,
             ev.MasterRestarted: self._master_restarted,
             ev.WorkerRetiring: self._worker_retiring,
@@ -857,6 +863,19 @@ class Scheduler:
 
     # -- retention -------------------------------------------------------------------------
 
+    def _log_written(self, e: ev.LogWritten, now: float, out: Decisions) -> None:
+        if e.job_id in self.jobs:
+            self._log_bytes[e.job_id] = self._log_bytes.get(e.job_id, 0) + e.size
+            self._log_total += e.size
+            if self.keep_log_bytes is not None and self._log_total > self.keep_log_bytes:
+                self._maybe_forget(now, out)
+
+    def _item_log_bytes(self, kind: str, ident: str) -> int:
+        if kind == "job":
+            return self._log_bytes.get(ident, 0)
+        run = self.runs.get(ident)
+        return sum(self._log_bytes.get(key, 0) for key in run.jobs) if run is not None else 0
+
     def _ended(self, kind: str, ident: str, jobs: int, now: float, out: Decisions) -> None:
         self._finished.append((kind, ident, jobs, now))
         self._finished_jobs += jobs
@@ -866,8 +885,9 @@ class Scheduler:
         # Forget in batches, not one job per job that ends: only once more than a tenth over
         # the bound, and looking at most every tenth of forget_grace (a busy master would
         # otherwise find one more settled job to forget at every end).
-        if self._forgetting or self._finished_jobs <= self.keep_finished * 1.1 + 1 \
-                or now < self._next_forget_check:
+        over_bytes = self.keep_log_bytes is not None and self._log_total > self.keep_log_bytes
+        if self._forgetting or now < self._next_forget_check or (
+                self._finished_jobs <= self.keep_finished * 1.1 + 1 and not over_bytes):
             return
         self._next_forget_check = now + self.forget_grace / 10
         if not self._announce:
@@ -876,12 +896,16 @@ class Scheduler:
             return
         job_ids, run_ids = [], []
         over = self._finished_jobs - self.keep_finished
+        # Bytes too, down to nine tenths of the bound (in batches, as jobs).
+        excess = self._log_total - self.keep_log_bytes * 9 // 10 if over_bytes else 0
         settled = now - self.forget_grace
         for kind, ident, jobs, ended_at in self._finished:
-            if over <= 0 or ended_at > settled:
+            if (over <= 0 and excess <= 0) or ended_at > settled:
                 break
             (job_ids if kind == "job" else run_ids).append(ident)
             over -= jobs
+            if excess > 0:
+                excess -= self._item_log_bytes(kind, ident)
         if job_ids or run_ids:
             self._forgetting = True
             out.append(ev.Propose(ev.Forget(tuple(job_ids), tuple(run_ids))))
@@ -934,6 +958,9 @@ class Scheduler:
                     self.agent_runs[run.agent_run_id] = kept
                 else:
                     del self.agent_runs[run.agent_run_id]
+        if self._log_bytes:
+            for key in forgotten:
+                self._log_total -= self._log_bytes.pop(key, 0)
         if forgotten and self._announce:
             out.append(ev.Forgotten(tuple(forgotten)))
 

@@ -68,32 +68,98 @@ def _megabytes(n: int) -> str:
 
 
 class LogStore:
-    def __init__(self, directory: str) -> None:
+    """Files 0600 and folders 0700 whatever the umask (docs/security.md).  Each attempt of a
+    job keeps at most `max_bytes` of output: past that, a line says the rest is cut, and
+    once the attempt is over (`attempt_over`), how much was."""
+
+    def __init__(self, directory: str, max_bytes: Optional[int] = None) -> None:
         self.directory = directory
-        os.makedirs(directory, exist_ok=True)
+        self.max_bytes = max_bytes
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        os.chmod(directory, 0o700)
         self._sizes: dict[str, int] = {}
         self._waiters: dict[str, list[defer.Deferred]] = {}
+        self._attempts: dict[str, list] = {}  # job id -> [attempt, bytes kept, bytes cut]
 
     def _path(self, job_id: str) -> str:
         # A DAG job's id is RUN/JOB: one folder per run.
         return os.path.join(self.directory, f"{job_id}.log")
 
-    def append(self, job_id: str, data: bytes) -> None:
+    def append(self, job_id: str, data: bytes, attempt: int = 0) -> int:
+        """Keep `data` (up to the attempt's cap); returns how many bytes went to disk."""
         if not data:
-            return
+            return 0
+        if self.max_bytes is not None:
+            data = self._capped(job_id, data, attempt)
+            if not data:
+                return 0
+        return self._write(job_id, data)
+
+    def _capped(self, job_id: str, data: bytes, attempt: int) -> bytes:
+        state = self._attempts.get(job_id)
+        if state is None or state[0] != attempt:
+            if state is not None and state[2]:
+                self._write(job_id, self._tally(state))
+            state = self._attempts[job_id] = [attempt, 0, 0]
+        room = self.max_bytes - state[1]
+        if len(data) <= room:
+            state[1] += len(data)
+            return data
+        if room <= 0:
+            state[2] += len(data)
+            return b""
+        state[1] = self.max_bytes
+        state[2] += len(data) - room
+        return data[:room] + (
+            f"\n[titan: attempt {attempt} passed the log cap of {_megabytes(self.max_bytes)}"
+            f" (master.log_max_bytes): the rest of its output is cut]\n").encode()
+
+    @staticmethod
+    def _tally(state: list) -> bytes:
+        return (f"[titan: {state[2]} bytes of attempt {state[0]}'s output were cut "
+                f"(over master.log_max_bytes)]\n").encode()
+
+    def attempt_over(self, job_id: str) -> int:
+        """The job ended: say how much of its last attempt was cut, if any; returns the
+        bytes written."""
+        state = self._attempts.pop(job_id, None)
+        if state is not None and state[2]:
+            return self._write(job_id, self._tally(state))
+        return 0
+
+    def _write(self, job_id: str, data: bytes) -> int:
         before = self.size(job_id)
         path = self._path(job_id)
         if before == 0 and "/" in job_id:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "ab") as f:
-            f.write(data)
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
         self._sizes[job_id] = before + len(data)
         self.wake(job_id)
+        return len(data)
+
+    def sizes(self):
+        """(job id, bytes) of every log on disk, for a master that restarts."""
+        for root, _, files in os.walk(self.directory):
+            for name in files:
+                if name.endswith(".log"):
+                    path = os.path.join(root, name)
+                    try:
+                        size = os.path.getsize(path)
+                    except OSError:
+                        continue
+                    yield os.path.relpath(path, self.directory)[:-4], size
 
     def remove(self, job_id: str) -> None:
         """Forget a job's output (the master forgot the job); a run's folder goes with its
         last log."""
         self._sizes.pop(job_id, None)
+        self._attempts.pop(job_id, None)
         path = self._path(job_id)
         try:
             os.unlink(path)

@@ -265,7 +265,9 @@ class MasterProtocol(RpcProtocol):
                                          _require(body, "attempt", int)))
 
     def op_LOG_BATCH(self, body: dict) -> None:
-        self.master.logs_received(_require(body, "job_id"), body.get("chunks") or ())
+        attempt = body.get("attempt")
+        self.master.logs_received(_require(body, "job_id"), body.get("chunks") or (),
+                                  attempt if isinstance(attempt, int) else 0)
 
     def op_SERVICE_STATUS(self, body: dict) -> None:
         status = body.get("status")

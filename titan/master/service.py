@@ -109,6 +109,7 @@ class MasterService(MultiService):
                                    max_jobs_per_run=mc.max_jobs_per_run,
                                    keep_finished=mc.keep_finished,
                                    forget_grace=mc.forget_after,
+                                   keep_log_bytes=mc.keep_log_bytes,
                                    routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
@@ -160,7 +161,8 @@ class MasterService(MultiService):
             raise SystemExit(f"titan-master: cannot start: {e}")
         if not self.token:
             self.token = load_or_create_token(self.data_dir)
-        self.logs = LogStore(os.path.join(self.data_dir, "logs"))
+        self.logs = LogStore(os.path.join(self.data_dir, "logs"),
+                             max_bytes=self.config.master.log_max_bytes)
         if self.config.store.url and self.store is None:
             # Only a store the config names: a master alone should not dial 6379 forever.
             from titan.store.client import StoreClient
@@ -208,6 +210,10 @@ class MasterService(MultiService):
             self.handle(ev.MasterRestarted())
         for timer in pending_timers(self.scheduler):
             self._carry_out(timer)
+        # The logs kept count towards keep_log_bytes (they are not in the event log).
+        for job_id, size in self.logs.sizes():
+            if job_id in self.scheduler.jobs:
+                self.handle(ev.LogWritten(job_id, size))
 
     def privilegedStartService(self) -> None:
         self._prepare()
@@ -478,6 +484,10 @@ class MasterService(MultiService):
                     del self._watchers[rid]
 
     def _job_ended(self, job_id: str) -> None:
+        if self.logs is not None and job_id in self.scheduler.jobs:
+            tally = self.logs.attempt_over(job_id)  # how much of its output was cut
+            if tally:
+                self.handle(ev.LogWritten(job_id, tally))
         for d in self._done_waiters.pop(job_id, ()):
             d.callback(None)
         if self.logs is not None:
@@ -495,7 +505,7 @@ class MasterService(MultiService):
         self.worker_conns[worker_id] = conn
         finished = []
         for r in body.get("finished") or ():
-            self.logs_received(r["job_id"], r.get("logs") or ())
+            self.logs_received(r["job_id"], r.get("logs") or (), r.get("attempt") or 0)
             finished.append(ev.JobReport(r["job_id"], r["attempt"], r.get("exit_code"),
                                          r.get("reason")))
         running = tuple(ev.JobReport(r["job_id"], r["attempt"]) for r in body.get("running") or ())
@@ -510,10 +520,12 @@ class MasterService(MultiService):
             del self.worker_conns[conn.worker_id]
             self.handle(ev.WorkerDisconnected(conn.worker_id))
 
-    def logs_received(self, job_id: str, chunks) -> None:
+    def logs_received(self, job_id: str, chunks, attempt: int = 0) -> None:
         data = b"".join(c[1] if isinstance(c[1], bytes) else str(c[1]).encode() for c in chunks)
         if data and job_id in self.scheduler.jobs:
-            self.logs.append(job_id, data)
+            kept = self.logs.append(job_id, data, attempt)
+            if kept:
+                self.handle(ev.LogWritten(job_id, kept))
 
     # -- clients ---------------------------------------------------------------------------
 
