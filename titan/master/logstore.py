@@ -23,8 +23,9 @@ class TextSlice:
         self.end = end
         self.prefix = prefix
         self._length: Optional[int] = None
+        self._valid = False  # known to be UTF-8 (by length())
 
-    def _pieces(self) -> Iterator[bytes]:
+    def _raw(self) -> Iterator[bytes]:
         if self.f is None:
             return
         self.f.seek(self.start)
@@ -35,14 +36,35 @@ class TextSlice:
             if not raw:
                 break  # (cannot shrink: logs are only appended to; but be safe)
             left -= len(raw)
-            yield decoder.decode(raw, final=left <= 0).encode("utf-8")
+            yield raw
+
+    def _pieces(self) -> Iterator[bytes]:
+        if self._valid:  # UTF-8 already (the usual case): the bytes as they are
+            yield from self._raw()
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for raw in self._raw():
+            yield decoder.decode(raw).encode("utf-8")
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail.encode("utf-8")
 
     def length(self) -> int:
         if self._length is None:
-            self._length = len(self.prefix) + sum(len(p) for p in self._pieces())
+            # A first pass: valid UTF-8 keeps its length; otherwise count the text with
+            # its replacements.
+            checker = codecs.getincrementaldecoder("utf-8")("strict")
+            size = 0
+            try:
+                for raw in self._raw():
+                    checker.decode(raw)
+                    size += len(raw)
+                checker.decode(b"", final=True)
+                self._valid = True
+            except UnicodeDecodeError:
+                self._valid = False
+                size = sum(len(p) for p in self._pieces())
+            self._length = len(self.prefix) + size
         return self._length
 
     def chunks(self) -> Iterator[bytes]:
