@@ -1,0 +1,105 @@
+"""Limits against hostile clients on a real master (issue 15, part 3; docs/security.md):
+what a peer sees over TCP, and that workers and clients keep working."""
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import time
+
+from titan.protocols import codec
+from titan.protocols.frame import Frame, FrameDecoder
+from titan.protocols.opcodes import Op
+
+from tests.acceptance.helpers import ClusterTestCase
+
+
+def read_frames(sock: socket.socket, timeout: float) -> tuple[list, bool]:
+    """Frames the master sends until it closes the connection (True) or `timeout`."""
+    sock.settimeout(0.2)
+    decoder = FrameDecoder(64 * 1024 * 1024)
+    frames: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            continue
+        except ConnectionResetError:
+            return frames, True
+        if not data:
+            return frames, True
+        frames += decoder.feed(data)
+    return frames, False
+
+
+class PreauthTests(ClusterTestCase):
+    workers = 1
+    cluster_options = {"master_extra": "  hello_timeout: 1.5\n"}
+
+    def connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.cluster.port), timeout=5)
+        self.addCleanup(sock.close)
+        return sock
+
+    def test_a_connection_that_says_nothing_is_closed_at_the_deadline(self):
+        sock = self.connect()
+        start = time.monotonic()
+        sock.sendall(b"\x01\x01")  # a slowloris' first bytes of a header
+        frames, closed = read_frames(sock, 10)
+        took = time.monotonic() - start
+        self.assertTrue(closed, "the master kept the connection")
+        self.assertGreater(took, 1.0)
+        self.assertLess(took, 6.0)
+        body = codec.unpack(frames[0].body)
+        self.assertEqual((frames[0].opcode, body["code"]), (Op.ERROR, "hello_timeout"))
+        with self.cluster.client() as c:  # everybody else is served as before
+            self.assertEqual(len(c.workers()), 1)
+
+    def test_a_large_frame_before_hello_is_refused_at_its_header(self):
+        sock = self.connect()
+        sock.sendall(struct.pack("!BBBBI", 1, Op.HELLO, 1, 0, 16 * 1024 * 1024))
+        frames, closed = read_frames(sock, 5)
+        self.assertTrue(closed)
+        body = codec.unpack(frames[0].body)
+        self.assertEqual(body["code"], "too_large")
+        self.assertIn("before HELLO (master.preauth_frame_bytes)", body["message"])
+
+    def test_a_request_before_hello_is_refused_with_its_rid(self):
+        sock = self.connect()
+        body = codec.pack({"rid": 41, "command": ["true"]})
+        sock.sendall(struct.pack("!BBBBI", 1, Op.SUBMIT_JOB, 1, 0, len(body)) + body)
+        frames, closed = read_frames(sock, 5)
+        self.assertTrue(closed)
+        reply = codec.unpack(frames[0].body)
+        self.assertEqual((reply["rid"], reply["code"]), (41, "hello_required"))
+        with self.cluster.client() as c:
+            self.assertEqual(c.jobs(), [])
+
+
+class WorkerRegisterTests(ClusterTestCase):
+    """A worker that comes back with the output of jobs that ended while its master was
+    down sends a REGISTER over the pre-auth frame limit: it says HELLO first."""
+
+    workers = 1
+    cluster_options = {"fixed_port": True}
+
+    def test_output_kept_while_the_master_was_down_arrives(self):
+        marker = os.path.join(self.cluster.base_dir, "ended")
+        go = os.path.join(self.cluster.base_dir, "go")
+        script = (f"import os, sys, time\n"
+                  f"while not os.path.exists({go!r}): time.sleep(0.05)\n"
+                  f"sys.stdout.write('y' * 300000); sys.stdout.flush()\n"
+                  f"open({marker!r}, 'w').close()\n")
+        with self.cluster.client() as c:
+            job = c.submit(["python3", "-c", script])
+            self.wait_for(lambda: c.status(job) == "RUNNING", 20, "the job to start")
+        self.cluster.kill_master()
+        open(go, "w").close()  # the job ends while the master is down; its output waits
+        self.wait_for(lambda: os.path.exists(marker), 20, "the job to end")
+        self.cluster.start_master()
+        with self.cluster.client() as c:
+            self.wait_for(lambda: c.status(job) == "COMPLETED", 30, "the job's report")
+            self.assertEqual(c.logs(job), b"y" * 300000)
+        with open(self.cluster.master.log_file) as f:
+            self.assertNotIn("too_large", f.read())
