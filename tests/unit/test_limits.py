@@ -8,6 +8,7 @@ import resource
 import sys
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,6 +19,8 @@ from titan.master.service import MasterService
 from titan.protocols import codec, rpc
 from titan.protocols.frame import Frame, FrameDecoder, FrameError, HEADER, encode_frame
 from titan.protocols.opcodes import Op
+from titan.store.commands import Store
+from titan.store.server import StoreFactory
 
 TOKEN = "sesame"
 MiB = 1024 * 1024
@@ -463,3 +466,43 @@ class FrameDecoderLimitTests(SynchronousTestCase):
         error, = d.feed(encode_frame(Op.STATS, b"x" * 500))  # structured: 100
         self.assertIsInstance(error, FrameError)
         self.assertEqual(error.code, "too_large")
+
+
+class StoreLimitTests(SynchronousTestCase):
+    def connect(self, factory):
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_a_client_that_does_not_auth_is_disconnected(self):
+        clock = Clock()
+        factory = StoreFactory(Store(password=b"pw", clock=clock.seconds), auth_timeout=10,
+                               reactor=clock)
+        silent, silent_t = self.connect(factory)
+        good, good_t = self.connect(factory)
+        good.dataReceived(b"*2\r\n$4\r\nAUTH\r\n$2\r\npw\r\n")
+        clock.advance(10)
+        self.assertEqual(silent_t.value(),
+                         b"-ERR AUTH required within 10 s of connecting (store.auth_timeout)\r\n")
+        self.assertTrue(silent_t.disconnecting)
+        self.assertFalse(good_t.disconnecting)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_without_a_password_there_is_no_deadline(self):
+        clock = Clock()
+        factory = StoreFactory(Store(clock=clock.seconds), auth_timeout=10, reactor=clock)
+        self.connect(factory)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_clients_are_kept_below_the_descriptor_limit(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self.addCleanup(resource.setrlimit, resource.RLIMIT_NOFILE, (soft, hard))
+        if hard == resource.RLIM_INFINITY or hard <= 256:
+            self.skipTest(f"a hard limit of {hard} leaves nothing to test")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        factory = StoreFactory(Store(), max_clients=10 ** 7)
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        self.assertEqual(resource.getrlimit(resource.RLIMIT_NOFILE)[0], hard)
+        self.assertEqual(factory.max_clients, hard - 64)

@@ -31,6 +31,9 @@ class StoreConfig:
     # Largest bulk string a request may carry (Redis: proto-max-bulk-len).
     max_bulk_bytes: int = 512 * 1024 * 1024
     max_clients: int = 10000
+    # With a password: a client that has not AUTHed this many seconds after connecting is
+    # disconnected (until then it may send 16 KiB bulk strings and 10 arguments).
+    auth_timeout: float = 10.0
     # A subscriber whose unsent messages pass this is disconnected (Redis's
     # client-output-buffer-limit for pubsub clients).
     pubsub_buffer_bytes: int = 32 * 1024 * 1024

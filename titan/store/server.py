@@ -14,6 +14,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from titan.limits import connection_cap, raise_fd_limit
 from titan.store.commands import Session, Store
 from titan.store.resp import DEFAULT_MAX_BULK, RequestParser, error, parse_whole
 
@@ -49,6 +50,7 @@ class StoreProtocol(Protocol, Session):
         self._held: Optional[list] = None  # (flush, reply) waiting for an fsync (always)
         self._ticket = 0
         self._closed = False
+        self._auth_call = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -71,9 +73,22 @@ class StoreProtocol(Protocol, Session):
             # The direct write needs Twisted's buffer attributes; without them, none.
             self._direct = hasattr(t, "dataBuffer") and hasattr(t, "_tempDataLen")
         t.registerProducer(_ReadPauser(t), True)
+        if not self.authenticated and f.auth_timeout is not None:
+            self._auth_call = f.clock().callLater(f.auth_timeout, self._auth_expired)
+
+    def _auth_expired(self) -> None:
+        """A client of a store with a password must AUTH within store.auth_timeout."""
+        self._auth_call = None
+        if self.authenticated or self._closed or self.closing:
+            return
+        self._send(error(f"ERR AUTH required within {self.factory.auth_timeout:g} s of "
+                         "connecting (store.auth_timeout)"))
+        self._close()
 
     def connectionLost(self, reason=None) -> None:
         self._closed = True
+        if self._auth_call is not None and self._auth_call.active():
+            self._auth_call.cancel()
         self.factory.clients.discard(self)
         if self.channels or self.patterns:
             self.store.drop_session(self)
@@ -217,10 +232,13 @@ class StoreFactory(Factory):
 
     def __init__(self, store: Store, max_bulk: int = DEFAULT_MAX_BULK,
                  max_clients: int = 10000, pubsub_buffer_bytes: int = 32 * 1024 * 1024,
-                 hold_writes: bool = False) -> None:
+                 hold_writes: bool = False, auth_timeout: Optional[float] = None,
+                 reactor=None) -> None:
         self.store = store
         self.max_bulk = max_bulk
         self.max_clients = max_clients
+        self.auth_timeout = auth_timeout
+        self.reactor = reactor
         self.pubsub_buffer_bytes = pubsub_buffer_bytes
         # fsync always: a reply to a change goes out once the change is on disk.
         self.hold_writes = hold_writes
@@ -229,6 +247,17 @@ class StoreFactory(Factory):
         self.clients: set[StoreProtocol] = set()
         self.next_id = 0
         self.connections_received = 0
+
+    def clock(self):
+        if self.reactor is None:
+            from twisted.internet import reactor
+            return reactor
+        return self.reactor
+
+    def startFactory(self) -> None:
+        # Descriptors: as many as the system allows, and clients kept below them.
+        soft, _hard = raise_fd_limit()
+        self.max_clients = connection_cap(self.max_clients, soft)
 
     def buildProtocol(self, addr) -> StoreProtocol:
         return StoreProtocol(self)

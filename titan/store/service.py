@@ -58,7 +58,8 @@ class StoreService(MultiService):
         self.factory = StoreFactory(self.store, max_bulk=config.max_bulk_bytes,
                                     max_clients=config.max_clients,
                                     pubsub_buffer_bytes=config.pubsub_buffer_bytes,
-                                    hold_writes=config.fsync == "always")
+                                    hold_writes=config.fsync == "always",
+                                    auth_timeout=config.auth_timeout, reactor=reactor)
         self.listener = ListenerService(reactor, config.listen, self.factory, self._listening,
                                         who="titan-store")
         self.listener.setServiceParent(self)
