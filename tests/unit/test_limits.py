@@ -410,10 +410,29 @@ class StreamedLogTests(LimitsCase):
             data += reader.transport.drain()
             self.assertLess(len(reader.transport.value()), 2 * 64 * 1024 + 100)
         data += reader.transport.value()
+        self.assertEqual(self.factory.limits.describe()["pending"], 0)  # (not evictable)
         frame, = FrameDecoder(64 * MiB).feed(data)
         self.assertEqual((frame.opcode, frame.flags), (Op.ACK, 0))
         self.assertEqual(frame.body, text[:-1] + "\ufffd".encode())
         self.assertIsNone(reader.transport.producer)  # closing is not held by it
+
+
+class RunWatcherTests(LimitsCase):
+    def test_a_watcher_that_reads_nothing_is_cut_off_at_the_send_buffer_limit(self):
+        c = Conn(self)
+        c.hello()
+        c.proto.max_send_buffer = 20_000
+        c.send(Op.SUBMIT_DAG, {"name": "p", "watch": True, "jobs": [
+            {"id": f"j{i}", "command": ["true"], "delay": 3600} for i in range(300)]})
+        (op, reply), = c.replies()
+        run_id = reply["result"]["run_id"]
+        for i in range(300):  # each cancel is a RUN_CHANGED push the peer never reads
+            self.master.cancel(f"{run_id}/j{i}")
+            self.reactor.advance(0.02)
+            if c.transport.disconnected:
+                break
+        self.assertTrue(c.transport.disconnected)
+        self.assertLess(len(c.transport.value()), 25_000)
 
 
 class OncePerPeerTests(LimitsCase):

@@ -191,8 +191,17 @@ class MasterProtocol(RpcProtocol):
     def text_frame_received(self, frame) -> None:
         # The reference implementation's text requests (docs/compat.md): one per connection.
         # It has arrived whole: the hello deadline is over (a reply left unread is closed
-        # as any other, after master.send_stall_timeout).
+        # as any other, after master.send_stall_timeout), and the connection is no longer
+        # pending (a flood of new connections must not evict a request being answered).
         self._cancel_hello_timer()
+        if not self.authenticated:
+            try:
+                self.factory.limits.authenticated(self, "client")
+            except Refused as e:
+                self.note("busy_clients", "refused {peer}: {why}", why=e.message)
+                self.send_text(Op.ERROR, f"ERROR: {e.message}")
+                self.close()
+                return
         self.master.legacy.frame_received(self, frame)
 
     def _admitted(self, opcode: int, rid: Any) -> bool:

@@ -456,8 +456,8 @@ class MasterService(MultiService):
         def send(_):
             for conn in conns:
                 if conn.connected:
-                    conn.transport.write(data)
-        self.settled().addCallback(send)
+                    conn.write(data)  # (a watcher that reads nothing is cut off there)
+        self.settled().addCallbacks(send, _stopped_unstored)
 
     def watch_run(self, conn: MasterProtocol, run_id: str, jobs: bool) -> dict:
         """The run now (every job with `jobs`, else only those running or waiting for
