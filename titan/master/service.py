@@ -457,7 +457,7 @@ class MasterService(MultiService):
             for conn in conns:
                 if conn.connected:
                     conn.write(data)  # (a watcher that reads nothing is cut off there)
-        self.settled().addCallbacks(send, _stopped_unstored)
+        self.settled().addCallback(send)
 
     def watch_run(self, conn: MasterProtocol, run_id: str, jobs: bool) -> dict:
         """The run now (every job with `jobs`, else only those running or waiting for
