@@ -159,11 +159,19 @@ class DispatchAfterDurableTests(MasterCase):
         """Barriers that fire out of order do not reorder the frames."""
         w = self.registered("w1", slots=2)
         c = self.connected_client()
+        outbox = []  # the barriers the frames of each turn wait for
+        seal = self.master._seal_outbox
+
+        def sealing() -> None:
+            before = len(self.backend.held)
+            seal()
+            outbox.extend(self.backend.held[before:])
+        self.patch(self.master, "_seal_outbox", sealing)
         c.send(Op.SUBMIT_JOB, {"command": ["first"]})
         c.send(Op.SUBMIT_JOB, {"command": ["second"]})
-        # Held: the first's record and its frames' barrier, then the second's.
-        self.assertEqual(len(self.backend.held), 4)
-        self.backend.held.pop(3).callback(None)  # the second turn's barrier, first
+        self.assertEqual(len(outbox), 2)
+        self.backend.held.remove(outbox[1])
+        outbox[1].callback(None)  # the second turn's barrier, first
         self.reactor.advance(0)
         self.assertEqual(self.dispatched(w), [])
         self.backend.release()
