@@ -201,9 +201,17 @@ class LegacyFrontend(Service):
 
     def _reply(self, protocol, opcode: int, text: str) -> defer.Deferred:
         # Whatever a reply reports is as durable as the fsync policy promises first
-        # (MasterService.settled).
-        return self.master.settled().addCallback(
-            lambda _: self._send(protocol, opcode, text))
+        # (MasterService.settled, or reply_ready while the log cannot store records).
+        return self.master.reply_ready().addCallbacks(
+            lambda _: self._send(protocol, opcode, text),
+            lambda failure: self._unstored(protocol, failure))
+
+    def _unstored(self, protocol, failure) -> None:
+        """The log closed before what the reply reports was stored: say so instead."""
+        explained = self.master.explain_failure(failure)
+        if explained is None:
+            return failure
+        self._send(protocol, Op.ERROR, f"ERROR: {explained.message}")
 
     @staticmethod
     def _send(protocol, opcode: int, text) -> None:
@@ -220,6 +228,10 @@ class LegacyFrontend(Service):
         protocol.close()
 
     def _failed(self, protocol, opcode: int, failure) -> None:
+        explained = self.master.explain_failure(failure)
+        if explained is not None and explained.code == "storage_unavailable":
+            self._reply(protocol, Op.ERROR, f"ERROR: {explained.message}")
+            return
         if failure.check(Refused):
             text = failure.value.text
         elif failure.check(legacy.ParseError):

@@ -228,10 +228,19 @@ class MasterProtocol(RpcProtocol):
 
     def _send_reply(self, rid: Any, result: Any) -> defer.Deferred:
         # Whatever a reply reports is as durable as the fsync policy promises first
-        # (MasterService.settled).  Returned, so that a reply that fails to go out is
+        # (MasterService.settled; while the log cannot store records, reply_ready says
+        # why reads go at once).  Returned, so that a reply that fails to go out is
         # answered as a failure, as RpcProtocol does for one sent at once.
         send = super()._send_reply
-        return self.master.settled().addCallback(lambda _: send(rid, result))
+        return self.master.reply_ready().addCallback(lambda _: send(rid, result))
+
+    def _send_failure(self, rid: Any, opcode: int, failure) -> None:
+        # What the event log or the store could not do is said as such (one log line per
+        # outage, by whoever noticed it), not as an "internal" error with a traceback.
+        remote = self.master.explain_failure(failure)
+        if remote is not None:
+            failure = Failure(remote)
+        super()._send_failure(rid, opcode, failure)
 
     def _check_token(self, body: dict) -> None:
         if not token_matches(self.master.token, body.get("token")):

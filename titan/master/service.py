@@ -32,7 +32,7 @@ from titan.core.scheduler import _run_job as run_job_view
 from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import TitanError
 from titan.interfaces import (
-    CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory)
+    CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory, StorageUnavailable)
 from titan.master.autoscale import AutoscalerService
 from titan.plugin_registry import find
 from titan.protocols import codec
@@ -87,6 +87,31 @@ def build_autoscaler(config: Config):
 
 
 _ACTIVE = frozenset({JobState.RUNNING, JobState.WAITING_APPROVAL})
+# Events that clients (and jobs, through their tokens) ask for: refused while the event log
+# cannot store records.  The others (workers' reports, timers, the core's own proposals)
+# are recorded as usual and wait, pending, for the log to recover.
+CLIENT_CHANGES = frozenset({
+    ev.JobSubmitted, ev.DagSubmitted, ev.JobsAdded, ev.CancelRequested,
+    ev.RunCancelRequested, ev.GateDecided, ev.ResultSet, ev.ScheduleAdded,
+    ev.ScheduleRemoved})
+
+
+# Errors a store gives when its own disk or memory fails (Redis and TitanStore alike).
+STORE_TROUBLE = frozenset({"MISCONF", "OOM", "IOERR", "READONLY", "LOADING", "BUSY"})
+STORE_QUIET = 60.0  # seconds without a store failure that end a spell of them
+
+
+def _stopped_unstored(failure) -> None:
+    """A wait for records that were never stored, ended by the log's closing: nothing
+    more to tell (the master is stopping)."""
+    failure.trap(StorageUnavailable)
+
+
+def _first_error(failure):
+    """The error inside a gatherResults FirstError, so that a client reads what failed."""
+    if failure.check(defer.FirstError):
+        return failure.value.subFailure
+    return failure
 
 
 class MasterService(MultiService):
@@ -113,6 +138,11 @@ class MasterService(MultiService):
                                    routers=build_routers(config))
         self.logs: Optional[LogStore] = None
         self.persistence = None
+        # Why the event log cannot store records now (None: it can).  Meanwhile clients'
+        # changes are refused; see _storage_changed.
+        self.storage_problem: Optional[str] = None
+        self._storage_since = 0.0
+        self._store_failures: tuple = (None, 0)  # (last one, how many not logged)
         self.store = None  # a titan.store.client.StoreClient once configured
         self.recovery: dict = {}
         self.worker_conns: dict[str, MasterProtocol] = {}
@@ -175,6 +205,8 @@ class MasterService(MultiService):
             raise SystemExit(f"titan: {self.config.source}: persistence.backend: {e}")
         self.persistence = factory.build(os.path.join(self.data_dir, "log"),
                                          {"fsync": pc.fsync, "reactor": self.reactor})
+        if hasattr(self.persistence, "watch"):
+            self.persistence.watch(self._storage_changed)
         self._recover()
 
     def _recover(self) -> None:
@@ -273,37 +305,106 @@ class MasterService(MultiService):
         now = self.now()
         durable = None
         if persisted(event) and self.persistence is not None:
+            if self.storage_problem is not None and type(event) in CLIENT_CHANGES:
+                # Not recorded, so not applied: the client is told, and may try again.
+                raise RemoteError("storage_unavailable",
+                                  f"storage unavailable: {self.storage_problem}")
             durable = self.persistence.append(encode_event(event, now))
         for decision in self.scheduler.apply(event, now):
             self._carry_out(decision)
-        if self.persistence is not None and \
+        if self.persistence is not None and self.storage_problem is None and \
                 self.persistence.bytes_since_compaction > self.config.persistence.compact_after_bytes:
             self.compact().addErrback(lambda _: None)  # the backend logs what went wrong
         return durable if durable is not None else defer.succeed(None)
 
+    def _storage_changed(self, reason: Optional[str]) -> None:
+        """The event log stopped (a reason) or went back to (None) storing records.
+
+        Records that failed stay pending in the backend, which retries them; nothing that
+        waits for them (replies, frames to workers, ends told to waiters) goes out before.
+        Meanwhile clients' changes are refused with "storage unavailable: <reason>" and
+        reads are answered (see reply_ready).  One line when it starts, one when it ends."""
+        if reason is not None and self.storage_problem is None:
+            self._storage_since = self.now()
+            self.log.error("storage unavailable: {reason}; refusing changes until records "
+                           "can be stored again (retrying with backoff)", reason=reason)
+        elif reason is None and self.storage_problem is not None:
+            self.log.info("storage available again after {seconds:.1f}s: the pending "
+                          "records are stored; accepting changes",
+                          seconds=self.now() - self._storage_since)
+        self.storage_problem = reason
+
+    def reply_ready(self) -> defer.Deferred:
+        """When a reply may go out.  Normally once everything recorded so far is durable
+        (settled).  While the log cannot store records that would be never, so a reply then
+        goes out at once: a change's reply waits for its own records anyway (after), and a
+        read answers from memory (docs/semantics.md, "A full or failing disk")."""
+        if self.storage_problem is not None:
+            return defer.succeed(None)
+        return self.settled()
+
+    def explain_failure(self, failure) -> Optional[RemoteError]:
+        """The error a client gets for what the event log or the store could not do (None
+        for anything else): said as such, and logged once per spell, not as an `internal`
+        error with a traceback each time."""
+        if failure.check(StorageUnavailable):
+            return RemoteError("storage_unavailable", str(failure.value))
+        from titan.store.client import StoreError, StoreUnavailable
+        if failure.check(StoreUnavailable):
+            self._store_trouble(failure.getErrorMessage())
+            return RemoteError("store_unavailable",
+                               f"store unavailable: {failure.getErrorMessage()}")
+        if failure.check(StoreError):
+            message = failure.getErrorMessage()
+            if failure.value.prefix in STORE_TROUBLE:  # the store's own disk or memory
+                self._store_trouble(message)
+            return RemoteError("store_error", f"the store refused it: {message}")
+        return None
+
+    def _store_trouble(self, message: str) -> None:
+        """One warning per spell of store failures: again only after STORE_QUIET seconds
+        without one, then saying how many there were meanwhile."""
+        now = self.now()
+        last, count = self._store_failures
+        if last is None or now - last > STORE_QUIET:
+            self.log.warn("the store failed: {why}{more}", why=message,
+                          more=f" ({count} more failures since the last warning)"
+                          if count else "")
+            self._store_failures = (now, 0)
+        else:
+            self._store_failures = (now, count + 1)
+
     def _when_durable(self, f, *args) -> None:
         """Run `f` once what was recorded so far is durable: a job's end is told (to waiters,
         to the store's mirror) only once a crash cannot take it back."""
-        self.settled().addCallback(lambda _: f(*args))
+        self.settled().addCallbacks(lambda _: f(*args), _stopped_unstored)
 
     def settled(self) -> defer.Deferred:
         """Fires once every record appended so far is as durable as the policy promises
-        (`IPersistence.barrier`), or failed to be stored.
+        (`IPersistence.barrier`).  A record that failed to be stored is retried by the
+        backend, and this waits for it; it fails (StorageUnavailable) only if the log is
+        closed before it could be stored.
 
         Every reply waits for it: an answer may only report state that a crash cannot take
         back.  A job ends in memory while its record is still being written, and a status or
         wait that looks then must not answer "COMPLETED" ahead of the log."""
         if self.persistence is None:
             return defer.succeed(None)
-        return self.persistence.barrier().addErrback(lambda _: None)  # the backend logs it
+        return self.persistence.barrier()
 
     def compact(self) -> defer.Deferred:
         data = msgpack.packb(snapshot(self.scheduler), use_bin_type=True)
         return self.persistence.compact(data)
 
     def after(self, durable: defer.Deferred, result: Any) -> defer.Deferred:
-        """`result`, once `durable` has fired."""
-        return durable.addCallback(lambda _: result)
+        """`result`, once `durable` has fired -- and, while the log cannot store records,
+        once everything recorded before it is stored: a change accepted then (a worker's
+        report) is not acknowledged before its record is, though reads are answered at
+        once (reply_ready; otherwise the reply waits for settled() anyway)."""
+        if self.persistence is None or self.storage_problem is None:
+            return durable.addCallback(lambda _: result)
+        both = defer.gatherResults([durable, self.settled()], consumeErrors=True)
+        return both.addCallbacks(lambda _: result, _first_error)
 
     def _carry_out(self, d: object) -> None:
         if isinstance(d, ev.Propose):
@@ -457,7 +558,7 @@ class MasterService(MultiService):
             for conn in conns:
                 if conn.connected:
                     conn.write(data)  # (a watcher that reads nothing is cut off there)
-        self.settled().addCallback(send)
+        self.settled().addCallbacks(send, _stopped_unstored)
 
     def watch_run(self, conn: MasterProtocol, run_id: str, jobs: bool) -> dict:
         """The run now (every job with `jobs`, else only those running or waiting for
