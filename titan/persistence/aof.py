@@ -460,8 +460,11 @@ class AOFPersistence:
             if isinstance(result, Failure):
                 self._trouble(why("fsync", self._log_path(gen), result.value))
                 return
-            if gen == self._gen:
-                self._write_pending()
+            if gen == self._gen and not self._write_buffer():
+                return  # what came in meanwhile failed: _trouble tries again later
+            waiting, self._waiting = self._waiting, []
+            for waiter in waiting:
+                waiter.callback(None)
             self._recovered()
 
         self._fsync(self._fd).addBoth(synced)
