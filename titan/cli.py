@@ -16,7 +16,8 @@ from titan import __version__
 from titan.errors import RemoteError, TitanError
 
 EPILOG = ("The master is found from --master, else TITAN_HOST/TITAN_PORT, else 127.0.0.1:9090; "
-          "the token from --token, else TITAN_TOKEN, else ~/.titan/master/token.")
+          "the token from --token-file (or --token), else TITAN_TOKEN, else "
+          "~/.titan/master/token.")
 
 
 def _client(args):
@@ -574,7 +575,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the master to talk to (default: $TITAN_HOST:$TITAN_PORT "
                              "or 127.0.0.1:9090)")
     common.add_argument("--token", default=argparse.SUPPRESS,
-                        help="the cluster token (default: $TITAN_TOKEN)")
+                        help="the cluster token (default: $TITAN_TOKEN); visible to every "
+                             "local user (ps): prefer $TITAN_TOKEN or --token-file")
+    common.add_argument("--token-file", metavar="FILE", default=argparse.SUPPRESS,
+                        help="a file (mode 0600) whose first line is the cluster token")
 
     parser = argparse.ArgumentParser(
         prog="titan", parents=[common], epilog=EPILOG,
@@ -779,6 +783,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.command = command
     args.master = getattr(args, "master", None)
     args.token = getattr(args, "token", None)
+    token_file = getattr(args, "token_file", None)
+    if args.token and token_file:
+        parser.error("--token and --token-file: give one of them")
+    if args.token:
+        print("titan: warning: --token on the command line is visible to every local user "
+              "(ps); use $TITAN_TOKEN or --token-file instead", file=sys.stderr)
+    elif token_file:
+        from titan.auth import read_token_file
+        try:
+            args.token = read_token_file(token_file)
+        except ValueError as e:
+            print(f"titan: {e}", file=sys.stderr)
+            return 2
     try:
         return args.func(args)
     except RemoteError as e:

@@ -82,6 +82,10 @@ class WorkerConfig:
     crash_loop_window: float = 60.0
     health_interval: float = 2.0
     health_grace: float = 10.0
+    # How a job's processes are held, so that all of them end with it (setsid included):
+    # cgroup (one cgroup v2 per job), tracking (session, group, parent, environment mark),
+    # auto (cgroup where the worker can make one).  docs/security.md
+    contain: str = "auto"
 
 
 @attrs.frozen
@@ -130,6 +134,7 @@ class Config:
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
              "autoscaler": AutoscalerConfig, "store": StoreConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
+            "worker.contain": ("auto", "cgroup", "tracking"),
             "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),
             "master.text_frames": ("off", "on"), "master.text_frame_ops": TEXT_FRAME_OPS}
 # Values that were valid once and mean something else now: the error says what to write.

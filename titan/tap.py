@@ -10,14 +10,18 @@ from typing import Optional
 
 from twisted.python import usage
 
+from titan.auth import blank_in_own_process, read_token_file
 from titan.config import Config, ConfigError, load_config
 
 
 class ConfigOptions(usage.Options):
     optParameters = [
         ["config", "c", None, "YAML config file (see etc/titan.yaml)."],
-        ["token", None, None, "Cluster token (default: $TITAN_TOKEN, the config, or one "
-                              "generated into the master's data dir)."],
+        ["token", None, None, "Cluster token.  Visible to every local user (ps) while the "
+                              "process starts: prefer $TITAN_TOKEN or --token-file."],
+        ["token-file", None, None, "A file (mode 0600) whose first line is the cluster token "
+                                   "(default: $TITAN_TOKEN, the config, or one generated "
+                                   "into the master's data dir)."],
         ["data-dir", "d", None, "Directory for this process's state."],
     ]
     section = ""
@@ -28,12 +32,64 @@ class ConfigOptions(usage.Options):
         except ConfigError as e:
             # One line that names file, line and key; twistd's usage dump would bury it.
             raise SystemExit(f"titan: {e}")
-        token = self["token"] or os.environ.get("TITAN_TOKEN") or config.token
-        config = config.override("", token=token)
+        config = config.override("", token=self._token(config))
         return config.override(self.section, data_dir=self["data-dir"])
 
 
+    def _token(self, config: Config) -> Optional[str]:
+        """--token, --token-file, $TITAN_TOKEN or the config's (`hide_token` then blanks
+        the copies in the process's command line and environment)."""
+        if self["token"] and self["token-file"]:
+            raise usage.UsageError("--token and --token-file: give one of them")
+        if self["token"]:
+            print("titan: warning: --token on the command line is visible to every local "
+                  "user (ps) while the process starts; use $TITAN_TOKEN or --token-file "
+                  "instead", file=sys.stderr, flush=True)
+            token = self["token"]
+        elif self["token-file"]:
+            try:
+                token = read_token_file(self["token-file"])
+            except ValueError as e:
+                raise usage.UsageError(str(e))
+        else:
+            token = os.environ.get("TITAN_TOKEN") or config.token
+        return token
+
+
+def hide_token(token: Optional[str]) -> None:
+    """In a titan process that has read its token: blank the copies in its own command line
+    and environment block (/proc/PID/cmdline and environ are readable by a worker's jobs,
+    and the command line by every local user), and drop it from os.environ."""
+    if token:
+        blank_in_own_process(token)
+    os.environ.pop("TITAN_TOKEN", None)
+
+
 TWISTD_DEFAULT_PIDFILE = "twistd.pid"
+
+# The umask this process was started with (jobs get it back), once `private_files` ran.
+started_umask: Optional[int] = None
+
+
+def private_files() -> None:
+    """Every file a titan process creates is 0600 and every folder 0700, whatever the umask
+    it was started with and the mode of its data dir: event logs, snapshots, SQLite, job
+    logs, port and pid files, tokens, twistd's log (docs/security.md).  Jobs are started
+    with the umask this process had (titan/worker/executor.py)."""
+    global started_umask
+    old = os.umask(0o077)
+    if started_umask is None:
+        started_umask = old
+
+
+def private_dir(path: str) -> None:
+    """Make `path` (0700), or narrow it to 0700 if it is ours and wider."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    try:
+        if os.stat(path).st_mode & 0o077:
+            os.chmod(path, 0o700)
+    except OSError:
+        pass
 
 
 def own_pidfile(options: usage.Options, data_dir: Optional[str], name: str) -> None:

@@ -55,8 +55,10 @@ def _take_home(home: str, dirs: list[str]) -> DataDirLock:
 def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
          workers: int, port: int, slots: int, ready_timeout: float,
          store_port: Optional[int]) -> int:
-    os.makedirs(log_dir, exist_ok=True)
+    os.makedirs(log_dir, mode=0o700, exist_ok=True)
     token = load_or_create_token(master_dir)
+    # The token goes by environment, never on a command line (`ps` shows those to every
+    # local user); the processes blank it from theirs, and workers give it to no job.
     env = dict(os.environ, TITAN_TOKEN=token)
     # The store's password (issue 15): for the store and the master only, by environment.
     store_env = {"TITAN_STORE_PASSWORD": load_or_create_password(store_dir)}

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
+from titan.worker import executor
 from titan.worker.executor import JobProcess, resolve_executable, spawn
 
 
@@ -99,6 +101,86 @@ class ExecutorTests(TestCase):
                          "command not found: no-such-program-xyz")
         self.assertIsNone(resolve_executable(["./missing.sh"], {}, "/tmp"))
         self.assertEqual(resolve_executable(["sh"], {"PATH": "/bin:/usr/bin"}, "/"), "/bin/sh")
+
+
+# A job that double-forks and calls setsid(): its grandchild leaves the job's session and
+# process group, closes its output and lives on; the job itself exits 0 at once.
+ESCAPE = """\
+import os, sys, time
+if os.fork() == 0:
+    os.setsid()
+    pid = os.fork()
+    if pid:
+        with open(sys.argv[1], "w") as f:
+            f.write(str(pid))
+        os._exit(0)
+    os.closerange(0, 3)
+    if sys.argv[3:] == ["unmarked"]:
+        os.environ.pop("TITAN_JOB_MARK")
+    os.execv("/bin/sleep", ["sleep", "60"])
+os.wait()
+time.sleep(float(sys.argv[2]))
+"""
+
+
+class ContainmentTests(ExecutorTests):
+    """A job's processes end with it even when they leave its session (issue 15): by its
+    cgroup where this machine lets the worker make one, else by tracking."""
+
+    mode = "tracking"
+
+    def setUp(self):
+        saved = executor._containment
+        self.addCleanup(setattr, executor, "_containment", saved)
+        executor._containment = None
+        try:
+            executor.containment(self.mode)
+        except OSError as e:
+            raise SkipTest(f"no cgroup for jobs on this machine: {e}")
+
+    async def wait_gone(self, pid: int) -> bool:
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            await _sleep(0.02)
+        return not alive(pid)
+
+    async def test_a_double_forked_setsid_process_is_killed_and_logged(self):
+        pidfile = os.path.join(self.mktemp_dir(), "escaped.pid")
+        proto, done = self.run_job([sys.executable, "-c", ESCAPE, pidfile, "0"])
+        code, why, output = await done
+        self.assertEqual((code, why), (0, None))
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.assertEqual(proto.contained.kind, self.mode)
+        self.assertTrue(await self.wait_gone(pid), f"pid {pid} outlived its job")
+        err = b"".join(d for s, d in output if s == "err").decode()
+        self.assertIn(f"[titan: killed 1 process the job left running (pid {pid})", err)
+
+    async def test_a_timeout_kills_what_left_the_session(self):
+        pidfile = os.path.join(self.mktemp_dir(), "escaped.pid")
+        _, done = self.run_job([sys.executable, "-c", ESCAPE, pidfile, "60"], timeout=1.0)
+        code, why, _ = await done
+        self.assertEqual((code, why), (None, "timeout after 1s"))
+        with open(pidfile) as f:
+            self.assertTrue(await self.wait_gone(int(f.read())))
+
+    async def test_a_job_that_leaves_nothing_says_nothing(self):
+        _, done = self.run_job(["sh", "-c", "sleep 0.1 & wait"])
+        code, _, output = await done
+        self.assertEqual((code, output), (0, []))
+
+
+class CgroupContainmentTests(ContainmentTests):
+    mode = "cgroup"
+
+    async def test_a_process_that_dropped_the_mark_is_killed_too(self):
+        pidfile = os.path.join(self.mktemp_dir(), "escaped.pid")
+        _, done = self.run_job([sys.executable, "-c", ESCAPE, pidfile, "0", "unmarked"])
+        code, _, output = await done
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.assertTrue(await self.wait_gone(pid))
+        self.assertIn(b"[titan: killed 1 process", b"".join(d for _, d in output))
 
 
 def _sleep(seconds: float) -> defer.Deferred:

@@ -41,6 +41,7 @@ from titan.listener import ListenerService
 from titan.master.logstore import LogStore
 from titan.master.legacy import LegacyFrontend
 from titan.master.server import MasterFactory, MasterProtocol
+from titan.tap import private_dir
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RemoteError
 
@@ -182,7 +183,7 @@ class MasterService(MultiService):
     def _prepare(self) -> None:
         if self.logs is not None:
             return
-        os.makedirs(self.data_dir, mode=0o700, exist_ok=True)
+        private_dir(self.data_dir)
         # One master per data dir, or two would append to one event log: take the dir
         # before reading or writing anything in it.
         try:
@@ -286,7 +287,8 @@ class MasterService(MultiService):
     def _listening(self, port) -> None:
         address = port.getHost()
         path = os.path.join(self.data_dir, PORT_FILE)
-        with open(path + ".tmp", "w") as f:
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
             f.write(f"{getattr(address, 'port', address)}\n")
         os.replace(path + ".tmp", path)
         self.log.info("titan-master listening on {address}, data in {data_dir}",

@@ -4,11 +4,12 @@ from __future__ import annotations
 import os
 
 from titan.master.service import MasterService
-from titan.tap import ConfigOptions, own_pidfile, stop_signals_in_the_loop
+from titan.tap import (ConfigOptions, hide_token, own_pidfile, private_files,
+                       stop_signals_in_the_loop)
 
 
 class Options(ConfigOptions):
-    synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR] [--token T]"
+    synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR] [--token-file F]"
     longdesc = "The Titan master: schedules jobs onto the workers that dial it."
     optParameters = [
         ["listen", "l", None, "Twisted endpoint to listen on "
@@ -44,4 +45,6 @@ class Options(ConfigOptions):
 
 def makeService(options: Options) -> MasterService:
     stop_signals_in_the_loop()
+    private_files()
+    hide_token(options.config.token)
     return MasterService(options.config)

@@ -6,7 +6,7 @@ import os
 from twisted.python import usage
 
 from titan.store.config import FSYNC
-from titan.tap import own_pidfile, stop_signals_in_the_loop
+from titan.tap import own_pidfile, private_files, stop_signals_in_the_loop
 
 
 class Options(usage.Options):
@@ -44,4 +44,5 @@ class Options(usage.Options):
 def makeService(options: Options):
     from titan.store.service import StoreService
     stop_signals_in_the_loop()
+    private_files()
     return StoreService(options.config)

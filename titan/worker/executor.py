@@ -1,13 +1,15 @@
 """How a job becomes a process: its own session and process group, its own directory
 (or its run's shared one: `job_workdir`).
 
-Output is handed over as it arrives; on exit whatever the job left behind in its process
-group is killed, so a job never leaves orphans.
+Output is handed over as it arrives; on exit whatever the job left behind is killed -- its
+process group, and what left the group (setsid) through the job's cgroup or its mark
+(`containment`) -- so a job never leaves orphans, and its log says when it tried.
 """
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -19,26 +21,70 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-# The guard: one small process per worker that reads "+PGID" / "-PGID" lines and, at the
-# end of its input (the worker is gone, however it went: kill -9 too), SIGKILLs every
-# process group still listed.
+# The umask jobs start with (the worker's own is 077: titan.tap.private_files); -1: as is.
+job_umask = -1
+MARK_VARIABLE = "TITAN_JOB_MARK"  # in every process a job starts (setsid does not drop it)
+
+# The guard: one small process per worker that reads lines naming what a job holds --
+# "+gPGID" (a process group), "+cPATH" (a job's cgroup), "+mMARK" (the mark in its processes'
+# environment), "-..." when the job is over, "=rPATH" (the worker's cgroup folder) -- and, at
+# the end of its input (the worker is gone, however it went: kill -9 too), kills every
+# process still listed, by group, by cgroup (cgroup.kill of the worker's folder takes every
+# job cgroup under it) and by mark, then removes the cgroups.
 _GUARD_SOURCE = """\
-import os, signal, sys
-groups = set()
+import os, signal, sys, time
+held = {b"g": set(), b"c": set(), b"m": set(), b"r": set()}
 for line in sys.stdin.buffer:
-    (groups.add if line[:1] == b"+" else groups.discard)(int(line[1:]))
-for pgid in groups:
+    line = line.rstrip(b"\\n")
+    (held[line[1:2]].add if line[:1] in b"+=" else held[line[1:2]].discard)(line[2:])
+for pgid in held[b"g"]:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(int(pgid), signal.SIGKILL)
     except OSError:
         pass
+for path in held[b"c"] | held[b"r"]:  # a worker's folder: every job cgroup under it
+    try:
+        with open(path + b"/cgroup.kill", "wb") as f:
+            f.write(b"1")
+    except OSError:
+        pass
+marks = [b"TITAN_JOB_MARK=" + m + b"\\0" for m in held[b"m"]]
+if marks:
+    for pid in os.listdir(b"/proc"):
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                with open(b"/proc/" + pid + b"/environ", "rb") as f:
+                    env = f.read()
+                if any(m in env for m in marks):
+                    os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+deadline = time.monotonic() + 5
+below = []
+for root in held[b"r"]:
+    try:
+        below += [root + b"/" + n for n in os.listdir(root) if os.path.isdir(root + b"/" + n)]
+    except OSError:
+        pass
+for path in below + sorted(held[b"r"], reverse=True):
+    while True:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+        break
 """
 
 
 class GroupGuard:
-    """Makes a kill -9'd worker take its jobs along: their whole process groups, grandchildren
-    included (PR_SET_PDEATHSIG in each child took only the group leader, and needed Python
-    code run in the forked child, which is what made every spawn cost a fork of the worker).
+    """Makes a kill -9'd worker take its jobs along: their whole process groups, cgroups and
+    marked processes, grandchildren included (PR_SET_PDEATHSIG in each child took only the
+    group leader, and needed Python code run in the forked child, which is what made every
+    spawn cost a fork of the worker).
     """
 
     log = Logger()
@@ -51,23 +97,38 @@ class GroupGuard:
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 start_new_session=True)
 
-    def watch(self, pgid: int) -> None:
+    def started(self) -> None:
+        """Start the guard now (not inside a job's cgroup, where it would be started by
+        the first `watch` of a job and die with that job)."""
+        if self._proc is None:
+            self._proc = self._start()
+
+    def _send(self, lines: bytes) -> None:
         for _ in range(2):
             if self._proc is None:
                 self._proc = self._start()
             try:
-                os.write(self._proc.stdin.fileno(), b"+%d\n" % pgid)
+                os.write(self._proc.stdin.fileno(), lines)
                 return
             except OSError:  # the guard died: start another one
                 self.log.warn("the job guard process died; starting another")
                 self._discard()
 
-    def release(self, pgid: int) -> None:
+    def watch(self, pgid: int, *held: bytes) -> None:
+        """Hold process group `pgid` and `held` (b"cPATH", b"mMARK", b"rPATH")."""
+        self._send(b"+g%d\n" % pgid + b"".join(b"+" + h + b"\n" for h in held))
+
+    def release(self, pgid: int, *held: bytes) -> None:
         if self._proc is not None:
             try:
-                os.write(self._proc.stdin.fileno(), b"-%d\n" % pgid)
+                os.write(self._proc.stdin.fileno(),
+                         b"-g%d\n" % pgid + b"".join(b"-" + h + b"\n" for h in held))
             except OSError:
                 self._discard()
+
+    def hold(self, item: bytes) -> None:
+        """Something to clean up when the worker goes, for as long as it lives (b"rPATH")."""
+        self._send(b"=" + item + b"\n")
 
     def _discard(self) -> None:
         proc, self._proc = self._proc, None
@@ -84,7 +145,7 @@ class GroupGuard:
         if proc is not None:
             proc.stdin.close()
             try:
-                proc.wait(timeout)
+                proc.wait(timeout + 5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -93,8 +154,283 @@ class GroupGuard:
 guard = GroupGuard()
 
 
+# -- containment: every process a job starts, whatever it does --------------------------
+# A job's processes share its session and process group, until one calls setsid(): a
+# double fork and setsid escape a kill of the group.  So each job also gets a cgroup (v2)
+# of its own where the worker can make one, and cgroup.kill ends all of it; elsewhere the
+# worker finds a job's processes by session, process group, parent and the mark in their
+# environment (TITAN_JOB_MARK), which a setsid keeps.
+
+def _proc_stat(pid: bytes) -> Optional[tuple[str, int, int, int]]:
+    """(state, ppid, pgrp, session) of a process, or None once it is gone."""
+    try:
+        with open(b"/proc/" + pid + b"/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3])
+
+
+class Tracked:
+    """A job's processes found by session, process group, parent and mark (no cgroup)."""
+
+    kind = "tracking"
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+        self.leader: Optional[int] = None
+
+    def held(self) -> tuple[bytes, ...]:
+        return (b"m" + self.mark.encode(),)
+
+    def before_spawn(self) -> None:
+        pass
+
+    def after_spawn(self, pid: Optional[int]) -> None:
+        self.leader = pid
+
+    def members(self) -> list[int]:
+        """Every live process of the job: in its session or group, carrying its mark, or a
+        descendant of one of those."""
+        needle = f"{MARK_VARIABLE}={self.mark}\0".encode()
+        own = os.getpid()
+        found: set[int] = set()
+        parents: dict[int, int] = {}
+        # Every process of the job was made after its first one: while pids have not wrapped
+        # around since, only those above the leader's need a look (each costs reads).
+        first = self.leader if self.leader is not None and _last_pid() >= self.leader else 0
+        for name in os.listdir(b"/proc"):
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid == own or pid < first:
+                continue
+            stat = _proc_stat(name)
+            if stat is None or stat[0] == "Z":
+                continue
+            state, ppid, pgrp, session = stat
+            parents[pid] = ppid
+            if self.leader is not None and self.leader in (pgrp, session):
+                found.add(pid)
+                continue
+            try:
+                with open(b"/proc/" + name + b"/environ", "rb") as f:
+                    if needle in f.read():
+                        found.add(pid)
+            except OSError:
+                pass
+        grew = True
+        while grew:  # descendants that dropped the mark (env -i) and left the session
+            grew = False
+            for pid, ppid in parents.items():
+                if ppid in found and pid not in found:
+                    found.add(pid)
+                    grew = True
+        return sorted(found)
+
+    def signal(self, sig: int) -> None:
+        for pid in self.members():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL every process of the job; returns the ones found."""
+        killed: list[int] = []
+        for _ in range(3):  # one that forked meanwhile is found the next time round
+            pids = self.members()
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            killed.extend(p for p in pids if p not in killed)
+        return killed
+
+    def release(self) -> bool:
+        return True
+
+
+class Cgroup(Tracked):
+    """A job's own cgroup, made under the worker's: the job's first process is born in it
+    (the worker steps in to spawn it and back out), so nothing it starts can leave it."""
+
+    kind = "cgroup"
+
+    def __init__(self, mark: str, owner: "CgroupContainment") -> None:
+        super().__init__(mark)
+        self.owner = owner
+        if owner.free:  # an empty one a job before it left: no mkdir, no rmdir
+            self.path = owner.free.pop()
+        else:
+            self.path = owner.new_path(mark)
+            os.mkdir(self.path, 0o700)
+
+    def held(self) -> tuple[bytes, ...]:
+        return (b"c" + self.path.encode(), b"m" + self.mark.encode())
+
+    def before_spawn(self) -> None:
+        self.owner.move_self(self.path)
+
+    def after_spawn(self, pid: Optional[int]) -> None:
+        self.leader = pid
+        self.owner.move_self(self.owner.home)
+
+    def members(self) -> list[int]:
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
+                pids = [int(x) for x in f.read().split()]
+        except OSError:
+            return []
+        return [p for p in pids if (_proc_stat(b"%d" % p) or ("Z",))[0] != "Z"]
+
+    def kill_all(self) -> list[int]:
+        pids = self.members()
+        if pids:
+            _write(os.path.join(self.path, "cgroup.kill"), b"1")
+        return pids
+
+    def release(self) -> bool:
+        """Hand the cgroup back for another job once it is empty (or remove it); False
+        while it still holds dying processes (it is removed later)."""
+        try:
+            with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
+                empty = not f.read(1)
+        except OSError:
+            return True
+        if empty and len(self.owner.free) < POOL:
+            self.owner.free.append(self.path)
+            return True
+        try:
+            os.rmdir(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            self.owner.stale.add(self.path)
+            return False
+        return True
+
+
+def _last_pid() -> int:
+    """The pid the kernel handed out last (0 if it cannot tell: then look at every pid)."""
+    try:
+        with open("/proc/sys/kernel/ns_last_pid", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def _write(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _cgroup2_home() -> tuple[str, str]:
+    """(mount point of the cgroup2 hierarchy, this process's cgroup folder in it)."""
+    with open("/proc/self/cgroup") as f:
+        own = next((line.strip()[3:] for line in f if line.startswith("0::")), None)
+    if own is None:
+        raise OSError("not in a cgroup v2 hierarchy")
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            if right.split()[:1] == ["cgroup2"]:
+                fields = left.split()
+                root, mount_point = fields[3], fields[4]
+                if own == root or own.startswith(root.rstrip("/") + "/"):
+                    rel = own[len(root.rstrip("/")):].lstrip("/")
+                    return mount_point, os.path.join(mount_point, rel)
+    raise OSError("no cgroup2 file system mounted that holds this process's cgroup")
+
+
+POOL = 64  # empty job cgroups a worker keeps for its next jobs
+
+
+class CgroupContainment:
+    """Jobs in cgroups of their own: `<this process's cgroup>/titan-<pid>/<mark>`."""
+
+    kind = "cgroup"
+
+    def __init__(self) -> None:
+        _, self.home = _cgroup2_home()
+        self.root = os.path.join(self.home, f"titan-{os.getpid()}")
+        self.stale: set[str] = set()
+        self.free: list[str] = []  # empty job cgroups, kept for the next jobs
+        os.makedirs(self.root, 0o700, exist_ok=True)
+        try:
+            if not os.path.exists(os.path.join(self.root, "cgroup.kill")):
+                raise OSError("cgroup.kill is missing (Linux 5.14 or later has it)")
+            probe = Cgroup(f"probe-{secrets.token_hex(4)}", self)
+            probe.before_spawn()
+            probe.after_spawn(None)
+            probe.release()
+        except OSError:
+            try:
+                os.rmdir(self.root)
+            except OSError:
+                pass
+            raise
+        guard.started()
+        guard.hold(b"r" + self.root.encode())
+
+    def new_path(self, mark: str) -> str:
+        if self.stale:
+            for path in list(self.stale):
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    continue
+                self.stale.discard(path)
+        return os.path.join(self.root, mark)
+
+    def move_self(self, path: str) -> None:
+        _write(os.path.join(path, "cgroup.procs"), b"0")
+
+    def new(self, mark: str) -> Tracked:
+        return Cgroup(mark, self)
+
+
+class TrackingContainment:
+    kind = "tracking"
+
+    def new(self, mark: str) -> Tracked:
+        return Tracked(mark)
+
+
+_containment = None
+
+
+def containment(mode: str = "auto"):
+    """How this process contains its jobs: `cgroup`, `tracking`, or `auto` (a cgroup where
+    this process can make one, else tracking).  Chosen once, on first use."""
+    global _containment
+    if _containment is None or (mode != "auto" and _containment.kind != mode):
+        if mode == "tracking":
+            _containment = TrackingContainment()
+        else:
+            try:
+                _containment = CgroupContainment()
+            except OSError as e:
+                if mode == "cgroup":
+                    raise
+                Logger().info("jobs are contained by tracking their processes (no cgroup "
+                              "of their own: {why})", why=e.strerror or e)
+                _containment = TrackingContainment()
+    return _containment
+
+
 class SessionProcess(process.Process):
-    """A child that starts its own session, so its whole tree is one process group.
+    """A child that starts its own session, so its whole tree is one process group (and its
+    own cgroup, or a mark in its environment: `containment`).
 
     It is started by subprocess's C code (vfork + setsid + exec: no Python runs in the child)
     instead of Twisted's os.fork() path, which copies the worker's page tables and then runs
@@ -104,24 +440,37 @@ class SessionProcess(process.Process):
     """
 
     _popen: Optional[subprocess.Popen] = None
+    contained: Optional[Tracked] = None
+
+    def __init__(self, reactor, executable, args, environment, path, proto,
+                 contained: Tracked) -> None:
+        self.contained = contained
+        super().__init__(reactor, executable, args, environment, path, proto)
 
     def _fork(self, path, uid, gid, executable, args, environment, fdmap=None, **kwargs):
         fdmap = fdmap or {}
         if uid is not None or gid is not None or set(fdmap) - {0, 1, 2}:
             raise OSError(errno.EINVAL, "jobs take no uid, gid or extra descriptors")
-        self._popen = subprocess.Popen(
-            list(args), executable=executable, cwd=path, env=environment,
-            stdin=fdmap.get(0, subprocess.DEVNULL), stdout=fdmap.get(1, subprocess.DEVNULL),
-            stderr=fdmap.get(2, subprocess.DEVNULL), close_fds=True, start_new_session=True)
+        contained = self.contained
+        contained.before_spawn()
+        try:
+            self._popen = subprocess.Popen(
+                list(args), executable=executable, cwd=path, env=environment,
+                stdin=fdmap.get(0, subprocess.DEVNULL), stdout=fdmap.get(1, subprocess.DEVNULL),
+                stderr=fdmap.get(2, subprocess.DEVNULL), close_fds=True,
+                start_new_session=True, umask=job_umask)
+        finally:
+            contained.after_spawn(self._popen.pid if self._popen is not None else None)
         self.pid = self._popen.pid
         self.status = -1
-        guard.watch(self.pid)
+        guard.watch(self.pid, *contained.held())
 
     def processEnded(self, status) -> None:
         # Twisted reaped the child; tell subprocess, or it would try to reap the pid again.
         if self._popen is not None:
             self._popen.returncode = os.waitstatus_to_exitcode(status)
-            guard.release(self.pid)
+            guard.release(self.pid, *self.contained.held())
+            self.contained.release()
         super().processEnded(status)
 
 
@@ -154,6 +503,7 @@ class JobProcess(ProcessProtocol):
         self._timeout_call = None
         self._hard_kill_call = None
         self.ended = False
+        self.contained: Optional[Tracked] = None  # set by spawn
 
     def connectionMade(self) -> None:
         self.pid = self.transport.pid
@@ -175,14 +525,27 @@ class JobProcess(ProcessProtocol):
         if self.kill_reason is None:
             self.kill_reason = reason
         signal_group(self.pid, signal.SIGTERM)
+        if self.contained is not None:  # the ones that left the group too
+            self.contained.signal(signal.SIGTERM)
         if self._hard_kill_call is None:
-            self._hard_kill_call = self.clock.callLater(
-                self.kill_grace, signal_group, self.pid, signal.SIGKILL)
+            self._hard_kill_call = self.clock.callLater(self.kill_grace, self._kill_all)
+
+    def _kill_all(self) -> list[int]:
+        strays = self.contained.kill_all() if self.contained is not None else []
+        signal_group(self.pid, signal.SIGKILL)
+        return strays
 
     def processExited(self, reason: Failure) -> None:
-        # The leader is gone; whatever it started goes with it (and frees the pipes).
+        # The leader is gone; whatever it started goes with it (and frees the pipes), and
+        # the job's log says so.
         if self.pid is not None:
-            signal_group(self.pid, signal.SIGKILL)
+            strays = self._kill_all()
+            if strays:
+                shown = " ".join(map(str, strays[:10])) + (" ..." if len(strays) > 10 else "")
+                self.on_output("err", (
+                    f"\n[titan: killed {len(strays)} process{'es' if len(strays) > 1 else ''}"
+                    f" the job left running (pid {shown}): a job's processes end with it]\n"
+                ).encode())
 
     def processEnded(self, reason: Failure) -> None:
         self.ended = True
@@ -241,12 +604,21 @@ def resolve_executable(command: list[str], env: dict, cwd: str) -> Optional[str]
 
 
 def spawn(reactor, proto: JobProcess, command: list[str], env: dict, cwd: str) -> Optional[str]:
-    """Start `command`; return None, or why it could not start."""
+    """Start `command`, contained (`containment`); return None, or why it could not start."""
     executable = resolve_executable(command, env, cwd)
     if executable is None:
         return f"command not found: {command[0]}"
+    mark = secrets.token_hex(8)
+    env = dict(env)
+    env[MARK_VARIABLE] = mark
     try:
-        SessionProcess(reactor, executable, list(command), env, cwd, proto)
+        contained = containment().new(mark)
     except OSError as e:
+        return f"cannot make a cgroup for the job: {os.strerror(e.errno or errno.EIO)}"
+    proto.contained = contained
+    try:
+        SessionProcess(reactor, executable, list(command), env, cwd, proto, contained)
+    except OSError as e:
+        contained.release()
         return f"cannot start {command[0]}: {os.strerror(e.errno or errno.EIO)}"
     return None

@@ -21,6 +21,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from titan.auth import without_secrets
 from titan.config import Config
 from titan.core.model import JobSpec
 from titan.datadir import DataDirInUse, DataDirLock
@@ -29,8 +30,11 @@ from titan.protocols import codec
 from titan.protocols.frame import DEFAULT_PREAUTH_MAX_BODY
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
-from titan.tap import exit_after_stop
-from titan.worker.executor import JobProcess, guard, job_workdir, release_workdir, spawn
+from titan import tap
+from titan.tap import exit_after_stop, private_dir
+from titan.worker import executor
+from titan.worker.executor import (JobProcess, containment, guard, job_workdir,
+                                   release_workdir, spawn)
 from titan.worker.detect import detected_tags
 from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
@@ -119,7 +123,9 @@ class WorkerService(MultiService):
         self.refused = False  # the master refused our token: the worker is stopping
         self._flush_call = None
         self._heartbeat: Optional[LoopingCall] = None
-        env = dict(os.environ)
+        # What jobs inherit: never the cluster token or another secret (a job gets a token
+        # of its own, scoped to its attempt: start_job).
+        env = without_secrets(os.environ)
         env.update(TITAN_HOST=self.master_host, TITAN_PORT=str(self.master_port),
                    TITAN_WORKER_ID=self.worker_id)
         self._base_env = env
@@ -151,7 +157,17 @@ class WorkerService(MultiService):
 
     def startService(self) -> None:
         self._take_data_dir()
+        private_dir(self.data_dir)
         os.makedirs(os.path.join(self.data_dir, "work"), exist_ok=True)
+        if tap.started_umask is not None:  # jobs get the umask the worker was given
+            executor.job_umask = tap.started_umask
+        try:
+            held = containment(self.config.worker.contain)
+        except OSError as e:
+            raise SystemExit(f"titan-worker: cannot start: worker.contain is cgroup, but no "
+                             f"cgroup can be made for jobs here: {e.strerror or e}")
+        self.log.info("jobs are contained by {how}", how=held.kind)
+        _not_dumpable()
         self.log.info("titan-worker {worker_id} ({slots} slots, tags {tags}) dialing "
                       "{host}:{port}", worker_id=self.worker_id, slots=self.slots,
                       tags=",".join(self.tags) or "-", host=self.master_host,
@@ -443,6 +459,17 @@ class WorkerService(MultiService):
         self.unacked[key] = report
         d = self.conn.call(Op.JOB_COMPLETE, report, timeout=None)
         d.addCallbacks(lambda _: self.unacked.pop(key, None), lambda _: None)
+
+
+def _not_dumpable() -> None:
+    """Jobs run as the worker's user: PR_SET_DUMPABLE 0 keeps them (unless root) out of the
+    worker's memory and environment (/proc/PID/mem, environ; ptrace).  Linux only."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE
+        except (OSError, AttributeError):
+            pass
 
 
 def _sleep(clock, seconds: float) -> defer.Deferred:

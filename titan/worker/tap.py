@@ -7,12 +7,13 @@ from twisted.python import usage
 
 from titan.auth import read_token
 from titan.config import MasterConfig
-from titan.tap import ConfigOptions, own_pidfile, stop_signals_in_the_loop
+from titan.tap import (ConfigOptions, hide_token, own_pidfile, private_files,
+                       stop_signals_in_the_loop)
 from titan.worker.service import WorkerService, parse_hostport
 
 
 class Options(ConfigOptions):
-    synopsis = ("[--config FILE] [--master HOST:PORT] [--token T] [--tags A,B] [--slots N] "
+    synopsis = ("[--config FILE] [--master HOST:PORT] [--token-file F] [--tags A,B] [--slots N] "
                 "[--name NAME] [--data-dir DIR] [--no-detect-tags]")
     longdesc = "A Titan worker: dials the master and runs the jobs it is given."
     optParameters = [
@@ -51,11 +52,14 @@ class Options(ConfigOptions):
                                                           or MasterConfig().data_dir))
         if not config.token:
             raise usage.UsageError(
-                "no cluster token: pass --token, set TITAN_TOKEN, or put token: in the config")
+                "no cluster token: set TITAN_TOKEN, pass --token-file, or put token: in the "
+                "config")
         self.config = config
         own_pidfile(self, config.worker.data_dir, "titan-worker")
 
 
 def makeService(options: Options) -> WorkerService:
     stop_signals_in_the_loop()
+    private_files()
+    hide_token(options.config.token)
     return WorkerService(options.config, options.config.token)
