@@ -29,8 +29,9 @@ class IPersistence(Interface):
     def barrier():
         """A Deferred that fires once every record appended so far is as durable as the
         policy promises: on disk for `always`, out of the process (written to the operating
-        system, committed) for `everysec` and `no`.  The master sends no reply before it:
-        a crash of the process cannot take back what a reply reported."""
+        system, committed) for `everysec` and `no`.  The master sends no reply before it,
+        and no DISPATCH or KILL to a worker: a crash of the process cannot take back what a
+        reply reported or what a worker was given."""
 
     def compact(snapshot):
         """Start a compaction: `snapshot` (bytes) stands for every record appended so far.
