@@ -37,10 +37,12 @@ def _plain(address):
 def uid_in_tables(lines: Iterable[str], local: tuple, remote: tuple) -> Optional[int]:
     """The uid of the socket whose local end is `local` and remote end `remote` (each an
     (ip address, port)), in the lines of /proc/net/tcp{,6}; None if it is not there."""
+    ports = (f":{local[1]:04X}", f":{remote[1]:04X}")  # a cheap test before parsing
     for line in lines:
         fields = line.split()
-        if len(fields) < 8 or ":" not in fields[1]:
-            continue  # the header
+        if len(fields) < 8 or not (fields[1].endswith(ports[0])
+                                   and fields[2].endswith(ports[1])):
+            continue  # the header, or another connection
         try:
             if _address(fields[1]) == local and _address(fields[2]) == remote:
                 return int(fields[7])
