@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -55,6 +56,7 @@ def fill(directory: str) -> str:
 class DiskFullTests(SynchronousTestCase):
     def cluster(self, backend: str, fsync: str) -> Cluster:
         base = tempfile.mkdtemp(prefix="titan-diskfull-")
+        self.addCleanup(shutil.rmtree, base, True)  # last: after the unmount
         data_dir = os.path.join(base, "master")
         os.makedirs(data_dir)
         mount_tmpfs(data_dir, 16)
