@@ -454,6 +454,18 @@ class OncePerPeerTests(LimitsCase):
         self.assertEqual([(w["count"], w["host"]) for w in summary], [(499, "10.6.6.6")])
 
 
+class BadFramesLoggedOnceTests(LimitsCase):
+    def test_frames_over_the_limit_from_one_peer_make_one_line(self):
+        own = Warnings()
+        self.patch(type(Conn(self).proto), "log", own)  # the protocol's own logger
+        for port in range(200):
+            c = Conn(self, "10.8.8.8", port)
+            c.send_raw(HEADER.pack(1, Op.HELLO, 1, 0, 16 * MiB))
+            self.assertTrue(c.closed)
+        self.assertEqual(own.lines, [])
+        self.assertEqual(len([f for f, _ in self.warnings.lines if "bad frame" in f]), 1)
+
+
 class EpisodeLogTests(SynchronousTestCase):
     def test_a_new_episode_after_quiet(self):
         w = Warnings()

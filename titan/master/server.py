@@ -165,10 +165,9 @@ class MasterProtocol(RpcProtocol):
             return False
         return True
 
-    def frame_error(self, problem) -> None:
+    def log_frame_error(self, problem) -> None:
         self.note(f"bad_frame:{problem.code}", "bad frame from {peer}: {message}",
                   message=problem.message)
-        super().frame_error(problem)
 
     def send_buffer_stalled(self, seconds: float) -> None:
         self.note("stalled", "closing {peer}: its replies went unread for {seconds:g} s "

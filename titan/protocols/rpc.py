@@ -224,12 +224,15 @@ class RpcProtocol(Protocol):
             self.abort()
 
     def frame_error(self, problem: FrameError) -> None:
-        self.log.warn("bad frame from {peer}: {message}", peer=self._peer(),
-                      message=problem.message, code=problem.code)
+        self.log_frame_error(problem)
         if problem.flags & FLAG_STRUCTURED:
             self.send_error(_rid_of(problem.body), problem.code, problem.message)
         else:
             self.send_text(Op.ERROR, f"ERROR: {problem.message}")
+
+    def log_frame_error(self, problem: FrameError) -> None:
+        self.log.warn("bad frame from {peer}: {message}", peer=self._peer(),
+                      message=problem.message, code=problem.code)
 
     def frame_received(self, frame: Frame) -> None:
         if not frame.structured:
