@@ -278,7 +278,11 @@ class Cgroup(Tracked):
 
     def after_spawn(self, pid: Optional[int]) -> None:
         self.leader = pid
-        self.owner.move_self(self.owner.home)
+        try:
+            self.owner.move_self(self.owner.home)
+        except OSError as e:  # (kill_all never kills the worker with its job)
+            Logger().error("the worker could not step out of a job's cgroup {path}: {why}",
+                           path=self.path, why=e.strerror or e)
 
     def members(self) -> list[int]:
         try:
@@ -290,7 +294,15 @@ class Cgroup(Tracked):
 
     def kill_all(self) -> list[int]:
         pids = self.members()
-        if pids:
+        if os.getpid() in pids:
+            # The worker failed to step back out after a spawn: never cgroup.kill itself.
+            pids.remove(os.getpid())
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        elif pids:
             _write(os.path.join(self.path, "cgroup.kill"), b"1")
         return pids
 
@@ -613,8 +625,10 @@ def spawn(reactor, proto: JobProcess, command: list[str], env: dict, cwd: str) -
     env[MARK_VARIABLE] = mark
     try:
         contained = containment().new(mark)
-    except OSError as e:
-        return f"cannot make a cgroup for the job: {os.strerror(e.errno or errno.EIO)}"
+    except OSError as e:  # (cgroup.max.descendants, say): this job is tracked instead
+        Logger().warn("no cgroup for a job ({why}): its processes are tracked instead",
+                      why=e.strerror or e)
+        contained = Tracked(mark)
     proto.contained = contained
     try:
         SessionProcess(reactor, executable, list(command), env, cwd, proto, contained)
