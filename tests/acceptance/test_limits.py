@@ -8,7 +8,7 @@ import struct
 import time
 
 from titan.protocols import codec
-from titan.protocols.frame import Frame, FrameDecoder
+from titan.protocols.frame import FrameDecoder
 from titan.protocols.opcodes import Op
 
 from tests.acceptance.helpers import ClusterTestCase
@@ -103,3 +103,27 @@ class WorkerRegisterTests(ClusterTestCase):
             self.assertEqual(c.logs(job), b"y" * 300000)
         with open(self.cluster.master.log_file) as f:
             self.assertNotIn("too_large", f.read())
+
+
+class TextFrameLimitTests(ClusterTestCase):
+    """The reference's clients send no hello: where text frames are on, their uploads have
+    master.text_frame_bytes, not the pre-auth limit."""
+
+    workers = 0
+    cluster_options = {"master_extra": "  text_frames: on\n"}
+
+    def test_an_upload_larger_than_the_preauth_limit_is_served(self):
+        from titan.sdk.legacy_client import LegacyClient
+        c = LegacyClient("127.0.0.1", self.cluster.port)
+        data = bytes(range(256)) * 4096  # 1 MiB: 1.4 MB of base64
+        self.assertEqual(c.upload_asset("big.bin", data), "UPLOAD_SUCCESS")
+        self.assertEqual(c.fetch_asset("big.bin"), data)
+
+    def test_a_text_frame_over_its_own_limit_is_refused_at_its_header(self):
+        sock = socket.create_connection(("127.0.0.1", self.cluster.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(struct.pack("!BBBBI", 1, Op.UPLOAD_ASSET, 0, 0, 17 * 1024 * 1024))
+        frames, closed = read_frames(sock, 5)
+        self.assertTrue(closed)
+        self.assertEqual(frames[0].body, b"ERROR: UPLOAD_ASSET text frame of 17825792 bytes "
+                         b"is over the 16777216-byte limit (master.text_frame_bytes)")
