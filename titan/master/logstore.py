@@ -29,7 +29,6 @@ class TextSlice:
         if self.f is None:
             return
         self.f.seek(self.start)
-        decoder = codecs.getincrementaldecoder("utf-8")("replace")
         left = self.end - self.start
         while left > 0:
             raw = self.f.read(min(STREAM_CHUNK, left))
