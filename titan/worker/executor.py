@@ -314,6 +314,8 @@ class Cgroup(Tracked):
                 empty = not f.read(1)
         except OSError:
             return True
+        if self.owner.stale:
+            self.owner.sweep()
         if empty and len(self.owner.free) < POOL:
             self.owner.free.append(self.path)
             return True
@@ -393,16 +395,18 @@ class CgroupContainment:
         guard.hold(b"r" + self.root.encode())
 
     def new_path(self, mark: str) -> str:
-        if self.stale:
-            for path in list(self.stale):
-                try:
-                    os.rmdir(path)
-                except FileNotFoundError:
-                    pass
-                except OSError:
-                    continue
-                self.stale.discard(path)
         return os.path.join(self.root, mark)
+
+    def sweep(self) -> None:
+        """Remove the cgroups that still held dying processes when their jobs ended."""
+        for path in list(self.stale):
+            try:
+                os.rmdir(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self.stale.discard(path)
 
     def move_self(self, path: str) -> None:
         _write(os.path.join(path, "cgroup.procs"), b"0")
