@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from titan.interfaces import CorruptLog, IPersistence, StorageUnavailable
+from titan.persistence.availability import Availability
 
 LOG_MAGIC = b"TITANAOF"
 SNAP_MAGIC = b"TITANSNP"
@@ -45,8 +46,6 @@ POLICIES = ("always", "everysec", "no")
 BATCH = 0x80000000  # set in a frame's length: the payload is a batch of records
 MAX_RECORD = BATCH - 1
 BATCH_BYTES = 1 << 20  # a batch frame holds about this much at most
-RETRY_FIRST = 0.1  # seconds before the first retry of a failed write; doubled up to
-RETRY_MAX = 5.0  # this
 COMPACTION_PAUSE = 30.0  # seconds without compactions after one could not start
 
 
@@ -187,7 +186,7 @@ class LogFile:
 
 
 @implementer(IPersistence)
-class AOFPersistence:
+class AOFPersistence(Availability):
     log = Logger()
 
     def __init__(self, directory: str, fsync: str = "everysec", reactor=None,
@@ -222,11 +221,7 @@ class AOFPersistence:
         self._torn = False  # bytes after _end that a failed write left: cut before writing
         self._synced = 0  # (always) the current log's size at its last good fsync
         self._written: list[bytes] = []  # (always) records written after _synced
-        self.unavailable: Optional[str] = None  # why records cannot be stored now
-        self._watchers: list[Callable] = []
-        self._retry_call = None
-        self.retry_first, self.retry_max = RETRY_FIRST, RETRY_MAX
-        self._retry_delay = RETRY_FIRST
+        self._init_availability()
         self._no_compaction_until = 0.0
 
     # -- files -----------------------------------------------------------------------------
@@ -368,26 +363,15 @@ class AOFPersistence:
             self._flush_call = self.reactor.callLater(0, self._flush)
         return d
 
-    def watch(self, callback: Callable) -> None:
-        self._watchers.append(callback)
+    # -- availability (see titan.persistence.availability) ---------------------------------
 
-    def _trouble(self, reason: str) -> None:
-        """Storing stopped working: say so once, and retry with backoff."""
-        if self.unavailable is None:
-            self.unavailable = reason
-            for callback in list(self._watchers):
-                callback(reason)
-        if self._retry_call is None and self._closed is None:
-            self._retry_call = self.reactor.callLater(self._retry_delay, self._probe)
-            self._retry_delay = min(self._retry_delay * 2, self.retry_max)
+    def _closing(self) -> bool:
+        return self._closed is not None
 
     def _recovered(self) -> None:
         if self.unavailable is None:
             return
-        self.unavailable = None
-        self._retry_delay = self.retry_first
-        for callback in list(self._watchers):
-            callback(None)
+        super()._recovered()
         if (self._buffer or self._waiting) and self._flush_call is None:
             self._flush_call = self.reactor.callLater(0, self._flush)
 
@@ -520,7 +504,7 @@ class AOFPersistence:
                 if not self._buffer and not self._torn:
                     self._recovered()
                 elif self._retry_call is None and self._closed is None:
-                    self._retry_call = self.reactor.callLater(0, self._probe)
+                    self._probe_in(0)
             elif self._waiting and self._fd is not None and self.unavailable is None:
                 if self._write_buffer():  # what came in meanwhile
                     self._group_fsync()
@@ -667,9 +651,7 @@ class AOFPersistence:
         if self._flush_call is not None and self._flush_call.active():
             self._flush_call.cancel()
         self._flush_call = None
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
+        self._stop_probing()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if self._fd is not None and not self._write_buffer():

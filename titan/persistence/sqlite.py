@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from typing import Callable, Optional
+from typing import Optional
 
 from twisted.internet import defer, threads
 from twisted.internet.task import LoopingCall
@@ -35,6 +35,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from titan.interfaces import CorruptLog, IPersistence, StorageUnavailable
+from titan.persistence.availability import Availability
 
 SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "no": "OFF"}
 SCHEMA = """
@@ -44,8 +45,6 @@ CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
 """
 
 
-RETRY_FIRST = 0.1  # seconds before the first retry of a failed commit; doubled up to
-RETRY_MAX = 5.0  # this
 COMPACTION_PAUSE = 30.0  # seconds without compactions after one failed
 
 
@@ -60,7 +59,7 @@ def _reason(path: str, error: BaseException) -> str:
 
 
 @implementer(IPersistence)
-class SQLitePersistence:
+class SQLitePersistence(Availability):
     log = Logger()
 
     def __init__(self, directory: str, fsync: str = "everysec", reactor=None) -> None:
@@ -82,11 +81,7 @@ class SQLitePersistence:
         self._done_upto = 0  # the last id of the last batch the database thread finished
         self._failed: list[tuple[int, bytes]] = []  # rows that failed or were held back
         self._broken = False  # (database thread) a batch failed: hold back the next ones
-        self.unavailable: Optional[str] = None
-        self._watchers: list[Callable] = []
-        self._retry_call = None
-        self.retry_first, self.retry_max = RETRY_FIRST, RETRY_MAX
-        self._retry_delay = RETRY_FIRST
+        self._init_availability()
         self._no_compaction_until = 0.0
         self._checkpoint_trouble = False
         self._flush_call = None
@@ -238,25 +233,10 @@ class SQLitePersistence:
 
         return self._run(self._checkpoint, False).addBoth(checked)
 
-    # -- availability ----------------------------------------------------------------------
+    # -- availability (see titan.persistence.availability) ---------------------------------
 
-    def watch(self, callback: Callable) -> None:
-        self._watchers.append(callback)
-
-    def _trouble(self, reason: str) -> None:
-        if self.unavailable is None:
-            self.unavailable = reason
-            for callback in list(self._watchers):
-                callback(reason)
-        if self._retry_call is None and self._closers is None:
-            self._retry_call = self.reactor.callLater(self._retry_delay, self._probe)
-            self._retry_delay = min(self._retry_delay * 2, self.retry_max)
-
-    def _recovered(self) -> None:
-        self.unavailable = None
-        self._retry_delay = self.retry_first
-        for callback in list(self._watchers):
-            callback(None)
+    def _closing(self) -> bool:
+        return self._closers is not None
 
     def _probe(self) -> None:
         """Commit what failed again, in id order, with what was appended since."""
@@ -264,7 +244,7 @@ class SQLitePersistence:
         if self._closers is not None:
             return
         if self._inserting:  # batches still on their way back: look again after them
-            self._retry_call = self.reactor.callLater(self._retry_delay, self._probe)
+            self._probe_in(self._retry_delay)
             return
         self._failed.extend(self._buffer)
         self._buffer = []
@@ -405,9 +385,7 @@ class SQLitePersistence:
                 done.callback(None)
             return done
         self._closers = [done]
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
+        self._stop_probing()
         if self._ticker is not None and self._ticker.running:
             self._ticker.stop()
         if not self._pool.started:  # never loaded
