@@ -1314,11 +1314,12 @@ def run_view(s: Scheduler, run: DagRun, now: float, jobs: bool = True) -> dict:
         "counts": {state.value: n for state, n in run.counts.items() if n},
     }
     if jobs:
-        view["jobs"] = [_run_job(s, s.jobs[k], now) for k in run.jobs]
+        view["jobs"] = [run_job_view(s, s.jobs[k], now) for k in run.jobs]
     return view
 
 
-def _run_job(s: Scheduler, job: JobRecord, now: float) -> dict:
+def run_job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
+    """A job as a run's view lists it (and RUN_CHANGED pushes it)."""
     w = s.workers.get(job.worker_id) if job.worker_id else None
     return {"node": job.node, "job_id": job.job_id, "state": job.state.value,
             "kind": job.spec.kind, "attempt": job.attempt, "worker": w.name if w else None,

@@ -26,9 +26,8 @@ from titan.core.codec import RecordError, decode_events, encode_event, persisted
 from titan.core.dag import NAME, RESULT_LIMIT, parse_dag, parse_jobs, service_options
 from titan.core.model import JobSpec, JobState, RunState, WorkerState
 from titan.core.scheduler import (
-    Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_view,
-    service_view, snapshot, worker_view)
-from titan.core.scheduler import _run_job as run_job_view
+    Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_job_view,
+    run_view, service_view, snapshot, worker_view)
 from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import TitanError
 from titan.interfaces import (
