@@ -139,6 +139,8 @@ def _counts(run: dict) -> str:
 
 
 def cmd_status(args) -> int:
+    if args.job_id is None:
+        return _cluster_status(args)
     with _client(args) as titan:
         run = _is_run(titan, args.job_id)
         if run is not None:
@@ -187,9 +189,14 @@ def cmd_status(args) -> int:
         details.append(["result", json.dumps(job["result"])[:200]])
     if job.get("tags"):
         details.append(["tags", ",".join(job["tags"])])
-    for key, value in details:
-        print(f"  {key + ':':<11}{value}")
+    _print_details(details)
     return 0
+
+
+def _print_details(details: list[list[str]]) -> None:
+    width = max([11] + [len(key) + 2 for key, _ in details])
+    for key, value in details:
+        print(f"  {key + ':':<{width}}{value}")
 
 
 def cmd_logs(args) -> int:
@@ -215,13 +222,41 @@ def cmd_cancel(args) -> int:
     return 1
 
 
+def _warn(reply: dict) -> None:
+    for warning in reply.get("warnings") or ():  # text frames on, storage: said every time
+        print(f"titan: WARNING: {warning}", file=sys.stderr)
+
+
+def _cluster_status(args) -> int:
+    """`titan status` without a REF: the master, its log, its workers and its jobs."""
+    with _client(args) as titan:
+        stats = titan.stats()
+        where = f"{titan.host}:{titan.port}"
+    _warn(stats)
+    if args.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+        return 0
+    storage = "unavailable: " + stats["storage"] if stats.get("storage") else "ok"
+    p = stats.get("persistence") or {}
+    log = (f"{p.get('backend')}, fsync {p.get('fsync')}, {p.get('bytes', 0) / 1e6:.1f} MB in "
+           f"{p.get('directory') or p.get('path')}") if p else "-"
+    jobs = ", ".join(f"{n} {state}" for state, n in stats["jobs"].items() if n) or "none"
+    print("STORAGE UNAVAILABLE" if stats.get("storage") else "UP")
+    _print_details([["master", where],
+                    ["event log", f"{log} ({storage})"],
+                    ["workers", f"{stats['workers']}, {stats['busy']}/{stats['slots']} "
+                                "slots busy"],
+                    ["jobs", jobs],
+                    ["text frames", stats.get("text_frames") or "off"]])
+    return 0
+
+
 def cmd_workers(args) -> int:
     from titan.protocols.opcodes import Op
     with _client(args) as titan:
         reply = titan.call(Op.LIST_WORKERS)
     workers = reply["workers"]
-    for warning in reply.get("warnings") or ():  # text frames on, ...: said every time
-        print(f"titan: WARNING: {warning}", file=sys.stderr)
+    _warn(reply)
     if args.json:
         print(json.dumps(workers, indent=2, sort_keys=True))
         return 0
@@ -628,11 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", metavar="REF", help="a run id, or a job (RUN/JOB or a job id)")
     p.set_defaults(func=cmd_wait)
 
-    p = sub.add_parser("status", parents=[common], help="a job's or a run's state and details",
+    p = sub.add_parser("status", parents=[common],
+                       help="a job's or a run's state and details; the cluster's without REF",
                        description="Print the state of a job (RUN/JOB, or a job id unique "
                                    "among live runs) or of a whole run (first line), then "
-                                   "its details.")
-    p.add_argument("job_id", metavar="REF")
+                                   "its details.  Without REF: the master, its event log, "
+                                   "workers and jobs, and any warning (text frames on, "
+                                   "storage unavailable).")
+    p.add_argument("job_id", metavar="REF", nargs="?")
     p.add_argument("--json", action="store_true", help="everything, as JSON")
     p.set_defaults(func=cmd_status)
 

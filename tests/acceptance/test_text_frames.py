@@ -43,6 +43,13 @@ class TextFramesOffTests(ClusterTestCase):
             self.assertEqual([j for j in client.jobs() if j.get("node") == "x"], [])
         shown = self.titan("workers")
         self.assertNotIn("text frames", shown.stderr.decode())
+        shown = self.titan("status")
+        self.assertEqual(shown.stderr.decode(), "")
+        self.assertIn("  text frames: off\n", shown.stdout.decode())
+        self.assertIn("\n  workers:     0, 0/0 slots busy\n", shown.stdout.decode())
+        self.assertRegex(shown.stdout.decode(),
+                         r"^UP\n  master:      127\.0\.0\.1:\d+\n"
+                         r"  event log:   aof, fsync \w+, [\d.]+ MB in \S+ \(ok\)\n")
 
     def test_a_decision_shows_who_made_it(self):
         # Issue 15, 2: `by` is the name the decider gives; `via` what the master saw.
@@ -83,6 +90,9 @@ class TextFramesOnTests(ClusterTestCase):
         shown = self.titan("workers")
         self.assertIn(f"titan: WARNING: {warning}\n", shown.stderr.decode())
         self.assertIn("w1", shown.stdout.decode())
+        shown = self.titan("status")  # the cluster's status says it too
+        self.assertIn(f"titan: WARNING: {warning}\n", shown.stderr.decode())
+        self.assertIn("  text frames: on\n", shown.stdout.decode())
 
     def test_a_client_of_another_user_is_refused(self):
         if os.geteuid() != 0 or shutil.which("setpriv") is None:

@@ -487,8 +487,8 @@ class MasterProtocol(RpcProtocol):
         return self.master.cancel(_require(body, "job_id"))
 
     def op_LIST_WORKERS(self, body: dict) -> dict:
-        warning = self.master.legacy.warning()  # `titan workers` shows it
-        return {"workers": self.master.list_workers(), "warnings": [warning] if warning else []}
+        # `titan workers` says them every time.
+        return {"workers": self.master.list_workers(), "warnings": self.master.warnings()}
 
     def op_LIST_JOBS(self, body: dict) -> dict:
         return {"jobs": self.master.list_jobs(body.get("state"), body.get("limit") or 100)}

@@ -1032,4 +1032,17 @@ class MasterService(MultiService):
                 "slots": sum(w.slots for w in workers),
                 "busy": sum(len(w.running) for w in workers),
                 "persistence": self.persistence.describe() if self.persistence else None,
-                "recovery": self.recovery, "text_frames": self.legacy.policy()}
+                "recovery": self.recovery, "text_frames": self.legacy.policy(),
+                "storage": self.storage_problem, "warnings": self.warnings()}
+
+    def warnings(self) -> list[str]:
+        """What every face should say about this master while it holds (`titan status`,
+        `titan workers`): text frames on, a log that cannot be written."""
+        out = []
+        if self.storage_problem is not None:
+            out.append(f"storage unavailable: {self.storage_problem}; changes are refused "
+                       "until the event log can be written again (reads are answered)")
+        warning = self.legacy.warning()
+        if warning:
+            out.append(warning)
+        return out
