@@ -30,8 +30,6 @@ Bounded: each run is about 15 s of wall time, 4 combinations × --runs.
 from __future__ import annotations
 
 import argparse
-import errno
-import json
 import os
 import shutil
 import signal
@@ -42,60 +40,12 @@ import threading
 import time
 from collections import Counter
 
-try:
-    import titan  # noqa: F401
-except ImportError:  # not installed: the checkout this script is in
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import titan  # noqa: F401
-
-from titan.errors import RemoteError, TitanError  # noqa: E402
-from titan.testing.cluster import Cluster  # noqa: E402
+from experiments import Outcome, Submitter, arguments, cluster as make_cluster, \
+    combinations, executions, header, write_json
+from titan.testing.cluster import Cluster
+from titan.testing.disk import fill_up
 
 JOB = 'mkdir -p "{marks}/$TITAN_JOB_ID" && : > "{marks}/$TITAN_JOB_ID/$TITAN_ATTEMPT.$$"'
-
-
-def checkout() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(titan.__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-    except OSError:
-        head = "?"
-    return f"{root} @ {head or '?'}"
-
-
-class Submitter(threading.Thread):
-    """One client: batches of 4 short jobs, riding out errors and the master's restart."""
-
-    def __init__(self, cluster: Cluster, command: str, stop: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self.cluster, self.command, self.stop = cluster, command, stop
-        self.acked: list[str] = []
-        self.refused: Counter = Counter()
-        self.reconnects = 0
-
-    def run(self) -> None:
-        client, previous = None, []
-        while not self.stop.is_set():
-            try:
-                if client is None:
-                    client = self.cluster.client(timeout=20.0)
-                ids = client.submit_many([["sh", "-c", self.command] for _ in range(4)])
-                self.acked += ids
-                if previous:
-                    client.wait_many(previous, timeout=3)
-                previous = ids
-            except RemoteError as e:
-                self.refused[e.code] += 1
-                time.sleep(0.05)
-            except (TitanError, OSError):
-                self.reconnects += 1
-                if client is not None:
-                    client.close()
-                client = None
-                time.sleep(0.1)
-        if client is not None:
-            client.close()
 
 
 class Filler(threading.Thread):
@@ -111,15 +61,7 @@ class Filler(threading.Thread):
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             while not self.stop.is_set():
-                for chunk in (1 << 20, 1 << 12, 1):
-                    block = b"\0" * chunk
-                    while True:
-                        try:
-                            os.write(fd, block)
-                        except OSError as e:
-                            if e.errno != errno.ENOSPC:
-                                raise
-                            break
+                fill_up(fd)
                 self.filled.set()
                 self.stop.wait(0.05)
         finally:
@@ -129,20 +71,6 @@ class Filler(threading.Thread):
         self.stop.set()
         self.join(10)
         os.unlink(self.path)
-
-
-def retrying(cluster: Cluster, call, timeout: float = 90.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with cluster.client() as c:
-                return call(c)
-        except RemoteError:
-            raise
-        except (TitanError, OSError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def restart(cluster: Cluster, data_dir: str) -> str:
@@ -174,11 +102,11 @@ def one_run(backend: str, fsync: str, clients: int, full: float, size_mb: int,
     os.makedirs(data_dir)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0700", "tmpfs",
                     data_dir], check=True)
-    cluster = Cluster(base, workers=2, slots=4, heartbeat_interval=0.3,
-                      heartbeat_timeout=4.0, fixed_port=True,
-                      config_extra=f"persistence:\n  backend: {backend}\n  fsync: {fsync}\n")
+    cluster = make_cluster(base, backend, fsync)
     stop = threading.Event()
-    threads = [Submitter(cluster, JOB.format(marks=marks), stop) for _ in range(clients)]
+    command = JOB.format(marks=marks)
+    threads = [Submitter(cluster, lambda: [["sh", "-c", command] for _ in range(4)], stop,
+                         refused_pause=0.05, timeout=20.0) for _ in range(clients)]
     started = time.monotonic()
     unstartable = ""
     try:
@@ -203,42 +131,22 @@ def one_run(backend: str, fsync: str, clients: int, full: float, size_mb: int,
         stop.set()
         for t in threads:
             t.join(60)
-        acked = [job_id for t in threads for job_id in t.acked]
-
-        def states(c) -> dict:
-            out = {}
-            for job_id in acked:
-                try:
-                    out[job_id] = c.job(job_id)["state"]
-                except RemoteError as e:
-                    if e.code != "not_found":
-                        raise
-                    out[job_id] = None
-            return out
-
-        known = retrying(cluster, states)
-        lost = sorted(j for j, s in known.items() if s is None)
-        alive = [j for j, s in known.items() if s is not None]
-        ended = retrying(cluster, lambda c: c.wait_many(alive, timeout=60), timeout=120) \
-            if alive else []
-        unfinished = [j["job_id"] for j in ended
-                      if j["state"] not in ("COMPLETED", "FAILED", "DEAD", "CANCELLED")]
+        out = Outcome(cluster, threads)
         seconds = time.monotonic() - started
     finally:
         stop.set()
         cluster.stop()
         subprocess.run(["umount", "-l", data_dir], check=False)
-    double = [j for j in os.listdir(marks) if len(os.listdir(os.path.join(marks, j))) > 1]
+    double = [j for j, runs in executions(marks).items() if len(runs) > 1]
     result = {
         "backend": backend, "fsync": fsync,
         "kill": "while full" if kill_while_full else "after freeing",
-        "acknowledged": len(acked), "lost": len(lost), "double": len(double),
-        "unfinished": len(unfinished), "unstartable": unstartable,
-        "refused": dict(sum((t.refused for t in threads), Counter())),
-        "reconnects": sum(t.reconnects for t in threads),
-        "seconds": round(seconds, 1), "examples": {"lost": lost[:3], "double": double[:3]},
+        "acknowledged": len(out.acked), "lost": len(out.lost), "double": len(double),
+        "unfinished": len(out.unfinished), "unstartable": unstartable,
+        "refused": out.refused, "reconnects": out.reconnects,
+        "seconds": round(seconds, 1), "examples": {"lost": out.lost[:3], "double": double[:3]},
     }
-    if not (lost or double or unstartable):
+    if not (out.lost or double or unstartable):
         shutil.rmtree(base, ignore_errors=True)
     else:
         result["kept"] = base
@@ -247,38 +155,30 @@ def one_run(backend: str, fsync: str, clients: int, full: float, size_mb: int,
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs", type=int, default=2, help="runs per backend and policy (2)")
-    p.add_argument("--clients", type=int, default=3, help="submitting clients (3)")
+    arguments(p)
     p.add_argument("--full", type=float, default=3.0, help="seconds the disk stays full (3)")
     p.add_argument("--size-mb", type=int, default=16, help="the tmpfs's size (16)")
-    p.add_argument("--backends", default="aof,sqlite")
-    p.add_argument("--fsync", default="always,everysec")
-    p.add_argument("--json", metavar="FILE", help="also write every run's figures to FILE")
     args = p.parse_args()
     if os.geteuid() != 0:
         print("bench/faults.py mounts a tmpfs for the master's data dir: run it as root",
               file=sys.stderr)
         return 2
-    print(f"titan: {checkout()}")
-    print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"host: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}", flush=True)
+    header()
     results, totals = [], {}
-    for backend in args.backends.split(","):
-        for fsync in args.fsync.split(","):
-            for n in range(args.runs):
-                r = one_run(backend, fsync, args.clients, args.full, args.size_mb,
-                            kill_while_full=bool(n % 2))
-                results.append(r)
-                print(f"{backend:7} {fsync:9} run {n + 1} (kill {r['kill']}): "
-                      f"{r['acknowledged']:5} acknowledged, lost {r['lost']}, double "
-                      f"{r['double']}, unfinished {r['unfinished']}, refused {r['refused']}, "
-                      f"{r['seconds']} s"
-                      + (f"\n    did not start: {r['unstartable']}" if r["unstartable"] else "")
-                      + (f"  [kept {r['kept']}]" if "kept" in r else ""), flush=True)
-                t = totals.setdefault((backend, fsync), Counter())
-                t.update({k: r[k] for k in ("acknowledged", "lost", "double", "unfinished")})
-                t["unstartable"] += bool(r["unstartable"])
-                t["runs"] += 1
+    for backend, fsync, n in combinations(args):
+        r = one_run(backend, fsync, args.clients, args.full, args.size_mb,
+                    kill_while_full=bool(n % 2))
+        results.append(r)
+        print(f"{backend:7} {fsync:9} run {n + 1} (kill {r['kill']}): "
+              f"{r['acknowledged']:5} acknowledged, lost {r['lost']}, double "
+              f"{r['double']}, unfinished {r['unfinished']}, refused {r['refused']}, "
+              f"{r['seconds']} s"
+              + (f"\n    did not start: {r['unstartable']}" if r["unstartable"] else "")
+              + (f"  [kept {r['kept']}]" if "kept" in r else ""), flush=True)
+        t = totals.setdefault((backend, fsync), Counter())
+        t.update({k: r[k] for k in ("acknowledged", "lost", "double", "unfinished")})
+        t["unstartable"] += bool(r["unstartable"])
+        t["runs"] += 1
     print()
     print(f"{'backend':8}{'fsync':10}{'runs':>5}{'acked':>8}{'lost':>6}{'double':>8}"
           f"{'unstartable':>12}{'unfinished':>11}")
@@ -287,9 +187,7 @@ def main() -> int:
         print(f"{backend:8}{fsync:10}{t['runs']:5}{t['acknowledged']:8}{t['lost']:6}"
               f"{t['double']:8}{t['unstartable']:12}{t['unfinished']:11}")
         bad += t["lost"] + t["double"] + t["unstartable"]
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"checkout": checkout(), "argv": sys.argv, "runs": results}, f, indent=1)
+    write_json(args.json, results)
     return 1 if bad else 0
 
 

@@ -7,7 +7,6 @@ same rule is then covered in-process by tests/unit/test_storage_outage.py.
 """
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from titan.errors import RemoteError
 from titan.testing.cluster import Cluster
+from titan.testing.disk import fill
 
 
 def mount_tmpfs(path: str, size_mb: int) -> None:
@@ -32,25 +32,6 @@ def mount_tmpfs(path: str, size_mb: int) -> None:
     if done.returncode != 0:
         raise SkipTest(f"cannot mount a tmpfs here ({done.stderr.strip()}); "
                        "tests/unit/test_storage_outage.py covers the same in-process")
-
-
-def fill(directory: str) -> str:
-    """Take every free byte of the filesystem of `directory`: the path of the file."""
-    path = os.path.join(directory, "filler")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (1 << 20, 1 << 12, 1):
-            block = b"\0" * chunk
-            while True:
-                try:
-                    os.write(fd, block)
-                except OSError as e:
-                    if e.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    return path
 
 
 class DiskFullTests(SynchronousTestCase):
@@ -136,6 +117,11 @@ class DiskFullTests(SynchronousTestCase):
         status = c.cli("status", before)
         self.assertEqual(status.returncode, 0, status.stderr)
         self.assertIn("COMPLETED", status.stdout.decode())
+        cluster_status = c.cli("status")  # the cluster's status says what is wrong
+        self.assertTrue(cluster_status.stdout.startswith(b"STORAGE UNAVAILABLE\n"),
+                        cluster_status.stdout)
+        self.assertIn("titan: WARNING: storage unavailable: cannot write ",
+                      cluster_status.stderr.decode())
         with c.client() as t:
             with self.assertRaises(RemoteError) as caught:
                 t.submit(["true"])
@@ -144,6 +130,7 @@ class DiskFullTests(SynchronousTestCase):
         # The master goes on by itself: the held submission is answered, new ones taken.
         self.wait_for(lambda: held, "the held submission's answer")
         self.assertIn("job_id", held, held)
+        self.assertTrue(c.cli("status").stdout.startswith(b"UP\n"))
         with c.client() as t:
             self.assertEqual(t.wait(held["job_id"], timeout=30)["state"], "COMPLETED")
             after = t.submit(["true"])
