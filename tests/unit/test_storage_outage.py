@@ -27,7 +27,7 @@ from titan.protocols.opcodes import Op
 from titan.store.client import StoreError, StoreUnavailable
 from twisted.python.failure import Failure
 from tests.unit.test_master import TOKEN, MasterCase, Peer
-from tests.unit.test_persistence import Faults, FaultyOps, capture_log
+from tests.unit.test_persistence import Faults, FaultyConnection, FaultyOps, capture_log
 
 
 def inline(f, *args) -> defer.Deferred:
@@ -163,7 +163,8 @@ class SQLiteOutageTests(MasterCase):
         self.patch(SQLitePersistence, "_run", lambda backend, f, *a: defer.maybeDeferred(
             f, *a))
         connect = sqlite3.connect
-        self.patch(sqlite3, "connect", lambda *a, **k: _Faulty(connect(*a, **k), self.faults))
+        self.patch(sqlite3, "connect", lambda *a, **k: FaultyConnection(connect(*a, **k),
+                                                                         self.faults))
         self.master = MasterService(self.config, reactor=self.reactor)
         self.master.privilegedStartService()
         self.master.startService()
@@ -183,27 +184,6 @@ class SQLiteOutageTests(MasterCase):
         self.assertEqual(code, Op.ACK)
         self.assertIsNone(self.master.storage_problem)
         self.assertEqual(list(self.master.scheduler.jobs), [reply["result"]["job_id"]])
-
-
-class _Faulty:
-    def __init__(self, db, faults: Faults) -> None:
-        self._db, self._faults = db, faults
-
-    def _check(self, sql: str) -> None:
-        if self._faults.mode and sql.lstrip().upper().startswith(("INSERT", "COMMIT")):
-            self._faults.failures += 1
-            raise sqlite3.OperationalError("database or disk is full")
-
-    def execute(self, sql, *args):
-        self._check(sql)
-        return self._db.execute(sql, *args)
-
-    def executemany(self, sql, rows):
-        self._check(sql)
-        return self._db.executemany(sql, rows)
-
-    def __getattr__(self, name):
-        return getattr(self._db, name)
 
 
 class TextFrameOutageTests(SynchronousTestCase):
