@@ -37,14 +37,19 @@ class ClusterTestCase(SynchronousTestCase):
         return self.cluster.cli(*args, **kwargs)
 
     def wait_for(self, predicate, timeout: float = 20.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}")
-            time.sleep(0.05)
+        return wait_for(self, predicate, timeout, what)
+
+
+def wait_for(case, predicate, timeout: float = 20.0, what: str = "condition"):
+    """predicate()'s value once it is true; `case` fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            case.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
 
 
 def pid_alive(pid: int) -> bool:

@@ -20,6 +20,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from titan.errors import RemoteError
 from titan.testing.cluster import Cluster
 from titan.testing.disk import fill
+from tests.acceptance.helpers import wait_for
 
 
 def mount_tmpfs(path: str, size_mb: int) -> None:
@@ -48,16 +49,6 @@ class DiskFullTests(SynchronousTestCase):
         c.start()
         self.data_dir = data_dir
         return c
-
-    def wait_for(self, predicate, what: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}")
-            time.sleep(0.05)
 
     def held_submit(self, c: Cluster) -> dict:
         """A submission in the background (its answer may be held): {'job_id' | 'error'}."""
@@ -128,7 +119,7 @@ class DiskFullTests(SynchronousTestCase):
             self.assertEqual(caught.exception.code, "storage_unavailable")
         os.unlink(filler)
         # The master goes on by itself: the held submission is answered, new ones taken.
-        self.wait_for(lambda: held, "the held submission's answer")
+        wait_for(self, lambda: held, 30.0, "the held submission's answer")
         self.assertIn("job_id", held, held)
         self.assertTrue(c.cli("status").stdout.startswith(b"UP\n"))
         with c.client() as t:
