@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from contextlib import contextmanager
 from typing import Optional
 
 from twisted.internet import defer, threads
@@ -50,6 +51,21 @@ COMPACTION_PAUSE = 30.0  # seconds without compactions after one failed
 
 class _HeldBack(Exception):
     """A batch queued behind one that failed: not tried, so that the log keeps its order."""
+
+
+@contextmanager
+def _transaction(db):
+    """BEGIN ... COMMIT, rolled back if anything in it fails."""
+    try:
+        db.execute("BEGIN")
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # rolled back already
+        raise
 
 
 def _reason(path: str, error: BaseException) -> str:
@@ -119,33 +135,24 @@ class SQLitePersistence(Availability):
             raise
         self._db = db
 
-    def _transaction(self, sql: str, rows: list[tuple[int, bytes]]) -> None:
+    def _write(self, sql: str, rows: list[tuple[int, bytes]]) -> None:
         if self._db is None:
             self._connect()
-        db = self._db
-        try:
-            db.execute("BEGIN")
+        with _transaction(self._db) as db:
             db.executemany(sql, rows)
-            db.execute("COMMIT")
-        except BaseException:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # rolled back already
-            raise
 
     def _insert(self, rows: list[tuple[int, bytes]]) -> None:
         if self._broken:
             raise _HeldBack()
         try:
-            self._transaction("INSERT INTO events (id, data) VALUES (?, ?)", rows)
+            self._write("INSERT INTO events (id, data) VALUES (?, ?)", rows)
         except BaseException:
             self._broken = True
             raise
 
     def _insert_again(self, rows: list[tuple[int, bytes]]) -> None:
         # OR REPLACE: a COMMIT that reported a failure may have stored its rows all the same.
-        self._transaction("INSERT OR REPLACE INTO events (id, data) VALUES (?, ?)", rows)
+        self._write("INSERT OR REPLACE INTO events (id, data) VALUES (?, ?)", rows)
         self._broken = False
 
     def _checkpoint(self, full: bool) -> None:
@@ -161,19 +168,10 @@ class SQLitePersistence(Availability):
     def _compact(self, snapshot: bytes, upto: int) -> None:
         if self._broken:
             raise StorageUnavailable("records before the snapshot are not stored yet")
-        db = self._db
-        db.execute("BEGIN")
-        try:
+        with _transaction(self._db) as db:
             db.execute("INSERT OR REPLACE INTO snapshot (id, upto, data) VALUES (1, ?, ?)",
                        (upto, snapshot))
             db.execute("DELETE FROM events WHERE id <= ?", (upto,))
-            db.execute("COMMIT")
-        except BaseException:
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
-            raise
 
     def _disconnect(self) -> None:
         if self._db is not None:
@@ -246,10 +244,7 @@ class SQLitePersistence(Availability):
         if self._inserting:  # batches still on their way back: look again after them
             self._probe_in(self._retry_delay)
             return
-        self._failed.extend(self._buffer)
-        self._buffer = []
-        self._failed.sort()
-        rows = list(self._failed)
+        rows = list(self._pending())
         if not rows:
             self._recovered()
             return
@@ -271,6 +266,13 @@ class SQLitePersistence(Availability):
             self._trouble(_reason(self.path, failure.value))
 
         self._run(self._insert_again, rows).addCallbacks(stored, failed)
+
+    def _pending(self) -> list[tuple[int, bytes]]:
+        """Every row not committed (failed, held back or buffered), in id order: _failed."""
+        self._failed.extend(self._buffer)
+        self._buffer = []
+        self._failed.sort()
+        return self._failed
 
     def _stored_through(self) -> int:
         """Every record up to this id is committed."""
@@ -392,10 +394,7 @@ class SQLitePersistence(Availability):
             self._closed(None)
             return done
         if self.unavailable is not None:  # a last try
-            self._failed.extend(self._buffer)
-            self._buffer = []
-            self._failed.sort()
-            rows, self._failed = self._failed, []
+            rows, self._failed = self._pending(), []
 
             def last(_):
                 self._done_upto = max(self._done_upto, rows[-1][0])
