@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from titan.interfaces import CorruptLog, IPersistence, StorageUnavailable
-from titan.persistence.availability import Availability
+from titan.persistence.availability import Availability, why
 
 LOG_MAGIC = b"TITANAOF"
 SNAP_MAGIC = b"TITANSNP"
@@ -46,7 +46,6 @@ POLICIES = ("always", "everysec", "no")
 BATCH = 0x80000000  # set in a frame's length: the payload is a batch of records
 MAX_RECORD = BATCH - 1
 BATCH_BYTES = 1 << 20  # a batch frame holds about this much at most
-COMPACTION_PAUSE = 30.0  # seconds without compactions after one could not start
 
 
 class FileOps:
@@ -54,13 +53,6 @@ class FileOps:
     write = staticmethod(os.write)
     fsync = staticmethod(os.fsync)
     truncate = staticmethod(os.ftruncate)
-
-
-def why(action: str, path: str, error: BaseException) -> str:
-    """One line for an OSError: 'cannot write PATH: No space left on device'."""
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot {action} {path}: {error.strerror}"
-    return f"cannot {action} {path}: {error}"
 
 
 def _fsync_dir(path: str) -> None:
@@ -222,7 +214,6 @@ class AOFPersistence(Availability):
         self._synced = 0  # (always) the current log's size at its last good fsync
         self._written: list[bytes] = []  # (always) records written after _synced
         self._init_availability()
-        self._no_compaction_until = 0.0
 
     # -- files -----------------------------------------------------------------------------
 
@@ -505,7 +496,7 @@ class AOFPersistence(Availability):
                     self._recovered()
                 elif self._retry_call is None and self._closed is None:
                     self._probe_in(0)
-            elif self._waiting and self._fd is not None and self.unavailable is None:
+            elif self._waiting and self._fd is not None:
                 if self._write_buffer():  # what came in meanwhile
                     self._group_fsync()
 
@@ -534,10 +525,9 @@ class AOFPersistence(Availability):
         if self._compacting is not None:
             self._compacting.append(done)
             return done
-        if self.unavailable is not None:
-            return defer.fail(StorageUnavailable(self.unavailable))
-        if self.reactor.seconds() < self._no_compaction_until:
-            return defer.fail(StorageUnavailable("compactions paused after a failure"))
+        refused = self._cannot_compact()
+        if refused is not None:
+            return refused
         if not self._write_buffer():
             return defer.fail(StorageUnavailable(self.unavailable))
         old_gen, old_fd = self._gen, self._fd
@@ -577,11 +567,6 @@ class AOFPersistence(Availability):
         d.addBoth(synced)
         d.addBoth(self._compacted, old_fd, new_gen, len(snapshot))
         return done
-
-    def _pause_compactions(self, reason: str) -> None:
-        self._no_compaction_until = self.reactor.seconds() + COMPACTION_PAUSE
-        self.log.warn("compaction failed ({reason}); the log stays as it was; trying again "
-                      "in {pause:.0f}s", reason=reason, pause=COMPACTION_PAUSE)
 
     def _compacted(self, result, old_fd: int, new_gen: int, size: int) -> None:
         if isinstance(result, Failure):

@@ -36,7 +36,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from titan.interfaces import CorruptLog, IPersistence, StorageUnavailable
-from titan.persistence.availability import Availability
+from titan.persistence.availability import Availability, why
 
 SYNCHRONOUS = {"always": "FULL", "everysec": "NORMAL", "no": "OFF"}
 SCHEMA = """
@@ -46,7 +46,6 @@ CREATE TABLE IF NOT EXISTS snapshot (id INTEGER PRIMARY KEY CHECK (id = 1),
 """
 
 
-COMPACTION_PAUSE = 30.0  # seconds without compactions after one failed
 
 
 class _HeldBack(Exception):
@@ -66,12 +65,6 @@ def _transaction(db):
         except sqlite3.Error:
             pass  # rolled back already
         raise
-
-
-def _reason(path: str, error: BaseException) -> str:
-    if isinstance(error, OSError) and error.strerror:
-        return f"cannot write {path}: {error.strerror}"
-    return f"cannot write {path}: {error}"
 
 
 @implementer(IPersistence)
@@ -98,7 +91,6 @@ class SQLitePersistence(Availability):
         self._failed: list[tuple[int, bytes]] = []  # rows that failed or were held back
         self._broken = False  # (database thread) a batch failed: hold back the next ones
         self._init_availability()
-        self._no_compaction_until = 0.0
         self._checkpoint_trouble = False
         self._flush_call = None
         self._ticker: Optional[LoopingCall] = None
@@ -263,7 +255,7 @@ class SQLitePersistence(Availability):
 
         def failed(failure):
             self._inserting -= 1
-            self._trouble(_reason(self.path, failure.value))
+            self._trouble(why("write", self.path, failure.value))
 
         self._run(self._insert_again, rows).addCallbacks(stored, failed)
 
@@ -338,7 +330,7 @@ class SQLitePersistence(Availability):
             self._failed.extend(batch)
             self._failed.sort()
             if not failure.check(_HeldBack):
-                self._trouble(_reason(self.path, failure.value))
+                self._trouble(why("write", self.path, failure.value))
             elif self.unavailable is None:  # (its cause is reported by the batch before)
                 self._trouble("a batch before it failed")
 
@@ -357,10 +349,9 @@ class SQLitePersistence(Availability):
         return self._run(self._checkpoint, True)
 
     def compact(self, snapshot: bytes) -> defer.Deferred:
-        if self.unavailable is not None:
-            return defer.fail(StorageUnavailable(self.unavailable))
-        if self.reactor.seconds() < self._no_compaction_until:
-            return defer.fail(StorageUnavailable("compactions paused after a failure"))
+        refused = self._cannot_compact()
+        if refused is not None:
+            return refused
         self.sync().addErrback(lambda _: None)
         upto = self._last_id  # the single database thread runs the inserts first
         appended, size = self.appended, self.bytes_since_compaction
@@ -370,10 +361,7 @@ class SQLitePersistence(Availability):
         def failed(failure):
             self.appended += appended
             self.bytes_since_compaction += size
-            self._no_compaction_until = self.reactor.seconds() + COMPACTION_PAUSE
-            self.log.warn("compaction failed ({why}); the log stays as it was; trying again "
-                          "in {pause:.0f}s", why=failure.getErrorMessage(),
-                          pause=COMPACTION_PAUSE)
+            self._pause_compactions(failure.getErrorMessage())
             return failure
 
         return self._run(self._compact, snapshot, upto).addErrback(failed)
