@@ -118,10 +118,7 @@ class RpcProtocol(Protocol):
 
     def resumeProducing(self) -> None:
         was_paused, self.paused = self.paused, False
-        if self._stall_call is not None:
-            if self._stall_call.active():
-                self._stall_call.cancel()
-            self._stall_call = None
+        self._cancel_stall()
         if getattr(self.transport, "disconnecting", False):
             # A closing transport with a producer waits for it: let it finish closing.
             self.transport.unregisterProducer()
@@ -176,6 +173,12 @@ class RpcProtocol(Protocol):
         if done and callback is not None:
             callback()
 
+    def _cancel_stall(self) -> None:
+        if self._stall_call is not None:
+            if self._stall_call.active():
+                self._stall_call.cancel()
+            self._stall_call = None
+
     def _stalled(self) -> None:
         self._stall_call = None
         if not self.paused or not self.connected:
@@ -201,16 +204,18 @@ class RpcProtocol(Protocol):
 
     def close(self) -> None:
         """Close once what was written has gone (a paused producer does not hold it)."""
-        t = self.transport
-        if self.backpressure and getattr(t, "producer", None) is self:
-            t.unregisterProducer()
-        t.loseConnection()
+        self._unregister()
+        self.transport.loseConnection()
+
+    def _unregister(self) -> None:
+        """Stop being the transport's producer (a paused one would hold its closing)."""
+        if self.backpressure and getattr(self.transport, "producer", None) is self:
+            self.transport.unregisterProducer()
 
     def abort(self) -> None:
         """Close now, dropping whatever is unsent."""
         t = self.transport
-        if self.backpressure and getattr(t, "producer", None) is self:
-            t.unregisterProducer()
+        self._unregister()
         self._held.clear()
         abort = getattr(t, "abortConnection", None)
         (abort or t.loseConnection)()
@@ -357,10 +362,7 @@ class RpcProtocol(Protocol):
         self.connected = False
         self._held.clear()
         self._end_stream(done=False)
-        if self._stall_call is not None:
-            if self._stall_call.active():
-                self._stall_call.cancel()
-            self._stall_call = None
+        self._cancel_stall()
         why = reason.getErrorMessage() if reason is not None else "connection closed"
         pending, self._pending = self._pending, {}
         for d in pending.values():
