@@ -24,7 +24,7 @@ from titan.core import events as ev
 from titan.limits import (
     ConnectionLimits, EpisodeLog, Refused, connection_cap, raise_fd_limit)
 from titan.protocols.opcodes import Op, op_name
-from titan.protocols.rpc import RemoteError, RpcProtocol, _rid_of
+from titan.protocols.rpc import RemoteError, RpcProtocol, rid_of
 
 if TYPE_CHECKING:
     from titan.master.service import MasterService
@@ -158,7 +158,7 @@ class MasterProtocol(RpcProtocol):
     def admit_frame(self, frame) -> bool:
         # Before the hello nothing else is even decoded (its rid is read to answer it).
         if self.role is None and frame.opcode not in HELLOS:
-            self.send_error(_rid_of(frame.body), "hello_required",
+            self.send_error(rid_of(frame.body), "hello_required",
                             f"{op_name(frame.opcode)} before HELLO: say HELLO with the cluster "
                             "token first")
             self.close()
@@ -366,13 +366,9 @@ class MasterProtocol(RpcProtocol):
     def _via(self) -> str:
         """The credential and the peer of this connection, for the record of a decision."""
         from titan.master.peer import describe_uid, peer_uid
-        try:
-            host = self.transport.getPeer().host
-        except Exception:
-            host = "?"
         uid = peer_uid(self.transport)
-        return f"cluster token from {host}" + (f", {describe_uid(uid)}" if uid is not None
-                                               else "")
+        return f"cluster token from {self.host()}" + (f", {describe_uid(uid)}"
+                                                      if uid is not None else "")
 
     def op_SET_RESULT(self, body: dict) -> dict:
         job_id = body.get("job_id")

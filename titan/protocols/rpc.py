@@ -231,7 +231,7 @@ class RpcProtocol(Protocol):
     def frame_error(self, problem: FrameError) -> None:
         self.log_frame_error(problem)
         if problem.flags & FLAG_STRUCTURED:
-            self.send_error(_rid_of(problem.body), problem.code, problem.message)
+            self.send_error(rid_of(problem.body), problem.code, problem.message)
         else:
             self.send_text(Op.ERROR, f"ERROR: {problem.message}")
 
@@ -380,7 +380,7 @@ def _is_rid(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _rid_of(body: bytes) -> Any:
+def rid_of(body: bytes) -> Any:
     """The `rid` of a structured body we otherwise refuse, if it has one: found by
     reading the map's keys and skipping every other value unbuilt."""
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=True,
