@@ -49,6 +49,11 @@ _SEQ_SPAN = 1 << 48  # more jobs than a master will ever number: priority outran
 STOPPED_WITH_RUN = "stopped: its run ended"
 
 
+def _live(run: DagRun) -> int:
+    """How many jobs of the run have not ended (services still up, once it has ended)."""
+    return len(run.jobs) - sum(run.counts.get(state, 0) for state in _TERMINAL)
+
+
 def cron_next(cron: str, after: float) -> float:
     """The first time after `after` (epoch seconds) that `cron` names, in UTC."""
     from croniter import croniter
@@ -829,14 +834,14 @@ class Scheduler:
         """Every job of the run has ended, and every service is up or has ended."""
         counts = run.counts
         total = len(run.jobs)
-        live = total - sum(counts.get(state, 0) for state in _TERMINAL)
+        live = _live(run)
         if live:
             # Services still running (or waiting for a worker again): those some job of
             # the run depends on were there for the run and stop with it, unless marked
             # `persist`; the others (no job needs them: the pipeline's product, a reference
             # deploy) go on.
             self._stop_helpers(run, out)
-            live = total - sum(counts.get(state, 0) for state in _TERMINAL)
+            live = _live(run)
         if counts.get(JobState.FAILED, 0) or counts.get(JobState.DEAD, 0):
             run.state = RunState.FAILED
         elif counts.get(JobState.COMPLETED, 0) + live == total:
@@ -935,7 +940,7 @@ class Scheduler:
             run = self.runs.get(run_id)
             if run is None or run.state is RunState.RUNNING:
                 continue
-            if len(run.jobs) != sum(run.counts.get(state, 0) for state in _TERMINAL):
+            if _live(run):
                 # It ended, but a service of it still runs: not yet; look again later.
                 self._finished.append(("run", run_id, len(run.jobs), now))
                 self._finished_jobs += len(run.jobs)
