@@ -50,7 +50,6 @@ from titan.store.client import StoreError, StoreUnavailable
 if TYPE_CHECKING:
     from titan.master.service import MasterService
 
-POLICIES = ("off", "on")
 HITL_INTERVAL = 0.5
 HITL_QUEUE_KEY = "titan:hitl:queue"
 HITL_MESSAGE_PREFIX = "titan:hitl:message:"
