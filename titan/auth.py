@@ -75,8 +75,7 @@ def _mac(cluster_token: str, job_id: str, attempt: int) -> str:
 def is_secret_env(name: str) -> bool:
     """Whether an environment variable holds a cluster secret a job must not inherit."""
     return name.startswith("TITAN_") and (
-        name.endswith("_TOKEN") or name == "TITAN_TOKEN" or "PASSWORD" in name
-        or name.endswith("_TOKEN_FILE"))
+        name.endswith(("_TOKEN", "_TOKEN_FILE")) or "PASSWORD" in name)
 
 
 def without_secrets(env: dict) -> dict:
