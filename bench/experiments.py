@@ -64,6 +64,14 @@ def combinations(args):
                 yield backend, fsync, n
 
 
+def table(totals: dict, columns: list) -> None:
+    """The totals per (backend, fsync), a row each; `columns`: (title, key, width)."""
+    print()
+    print(f"{'backend':8}{'fsync':10}" + "".join(f"{title:>{w}}" for title, _, w in columns))
+    for (backend, fsync), t in totals.items():
+        print(f"{backend:8}{fsync:10}" + "".join(f"{t[key]:{w}}" for _, key, w in columns))
+
+
 def write_json(path: Optional[str], results: list) -> None:
     if path:
         with open(path, "w") as f:

@@ -41,7 +41,7 @@ import time
 from collections import Counter
 
 from experiments import Outcome, Submitter, arguments, cluster as make_cluster, \
-    combinations, executions, header, write_json
+    combinations, executions, header, table, write_json
 from titan.testing.cluster import Cluster
 from titan.testing.disk import fill_up
 
@@ -179,14 +179,10 @@ def main() -> int:
         t.update({k: r[k] for k in ("acknowledged", "lost", "double", "unfinished")})
         t["unstartable"] += bool(r["unstartable"])
         t["runs"] += 1
-    print()
-    print(f"{'backend':8}{'fsync':10}{'runs':>5}{'acked':>8}{'lost':>6}{'double':>8}"
-          f"{'unstartable':>12}{'unfinished':>11}")
-    bad = 0
-    for (backend, fsync), t in totals.items():
-        print(f"{backend:8}{fsync:10}{t['runs']:5}{t['acknowledged']:8}{t['lost']:6}"
-              f"{t['double']:8}{t['unstartable']:12}{t['unfinished']:11}")
-        bad += t["lost"] + t["double"] + t["unstartable"]
+    table(totals, [("runs", "runs", 5), ("acked", "acknowledged", 8), ("lost", "lost", 6),
+                   ("double", "double", 8), ("unstartable", "unstartable", 12),
+                   ("unfinished", "unfinished", 11)])
+    bad = sum(t["lost"] + t["double"] + t["unstartable"] for t in totals.values())
     write_json(args.json, results)
     return 1 if bad else 0
 

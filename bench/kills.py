@@ -36,7 +36,7 @@ import time
 from collections import Counter
 
 from experiments import Outcome, Submitter, arguments, cluster as make_cluster, \
-    combinations, executions, header, write_json
+    combinations, executions, header, table, write_json
 
 JOB = ': > "{marks}/$TITAN_JOB_ID/$TITAN_ATTEMPT.$$"; sleep "$1"'
 SETUP = 'mkdir -p "{marks}/$TITAN_JOB_ID" && '
@@ -124,14 +124,10 @@ def main() -> int:
         t.update({k: r[k] for k in ("acknowledged", "executions", "lost", "double",
                                     "same_attempt", "unfinished")})
         t["runs"] += 1
-    print()
-    print(f"{'backend':8}{'fsync':10}{'runs':>5}{'acked':>8}{'execs':>8}{'lost':>6}"
-          f"{'double':>8}{'same att.':>10}{'unfinished':>11}")
-    bad = 0
-    for (backend, fsync), t in totals.items():
-        print(f"{backend:8}{fsync:10}{t['runs']:5}{t['acknowledged']:8}{t['executions']:8}"
-              f"{t['lost']:6}{t['double']:8}{t['same_attempt']:10}{t['unfinished']:11}")
-        bad += t["lost"] + t["double"] + t["unfinished"]
+    table(totals, [("runs", "runs", 5), ("acked", "acknowledged", 8),
+                   ("execs", "executions", 8), ("lost", "lost", 6), ("double", "double", 8),
+                   ("same att.", "same_attempt", 10), ("unfinished", "unfinished", 11)])
+    bad = sum(t["lost"] + t["double"] + t["unfinished"] for t in totals.values())
     write_json(args.json, results)
     return 1 if bad else 0
 
