@@ -130,6 +130,19 @@ class MasterTests(MasterCase):
         logs = c.result(Op.GET_LOGS, {"job_id": job_id})
         self.assertEqual((logs["data"], logs["offset"], logs["done"]), (b"hi\noops\n", 8, True))
 
+    def test_list_jobs_names_a_bad_state_or_limit(self):
+        # An SDK user's jobs(state="bogus") used to get [] as if no job had that state.
+        c = self.client()
+        c.result(Op.SUBMIT_JOB, {"command": ["true"]})
+        self.assertEqual(len(c.result(Op.LIST_JOBS, {"state": "pending", "limit": 5})["jobs"]),
+                         1)
+        for body, says in (({"state": "bogus"}, "no job state 'bogus'; the states are PENDING"),
+                           ({"limit": 0}, "limit must be a whole number of at least 1, not 0"),
+                           ({"limit": "9"}, "not '9'")):
+            op, reply = c.reply(c.send(Op.LIST_JOBS, body))
+            self.assertEqual((op, reply["code"]), (Op.ERROR, "bad_request"))
+            self.assertIn(says, reply["message"])
+
     def test_wait_is_a_bounded_long_poll(self):
         w = self.worker("w1")
         c = self.client()

@@ -487,7 +487,8 @@ class MasterProtocol(RpcProtocol):
         return {"workers": self.master.list_workers(), "warnings": self.master.warnings()}
 
     def op_LIST_JOBS(self, body: dict) -> dict:
-        return {"jobs": self.master.list_jobs(body.get("state"), body.get("limit") or 100)}
+        limit = body.get("limit")
+        return {"jobs": self.master.list_jobs(body.get("state"), 100 if limit is None else limit)}
 
     def op_STATS_JSON(self, body: dict) -> dict:
         return self.master.stats()

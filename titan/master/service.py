@@ -1016,12 +1016,20 @@ class MasterService(MultiService):
             views.append(view)
         return views
 
-    def list_jobs(self, state: Optional[str], limit: int) -> list:
+    def list_jobs(self, state: Optional[str], limit: Any) -> list:
+        """The latest `limit` jobs, of one state if `state` names one."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise RemoteError("bad_request", f"limit must be a whole number of at least 1, "
+                                             f"not {limit!r}")
         jobs = self.scheduler.jobs.values()
         if state:
-            jobs = [j for j in jobs if j.state.value == state.upper()]
+            wanted = state.upper() if isinstance(state, str) else None
+            if wanted not in JobState.__members__:
+                raise RemoteError("bad_request", f"no job state {state!r}; the states are "
+                                                 f"{', '.join(JobState.__members__)}")
+            jobs = [j for j in jobs if j.state.value == wanted]
         now = self.now()
-        return [job_view(self.scheduler, j, now) for j in list(jobs)[-int(limit):]]
+        return [job_view(self.scheduler, j, now) for j in list(jobs)[-limit:]]
 
     def stats(self) -> dict:
         counts: dict[str, int] = {s.value: 0 for s in JobState}
