@@ -2,7 +2,9 @@
 the master's client."""
 from __future__ import annotations
 
+import io
 import os
+import sys
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -42,3 +44,22 @@ class MasterSideTests(SynchronousTestCase):
         client = StoreClient("redis://:own@127.0.0.1:1/0", reactor=clock, password="s3cret")
         self.addCleanup(client.close)
         self.assertEqual(client.options["password"], "own")
+
+
+class StoreOptionsTests(SynchronousTestCase):
+    def parse(self, *argv: str) -> tuple:
+        from titan.store.tap import Options
+        err = io.StringIO()
+        options = Options()
+        self.patch(sys, "stderr", err)
+        options.parseOptions(["--data-dir", self.mktemp(), *argv])
+        return options.config.password, err.getvalue()
+
+    def test_a_password_on_the_command_line_is_warned_about(self):
+        password, said = self.parse("--password", "hunter2")
+        self.assertEqual(password, "hunter2")
+        self.assertIn("--password on the command line is visible to every local user", said)
+
+    def test_the_environment_is_quiet(self):
+        self.patch(os, "environ", dict(os.environ, TITAN_STORE_PASSWORD="hunter2"))
+        self.assertEqual(self.parse(), ("hunter2", ""))

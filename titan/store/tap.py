@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from twisted.python import usage
 
@@ -20,7 +21,8 @@ class Options(usage.Options):
         ["listen", "l", None, "Twisted endpoint to listen on "
                               "(default tcp:6379:interface=127.0.0.1)."],
         ["data-dir", "d", None, "Directory for the append-only file (default ~/.titan/store)."],
-        ["password", None, None, "Clients must AUTH with this password."],
+        ["password", None, None, "Clients must AUTH with this password.  Visible to every "
+                                 "local user (ps): prefer $TITAN_STORE_PASSWORD."],
         ["fsync", None, None, f"When the file is synced: {', '.join(FSYNC)} "
                               f"(default everysec)."],
     ]
@@ -34,6 +36,10 @@ class Options(usage.Options):
             raise SystemExit(f"titan-store: {e}")
         if self["fsync"] is not None and self["fsync"] not in FSYNC:
             raise usage.UsageError(f"--fsync must be one of {', '.join(FSYNC)}")
+        if self["password"]:
+            print("titan-store: warning: --password on the command line is visible to every "
+                  "local user (ps); use $TITAN_STORE_PASSWORD instead", file=sys.stderr,
+                  flush=True)
         password = self["password"] or os.environ.get("TITAN_STORE_PASSWORD") or None
         config = config.override("store", listen=self["listen"], data_dir=self["data-dir"],
                                  password=password, fsync=self["fsync"])
