@@ -15,7 +15,7 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from titan.errors import RemoteError, TitanError
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RpcProtocol
-from titan.sdk.client import TERMINAL, submit_body
+from titan.sdk.client import CONNECT_TIMEOUT, TERMINAL, submit_body
 from titan.sdk.connection import cluster_token, master_address
 from titan.sdk.watch import RunFollower, batch_bodies, check_ids, chunks, expand
 
@@ -52,16 +52,33 @@ class AsyncClient:
             raise TitanError("no cluster token: pass token=, or set TITAN_TOKEN")
         proto = ClientProtocol()
         proto.clock = reactor
+        where = f"{host}:{port}"
         try:
-            await connectProtocol(HostnameEndpoint(reactor, host, port), proto)
+            await connectProtocol(HostnameEndpoint(reactor, host, port,
+                                                   timeout=CONNECT_TIMEOUT), proto)
         except Exception as e:
-            raise TitanError(f"cannot reach the master at {host}:{port}: {e}") from None
+            raise TitanError(f"cannot reach the master at {where}: {e}") from None
         client = cls(proto)
         try:
-            await client.call(Op.HELLO, {"token": token, "client": "titan-async"})
+            # A master answers the HELLO at once; waiting longer only hides a wrong address.
+            hello = await client.call(Op.HELLO, {"token": token, "client": "titan-async"},
+                                      timeout=CONNECT_TIMEOUT)
         except RemoteError as e:
-            raise TitanError(f"the master at {host}:{port} refused this client: "
+            proto.transport.loseConnection()
+            raise TitanError(f"the master at {where} refused this client: "
                              f"{e.message}") from None
+        except defer.TimeoutError:
+            proto.transport.abortConnection()
+            raise TitanError(f"{where} is not a Titan master: no answer to the HELLO within "
+                             f"{CONNECT_TIMEOUT:g} s") from None
+        except Exception as e:  # the connection closed, or the answer was not a frame
+            proto.transport.abortConnection()
+            raise TitanError(f"{where} is not a Titan master (or not a working one): "
+                             f"{e}") from None
+        if not isinstance(hello, dict) or hello.get("server") != "titan-master":
+            proto.transport.loseConnection()
+            raise TitanError(f"{where} is not a Titan master: it answered the HELLO as "
+                             f"{hello!r:.80}")
         return client
 
     def call(self, opcode: int, body: Optional[dict] = None,
