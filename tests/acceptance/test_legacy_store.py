@@ -332,30 +332,30 @@ class LegacyStoreTests(LegacyChecks, ClusterTestCase):
                          ("store", f"titan:hitl:status:{gate} set to APPROVED"))
         self.assertEqual(self.redis("GET", L.hitl_key(gate)), "APPROVED\n")
 
-    def test_an_approval_right_after_the_parent_completes_is_not_lost(self):
-        gate = "hitl-gate-prompt"
-        # The last thing the parent does: the gate starts waiting a moment later, well
-        # inside the mirror's half-second period.
+    def decided_as_the_parent_ends(self, gate: str, verdict: str) -> dict:
+        """The parent writes `verdict` to the gate's key as the last thing it does: the gate
+        starts waiting a moment later, well inside the mirror's half-second period.  The
+        states the gate and its child end in; the key keeps the verdict."""
         self.gated_by_parent(gate, f"""\
             from titan.sdk.legacy_client import LegacyClient
-            print(LegacyClient().kv_set("titan:hitl:status:{gate}", "APPROVED"))
+            print(LegacyClient().kv_set("titan:hitl:status:{gate}", "{verdict}"))
             """)
         states = self.wait_ended(f"DAG-{gate}", f"DAG-{gate}-child", timeout=30)
+        self.assertEqual(self.redis("GET", L.hitl_key(gate)), f"{verdict}\n")
+        return states
+
+    def test_an_approval_right_after_the_parent_completes_is_not_lost(self):
+        gate = "hitl-gate-prompt"
+        states = self.decided_as_the_parent_ends(gate, "APPROVED")
         self.assertEqual(states, {f"DAG-{gate}": "COMPLETED",
                                   f"DAG-{gate}-child": "COMPLETED"})
         self.assertEqual(self.structured(gate)["decision"]["by"], "store")
-        self.assertEqual(self.redis("GET", L.hitl_key(gate)), "APPROVED\n")
 
     def test_a_rejection_right_after_the_parent_completes_is_not_lost(self):
         gate = "hitl-gate-nay"
-        self.gated_by_parent(gate, f"""\
-            from titan.sdk.legacy_client import LegacyClient
-            print(LegacyClient().kv_set("titan:hitl:status:{gate}", "REJECTED"))
-            """)
-        states = self.wait_ended(f"DAG-{gate}", f"DAG-{gate}-child", timeout=30)
+        states = self.decided_as_the_parent_ends(gate, "REJECTED")
         self.assertEqual(states, {f"DAG-{gate}": "CANCELLED",
                                   f"DAG-{gate}-child": "CANCELLED"})
-        self.assertEqual(self.redis("GET", L.hitl_key(gate)), "REJECTED\n")
 
     # -- B8: a Titan pipeline's hitl_message gate, under the reference's name -----------------
 
