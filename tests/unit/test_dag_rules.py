@@ -605,3 +605,18 @@ class PriorityAcrossRunsTests(SynchronousTestCase):
             order.append(key)
             h.finish(key)
         self.assertEqual(order, ["first/a", "first/b", "second/x", "second/y"])
+
+    def test_priority_holds_across_runs_whose_jobs_wait_in_different_queues(self):
+        # Jobs with different tags wait in queues of their own; the slot still goes to the
+        # highest priority, then to the earliest submitted, whatever queue holds them.
+        h = DagHarness()
+        h.dag("plain", [job("p1"), job("p2")])
+        h.dag("gpu", [job("g1", tags=["gpu"], priority=5), job("g2", tags=["gpu"])])
+        h.dag("cuda", [job("c1", tags=["gpu", "cuda"], priority=5)])
+        h.join("w1", slots=1, tags=["gpu", "cuda"])
+        order = []
+        for _ in range(5):
+            (key,) = h.running()
+            order.append(key)
+            h.finish(key)
+        self.assertEqual(order, ["gpu/g1", "cuda/c1", "plain/p1", "plain/p2", "gpu/g2"])
