@@ -12,7 +12,7 @@ import zlib
 
 import msgpack
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
@@ -1142,16 +1142,25 @@ class GroupCommitTests(AOFFilesMixin, TestCase):
         await backend.close()
         self.assertEqual(self.aof().load(), (b"state 2", [b"last"]))
 
-    async def test_everysec_syncs_once_a_second(self):
+    def test_everysec_syncs_once_a_second(self):
+        # A Clock stands for the reactor: the second passes when the test says so.
+        clock = Clock()
         held = Held()
-        backend = self.aof(fsync="everysec", blocking=held)
+        backend = self.aof(fsync="everysec", blocking=held, reactor=clock)
         backend.load()
-        self.successResultOf(backend.append(b"a"))
-        await deferLater(reactor, 1.1, lambda: None)
+        self.successResultOf(backend.append(b"a"))  # everysec: acknowledged at once
+        clock.advance(0)  # the group write
+        clock.advance(0.99)
+        self.assertEqual(held.names(), [])  # no fsync before the second is up
+        clock.advance(0.01)
+        self.assertEqual(held.names(), ["fsync"])
+        held.release()
+        clock.advance(1.0)  # and one more a second later
         self.assertEqual(held.names(), ["fsync"])
         held.release()
         d = backend.close()
         self.successResultOf(d)
+        self.assertEqual(self.aof().load()[1], [b"a"])
 
 
 # -- the master's codec ------------------------------------------------------------------------
