@@ -510,10 +510,11 @@ class Scheduler:
         """Is `attempt` the run of `job` that was given up for lost with its worker?
 
         A requeued job waits (PENDING, queued) and keeps the number of the attempt that was
-        lost; a report about any other attempt (say a repeated report of an earlier failure)
-        is stale."""
+        lost, unfinished (`_requeue`); a report about any other attempt is stale, and so is
+        a repeated report of an attempt that ended (a job queued for its retry keeps the
+        failed attempt's number: it must not fail twice for it)."""
         return (job is not None and job.state is JobState.PENDING and job.queued
-                and job.attempt > 0 and attempt == job.attempt)
+                and job.attempt > 0 and attempt == job.attempt and job.finished_at is None)
 
     def _heartbeat(self, e: ev.WorkerHeartbeat, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
@@ -993,6 +994,7 @@ class Scheduler:
         job.worker_id = None
         job.reason = reason
         job.started_at = None
+        job.finished_at = None  # its attempt did not end: a late report of it counts (_lost)
         self._set_state(job, JobState.PENDING, out)
         self._enqueue(job)
 
