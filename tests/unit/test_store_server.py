@@ -164,6 +164,19 @@ class Harness:
         return client
 
 
+async def until(test: unittest.TestCase, predicate, what: str, timeout: float = 10.0):
+    """The first true value of `predicate()` (a value or a Deferred), the reactor running
+    meanwhile; `test` fails after `timeout` seconds saying what never came."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        value = await defer.maybeDeferred(predicate)
+        if value:
+            return value
+        if reactor.seconds() > deadline:
+            test.fail(f"timed out after {timeout:g}s waiting for {what}")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
 class ServiceTests(unittest.TestCase):
     timeout = 60
 
@@ -234,7 +247,9 @@ class ServiceTests(unittest.TestCase):
         client = self.harness.client()
         for i in range(100):
             yield client.set(f"k{i % 10}", "x" * 500)
-        yield deferLater(reactor, 0.2, lambda: None)
+        # 50 kB went to the log: a compaction started on the way; wait for it to end.
+        if self.harness.service._compacting is not None:
+            yield self.harness.service._compacting
         self.assertGreaterEqual(self.harness.service.compactions, 1)
         yield self.harness.stop()
         self.harness.start()
@@ -259,7 +274,8 @@ class ServiceTests(unittest.TestCase):
         self.harness.start()
         client = self.harness.client()
         yield self.fill(client)
-        yield deferLater(reactor, 0.02, lambda: None)  # `gone` (1 ms) is gone
+        # Not synchronisation: `gone`'s 1 ms must run out before check() looks at it.
+        yield deferLater(reactor, 0.02, lambda: None)
         yield self.check(client)
         yield self.harness.stop()
         self.harness.start()
@@ -272,10 +288,13 @@ class ServiceTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_expiry_is_swept(self):
         client = self.harness.client()
+        db = self.harness.service.store.db
         for i in range(50):
             yield client.set(f"k{i}", "v", px=20)
-        yield deferLater(reactor, 0.4, lambda: None)
-        self.assertEqual(self.harness.service.store.db.dbsize(), 0)
+        # dbsize counts keys not swept yet, expired or not: nobody reads them here.
+        yield defer.ensureDeferred(until(self, lambda: db.dbsize() == 0,
+                                         "the sweep to take the 50 expired keys"))
+        self.assertEqual(db.expired_keys, 50)
 
     @defer.inlineCallbacks
     def test_client_reconnects_and_resubscribes(self):
@@ -286,15 +305,19 @@ class ServiceTests(unittest.TestCase):
         yield client.psubscribe("c*", lambda ch, m: got.append(b"p:" + m))
         yield client.set("k", "v")
         yield self.harness.stop()
-        yield deferLater(reactor, 0.3, lambda: None)  # the client sees the loss
+        # The client has seen both connections go: the GET below waits for a new one.
+        yield defer.ensureDeferred(until(
+            self, lambda: client._proto is None and client._sub_proto is None,
+            "the client to see the store go"))
         pending = client.get("k")  # waits for the store to come back
         self.harness.start(port)
         self.assertEqual((yield pending), b"v")
-        for _ in range(100):  # the subscriber connection comes back too
-            if (yield client.publish("ch", "again")) == 2:
-                break
-            yield deferLater(reactor, 0.05, lambda: None)
-        yield deferLater(reactor, 0.1, lambda: None)
+        # The subscriber connection comes back too, with both subscriptions.
+        yield defer.ensureDeferred(until(
+            self, lambda: client.publish("ch", "again").addCallback(lambda n: n == 2),
+            "the channel and the pattern to be subscribed again"))
+        yield defer.ensureDeferred(until(self, lambda: len(got) >= 2,
+                                         "both messages"))
         self.assertEqual(sorted(got), [b"again", b"p:again"])
 
     @defer.inlineCallbacks
