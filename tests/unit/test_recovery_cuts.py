@@ -26,6 +26,12 @@ from titan.core.codec import decode_events, encode_event, persisted
 from titan.core.dag import parse_dag
 from titan.core.model import JobState, RunState, WorkerState
 from titan.core.scheduler import pending_timers, restore, snapshot
+from titan.config import Config, MasterConfig, PersistenceConfig
+from titan.master.service import MasterService
+from titan.persistence.aof import LogFile
+from titan.protocols.opcodes import Op
+from twisted.internet.testing import MemoryReactorClock
+from tests.unit.test_master import TOKEN, Peer
 from tests.unit.test_scheduler import Harness, dispatched, kills
 
 RUN = "dia-1"
@@ -537,3 +543,270 @@ class RepeatedReportTests(SynchronousTestCase):
         out = h.join("w2", finished=[ev.JobReport("b", 2, 0)])
         self.assertEqual((h.state("b"), h.job("b").attempt), (JobState.COMPLETED, 2))
         self.assertEqual((dispatched(out), ended(out, "b")), ([], [JobState.COMPLETED]))
+
+    def test_an_end_said_again_counts_once(self):
+        """A's end was recorded and b was let go; the report comes again on two reconnects
+        and after a restart: a stays COMPLETED, announced once; b is not dispatched again."""
+        h = Harness(**OPTIONS)
+        log = h.recording()
+        h.join("w1")
+        h.apply(ev.DagSubmitted("d-1", parse_dag(
+            {"name": "d", "jobs": [{"id": "a", "command": ["true"]},
+                                   {"id": "b", "command": ["true"], "depends_on": ["a"]}]})))
+        first = h.finish("d-1/a")
+        self.assertEqual((ended(first, "d-1/a"), dispatched(first)),
+                         ([JobState.COMPLETED], [("d-1/b", "w1", 1)]))
+        again = ev.JobReport("d-1/a", 1, 0)
+        for _ in range(2):
+            h.disconnect("w1")
+            out = h.join("w1", running=[ev.JobReport("d-1/b", 1)], finished=[again])
+            self.assertEqual((ended(out, "d-1/a"), dispatched(out), kills(out)), ([], [], []))
+            self.assertEqual((h.state("d-1/b"), h.job("d-1/b").parents_left),
+                             (JobState.RUNNING, 0))
+        r = restarted(h, log)
+        out = r.join("w1", running=[ev.JobReport("d-1/b", 1)], finished=[again])
+        self.assertEqual((ended(out, "d-1/a"), dispatched(out), kills(out)), ([], [], []))
+        self.assertEqual((r.state("d-1/a"), r.state("d-1/b"), r.job("d-1/b").attempt),
+                         (JobState.COMPLETED, JobState.RUNNING, 1))
+        self.assertEqual(r.s.runs["d-1"].counts[JobState.COMPLETED], 1)
+        out = r.finish("d-1/b")
+        self.assertEqual(ended(out, "d-1/b"), [JobState.COMPLETED])
+        self.assertEqual(r.s.runs["d-1"].state, RunState.COMPLETED)
+
+
+class RestartTests(SynchronousTestCase):
+    """What a restarted master makes of each account a returning worker can give of a job
+    the log has RUNNING on it: ended, still running, or nothing (the worker restarted)."""
+
+    def crashed(self, **b_options) -> tuple[Harness, list]:
+        """w1 runs d-1/a (the parent of d-1/c), w2 runs b; then the master dies."""
+        h = Harness(**OPTIONS)
+        log = h.recording()
+        h.join("w1")
+        h.apply(ev.DagSubmitted("d-1", parse_dag(
+            {"name": "d", "jobs": [{"id": "a", "command": ["true"]},
+                                   {"id": "c", "command": ["true"], "depends_on": ["a"]}]})))
+        h.join("w2")
+        h.submit("b", **b_options)
+        self.assertEqual({j: (h.job(j).worker_id, h.job(j).attempt) for j in ("d-1/a", "b")},
+                         {"d-1/a": ("w1", 1), "b": ("w2", 1)})
+        return h, log
+
+    def test_the_workers_are_disconnected_and_their_jobs_still_running(self):
+        h, log = self.crashed()
+        r = restarted(h, log)
+        changes = [(d.worker_id, d.state, d.reason) for d in r.log
+                   if isinstance(d, ev.WorkerChanged)]
+        self.assertEqual(changes, [("w1", WorkerState.DISCONNECTED, "master restarted"),
+                                   ("w2", WorkerState.DISCONNECTED, "master restarted")])
+        self.assertEqual({j: (r.state(j), r.job(j).worker_id) for j in ("d-1/a", "b")},
+                         {"d-1/a": (JobState.RUNNING, "w1"), "b": (JobState.RUNNING, "w2")})
+        self.assertEqual(r.waiting("d-1/c"), "waiting for a")
+
+    def test_reported_finished(self):
+        h, log = self.crashed()
+        r = restarted(h, log)
+        out = r.join("w1", finished=[ev.JobReport("d-1/a", 1, 0)])
+        self.assertEqual(ended(out, "d-1/a"), [JobState.COMPLETED])
+        self.assertEqual(dispatched(out), [("d-1/c", "w1", 1)])  # the child, not a again
+        self.assertEqual(r.s.workers["w1"].completed, 1)
+        out = r.join("w2", finished=[ev.JobReport("b", 1, 0)])
+        self.assertEqual((ended(out, "b"), dispatched(out)), ([JobState.COMPLETED], []))
+
+    def test_reported_failed(self):
+        h, log = self.crashed(retries=1)
+        r = restarted(h, log)
+        out = r.join("w1", finished=[ev.JobReport("d-1/a", 1, 2)])
+        self.assertEqual((r.state("d-1/a"), r.state("d-1/c"), r.job("d-1/c").reason),
+                         (JobState.FAILED, JobState.CANCELLED, "cancelled: a FAILED"))
+        self.assertEqual(r.s.runs["d-1"].state, RunState.FAILED)
+        out = r.join("w2", finished=[ev.JobReport("b", 1, 1)])
+        self.assertEqual((r.state("b"), r.job("b").failures, r.job("b").reason, dispatched(out)),
+                         (JobState.PENDING, 1, "exit 1", []))  # a retry, after its backoff
+        r.advance(1.0, beating=["w1", "w2"])
+        self.assertEqual((r.state("b"), r.job("b").attempt), (JobState.RUNNING, 2))
+
+    def test_reported_running(self):
+        h, log = self.crashed()
+        r = restarted(h, log)
+        out = r.join("w1", running=[ev.JobReport("d-1/a", 1)])
+        self.assertEqual((dispatched(out), kills(out)), ([], []))
+        self.assertEqual((r.state("d-1/a"), r.job("d-1/a").worker_id, r.job("d-1/a").attempt),
+                         (JobState.RUNNING, "w1", 1))
+        self.assertEqual(r.running_on("w1"), {"d-1/a"})
+        r.submit("z")  # w1's one slot is a's
+        self.assertEqual((r.state("z"), r.waiting("z")), (JobState.PENDING, "waiting for a free slot"))
+        out = r.finish("d-1/a")
+        self.assertEqual(dispatched(out), [("d-1/c", "w1", 1)])
+
+    def test_reported_neither(self):
+        """The worker restarted too: what the log has running there runs again, with the
+        next attempt number and no retry spent."""
+        h, log = self.crashed()
+        r = restarted(h, log)
+        out = r.join("w1")
+        self.assertEqual(dispatched(out), [("d-1/a", "w1", 2)])
+        self.assertEqual((r.job("d-1/a").failures, r.job("d-1/a").reason),
+                         (0, "its worker no longer had it"))
+
+    def test_a_job_the_log_does_not_have_is_stopped(self):
+        """Its submission was lost with the crash (its client got no id): stopped."""
+        h, log = self.crashed()
+        r = restarted(h, log)
+        out = r.join("w1", running=[ev.JobReport("d-1/a", 1), ev.JobReport("ghost", 1)])
+        self.assertEqual([(d.job_id, d.attempt, d.reason) for d in out if isinstance(d, ev.Kill)],
+                         [("ghost", 1, "unknown to the master")])
+        self.assertEqual(r.state("d-1/a"), JobState.RUNNING)
+
+    def test_a_worker_that_never_returns(self):
+        """Each worker gets a full heartbeat timeout from the restart, however long the
+        master was down; then its jobs run elsewhere, no retry spent."""
+        h, log = self.crashed()
+        r = restarted(h, log, outage=30.0)  # longer than the timeout
+        r.join("w1", running=[ev.JobReport("d-1/a", 1)])
+        r.advance(9.0, beating=["w1"])
+        self.assertEqual((r.state("b"), r.s.workers["w2"].state),
+                         (JobState.RUNNING, WorkerState.DISCONNECTED))
+        r.advance(2.0, beating=["w1"])
+        self.assertNotIn("w2", r.s.workers)
+        self.assertEqual((r.state("b"), r.job("b").reason, r.job("b").failures),
+                         (JobState.PENDING, "worker name-w2 lost: no heartbeat for 11.0s", 0))
+        self.assertEqual(dispatched(r.finish("d-1/a")), [("d-1/c", "w1", 1)])  # older
+        self.assertEqual(dispatched(r.finish("d-1/c")), [("b", "w1", 2)])
+        r.finish("b")
+        self.assertEqual((r.state("b"), r.job("b").attempt), (JobState.COMPLETED, 2))
+
+    def test_a_worker_back_after_its_jobs_were_given_up(self):
+        """Lost, then back with b's end while b still waits to run again: the end counts."""
+        h, log = self.crashed()
+        r = restarted(h, log)
+        r.join("w1", running=[ev.JobReport("d-1/a", 1)])
+        r.advance(11.0, beating=["w1"])
+        self.assertEqual((r.state("b"), r.job("b").queued), (JobState.PENDING, True))
+        out = r.join("w2", finished=[ev.JobReport("b", 1, 0)])
+        self.assertEqual((ended(out, "b"), dispatched(out)), ([JobState.COMPLETED], []))
+        self.assertEqual(r.job("b").attempt, 1)
+
+
+class MasterRestartTests(SynchronousTestCase):
+    """The master service itself stopped and started again on its data dir (in-process, a
+    memory reactor): `_recover` replays its log, records MasterRestarted, and a worker's
+    REGISTER (its running and finished jobs, as `WorkerService.connected` sends them) is
+    what the core hears."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        # fsync "no": the log's writes happen in the reactor's turn, no thread to wait for.
+        self.config = Config(token=TOKEN, master=MasterConfig(
+            listen="tcp:0:interface=127.0.0.1", data_dir=self.mktemp(),
+            heartbeat_interval=1.0, heartbeat_timeout=5.0),
+            persistence=PersistenceConfig(fsync="no"))
+        self.master = self.start()
+
+    def start(self) -> MasterService:
+        master = MasterService(self.config, reactor=self.reactor)
+        master.privilegedStartService()
+        master.startService()
+        self.addCleanup(self.stop, master)
+        return master
+
+    def stop(self, master: MasterService) -> None:
+        if master.running:
+            stopped = master.stopService()
+            self.reactor.advance(0)  # its log is closed in that turn
+            self.successResultOf(stopped)
+
+    def restart(self) -> None:
+        self.stop(self.master)
+        self.master = self.start()
+        self.reactor.advance(0)  # the turn's records are written
+
+    def worker(self, worker_id: str, running=(), finished=()) -> Peer:
+        peer = Peer(self.master)
+        peer.result(Op.REGISTER, {"token": TOKEN, "worker_id": worker_id, "name": worker_id,
+                                  "slots": 1, "running": list(running),
+                                  "finished": list(finished)})
+        return peer
+
+    def client(self) -> Peer:
+        peer = Peer(self.master)
+        peer.result(Op.HELLO, {"token": TOKEN})
+        return peer
+
+    def dispatched(self, peer: Peer) -> list:
+        return dispatches(peer.frames())
+
+    def complete(self, peer: Peer, job_id: str, attempt: int) -> list:
+        """A worker's JOB_COMPLETE (exit 0), acknowledged; the DISPATCHes that came with
+        the acknowledgement."""
+        rid = peer.send(Op.JOB_COMPLETE, {"job_id": job_id, "attempt": attempt,
+                                          "exit_code": 0})
+        frames = peer.frames()
+        self.assertIn((Op.ACK, rid), [(op, b.get("rid")) for op, b in frames])
+        return dispatches(frames)
+
+    def info(self, job_id: str) -> tuple:
+        job = self.client().result(Op.JOB_INFO, {"job_id": job_id})
+        return job["state"], job["worker_id"], job["attempt"]
+
+    def test_a_restart_keeps_every_job_once(self):
+        w1, w2, c = self.worker("w1"), self.worker("w2"), self.client()
+        for job_id in ("a", "b", "c"):
+            c.result(Op.SUBMIT_JOB, {"job_id": job_id, "command": ["true"]})
+        self.assertEqual((self.dispatched(w1), self.dispatched(w2)), ([("a", 1)], [("b", 1)]))
+        self.assertEqual(self.complete(w1, "a", 1), [("c", 1)])
+
+        self.restart()
+        self.assertEqual(self.master.recovery["events"], 6)  # 2 joins, 3 jobs, 1 end
+        self.assertEqual([w.state for w in self.master.scheduler.workers.values()],
+                         [WorkerState.DISCONNECTED] * 2)
+        log = LogFile(f"{self.master.data_dir}/log/events.0.aof").records()
+        self.assertIsInstance(decode_at_event(log[-1]), ev.MasterRestarted)
+        self.assertEqual([self.info(j) for j in "abc"], [
+            ("COMPLETED", "w1", 1), ("RUNNING", "w2", 1), ("RUNNING", "w1", 1)])
+
+        # w1 ended c while the master was down; a's acknowledgement got through, but it
+        # says a again as well (a report said twice counts once).
+        w1 = self.worker("w1", finished=[
+            {"job_id": "c", "attempt": 1, "exit_code": 0, "reason": None,
+             "logs": [["out", b"done\n"]]},
+            {"job_id": "a", "attempt": 1, "exit_code": 0, "reason": None}])
+        self.assertEqual(self.dispatched(w1), [])
+        self.assertEqual(self.info("c"), ("COMPLETED", "w1", 1))
+        logs = self.client().result(Op.GET_LOGS, {"job_id": "c", "offset": 0})
+        self.assertEqual(logs["data"], b"done\n")
+        self.assertEqual(self.master.scheduler.workers["w1"].state, WorkerState.ALIVE)
+
+        # w2 never comes back: b waits a full heartbeat timeout, then runs on w1.
+        for _ in range(4):
+            self.reactor.advance(1.0)
+            w1.send(Op.HEARTBEAT, {}, rid=False)
+        self.assertEqual(self.info("b"), ("RUNNING", "w2", 1))
+        self.assertEqual(self.dispatched(w1), [])
+        for _ in range(2):
+            self.reactor.advance(1.0)
+            w1.send(Op.HEARTBEAT, {}, rid=False)
+        self.assertEqual(self.dispatched(w1), [("b", 2)])
+        self.assertEqual(self.complete(w1, "b", 2), [])
+        self.assertEqual([self.info(j)[0] for j in "abc"], ["COMPLETED"] * 3)
+
+    def test_a_returning_worker_keeps_what_it_runs(self):
+        w1, c = self.worker("w1"), self.client()
+        c.result(Op.SUBMIT_JOB, {"job_id": "a", "command": ["true"]})
+        c.result(Op.SUBMIT_JOB, {"job_id": "b", "command": ["true"]})
+        self.assertEqual(self.dispatched(w1), [("a", 1)])
+        self.restart()
+        w1 = self.worker("w1", running=[{"job_id": "a", "attempt": 1}])
+        self.assertEqual(w1.frames(), [])  # no DISPATCH, no KILL
+        self.assertEqual(self.info("a"), ("RUNNING", "w1", 1))
+        self.assertEqual(self.complete(w1, "a", 1), [("b", 1)])
+        self.assertEqual(self.info("a"), ("COMPLETED", "w1", 1))
+
+
+def dispatches(frames: list) -> list:
+    return [(b["job_id"], b["attempt"]) for op, b in frames if op == Op.DISPATCH]
+
+
+def decode_at_event(record: bytes):
+    [(_, event)] = list(decode_events([record]))
+    return event
