@@ -95,6 +95,8 @@ class World:
         self.completions: collections.Counter = collections.Counter()  # JobEnded COMPLETED
         self.completions_at: list[collections.Counter] = []  # after record k
         self.violations: list[str] = []
+        self.said: dict = {}  # after a restart: what each worker said when it came back
+        self.withheld = 0  # attempts dispatched whose frames never left (or that died)
         self._real_apply = h.s.apply
         h.s.apply = self._apply
 
@@ -296,12 +298,15 @@ def undelivered(live: World, k: int, world: World) -> dict:
             if had.get(job_id) != attempt:
                 del w.running[job_id]
                 world.executions[(job_id, attempt)] -= 1
+                world.withheld += 1
         out[w.worker_id] = ([ev.JobReport(j, a) for j, a in w.running.items()], [])
     return out
 
 
 def w2_never_returns(live: World, k: int, world: World) -> dict:
     """w2's machine is gone (its attempts with it); w1 comes back."""
+    world.withheld = len(world.workers["w2"].running)
+    world.workers["w2"].running.clear()  # its attempts died with it
     w1 = world.workers["w1"]
     return {"w1": ([ev.JobReport(j, a) for j, a in w1.running.items()], [])}
 
@@ -322,6 +327,25 @@ class CutEveryEventTests(SynchronousTestCase):
         if CutEveryEventTests.live is None:
             CutEveryEventTests.live = live_world()
         self.live = CutEveryEventTests.live
+        self.worlds: list[World] = []
+
+    def reported(self, running: bool = False, code: Optional[int] = None) -> int:
+        """In how many of the cuts tried some worker came back saying an attempt runs
+        (`running`), or saying an attempt ended with exit `code`: a variant that never says
+        anything proves nothing."""
+        n = 0
+        for world in self.worlds:
+            said = list(world.said.values())
+            if running and any(r for r, _ in said) or code is not None and any(
+                    f.exit_code == code for _, fs in said for f in fs):
+                n += 1
+        return n
+
+    @staticmethod
+    def lost(world: World, worker_id: str) -> bool:
+        """Did the restarted master give `worker_id` up (no heartbeat)?"""
+        return any(isinstance(d, ev.Propose) and isinstance(d.event, ev.WorkerLost)
+                   and d.event.worker_id == worker_id for d in world.h.log)
 
     def crash(self, k: int, variant: str, from_snapshot: bool = False,
               truth_at: Optional[int] = None,
@@ -360,10 +384,10 @@ class CutEveryEventTests(SynchronousTestCase):
                 said[unacked.worker_id] = (running, finished + [report])
         order = sorted(said.items(), key=lambda item: (busy_first and not item[1][0], item[0]))
         for worker_id, (running, finished) in order:
-            if variant == "w2-never-returns":
-                world.workers["w2"].running.clear()  # died with its machine
             world.join(worker_id, running, finished)
+        world.said = said
         world.drive()
+        self.worlds.append(world)
         return world, label
 
     def problems(self, world: World, label: str, jobs: list[str],
@@ -409,24 +433,34 @@ class CutEveryEventTests(SynchronousTestCase):
 
     def test_acknowledged(self):
         self.every_cut("acknowledged")
+        self.assertGreaterEqual(self.reported(running=True), 8)
 
     def test_acknowledged_from_a_snapshot(self):
         self.every_cut("acknowledged", from_snapshot=True)
 
     def test_reports_said_again(self):
         self.every_cut("unacknowledged")
+        self.assertGreaterEqual(self.reported(code=1), 6)  # b's failure said again
+        self.assertGreaterEqual(self.reported(code=0), 8)
 
     def test_reports_said_again_from_a_snapshot(self):
         self.every_cut("unacknowledged", from_snapshot=True)
 
     def test_running_attempts_ended_while_the_master_was_down(self):
         self.every_cut("ended-meanwhile")
+        self.assertGreaterEqual(self.reported(code=1), 1)
+        self.assertGreaterEqual(self.reported(code=0), 8)
 
     def test_dispatches_that_never_left(self):
         self.every_cut("undelivered")
+        self.assertGreaterEqual(sum(1 for world in self.worlds if world.withheld), 6)
 
     def test_a_worker_that_never_returns(self):
         self.every_cut("w2-never-returns")
+        # Given up whenever it had jobs at the crash (they then ran on w1).
+        busy = [world for world in self.worlds if world.withheld]
+        self.assertGreaterEqual(len(busy), 4)
+        self.assertEqual([world.label for world in busy if not self.lost(world, "w2")], [])
 
     def test_the_log_lost_its_last_record(self):
         """A machine crash under `fsync: everysec`: the workers acted on record k + 1 (a
