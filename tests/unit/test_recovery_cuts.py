@@ -699,7 +699,8 @@ class RestartTests(SynchronousTestCase):
         r = restarted(h, log, outage=30.0)  # longer than the timeout
         r.join("w1", running=[ev.JobReport("d-1/a", 1)])
         r.advance(9.0, beating=["w1"])
-        self.assertEqual((r.state("b"), r.s.workers["w2"].state),
+        w2 = r.s.workers.get("w2")
+        self.assertEqual((r.state("b"), w2.state if w2 else "given up already"),
                          (JobState.RUNNING, WorkerState.DISCONNECTED))
         r.advance(2.0, beating=["w1"])
         self.assertNotIn("w2", r.s.workers)
@@ -835,6 +836,24 @@ class MasterRestartTests(SynchronousTestCase):
         self.assertEqual(self.info("a"), ("RUNNING", "w1", 1))
         self.assertEqual(self.complete(w1, "a", 1), [("b", 1)])
         self.assertEqual(self.info("a"), ("COMPLETED", "w1", 1))
+
+    def test_a_retry_waiting_at_the_restart_runs(self):
+        """The timers the log's state implies are armed again: b failed once and waits
+        for its retry when the master restarts; the retry runs once its backoff is over."""
+        w1, c = self.worker("w1"), self.client()
+        c.result(Op.SUBMIT_JOB, {"job_id": "b", "command": ["false"], "retries": 1})
+        self.assertEqual(self.dispatched(w1), [("b", 1)])
+        w1.result(Op.JOB_COMPLETE, {"job_id": "b", "attempt": 1, "exit_code": 1})
+        self.restart()
+        w1 = self.worker("w1")
+        self.assertEqual((self.info("b"), self.dispatched(w1)), (("PENDING", None, 1), []))
+        again = []
+        for _ in range(3):  # the backoff is at most 1 s (retry_backoff_base)
+            self.reactor.advance(1.0)
+            w1.send(Op.HEARTBEAT, {}, rid=False)
+            again += self.dispatched(w1)
+        self.assertEqual(again, [("b", 2)])
+        self.assertEqual(self.info("b"), ("RUNNING", "w1", 2))
 
 
 def dispatches(frames: list) -> list:
