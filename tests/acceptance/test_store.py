@@ -25,9 +25,9 @@ from typing import Optional
 
 import redis
 from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from tests.acceptance.helpers import wait_for
 from titan.store.client import StoreClient, StoreError, StoreUnavailable
 from titan.store.resp import ReplyError, ReplyParser, Simple, command
 from titan.testing.processes import die_with_parent, tail
@@ -329,10 +329,12 @@ class ConformanceMixin(ServerCase):
         c.call("SADD", "sset", "m")
         c.call("PEXPIRE", "sset", "400")
         self.assertEqual(c.call("GET", "short:0"), b"v")
-        time.sleep(1.0)
+        # DBSIZE counts keys whose time has passed until they are removed: it falls to 1
+        # (only k) once the sweep has taken the others, which nobody looked at.
+        wait_for(self, lambda: c.call("DBSIZE") == 1, 10,
+                 "the sweep to remove the 21 expired keys")
         self.assertIsNone(c.call("GET", "short:0"))
         self.assertEqual(c.call("SMEMBERS", "sset"), [])
-        self.assertEqual(c.call("DBSIZE"), 1)  # only k: the sweep took the others
 
     def test_sets_hashes_lists(self):
         c = self.c
@@ -462,10 +464,8 @@ class ConformanceMixin(ServerCase):
         for other in subscribers[1:]:
             other.close()
         self.conns = [self.c, s, pattern]
-        for _ in range(100):  # the server notices the closed connections
-            if self.c.call("PUBLISH", "news", "again") == 1:
-                break
-            time.sleep(0.05)
+        wait_for(self, lambda: self.c.call("PUBLISH", "news", "again") == 1, 10,
+                 "the server to drop the 49 closed subscribers")
         self.assertEqual(self.c.call("PUBLISH", "news", "again"), 1)
 
     def test_info_and_command(self):
@@ -634,15 +634,22 @@ class ClientMixin(ServerCase):
     def test_client_pubsub(self):
         c = self.client()
         got = []
+        delivered = defer.Deferred()  # fires with the 51st delivery
+
+        def note(item):
+            got.append(item)
+            if len(got) == 51:
+                delivered.callback(None)
         subs = []
         for i in range(50):
-            subs.append((yield c.subscribe("fanout", lambda ch, m, i=i: got.append((i, m)))))
-        psub = yield c.subscribe("fan*", lambda ch, m: got.append(("p", ch, m)), pattern=True)
+            subs.append((yield c.subscribe("fanout", lambda ch, m, i=i: note((i, m)))))
+        psub = yield c.subscribe("fan*", lambda ch, m: note(("p", ch, m)), pattern=True)
         self.assertEqual((yield c.publish("fanout", b"one")), 2)  # one connection, 2 subs
-        for _ in range(100):
-            if len(got) == 51:
-                break
-            yield deferLater(reactor, 0.02, lambda: None)
+
+        def late(failure):
+            failure.trap(defer.TimeoutError)
+            self.fail(f"{len(got)} of 51 deliveries within 20 s: {got}")
+        yield delivered.addTimeout(20, reactor).addErrback(late)
         self.assertEqual(sorted(m for m in got if m[0] != "p"),
                          [(i, b"one") for i in range(50)])
         self.assertIn(("p", b"fanout", b"one"), got)
@@ -708,9 +715,15 @@ class TitanStoreDurabilityTests(SynchronousTestCase):
             ("SET", "persisted", "v", "EX", "100"), ("PERSIST", "persisted")]))
         c.read(15)
         self.short_expired_at = time.monotonic() + 0.35  # `short`'s PX 300, and a margin
+        self.log = os.path.join(self.server.data_dir, "aof", "events.0.aof")
+
+    def log_holds(self, text: bytes) -> int:
+        with open(self.log, "rb") as f:
+            return f.read().count(text)
 
     def check(self, c: Conn) -> None:
-        # A restart can take under 300 ms: look at `short` only once it is due.
+        # Not synchronisation: a restart can take under 300 ms, and `short` must be past
+        # its time when looked at (a store that counted it from the restart would show it).
         time.sleep(max(0.0, self.short_expired_at - time.monotonic()))
         self.assertEqual(c.call("GET", "str"), b"\x00binary\r\n")
         self.assertTrue(990 <= c.call("TTL", "ttl") <= 1000)
@@ -726,8 +739,9 @@ class TitanStoreDurabilityTests(SynchronousTestCase):
     def test_clean_restart(self):
         c = Conn(self.server.port)
         self.fill(c)
+        # `short` expires while the store runs, and is swept: DBSIZE counts it until then.
+        wait_for(self, lambda: c.call("DBSIZE") == 7, 10, "the sweep to remove `short`")
         c.close()
-        time.sleep(0.4)  # `short` expires while the store runs, and is swept
         c = self.restart()
         self.check(c)
         c.close()
@@ -736,7 +750,10 @@ class TitanStoreDurabilityTests(SynchronousTestCase):
         c = Conn(self.server.port)
         self.fill(c)
         c.close()
-        time.sleep(1.5)  # everysec: on disk within a second or so
+        # The store answers before it writes (everysec): the kill comes once the log holds
+        # the last of the fill (its key is in two records); no fsync is needed for a kill.
+        wait_for(self, lambda: self.log_holds(b"persisted") >= 2, 10,
+                 "the fill to be written to the append-only file")
         c = self.restart(signal.SIGKILL)
         self.check(c)
         c.close()
@@ -744,10 +761,13 @@ class TitanStoreDurabilityTests(SynchronousTestCase):
     def test_ttl_runs_out_while_stopped(self):
         c = Conn(self.server.port)
         c.call("SET", "k", "v", "PX", "500")
+        due = time.monotonic() + 0.55  # k's time, as the store counts it, and a margin
         c.call("SET", "keep", "v", "EX", "100")
         c.close()
         self.server.stop()
-        time.sleep(0.8)
+        # Not synchronisation: k's time must run out while the store is down (a store that
+        # counted it from the restart would still show it).
+        time.sleep(max(0.0, due - time.monotonic()))
         self.server.start()
         c = Conn(self.server.port)
         self.assertIsNone(c.call("GET", "k"))
@@ -778,10 +798,8 @@ class TitanStoreDurabilityTests(SynchronousTestCase):
             c.call("SET", "churn", str(i))
         self.assertEqual(c.call("BGREWRITEAOF"),
                          "Background append only file rewriting started")
-        for _ in range(100):
-            if b"aof_rewrites:1" in c.call("INFO", "persistence"):
-                break
-            time.sleep(0.05)
+        wait_for(self, lambda: b"aof_rewrites:1" in c.call("INFO", "persistence"), 10,
+                 "the compaction to end")
         c.call("SET", "after", "1")
         c.close()
         self.assertTrue(os.path.exists(os.path.join(self.server.data_dir, "aof",
