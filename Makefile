@@ -1,12 +1,14 @@
 # Two commands set everything up on a fresh machine:
 #   make run    installs what is missing, then starts master + worker on 127.0.0.1
 #   make test   installs what is missing (test extras too), then runs every test
+#   make mutate runs the unit tests against one-line breaks of the core and the worker
+#               (tools/mutations.toml); fails if one survives. MUTATE='--only ID' passes options
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 JOBS ?= 2
 
-.PHONY: run test install system-packages bench bench-store clean
+.PHONY: run test mutate install system-packages bench bench-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +36,11 @@ run: install
 
 test: install system-packages
 	$(BIN)/trial -j$(JOBS) tests
+
+# Each mutation runs on a copy of titan/ and tests/ in a temporary directory: the checkout
+# is never edited.  docs/testing.md says how to add one.
+mutate: install
+	$(BIN)/python tools/mutate.py -j $(JOBS) $(MUTATE)
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]' --config-settings editable_mode=compat
