@@ -1,17 +1,24 @@
 """Recovery: a master's log cut after any event, then the same workers' accounts.
 
-A small DAG (a diamond whose job b fails once and retries) and a standalone job run to the
-end on two workers.  The events the master would have appended are kept, encoded as its log
-holds them.  For every cut k (the master died once event k was durable), a fresh scheduler
-replays the first k records exactly as `MasterService._recover` does (from the log alone,
-or from a snapshot taken half-way and the records after it), says MasterRestarted, arms the
-timers its state implies; then the workers come back and report what they really did, as
-`WorkerService.connected` does (attempts they run, finished attempts not yet acknowledged),
-and everything is driven to its end.  Each job must complete exactly once.
+A small DAG (a diamond a -> b, c -> d, then e; b fails once and retries) and a standalone
+job run to the end on two workers.  The events the master would have appended are kept,
+encoded as its log holds them.  For every cut k (the master died once record k was
+durable), a fresh scheduler replays the first k records exactly as `MasterService._recover`
+does (from the log alone, or from a snapshot taken half-way and the records after it),
+records MasterRestarted, arms the timers its state implies; then the workers come back and
+report what they really did, as `WorkerService.connected` does (attempts they run, ends not
+yet acknowledged), and everything is driven to its end.  Each job must complete exactly
+once: accepted once, run to exit 0 once, never dispatched after it did, never left behind.
+The workers' accounts vary (CutEveryEventTests): all acknowledged, every end said again,
+running attempts ended meanwhile, DISPATCHes that never left, a worker that never returns,
+a log that lost its last record (fsync everysec), and a second crash after the first.
 
 The workers are simulated (`FakeWorker`): they run what DISPATCH decisions send them, stop
 what KILL decisions name, and end attempts with scripted exit codes, so "what they really
 did" does not come from the scheduler under test.
+
+Then the master's handling of a restart case by case (RestartTests, RepeatedReportTests),
+and the master service itself stopped and started on its data dir (MasterRestartTests).
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ import collections
 from typing import Callable, Optional
 
 import msgpack
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.core import events as ev
@@ -30,7 +38,6 @@ from titan.config import Config, MasterConfig, PersistenceConfig
 from titan.master.service import MasterService
 from titan.persistence.aof import LogFile
 from titan.protocols.opcodes import Op
-from twisted.internet.testing import MemoryReactorClock
 from tests.unit.test_master import TOKEN, Peer
 from tests.unit.test_scheduler import Harness, dispatched, kills
 
@@ -63,11 +70,13 @@ class FakeWorker:
         self.running: dict[str, int] = {}  # job -> attempt, in the order they started
         self.finished: list[ev.JobReport] = []  # every attempt it ended, in order
         self.outbox: list[ev.JobReport] = []  # ended (killed), not yet told to the master
+        self.last_started: set[tuple[str, int]] = set()  # by the master's last record
 
     def copy(self) -> "FakeWorker":
         other = FakeWorker(self.worker_id, self.slots)
         other.running = dict(self.running)
         other.finished = list(self.finished)
+        other.last_started = set(self.last_started)
         return other
 
     def joined(self, running=(), finished=()) -> ev.WorkerJoined:
@@ -88,12 +97,14 @@ class World:
         self.connected: set[str] = set()
         self.label = label
         self.records: list[bytes] = []
-        self.snapshots: list[bytes] = []  # snapshots[k]: the state once record k is applied
-        self.truth: list[dict[str, FakeWorker]] = []  # truth[k]: workers once k is applied
+        # [k - 1]: the state once record k is applied; the workers then (what they run and
+        # what they ended); the completions announced so far.
+        self.snapshots: list[bytes] = []
+        self.truth: list[dict[str, FakeWorker]] = []
         self.successes: collections.Counter = collections.Counter()  # job -> exits 0
         self.executions: collections.Counter = collections.Counter()  # (job, attempt) -> runs
         self.completions: collections.Counter = collections.Counter()  # JobEnded COMPLETED
-        self.completions_at: list[collections.Counter] = []  # after record k
+        self.completions_at: list[collections.Counter] = []
         self.violations: list[str] = []
         self.said: dict = {}  # after a restart: what each worker said when it came back
         self.withheld = 0  # attempts dispatched whose frames never left (or that died)
@@ -101,6 +112,9 @@ class World:
         h.s.apply = self._apply
 
     def _apply(self, event, now):
+        if persisted(event):
+            for w in self.workers.values():
+                w.last_started.clear()
         out = self._real_apply(event, now)
         for d in out:
             if isinstance(d, ev.Dispatch):
@@ -126,7 +140,8 @@ class World:
         if self.successes[d.job_id]:
             self.violations.append(
                 f"{self.label}: DISPATCH of {d.job_id} attempt {d.attempt} to {d.worker_id}, "
-                f"but the job already ran to exit 0")
+                f"but the job already ran to exit 0 (the master has it "
+                f"{self.h.s.jobs[d.job_id].state.value})")
         w = self.workers.get(d.worker_id)
         if w is None or d.worker_id not in self.connected:
             return  # the frame has no connection to go on
@@ -134,6 +149,7 @@ class World:
             self.violations.append(f"{self.label}: DISPATCH of {d.job_id} to {d.worker_id}, "
                                    f"whose slots are all taken ({sorted(w.running)})")
         w.running[d.job_id] = d.attempt
+        w.last_started.add((d.job_id, d.attempt))
         self.executions[(d.job_id, d.attempt)] += 1
 
     # -- what the world does -------------------------------------------------------------
@@ -222,23 +238,18 @@ class LiveRunTests(SynchronousTestCase):
 
 # -- recovery --------------------------------------------------------------------------------
 
-def recover(live: World, k: int, from_snapshot: bool, workers: dict[str, FakeWorker],
-            label: str) -> World:
-    """A master that died once record k was durable, started again: what
-    `MasterService._recover` does with a log of the first k records (or a snapshot taken
-    after record k // 2 and the records after it)."""
+def recover(records: list[bytes], snap: Optional[bytes], workers: dict[str, FakeWorker],
+            label: str, completions: collections.Counter) -> World:
+    """A master that died once `records` were durable (after `snap`, if given), started
+    again: what `MasterService._recover` does.  `completions`: those announced before."""
     h = Harness(**OPTIONS)
-    at = decode_at(live.records[k - 1]) if k else 0.0
-    h.clock.advance(at + OUTAGE)
-    records = live.records[:k]
-    snap = None
-    if from_snapshot and k >= 2:
-        j = k // 2
-        snap = live.snapshots[j - 1]
-        records = records[j:]
+    if records:
+        h.clock.advance(decode_at(records[-1]) + OUTAGE)
+    if snap is not None:
         restore(h.s, msgpack.unpackb(snap, raw=False, strict_map_key=False))
     count = h.s.replay(decode_events(records))
     world = World(h, workers, label)
+    world.completions.update(completions)
     if snap is not None or count:
         h.apply(ev.MasterRestarted())
     for timer in pending_timers(h.s):
@@ -264,22 +275,22 @@ def submitted(live: World, k: int) -> list[str]:
     return out
 
 
-# Each returns, for the truth at the cut, the workers that come back and what each says:
-# worker id -> (running reports, finished reports).  `world` is the recovered one (an
-# attempt that ends while the master is down counts as run there).
-def acknowledged(live: World, k: int, world: World) -> dict:
+# Each returns, for the workers of the recovered `world` (as they were at the crash), the
+# ones that come back and what each says: worker id -> (running reports, finished reports).
+# An attempt that ends while the master is down counts as run in `world`.
+def acknowledged(world: World) -> dict:
     """Every report was acknowledged: the workers say what they run."""
     return {w.worker_id: ([ev.JobReport(j, a) for j, a in w.running.items()], [])
             for w in world.workers.values()}
 
 
-def unacknowledged(live: World, k: int, world: World) -> dict:
+def unacknowledged(world: World) -> dict:
     """No acknowledgement reached them: every end they ever reported is said again."""
     return {w.worker_id: ([ev.JobReport(j, a) for j, a in w.running.items()],
                           list(w.finished)) for w in world.workers.values()}
 
 
-def ended_meanwhile(live: World, k: int, world: World) -> dict:
+def ended_meanwhile(world: World) -> dict:
     """What ran at the crash ended while the master was down (kept until acknowledged)."""
     out = {}
     for w in world.workers.values():
@@ -288,14 +299,13 @@ def ended_meanwhile(live: World, k: int, world: World) -> dict:
     return out
 
 
-def undelivered(live: World, k: int, world: World) -> dict:
-    """The DISPATCH frames decided by record k never left (they wait for its barrier)."""
-    before = live.truth[k - 2] if k >= 2 else {}
+def undelivered(world: World) -> dict:
+    """The DISPATCH frames decided by the last record never left (they wait for its
+    barrier): the attempts started by it are not there."""
     out = {}
     for w in world.workers.values():
-        had = before[w.worker_id].running if w.worker_id in before else {}
         for job_id, attempt in list(w.running.items()):
-            if had.get(job_id) != attempt:
+            if (job_id, attempt) in w.last_started:
                 del w.running[job_id]
                 world.executions[(job_id, attempt)] -= 1
                 world.withheld += 1
@@ -303,7 +313,7 @@ def undelivered(live: World, k: int, world: World) -> dict:
     return out
 
 
-def w2_never_returns(live: World, k: int, world: World) -> dict:
+def w2_never_returns(world: World) -> dict:
     """w2's machine is gone (its attempts with it); w1 comes back."""
     world.withheld = len(world.workers["w2"].running)
     world.workers["w2"].running.clear()  # its attempts died with it
@@ -351,19 +361,37 @@ class CutEveryEventTests(SynchronousTestCase):
               truth_at: Optional[int] = None,
               unacked: Optional[ev.JobFinished] = None,
               busy_first: bool = False) -> tuple[World, str]:
-        """Cut the log after record k, let the workers come back as `variant` says (their
-        state being the truth after record `truth_at`, k by default; `unacked`: an end its
-        worker still holds and says, whatever the variant; `busy_first`: the workers that
-        run something reconnect first, else in id order), drive to the end."""
+        """Cut the live log after record k (with `from_snapshot`: as compacted after
+        record k // 2), let the workers come back as `variant` says (their state being the
+        truth after record `truth_at`, k by default; `unacked`: an end its worker still
+        holds and says, whatever the variant; `busy_first`: the workers that run something
+        reconnect first, else in id order), drive to the end."""
         live = self.live
         t = k if truth_at is None else truth_at
         label = (f"cut k={k} of {len(live.records)} ({variant}"
                  f"{', from a snapshot' if from_snapshot else ''}"
                  f"{', busy workers first' if busy_first else ''}"
                  f"{f', workers at record {t}' if t != k else ''})")
-        truth = live.truth[t - 1] if t else {w: FakeWorker(w) for w in WORKERS}
+        records, snap = live.records[:k], None
+        if from_snapshot and k >= 2:
+            snap, records = live.snapshots[k // 2 - 1], records[k // 2:]
+        truth = live.truth[t - 1] if t else {}
+        before = live.completions_at[k - 1] if k else collections.Counter()
+        world = self.restart(records, snap, truth, before, variant, label, unacked,
+                             busy_first)
+        return world, label
+
+    def restart(self, records: list[bytes], snap: Optional[bytes],
+                truth: dict[str, FakeWorker], before: collections.Counter, variant: str,
+                label: str, unacked: Optional[ev.JobFinished] = None,
+                busy_first: bool = False) -> World:
+        """Recover from `records` (after `snap`), the workers being as `truth` has them,
+        and drive to the end.  `before`: the completions announced before the crash."""
         workers = {w: truth[w].copy() if w in truth else FakeWorker(w) for w in WORKERS}
-        world = recover(live, k, from_snapshot, workers, label)
+        started = {w: set(workers[w].last_started) for w in WORKERS}
+        world = recover(records, snap, workers, label, before)
+        for w in WORKERS:  # as at the crash (the restart's own record cleared them)
+            workers[w].last_started = started[w]
         # What ran before the crash counts as run (it is in the truth, not in this world).
         for w in workers.values():
             for r in w.finished:
@@ -372,9 +400,7 @@ class CutEveryEventTests(SynchronousTestCase):
                     world.successes[r.job_id] += 1
             for j, a in w.running.items():
                 world.executions[(j, a)] += 1
-        before = live.completions_at[k - 1] if k else collections.Counter()
-        world.completions.update(before)
-        said = VARIANTS[variant](live, k, world)
+        said = VARIANTS[variant](world)
         world.h.advance(RECONNECT)
         if unacked is not None:
             report = ev.JobReport(unacked.job_id, unacked.attempt, unacked.exit_code,
@@ -388,7 +414,7 @@ class CutEveryEventTests(SynchronousTestCase):
         world.said = said
         world.drive()
         self.worlds.append(world)
-        return world, label
+        return world
 
     def problems(self, world: World, label: str, jobs: list[str],
                  same_attempt_twice: bool = False) -> list[str]:
@@ -489,6 +515,30 @@ class CutEveryEventTests(SynchronousTestCase):
                     tried += 1
         self.assertNoProblems(problems)
         self.assertEqual(tried, 4 * 8)  # 7 ends and a timer
+
+    def test_a_second_crash_at_every_record_after_the_first(self):
+        """The log of a recovered master holds MasterRestarted and the workers' accounts
+        (WorkerJoined with running and finished reports): after a first crash at every
+        cut (the workers saying every end again), a second one at every record that
+        followed, the workers saying every end again once more, or nothing they were
+        acknowledged for (the log must then hold what they said the first time)."""
+        live = self.live
+        problems: list[str] = []
+        tried = 0
+        for k in range(1, len(live.records) + 1):
+            first, label = self.crash(k, "unacknowledged")
+            problems += self.problems(first, label, submitted(live, k))
+            for m in range(1, len(first.records) + 1):
+                for variant in ("acknowledged", "unacknowledged"):
+                    again = (f"{label}, then cut m={m} of {len(first.records)} after the "
+                             f"restart ({variant})")
+                    world = self.restart(live.records[:k] + first.records[:m], None,
+                                         first.truth[m - 1], first.completions_at[m - 1],
+                                         variant, again)
+                    problems += self.problems(world, again, submitted(live, k))
+                    tried += 1
+        self.assertNoProblems(problems)
+        self.assertGreater(tried, 6 * len(live.records))
 
 
 # -- the master's handling of a restart, case by case ------------------------------------------
@@ -669,7 +719,8 @@ class RestartTests(SynchronousTestCase):
                          (JobState.RUNNING, "w1", 1))
         self.assertEqual(r.running_on("w1"), {"d-1/a"})
         r.submit("z")  # w1's one slot is a's
-        self.assertEqual((r.state("z"), r.waiting("z")), (JobState.PENDING, "waiting for a free slot"))
+        self.assertEqual((r.state("z"), r.waiting("z")),
+                         (JobState.PENDING, "waiting for a free slot"))
         out = r.finish("d-1/a")
         self.assertEqual(dispatched(out), [("d-1/c", "w1", 1)])
 
