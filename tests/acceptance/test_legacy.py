@@ -6,7 +6,6 @@ import io
 import socket
 import struct
 import textwrap
-import time
 import zipfile
 
 from titan.protocols import legacy as L
@@ -89,9 +88,14 @@ class LegacyTests(LegacyChecks, ClusterTestCase):
         self.assertGreaterEqual(job["started_at"] - job["submitted_at"], 1.4)
         # No worker has GPU: the job waits, and says so.
         self.c.submit_dag([L.run_payload("gpu-job", "g.py", b"print(1)", requirement="GPU")])
-        time.sleep(0.5)
+        # A job submitted after it runs and ends: the scheduler placed work (and got a slot
+        # back) while the GPU job waited, and left it waiting.
+        self.c.submit_dag([L.run_payload("after-gpu", "a.py", b"print(1)")])
+        self.assertEqual(self.wait_ended("DAG-after-gpu")["DAG-after-gpu"], "COMPLETED")
         self.assertEqual(self.c.get_job_status("DAG-gpu-job"), "PENDING")
-        self.assertEqual(self.structured("DAG-gpu-job")["tags"], ["GPU"])
+        gpu = self.structured("DAG-gpu-job")
+        self.assertEqual(gpu["tags"], ["GPU"])
+        self.assertEqual(gpu["waiting"], "no live worker has the tags GPU")
         self.assertEqual(self.c.cancel_job("DAG-gpu-job"), "CANCELLED")
 
     def test_unicode_and_separators_in_args(self):
