@@ -235,6 +235,17 @@ def trial_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "twisted.trial"]
 
 
+_LIVE: set = set()  # trial processes running now (each leads its own process group)
+_LIVE_LOCK = threading.Lock()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_trial(tree: Path, modules: list[str], timeout: float,
               temp: Path) -> tuple[Optional[int], str, bool]:
     """Run trial on `modules` of `tree` (which comes first on sys.path), in its own session
@@ -244,16 +255,18 @@ def run_trial(tree: Path, modules: list[str], timeout: float,
     cmd = trial_command() + ["--exitfirst", f"--temp-directory={temp}", *modules]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True)
+    with _LIVE_LOCK:
+        _LIVE.add(proc)
     try:
         out, _ = proc.communicate(timeout=timeout)
         return proc.returncode, out.decode("utf-8", "replace"), False
     except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _kill_group(proc)
         out, _ = proc.communicate()
         return proc.returncode, out.decode("utf-8", "replace"), True
+    finally:
+        with _LIVE_LOCK:
+            _LIVE.discard(proc)
 
 
 def _ignore(directory: str, names: list[str]) -> set[str]:
@@ -482,9 +495,12 @@ def _run(mutations: list[Mutation], base: Path, work: Path, args) -> int:
     start = time.monotonic()
     done: dict[str, Result] = {}
     lock = threading.Lock()
+    interrupted = threading.Event()
 
     def one(m: Mutation) -> Result:
         r = run_mutation(m, base, work, keep=args.keep)
+        if interrupted.is_set():
+            return r  # killed by ^C, not by a test
         with lock:
             done[m.id] = r
             detail = result_text(r)
@@ -496,7 +512,18 @@ def _run(mutations: list[Mutation], base: Path, work: Path, args) -> int:
         return r
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        list(pool.map(one, mutations))
+        try:
+            list(pool.map(one, mutations))
+        except KeyboardInterrupt:
+            interrupted.set()
+            # The runs are in sessions of their own (out of reach of ^C): end them, and
+            # drop the mutations not started yet.
+            pool.shutdown(wait=False, cancel_futures=True)
+            with _LIVE_LOCK:
+                for proc in list(_LIVE):
+                    _kill_group(proc)
+            print("mutate: interrupted", file=sys.stderr)
+            return 130
     results = [done[m.id] for m in mutations]
     print(table(results))
     print(summary(results, time.monotonic() - start))
