@@ -476,7 +476,7 @@ def _baseline(mutations: list[Mutation], base: Path, work: Path) -> bool:
     modules = sorted({t for m in mutations for t in present_modules(base, m.tests)[0]})
     if not modules:
         return True
-    timeout = max(m.timeout for m in mutations) * 2
+    timeout = max(m.timeout for m in mutations)
     print(f"mutate: baseline: {' '.join(modules)}", file=sys.stderr, flush=True)
     start = time.monotonic()
     code, output, timed_out = run_trial(base, modules, timeout, work / "baseline_trial_temp")
