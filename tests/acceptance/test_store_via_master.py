@@ -8,28 +8,24 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
-from tests.acceptance.helpers import ClusterTestCase
+from tests.acceptance.helpers import ClusterTestCase, wait_for
 from titan.testing.cluster import free_port
 
 REDIS_PORT = free_port()
 REDIS_DIR = tempfile.mkdtemp(prefix="titan-redis-")
 
 
-def start_redis():
+def start_redis(case):
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (make test installs it)")
     proc = subprocess.Popen([binary, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
                              "--save", "", "--appendonly", "no", "--dir", REDIS_DIR],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "PING"],
-                         capture_output=True).stdout.strip() != b"PONG":
-        if time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.05)
+    wait_for(case, lambda: subprocess.run(["redis-cli", "-p", str(REDIS_PORT), "PING"],
+                                          capture_output=True).stdout.strip() == b"PONG",
+             10, f"redis-server to answer PING on port {REDIS_PORT}")
     return proc
 
 
@@ -41,7 +37,7 @@ class StoreThroughMasterTests(ClusterTestCase):
 
     def setUp(self):
         if type(self).__dict__.get("redis") is None:
-            type(self).redis = start_redis()
+            type(self).redis = start_redis(self)
             import atexit
             atexit.register(type(self).redis.kill)
         super().setUp()
@@ -82,9 +78,9 @@ class StoreThroughMasterTests(ClusterTestCase):
             thread = threading.Thread(target=listen)
             thread.start()
             with self.cluster.client() as c:
-                deadline = time.monotonic() + 10
-                while c.publish("news", "hello") == 0 and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                # Published again until the listener is subscribed (then 1 receives it).
+                self.wait_for(lambda: c.publish("news", "hello"), 10,
+                              "the listener to be subscribed to news")
             thread.join(15)
         self.assertEqual(got, [("news", b"hello")])
 
