@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""CPU per job of a Titan cluster: the figure that does not move with the machine's load.
+
+    .venv/bin/python bench/cpu_per_job.py [--jobs 2000] [--repeat 3] [--mode submit|batch]
+    PYTHONPATH=/tmp/f-base .venv/bin/python bench/cpu_per_job.py   # another tree's code
+
+Starts the cluster of bench/fanout.py (1 master, 2 workers x 4 slots, every job runs
+/bin/true), runs a warm-up, then `--repeat` rounds of `--jobs` jobs, and prints the CPU
+seconds (user + system, from /proc/PID/stat) each part used per job, in milliseconds:
+the master, the workers, their job guards, the jobs themselves (the workers' reaped
+children: fork/exec of /bin/true) and this process (the client).  On a 2-CPU machine shared
+with other work the wall-clock rate swings by a third; this does much less, so compare two
+trees by running this in alternation (bench/README.md).
+
+Modes: `submit` = `client.submit` per job then `client.wait` per job (fanout's
+throughput rounds); `batch` = one `submit_many`, one `wait_many`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+TASK = ["/bin/true"]
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(own utime+stime, reaped children's cutime+cstime) of a process, in seconds."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return (0.0, 0.0)
+    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
+    return ((utime + stime) / TICK, (cutime + cstime) / TICK)
+
+
+def live_children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def snapshot(cluster) -> dict:
+    master = proc_cpu(cluster.master.pid)
+    workers = [proc_cpu(w.pid) for w in cluster.workers.values()]
+    # A worker's long-lived child is its job guard; ended jobs are in its cutime/cstime.
+    guards = [proc_cpu(c)[0] for w in cluster.workers.values() for c in live_children(w.pid)]
+    t = os.times()
+    return {"master": master[0], "workers": sum(w[0] for w in workers),
+            "guards": sum(guards), "jobs": sum(w[1] for w in workers),
+            "client": t.user + t.system}
+
+
+def run_round(client, n: int, mode: str) -> float:
+    t0 = time.perf_counter()
+    if mode == "batch":
+        jobs = client.wait_many(client.submit_many([TASK] * n), timeout=300)
+    else:
+        ids = [client.submit(TASK) for _ in range(n)]
+        jobs = [client.wait(i, timeout=300) for i in ids]
+    elapsed = time.perf_counter() - t0
+    bad = [j for j in jobs if j["state"] != "COMPLETED"]
+    if bad:
+        raise RuntimeError(f"{len(bad)} of {n} jobs did not complete, e.g. {bad[0]}")
+    return elapsed
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--jobs", type=int, default=2000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--mode", choices=("submit", "batch"), default="submit")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--slots", type=int, default=4)
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args(argv)
+
+    import titan
+    from titan.testing.cluster import Cluster
+    print(f"titan from {os.path.dirname(titan.__file__)}; {args.mode} mode, "
+          f"{args.repeat} x {args.jobs} jobs, {args.workers} workers x {args.slots} slots",
+          flush=True)
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="titan-cpu-") as base:
+        cluster = Cluster(base, workers=args.workers, slots=args.slots)
+        try:
+            cluster.start()
+            with cluster.client() as client:
+                run_round(client, args.warmup, args.mode)
+                for i in range(args.repeat):
+                    before = snapshot(cluster)
+                    elapsed = run_round(client, args.jobs, args.mode)
+                    after = snapshot(cluster)
+                    ms = {k: (after[k] - before[k]) * 1000.0 / args.jobs for k in before}
+                    ms["total"] = sum(ms.values())
+                    rounds.append({"elapsed": elapsed, "ms": ms})
+                    print(f"round {i + 1}: {args.jobs / elapsed:7.1f} jobs/s; CPU ms/job: "
+                          + ", ".join(f"{k} {v:.3f}" for k, v in ms.items()), flush=True)
+        finally:
+            cluster.stop()
+    med = {k: statistics.median(r["ms"][k] for r in rounds) for k in rounds[0]["ms"]}
+    print("median CPU ms/job: " + ", ".join(f"{k} {v:.3f}" for k, v in med.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "rounds": rounds, "median": med}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
