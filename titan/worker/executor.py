@@ -444,6 +444,94 @@ def containment(mode: str = "auto"):
     return _containment
 
 
+# CPython 3.11 to 3.13 share this private signature of _posixsubprocess.fork_exec (what
+# subprocess.Popen calls); elsewhere jobs are started through Popen, the same way but with
+# ~60 us more of the worker's CPU per job (mostly encoding the environment again).
+_fork_exec = (getattr(subprocess, "_fork_exec", None)
+              if (3, 11) <= sys.version_info[:2] <= (3, 13) else None)
+_devnull: Optional[int] = None
+# "KEY=value" bytes of the environment entries seen lately: a worker passes the same ~50
+# inherited variables to every job, and encoding them was a fifth of its Python per job.
+_env_entries: dict[tuple[str, str], bytes] = {}
+
+
+def _encoded_env(env: dict) -> list[bytes]:
+    cache = _env_entries
+    out = []
+    for item in env.items():
+        entry = cache.get(item)
+        if entry is None:
+            key = os.fsencode(item[0])
+            if b"=" in key:
+                raise ValueError("illegal environment variable name")
+            entry = key + b"=" + os.fsencode(item[1])
+            if len(cache) >= 4096:  # the per-job values (ids, marks, tokens) pile up
+                cache.clear()
+            cache[item] = entry
+        out.append(entry)
+    return out
+
+
+def _stdin_fd() -> int:
+    """/dev/null, opened once: a job's stdin (no pipe that the worker closes at once)."""
+    global _devnull
+    if _devnull is None:
+        _devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _devnull
+
+
+def _start(args: list, executable: str, cwd: str, env: dict, stdout: int,
+           stderr: int) -> int:
+    """Start a child as subprocess.Popen(args, executable=..., cwd=..., env=...,
+    stdin=DEVNULL, close_fds=True, start_new_session=True, umask=job_umask) would (vfork,
+    setsid, exec; errors before the exec come back as OSError), without Popen's Python."""
+    exe = os.fsencode(executable)
+    exe_list = ((exe,) if os.path.dirname(exe) else
+                tuple(os.path.join(os.fsencode(d), exe) for d in os.get_exec_path(env)))
+    err_read, err_write = os.pipe()
+    low = []
+    while err_write < 3:  # never one of the child's 0, 1, 2
+        low.append(err_write)
+        err_write = os.dup(err_write)
+    for fd in low:
+        os.close(fd)
+    try:
+        pid = _fork_exec(args, exe_list, True, (err_write,), cwd, _encoded_env(env),
+                         _stdin_fd(), -1, -1, stdout, -1, stderr, err_read, err_write,
+                         True, True, -1, None, None, None, job_umask, None,
+                         subprocess._USE_VFORK)
+    except BaseException:
+        os.close(err_read)
+        raise
+    finally:
+        os.close(err_write)
+    try:
+        report = b""
+        while True:  # EOF once the child has exec'd (the pipe is close-on-exec)
+            part = os.read(err_read, 50000)
+            if not part or len(report) > 50000:
+                break
+            report += part
+    finally:
+        os.close(err_read)
+    if not report:
+        return pid
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    name, _, rest = report.partition(b":")
+    hex_errno, _, message = rest.partition(b":")
+    try:
+        number = int(hex_errno, 16)
+    except ValueError:
+        number = 0
+    if name == b"OSError" and number:
+        raise OSError(number, os.strerror(number),
+                      cwd if message == b"noexec" else executable)
+    raise OSError(errno.EIO, f"cannot start {executable}: {report.decode(errors='replace')}")
+
+
 class SessionProcess(process.Process):
     """A child that starts its own session, so its whole tree is one process group (and its
     own cgroup, or a mark in its environment: `containment`).
@@ -451,40 +539,50 @@ class SessionProcess(process.Process):
     It is started by subprocess's C code (vfork + setsid + exec: no Python runs in the child)
     instead of Twisted's os.fork() path, which copies the worker's page tables and then runs
     Python in the child: about 4 ms of CPU per job instead of 0.5 (bench/README.md).  Twisted
-    still owns the pipes and reaps the child.  Covered by tests that kill a job's
-    grandchildren (tests/unit/test_executor.py).
+    still owns the output pipes and reaps the child; stdin is /dev/null.  Covered by tests
+    that kill a job's grandchildren (tests/unit/test_executor.py).
     """
 
     _popen: Optional[subprocess.Popen] = None
+    _started = False
     contained: Optional[Tracked] = None
 
     def __init__(self, reactor, executable, args, environment, path, proto,
                  contained: Tracked) -> None:
         self.contained = contained
-        super().__init__(reactor, executable, args, environment, path, proto)
+        super().__init__(reactor, executable, args, environment, path, proto,
+                         childFDs={1: "r", 2: "r"})
 
     def _fork(self, path, uid, gid, executable, args, environment, fdmap=None, **kwargs):
         fdmap = fdmap or {}
-        if uid is not None or gid is not None or set(fdmap) - {0, 1, 2}:
+        if uid is not None or gid is not None or set(fdmap) - {1, 2}:
             raise OSError(errno.EINVAL, "jobs take no uid, gid or extra descriptors")
         contained = self.contained
         contained.before_spawn()
+        pid = None
         try:
-            self._popen = subprocess.Popen(
-                list(args), executable=executable, cwd=path, env=environment,
-                stdin=fdmap.get(0, subprocess.DEVNULL), stdout=fdmap.get(1, subprocess.DEVNULL),
-                stderr=fdmap.get(2, subprocess.DEVNULL), close_fds=True,
-                start_new_session=True, umask=job_umask)
+            if _fork_exec is not None:
+                pid = _start(list(args), executable, path, environment,
+                             fdmap.get(1, -1), fdmap.get(2, -1))
+            else:
+                self._popen = subprocess.Popen(
+                    list(args), executable=executable, cwd=path, env=environment,
+                    stdin=subprocess.DEVNULL, stdout=fdmap.get(1, subprocess.DEVNULL),
+                    stderr=fdmap.get(2, subprocess.DEVNULL), close_fds=True,
+                    start_new_session=True, umask=job_umask)
+                pid = self._popen.pid
         finally:
-            contained.after_spawn(self._popen.pid if self._popen is not None else None)
-        self.pid = self._popen.pid
+            contained.after_spawn(pid)
+        self.pid = pid
         self.status = -1
+        self._started = True
         guard.watch(self.pid, *contained.held())
 
     def processEnded(self, status) -> None:
-        # Twisted reaped the child; tell subprocess, or it would try to reap the pid again.
-        if self._popen is not None:
-            self._popen.returncode = os.waitstatus_to_exitcode(status)
+        if self._started:
+            if self._popen is not None:
+                # Twisted reaped the child; tell subprocess, or it would reap the pid again.
+                self._popen.returncode = os.waitstatus_to_exitcode(status)
             guard.release(self.pid, *self.contained.held())
             self.contained.release()
         super().processEnded(status)
