@@ -75,16 +75,22 @@ class Cluster:
         log_file = os.path.join(self.base_dir, f"{name}.log")
         cmd = [os.path.join(BIN, "twistd"), "-n", f"--logfile={log_file}", "--pidfile=", *args]
         env = dict(os.environ, TITAN_TOKEN=self.token, **self.extra_env)
-        proc = subprocess.Popen(cmd, cwd=self.base_dir, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=open(log_file + ".err", "wb"),
-                                preexec_fn=die_with_parent)
+        with open(log_file + ".err", "wb") as err:  # the child has its own copy
+            proc = subprocess.Popen(cmd, cwd=self.base_dir, env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=err,
+                                    preexec_fn=die_with_parent)
         return Child(name, proc, log_file)
 
     def start(self) -> "Cluster":
-        self.start_master()
-        for i in range(1, self.worker_count + 1):
-            self.start_worker(f"w{i}")
-        self.wait_for_workers(self.worker_count)
+        """Master and workers up; if any of them fails to come up, what did is stopped."""
+        try:
+            self.start_master()
+            for i in range(1, self.worker_count + 1):
+                self.start_worker(f"w{i}")
+            self.wait_for_workers(self.worker_count)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def start_master(self) -> Child:
