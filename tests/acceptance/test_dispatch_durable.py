@@ -13,12 +13,11 @@ from __future__ import annotations
 import os
 import signal
 import tempfile
-import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from titan.errors import RemoteError, TitanError
 from titan.testing.cluster import Cluster
+from tests.acceptance.helpers import Journal, retrying, wait_ended, wait_for
 
 SLOW_SQLITE = '''\
 import time
@@ -49,10 +48,6 @@ class _Factory:
 slow_sqlite = _Factory()
 '''
 
-# Each execution leaves a file named after its attempt (and its pid: two runs of one
-# attempt leave two files).
-JOB = ('mkdir -p "{marks}/$TITAN_JOB_ID" && '
-       ': > "{marks}/$TITAN_JOB_ID/$TITAN_ATTEMPT.$$"; sleep {s}')
 
 
 class KilledAfterDispatchTests(SynchronousTestCase):
@@ -62,8 +57,9 @@ class KilledAfterDispatchTests(SynchronousTestCase):
         os.makedirs(plugins)
         with open(os.path.join(plugins, "slow_sqlite.py"), "w") as f:
             f.write(SLOW_SQLITE)
-        self.marks = os.path.join(base, "marks")
-        os.makedirs(self.marks)
+        # Each execution journals its start and its end (with its attempt: two runs of
+        # one attempt leave two lines).
+        self.journal = Journal(os.path.join(base, "journal"))
         self.cluster = Cluster(base, workers=1, slots=1, heartbeat_interval=0.3,
                                heartbeat_timeout=10.0, fixed_port=True,
                                env={"PYTHONPATH": os.path.join(base, "dist")},
@@ -72,38 +68,17 @@ class KilledAfterDispatchTests(SynchronousTestCase):
         self.addCleanup(self.cluster.stop)
         self.cluster.start()
 
-    def runs(self, job_id: str) -> list[str]:
-        try:
-            return sorted(name.split(".")[0] for name in
-                          os.listdir(os.path.join(self.marks, job_id)))
-        except FileNotFoundError:
-            return []
-
-    def wait_for(self, predicate, timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                self.fail(f"timed out waiting for {what}")
-            time.sleep(0.005)
-
     def test_the_next_job_runs_once(self):
         with self.cluster.client() as c:
-            a, b = c.submit_many([["sh", "-c", JOB.format(marks=self.marks, s="0.3")],
-                                  ["sh", "-c", JOB.format(marks=self.marks, s="3")]])
-        self.wait_for(lambda: self.runs(b), 30, "B to start once A ended")
+            a, b = c.submit_many([self.journal.sh("sleep 0.3"), self.journal.sh("sleep 3")])
+        # Polled often: the kill must come within the second A's end takes to commit.
+        wait_for(self, lambda: self.journal.starts(b), 30, "B to start once A ended",
+                 interval=0.005)
         self.cluster.kill_master(signal.SIGKILL)  # within a second of A's end
         self.cluster.start_master()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with self.cluster.client() as c:
-                    ended = c.wait_many([a, b], timeout=30)
-                break
-            except RemoteError:
-                raise
-            except TitanError:
-                self.assertLess(time.monotonic(), deadline, "the master did not come back")
-                time.sleep(0.2)
+        ended = retrying(self.cluster, lambda c: wait_ended(self, c, [a, b], 30), 60)
         self.assertEqual([j["state"] for j in ended], ["COMPLETED", "COMPLETED"])
-        self.assertEqual((self.runs(a), self.runs(b)), (["1"], ["1"]))
         self.assertEqual([j["attempt"] for j in ended], [1, 1])
+        self.assertEqual([[e.attempt for e in self.journal.starts(j)] for j in (a, b)],
+                         [[1], [1]])
+        self.journal.check_exactly_once(self, ended)

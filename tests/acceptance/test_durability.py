@@ -10,6 +10,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase
 
 from titan.testing.cluster import BIN, Cluster
+from tests.acceptance.helpers import Journal, wait_ended, wait_for
 
 
 class DurabilityTests(SynchronousTestCase):
@@ -18,6 +19,7 @@ class DurabilityTests(SynchronousTestCase):
         c = Cluster(tempfile.mkdtemp(prefix="titan-durable-"), workers=workers,
                     fixed_port=True, config_extra=config_extra, master_extra=master_extra)
         self.addCleanup(c.stop)
+        self.journal = Journal(os.path.join(c.base_dir, "journal"))
         return c.start()
 
     def titan(self, c: Cluster, *args: str) -> subprocess.CompletedProcess:
@@ -25,9 +27,9 @@ class DurabilityTests(SynchronousTestCase):
 
     def finished_jobs(self, c: Cluster, n: int) -> list[str]:
         with c.client() as t:
-            jobs = [t.submit(["sh", "-c", f"echo job {i}"]) for i in range(n)]
-            for j in jobs:
-                self.assertEqual(t.wait(j, timeout=30)["state"], "COMPLETED")
+            jobs = [t.submit(self.journal.sh(f"echo job {i}")) for i in range(n)]
+            self.assertEqual([j["state"] for j in wait_ended(self, t, jobs, 30)],
+                             ["COMPLETED"] * n)
         return jobs
 
     def test_restart_keeps_jobs_and_logs(self):
@@ -42,18 +44,20 @@ class DurabilityTests(SynchronousTestCase):
             recovery = t.stats()["recovery"]
             self.assertEqual(recovery["jobs"], 5)
             self.assertGreaterEqual(recovery["events"], 10)
+        self.journal.check_after_restart(self, c, jobs)
 
     def test_the_oldest_finished_jobs_are_forgotten_with_their_logs(self):
         c = self.cluster(master_extra="  keep_finished: 5\n  forget_after: 1\n")
         old = self.finished_jobs(c, 6)
-        time.sleep(1.2)  # past forget_after: the first batch may go once others finish
+        with c.client() as t:
+            old_done = max(t.job(j)["finished_at"] for j in old)
+        # Past forget_after (1 s): the first batch may go once others finish.
+        wait_for(self, lambda: time.time() > old_done + 1.0, 10, "forget_after to pass")
         new = self.finished_jobs(c, 6)
         logs_dir = os.path.join(c.base_dir, "master", "logs")
         # Forgotten a tick (heartbeat_interval) after forget_after has passed.
-        deadline = time.monotonic() + 10
-        while self.titan(c, "status", old[-1]).returncode == 0:
-            self.assertLess(time.monotonic(), deadline, "the oldest jobs were not forgotten")
-            time.sleep(0.2)
+        wait_for(self, lambda: self.titan(c, "status", old[-1]).returncode != 0, 10,
+                 "the oldest jobs to be forgotten", interval=0.2)
 
         def check() -> None:
             for j in old:
@@ -76,6 +80,8 @@ class DurabilityTests(SynchronousTestCase):
         check()
         with c.client() as t:
             self.assertLessEqual(t.stats()["recovery"]["jobs"], 6)
+            kept = [j for j in new if j in {row["job_id"] for row in t.jobs()}]
+        self.journal.check_after_restart(self, c, kept)
 
     def test_sqlite_backend(self):
         c = self.cluster("persistence:\n  backend: sqlite\n  fsync: always\n")
@@ -85,6 +91,7 @@ class DurabilityTests(SynchronousTestCase):
         with c.client() as t:
             self.assertEqual([t.job(j)["state"] for j in jobs], ["COMPLETED"] * 3)
             self.assertEqual(t.stats()["persistence"]["backend"], "sqlite")
+        self.journal.check_after_restart(self, c, jobs)
         self.assertTrue(os.path.exists(os.path.join(c.base_dir, "master", "log",
                                                     "events.sqlite")))
 
