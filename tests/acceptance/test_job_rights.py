@@ -11,7 +11,7 @@ import sys
 
 from titan.errors import RemoteError, TitanError
 from titan.sdk.client import Client
-from tests.acceptance.helpers import ClusterTestCase, pid_alive, read_pid
+from tests.acceptance.helpers import ClusterTestCase, Journal, pid_alive, read_pid, wait_ended
 
 # Double fork + setsid: the grandchild leaves the job's session and process group, closes
 # its output and lives on; the job exits 0 (after argv[2] seconds).
@@ -48,7 +48,7 @@ class SecretsTests(ClusterTestCase):
                  f"/proc/{master_pid}/cmdline /proc/{master_pid}/environ; ps -eo args")
         with self.cluster.client() as c:
             job = c.submit(["sh", "-c", probe])
-            self.assertEqual(c.wait(job, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_ended(self, c, job, 30)[0]["state"], "COMPLETED")
             out = c.logs(job)
         self.assertIn("TITAN_WORKER_ID=", out.decode())
         self.assertIn(f"TITAN_TOKEN=job:{job}:", out.decode())  # its own, scoped token
@@ -109,7 +109,7 @@ class JobTokenTests(ClusterTestCase):
             self.addCleanup(held.close)
             self.assertEqual(held.status(job), "RUNNING")  # while it runs, it works
             open(go, "w").close()
-            self.assertEqual(c.wait(job, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_ended(self, c, job, 30)[0]["state"], "COMPLETED")
         # The connection opened during the job is closed by the master, unasked...
         sock = held._sock
 
@@ -150,7 +150,7 @@ class JobTokenTests(ClusterTestCase):
                 "    except RemoteError as e:\n"
                 "        print(what, e.code)\n")
             job = c.submit([sys.executable, "-c", script, other])
-            self.assertEqual(c.wait(job, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_ended(self, c, job, 30)[0]["state"], "COMPLETED")
             self.assertEqual(c.logs(job).decode().split("\n")[:3],
                              ["restart forbidden", "cancel forbidden", "approve forbidden"])
             self.assertEqual(c.status(other), "RUNNING")
@@ -182,7 +182,7 @@ class ContainmentTests(ClusterTestCase):
         pidfile = self._escaped("end")
         with self.cluster.client() as c:
             job = c.submit([sys.executable, "-c", ESCAPE, pidfile, "0.5"])
-            self.assertEqual(c.wait(job, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_ended(self, c, job, 30)[0]["state"], "COMPLETED")
             pid = read_pid(pidfile)
             self.wait_for(lambda: not pid_alive(pid), what=f"escaped pid {pid} gone")
             self.assertIn(f"[titan: killed 1 process the job left running (pid {pid})",
@@ -195,19 +195,27 @@ class ContainmentTests(ClusterTestCase):
         with self.cluster.client() as c:
             job = c.submit([sys.executable, "-c", ESCAPE, pidfile, "300"], timeout=2)
             pid = read_pid(pidfile)
-            self.assertEqual(c.wait(job, timeout=30)["state"], "FAILED")
+            self.assertEqual(wait_ended(self, c, job, 30)[0]["state"], "FAILED")
             self.wait_for(lambda: not pid_alive(pid), what=f"escaped pid {pid} gone")
 
     def test_a_killed_worker_takes_what_its_jobs_started(self):
         pidfile = self._escaped("kill9")
-        self.cluster.start_worker(f"doomed-{self.contain}", tags="DOOMED")
+        journal = Journal(os.path.join(self.base_dir, f"journal-{self.contain}"))
+        doomed = f"doomed-{self.contain}"
+        self.cluster.start_worker(doomed, tags="DOOMED")
         self.cluster.wait_for_workers(2)
         with self.cluster.client() as c:
-            job = c.submit([sys.executable, "-c", ESCAPE, pidfile, "300"], tags=["DOOMED"])
+            job = c.submit(journal.sh([sys.executable, "-c", ESCAPE, pidfile, "300"]),
+                           tags=["DOOMED"])
             pid = read_pid(pidfile)
-            self.cluster.kill_worker(f"doomed-{self.contain}", signal.SIGKILL)
+            self.cluster.kill_worker(doomed, signal.SIGKILL)
             self.wait_for(lambda: not pid_alive(pid), what=f"escaped pid {pid} gone")
             c.cancel(job)
+            [ended] = wait_ended(self, c, job, 20)
+        self.assertEqual(ended["state"], "CANCELLED")
+        # It ran once, on the worker that was killed, and never to its end.
+        self.assertEqual([(e.what, e.attempt, e.worker) for e in journal.entries(job)],
+                         [("start", 1, doomed)])
 
 
 class TrackingContainmentTests(ContainmentTests):
@@ -225,7 +233,7 @@ class LogCapTests(ClusterTestCase):
     def test_an_attempt_keeps_at_most_log_max_bytes_and_says_what_was_cut(self):
         with self.cluster.client() as c:
             job = c.submit(["sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x"])
-            self.assertEqual(c.wait(job, timeout=60)["state"], "COMPLETED")
+            self.assertEqual(wait_ended(self, c, job, 60)[0]["state"], "COMPLETED")
             log = self.wait_for(lambda: (lambda b: b if b.endswith(b"]\n") else None)(
                 c.logs(job)), what="the tally line")
         path = os.path.join(self.base_dir, "master", "logs", f"{job}.log")
@@ -241,7 +249,7 @@ class LogCapTests(ClusterTestCase):
             jobs = []
             for _ in range(5):  # 90 kB each: 450 kB, over the 250 kB kept
                 jobs.append(c.submit(["sh", "-c", "head -c 90000 /dev/zero | tr '\\0' y"]))
-                self.assertEqual(c.wait(jobs[-1], timeout=60)["state"], "COMPLETED")
+                self.assertEqual(wait_ended(self, c, jobs[-1], 60)[0]["state"], "COMPLETED")
 
             def forgotten():
                 try:
@@ -270,7 +278,7 @@ class FileModeTests(ClusterTestCase):
         made = os.path.join(self.base_dir, "made-by-the-job")
         with self.cluster.client() as c:
             job = c.submit(["sh", "-c", f"echo hello; touch {made}"])
-            self.assertEqual(c.wait(job, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_ended(self, c, job, 30)[0]["state"], "COMPLETED")
             c.logs(job)
         wide = []
         for top in ("master", "w1"):
