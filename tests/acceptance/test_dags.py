@@ -7,7 +7,7 @@ import textwrap
 import time
 
 from titan.sdk.pipeline import Pipeline
-from tests.acceptance.helpers import ClusterTestCase
+from tests.acceptance.helpers import ClusterTestCase, Journal, wait_ended, wait_run_ended
 
 PY = sys.executable
 
@@ -102,7 +102,7 @@ class DagTests(ClusterTestCase):
         split >> maps >> reduce
         with self.cluster.client() as c:
             run_id = c.submit(p)
-            run = c.wait_run(run_id, timeout=120)
+            run = wait_run_ended(self, c, run_id, 120)
             self.assertEqual(run["state"], "COMPLETED", run["counts"])
             self.assertEqual(run["total"], 52)
             expected = sum(i * i for i in range(50))
@@ -181,9 +181,9 @@ class DagTests(ClusterTestCase):
             self.assertEqual(ok.stdout.decode().strip(), f"{approved}/review APPROVED by alice")
             no = self.titan("reject", f"{rejected}/review", "-m", "not today", "--by", "bob")
             self.assertEqual(no.returncode, 0, no.stderr)
-            self.assertEqual(c.wait_run(approved, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_run_ended(self, c, approved, 30)["state"], "COMPLETED")
             self.assertEqual(c.logs(f"{approved}/deploy"), b"deployed\n")
-            self.assertEqual(c.wait_run(rejected, timeout=30)["state"], "CANCELLED")
+            self.assertEqual(wait_run_ended(self, c, rejected, 30)["state"], "CANCELLED")
             deploy = c.job(f"{rejected}/deploy")
             self.assertEqual(deploy["state"], "CANCELLED")
             self.assertEqual(deploy["reason"], "cancelled: gate review rejected by bob: not today")
@@ -206,7 +206,7 @@ class DagTests(ClusterTestCase):
                           what="the inserted gate")
             self.assertEqual(c.job(f"{run_id}/publish")["depends_on"], ["train.approval"])
             c.approve(gate)
-            self.assertEqual(c.wait_run(run_id, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_run_ended(self, c, run_id, 30)["state"], "COMPLETED")
 
     def test_a_task_grows_its_dag_three_levels_deep(self):
         grow = textwrap.dedent("""\
@@ -223,7 +223,7 @@ class DagTests(ClusterTestCase):
         p.script("seed", "grow.py", content=grow.encode())
         with self.cluster.client() as c:
             run_id = c.submit(p)
-            run = c.wait_run(run_id, timeout=120)
+            run = wait_run_ended(self, c, run_id, 120)
             self.assertEqual(run["state"], "COMPLETED", run["counts"])
             self.assertEqual(run["total"], 1 + 2 + 4 + 8)
             nodes = {j["node"] for j in run["jobs"]}
@@ -235,7 +235,7 @@ class DagTests(ClusterTestCase):
             p2 = Pipeline("agent", agent_run_id="agent-7", stage="EVAL")
             p2.job("judge", ["true"])
             second = c.submit(p2)
-            c.wait_run(second, timeout=30)
+            wait_run_ended(self, c, second, 30)
             timeline = c.runs("agent-7")
             self.assertEqual([(r["run_id"], r["stage"], r["state"]) for r in timeline],
                              [(run_id, "PLAN", "COMPLETED"), (second, "EVAL", "COMPLETED")])
@@ -256,7 +256,7 @@ class DagTests(ClusterTestCase):
             """)])
         with self.cluster.client() as c:
             run_id = c.submit(p)
-            run = c.wait_run(run_id, timeout=30)
+            run = wait_run_ended(self, c, run_id, 30)
             self.assertEqual(run["total"], 1)
             self.assertEqual(c.logs(f"{run_id}/loop").decode(),
                              f"refused: run {run_id} would have 11 jobs, over its limit of 5 "
@@ -277,12 +277,11 @@ class DagTests(ClusterTestCase):
         p.job("after", ["true"]).after(gate)
         with self.cluster.client() as c:
             run_id = c.submit(p)
-            self.wait_for(lambda: c.job(f"{run_id}/try")["state"] == "COMPLETED",
-                          what="the job")
+            self.assertEqual(wait_ended(self, c, f"{run_id}/try", 20)[0]["state"], "COMPLETED")
             self.assertEqual(c.logs(f"{run_id}/try"), b"forbidden\n")
             self.assertEqual(c.job(f"{run_id}/review")["state"], "WAITING_APPROVAL")
             c.cancel(run_id)
-            self.assertEqual(c.wait_run(run_id, timeout=30)["state"], "CANCELLED")
+            self.assertEqual(wait_run_ended(self, c, run_id, 30)["state"], "CANCELLED")
 
     def test_cycle_is_refused_naming_the_jobs(self):
         with self.cluster.client() as c:
@@ -307,7 +306,7 @@ class DagTests(ClusterTestCase):
                           what="the first job")
             result = self.titan("cancel", run_id)
             self.assertEqual(result.stdout.decode().strip(), f"{run_id} CANCELLED")
-            run = c.wait_run(run_id, timeout=30)
+            run = wait_run_ended(self, c, run_id, 30)
             self.assertEqual(run["state"], "CANCELLED")
             self.assertEqual({j["state"] for j in run["jobs"]}, {"CANCELLED"})
 
@@ -328,24 +327,31 @@ class ScheduleAndRoutingTests(ClusterTestCase):
             self.assertIn("tick      * * * * * */2", listing)
             self.assertEqual(self.titan("cancel", "tick").returncode, 0)
             count = len([r for r in c.runs() if r["name"] == "tick"])
+            # Two periods and more during which no run may start: a span to watch, not a
+            # wait for something to come.
             time.sleep(4.5)
             self.assertLessEqual(len([r for r in c.runs() if r["name"] == "tick"]), count + 1)
             for r in [r for r in c.runs() if r["name"] == "tick"]:
-                self.assertEqual(c.wait_run(r["run_id"], timeout=30)["state"], "COMPLETED")
+                self.assertEqual(wait_run_ended(self, c, r["run_id"], 30)["state"], "COMPLETED")
                 self.assertRegex(r["run_id"], r"^tick-\d{8}T\d{6}$")
 
     def test_gpu_job_without_gpu_worker_does_not_block_others(self):
+        journal = Journal(os.path.join(self.base_dir, "journal"))
         with self.cluster.client() as c:
-            gpu = c.submit(["true"], tags=["GPU"], priority=10)
-            plain = c.submit(["echo", "general"])
-            self.assertEqual(c.wait(plain, timeout=30)["state"], "COMPLETED")
+            gpu = c.submit(journal.sh("true"), tags=["GPU"], priority=10)
+            plain = c.submit(journal.sh(["echo", "general"]))
+            self.assertEqual(wait_ended(self, c, plain, 30)[0]["state"], "COMPLETED")
             job = c.job(gpu)
             self.assertEqual(job["state"], "PENDING")
             self.assertEqual(job["waiting"], "no live worker has the tags GPU")
             status = self.titan("status", gpu).stdout.decode()
             self.assertIn("waiting:   no live worker has the tags GPU", status)
-            worker = self.cluster.start_worker("gpu1", tags="GPU")
+            self.cluster.start_worker("gpu1", tags="GPU")
             try:
-                self.assertEqual(c.wait(gpu, timeout=30)["worker"], "gpu1")
+                [ended] = wait_ended(self, c, gpu, 30)
+                self.assertEqual((ended["state"], ended["worker"]), ("COMPLETED", "gpu1"))
             finally:
                 self.cluster.kill_worker("gpu1")
+            # Each ran once, where it belongs, the kill of gpu1 after its job notwithstanding.
+            self.assertEqual([e.worker for e in journal.starts(gpu)], ["gpu1"])
+            journal.check_exactly_once(self, [c.job(gpu), c.job(plain)])

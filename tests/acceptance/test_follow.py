@@ -2,6 +2,7 @@
 batch submit, against a real cluster (issue 13, C15 and D)."""
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -11,8 +12,16 @@ import textwrap
 import threading
 import time
 
-from tests.acceptance.helpers import ClusterTestCase
+from tests.acceptance.helpers import (ClusterTestCase, Journal, jobs_not_ended, wait_ended,
+                                      wait_run_ended)
 from titan.testing.cluster import BIN
+
+
+def _interruptible() -> None:
+    """preexec_fn: Ctrl-C (SIGINT) does to `titan` what it does at a terminal, even when the
+    tests run in the background of a shell, whose children ignore SIGINT (and Python then
+    installs no handler of its own)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Watched:
@@ -20,19 +29,21 @@ class Watched:
 
     def __init__(self, case, *args: str, tty: bool = False) -> None:
         self.case = case
+        self.args = args
         self.text = ""
         cmd = [os.path.join(BIN, "titan"), *args]
         env = case.cluster.env()
         if tty:
             leader, follower = pty.openpty()
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=follower,
-                                         stdin=subprocess.DEVNULL, cwd=case.base_dir)
+                                         stdin=subprocess.DEVNULL, cwd=case.base_dir,
+                                         preexec_fn=_interruptible)
             os.close(follower)
             self._fd = leader
         else:
             self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                         cwd=case.base_dir)
+                                         cwd=case.base_dir, preexec_fn=_interruptible)
             self._fd = self.proc.stderr.fileno()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -54,8 +65,16 @@ class Watched:
         return found
 
     def finish(self, timeout: float = 60.0) -> tuple[int, str, str]:
+        """Its exit code, stdout and stderr once it has ended; after `timeout` seconds the
+        test fails with what it said and the cluster's jobs not ended."""
+        try:
+            code = self.proc.wait(timeout)  # its stdout (a table at the end) fits a pipe
+        except subprocess.TimeoutExpired:
+            with self.case.cluster.client() as c:
+                stuck = jobs_not_ended(c)
+            self.case.fail(f"titan {' '.join(self.args)} still running after {timeout:g}s; "
+                           f"it said:\n{self.text}\njobs not ended:\n{stuck}")
         out = self.proc.stdout.read().decode()
-        code = self.proc.wait(timeout)
         self._reader.join(5)
         return code, out, self.text
 
@@ -68,6 +87,10 @@ class Watched:
 
 
 class FollowCase(ClusterTestCase):
+    @property
+    def journal(self) -> Journal:
+        return Journal(os.path.join(self.base_dir, "journal"))
+
     def write(self, name: str, text: str) -> str:
         path = os.path.join(self.base_dir, name)
         with open(path, "w") as f:
@@ -75,15 +98,19 @@ class FollowCase(ClusterTestCase):
         return path
 
     def held(self, name: str) -> tuple[str, str]:
-        """A pipeline whose job `slow` runs until the test creates its file."""
+        """A pipeline whose job `slow` runs until the test creates its file (both jobs
+        journaled)."""
         go = os.path.join(self.base_dir, f"{name}.go")
+        first = json.dumps(self.journal.sh("echo first"))
+        slow = json.dumps(self.journal.sh(f"while [ ! -e {go} ]; do sleep 0.05; done; "
+                                          "echo slow done"))
         path = self.write(f"{name}.yaml", f"""\
             name: {name}
             jobs:
               - id: first
-                command: echo first
+                command: {first}
               - id: slow
-                command: sh -c 'while [ ! -e {go} ]; do sleep 0.05; done; echo slow done'
+                command: {slow}
                 depends_on: [first]
             """)
         return path, go
@@ -186,7 +213,11 @@ class MasterRestartTests(FollowCase):
         self.release(go)
         code, out, err = w.finish()
         self.assertEqual(code, 0, err)
-        self.assertRegex(err, r"restarted-\w+ COMPLETED: COMPLETED 2")
+        run_id = re.search(r"(restarted-\w+) COMPLETED: COMPLETED 2", err)[1]
+        # The master's restart ran neither job again, nor `slow` twice meanwhile.
+        with self.cluster.client() as c:
+            run = wait_run_ended(self, c, run_id, 20)
+        self.journal.check_exactly_once(self, run["jobs"])
 
 
 class BatchSubmitTests(FollowCase):
@@ -195,17 +226,17 @@ class BatchSubmitTests(FollowCase):
             ids = c.submit_many([["echo", "one"], "echo two | tr a-z A-Z",
                                  {"command": ["sh", "-c", "exit 4"], "name": "four"}],
                                 retries=0)
-            jobs = c.wait_many(ids, timeout=30)
+            jobs = wait_ended(self, c, ids, 30)
             self.assertEqual([j["state"] for j in jobs], ["COMPLETED", "COMPLETED", "FAILED"])
             self.assertEqual((jobs[2]["exit_code"], jobs[2]["name"]), (4, "four"))
             self.assertEqual(c.logs(ids[1]), b"TWO\n")
             files = ["a b.txt", "it's;rm -rf x", "c"]
             mapped = c.map("printf '%s\\n' {}", files)
-            self.assertEqual([j["state"] for j in c.wait_many(mapped, timeout=30)],
+            self.assertEqual([j["state"] for j in wait_ended(self, c, mapped, 30)],
                              ["COMPLETED"] * 3)
             self.assertEqual([c.logs(i).decode() for i in mapped], [f + "\n" for f in files])
             seeds = c.map(["sh", "-c", "echo seed=$0", "{}"], range(3))
-            c.wait_many(seeds, timeout=30)
+            wait_ended(self, c, seeds, 30)
             self.assertEqual([c.logs(i) for i in seeds], [b"seed=0\n", b"seed=1\n", b"seed=2\n"])
 
     def test_a_bad_job_in_a_batch_is_named_and_nothing_runs(self):
@@ -231,7 +262,7 @@ class WaitRunTests(FollowCase):
             # The connection is still good for requests, and no stale push gets in the way.
             self.assertEqual(c.run(run_id, jobs=False)["state"], "RUNNING")
             self.release(go)
-            run = c.wait(run_id, timeout=30)
+            run = wait_run_ended(self, c, run_id, 30)
             self.assertEqual(run["state"], "COMPLETED")
             self.assertEqual([j["state"] for j in run["jobs"]], ["COMPLETED", "COMPLETED"])
 

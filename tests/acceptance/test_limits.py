@@ -11,7 +11,7 @@ from titan.protocols import codec
 from titan.protocols.frame import FrameDecoder
 from titan.protocols.opcodes import Op
 
-from tests.acceptance.helpers import ClusterTestCase
+from tests.acceptance.helpers import ClusterTestCase, Journal, wait_ended
 
 
 def read_frames(sock: socket.socket, timeout: float) -> tuple[list, bool]:
@@ -85,22 +85,25 @@ class WorkerRegisterTests(ClusterTestCase):
     cluster_options = {"fixed_port": True}
 
     def test_output_kept_while_the_master_was_down_arrives(self):
-        marker = os.path.join(self.cluster.base_dir, "ended")
         go = os.path.join(self.cluster.base_dir, "go")
         script = (f"import os, sys, time\n"
                   f"while not os.path.exists({go!r}): time.sleep(0.05)\n"
-                  f"sys.stdout.write('y' * 300000); sys.stdout.flush()\n"
-                  f"open({marker!r}, 'w').close()\n")
+                  f"sys.stdout.write('y' * 300000); sys.stdout.flush()\n")
+        journal = Journal(os.path.join(self.cluster.base_dir, "journal"))
         with self.cluster.client() as c:
-            job = c.submit(["python3", "-c", script])
+            job = c.submit(journal.sh(["python3", "-c", script]))
             self.wait_for(lambda: c.status(job) == "RUNNING", 20, "the job to start")
         self.cluster.kill_master()
         open(go, "w").close()  # the job ends while the master is down; its output waits
-        self.wait_for(lambda: os.path.exists(marker), 20, "the job to end")
+        self.wait_for(lambda: journal.ends(job), 20, "the job to end")
         self.cluster.start_master()
         with self.cluster.client() as c:
-            self.wait_for(lambda: c.status(job) == "COMPLETED", 30, "the job's report")
+            [ended] = wait_ended(self, c, job, 30)
+            self.assertEqual(ended["state"], "COMPLETED", ended)
             self.assertEqual(c.logs(job), b"y" * 300000)
+        # Reported, not run again: the one run that ended while the master was down.
+        journal.check_after_restart(self, self.cluster, [job])
+        self.assertEqual(len(journal.starts(job)), 1)
         with open(self.cluster.master.log_file) as f:
             self.assertNotIn("too_large", f.read())
 

@@ -10,7 +10,8 @@ import textwrap
 import time
 import urllib.request
 
-from tests.acceptance.helpers import ClusterTestCase, pid_alive, read_pid
+from tests.acceptance.helpers import (ClusterTestCase, pid_alive, read_pid, wait_ended,
+                                      wait_run_ended)
 
 PY = sys.executable
 SERVICE_CONFIG = ("  restart_backoff_base: 0.2\n  restart_backoff_cap: 1\n"
@@ -33,6 +34,19 @@ class ServiceTests(ClusterTestCase):
         self.assertEqual(out.returncode, 0, out.stderr)
         return {s["name"]: s for s in json.loads(out.stdout)}
 
+    def starts(self, name: str) -> int:
+        """How many times the service's command has started (it counts itself)."""
+        try:
+            with open(os.path.join(self.base_dir, f"{name}.starts")) as f:
+                return len(f.read().splitlines())
+        except FileNotFoundError:
+            return 0
+
+    def counted(self, name: str, script: str) -> list[str]:
+        """`script` run by a shell that first notes one more start of the service."""
+        return ["sh", "-c", f"echo started >> {os.path.join(self.base_dir, name)}.starts; "
+                            + script]
+
     def get(self, port: int, path: str = "/") -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
             return r.status
@@ -40,8 +54,8 @@ class ServiceTests(ClusterTestCase):
     def test_http_service_on_an_auto_port_restarts_after_kill_9_and_stops_clean(self):
         marker = os.path.join(self.base_dir, "web-child.pid")
         result = self.titan("service", "deploy", "web", "--port", "auto", "--health", "http:/",
-                            "--", "sh", "-c",
-                            f"sleep 300 & echo $! > {marker}; exec {PY} -m http.server $PORT")
+                            "--", *self.counted("web", f"sleep 300 & echo $! > {marker}; "
+                                                      f"exec {PY} -m http.server $PORT"))
         self.assertEqual(result.returncode, 0, result.stderr)
         svc = self.services()["web"]
         self.assertRegex(result.stdout.decode().strip(),
@@ -59,6 +73,8 @@ class ServiceTests(ClusterTestCase):
         again = self.wait_for(lambda: (s := self.services()["web"])["restarts"] >= 1
                               and s["state"] == "RUNNING" and s, what="the restart")
         self.assertNotEqual(again["pid"], svc["pid"])
+        # Killed once, started again once.
+        self.assertEqual((again["restarts"], self.starts("web")), (1, 2))
         self.assertEqual(again["port"], svc["port"])
         self.assertEqual(self.get(again["port"]), 200)
 
@@ -102,7 +118,7 @@ class ServiceTests(ClusterTestCase):
 
     def test_a_master_restart_leaves_the_service_alone(self):
         result = self.titan("service", "deploy", "steady", "--port", "auto", "--health", "tcp",
-                            "--", PY, "-m", "http.server", "{port}")
+                            "--", *self.counted("steady", f"exec {PY} -m http.server $PORT"))
         self.assertEqual(result.returncode, 0, result.stderr)
         before = self.services()["steady"]
         self.cluster.kill_master(signal.SIGKILL)
@@ -111,14 +127,14 @@ class ServiceTests(ClusterTestCase):
         after = self.wait_for(lambda: (s := self.services()["steady"])["state"] == "RUNNING"
                               and s["pid"] and s, what="the worker to report the service")
         self.assertEqual(after["pid"], before["pid"])
-        self.assertEqual(after["restarts"], 0)
+        self.assertEqual((after["restarts"], self.starts("steady")), (0, 1))  # not again
         self.assertEqual(self.get(after["port"]), 200)
         restart = self.titan("service", "restart", "steady")
         self.assertEqual(restart.returncode, 0, restart.stderr)
         moved = self.wait_for(lambda: (s := self.services()["steady"])["pid"] not in
                               (None, before["pid"]) and s["state"] == "RUNNING" and s,
                               what="the requested restart")
-        self.assertEqual(moved["restarts"], 1)
+        self.assertEqual((moved["restarts"], self.starts("steady")), (1, 2))
         self.titan("service", "stop", "steady")
 
     def test_a_service_from_yaml_and_a_job_after_it(self):
@@ -138,10 +154,10 @@ class ServiceTests(ClusterTestCase):
                 """))
         run_id = self.titan("run", path).stdout.decode().strip()
         with self.cluster.client() as c:
-            job = c.wait(f"{run_id}/client", timeout=30)
+            [job] = wait_ended(self, c, f"{run_id}/client", 30)
             self.assertEqual(job["state"], "COMPLETED")
             # The run ends with its jobs; the service its job needed stops with it.
-            self.assertEqual(c.wait_run(run_id, timeout=30)["state"], "COMPLETED")
+            self.assertEqual(wait_run_ended(self, c, run_id, 30)["state"], "COMPLETED")
             api = c.job(f"{run_id}/api")
             self.assertEqual((api["state"], api["reason"]),
                              ("COMPLETED", "stopped: its run ended"))
