@@ -26,7 +26,7 @@ from titan.core.model import JobSpec
 from titan.protocols import codec
 from titan.protocols.frame import FrameDecoder, encode_frame
 from titan.protocols.opcodes import Op
-from titan.worker import service
+from titan.worker import service, supervisor
 from titan.worker.executor import JobProcess
 from titan.worker.service import WorkerService
 
@@ -80,6 +80,7 @@ class WorkerRecoveryTests(SynchronousTestCase):
         self.spawned: dict[str, JobProcess] = {}
         self._pids = itertools.count(50001)
         self.patch(service, "spawn", self._spawn)
+        self.patch(supervisor, "spawn", self._spawn)  # a service's processes
         config = Config(token="t", worker=WorkerConfig(
             name="w1", data_dir=self.mktemp(), detect_tags=False, master="127.0.0.1:9999",
             log_batch_interval=0.05))
@@ -150,8 +151,8 @@ class WorkerRecoveryTests(SynchronousTestCase):
             link.answer(hello, {"heartbeat_interval": 1.0})
         return hello
 
-    def dispatch(self, link: Link, job_id: str, attempt: int = 1) -> JobProcess:
-        spec = JobSpec(job_id=job_id, command=("work",))
+    def dispatch(self, link: Link, job_id: str, attempt: int = 1, **spec) -> JobProcess:
+        spec = JobSpec(job_id=job_id, command=("work",), **spec)
         link.push(Op.DISPATCH, {"job_id": job_id, "attempt": attempt, "run_id": None,
                                 "token": "job-token", "spec": spec.to_wire()})
         return self.spawned[job_id]
@@ -215,6 +216,25 @@ class WorkerRecoveryTests(SynchronousTestCase):
                           ("c", 1, None, "killed by signal SIGKILL")])
         logs = {r["job_id"]: r["logs"] for r in hello["finished"]}
         self.assertEqual(logs["a"], [["out", b"done\n"]])
+
+    def test_a_service_says_how_it_is_once_registered_again(self) -> None:
+        """A master that lost the worker (or restarted) learns a service's state anew."""
+        link = self.accept(within=0)
+        self.register(link)
+        self.dispatch(link, "api", kind="service", restart="always")
+        [status] = [b["status"] for op, b in link.received() if op == Op.SERVICE_STATUS]
+        self.assertEqual((status["state"], status["pid"]), ("RUNNING", 50001))
+        link.drop()
+        link = self.accept()
+        hello = self.register(link, answer=False)
+        self.assertEqual(hello["running"], [{"job_id": "api", "attempt": 1}])
+        link.received()
+        self.assertEqual([op for op, _ in link.frames], [Op.REGISTER])  # nothing before it
+        link.answer(hello, {"heartbeat_interval": 1.0})
+        [status] = [b for op, b in link.received() if op == Op.SERVICE_STATUS]
+        self.assertEqual((status["job_id"], status["attempt"], status["status"]["state"],
+                          status["status"]["pid"], status["status"]["restarts"]),
+                         ("api", 1, "RUNNING", 50001, 0))
 
     def test_a_report_is_sent_again_until_the_master_answers(self) -> None:
         link = self.accept(within=0)
