@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from typing import Callable, Optional
@@ -176,6 +177,7 @@ class Tracked:
     """A job's processes found by session, process group, parent and mark (no cgroup)."""
 
     kind = "tracking"
+    vacated = False  # known to hold no process any more (Cgroup.release)
 
     def __init__(self, mark: str) -> None:
         self.mark = mark
@@ -314,6 +316,7 @@ class Cgroup(Tracked):
                 empty = not f.read(1)
         except OSError:
             return True
+        self.vacated = empty
         if self.owner.stale:
             self.owner.sweep()
         if empty and len(self.owner.free) < POOL:
@@ -706,6 +709,88 @@ def release_workdir(workdir: str, job_id: str, in_use: bool) -> None:
             os.rmdir(os.path.dirname(workdir))
     except OSError:
         pass
+
+
+class Workdirs:
+    """Jobs' own directories (`work/JOB_ID`, `work/RUN_ID/JOB_ID`) without a mkdir and an
+    rmdir per job: on ext4 those two cost the worker ~0.2 ms of CPU a job (inode allocation
+    that skips recently freed inodes, then the inode's eviction), two renames ~0.03 ms.
+
+    An empty directory a job leaves is renamed into `<data dir>/.free-workdirs/` (POOL at
+    most) and the next job's directory is one renamed out of it: for the job it is new
+    (empty, the mode os.makedirs gives, the worker's, no extended attributes: one that is not is removed
+    as before).  Without a pool (`start` not called, another file system), mkdir and rmdir.
+    """
+
+    POOL = 32
+
+    def __init__(self) -> None:
+        self.work: Optional[str] = None
+        self.pool_dir: Optional[str] = None
+        self.free: list[str] = []
+        self._next = 0
+
+    def start(self, data_dir: str) -> None:
+        self.work = os.path.join(data_dir, "work") + os.sep
+        self.pool_dir = os.path.join(data_dir, ".free-workdirs")
+        shutil.rmtree(self.pool_dir, ignore_errors=True)  # an earlier worker's
+        os.makedirs(self.pool_dir, 0o700, exist_ok=True)
+        self.free = []
+        mask = os.umask(0o077)
+        os.umask(mask)
+        self.mode = 0o777 & ~mask  # what os.makedirs gives a job's directory
+
+    def _pooled(self, workdir: str) -> bool:
+        return self.work is not None and workdir.startswith(self.work)
+
+    def make(self, workdir: str) -> None:
+        """Make a job's directory (as os.makedirs(workdir, exist_ok=True))."""
+        if self.free and self._pooled(workdir):
+            spare = self.free.pop()
+            try:
+                try:
+                    os.rename(spare, workdir)
+                except FileNotFoundError:  # its run's folder is not there yet
+                    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+                    os.rename(spare, workdir)
+                return
+            except OSError:  # (workdir exists and is not empty: it is used as it is)
+                self.free.append(spare)
+        os.makedirs(workdir, exist_ok=True)
+
+    def release(self, workdir: str, job_id: str, in_use: bool, vacated: bool = False) -> None:
+        """As release_workdir: gone if the job left it empty (here: into the pool, if
+        `vacated`: the job's cgroup held no process any more, so none of its processes can
+        still have its cwd there and write into the next job's directory)."""
+        if (in_use or not vacated or not self._pooled(workdir) or len(self.free) >= self.POOL
+                or not self._reusable(workdir)):
+            release_workdir(workdir, job_id, in_use)
+            return
+        self._next += 1
+        spare = os.path.join(self.pool_dir, str(self._next))
+        try:
+            os.rename(workdir, spare)
+        except OSError:
+            release_workdir(workdir, job_id, in_use)
+            return
+        self.free.append(spare)
+        if "/" in job_id:  # its run's folder, once empty
+            try:
+                os.rmdir(os.path.dirname(workdir))
+            except OSError:
+                pass
+
+    def _reusable(self, workdir: str) -> bool:
+        try:
+            st = os.stat(workdir, follow_symlinks=False)
+            return (stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == self.mode
+                    and st.st_uid == os.geteuid() and not os.listdir(workdir)
+                    and not os.listxattr(workdir, follow_symlinks=False))
+        except OSError:
+            return False
+
+
+workdirs = Workdirs()
 
 
 def resolve_executable(command: list[str], env: dict, cwd: str) -> Optional[str]:

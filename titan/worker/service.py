@@ -33,8 +33,8 @@ from titan.protocols.rpc import RpcProtocol
 from titan import tap
 from titan.tap import exit_after_stop, private_dir
 from titan.worker import executor
-from titan.worker.executor import (JobProcess, containment, guard, job_workdir,
-                                   release_workdir, spawn)
+from titan.worker.executor import (JobProcess, containment, guard, job_workdir, spawn,
+                                   workdirs)
 from titan.worker.detect import detected_tags
 from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
@@ -159,6 +159,7 @@ class WorkerService(MultiService):
         self._take_data_dir()
         private_dir(self.data_dir)
         os.makedirs(os.path.join(self.data_dir, "work"), exist_ok=True)
+        workdirs.start(self.data_dir)
         if tap.started_umask is not None:  # jobs get the umask the worker was given
             executor.job_umask = tap.started_umask
         try:
@@ -318,7 +319,7 @@ class WorkerService(MultiService):
             return
         try:
             if own:
-                os.makedirs(workdir, exist_ok=True)
+                workdirs.make(workdir)
             command = self._command(job)
         except OSError as e:
             self._exited(job, None, f"cannot prepare {workdir}: {e.strerror}")
@@ -442,8 +443,10 @@ class WorkerService(MultiService):
             except OSError:
                 pass
         if job.own_workdir:  # removed only when left empty (and not in use: `shared`)
-            release_workdir(job.workdir, job_id,
-                            any(j.workdir == job.workdir for j in self.jobs.values()))
+            contained = job.proc.contained if job.proc is not None else None
+            workdirs.release(job.workdir, job_id,
+                             any(j.workdir == job.workdir for j in self.jobs.values()),
+                             vacated=contained is not None and contained.vacated)
         report = {"job_id": job_id, "attempt": job.attempt, "exit_code": exit_code,
                   "reason": reason}
         if self.conn is not None and self.registered:
