@@ -460,19 +460,18 @@ _env_entries: dict[tuple[str, str], bytes] = {}
 
 def _encoded_env(env: dict) -> list[bytes]:
     cache = _env_entries
-    items = list(env.items())
-    out = list(map(cache.get, items))  # a loop in C: most entries are known
-    if None in out:
-        for i, entry in enumerate(out):
-            if entry is None:
-                key, value = items[i]
-                kb = os.fsencode(key)
-                if b"=" in kb:
-                    raise ValueError("illegal environment variable name")
-                entry = out[i] = kb + b"=" + os.fsencode(value)
-                if len(cache) >= 4096:  # the per-job values (ids, marks, tokens) pile up
-                    cache.clear()
-                cache[items[i]] = entry
+    out = []
+    for item in env.items():
+        entry = cache.get(item)
+        if entry is None:
+            key = os.fsencode(item[0])
+            if b"=" in key:
+                raise ValueError("illegal environment variable name")
+            entry = key + b"=" + os.fsencode(item[1])
+            if len(cache) >= 4096:  # the per-job values (ids, marks, tokens) pile up
+                cache.clear()
+            cache[item] = entry
+        out.append(entry)
     return out
 
 
