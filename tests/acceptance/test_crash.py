@@ -175,6 +175,11 @@ class CrashTests(SynchronousTestCase):
             if not killed:  # failed once (no end line), then succeeded
                 self.assertEqual([e.attempt for e in starts[node]], [1, 2])
                 self.assertEqual([e.attempt for e in ends[node]], [2])
+        if not killed:  # no worker lost: a job that needed no retry started only once
+            for node, job in jobs.items():
+                if job["state"] == "COMPLETED" and starts[node] and node not in FLAKY:
+                    self.assertEqual([e.attempt for e in starts[node]], [1],
+                                     f"{node} started again: {starts[node]}")
         grown = [n for n in jobs if n.startswith("grown-")]
         self.assertEqual(len(grown), 5)
         for node in grown:

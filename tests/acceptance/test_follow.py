@@ -218,6 +218,8 @@ class MasterRestartTests(FollowCase):
         with self.cluster.client() as c:
             run = wait_run_ended(self, c, run_id, 20)
         self.journal.check_exactly_once(self, run["jobs"])
+        self.assertEqual([[e.attempt for e in self.journal.starts(j["job_id"])]
+                          for j in run["jobs"]], [[1], [1]])
 
 
 class BatchSubmitTests(FollowCase):
