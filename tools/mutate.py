@@ -330,8 +330,10 @@ def export(root: Path, rev: Optional[str], dest: Path) -> None:
     data = subprocess.run(["git", "-C", str(root), "archive", "--format=tar", rev, *tops],
                           check=True, capture_output=True).stdout
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        tar.extractall(dest, filter="data") if hasattr(tarfile, "data_filter") \
-            else tar.extractall(dest)
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
 
 
 def check_isolation(tree: Path) -> Optional[str]:
