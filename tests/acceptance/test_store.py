@@ -24,6 +24,8 @@ import time
 from typing import Optional
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -586,11 +588,14 @@ class AuthMixin(ServerCase):
         self.assertEqual(out.stdout, b"PONG\n")
 
     def test_wrong_password_with_redis_py(self):
+        # No retries: redis-py counts a refused password as a connection error and by default
+        # tries again with backoff (8 s), to the same refusal.
+        once = Retry(NoBackoff(), 0)
         r = redis.Redis(host="127.0.0.1", port=self.server.port, password="wrong",
-                        socket_timeout=10)
+                        socket_timeout=10, retry=once)
         self.addCleanup(r.close)
         self.assertRaises(redis.AuthenticationError, r.ping)
-        r = redis.Redis(host="127.0.0.1", port=self.server.port, socket_timeout=10)
+        r = redis.Redis(host="127.0.0.1", port=self.server.port, socket_timeout=10, retry=once)
         self.addCleanup(r.close)
         self.assertRaises(redis.AuthenticationError, r.ping)
 
