@@ -134,13 +134,8 @@ class LegacyStoreTests(LegacyChecks, ClusterTestCase):
                 client.reject(f"{run}/{witness}", "done witnessing")
                 return
             self.assertEqual(self.redis("SET", L.hitl_key(witness), "REJECTED"), "OK\n")
-            seen = {}
-
-            def decided():
-                seen.update(client.job(f"{run}/{witness}"))
-                return seen["state"] == "CANCELLED"
-            self.wait_for(decided, 20, f"the witness gate {witness} to be rejected "
-                                       f"through its key (it is {seen.get('state')})")
+            self.wait_for(lambda: client.job(f"{run}/{witness}")["state"] == "CANCELLED", 20,
+                          f"the witness gate {witness} to be rejected through its key")
 
     def submit_gated(self, gate: str, child: str, **gate_options) -> None:
         """before -> gate -> child, and wait until the store shows the gate WAITING."""
