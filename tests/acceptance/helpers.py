@@ -133,7 +133,7 @@ def describe_jobs(client, jobs: Iterable[dict]) -> str:
             except TitanError:
                 pass
         line = (f"  {job['job_id']}: {job['state']}, attempt {job.get('attempt')}, "
-                f"worker {job.get('worker') or '-'}")
+                f"worker {job.get('worker') or job.get('worker_id') or '-'}")
         if job.get("waiting"):
             line += f", waiting: {job['waiting']}"
         if job.get("reason"):

@@ -62,7 +62,11 @@ class KilledAfterDispatchTests(SynchronousTestCase):
         self.journal = Journal(os.path.join(base, "journal"))
         self.cluster = Cluster(base, workers=1, slots=1, heartbeat_interval=0.3,
                                heartbeat_timeout=10.0, fixed_port=True,
-                               env={"PYTHONPATH": os.path.join(base, "dist")},
+                               # The plugin's folder first, then whatever the tests run
+                               # with (a private copy of the tree, say).
+                               env={"PYTHONPATH": os.pathsep.join(
+                                   [os.path.join(base, "dist")]
+                                   + [p for p in [os.environ.get("PYTHONPATH")] if p])},
                                config_extra="persistence:\n  backend: slow-sqlite\n"
                                             "  fsync: everysec\n")
         self.addCleanup(self.cluster.stop)
