@@ -279,12 +279,40 @@ class RpcProtocol(Protocol):
         if handler is None:
             self.send_error(rid, "unsupported", f"{op_name(opcode)} is not served here")
             return
-        d = _call(handler, body)
-        # A result that cannot be packed fails in _send_reply and is answered as "internal".
-        d.addCallback(lambda result: self._send_reply(rid, result))
-        d.addErrback(lambda f: self._send_failure(rid, opcode, f))
-        d.addErrback(lambda f: self.log.failure("replying to {op} failed", f,
-                                                op=op_name(opcode)))
+        # A request costs one callback, none when its handler answers at once (most do, or
+        # give a Deferred): two or three requests a job, on every connection of the master.
+        try:
+            result = handler(body)
+        except Exception:
+            self._answer_failure(rid, opcode, Failure())
+            return
+        if inspect.iscoroutine(result):
+            result = defer.Deferred.fromCoroutine(result)
+        if isinstance(result, defer.Deferred):
+            result.addBoth(self._answer, rid, opcode)
+        else:
+            self._answer(result, rid, opcode)
+
+    def _answer(self, result: Any, rid: Any, opcode: int) -> None:
+        """Send the reply to a request, or the error it ended in.  A result that cannot be
+        packed fails in _send_reply and is answered as "internal"; a failure to answer at
+        all is logged."""
+        if isinstance(result, Failure):
+            self._answer_failure(rid, opcode, result)
+            return
+        try:
+            sent = self._send_reply(rid, result)
+        except Exception:
+            self._answer_failure(rid, opcode, Failure())
+            return
+        if isinstance(sent, defer.Deferred):  # (a reply that goes out once a record is durable)
+            sent.addErrback(lambda f: self._answer_failure(rid, opcode, f))
+
+    def _answer_failure(self, rid: Any, opcode: int, failure: Failure) -> None:
+        try:
+            self._send_failure(rid, opcode, failure)
+        except Exception:
+            self.log.failure("replying to {op} failed", op=op_name(opcode))
 
     def _handler(self, opcode: int) -> Optional[Callable]:
         try:
