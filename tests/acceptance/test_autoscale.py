@@ -49,8 +49,10 @@ class AutoscaleTests(ClusterTestCase):
                 self.wait_for(lambda: not pid_alive(pid), timeout=10, what=f"pid {pid} to end")
             names = [w["name"] for w in c.workers() if w["state"] == "ALIVE"]
             self.assertEqual(names, ["w1"])
-        # Retiring workers stopped none of the jobs: each ran to its end once.
+        # Retiring workers stopped none of the jobs: each started once and ran to its end.
         journal.check_exactly_once(self, ended)
+        self.assertEqual({j: [e.attempt for e in journal.starts(j)] for j in jobs},
+                         {j: [1] for j in jobs})
         with open(self.cluster.master.log_file) as f:
             log = f.read()
         self.assertIn("autoscaler: started worker auto-1", log)
