@@ -161,5 +161,30 @@ class VacatedTests(TestCase):
         self.assertEqual(await done, 0)
         self.assertTrue(proto.contained.vacated)
 
+    async def test_a_cgroup_handed_back_is_no_longer_the_ended_jobs(self):
+        """The next job may get the same cgroup: the ended job's kill must not reach it."""
+        if executor.containment().kind != "cgroup":
+            raise SkipTest("no cgroup for jobs here")
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        ended: defer.Deferred = defer.Deferred()
+        first = JobProcess(reactor, on_output=lambda s, d: None,
+                           on_exit=lambda code, why: ended.callback(code))
+        self.assertIsNone(spawn(reactor, first, ["/bin/true"], dict(os.environ), cwd))
+        self.assertEqual(await ended, 0)
+        done: defer.Deferred = defer.Deferred()
+        second = JobProcess(reactor, on_output=lambda s, d: None,
+                            on_exit=lambda code, why: done.callback((code, why)))
+        self.assertIsNone(spawn(reactor, second, ["sleep", "30"], dict(os.environ), cwd))
+        self.addCleanup(lambda: second.ended or second.kill("test over"))
+        if second.contained.path != first.contained.path:
+            raise SkipTest("the pool handed out another cgroup")
+        self.assertEqual(first.contained.members(), [])
+        self.assertEqual(first.contained.kill_all(), [])
+        first.contained.signal(15)
+        self.assertEqual(second.contained.members(), [second.pid])
+        second.kill("test over")
+        self.assertEqual(await done, (None, "test over"))
+
     def test_tracked_processes_never_count_as_vacated(self):
         self.assertFalse(executor.Tracked("mark").vacated)

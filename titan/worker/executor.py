@@ -287,6 +287,10 @@ class Cgroup(Tracked):
                            path=self.path, why=e.strerror or e)
 
     def members(self) -> list[int]:
+        if self.vacated:
+            # Found empty when the job's leader was reaped and handed back (release): it is
+            # another job's now, or gone, and the killing at the job's end reads nothing.
+            return []
         try:
             with open(os.path.join(self.path, "cgroup.procs"), "rb") as f:
                 pids = [int(x) for x in f.read().split()]
