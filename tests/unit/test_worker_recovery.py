@@ -2,11 +2,13 @@
 after losing it, with backoff; each REGISTER says which attempts it still runs and which
 ended meanwhile (exit codes, reasons, output); a finished report is kept until the master
 acknowledges it -- one sent on a connection that drops before the answer is sent again on
-the next, and dropped only once an answer came.
+the next, and dropped only once an answer came; a DISPATCH repeated for the attempt it runs
+starts nothing.
 
 The worker is the real `WorkerService` on a `MemoryReactorClock`: its own ClientService and
 HostnameEndpoint dial, the test plays the master on a StringTransport with real frames.
-No process runs: `spawn` is replaced, and a job "ends" as its JobProcess is told it did.
+No process runs: `spawn` is replaced (and `signal_group`: a kill is only recorded), and a
+job "ends" as its JobProcess is told it did.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from titan.core.model import JobSpec
 from titan.protocols import codec
 from titan.protocols.frame import FrameDecoder, encode_frame
 from titan.protocols.opcodes import Op
-from titan.worker import service, supervisor
+from titan.worker import executor, service, supervisor
 from titan.worker.executor import JobProcess
 from titan.worker.service import WorkerService
 
@@ -81,6 +83,9 @@ class WorkerRecoveryTests(SynchronousTestCase):
         self._pids = itertools.count(50001)
         self.patch(service, "spawn", self._spawn)
         self.patch(supervisor, "spawn", self._spawn)  # a service's processes
+        # The pids are made up: a kill must reach no real process, and is recorded.
+        self.signals: list[tuple[int, int]] = []
+        self.patch(executor, "signal_group", lambda pid, sig: self.signals.append((pid, sig)))
         config = Config(token="t", worker=WorkerConfig(
             name="w1", data_dir=self.mktemp(), detect_tags=False, master="127.0.0.1:9999",
             log_batch_interval=0.05))
@@ -97,7 +102,7 @@ class WorkerRecoveryTests(SynchronousTestCase):
             heartbeat.stop()
 
     def _spawn(self, reactor, proto: JobProcess, command, env, cwd) -> None:
-        proto.pid = next(self._pids)  # never signalled: no test here kills a job
+        proto.pid = next(self._pids)  # signals to it go to self.signals
         self.spawned[env["TITAN_JOB_ID"]] = proto
         return None
 
@@ -277,6 +282,35 @@ class WorkerRecoveryTests(SynchronousTestCase):
         link = self.accept()
         self.assertEqual([report(r) for r in self.register(link)["finished"]],
                          [("a", 1, 0, None)])
+
+    def test_a_repeated_dispatch_of_the_running_attempt_starts_nothing(self) -> None:
+        """A DISPATCH of the attempt the worker already runs (the master sent it again: on
+        the same connection, or after the worker reconnected) neither restarts nor kills it:
+        the one process goes on, and its end is the job's only report."""
+        link = self.accept(within=0)
+        self.register(link)
+        proc = self.dispatch(link, "a")
+        again = self.dispatch(link, "a")  # the same attempt, again
+        self.assertIs(again, proc, "a second process was started for the same attempt")
+        link.drop()
+        link = self.accept()
+        hello = self.register(link)
+        self.assertEqual(hello["running"], [{"job_id": "a", "attempt": 1}])
+        self.assertIs(self.dispatch(link, "a"), proc)  # and again after the reconnect
+        self.assertEqual((self.signals, self.worker.jobs["a"].proc), ([], proc))
+        self.assertEqual(link.requests(Op.JOB_COMPLETE), [])  # still running: no end yet
+        proc.outReceived(b"done\n")
+        self.end(proc, 3)
+        [sent] = link.requests(Op.JOB_COMPLETE)
+        self.assertEqual(report(sent), ("a", 1, 3, None))  # its real end, not "superseded"
+        self.assertEqual([(b["attempt"], b["chunks"]) for b in link.requests(Op.LOG_BATCH)],
+                         [(1, [["out", b"done\n"]])])
+        link.answer(sent)
+        self.assertEqual((self.worker.jobs, self.worker.unacked), ({}, {}))
+        link.drop()
+        link = self.accept()
+        hello = self.register(link)
+        self.assertEqual((hello["running"], hello["finished"]), ([], []))
 
     def test_every_report_reaches_the_master_once_acknowledged_whatever_drops(self) -> None:
         """Jobs end, answers come or not, connections drop, at random (seeded): every end
