@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import shlex
+import subprocess
 import tempfile
 import time
 from typing import Any, Callable, Iterable, Optional, Sequence, Union
@@ -92,7 +93,16 @@ class ClusterTestCase(SynchronousTestCase):
             release_class_cluster()  # every test of the class ran in this process
 
     def titan(self, *args: str, **kwargs):
-        return self.cluster.cli(*args, **kwargs)
+        """The `titan` command's result; if it has not ended by its timeout (`titan run
+        --wait` on a run that is stuck, say), the test fails naming the jobs not ended."""
+        try:
+            return self.cluster.cli(*args, **kwargs)
+        except subprocess.TimeoutExpired as e:
+            with self.cluster.client() as c:
+                stuck = jobs_not_ended(c)
+            said = (e.stderr or b"").decode(errors="replace")
+            self.fail(f"titan {' '.join(args)} still running after {e.timeout:g}s; it said:\n"
+                      f"{said}\njobs not ended:\n{stuck}")
 
     def wait_for(self, predicate, timeout: float = 20.0, what: Union[str, Callable] = "condition",
                  **kwargs):

@@ -277,7 +277,10 @@ class WaitRunTests(FollowCase):
                 if run["active"] and run["active"][0]["node"] == "slow":
                     break
             self.release(go)
+            # Polled on `c` itself (not wait_run_ended, which would watch the run again and
+            # clear what piled up): any push still coming arrives meanwhile.
             self.wait_for(lambda: c.run(run_id, jobs=False)["state"] == "COMPLETED",
-                          what="the run to end")
+                          what=lambda: "the run to end; jobs not ended:\n"
+                                       + jobs_not_ended(c))
             # The master stopped pushing when the loop was left: nothing piled up meanwhile.
             self.assertEqual(c._run_pushes, [])
