@@ -135,6 +135,32 @@ class StorageOutageTests(OutageCase):
         self.reactor.advance(5.0)
         self.assertEqual([op for op, _ in worker.frames() if op == Op.ACK], [Op.ACK])
 
+    def test_a_reconnecting_workers_finished_reports_are_acknowledged_once_stored(self):
+        # The worker forgets the ends it reports in REGISTER once that is answered, so the
+        # answer waits for their record, as JOB_COMPLETE's does: a master that dies before
+        # the disk recovers must not have told the worker to drop them.
+        worker = self.worker("w1")
+        client = self.client()
+        job_id = client.result(Op.SUBMIT_JOB, {"command": ["true"]})["job_id"]
+        self.assertEqual([b["job_id"] for b in self.dispatched(worker)], [job_id])
+        worker.proto.connectionLost(Failure(ConnectionError("the link dropped")))
+        self.faults.set("full")
+        client.send(Op.SUBMIT_JOB, {"command": ["true"]})  # the outage begins
+        self.assertIsNotNone(self.master.storage_problem)
+
+        back = Peer(self.master)
+        rid = back.send(Op.REGISTER, {
+            "token": TOKEN, "worker_id": "w1", "name": "w1", "slots": 1,
+            "finished": [{"job_id": job_id, "attempt": 1, "exit_code": 0}]})
+        self.assertEqual([body for op, body in back.frames() if body.get("rid") == rid], [])
+        self.assertEqual(self.master.scheduler.jobs[job_id].state.value, "COMPLETED")
+
+        self.faults.set(None)
+        self.reactor.advance(5.0)
+        code, reply = back.reply(rid)
+        self.assertEqual(code, Op.ACK)
+        self.assertEqual(reply["result"], {"heartbeat_interval": 1.0})
+
     def test_settled_waits_for_a_failed_record_and_fails_only_when_the_log_closes(self):
         self.faults.set("full")
         self.master.persistence.append(b"x")

@@ -269,8 +269,11 @@ class MasterProtocol(RpcProtocol):
         self._authenticate("worker")
         self.role = "worker"
         self.worker_id = _require(body, "worker_id")
-        self.master.worker_registered(self, body)
-        return {"heartbeat_interval": self.master.config.master.heartbeat_interval}
+        # The worker drops the finished reports it sent once this is answered: the answer
+        # waits until their record is stored, as JOB_COMPLETE's does (also in an outage).
+        durable = self.master.worker_registered(self, body)
+        return self.master.after(
+            durable, {"heartbeat_interval": self.master.config.master.heartbeat_interval})
 
     # -- workers ---------------------------------------------------------------------------
 

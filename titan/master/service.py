@@ -599,7 +599,9 @@ class MasterService(MultiService):
 
     # -- workers ---------------------------------------------------------------------------
 
-    def worker_registered(self, conn: MasterProtocol, body: dict) -> None:
+    def worker_registered(self, conn: MasterProtocol, body: dict) -> defer.Deferred:
+        """Apply a worker's REGISTER; fires once its record (with the finished reports it
+        carries) is stored."""
         worker_id = conn.worker_id
         old = self.worker_conns.get(worker_id)
         if old is not None and old is not conn:
@@ -611,7 +613,7 @@ class MasterService(MultiService):
             finished.append(ev.JobReport(r["job_id"], r["attempt"], r.get("exit_code"),
                                          r.get("reason")))
         running = tuple(ev.JobReport(r["job_id"], r["attempt"]) for r in body.get("running") or ())
-        self.handle(ev.WorkerJoined(
+        return self.handle(ev.WorkerJoined(
             worker_id=worker_id, name=str(body.get("name") or worker_id),
             host=str(body.get("host") or conn.transport.getPeer().host),
             tags=body.get("tags") or (),
