@@ -587,6 +587,20 @@ class RepeatedReportTests(SynchronousTestCase):
         r.finish("b")
         self.assertEqual(r.state("b"), JobState.COMPLETED)
 
+    def test_an_end_said_again_counts_once_in_the_workers_completed(self):
+        """`completed` (titan workers, and the least-loaded tie-break) counts the attempts a
+        worker ran to their end: an end said again on each reconnect is one."""
+        h = Harness(**OPTIONS)
+        h.join("w1")
+        h.submit("a")
+        h.finish("a")
+        self.assertEqual(h.s.workers["w1"].completed, 1)
+        for _ in range(2):  # the acknowledgement was lost twice
+            h.disconnect("w1")
+            h.join("w1", finished=[ev.JobReport("a", 1, 0)])
+        self.assertEqual((h.state("a"), h.s.workers["w1"].completed, h.s.workers["w1"].running),
+                         (JobState.COMPLETED, 1, set()))
+
     def test_a_late_failure_said_again_is_one_failure(self):
         """The end of an attempt given up for lost counts once it comes (the job had not run
         again); said again on a later reconnect, it is stale."""

@@ -460,7 +460,12 @@ class Scheduler:
         out.append(ev.WorkerChanged(w.worker_id, WorkerState.ALIVE, "joined"))
 
         for report in e.finished:
-            w.running.add(report.job_id)
+            job = self.jobs.get(report.job_id)
+            if job is not None and (job.state is _RUNNING or self._lost(job, report.attempt)
+                                    or self._next(job, report.attempt)):
+                # An end the master has not heard yet frees a slot here and counts as this
+                # worker's; one said again (its acknowledgement was lost) does neither.
+                w.running.add(report.job_id)
             self._job_finished(ev.JobFinished(report.job_id, w.worker_id, report.attempt,
                                               report.exit_code, report.reason),
                                now, out, dispatch=False)
