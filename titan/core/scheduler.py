@@ -19,7 +19,7 @@ from operator import attrgetter
 from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
-from titan.core.dag import (SubmitError, approval_gate_node, check_graph,
+from titan.core.dag import (GATE_TIMEOUT, SubmitError, approval_gate_node, check_graph,
                             reference_gate_name)
 from titan.core.ready import ReadyQueue
 from titan.core.routing import DEFAULT_CHAIN, Affinity, Capability, LeastLoaded, \
@@ -121,6 +121,7 @@ class Scheduler:
         self._run_seq = 0
         self._now = 0.0
         self._cascading: Optional[list[JobRecord]] = None
+        self._run_cancel_reason: Optional[str] = None  # while a run's cancel cascades
         self._dirty_runs: dict[str, DagRun] = {}
         # Jobs of runs whose state moved (or that joined a running run) in this event: each
         # RunChanged names its own, so a watcher is told what changed, not the whole run.
@@ -437,7 +438,9 @@ class Scheduler:
         elif spec.kind == "gate":
             self._set_state(job, JobState.WAITING_APPROVAL, out)
             job.started_at = now
-            self._defer(job, now + (spec.timeout or 0), ("gate", job.job_id, 0), out)
+            # parse_job gives every gate its timeout; a spec built in code may not have one,
+            # and then gets the same 48 h rather than timing out at once.
+            self._defer(job, now + (spec.timeout or GATE_TIMEOUT), ("gate", job.job_id, 0), out)
         elif spec.delay > 0:
             self._defer(job, now + spec.delay, ("ready", job.job_id, 0), out)
         else:
@@ -617,10 +620,14 @@ class Scheduler:
         # Services that are up first: once the last job is cancelled the run ends, and would
         # stop them as done (COMPLETED) rather than cancelled.
         keys = list(run.jobs)
-        for key in [k for k in keys if self.jobs[k].released] + keys:
-            job = self.jobs[key]
-            if not job.state.terminal:
-                self._cancel_job(job, e.reason, now, out)
+        self._run_cancel_reason = e.reason
+        try:
+            for key in [k for k in keys if self.jobs[k].released] + keys:
+                job = self.jobs[key]
+                if not job.state.terminal:
+                    self._cancel_job(job, e.reason, now, out)
+        finally:
+            self._run_cancel_reason = None
         self._dispatch(now, out)
 
     def _gate_decided(self, e: ev.GateDecided, now: float, out: Decisions) -> None:
@@ -814,7 +821,9 @@ class Scheduler:
             while self._cascading:
                 parent = self._cascading.pop()
                 node = parent.node
-                if parent.reason and parent.reason.startswith("cancelled: "):
+                if self._run_cancel_reason is not None:
+                    why = self._run_cancel_reason  # the whole run goes, for one reason
+                elif parent.reason and parent.reason.startswith("cancelled: "):
                     why = parent.reason  # pass the first cause down, not the last link
                 elif parent.spec.kind == "gate":
                     why = f"cancelled: gate {node} {parent.reason}"
