@@ -142,7 +142,7 @@ class CrashTests(SynchronousTestCase):
 
         # The DEAD job and everything below it: it ran (twice: one retry), nothing else did.
         self.assertEqual(jobs[DEAD_JOB]["state"], "DEAD")
-        self.assertEqual([e.attempt for e in starts[DEAD_JOB]], [1, 2])
+        self.assertEqual(len(starts[DEAD_JOB]), 2)
         below = {n for n, j in jobs.items() if j["state"] == "CANCELLED"}
         self.assertGreater(len(below), 20)
         for node in below:
@@ -173,12 +173,14 @@ class CrashTests(SynchronousTestCase):
         for node in FLAKY - below:
             self.assertEqual(jobs[node]["state"], "COMPLETED")
             if not killed:  # failed once (no end line), then succeeded
-                self.assertEqual([e.attempt for e in starts[node]], [1, 2])
-                self.assertEqual([e.attempt for e in ends[node]], [2])
+                self.assertEqual(len(starts[node]), 2, starts[node])
+                self.assertEqual([e.attempt for e in ends[node]], [starts[node][-1].attempt])
         if not killed:  # no worker lost: a job that needed no retry started only once
+            # (in attempt 1, or a later one: a dispatch the master recorded but had not sent
+            # when it was killed is taken back when the worker says it never had it)
             for node, job in jobs.items():
                 if job["state"] == "COMPLETED" and starts[node] and node not in FLAKY:
-                    self.assertEqual([e.attempt for e in starts[node]], [1],
+                    self.assertEqual(len(starts[node]), 1,
                                      f"{node} started again: {starts[node]}")
         grown = [n for n in jobs if n.startswith("grown-")]
         self.assertEqual(len(grown), 5)
