@@ -25,33 +25,24 @@ from titan.core.ready import ReadyQueue
 from titan.core.routing import DEFAULT_CHAIN, Affinity, Capability, LeastLoaded, \
     load_rank, parse_affinity
 from titan.core.model import (
-    TERMINAL_STATES, DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
+    DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
     WorkerState, _tags)
 
-Decisions = list
+from titan.core.parts.base import (_ALIVE, _COMPLETED, _PENDING, _RUNNING, _TERMINAL,
+                                   CoreState, Decisions, _live, _span)
+
 DEFAULT_MAX_JOBS_PER_RUN = 10_000
 DEFAULT_KEEP_FINISHED = 10_000
 # A finished job or run is remembered at least this long, however many finish after it: its
 # client is still reading its end (a `titan run --wait` table, a wait_run, its last logs).
 DEFAULT_FORGET_GRACE = 60.0
 
-# The hot paths read these as globals: cheaper than an attribute of the enum class.
-_PENDING = JobState.PENDING
-_RUNNING = JobState.RUNNING
-_COMPLETED = JobState.COMPLETED
-_TERMINAL = TERMINAL_STATES
-_ALIVE = WorkerState.ALIVE
 _BUILT_IN_ROUTERS = (Capability, Affinity, LeastLoaded)
 _RANK = attrgetter("rank")
 _PLAIN_QUEUE = (frozenset(), None)  # the queue of jobs that need no tags and no worker
 _SEQ_SPAN = 1 << 48  # more jobs than a master will ever number: priority outranks seq
 # Why a service some job of its run needed ended when the run did.
 STOPPED_WITH_RUN = "stopped: its run ended"
-
-
-def _live(run: DagRun) -> int:
-    """How many jobs of the run have not ended (services still up, once it has ended)."""
-    return len(run.jobs) - sum(run.counts.get(state, 0) for state in _TERMINAL)
 
 
 def cron_next(cron: str, after: float) -> float:
@@ -65,7 +56,7 @@ def cron_valid(cron: str) -> bool:
     return isinstance(cron, str) and croniter.is_valid(cron)
 
 
-class Scheduler:
+class Scheduler(CoreState):
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
@@ -100,14 +91,7 @@ class Scheduler:
         self._with_tags: set = set()  # workers that carry tags
         self._tagged = 0
         self.rng = rng or random.Random(0)
-        self.jobs: dict[str, JobRecord] = {}
-        self.workers: dict[str, WorkerRecord] = {}
-        self.runs: dict[str, DagRun] = {}
-        self.agent_runs: dict[str, list[str]] = {}  # agent run id -> its DAG runs, in order
-        self.schedules: dict[str, Schedule] = {}
-        # Node id -> its keys in every run, oldest first.  Tuples (strings only: the garbage
-        # collector does not walk them); a node is in a new run far less often than read.
-        self.nodes: dict[str, tuple[str, ...]] = {}
+        self._init_core()
         # Ready jobs, one queue per set of required tags: a job that no worker can take
         # never blocks jobs with other needs.  Entries are (order, push, job): order puts
         # higher priorities first, then submission order, in one number (one comparison);
@@ -116,18 +100,8 @@ class Scheduler:
         # queue (dispatched, cancelled, forgotten): dropped when it reaches the head.
         self._queues: dict[tuple, ReadyQueue] = {}
         self._pushes = 0
-        self._seq = 0
-        self._worker_seq = 0
-        self._run_seq = 0
-        self._now = 0.0
         self._cascading: Optional[list[JobRecord]] = None
         self._run_cancel_reason: Optional[str] = None  # while a run's cancel cascades
-        self._dirty_runs: dict[str, DagRun] = {}
-        # Jobs of runs whose state moved (or that joined a running run) in this event: each
-        # RunChanged names its own, so a watcher is told what changed, not the whole run.
-        self._moved: list[JobRecord] = []
-        self._announce = True  # False while replaying: see replay()
-        self.replayed = 0
         self._handlers: dict[type, Callable] = {
             ev.JobSubmitted: self._job_submitted,
             ev.DagSubmitted: self._dag_submitted,
@@ -842,9 +816,6 @@ class Scheduler:
         finally:
             self._cascading = None
 
-    def _run_changed(self, run: DagRun, out: Decisions) -> None:
-        self._dirty_runs[run.run_id] = run
-
     def _run_ended(self, run: DagRun, out: Decisions) -> None:
         """Every job of the run has ended, and every service is up or has ended."""
         counts = run.counts
@@ -996,12 +967,6 @@ class Scheduler:
             if job is not None and job.state is JobState.RUNNING and job.worker_id == w.worker_id:
                 self._requeue(job, f"worker {w.name} lost: {reason}", out)
         w.running.clear()
-
-    def _by_seq(self, job_ids: Iterable[str]) -> list[str]:
-        """Job ids in submission order (unknown ones last, by id): never a set's hash order,
-        so the decisions do not depend on PYTHONHASHSEED."""
-        return sorted(job_ids, key=lambda j: (0, self.jobs[j].seq, j) if j in self.jobs
-                      else (1, 0, j))
 
     def _requeue(self, job: JobRecord, reason: str, out: Decisions) -> None:
         # Not the job's fault: no retry is spent.
@@ -1295,15 +1260,6 @@ def restore(s: Scheduler, data: dict) -> None:
             schedule_id=schedule_id, name=name, cron=cron,
             template=template_from_wire(template), created_at=created_at, fired=fired,
             next_at=next_at, last_run_id=last_run_id)
-
-
-def _span(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
