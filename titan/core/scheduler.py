@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import heapq
 import random
-from datetime import datetime, timezone
 from operator import attrgetter
 from typing import Callable, Iterable, Optional
 
@@ -27,6 +26,8 @@ from titan.core.model import (
     DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
     WorkerState, _tags)
 
+from titan.core.parts.timers import Timers, pending_timers
+from titan.core.parts.schedules import Schedules, cron_next, cron_valid
 from titan.core.parts.retention import DEFAULT_FORGET_GRACE, DEFAULT_KEEP_FINISHED, Retention
 from titan.core.parts.base import (_ALIVE, _COMPLETED, _PENDING, _RUNNING, _TERMINAL,
                                    CoreState, Decisions, _live, _span)
@@ -41,18 +42,7 @@ _SEQ_SPAN = 1 << 48  # more jobs than a master will ever number: priority outran
 STOPPED_WITH_RUN = "stopped: its run ended"
 
 
-def cron_next(cron: str, after: float) -> float:
-    """The first time after `after` (epoch seconds) that `cron` names, in UTC."""
-    from croniter import croniter
-    return croniter(cron, datetime.fromtimestamp(after, timezone.utc)).get_next(float)
-
-
-def cron_valid(cron: str) -> bool:
-    from croniter import croniter
-    return isinstance(cron, str) and croniter.is_valid(cron)
-
-
-class Scheduler(Retention, CoreState):
+class Scheduler(Timers, Schedules, Retention, CoreState):
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
@@ -615,56 +605,6 @@ class Scheduler(Retention, CoreState):
 
     # -- event handlers: time ------------------------------------------------------------
 
-    def _schedule_added(self, e: ev.ScheduleAdded, now: float, out: Decisions) -> None:
-        sched = Schedule(schedule_id=e.schedule_id, name=e.template.name, cron=e.cron,
-                         template=e.template, created_at=now)
-        self.schedules[e.schedule_id] = sched
-        self._arm(sched, now, out)
-
-    def _schedule_removed(self, e: ev.ScheduleRemoved, now: float, out: Decisions) -> None:
-        self.schedules.pop(e.schedule_id, None)
-
-    def _arm(self, sched: Schedule, after: float, out: Decisions) -> None:
-        sched.next_at = cron_next(sched.cron, after)
-        out.append(ev.SetTimer(("cron", sched.schedule_id, sched.fired), sched.next_at))
-
-    def _fire(self, sched: Schedule, now: float, out: Decisions) -> None:
-        at = sched.next_at or now
-        stamp = datetime.fromtimestamp(at, timezone.utc).strftime("%Y%m%dT%H%M%S")
-        run_id = f"{sched.name}-{stamp}"
-        while run_id in self.runs:
-            run_id += "x"
-        sched.fired += 1
-        sched.last_run_id = run_id
-        self._dag_submitted(ev.DagSubmitted(run_id, sched.template), now, out,
-                            schedule_id=sched.schedule_id)
-        # Runs missed while the master was busy or down are not made up one by one: the
-        # next firing is the first one after now.
-        self._arm(sched, max(now, at), out)
-
-    def _timer_fired(self, e: ev.TimerFired, now: float, out: Decisions) -> None:
-        if not (isinstance(e.key, tuple) and len(e.key) == 3):
-            return
-        kind, ident, n = e.key
-        if kind == "cron":
-            sched = self.schedules.get(ident)
-            if sched is not None and sched.fired == n:
-                self._fire(sched, now, out)
-            return
-        job = self.jobs.get(ident)
-        if job is None:
-            return
-        if kind == "ready" and job.state is JobState.PENDING and not job.queued \
-                and job.failures == n and not job.parents_left:
-            job.ready_at = None
-            self._enqueue(job)
-            self._dispatch(now, out)
-        elif kind == "gate" and job.state is JobState.WAITING_APPROVAL:
-            approve = job.spec.on_timeout == "approve"
-            self._gate_decided(ev.GateDecided(
-                job.job_id, approve, "timeout",
-                f"no decision within {_span(job.spec.timeout or 0)}"), now, out)
-
     def _tick(self, e: ev.Tick, now: float, out: Decisions) -> None:
         # Heartbeats are not recorded, so a missed one is proposed as an event of its own:
         # recorded, it replays at the same point.
@@ -860,10 +800,6 @@ class Scheduler(Retention, CoreState):
         self._set_state(job, JobState.PENDING, out)
         self._enqueue(job)
 
-    def _defer(self, job: JobRecord, at: float, key: tuple, out: Decisions) -> None:
-        job.ready_at = at
-        out.append(ev.SetTimer(key, at))
-
     def _enqueue(self, job: JobRecord) -> None:
         # One queue per set of needs: a job that must wait for particular workers (tags, a
         # strict affinity) never holds up jobs that need something else.
@@ -1029,22 +965,6 @@ class Scheduler(Retention, CoreState):
                 counts[_RUNNING] = counts.get(_RUNNING, 0) + 1
                 self._dirty_runs[run.run_id] = run
                 self._moved.append(job)
-
-
-def pending_timers(s: Scheduler) -> list:
-    """The timers the state implies (after a recovery, nothing else remembers them)."""
-    timers = []
-    for job in s.jobs.values():
-        if job.ready_at is None:
-            continue
-        if job.state is JobState.WAITING_APPROVAL:
-            timers.append(ev.SetTimer(("gate", job.job_id, 0), job.ready_at))
-        elif job.state is JobState.PENDING and not job.queued and not job.parents_left:
-            timers.append(ev.SetTimer(("ready", job.job_id, job.failures), job.ready_at))
-    for sched in s.schedules.values():
-        if sched.next_at is not None:
-            timers.append(ev.SetTimer(("cron", sched.schedule_id, sched.fired), sched.next_at))
-    return timers
 
 
 _STATES = {state.value: state for state in JobState}
