@@ -15,12 +15,13 @@ import random
 from typing import Callable, Iterable, Optional
 
 from titan.core import events as ev
-from titan.core.dag import (GATE_TIMEOUT, SubmitError, approval_gate_node, check_graph,
+from titan.core.dag import (SubmitError, approval_gate_node, check_graph,
                             reference_gate_name)
 from titan.core.model import (
     DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
     WorkerState)
 
+from titan.core.parts.gates import Gates
 from titan.core.parts.workers import Workers
 from titan.core.parts.placement import Placement
 from titan.core.parts.timers import Timers, pending_timers
@@ -35,7 +36,7 @@ DEFAULT_MAX_JOBS_PER_RUN = 10_000
 STOPPED_WITH_RUN = "stopped: its run ended"
 
 
-class Scheduler(Workers, Placement, Timers, Schedules, Retention, CoreState):
+class Scheduler(Gates, Workers, Placement, Timers, Schedules, Retention, CoreState):
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
@@ -349,11 +350,7 @@ class Scheduler(Workers, Placement, Timers, Schedules, Retention, CoreState):
         if spec.kind == "job" and not spec.delay:
             self._enqueue(job)
         elif spec.kind == "gate":
-            self._set_state(job, JobState.WAITING_APPROVAL, out)
-            job.started_at = now
-            # parse_job gives every gate its timeout; a spec built in code may not have one,
-            # and then gets the same 48 h rather than timing out at once.
-            self._defer(job, now + (spec.timeout or GATE_TIMEOUT), ("gate", job.job_id, 0), out)
+            self._await_approval(job, now, out)
         elif spec.delay > 0:
             self._defer(job, now + spec.delay, ("ready", job.job_id, 0), out)
         else:
@@ -453,23 +450,6 @@ class Scheduler(Workers, Placement, Timers, Schedules, Retention, CoreState):
                     self._cancel_job(job, e.reason, now, out)
         finally:
             self._run_cancel_reason = None
-        self._dispatch(now, out)
-
-    def _gate_decided(self, e: ev.GateDecided, now: float, out: Decisions) -> None:
-        job = self.jobs.get(e.job_id)
-        if job is None or job.state is not JobState.WAITING_APPROVAL:
-            return
-        job.decision = {"approved": e.approved, "by": e.by, "comment": e.comment, "at": now}
-        if e.via:
-            job.decision["via"] = e.via
-        job.finished_at = now
-        job.ready_at = None
-        if e.approved:
-            job.reason = None
-            self._set_state(job, JobState.COMPLETED, out)
-        else:
-            job.reason = f"rejected by {e.by}" + (f": {e.comment}" if e.comment else "")
-            self._set_state(job, JobState.CANCELLED, out)
         self._dispatch(now, out)
 
     def _result_set(self, e: ev.ResultSet, now: float, out: Decisions) -> None:

@@ -3,13 +3,13 @@ firing) is a `SetTimer(key, at)` decision; the master's clock answers with `Time
 A key is (kind, id, n): n tells a stale timer (an older retry, an earlier firing) from the
 current one, so a timer that fires late changes nothing.
 
-Calls `_enqueue`, `_dispatch` (placement), `_fire` (schedules), `_gate_decided` (gates).
+Calls `_enqueue`, `_dispatch` (placement), `_fire` (schedules), `_gate_timed_out` (gates).
 """
 from __future__ import annotations
 
 from titan.core import events as ev
 from titan.core.model import JobRecord, JobState
-from titan.core.parts.base import CoreState, Decisions, _span
+from titan.core.parts.base import CoreState, Decisions
 
 
 def pending_timers(s: CoreState) -> list:
@@ -47,10 +47,7 @@ class Timers(CoreState):
             self._enqueue(job)
             self._dispatch(now, out)
         elif kind == "gate" and job.state is JobState.WAITING_APPROVAL:
-            approve = job.spec.on_timeout == "approve"
-            self._gate_decided(ev.GateDecided(
-                job.job_id, approve, "timeout",
-                f"no decision within {_span(job.spec.timeout or 0)}"), now, out)
+            self._gate_timed_out(job, now, out)
 
     def _defer(self, job: JobRecord, at: float, key: tuple, out: Decisions) -> None:
         job.ready_at = at
