@@ -21,6 +21,7 @@ from titan.core.model import (
     DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
     WorkerState)
 
+from titan.core.parts.services import STOPPED_WITH_RUN, Services
 from titan.core.parts.gates import Gates
 from titan.core.parts.workers import Workers
 from titan.core.parts.placement import Placement
@@ -32,11 +33,9 @@ from titan.core.parts.base import (_ALIVE, _COMPLETED, _PENDING, _RUNNING, _TERM
 
 DEFAULT_MAX_JOBS_PER_RUN = 10_000
 
-# Why a service some job of its run needed ended when the run did.
-STOPPED_WITH_RUN = "stopped: its run ended"
 
 
-class Scheduler(Gates, Workers, Placement, Timers, Schedules, Retention, CoreState):
+class Scheduler(Services, Gates, Workers, Placement, Timers, Schedules, Retention, CoreState):
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
@@ -462,26 +461,6 @@ class Scheduler(Gates, Workers, Placement, Timers, Schedules, Retention, CoreSta
 
     # -- event handlers: time ------------------------------------------------------------
 
-    def _service_reported(self, e: ev.ServiceReported, now: float, out: Decisions) -> None:
-        job = self.jobs.get(e.job_id)
-        if job is None or job.state is not JobState.RUNNING or job.attempt != e.attempt \
-                or job.worker_id != e.worker_id:
-            return
-        job.service = dict(e.status)
-        run = self.runs.get(job.run_id) if job.run_id else None
-        if e.status.get("state") == "RUNNING" and not job.released:
-            # Its dependents wait for the service to be up, not for it to end; and its run
-            # no longer waits for it (a service runs until it is stopped).
-            job.released = True
-            self._release_children(job, out)
-            if run is not None and run.state is RunState.RUNNING:
-                run.left -= 1
-                if run.left == 0:
-                    self._run_ended(run, out)
-            self._dispatch(now, out)
-        if run is not None:
-            self._run_changed(run, out)
-
     # -- state changes -------------------------------------------------------------------
 
     def _set_state(self, job: JobRecord, state: JobState, out: Decisions) -> None:
@@ -584,20 +563,6 @@ class Scheduler(Gates, Workers, Placement, Timers, Schedules, Retention, CoreSta
         run.finished_at = self._now
         self._run_changed(run, out)
         self._ended("run", run.run_id, total, self._now, out)
-
-    def _stop_helpers(self, run: DagRun, out: Decisions) -> None:
-        jobs = self.jobs
-        for key in run.jobs:
-            job = jobs[key]
-            if job.state.terminal or not job.children or job.spec.persist:
-                continue
-            # A service that did its part: COMPLETED, saying it was stopped.
-            if job.state is _RUNNING and job.worker_id is not None:
-                out.append(ev.Kill(job.worker_id, job.job_id, job.attempt, STOPPED_WITH_RUN))
-            job.queued = False
-            job.reason = STOPPED_WITH_RUN
-            job.finished_at = self._now
-            self._set_state(job, _COMPLETED, out)
 
     # -- retention -------------------------------------------------------------------------
 
