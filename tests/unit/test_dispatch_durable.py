@@ -16,6 +16,7 @@ from titan.interfaces import IPersistence
 from titan.protocols import codec
 from titan.protocols.frame import encode_frame
 from titan.protocols.opcodes import Op
+from titan.master.api import OPERATOR
 from tests.unit.test_master import TOKEN, MasterCase, Peer
 
 
@@ -143,7 +144,7 @@ class DispatchAfterDurableTests(MasterCase):
         c.proto.dataReceived(encode_frame(Op.SUBMIT_JOBS, codec.pack(
             {"rid": rid, "jobs": [{"command": ["true"]}] * 8})))
         first = next(iter(self.master.scheduler.jobs))
-        self.master.cancel(first)
+        self.master.api.cancel(OPERATOR, first)
         self.reactor.advance(0)
         [(frames, durable)] = self.master._sealed  # one batch: 8 DISPATCH and a KILL
         self.assertEqual((len(frames), durable), (9, False))

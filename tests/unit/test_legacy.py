@@ -22,6 +22,7 @@ from titan.master.service import MasterService
 from titan.protocols import codec, legacy as L
 from titan.protocols.frame import FrameDecoder, encode_frame
 from titan.protocols.opcodes import Op, op_name
+from titan.master.api import OPERATOR
 
 B64 = base64.b64encode(b"print(1)").decode()
 
@@ -496,7 +497,7 @@ class FrontendTests(SynchronousTestCase):
         proto.dataReceived(encode_frame(Op.LIST_WORKERS, codec.pack({"rid": 2})))
         frames = FrameDecoder().feed(transport.value())
         self.assertEqual(codec.unpack(frames[-1].body)["result"]["warnings"], [warning])
-        self.assertEqual(self.master.stats()["text_frames"], "on")
+        self.assertEqual(self.master.api.stats(OPERATOR)["text_frames"], "on")
 
     def test_only_the_configured_operations(self):
         self.patch(self.master, "config", self.master.config.override(
@@ -609,10 +610,10 @@ class FrontendTests(SynchronousTestCase):
         self.assertEqual(store.data["titan:hitl:message:review"], b"Ship it?")
         self.assertEqual(store.sets["titan:hitl:queue"], {b"review", b"veto"})
         store.data[key("review")] = b"APPROVED"
-        self.master.decide_gate(self.legacy.job_key("veto"), False, "bob", "no")
+        self.master.api.decide_gate(OPERATOR, self.legacy.job_key("veto"), False, "bob", "no")
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(self.state("DAG-review"), "COMPLETED")
-        gate = self.master.job_info(self.legacy.job_key("review"))
+        gate = self.master.api.job_info(OPERATOR, self.legacy.job_key("review"))
         self.assertEqual(gate["decision"]["by"], "store")
         # Who made it, as far as the master can tell (issue 15, 2).
         self.assertEqual(gate["decision"]["via"], "store key titan:hitl:status:review, set "
@@ -640,7 +641,7 @@ class FrontendTests(SynchronousTestCase):
         self.assertEqual(self.ok(Op.KV_SET, f"{L.hitl_key('kv')}|APPROVED"), "OK")
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(self.state("DAG-kv"), "COMPLETED")
-        decision = self.master.job_info(self.legacy.job_key("kv"))["decision"]
+        decision = self.master.api.job_info(OPERATOR, self.legacy.job_key("kv"))["decision"]
         self.assertEqual((decision["approved"], decision["by"]), (True, "store"))
         self.assertEqual(decision["via"], "store key titan:hitl:status:kv, set by a text "
                                           "frame KV_SET from 127.0.0.1:40000 "
@@ -654,7 +655,7 @@ class FrontendTests(SynchronousTestCase):
         reply = self.call(proto, transport, Op.DECIDE_GATE, {
             "job_id": self.legacy.job_key("ct"), "approved": False, "by": "alice"})
         self.assertEqual(reply["result"]["state"], "CANCELLED", reply)
-        decision = self.master.job_info(self.legacy.job_key("ct"))["decision"]
+        decision = self.master.api.job_info(OPERATOR, self.legacy.job_key("ct"))["decision"]
         self.assertEqual((decision["by"], decision["via"]),
                          ("alice", "cluster token from 127.0.0.1"))
 
@@ -714,7 +715,7 @@ class FrontendTests(SynchronousTestCase):
         self.reactor.advance(HITL_INTERVAL)  # the first mirroring of the waiting gate
         self.assertEqual(self.state("DAG-early"), "COMPLETED")
         self.assertEqual(self.state("DAG-early-after"), "RUNNING")
-        gate = self.master.job_info(self.legacy.job_key("DAG-early"))
+        gate = self.master.api.job_info(OPERATOR, self.legacy.job_key("DAG-early"))
         self.assertEqual((gate["decision"]["by"], gate["decision"]["comment"]),
                          ("store", "titan:hitl:status:early set to APPROVED"))
         self.reactor.advance(HITL_INTERVAL)  # the outcome mirrored
@@ -793,7 +794,7 @@ class FrontendTests(SynchronousTestCase):
     def test_a_scheduled_run_clears_its_gates_keys_when_it_starts(self):
         self.master.store = store = FakeStore()
         store.data[L.hitl_key("nightly-ok")] = b"APPROVED"  # yesterday's run's outcome
-        self.successResultOf(self.master.submit_dag({
+        self.successResultOf(self.master.api.submit_dag(OPERATOR, {
             "name": "nightly", "schedule": "* * * * *", "jobs": [
                 {"id": "nightly-ok", "kind": "gate", "message": "Go?"}]}))
         self.reactor.advance(HITL_INTERVAL)
@@ -809,7 +810,7 @@ class FrontendTests(SynchronousTestCase):
     def test_a_hitl_message_gate_answers_to_the_references_name(self):
         self.master.store = store = FakeStore()
         self.worker()
-        run = self.master.submit_dag({"name": "ref", "jobs": [
+        run = self.master.api.submit_dag(OPERATOR, {"name": "ref", "jobs": [
             {"id": "prep", "command": ["true"], "hitl_message": "Looks right?"},
             {"id": "train", "command": ["true"], "depends_on": ["prep"]}]})
         self.reactor.advance(0)
@@ -833,10 +834,11 @@ class FrontendTests(SynchronousTestCase):
         self.reactor.advance(HITL_INTERVAL)
         self.assertEqual(store.data[L.hitl_key("prep.approval")], b"APPROVED")
         # Titan's approve under that name too (the CLI and SDK resolve through the core).
-        run = self.successResultOf(self.master.submit_dag({"name": "ref", "jobs": [
+        run = self.successResultOf(self.master.api.submit_dag(OPERATOR, {"name": "ref", "jobs": [
             {"id": "more", "command": ["true"], "hitl_message": "And this?"}]}))
         self.finish(f"{run['run_id']}/more")
-        self.master.decide_gate(f"{run['run_id']}/hitl-gate-more", True, "carol", "ok")
+        self.master.api.decide_gate(OPERATOR, f"{run['run_id']}/hitl-gate-more", True,
+                                    "carol", "ok")
         self.assertEqual(self.state(f"{run['run_id']}/more.approval"), "COMPLETED")
         # Only a gate that hitl_message made answers to it.
         with self.assertRaises(dag.SubmitError):
@@ -910,7 +912,7 @@ class TextFramesOffTests(SynchronousTestCase):
     def test_the_store_keys_decide_nothing(self):
         self.master.store = store = FakeStore()
         self.worker()
-        d = self.master.submit_dag({"name": "p", "jobs": [
+        d = self.master.api.submit_dag(OPERATOR, {"name": "p", "jobs": [
             {"id": "review", "kind": "gate"},
             {"id": "after", "command": ["true"], "depends_on": ["review"]}]})
         self.reactor.advance(0)
@@ -918,12 +920,12 @@ class TextFramesOffTests(SynchronousTestCase):
         store.data[L.hitl_key("review")] = b"APPROVED"  # a job, a dashboard, anyone
         for _ in range(4):
             self.reactor.advance(HITL_INTERVAL)
-        gate = self.master.job_info(f"{run}/review")
+        gate = self.master.api.job_info(OPERATOR, f"{run}/review")
         self.assertEqual(gate["state"], "WAITING_APPROVAL")
         self.assertEqual(store.writes, [])  # not mirrored either
-        self.master.decide_gate(f"{run}/review", True, "alice", "")
+        self.master.api.decide_gate(OPERATOR, f"{run}/review", True, "alice", "")
         self.reactor.advance(HITL_INTERVAL)
-        self.assertEqual(self.master.job_info(f"{run}/review")["state"], "COMPLETED")
+        self.assertEqual(self.master.api.job_info(OPERATOR, f"{run}/review")["state"], "COMPLETED")
         self.assertEqual(store.writes, [])
 
 

@@ -21,6 +21,7 @@ from titan.protocols.frame import Frame, FrameDecoder, FrameError, HEADER, encod
 from titan.protocols.opcodes import Op
 from titan.store.commands import Store
 from titan.store.server import StoreFactory
+from titan.master.api import OPERATOR
 
 TOKEN = "sesame"
 MiB = 1024 * 1024
@@ -427,7 +428,7 @@ class RunWatcherTests(LimitsCase):
         (op, reply), = c.replies()
         run_id = reply["result"]["run_id"]
         for i in range(300):  # each cancel is a RUN_CHANGED push the peer never reads
-            self.master.cancel(f"{run_id}/j{i}")
+            self.master.api.cancel(OPERATOR, f"{run_id}/j{i}")
             self.reactor.advance(0.02)
             if c.transport.disconnected:
                 break

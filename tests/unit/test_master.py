@@ -301,7 +301,7 @@ class DurableRepliesTests(MasterCase):
         c = self.client()
         job_id = self.released(c, c.send(Op.SUBMIT_JOB, {"command": ["true"]}))["job_id"]
         self.master.handle(ev.CancelRequested(job_id))  # a record to wait for
-        self.patch(self.master, "job_info", lambda ref: {"unpackable": object()})
+        self.patch(self.master.api, "job_info", lambda caller, ref: {"unpackable": object()})
         rid = c.send(Op.JOB_INFO, {"job_id": job_id})
         self.assertEqual(c.frames(), [])
         self.held.release()

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import attrs
 from twisted.application.service import Service
@@ -26,8 +26,20 @@ from titan.datadir import holder
 from titan.testing.processes import die_with_parent
 from titan.worker.detect import detected_tags
 
-if TYPE_CHECKING:
-    from titan.master.service import MasterService
+
+
+class Master(Protocol):
+    """What the autoscaler uses of the master service, which composes it (an import of
+    titan/master/service.py here would be a cycle: tests/unit/test_layers.py)."""
+    config: Any
+    reactor: Any
+    scheduler: Any
+    listener: Any
+    data_dir: str
+    token: str
+
+    def now(self) -> float: ...
+    def handle(self, event: object) -> Any: ...
 
 
 @attrs.define(eq=False)
@@ -43,7 +55,7 @@ class Child:
 class AutoscalerService(Service):
     log = Logger()
 
-    def __init__(self, master: "MasterService", autoscaler,
+    def __init__(self, master: Master, autoscaler,
                  detect: Callable[[float], set] = detected_tags) -> None:
         self.master = master
         self.autoscaler = autoscaler

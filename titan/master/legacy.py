@@ -21,6 +21,9 @@ an earlier gate of that name left there is not this one's), WAITING goes in only
 key is absent (SET NX) or holds no decision, and a decision found when the gate starts
 waiting decides it at once.  A `hitl_message` gate answers to the reference's name,
 `hitl-gate-<id>`, too (titan/core/dag.py).
+
+This is a face of the master's operations (titan/master/api.py): it parses the reference's
+text, calls `MasterApi`, and says the answer (or the error) the reference's way.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import json
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -40,15 +43,13 @@ from twisted.logger import Logger
 from titan.core.dag import approval_gate_node, reference_gate_name
 from titan.core.model import JobState, RunState
 from titan.errors import RemoteError
+from titan.master.api import Caller, MasterApi
 from titan.protocols import legacy
 from titan.master.peer import describe_uid, peer_uid
 from titan.master.logstore import TextSlice
 from titan.protocols.frame import HEADER, VERSION
 from titan.protocols.opcodes import Op, op_name
 from titan.store.client import StoreError, StoreUnavailable
-
-if TYPE_CHECKING:
-    from titan.master.service import MasterService
 
 HITL_INTERVAL = 0.5
 HITL_QUEUE_KEY = "titan:hitl:queue"
@@ -58,6 +59,9 @@ DECISIONS = ("APPROVED", "REJECTED")
 HISTORY = 10  # finished jobs per worker in STATS_JSON, as the reference keeps
 NO_STORE = "ERROR: the store is not configured"
 SCRIPT_MARGIN = 64 * 1024  # room, in a DISPATCH frame, for what goes with a job's script
+# Who asks, for the operations: text frames carry no token, and are served only to the
+# master's own user (refusal), who holds the cluster's rights.
+TEXT_FRAME = Caller(describe="a text frame of the master's user")
 
 
 class Refused(Exception):
@@ -72,7 +76,7 @@ class LegacyFrontend(Service):
     log = Logger()
     name = "legacy"
 
-    def __init__(self, master: "MasterService") -> None:
+    def __init__(self, master: MasterApi) -> None:
         self.master = master
         self.nodes: dict[str, str] = {}  # a reference id -> the key of its latest job
         self._gates: dict[str, list] = {}  # key of a gate seen waiting -> its store names
@@ -88,7 +92,6 @@ class LegacyFrontend(Service):
         self._key_writers: dict[str, str] = {}
         self._hitl = LoopingCall(self._hitl_tick)
         self._hitl.clock = master.reactor
-        self.setServiceParent(master)
         self._handlers = {
             Op.SUBMIT_JOB: self.submit_job, Op.SUBMIT_DAG: self.submit_dag, Op.STOP: self.stop,
             Op.STATS: self.stats, Op.STATS_JSON: self.stats_json, Op.GET_LOGS: self.get_logs,
@@ -269,7 +272,7 @@ class LegacyFrontend(Service):
                 return node
 
     async def _submit(self, spec: dict) -> None:
-        result = await defer.maybeDeferred(self.master.submit_dag, spec)
+        result = await defer.maybeDeferred(self.master.submit_dag, TEXT_FRAME, spec)
         for key in result["jobs"]:
             self.nodes[key.rsplit("/", 1)[-1]] = key
 
@@ -318,7 +321,7 @@ class LegacyFrontend(Service):
                 return "CANCELLED"
             raise Refused(f"ERROR: {text.strip()} already ended {job.state.value}; "
                           "there is nothing to cancel")
-        await defer.maybeDeferred(self.master.cancel, key)
+        await defer.maybeDeferred(self.master.cancel, TEXT_FRAME, key)
         return "CANCELLED"
 
     async def stop(self, text: str) -> str:
@@ -331,7 +334,7 @@ class LegacyFrontend(Service):
         job = self.master.scheduler.jobs[key]
         if job.state.terminal:
             raise Refused(f"ERROR: Service {ref} is not running ({job.state.value})")
-        await defer.maybeDeferred(self.master.cancel, key)
+        await defer.maybeDeferred(self.master.cancel, TEXT_FRAME, key)
         return f"STOPPED: {ref}"
 
     def get_logs(self, text: str) -> TextSlice:
@@ -419,10 +422,10 @@ class LegacyFrontend(Service):
         return text
 
     async def kv_set(self, text: str, who: str = "a text frame KV_SET") -> str:
-        store = self._store()
+        self._store()
         key, value = self._pair(text, "KV_SET")
-        self.note_writer(key, value, who)
-        await store.set(key, value)
+        # (The API tells note_writer who wrote a gate's key.)
+        await self.master.kv_set(TEXT_FRAME, key, value, who=who)
         return "OK"
 
     def note_writer(self, key: str, value: Any, who: str) -> None:
@@ -435,19 +438,19 @@ class LegacyFrontend(Service):
         self._key_writers[key] = who
 
     async def kv_get(self, text: str) -> str:
-        store = self._store()
-        value = await store.get(self._key(text))
+        self._store()
+        value = await self.master.kv_get(TEXT_FRAME, self._key(text))
         return "NULL" if value is None else _text(value)
 
     async def kv_sadd(self, text: str) -> str:
-        store = self._store()
+        self._store()
         key, member = self._pair(text, "KV_SADD")
-        added = await store.sadd(key, member)
+        added = await self.master.kv_sadd(TEXT_FRAME, key, member)
         return "1" if added else "0"
 
     async def kv_smembers(self, text: str) -> str:
-        store = self._store()
-        members = await store.smembers(self._key(text))
+        self._store()
+        members = await self.master.kv_smembers(TEXT_FRAME, self._key(text))
         return ",".join(sorted(_text(m) for m in members or ()))
 
     # -- stats ------------------------------------------------------------------------------
@@ -457,7 +460,7 @@ class LegacyFrontend(Service):
         now = self.master.now()
         history = self._history()
         rows = []
-        for view in self.master.list_workers():
+        for view in self.master.list_workers(TEXT_FRAME):
             worker_id = view["worker_id"]
             w = s.workers.get(worker_id)
             running = sorted(w.running, key=lambda k: s.jobs[k].seq) if w else []
@@ -479,7 +482,7 @@ class LegacyFrontend(Service):
     def _port(self, worker_id: str) -> Optional[int]:
         """The worker's port: its end of the connection it keeps to the master (a Titan
         worker listens on none), or None while it is not connected."""
-        conn = self.master.worker_conns.get(worker_id)
+        conn = self.master.worker_link(worker_id)
         try:
             return int(conn.transport.getPeer().port)
         except (AttributeError, TypeError, ValueError):
@@ -525,7 +528,7 @@ class LegacyFrontend(Service):
         return key
 
     def stats_json(self, text: str = "") -> str:
-        stats = self.master.stats()
+        stats = self.master.stats(TEXT_FRAME)
         counts = stats["jobs"]
         workers = self._worker_rows()
         alive = [w for w in workers if w["state"] == "ALIVE"]
@@ -535,7 +538,7 @@ class LegacyFrontend(Service):
         return json.dumps(body, default=str)
 
     def stats(self, text: str = "") -> str:
-        counts = self.master.stats()["jobs"]
+        counts = self.master.stats(TEXT_FRAME)["jobs"]
         workers = self._worker_rows()
         lines = ["", "--- TITAN SYSTEM MONITOR ---",
                  f"Active Workers:    {sum(1 for w in workers if w['state'] == 'ALIVE')}",
@@ -648,9 +651,9 @@ class LegacyFrontend(Service):
                     "a write straight to the store (not through the master)"
                 try:
                     await defer.maybeDeferred(
-                        self.master.decide_gate, key, decision == "APPROVED", "store",
-                        f"{status_key} set to {decision}",
-                        via=f"store key {status_key}, set by {who}")
+                        self.master.decide_gate,
+                        Caller(describe=f"store key {status_key}, set by {who}"), key,
+                        decision == "APPROVED", "store", f"{status_key} set to {decision}")
                 except RemoteError as e:  # decided meanwhile
                     self.log.info("gate {key}: {why}", key=key, why=e.message)
 

@@ -7,10 +7,14 @@ seconds to say it, and a place among `master.max_pending_connections` (the oldes
 connection makes room for a new one).  The factory counts connections by kind and keeps
 room for workers; every connection is its transport's producer (titan/protocols/rpc.py), so
 a peer that does not read its replies is not read either, and is closed once it stalls.
+
+This is a face of the master's operations (titan/master/api.py): each `op_*` decodes its
+request's fields, calls `MasterApi` with the connection's `Caller`, and returns the answer
+to encode.  Checks, validation, durable replies and errors are the API's.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
@@ -19,24 +23,15 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from titan import __version__
-from titan.auth import parse_job_token, token_matches
-from titan.core import events as ev
 from titan.limits import (
     ConnectionLimits, EpisodeLog, Refused, connection_cap, raise_fd_limit)
 from titan.protocols.opcodes import Op, op_name
+from titan.master.api import Caller, MasterApi, TextFrames, WrongToken
 from titan.protocols.rpc import RemoteError, RpcProtocol, rid_of
-
-if TYPE_CHECKING:
-    from titan.master.service import MasterService
 
 HELLOS = (Op.HELLO, Op.REGISTER)
 WORKER_OPS = frozenset({Op.HEARTBEAT, Op.JOB_STARTED, Op.JOB_COMPLETE, Op.LOG_BATCH,
                         Op.SERVICE_STATUS})
-# What a job, holding its own job-scoped token, may not do: decide gates (a job approving
-# its own gate would defeat the point), cancel work, drop schedules, or restart services
-# (the service it would name by its name is some other job).
-NOT_FOR_JOBS = frozenset({Op.DECIDE_GATE, Op.CANCEL_JOB, Op.REMOVE_SCHEDULE,
-                          Op.RESTART_SERVICE})
 
 
 def _require(body: dict, key: str, kind: type = str) -> Any:
@@ -46,12 +41,17 @@ def _require(body: dict, key: str, kind: type = str) -> Any:
     return value
 
 
-# The reference's gate keys in the store (docs/compat.md): a job's token may not write them.
-HITL_PREFIX = "titan:hitl:"
+class TextFramesFace(TextFrames):
+    """What this face needs of the text frames' (titan/master/legacy.py), which share its
+    port: whether they are served to a peer, and the request itself."""
+    def refusal(self, protocol) -> Optional[str]: ...
+    def frame_received(self, protocol, frame) -> None: ...
 
 
 class MasterProtocol(RpcProtocol):
-    master: "MasterService"
+    master: MasterApi  # the master's operations
+    text_frames: TextFramesFace
+    caller: Caller = Caller()  # who asks, once the hello is accepted
     role: Optional[str] = None  # "client" or "worker", once the hello is accepted
     worker_id: Optional[str] = None
     scope: Optional[tuple[str, int]] = None  # (job id, attempt) for a job's own connection
@@ -92,7 +92,7 @@ class MasterProtocol(RpcProtocol):
         where text frames are served to this peer."""
         if self.authenticated:
             return None
-        return self.master.legacy.refusal(self)
+        return self.text_frames.refusal(self)
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
@@ -201,7 +201,7 @@ class MasterProtocol(RpcProtocol):
                 self.send_text(Op.ERROR, f"ERROR: {e.message}")
                 self.close()
                 return
-        self.master.legacy.frame_received(self, frame)
+        self.text_frames.frame_received(self, frame)
 
     def _admitted(self, opcode: int, rid: Any) -> bool:
         if self.role is None and opcode not in HELLOS:
@@ -213,15 +213,12 @@ class MasterProtocol(RpcProtocol):
             self.send_error(rid, "not_a_worker", f"{op_name(opcode)} is for registered workers")
             return False
         if self.scope is not None:
-            if opcode in NOT_FOR_JOBS:
-                self.send_error(rid, "forbidden",
-                                f"a job's own token may not {op_name(opcode)}")
-                return False
-            try:  # the token works while its attempt runs, and no longer
-                self.master.check_scope(self.scope)
+            try:  # what a job's token may do, while its attempt runs, and no longer
+                self.master.admit(self.caller, op_name(opcode))
             except RemoteError as e:
                 self.send_error(rid, e.code, e.message)
-                self.transport.loseConnection()
+                if e.close:
+                    self.transport.loseConnection()
                 return False
         return True
 
@@ -241,19 +238,20 @@ class MasterProtocol(RpcProtocol):
             failure = Failure(remote)
         super()._send_failure(rid, opcode, failure)
 
-    def _check_token(self, body: dict) -> None:
-        if not token_matches(self.master.token, body.get("token")):
-            self.note("wrong_token", "refused {peer}: wrong cluster token")
-            raise RemoteError("auth", "wrong cluster token", close=True)
+    def _wrong_token(self) -> None:
+        self.note("wrong_token", "refused {peer}: wrong cluster token")
 
     def op_HELLO(self, body: dict) -> dict:
-        scope = parse_job_token(self.master.token, body.get("token"))
+        try:
+            caller = self.master.authenticate(body.get("token"), self._via)
+        except WrongToken:
+            self._wrong_token()
+            raise
+        scope = caller.scope
+        self.caller = caller
         if scope is not None:
-            self.master.check_scope(scope)
             self.scope = scope
             self.master.job_connected(self)
-        else:
-            self._check_token(body)
         if body.get("as") == "worker" and scope is None:
             # A worker whose REGISTER is larger than the pre-auth limit says HELLO first;
             # it counts as a worker (room is kept for workers) and may only REGISTER next.
@@ -265,106 +263,93 @@ class MasterProtocol(RpcProtocol):
                 "job_id": scope[0] if scope else None}
 
     def op_REGISTER(self, body: dict) -> dict:
-        self._check_token(body)
+        try:
+            self.master.check_cluster_token(body.get("token"))
+        except WrongToken:
+            self._wrong_token()
+            raise
         self._authenticate("worker")
         self.role = "worker"
+        self.caller = Caller(None, self._via)
         self.worker_id = _require(body, "worker_id")
-        # The worker drops the finished reports it sent once this is answered: the answer
-        # waits until their record is stored, as JOB_COMPLETE's does (also in an outage).
-        durable = self.master.worker_registered(self, body)
-        return self.master.after(
-            durable, {"heartbeat_interval": self.master.config.master.heartbeat_interval})
+        return self.master.register_worker(self, body)
 
     # -- workers ---------------------------------------------------------------------------
 
     def op_HEARTBEAT(self, body: dict) -> None:
-        self.master.handle(ev.WorkerHeartbeat(self.worker_id))
+        self.master.heartbeat(self.worker_id)
 
     def op_JOB_STARTED(self, body: dict) -> None:
-        self.master.handle(ev.JobStarted(_require(body, "job_id"), self.worker_id,
-                                         _require(body, "attempt", int)))
+        self.master.job_started(self.worker_id, _require(body, "job_id"),
+                                _require(body, "attempt", int))
 
     def op_LOG_BATCH(self, body: dict) -> None:
         attempt = body.get("attempt")
-        self.master.logs_received(_require(body, "job_id"), body.get("chunks") or (),
-                                  attempt if isinstance(attempt, int) else 0)
+        self.master.job_logs(_require(body, "job_id"), body.get("chunks") or (),
+                             attempt if isinstance(attempt, int) else 0)
 
     def op_SERVICE_STATUS(self, body: dict) -> None:
         status = body.get("status")
         if isinstance(status, dict):
-            self.master.handle(ev.ServiceReported(_require(body, "job_id"), self.worker_id,
-                                                  _require(body, "attempt", int), status))
+            self.master.service_status(self.worker_id, _require(body, "job_id"),
+                                       _require(body, "attempt", int), status)
 
     def op_RESTART_SERVICE(self, body: dict) -> dict:
-        return self.master.restart_service(_require(body, "name"))
+        return self.master.restart_service(self.caller, _require(body, "name"))
 
     def op_LIST_SERVICES(self, body: dict) -> dict:
-        return {"services": self.master.list_services(bool(body.get("all")))}
+        return {"services": self.master.list_services(self.caller, bool(body.get("all")))}
 
     def op_JOB_COMPLETE(self, body: dict):
-        # The worker keeps its report until this answer, which waits until it is recorded.
-        durable = self.master.handle(ev.JobFinished(
-            _require(body, "job_id"), self.worker_id, _require(body, "attempt", int),
-            body.get("exit_code"), body.get("reason")))
-        return self.master.after(durable, {})
+        return self.master.job_complete(self.worker_id, _require(body, "job_id"),
+                                        _require(body, "attempt", int),
+                                        body.get("exit_code"), body.get("reason"))
 
     # -- clients ---------------------------------------------------------------------------
 
     def op_SUBMIT_JOB(self, body: dict):
-        return self.master.submit(body).addCallback(lambda job_id: {"job_id": job_id})
+        return self.master.submit(self.caller, body)
 
     def op_SUBMIT_JOBS(self, body: dict):
-        return self.master.submit_many(body.get("jobs"))
+        return self.master.submit_many(self.caller, body.get("jobs"))
 
     def op_WAIT_JOBS(self, body: dict):
-        return self.master.wait_jobs(body.get("job_ids"), body.get("timeout"))
+        return self.master.wait_jobs(self.caller, body.get("job_ids"), body.get("timeout"))
 
     def op_SUBMIT_DAG(self, body: dict) -> dict:
-        return self.master.submit_dag(body, self if body.get("watch") else None)
+        return self.master.submit_dag(self.caller, body, self if body.get("watch") else None)
 
     def op_ADD_JOBS(self, body: dict) -> dict:
-        run_id = body.get("run_id")
-        if self.scope is not None:
-            self.master.check_scope(self.scope)
-            own = self.master.scheduler.jobs[self.scope[0]].run_id
-            if run_id not in (None, own):
-                raise RemoteError("forbidden", f"a job may add jobs to its own run ({own}) only")
-            run_id = own
-            by = self.scope[0]
-        else:
-            by = str(body.get("by") or "client")
-        if not isinstance(run_id, str):
-            raise RemoteError("bad_request", "'run_id' is required (str)")
-        return self.master.add_jobs(run_id, body.get("jobs"), by)
+        return self.master.add_jobs(self.caller, body.get("run_id"), body.get("jobs"),
+                                    body.get("by"))
 
     def op_RUN_INFO(self, body: dict) -> dict:
-        return self.master.run_info(_require(body, "run_id"), bool(body.get("jobs", True)))
+        return self.master.run_info(self.caller, _require(body, "run_id"),
+                                    bool(body.get("jobs", True)))
 
     def op_WAIT_RUN(self, body: dict):
-        return self.master.wait_run(_require(body, "run_id"), int(body.get("version") or 0),
-                                    body.get("timeout"), bool(body.get("jobs", False)))
+        return self.master.wait_run(self.caller, _require(body, "run_id"),
+                                    int(body.get("version") or 0), body.get("timeout"),
+                                    bool(body.get("jobs", False)))
 
     def op_WATCH_RUN(self, body: dict) -> dict:
-        return self.master.watch_run(self, _require(body, "run_id"), bool(body.get("jobs", True)))
+        return self.master.watch_run(self.caller, self, _require(body, "run_id"),
+                                     bool(body.get("jobs", True)))
 
     def op_UNWATCH_RUN(self, body: dict) -> dict:
         run_id = _require(body, "run_id")
-        self.master.unwatch_run(self, run_id)
+        self.master.unwatch_run(self.caller, self, run_id)
         return {"run_id": run_id}
 
     def op_LIST_RUNS(self, body: dict) -> dict:
-        return {"runs": self.master.list_runs(body.get("agent_run_id"),
+        return {"runs": self.master.list_runs(self.caller, body.get("agent_run_id"),
                                               int(body.get("limit") or 100))}
 
     def op_DECIDE_GATE(self, body: dict) -> dict:
-        approved = body.get("approved")
-        if not isinstance(approved, bool):
-            raise RemoteError("bad_request", "'approved' is required (true or false)")
-        # `by` is the name the client gives; `via` is what the master saw (jobs' tokens
-        # never get here: NOT_FOR_JOBS).
-        return self.master.decide_gate(_require(body, "job_id"), approved,
+        # `by` is the name the client gives; the caller's `via` is what the master saw.
+        return self.master.decide_gate(self.caller, body.get("job_id"), body.get("approved"),
                                        str(body.get("by") or "someone"),
-                                       str(body.get("comment") or ""), via=self._via())
+                                       str(body.get("comment") or ""))
 
     def _via(self) -> str:
         """The credential and the peer of this connection, for the record of a decision."""
@@ -374,71 +359,38 @@ class MasterProtocol(RpcProtocol):
                                                       if uid is not None else "")
 
     def op_SET_RESULT(self, body: dict) -> dict:
-        job_id = body.get("job_id")
-        if self.scope is not None:
-            self.master.check_scope(self.scope)
-            if job_id not in (None, self.scope[0]):
-                raise RemoteError("forbidden", "a job may set its own result only")
-            job_id = self.scope[0]
-        if not isinstance(job_id, str):
-            raise RemoteError("bad_request", "'job_id' is required (str)")
-        return self.master.set_result(job_id, body.get("value"))
+        return self.master.set_result(self.caller, body.get("job_id"), body.get("value"))
 
     def op_GET_RESULT(self, body: dict) -> dict:
-        return self.master.get_result(_require(body, "job_id"))
+        return self.master.get_result(self.caller, _require(body, "job_id"))
 
     def op_LIST_SCHEDULES(self, body: dict) -> dict:
-        return {"schedules": self.master.list_schedules()}
+        return {"schedules": self.master.list_schedules(self.caller)}
 
     def op_REMOVE_SCHEDULE(self, body: dict) -> dict:
-        return self.master.remove_schedule(_require(body, "schedule_id"))
+        return self.master.remove_schedule(self.caller, _require(body, "schedule_id"))
 
     # -- the store, through the master -----------------------------------------------------
 
-    def _store(self):
-        if self.master.store is None:
-            raise RemoteError("no_store", "the store is not configured on this master")
-        return self.master.store
-
-    def _writable(self, op: str, key: str) -> str:
-        """A job's token may not write the gate keys (`titan:hitl:*`): a job must not decide
-        a gate by any path (docs/security.md)."""
-        if self.scope is not None and key.startswith(HITL_PREFIX):
-            raise RemoteError("forbidden", f"a job's own token may not {op} {key!r}: keys "
-                                           f"under {HITL_PREFIX} belong to approval gates")
-        return key
-
     def op_KV_SET(self, body: dict):
-        value = body.get("value")
-        if not isinstance(value, (bytes, str)):
-            raise RemoteError("bad_request", "'value' is required (bytes or str)")
-        ex = body.get("ex")
-        key = self._writable("KV_SET", _require(body, "key"))
-        if key.startswith(HITL_PREFIX):
-            self.master.legacy.note_writer(key, value, f"a KV_SET with the {self._via()}")
-        return self._store().set(key, value, ex=ex).addCallback(lambda _: {})
+        return self.master.kv_set(self.caller, body.get("key"), body.get("value"),
+                                  ex=body.get("ex")).addCallback(lambda _: {})
 
     def op_KV_GET(self, body: dict):
-        return self._store().get(_require(body, "key")).addCallback(lambda v: {"value": v})
+        return self.master.kv_get(self.caller, body.get("key")).addCallback(
+            lambda v: {"value": v})
 
     def op_KV_SADD(self, body: dict):
-        member = body.get("member")
-        if not isinstance(member, (bytes, str)):
-            raise RemoteError("bad_request", "'member' is required (bytes or str)")
-        return self._store().sadd(self._writable("KV_SADD", _require(body, "key")),
-                                  member).addCallback(
-            lambda n: {"added": n})
+        return self.master.kv_sadd(self.caller, body.get("key"), body.get("member")
+                                   ).addCallback(lambda n: {"added": n})
 
     def op_KV_SMEMBERS(self, body: dict):
-        return self._store().smembers(_require(body, "key")).addCallback(
+        return self.master.kv_smembers(self.caller, body.get("key")).addCallback(
             lambda members: {"members": sorted(members)})
 
     def op_PUBLISH(self, body: dict):
-        message = body.get("message")
-        if not isinstance(message, (bytes, str)):
-            raise RemoteError("bad_request", "'message' is required (bytes or str)")
-        return self._store().publish(_require(body, "channel"), message).addCallback(
-            lambda n: {"receivers": n})
+        return self.master.publish(self.caller, body.get("channel"), body.get("message")
+                                   ).addCallback(lambda n: {"receivers": n})
 
     def op_SUBSCRIBE(self, body: dict):
         channel = _require(body, "channel")
@@ -455,7 +407,7 @@ class MasterProtocol(RpcProtocol):
                 self.push(Op.MESSAGE, {"channel": ch, "message": message,
                                        "pattern": _pattern})
 
-        d = self._store().subscribe(channel, deliver, pattern=pattern)
+        d = self.master.subscribe(self.caller, channel, deliver, pattern)
 
         def subscribed(subscription):
             self._subscriptions[(channel, pattern)] = subscription
@@ -470,31 +422,33 @@ class MasterProtocol(RpcProtocol):
         return {"channel": key[0]}
 
     def op_JOB_INFO(self, body: dict) -> dict:
-        return self.master.job_info(_require(body, "job_id"))
+        return self.master.job_info(self.caller, _require(body, "job_id"))
 
     def op_GET_JOB_STATUS(self, body: dict) -> dict:
-        return {"state": self.master.job_info(_require(body, "job_id"))["state"]}
+        return {"state": self.master.job_info(self.caller, _require(body, "job_id"))["state"]}
 
     def op_WAIT_JOB(self, body: dict):
-        return self.master.wait_job(_require(body, "job_id"), body.get("timeout"))
+        return self.master.wait_job(self.caller, _require(body, "job_id"), body.get("timeout"))
 
     def op_GET_LOGS(self, body: dict):
-        return self.master.read_logs(_require(body, "job_id"), body.get("offset") or 0,
-                                     bool(body.get("wait")))
+        return self.master.read_logs(self.caller, _require(body, "job_id"),
+                                     body.get("offset") or 0, bool(body.get("wait")))
 
     def op_CANCEL_JOB(self, body: dict) -> dict:
-        return self.master.cancel(_require(body, "job_id"))
+        return self.master.cancel(self.caller, _require(body, "job_id"))
 
     def op_LIST_WORKERS(self, body: dict) -> dict:
         # `titan workers` says them every time.
-        return {"workers": self.master.list_workers(), "warnings": self.master.warnings()}
+        return {"workers": self.master.list_workers(self.caller),
+                "warnings": self.master.warnings(self.caller)}
 
     def op_LIST_JOBS(self, body: dict) -> dict:
         limit = body.get("limit")
-        return {"jobs": self.master.list_jobs(body.get("state"), 100 if limit is None else limit)}
+        return {"jobs": self.master.list_jobs(self.caller, body.get("state"),
+                                              100 if limit is None else limit)}
 
     def op_STATS_JSON(self, body: dict) -> dict:
-        return self.master.stats()
+        return self.master.stats(self.caller)
 
     def connectionLost(self, reason=None) -> None:
         super().connectionLost(reason)
@@ -502,7 +456,7 @@ class MasterProtocol(RpcProtocol):
         self._uncount_buffer()
         self.factory.limits.gone(self)
         if self.watching:
-            self.master.unwatch_run(self)
+            self.master.unwatch_run(self.caller, self)
         for subscription in getattr(self, "_subscriptions", {}).values():
             subscription.unsubscribe()
         if self.role == "worker":
@@ -517,8 +471,9 @@ class MasterFactory(Factory):
     log = Logger()
     fd_limit: tuple[int, int] = (-1, -1)  # (soft, hard) RLIMIT_NOFILE once listening
 
-    def __init__(self, master: "MasterService") -> None:
+    def __init__(self, master: MasterApi, text_frames: TextFramesFace) -> None:
         self.master = master
+        self.text_frames = text_frames
         self.limits = self._limits(-1)
         self.episodes = EpisodeLog(self.log)
         self.preauth_buffered = 0
@@ -587,6 +542,7 @@ class MasterFactory(Factory):
         p = MasterProtocol()
         p.factory = self
         p.master = self.master
+        p.text_frames = self.text_frames
         p.clock = self.master.reactor
         p.max_body = self.master.config.master.max_frame_bytes
         mc = self.master.config.master

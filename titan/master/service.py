@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import gc
 import os
-import secrets
 import time
 from collections import deque
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Coroutine, Optional
 
 import attrs
 import msgpack
@@ -23,15 +22,14 @@ from titan.auth import job_token, load_or_create_token
 from titan.config import Config
 from titan.core import events as ev
 from titan.core.codec import RecordError, decode_events, encode_event, persisted
-from titan.core.dag import NAME, RESULT_LIMIT, parse_dag, parse_jobs, service_options
-from titan.core.model import JobSpec, JobState, RunState, WorkerState
+from titan.core.model import RunState, WorkerState
 from titan.core.scheduler import (
-    Scheduler, SubmitError, cron_valid, job_view, pending_timers, restore, run_job_view,
-    run_view, service_view, snapshot, worker_view)
+    Scheduler, pending_timers, restore, run_job_view, run_view, snapshot)
 from titan.datadir import DataDirInUse, DataDirLock
 from titan.errors import TitanError
 from titan.interfaces import (
     CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory, StorageUnavailable)
+from titan.master.api import LONG_POLL, MAX_BATCH, MasterApi, check_scope
 from titan.master.autoscale import AutoscalerService
 from titan.plugin_registry import find
 from titan.protocols import codec
@@ -44,9 +42,9 @@ from titan.tap import private_dir
 from titan.protocols.opcodes import Op
 from titan.protocols.rpc import RemoteError
 
+__all__ = ["MasterService", "LONG_POLL", "MAX_BATCH", "WATCH_INTERVAL", "build_routers"]
+
 PORT_FILE = "master.port"
-LONG_POLL = 25.0  # seconds a WAIT_JOB or GET_LOGS(wait) may hold its reply
-MAX_BATCH = 100_000  # jobs in one SUBMIT_JOBS or WAIT_JOBS request
 # RUN_CHANGED pushes of one run go at most this often (the run's end at once): a busy run
 # moves hundreds of times a second, and nobody reads a progress line that fast.
 WATCH_INTERVAL = 0.01
@@ -86,7 +84,6 @@ def build_autoscaler(config: Config):
         raise SystemExit(f"titan: {config.source}: autoscaler.name: {e}")
 
 
-_ACTIVE = frozenset({JobState.RUNNING, JobState.WAITING_APPROVAL})
 # Events that clients (and jobs, through their tokens) ask for: refused while the event log
 # cannot store records.  The others (workers' reports, timers, the core's own proposals)
 # are recorded as usual and wait, pending, for the log to recover.
@@ -161,12 +158,18 @@ class MasterService(MultiService):
         # Called with each RunChanged as it is applied, before any reply that reports it
         # (the legacy frontend clears a new run's gate keys in the store with it).
         self.run_change_listeners: list[Callable[[Any], None]] = []
-        self.listener = ListenerService(reactor, mc.listen, MasterFactory(self),
-                                        self._listening)
+        # The operations every face calls (titan/master/api.py), and the faces on them:
+        # TITAN_PROTO RPC (server.py) and the reference's text frames (legacy.py).
+        self.api = MasterApi(self)
+        self.legacy = LegacyFrontend(self.api)  # text frames: the reference's requests
+        self.api.text_frames = self.legacy
+        self.api.gate_key_writers.append(self.legacy.note_writer)
+        self.listener = ListenerService(reactor, mc.listen,
+                                        MasterFactory(self.api, self.legacy), self._listening)
         self.listener.setServiceParent(self)
         self.autoscaler = AutoscalerService(self, build_autoscaler(config))
         self.autoscaler.setServiceParent(self)
-        self.legacy = LegacyFrontend(self)  # text frames: the reference's requests
+        self.legacy.setServiceParent(self)
         # DISPATCH and KILL frames decided in this turn, and the turns' batches waiting for
         # their barrier, oldest first (_to_worker).
         self._outbox: list = []
@@ -561,19 +564,10 @@ class MasterService(MultiService):
                     conn.write(data)  # (a watcher that reads nothing is cut off there)
         self.settled().addCallbacks(send, _stopped_unstored)
 
-    def watch_run(self, conn: MasterProtocol, run_id: str, jobs: bool) -> dict:
-        """The run now (every job with `jobs`, else only those running or waiting for
-        approval, as `active`); while it runs, RUN_CHANGED pushes follow on `conn`."""
-        run = self._run(run_id)
-        s, now = self.scheduler, self.now()
-        view = run_view(s, run, now, jobs)
-        if not jobs:
-            view["active"] = [run_job_view(s, job, now) for job in map(s.jobs.get, run.jobs)
-                              if job is not None and job.state in _ACTIVE]
-        if run.state is RunState.RUNNING:
-            self._watchers.setdefault(run_id, set()).add(conn)
-            conn.watching.add(run_id)
-        return view
+    def watch(self, conn, run_id: str) -> None:
+        """RUN_CHANGED pushes of a running run follow on `conn` (MasterApi.watch_run)."""
+        self._watchers.setdefault(run_id, set()).add(conn)
+        conn.watching.add(run_id)
 
     def unwatch_run(self, conn: MasterProtocol, run_id: Optional[str] = None) -> None:
         """Stop pushing one run's changes to `conn` (every run's, without `run_id`)."""
@@ -631,145 +625,19 @@ class MasterService(MultiService):
             if kept:
                 self.handle(ev.LogWritten(job_id, kept))
 
-    # -- clients ---------------------------------------------------------------------------
+    def worker_link(self, worker_id: str) -> Optional[MasterProtocol]:
+        return self.worker_conns.get(worker_id)
 
-    def submit(self, body: dict) -> defer.Deferred:
-        event = self._submission(body)
-        return self.after(self.handle(event), event.spec.job_id)
-
-    def submit_many(self, bodies: Any) -> defer.Deferred:
-        """SUBMIT_JOBS: every job is checked before any is queued (all or nothing); they
-        are recorded together and answered once, with their ids in order."""
-        if not isinstance(bodies, list) or not bodies:
-            raise RemoteError("bad_request", "'jobs' is required: a list of job submissions")
-        if len(bodies) > MAX_BATCH:
-            raise RemoteError("bad_request", f"{len(bodies)} jobs in one request, over the "
-                                             f"limit of {MAX_BATCH}: split the batch")
-        events, taken = [], set()
-        for i, body in enumerate(bodies):
-            if not isinstance(body, dict):
-                raise RemoteError("bad_job", f"jobs[{i}]: expected a map of job options, not "
-                                             f"{type(body).__name__}")
-            if (body.get("kind") or "job") != "job":
-                raise RemoteError("bad_job", f"jobs[{i}]: a batch takes jobs only; deploy "
-                                             "services one at a time")
-            try:
-                event = self._submission(body, taken)
-            except RemoteError as e:
-                raise RemoteError(e.code, f"jobs[{i}]: {e.message}") from None
-            if event.spec.job_id in taken:
-                raise RemoteError("bad_job", f"jobs[{i}]: job id {event.spec.job_id!r} "
-                                             "appears twice in the batch")
-            taken.add(event.spec.job_id)
-            events.append(event)
-        durable = None
-        for event in events:
-            durable = self.handle(event)
-        return self.after(durable, {"job_ids": [e.spec.job_id for e in events]})
-
-    def _submission(self, body: dict, taken=()) -> ev.JobSubmitted:
-        """The JobSubmitted event a SUBMIT_JOB body asks for, checked."""
-        command = body.get("command")
-        if isinstance(command, str):
-            command = ["sh", "-c", command]
-        kind = body.get("kind") or "job"
-        service: dict = {}
-        if kind == "service":
-            name = body.get("name")
-            if not isinstance(name, str) or not NAME.match(name):
-                raise RemoteError("bad_job", "a service needs a name: letters, digits, "
-                                             "'_', '.' or '-'")
-            live = self._service(name, live_only=True)
-            if live is not None:
-                raise RemoteError("bad_job", f"service {name} is already deployed "
-                                             f"({live.state.value} as {live.job_id}); stop it "
-                                             "first or restart it")
-            try:
-                service = service_options(name, body)
-            except SubmitError as e:
-                raise RemoteError("bad_job", str(e)) from None
-            body = dict(body, job_id=self._new_service_id(name), retries=0, timeout=None)
-        elif kind != "job":
-            raise RemoteError("bad_job", f"kind must be job or service, not {kind!r}")
-        job_id = body.get("job_id") or self._new_job_id(taken)
-        try:
-            spec = JobSpec(kind=kind, **service,
-                job_id=str(job_id), command=command or (),
-                env=tuple(sorted((body.get("env") or {}).items())), cwd=body.get("cwd"),
-                priority=int(body.get("priority") or 0), tags=body.get("tags") or (),
-                timeout=body.get("timeout"), retries=int(body.get("retries") or 0),
-                delay=float(body.get("delay") or 0), name=body.get("name"))
-            event = ev.JobSubmitted(spec)
-            self.scheduler.validate(event)
-        except (SubmitError, TypeError, ValueError) as e:
-            raise RemoteError("bad_job", str(e))
-        return event
-
-    def _new_service_id(self, name: str) -> str:
-        n = 1
-        while f"{name}.{n}" in self.scheduler.jobs:
-            n += 1
-        return f"{name}.{n}"
-
-    def _service(self, name: str, live_only: bool = False):
-        """The latest deployment of service `name` (standalone services only)."""
-        found = None
-        for job in self.scheduler.jobs.values():
-            if job.spec.kind == "service" and job.spec.name == name and job.run_id is None:
-                if found is None or job.seq > found.seq:
-                    found = job
-        if live_only and found is not None and found.state.terminal:
-            return None
-        return found
-
-    def restart_service(self, name: str) -> dict:
-        job = self._service(name)
-        if job is None:
-            raise RemoteError("not_found", f"no service {name}")
-        if job.state is not JobState.RUNNING:
-            raise RemoteError("not_running", f"service {name} is {job.state.value}, not running")
-        conn = self.worker_conns.get(job.worker_id)
+    def to_worker(self, worker_id: str, opcode: int, body: dict) -> bool:
+        """A frame to a worker, behind the DISPATCH and KILL frames decided before it
+        (_to_worker); False if the worker is not connected."""
+        conn = self.worker_conns.get(worker_id)
         if conn is None:
-            raise RemoteError("unreachable", f"the worker of service {name} is not connected")
-        # Behind the service's DISPATCH, if that is still held (_to_worker).
-        self._to_worker(conn, Op.RESTART_SERVICE,
-                        {"job_id": job.job_id, "attempt": job.attempt})
-        return {"name": name, "job_id": job.job_id}
+            return False
+        self._to_worker(conn, opcode, body)
+        return True
 
-    def list_services(self, everything: bool = False) -> list:
-        latest: dict = {}
-        for job in self.scheduler.jobs.values():
-            if job.spec.kind != "service":
-                continue
-            name = job.spec.name or job.job_id
-            if name not in latest or job.seq > latest[name].seq:
-                latest[name] = job
-        now = self.now()
-        out = []
-        for name, job in sorted(latest.items()):
-            if job.state.terminal and not everything and job.finished_at is not None \
-                    and now - job.finished_at > 3600:
-                continue
-            out.append(service_view(self.scheduler, job, now))
-        return out
-
-    def _new_job_id(self, taken=()) -> str:
-        while True:
-            job_id = secrets.token_hex(4)
-            if job_id not in self.scheduler.jobs and job_id not in taken:
-                return job_id
-
-    def _job(self, ref: str):
-        try:
-            return self.scheduler.jobs[self.scheduler.resolve(ref)]
-        except SubmitError as e:
-            raise RemoteError("not_found", str(e)) from None
-
-    def _run(self, run_id: str):
-        run = self.scheduler.runs.get(run_id)
-        if run is None:
-            raise RemoteError("not_found", f"no run {run_id}")
-        return run
+    # -- connections of jobs' tokens --------------------------------------------------------
 
     def job_connected(self, conn: MasterProtocol) -> None:
         """A connection opened with a job's token: closed once that attempt is over."""
@@ -789,7 +657,7 @@ class MasterService(MultiService):
         for key in [job_id] if job_id is not None else list(self._job_conns):
             for conn in list(self._job_conns.get(key, ())):
                 try:
-                    self.check_scope(conn.scope)
+                    check_scope(self.scheduler, conn.scope)
                 except RemoteError:
                     self.job_disconnected(conn)
                     if conn.transport is not None:
@@ -801,258 +669,52 @@ class MasterService(MultiService):
             self._close_job_connections()
         return d
 
-    def check_scope(self, scope: tuple[str, int]) -> None:
-        """A job's token is good while that attempt of the job runs, and no longer."""
-        job = self.scheduler.jobs.get(scope[0])
-        if job is None or job.attempt != scope[1] or job.state is not JobState.RUNNING:
-            raise RemoteError("auth", f"the token of job {scope[0]} (attempt {scope[1]}) "
-                                      "is no longer valid: that attempt is not running",
-                              close=True)
+    # -- long polls: what the operations' waits wait for --------------------------------------
 
-    def job_info(self, ref: str) -> dict:
-        return self.autoscaler.annotate(job_view(self.scheduler, self._job(ref), self.now()))
+    # (Coroutines, awaited by the operations' own: a long poll adds no Deferred.)
+    def until_ended(self, job_id: str, timeout: float) -> Coroutine:
+        """Until the job's end is durable, or `timeout` seconds pass."""
+        return self._long_poll(self._done_waiters, job_id, timeout)
 
-    async def wait_job(self, ref: str, timeout: Optional[float]) -> dict:
-        """The job once it has ended, or as it is when `timeout` (at most LONG_POLL) passes."""
-        job = self._job(ref)
-        if not job.state.terminal:
-            await self._long_poll(self._done_waiters, job.job_id, timeout)
-        return self.job_info(job.job_id)
+    def until_run_changed(self, run_id: str, timeout: float) -> Coroutine:
+        """Until a change of the run is durable, or `timeout` seconds pass."""
+        return self._long_poll(self._run_waiters, run_id, timeout)
 
-    async def wait_jobs(self, refs: Any, timeout: Optional[float]) -> dict:
-        """WAIT_JOBS: once every job of `refs` has ended, or when `timeout` (at most
-        LONG_POLL) passes: the ended ones as `jobs`, the ids of the others as `pending`."""
-        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
-            raise RemoteError("bad_request", "'job_ids' is required: a list of job ids")
-        if len(refs) > MAX_BATCH:
-            raise RemoteError("bad_request", f"{len(refs)} jobs in one request, over the "
-                                             f"limit of {MAX_BATCH}")
-        jobs = [self._job(ref) for ref in refs]
-        waiting = [job.job_id for job in jobs if not job.state.terminal]
-        if waiting:
-            waiter = _AllEnded(len(waiting))
-            for job_id in waiting:
-                self._done_waiters.setdefault(job_id, []).append(waiter)
-            limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
-            call = self.reactor.callLater(limit, lambda: waiter.done.called
-                                          or waiter.done.callback(None))
-            await waiter.done
-            if call.active():
-                call.cancel()
-            for job_id in waiting:
-                waiters = self._done_waiters.get(job_id)
-                if waiters and waiter in waiters:
-                    waiters.remove(waiter)
-                    if not waiters:
-                        del self._done_waiters[job_id]
-        s, now = self.scheduler, self.now()
-        ended, pending = [], []
-        for job in jobs:
-            if job.state.terminal:
-                ended.append(job_view(s, job, now))
-            else:
-                pending.append(job.job_id)
-        return {"jobs": ended, "pending": pending}
+    async def until_all_ended(self, job_ids: list, timeout: float) -> None:
+        """Until every job of `job_ids` has ended (durably), or `timeout` seconds pass."""
+        waiter = _AllEnded(len(job_ids))
+        for job_id in job_ids:
+            self._done_waiters.setdefault(job_id, []).append(waiter)
+        call = self.reactor.callLater(timeout, lambda: waiter.done.called
+                                      or waiter.done.callback(None))
+        await waiter.done
+        if call.active():
+            call.cancel()
+        for job_id in job_ids:
+            waiters = self._done_waiters.get(job_id)
+            if waiters and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._done_waiters[job_id]
 
-    async def _long_poll(self, waiters_by_key: dict, key: str, timeout: Optional[float]) -> None:
-        """Until `waiters_by_key[key]` is woken, or `timeout` (at most LONG_POLL) passes."""
+    async def until_log_grows(self, job_id: str, timeout: float) -> None:
+        """Until the job's log grows (or it ends), or `timeout` seconds pass."""
+        d = self.logs.changed(job_id)
+        call = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        await d
+        if call.active():
+            call.cancel()
+        self.logs.forget_waiter(job_id, d)
+
+    async def _long_poll(self, waiters_by_key: dict, key: str, timeout: float) -> None:
+        """Until `waiters_by_key[key]` is woken, or `timeout` seconds pass."""
         d: defer.Deferred = defer.Deferred()
         waiters = waiters_by_key.setdefault(key, [])
         waiters.append(d)
-        limit = LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
-        call = self.reactor.callLater(limit, lambda: d.called or d.callback(None))
+        call = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
         await d
         if call.active():
             call.cancel()
         if d in waiters:
             waiters.remove(d)
 
-    async def read_logs(self, ref: str, offset: int, wait: bool) -> dict:
-        job = self._job(ref)
-        job_id = job.job_id
-        if wait and not job.state.terminal and offset >= self.logs.size(job_id):
-            d = self.logs.changed(job_id)
-            call = self.reactor.callLater(LONG_POLL, lambda: d.called or d.callback(None))
-            await d
-            if call.active():
-                call.cancel()
-            self.logs.forget_waiter(job_id, d)
-        data = self.logs.read(job_id, offset)
-        end = offset + len(data)
-        return {"data": data, "offset": end,
-                "done": job.state.terminal and end >= self.logs.size(job_id),
-                "state": job.state.value}
-
-    def cancel(self, ref: str) -> dict:
-        """Cancel a job, or every unfinished job of a run, or a schedule."""
-        if ref in self.scheduler.runs and ref not in self.scheduler.jobs:
-            run = self.scheduler.runs[ref]
-            live = any(not self.scheduler.jobs[k].state.terminal for k in run.jobs) \
-                if run.state is not RunState.RUNNING else True
-            if not live:  # (an ended run may still have a service it delivered running)
-                return {"run_id": ref, "state": run.state.value, "cancelled": False}
-            durable = self.handle(ev.RunCancelRequested(ref))
-            return self.after(durable, {"run_id": ref, "state": run.state.value,
-                                        "cancelled": True})
-        if ref in self.scheduler.schedules and ref not in self.scheduler.jobs:
-            return self.remove_schedule(ref)
-        job = self._job(ref)
-        before = job.state
-        durable = self.handle(ev.CancelRequested(job.job_id))
-        return self.after(durable, {
-            "job_id": job.job_id, "state": job.state.value,
-            "cancelled": job.state is JobState.CANCELLED and before is not JobState.CANCELLED})
-
-    # -- DAG runs --------------------------------------------------------------------------
-
-    def _apply_checked(self, event: object) -> defer.Deferred:
-        try:
-            self.scheduler.validate(event)
-        except SubmitError as e:
-            raise RemoteError("bad_dag", str(e)) from None
-        return self.handle(event)
-
-    def submit_dag(self, body: dict, watcher: Optional[MasterProtocol] = None) -> dict:
-        """SUBMIT_DAG; with `watcher` (the request had `watch: true`), the reply has the run
-        as WATCH_RUN gives it (`run`) and its changes are pushed to the watcher."""
-        try:
-            template = parse_dag(body)
-        except SubmitError as e:
-            raise RemoteError("bad_dag", str(e)) from None
-        cron = body.get("schedule")
-        if cron:
-            schedule_id = template.name
-            n = 1
-            while schedule_id in self.scheduler.schedules:
-                n += 1
-                schedule_id = f"{template.name}.{n}"
-            if not cron_valid(cron):
-                raise RemoteError("bad_dag", f"schedule {cron!r} is not a cron expression "
-                                             "(5 fields, or 6 with seconds last)")
-            durable = self._apply_checked(ev.ScheduleAdded(schedule_id, cron, template))
-            sched = self.scheduler.schedules[schedule_id]
-            return self.after(durable, {"schedule_id": schedule_id, "next_at": sched.next_at})
-        run_id = self._new_run_id(template.name)
-        durable = self._apply_checked(ev.DagSubmitted(run_id, template))
-        reply = {"run_id": run_id, "jobs": list(self.scheduler.runs[run_id].jobs)}
-        if watcher is not None:
-            reply["run"] = self.watch_run(watcher, run_id, True)
-        return self.after(durable, reply)
-
-    def _new_run_id(self, name: str) -> str:
-        while True:
-            run_id = f"{name}-{secrets.token_hex(3)}"
-            if run_id not in self.scheduler.runs:
-                return run_id
-
-    def add_jobs(self, run_id: str, jobs: Any, by: str) -> dict:
-        try:
-            specs = parse_jobs(jobs)
-        except SubmitError as e:
-            raise RemoteError("bad_dag", str(e)) from None
-        durable = self._apply_checked(ev.JobsAdded(run_id, tuple(specs), by))
-        return self.after(durable, {"run_id": run_id,
-                                    "added": [f"{run_id}/{s.job_id}" for s in specs]})
-
-    def run_info(self, run_id: str, jobs: bool = True) -> dict:
-        return run_view(self.scheduler, self._run(run_id), self.now(), jobs)
-
-    async def wait_run(self, run_id: str, version: int, timeout: Optional[float],
-                       jobs: bool) -> dict:
-        """The run once it has changed since `version` (or ended), or at the timeout."""
-        run = self._run(run_id)
-        if run.version <= version and run.state is RunState.RUNNING:
-            await self._long_poll(self._run_waiters, run_id, timeout)
-        return run_view(self.scheduler, run, self.now(), jobs)
-
-    def list_runs(self, agent_run_id: Optional[str], limit: int) -> list:
-        s = self.scheduler
-        if agent_run_id:
-            if agent_run_id not in s.agent_runs:
-                raise RemoteError("not_found", f"no agent run {agent_run_id}")
-            runs = [s.runs[r] for r in s.agent_runs[agent_run_id]]
-        else:
-            runs = list(s.runs.values())[-int(limit):]
-        now = self.now()
-        return [run_view(s, r, now, jobs=False) for r in runs]
-
-    def decide_gate(self, ref: str, approved: bool, by: str, comment: str,
-                    via: str = "") -> dict:
-        job = self._job(ref)
-        durable = self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment, via))
-        return self.after(durable, job_view(self.scheduler, job, self.now()))
-
-    def set_result(self, ref: str, value: Any) -> dict:
-        job = self._job(ref)
-        try:
-            size = len(codec.pack({"v": value}))
-        except Exception as e:
-            raise RemoteError("bad_result", f"the result cannot be stored: {e}") from None
-        if size > RESULT_LIMIT:
-            raise RemoteError("bad_result", f"the result is {size} bytes, over the "
-                                            f"{RESULT_LIMIT}-byte limit; write a file instead")
-        return self.after(self._apply_checked(ev.ResultSet(job.job_id, value)),
-                          {"job_id": job.job_id})
-
-    def get_result(self, ref: str) -> dict:
-        job = self._job(ref)
-        return {"job_id": job.job_id, "state": job.state.value, "result": job.result}
-
-    def list_schedules(self) -> list:
-        return [{"schedule_id": sc.schedule_id, "name": sc.name, "cron": sc.cron,
-                 "fired": sc.fired, "next_at": sc.next_at, "last_run_id": sc.last_run_id}
-                for sc in self.scheduler.schedules.values()]
-
-    def remove_schedule(self, schedule_id: str) -> dict:
-        if schedule_id not in self.scheduler.schedules:
-            raise RemoteError("not_found", f"no schedule {schedule_id}")
-        return self.after(self.handle(ev.ScheduleRemoved(schedule_id)),
-                          {"schedule_id": schedule_id, "cancelled": True, "state": "REMOVED"})
-
-    def list_workers(self) -> list:
-        now = self.now()
-        views = []
-        for w in self.scheduler.workers.values():
-            view = worker_view(w, now)
-            view.update(self.autoscaler.describe(w.name) or {"spawned_by": None})
-            views.append(view)
-        return views
-
-    def list_jobs(self, state: Optional[str], limit: Any) -> list:
-        """The latest `limit` jobs, of one state if `state` names one."""
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise RemoteError("bad_request", f"limit must be a whole number of at least 1, "
-                                             f"not {limit!r}")
-        jobs = self.scheduler.jobs.values()
-        if state:
-            wanted = state.upper() if isinstance(state, str) else None
-            if wanted not in JobState.__members__:
-                raise RemoteError("bad_request", f"no job state {state!r}; the states are "
-                                                 f"{', '.join(JobState.__members__)}")
-            jobs = [j for j in jobs if j.state.value == wanted]
-        now = self.now()
-        return [job_view(self.scheduler, j, now) for j in list(jobs)[-limit:]]
-
-    def stats(self) -> dict:
-        counts: dict[str, int] = {s.value: 0 for s in JobState}
-        for job in self.scheduler.jobs.values():
-            counts[job.state.value] += 1
-        workers = self.scheduler.workers.values()
-        return {"jobs": counts, "workers": len(workers),
-                "slots": sum(w.slots for w in workers),
-                "busy": sum(len(w.running) for w in workers),
-                "persistence": self.persistence.describe() if self.persistence else None,
-                "recovery": self.recovery, "text_frames": self.legacy.policy(),
-                "storage": self.storage_problem, "warnings": self.warnings()}
-
-    def warnings(self) -> list[str]:
-        """What every face should say about this master while it holds (`titan status`,
-        `titan workers`): text frames on, a log that cannot be written."""
-        out = []
-        if self.storage_problem is not None:
-            out.append(f"storage unavailable: {self.storage_problem}; changes are refused "
-                       "until the event log can be written again (reads are answered)")
-        warning = self.legacy.warning()
-        if warning:
-            out.append(warning)
-        return out

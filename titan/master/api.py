@@ -1,0 +1,817 @@
+"""The master's operations: everything a client may ask for, each once, for every face.
+
+A face (an adapter) turns its wire into calls of `MasterApi` and its answers back into its
+wire; it does nothing else.  Today there are two: TITAN_PROTO RPC (titan/master/server.py)
+and the reference's text frames (titan/master/legacy.py).  A new face -- HTTP, MCP -- is
+built the same way:
+
+1. Take a `MasterApi` (the service tree hands it over: `MasterService.api`); never import
+   titan/master/service.py.
+2. Know who asks: build one `Caller` per authenticated principal -- `api.authenticate(token)`
+   for a TITAN_PROTO-style token (a job's own token gives a scoped caller) -- and pass it to
+   every operation.  Before each request of a scoped caller, call `api.admit(caller, op)`:
+   it refuses what a job's token may not do and a token whose attempt is over.
+3. Call the operation.  It answers a value (a dict, ready to encode) or a Deferred of one;
+   the value reports only what the event log already holds as durable as its fsync policy
+   promises, if the face sends it after `api.reply_ready()` (every face must: a read
+   answered ahead of the log could report an end a crash takes back).
+4. Say its errors: every refusal is a `RemoteError` (titan/errors.py) with a stable `code`
+   and a message for a person -- the subclasses below name the common ones; a failure of
+   the event log or the store is turned into one by `api.explain_failure(failure)`.
+
+The operations do not know their wire: no opcodes, frames or sockets here.  What must reach
+a connection later (RUN_CHANGED pushes, store messages) is given as a small object of the
+face's (`Watcher`, a `deliver` callable).  The engine under this layer -- recording events,
+the persistence barrier, timers, frames to workers -- is `Engine` (MasterService implements
+it); this module does not import it, so nothing here imports back up.
+"""
+from __future__ import annotations
+
+import secrets
+from typing import Any, Awaitable, Callable, Optional, Protocol, Union
+
+import attrs
+from twisted.internet import defer
+
+from titan.auth import parse_job_token, token_matches
+from titan.core import events as ev
+from titan.core.dag import NAME, RESULT_LIMIT, SubmitError, parse_dag, parse_jobs, service_options
+from titan.core.model import JobSpec, JobState, RunState
+from titan.core.scheduler import (
+    Scheduler, cron_valid, job_view, run_view, service_view, worker_view)
+from titan.errors import RemoteError
+from titan.protocols import codec
+
+LONG_POLL = 25.0  # seconds a wait (WAIT_JOB, WAIT_RUN, GET_LOGS with wait) may hold its reply
+MAX_BATCH = 100_000  # jobs in one submission of many, or one wait for many
+# The reference's gate keys in the store (docs/compat.md): a job's token may not write them.
+HITL_PREFIX = "titan:hitl:"
+# What a job, holding its own job-scoped token, may not do: decide gates (a job approving
+# its own gate would defeat the point), cancel work, drop schedules, or restart services
+# (the service it would name by its name is some other job).
+NOT_FOR_JOBS = frozenset({"DECIDE_GATE", "CANCEL_JOB", "REMOVE_SCHEDULE", "RESTART_SERVICE"})
+
+
+# -- errors: the wire's codes, as types ------------------------------------------------------
+
+class ApiError(RemoteError):
+    """A refusal with a fixed code; faces encode any RemoteError the same way."""
+    code = "internal"
+
+    def __init__(self, message: str, close: bool = False) -> None:
+        super().__init__(type(self).code, message, close)
+
+
+class BadRequest(ApiError):
+    code = "bad_request"
+
+
+class BadJob(ApiError):
+    code = "bad_job"
+
+
+class BadDag(ApiError):
+    code = "bad_dag"
+
+
+class BadResult(ApiError):
+    code = "bad_result"
+
+
+class NotFound(ApiError):
+    code = "not_found"
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+
+
+class Unauthorized(ApiError):
+    """A wrong token, or a job's token whose attempt is over: the connection closes."""
+    code = "auth"
+
+    def __init__(self, message: str, close: bool = True) -> None:
+        super().__init__(message, close)
+
+
+class WrongToken(Unauthorized):
+    """Not the cluster's token (nor a job's)."""
+
+
+class NoStore(ApiError):
+    code = "no_store"
+
+
+class NotRunning(ApiError):
+    code = "not_running"
+
+
+class Unreachable(ApiError):
+    code = "unreachable"
+
+
+# -- who asks ------------------------------------------------------------------------------
+
+@attrs.frozen
+class Caller:
+    """Who asks: the cluster token's holder (`scope` None), or one attempt of a job holding
+    its own token (`scope` = (job id, attempt)).  `describe` says, for the record of a
+    decision, which credential from where (called only when needed: it may read sockets)."""
+    scope: Optional[tuple[str, int]] = None
+    describe: Union[str, Callable[[], str]] = ""
+
+    @property
+    def via(self) -> str:
+        return self.describe() if callable(self.describe) else self.describe
+
+    @property
+    def job_id(self) -> Optional[str]:
+        return self.scope[0] if self.scope is not None else None
+
+
+OPERATOR = Caller()  # in-process calls (tests, tools): the cluster's rights, no via
+
+
+class Watcher(Protocol):
+    """A face's connection that receives RUN_CHANGED pushes (MasterService sends them)."""
+    watching: set
+    connected: Any
+
+    def write(self, data: bytes) -> None: ...
+
+
+class Engine(Protocol):
+    """What the operations need of the master service (titan/master/service.py)."""
+    scheduler: Scheduler
+    config: Any
+    store: Any
+    logs: Any
+    token: str
+    data_dir: str
+    reactor: Any
+    recovery: dict
+    persistence: Any
+    storage_problem: Optional[str]
+    autoscaler: Any
+    job_end_listeners: list
+    run_change_listeners: list
+
+    def now(self) -> float: ...
+    def handle(self, event: object) -> defer.Deferred: ...
+    def after(self, durable: defer.Deferred, result: Any) -> defer.Deferred: ...
+    def reply_ready(self) -> defer.Deferred: ...
+    def explain_failure(self, failure) -> Optional[RemoteError]: ...
+    def job_connected(self, conn: Any) -> None: ...
+    def job_disconnected(self, conn: Any) -> None: ...
+    def worker_registered(self, conn: Any, body: dict) -> defer.Deferred: ...
+    def worker_gone(self, conn: Any) -> None: ...
+    def worker_link(self, worker_id: str) -> Any: ...
+    def logs_received(self, job_id: str, chunks, attempt: int = 0) -> None: ...
+    def until_ended(self, job_id: str, timeout: float) -> Awaitable: ...
+    def until_all_ended(self, job_ids: list, timeout: float) -> Awaitable: ...
+    def until_run_changed(self, run_id: str, timeout: float) -> Awaitable: ...
+    def until_log_grows(self, job_id: str, timeout: float) -> Awaitable: ...
+    def watch(self, conn: Watcher, run_id: str) -> None: ...
+    def unwatch_run(self, conn: Watcher, run_id: Optional[str] = None) -> None: ...
+    def to_worker(self, worker_id: str, opcode: int, body: dict) -> bool: ...
+
+
+class TextFrames(Protocol):
+    """The text frames' face says whether it is on, and warns while it is."""
+    def policy(self) -> str: ...
+    def warning(self) -> Optional[str]: ...
+
+
+def check_scope(scheduler: Scheduler, scope: tuple[str, int]) -> None:
+    """A job's token is good while that attempt of the job runs, and no longer."""
+    job = scheduler.jobs.get(scope[0])
+    if job is None or job.attempt != scope[1] or job.state is not JobState.RUNNING:
+        raise Unauthorized(f"the token of job {scope[0]} (attempt {scope[1]}) is no longer "
+                           "valid: that attempt is not running")
+
+
+_NO_EXPIRY = object()  # kv_set without `ex` (the text frames' KV_SET sets none)
+
+
+def _required(value: Any, name: str, kind: type = str) -> Any:
+    """`value`, if it is of `kind` (a bool is no int), else BadRequest naming the field."""
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BadRequest(f"{name!r} is required ({kind.__name__})")
+    return value
+
+
+def _limit(timeout: Optional[float]) -> float:
+    return LONG_POLL if timeout is None else max(0.0, min(float(timeout), LONG_POLL))
+
+
+class MasterApi:
+    """Every operation a face may call (see the module's docstring for how a face uses it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.text_frames: Optional[TextFrames] = None  # set by the service tree
+        # Told who wrote a value into a gate's status key through the master (key, value,
+        # who): the text frames' face records it as the decision's author.
+        self.gate_key_writers: list[Callable[[str, Any, str], None]] = []
+
+    # -- what faces read of the master (not operations) --------------------------------------
+
+    @property
+    def config(self):
+        return self.engine.config
+
+    @config.setter
+    def config(self, value) -> None:
+        self.engine.config = value
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The core's state, to read (a face never changes it but through an operation)."""
+        return self.engine.scheduler
+
+    @property
+    def reactor(self):
+        return self.engine.reactor
+
+    @property
+    def store(self):
+        return self.engine.store
+
+    @property
+    def logs(self):
+        return self.engine.logs
+
+    @property
+    def data_dir(self) -> str:
+        return self.engine.data_dir
+
+    @property
+    def job_end_listeners(self) -> list:
+        return self.engine.job_end_listeners
+
+    @property
+    def run_change_listeners(self) -> list:
+        return self.engine.run_change_listeners
+
+    def now(self) -> float:
+        return self.engine.now()
+
+    def reply_ready(self) -> defer.Deferred:
+        """When a reply may go out (MasterService.reply_ready): every face waits for it."""
+        return self.engine.reply_ready()
+
+    def explain_failure(self, failure) -> Optional[RemoteError]:
+        return self.engine.explain_failure(failure)
+
+    def worker_link(self, worker_id: str):
+        """The connection a worker keeps to the master, or None."""
+        return self.engine.worker_link(worker_id)
+
+    # -- who asks ----------------------------------------------------------------------------
+
+    def authenticate(self, token: Any, describe: Union[str, Callable[[], str]] = ""
+                     ) -> Caller:
+        """The caller a token makes: the cluster token's holder, or a running job's attempt
+        (its token works while that attempt runs).  Unauthorized for anything else."""
+        scope = parse_job_token(self.engine.token, token)
+        if scope is not None:
+            check_scope(self.engine.scheduler, scope)
+            return Caller(scope, describe)
+        self.check_cluster_token(token)
+        return Caller(None, describe)
+
+    def check_cluster_token(self, token: Any) -> None:
+        if not token_matches(self.engine.token, token):
+            raise WrongToken("wrong cluster token")
+
+    def admit(self, caller: Caller, operation: str) -> None:
+        """Before each request of a job's token: what it may not do (Forbidden), and whether
+        its attempt still runs (Unauthorized, closing)."""
+        if caller.scope is None:
+            return
+        if operation in NOT_FOR_JOBS:
+            raise Forbidden(f"a job's own token may not {operation}")
+        check_scope(self.engine.scheduler, caller.scope)
+
+    def _still_running(self, caller: Caller) -> None:
+        if caller.scope is not None:
+            check_scope(self.engine.scheduler, caller.scope)
+
+    def job_connected(self, conn) -> None:
+        """A connection of a job's token (conn.scope): closed once that attempt is over."""
+        self.engine.job_connected(conn)
+
+    def job_disconnected(self, conn) -> None:
+        self.engine.job_disconnected(conn)
+
+    # -- workers -----------------------------------------------------------------------------
+
+    def register_worker(self, conn, body: dict) -> defer.Deferred:
+        """A worker's REGISTER, answered once its record (with the finished reports it
+        carries, which the worker then drops) is stored -- also during an outage."""
+        durable = self.engine.worker_registered(conn, body)
+        return self.engine.after(
+            durable, {"heartbeat_interval": self.engine.config.master.heartbeat_interval})
+
+    def worker_gone(self, conn) -> None:
+        self.engine.worker_gone(conn)
+
+    def heartbeat(self, worker_id: str) -> None:
+        self.engine.handle(ev.WorkerHeartbeat(worker_id))
+
+    def job_started(self, worker_id: str, job_id: str, attempt: int) -> None:
+        self.engine.handle(ev.JobStarted(job_id, worker_id, attempt))
+
+    def job_complete(self, worker_id: str, job_id: str, attempt: int, exit_code: Any,
+                     reason: Any) -> defer.Deferred:
+        # The worker keeps its report until this answer, which waits until it is recorded.
+        durable = self.engine.handle(ev.JobFinished(job_id, worker_id, attempt, exit_code,
+                                                    reason))
+        return self.engine.after(durable, {})
+
+    def job_logs(self, job_id: str, chunks, attempt: int = 0) -> None:
+        self.engine.logs_received(job_id, chunks, attempt)
+
+    def service_status(self, worker_id: str, job_id: str, attempt: int, status: dict) -> None:
+        self.engine.handle(ev.ServiceReported(job_id, worker_id, attempt, status))
+
+    # -- jobs --------------------------------------------------------------------------------
+
+    def submit(self, caller: Caller, body: dict) -> defer.Deferred:
+        """One job or service: {"job_id": ...} once its record is durable."""
+        event = self._submission(body)
+        return self.engine.after(self.engine.handle(event), {"job_id": event.spec.job_id})
+
+    def submit_many(self, caller: Caller, bodies: Any) -> defer.Deferred:
+        """Many jobs: every job is checked before any is queued (all or nothing); they are
+        recorded together and answered once, with their ids in order."""
+        if not isinstance(bodies, list) or not bodies:
+            raise BadRequest("'jobs' is required: a list of job submissions")
+        if len(bodies) > MAX_BATCH:
+            raise BadRequest(f"{len(bodies)} jobs in one request, over the limit of "
+                             f"{MAX_BATCH}: split the batch")
+        events, taken = [], set()
+        for i, body in enumerate(bodies):
+            if not isinstance(body, dict):
+                raise BadJob(f"jobs[{i}]: expected a map of job options, not "
+                             f"{type(body).__name__}")
+            if (body.get("kind") or "job") != "job":
+                raise BadJob(f"jobs[{i}]: a batch takes jobs only; deploy services one at "
+                             "a time")
+            try:
+                event = self._submission(body, taken)
+            except RemoteError as e:
+                raise RemoteError(e.code, f"jobs[{i}]: {e.message}") from None
+            if event.spec.job_id in taken:
+                raise BadJob(f"jobs[{i}]: job id {event.spec.job_id!r} appears twice in the "
+                             "batch")
+            taken.add(event.spec.job_id)
+            events.append(event)
+        handle = self.engine.handle
+        durable = None
+        for event in events:
+            durable = handle(event)
+        return self.engine.after(durable, {"job_ids": [e.spec.job_id for e in events]})
+
+    def _submission(self, body: dict, taken=()) -> ev.JobSubmitted:
+        """The JobSubmitted event a submission asks for, checked."""
+        command = body.get("command")
+        if isinstance(command, str):
+            command = ["sh", "-c", command]
+        kind = body.get("kind") or "job"
+        service: dict = {}
+        if kind == "service":
+            name = body.get("name")
+            if not isinstance(name, str) or not NAME.match(name):
+                raise BadJob("a service needs a name: letters, digits, '_', '.' or '-'")
+            live = self._service(name, live_only=True)
+            if live is not None:
+                raise BadJob(f"service {name} is already deployed ({live.state.value} as "
+                             f"{live.job_id}); stop it first or restart it")
+            try:
+                service = service_options(name, body)
+            except SubmitError as e:
+                raise BadJob(str(e)) from None
+            body = dict(body, job_id=self._new_service_id(name), retries=0, timeout=None)
+        elif kind != "job":
+            raise BadJob(f"kind must be job or service, not {kind!r}")
+        job_id = body.get("job_id") or self._new_job_id(taken)
+        try:
+            spec = JobSpec(kind=kind, **service,
+                job_id=str(job_id), command=command or (),
+                env=tuple(sorted((body.get("env") or {}).items())), cwd=body.get("cwd"),
+                priority=int(body.get("priority") or 0), tags=body.get("tags") or (),
+                timeout=body.get("timeout"), retries=int(body.get("retries") or 0),
+                delay=float(body.get("delay") or 0), name=body.get("name"))
+            event = ev.JobSubmitted(spec)
+            self.engine.scheduler.validate(event)
+        except (SubmitError, TypeError, ValueError) as e:
+            raise BadJob(str(e))
+        return event
+
+    def _new_job_id(self, taken=()) -> str:
+        jobs = self.engine.scheduler.jobs
+        while True:
+            job_id = secrets.token_hex(4)
+            if job_id not in jobs and job_id not in taken:
+                return job_id
+
+    def _job(self, ref: str):
+        s = self.engine.scheduler
+        try:
+            return s.jobs[s.resolve(ref)]
+        except SubmitError as e:
+            raise NotFound(str(e)) from None
+
+    def _run(self, run_id: str):
+        run = self.engine.scheduler.runs.get(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id}")
+        return run
+
+    def job_info(self, caller: Caller, ref: str) -> dict:
+        engine = self.engine
+        return engine.autoscaler.annotate(
+            job_view(engine.scheduler, self._job(ref), engine.now()))
+
+    async def wait_job(self, caller: Caller, ref: str, timeout: Optional[float]) -> dict:
+        """The job once it has ended, or as it is when `timeout` (at most LONG_POLL) passes."""
+        job = self._job(ref)
+        if not job.state.terminal:
+            await self.engine.until_ended(job.job_id, _limit(timeout))
+        return self.job_info(caller, job.job_id)
+
+    async def wait_jobs(self, caller: Caller, refs: Any, timeout: Optional[float]) -> dict:
+        """Once every job of `refs` has ended, or when `timeout` (at most LONG_POLL) passes:
+        the ended ones as `jobs`, the ids of the others as `pending`."""
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise BadRequest("'job_ids' is required: a list of job ids")
+        if len(refs) > MAX_BATCH:
+            raise BadRequest(f"{len(refs)} jobs in one request, over the limit of {MAX_BATCH}")
+        jobs = [self._job(ref) for ref in refs]
+        waiting = [job.job_id for job in jobs if not job.state.terminal]
+        if waiting:
+            await self.engine.until_all_ended(waiting, _limit(timeout))
+        s, now = self.engine.scheduler, self.engine.now()
+        ended, pending = [], []
+        for job in jobs:
+            if job.state.terminal:
+                ended.append(job_view(s, job, now))
+            else:
+                pending.append(job.job_id)
+        return {"jobs": ended, "pending": pending}
+
+    async def read_logs(self, caller: Caller, ref: str, offset: int, wait: bool) -> dict:
+        """The job's output from `offset`; with `wait`, once there is more (or it ended, or
+        LONG_POLL passed)."""
+        job = self._job(ref)
+        job_id = job.job_id
+        logs = self.engine.logs
+        if wait and not job.state.terminal and offset >= logs.size(job_id):
+            await self.engine.until_log_grows(job_id, LONG_POLL)
+        data = logs.read(job_id, offset)
+        end = offset + len(data)
+        return {"data": data, "offset": end,
+                "done": job.state.terminal and end >= logs.size(job_id),
+                "state": job.state.value}
+
+    def cancel(self, caller: Caller, ref: str) -> Union[dict, defer.Deferred]:
+        """Cancel a job, or every unfinished job of a run, or a schedule."""
+        s, engine = self.engine.scheduler, self.engine
+        if ref in s.runs and ref not in s.jobs:
+            run = s.runs[ref]
+            live = any(not s.jobs[k].state.terminal for k in run.jobs) \
+                if run.state is not RunState.RUNNING else True
+            if not live:  # (an ended run may still have a service it delivered running)
+                return {"run_id": ref, "state": run.state.value, "cancelled": False}
+            durable = engine.handle(ev.RunCancelRequested(ref))
+            return engine.after(durable, {"run_id": ref, "state": run.state.value,
+                                          "cancelled": True})
+        if ref in s.schedules and ref not in s.jobs:
+            return self.remove_schedule(caller, ref)
+        job = self._job(ref)
+        before = job.state
+        durable = engine.handle(ev.CancelRequested(job.job_id))
+        return engine.after(durable, {
+            "job_id": job.job_id, "state": job.state.value,
+            "cancelled": job.state is JobState.CANCELLED and before is not JobState.CANCELLED})
+
+    def list_jobs(self, caller: Caller, state: Optional[str], limit: Any) -> list:
+        """The latest `limit` jobs, of one state if `state` names one."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise BadRequest(f"limit must be a whole number of at least 1, not {limit!r}")
+        s = self.engine.scheduler
+        jobs = s.jobs.values()
+        if state:
+            wanted = state.upper() if isinstance(state, str) else None
+            if wanted not in JobState.__members__:
+                raise BadRequest(f"no job state {state!r}; the states are "
+                                 f"{', '.join(JobState.__members__)}")
+            jobs = [j for j in jobs if j.state.value == wanted]
+        now = self.engine.now()
+        return [job_view(s, j, now) for j in list(jobs)[-limit:]]
+
+    def set_result(self, caller: Caller, ref: Optional[str], value: Any) -> defer.Deferred:
+        """A job's result; a job's token sets its own only (`ref` None: its own)."""
+        if caller.scope is not None:
+            check_scope(self.engine.scheduler, caller.scope)
+            if ref not in (None, caller.scope[0]):
+                raise Forbidden("a job may set its own result only")
+            ref = caller.scope[0]
+        if not isinstance(ref, str):
+            raise BadRequest("'job_id' is required (str)")
+        job = self._job(ref)
+        try:
+            size = len(codec.pack({"v": value}))
+        except Exception as e:
+            raise BadResult(f"the result cannot be stored: {e}") from None
+        if size > RESULT_LIMIT:
+            raise BadResult(f"the result is {size} bytes, over the {RESULT_LIMIT}-byte "
+                            "limit; write a file instead")
+        return self.engine.after(self._apply_checked(ev.ResultSet(job.job_id, value)),
+                                 {"job_id": job.job_id})
+
+    def get_result(self, caller: Caller, ref: str) -> dict:
+        job = self._job(ref)
+        return {"job_id": job.job_id, "state": job.state.value, "result": job.result}
+
+    # -- DAG runs ----------------------------------------------------------------------------
+
+    def _apply_checked(self, event: object) -> defer.Deferred:
+        try:
+            self.engine.scheduler.validate(event)
+        except SubmitError as e:
+            raise BadDag(str(e)) from None
+        return self.engine.handle(event)
+
+    def submit_dag(self, caller: Caller, body: dict, watcher: Optional[Watcher] = None
+                   ) -> defer.Deferred:
+        """A DAG run, or a schedule of one (`schedule`: cron).  With `watcher`, the reply
+        has the run as watch_run gives it (`run`) and its changes are pushed to it."""
+        try:
+            template = parse_dag(body)
+        except SubmitError as e:
+            raise BadDag(str(e)) from None
+        s, engine = self.engine.scheduler, self.engine
+        cron = body.get("schedule")
+        if cron:
+            schedule_id = template.name
+            n = 1
+            while schedule_id in s.schedules:
+                n += 1
+                schedule_id = f"{template.name}.{n}"
+            if not cron_valid(cron):
+                raise BadDag(f"schedule {cron!r} is not a cron expression (5 fields, or 6 "
+                             "with seconds last)")
+            durable = self._apply_checked(ev.ScheduleAdded(schedule_id, cron, template))
+            sched = s.schedules[schedule_id]
+            return engine.after(durable, {"schedule_id": schedule_id, "next_at": sched.next_at})
+        run_id = self._new_run_id(template.name)
+        durable = self._apply_checked(ev.DagSubmitted(run_id, template))
+        reply = {"run_id": run_id, "jobs": list(s.runs[run_id].jobs)}
+        if watcher is not None:
+            reply["run"] = self.watch_run(caller, watcher, run_id, True)
+        return engine.after(durable, reply)
+
+    def _new_run_id(self, name: str) -> str:
+        runs = self.engine.scheduler.runs
+        while True:
+            run_id = f"{name}-{secrets.token_hex(3)}"
+            if run_id not in runs:
+                return run_id
+
+    def add_jobs(self, caller: Caller, run_id: Any, jobs: Any, by: Any = None
+                 ) -> defer.Deferred:
+        """Jobs added to a running DAG; a job's token adds to its own run only, as itself."""
+        if caller.scope is not None:
+            check_scope(self.engine.scheduler, caller.scope)
+            own = self.engine.scheduler.jobs[caller.scope[0]].run_id
+            if run_id not in (None, own):
+                raise Forbidden(f"a job may add jobs to its own run ({own}) only")
+            run_id = own
+            by = caller.scope[0]
+        else:
+            by = str(by or "client")
+        if not isinstance(run_id, str):
+            raise BadRequest("'run_id' is required (str)")
+        try:
+            specs = parse_jobs(jobs)
+        except SubmitError as e:
+            raise BadDag(str(e)) from None
+        durable = self._apply_checked(ev.JobsAdded(run_id, tuple(specs), by))
+        return self.engine.after(durable, {"run_id": run_id,
+                                           "added": [f"{run_id}/{s.job_id}" for s in specs]})
+
+    def run_info(self, caller: Caller, run_id: str, jobs: bool = True) -> dict:
+        return run_view(self.engine.scheduler, self._run(run_id), self.engine.now(), jobs)
+
+    async def wait_run(self, caller: Caller, run_id: str, version: int,
+                       timeout: Optional[float], jobs: bool) -> dict:
+        """The run once it has changed since `version` (or ended), or at the timeout."""
+        run = self._run(run_id)
+        if run.version <= version and run.state is RunState.RUNNING:
+            await self.engine.until_run_changed(run_id, _limit(timeout))
+        return run_view(self.engine.scheduler, run, self.engine.now(), jobs)
+
+    def watch_run(self, caller: Caller, conn: Watcher, run_id: str, jobs: bool) -> dict:
+        """The run now (every job with `jobs`, else only those running or waiting for
+        approval, as `active`); while it runs, its changes are pushed to `conn`."""
+        from titan.core.scheduler import run_job_view
+        run = self._run(run_id)
+        s, now = self.engine.scheduler, self.engine.now()
+        view = run_view(s, run, now, jobs)
+        if not jobs:
+            active = (JobState.RUNNING, JobState.WAITING_APPROVAL)
+            view["active"] = [run_job_view(s, job, now) for job in map(s.jobs.get, run.jobs)
+                              if job is not None and job.state in active]
+        if run.state is RunState.RUNNING:
+            self.engine.watch(conn, run_id)
+        return view
+
+    def unwatch_run(self, caller: Caller, conn: Watcher, run_id: Optional[str] = None
+                    ) -> None:
+        """Stop pushing one run's changes to `conn` (every run's, without `run_id`)."""
+        self.engine.unwatch_run(conn, run_id)
+
+    def list_runs(self, caller: Caller, agent_run_id: Optional[str], limit: int) -> list:
+        s = self.engine.scheduler
+        if agent_run_id:
+            if agent_run_id not in s.agent_runs:
+                raise NotFound(f"no agent run {agent_run_id}")
+            runs = [s.runs[r] for r in s.agent_runs[agent_run_id]]
+        else:
+            runs = list(s.runs.values())[-int(limit):]
+        now = self.engine.now()
+        return [run_view(s, r, now, jobs=False) for r in runs]
+
+    def decide_gate(self, caller: Caller, ref: Any, approved: Any, by: str,
+                    comment: str) -> defer.Deferred:
+        """Approve or reject a gate.  `by` is the name the client gives; the caller's `via`
+        is what the master saw.  Never for a job's token (admit refuses it)."""
+        if caller.scope is not None:
+            raise Forbidden("a job's own token may not DECIDE_GATE")
+        if not isinstance(approved, bool):
+            raise BadRequest("'approved' is required (true or false)")
+        if not isinstance(ref, str):
+            raise BadRequest("'job_id' is required (str)")
+        job = self._job(ref)
+        durable = self._apply_checked(ev.GateDecided(job.job_id, approved, by, comment,
+                                                     caller.via))
+        return self.engine.after(durable, job_view(self.engine.scheduler, job,
+                                                   self.engine.now()))
+
+    # -- schedules -----------------------------------------------------------------------------
+
+    def list_schedules(self, caller: Caller) -> list:
+        return [{"schedule_id": sc.schedule_id, "name": sc.name, "cron": sc.cron,
+                 "fired": sc.fired, "next_at": sc.next_at, "last_run_id": sc.last_run_id}
+                for sc in self.engine.scheduler.schedules.values()]
+
+    def remove_schedule(self, caller: Caller, schedule_id: str) -> defer.Deferred:
+        if schedule_id not in self.engine.scheduler.schedules:
+            raise NotFound(f"no schedule {schedule_id}")
+        return self.engine.after(self.engine.handle(ev.ScheduleRemoved(schedule_id)),
+                                 {"schedule_id": schedule_id, "cancelled": True,
+                                  "state": "REMOVED"})
+
+    # -- services ----------------------------------------------------------------------------
+
+    def _new_service_id(self, name: str) -> str:
+        jobs = self.engine.scheduler.jobs
+        n = 1
+        while f"{name}.{n}" in jobs:
+            n += 1
+        return f"{name}.{n}"
+
+    def _service(self, name: str, live_only: bool = False):
+        """The latest deployment of service `name` (standalone services only)."""
+        found = None
+        for job in self.engine.scheduler.jobs.values():
+            if job.spec.kind == "service" and job.spec.name == name and job.run_id is None:
+                if found is None or job.seq > found.seq:
+                    found = job
+        if live_only and found is not None and found.state.terminal:
+            return None
+        return found
+
+    def restart_service(self, caller: Caller, name: str) -> dict:
+        from titan.protocols.opcodes import Op
+        job = self._service(name)
+        if job is None:
+            raise NotFound(f"no service {name}")
+        if job.state is not JobState.RUNNING:
+            raise NotRunning(f"service {name} is {job.state.value}, not running")
+        # Behind the service's DISPATCH, if that is still held (MasterService._to_worker).
+        if not self.engine.to_worker(job.worker_id, Op.RESTART_SERVICE,
+                                     {"job_id": job.job_id, "attempt": job.attempt}):
+            raise Unreachable(f"the worker of service {name} is not connected")
+        return {"name": name, "job_id": job.job_id}
+
+    def list_services(self, caller: Caller, everything: bool = False) -> list:
+        latest: dict = {}
+        for job in self.engine.scheduler.jobs.values():
+            if job.spec.kind != "service":
+                continue
+            name = job.spec.name or job.job_id
+            if name not in latest or job.seq > latest[name].seq:
+                latest[name] = job
+        now = self.engine.now()
+        out = []
+        for name, job in sorted(latest.items()):
+            if job.state.terminal and not everything and job.finished_at is not None \
+                    and now - job.finished_at > 3600:
+                continue
+            out.append(service_view(self.engine.scheduler, job, now))
+        return out
+
+    # -- the cluster ---------------------------------------------------------------------------
+
+    def list_workers(self, caller: Caller) -> list:
+        engine = self.engine
+        now = engine.now()
+        views = []
+        for w in engine.scheduler.workers.values():
+            view = worker_view(w, now)
+            view.update(engine.autoscaler.describe(w.name) or {"spawned_by": None})
+            views.append(view)
+        return views
+
+    def stats(self, caller: Caller) -> dict:
+        engine = self.engine
+        counts: dict[str, int] = {s.value: 0 for s in JobState}
+        for job in engine.scheduler.jobs.values():
+            counts[job.state.value] += 1
+        workers = engine.scheduler.workers.values()
+        return {"jobs": counts, "workers": len(workers),
+                "slots": sum(w.slots for w in workers),
+                "busy": sum(len(w.running) for w in workers),
+                "persistence": engine.persistence.describe() if engine.persistence else None,
+                "recovery": engine.recovery,
+                "text_frames": self.text_frames.policy() if self.text_frames else "off",
+                "storage": engine.storage_problem, "warnings": self.warnings(caller)}
+
+    def warnings(self, caller: Caller) -> list[str]:
+        """What every face should say about this master while it holds (`titan status`,
+        `titan workers`): text frames on, a log that cannot be written."""
+        out = []
+        problem = self.engine.storage_problem
+        if problem is not None:
+            out.append(f"storage unavailable: {problem}; changes are refused until the "
+                       "event log can be written again (reads are answered)")
+        warning = self.text_frames.warning() if self.text_frames else None
+        if warning:
+            out.append(warning)
+        return out
+
+    # -- the store, through the master ---------------------------------------------------------
+
+    def _writable(self, caller: Caller, op: str, key: str) -> str:
+        """A job's token may not write the gate keys (`titan:hitl:*`): a job must not decide
+        a gate by any path (docs/security.md)."""
+        if caller.scope is not None and key.startswith(HITL_PREFIX):
+            raise Forbidden(f"a job's own token may not {op} {key!r}: keys under "
+                            f"{HITL_PREFIX} belong to approval gates")
+        return key
+
+    def store_client(self):
+        """The store the master reaches (NoStore if none is configured)."""
+        store = self.engine.store
+        if store is None:
+            raise NoStore("the store is not configured on this master")
+        return store
+
+    def kv_set(self, caller: Caller, key: Any, value: Any, ex: Any = _NO_EXPIRY,
+               who: Optional[str] = None) -> defer.Deferred:
+        """Set a key; one under titan:hitl: records who wrote it (`who`, else the caller):
+        a decision it brings to a gate names them."""
+        if not isinstance(value, (bytes, str)):
+            raise BadRequest("'value' is required (bytes or str)")
+        key = self._writable(caller, "KV_SET", _required(key, "key"))
+        if key.startswith(HITL_PREFIX):
+            who = who or f"a KV_SET with the {caller.via}"
+            for writer in self.gate_key_writers:
+                writer(key, value, who)
+        store = self.store_client()
+        return store.set(key, value) if ex is _NO_EXPIRY else store.set(key, value, ex=ex)
+
+    def kv_get(self, caller: Caller, key: Any) -> defer.Deferred:
+        return self.store_client().get(_required(key, "key"))
+
+    def kv_sadd(self, caller: Caller, key: Any, member: Any) -> defer.Deferred:
+        if not isinstance(member, (bytes, str)):
+            raise BadRequest("'member' is required (bytes or str)")
+        store = self.store_client()
+        return store.sadd(self._writable(caller, "KV_SADD", _required(key, "key")), member)
+
+    def kv_smembers(self, caller: Caller, key: Any) -> defer.Deferred:
+        return self.store_client().smembers(_required(key, "key"))
+
+    def publish(self, caller: Caller, channel: Any, message: Any) -> defer.Deferred:
+        if not isinstance(message, (bytes, str)):
+            raise BadRequest("'message' is required (bytes or str)")
+        return self.store_client().publish(_required(channel, "channel"), message)
+
+    def subscribe(self, caller: Caller, channel: str, deliver: Callable, pattern: bool
+                  ) -> defer.Deferred:
+        """A subscription (its `unsubscribe()` ends it); `deliver(channel, message)`."""
+        return self.store_client().subscribe(channel, deliver, pattern=pattern)
