@@ -21,6 +21,7 @@ from titan.core.model import (
     DagRun, JobRecord, JobSpec, JobState, RunState, Schedule, WorkerRecord,
     WorkerState)
 
+from titan.core.parts.validation import DEFAULT_MAX_JOBS_PER_RUN, Validation
 from titan.core.parts.jobs import Jobs
 from titan.core.parts.runs import Runs
 from titan.core.parts.services import STOPPED_WITH_RUN, Services
@@ -28,16 +29,16 @@ from titan.core.parts.gates import Gates
 from titan.core.parts.workers import Workers
 from titan.core.parts.placement import Placement
 from titan.core.parts.timers import Timers, pending_timers
-from titan.core.parts.schedules import Schedules, cron_next, cron_valid
+from titan.core.cron import cron_next, cron_valid
+from titan.core.parts.schedules import Schedules
 from titan.core.parts.retention import DEFAULT_FORGET_GRACE, DEFAULT_KEEP_FINISHED, Retention
 from titan.core.parts.base import (_ALIVE, _COMPLETED, _PENDING, _RUNNING, _TERMINAL,
                                    CoreState, Decisions, _live, _span)
 
-DEFAULT_MAX_JOBS_PER_RUN = 10_000
 
 
 
-class Scheduler(Jobs, Runs, Services, Gates, Workers, Placement, Timers, Schedules, Retention, CoreState):
+class Scheduler(Validation, Jobs, Runs, Services, Gates, Workers, Placement, Timers, Schedules, Retention, CoreState):
     def __init__(self, heartbeat_timeout: float = 10.0, backoff_base: float = 1.0,
                  backoff_cap: float = 60.0, rng: Optional[random.Random] = None,
                  max_jobs_per_run: int = DEFAULT_MAX_JOBS_PER_RUN,
@@ -46,7 +47,7 @@ class Scheduler(Jobs, Runs, Services, Gates, Workers, Placement, Timers, Schedul
                  forget_grace: float = DEFAULT_FORGET_GRACE,
                  keep_log_bytes: Optional[int] = None) -> None:
         self._init_workers(heartbeat_timeout)
-        self.max_jobs_per_run = max_jobs_per_run
+        self._init_validation(max_jobs_per_run)
         self._init_retention(keep_finished, forget_grace, keep_log_bytes)
         self._init_placement(routers)
         self._init_jobs(backoff_base, backoff_cap, rng or random.Random(0))
@@ -78,77 +79,6 @@ class Scheduler(Jobs, Runs, Services, Gates, Workers, Placement, Timers, Schedul
         }
 
     # -- entry points --------------------------------------------------------------------
-
-    def validate(self, event: object) -> None:
-        """Raise SubmitError if `event` must be refused (before it is persisted)."""
-        if isinstance(event, ev.JobSubmitted):
-            spec = event.spec
-            if spec.job_id in self.jobs:
-                raise SubmitError(f"job id {spec.job_id!r} is already taken")
-            if not spec.command or not all(isinstance(a, str) for a in spec.command):
-                raise SubmitError(f"job {spec.job_id}: command must be a non-empty list of strings")
-            if not spec.command[0]:
-                raise SubmitError(f"job {spec.job_id}: command is empty")
-            if spec.timeout is not None and spec.timeout <= 0:
-                raise SubmitError(f"job {spec.job_id}: timeout must be positive")
-            if spec.retries < 0:
-                raise SubmitError(f"job {spec.job_id}: retries must be 0 or more")
-            if spec.delay < 0:
-                raise SubmitError(f"job {spec.job_id}: delay must be 0 or more")
-        elif isinstance(event, ev.DagSubmitted):
-            if event.run_id in self.runs:
-                raise SubmitError(f"run id {event.run_id!r} is already taken")
-            self._check_size(event.template.max_jobs, 0, len(event.template.specs),
-                             event.run_id)
-        elif isinstance(event, ev.JobsAdded):
-            self._validate_growth(event)
-        elif isinstance(event, ev.GateDecided):
-            job = self.jobs.get(event.job_id)
-            if job is None:
-                raise SubmitError(f"no job {event.job_id}")
-            if job.spec.kind != "gate":
-                raise SubmitError(f"{event.job_id} is a job, not an approval gate")
-            if job.state is not JobState.WAITING_APPROVAL:
-                raise SubmitError(f"gate {event.job_id} is not waiting for approval "
-                                  f"(it is {job.state.value})")
-        elif isinstance(event, ev.ResultSet):
-            if event.job_id not in self.jobs:
-                raise SubmitError(f"no job {event.job_id}")
-        elif isinstance(event, ev.RunCancelRequested):
-            if event.run_id not in self.runs:
-                raise SubmitError(f"no run {event.run_id}")
-        elif isinstance(event, ev.ScheduleAdded):
-            if event.schedule_id in self.schedules:
-                raise SubmitError(f"schedule {event.schedule_id!r} exists already")
-            if not cron_valid(event.cron):
-                raise SubmitError(f"schedule {event.cron!r} is not a cron expression "
-                                  "(5 fields, or 6 with seconds last)")
-
-    def _check_size(self, max_jobs: Optional[int], have: int, adding: int, run_id: str) -> None:
-        # A run may lower the master's bound for itself, never raise it.
-        limit = min(max_jobs or self.max_jobs_per_run, self.max_jobs_per_run)
-        if have + adding > limit:
-            raise SubmitError(f"run {run_id} would have {have + adding} jobs, over its limit "
-                              f"of {limit} (max_jobs)")
-
-    def _validate_growth(self, e: ev.JobsAdded) -> None:
-        run = self.runs.get(e.run_id)
-        if run is None:
-            raise SubmitError(f"no run {e.run_id}")
-        if run.state is not RunState.RUNNING:
-            raise SubmitError(f"run {e.run_id} has ended ({run.state.value}); "
-                              "it takes no more jobs")
-        if not e.specs:
-            raise SubmitError("no jobs to add")
-        known = {self.jobs[k].node for k in run.jobs}
-        check_graph(e.specs, known)
-        self._check_size(run.max_jobs, len(run.jobs), len(e.specs), run.run_id)
-        for spec in e.specs:
-            for parent in spec.depends_on:
-                job = self.jobs.get(f"{run.run_id}/{parent}")
-                if job is not None and job.state.terminal and job.state is not JobState.COMPLETED:
-                    raise SubmitError(f"job {spec.job_id} cannot depend on {parent}: it is "
-                                      f"already {job.state.value}")
 
     def apply(self, event: object, now: float) -> Decisions:
         out: Decisions = []

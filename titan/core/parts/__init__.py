@@ -15,9 +15,9 @@ split.  A part's docstring says which methods of other parts it calls; its own t
     workers     join, adopt, heartbeats, loss, requeue             base, events
     placement   ready queues, routers, dispatch                    base, events, ready, routing
     retention   finished jobs and runs, log bytes, forgetting      base, events
-    schedules   cron                                               base, events
+    schedules   cron                                               base, events, cron
     timers      delays, retries' backoff, timeouts, cron firings   base, events
-    validation  refusing an event before it is recorded            base, events, dag
+    validation  refusing an event before it is recorded            base, events, dag, cron
     views       what clients see (waiting reasons, views)          base, dag
     snapshot    the state as plain data and back                   base, codec
 

@@ -8,19 +8,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from titan.core import events as ev
+from titan.core.cron import cron_next
 from titan.core.model import Schedule
 from titan.core.parts.base import CoreState, Decisions
-
-
-def cron_next(cron: str, after: float) -> float:
-    """The first time after `after` (epoch seconds) that `cron` names, in UTC."""
-    from croniter import croniter
-    return croniter(cron, datetime.fromtimestamp(after, timezone.utc)).get_next(float)
-
-
-def cron_valid(cron: str) -> bool:
-    from croniter import croniter
-    return isinstance(cron, str) and croniter.is_valid(cron)
 
 
 class Schedules(CoreState):
