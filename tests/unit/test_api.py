@@ -1,0 +1,217 @@
+"""The master's operations called directly (titan/master/api.py), without any face.
+
+What every face gets from them: the refusals a job's own token meets, the validation of
+requests (typed errors with the wire's codes and messages, nothing recorded), and replies
+that wait for the persistence barrier.
+"""
+from __future__ import annotations
+
+from twisted.internet import defer
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from titan.auth import job_token
+from titan.config import Config, MasterConfig
+from titan.core import events as ev
+from titan.errors import RemoteError
+from titan.master import api as A
+from titan.master.api import OPERATOR, Caller
+from titan.master.service import MasterService
+from tests.unit.test_master import HeldPersistence
+
+TOKEN = "sesame"
+
+
+class ApiCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        config = Config(token=TOKEN, master=MasterConfig(
+            listen="tcp:0:interface=127.0.0.1", data_dir=self.mktemp(),
+            heartbeat_interval=1.0, heartbeat_timeout=5.0))
+        self.master = MasterService(config, reactor=self.reactor)
+        self.master.privilegedStartService()
+        self.master.startService()
+        self.addCleanup(self.master.stopService)
+        self.api = self.master.api
+
+    def settle(self, d):
+        """What a Deferred (or coroutine) of the API gives, once the records are written."""
+        if not isinstance(d, defer.Deferred):
+            d = defer.Deferred.fromCoroutine(d) if hasattr(d, "send") else defer.succeed(d)
+        self.reactor.advance(0)
+        return self.successResultOf(d)
+
+    def refused(self, kind: type, call, *args, **kwargs) -> RemoteError:
+        """The operation refuses at once with `kind` and records nothing."""
+        records = self.master.persistence.bytes_since_compaction
+        e = self.assertRaises(kind, call, *args, **kwargs)
+        self.assertIsInstance(e, RemoteError)  # what every face knows how to say
+        self.assertEqual(self.master.persistence.bytes_since_compaction, records)
+        return e
+
+    def running_job(self, run: bool = False) -> tuple[str, Caller]:
+        """A job running on w1 (in a run with `run`), and the caller its token makes."""
+        self.master.handle(ev.WorkerJoined("w1", "w1", "127.0.0.1", frozenset(), 4))
+        if run:
+            reply = self.settle(self.api.submit_dag(OPERATOR, {
+                "name": "r", "jobs": [{"id": "a", "command": ["true"]}]}))
+            job_id = reply["jobs"][0]
+        else:
+            job_id = self.settle(self.api.submit(OPERATOR, {"command": ["true"]}))["job_id"]
+        self.master.handle(ev.JobStarted(job_id, "w1", 1))
+        self.reactor.advance(0)
+        caller = self.api.authenticate(job_token(TOKEN, job_id, 1), "job's token")
+        self.assertEqual(caller.scope, (job_id, 1))
+        return job_id, caller
+
+
+class ScopeTests(ApiCase):
+    def test_a_wrong_token_is_refused_and_closes(self):
+        e = self.refused(A.WrongToken, self.api.authenticate, "guess")
+        self.assertEqual((e.code, e.message, e.close), ("auth", "wrong cluster token", True))
+        self.assertIsNone(self.api.authenticate(TOKEN).scope)
+
+    def test_what_a_jobs_token_may_not_do(self):
+        job_id, caller = self.running_job()
+        for operation in ("DECIDE_GATE", "CANCEL_JOB", "REMOVE_SCHEDULE", "RESTART_SERVICE"):
+            e = self.refused(A.Forbidden, self.api.admit, caller, operation)
+            self.assertEqual((e.code, e.message, e.close),
+                             ("forbidden", f"a job's own token may not {operation}", False))
+        self.api.admit(caller, "SUBMIT_JOB")  # what it may do
+        self.api.admit(OPERATOR, "DECIDE_GATE")  # the cluster token may do anything
+        e = self.refused(A.Forbidden, self.api.decide_gate, caller, job_id, True, "me", "")
+        self.assertEqual(e.code, "forbidden")
+
+    def test_a_jobs_token_ends_with_its_attempt(self):
+        job_id, caller = self.running_job()
+        self.settle(self.api.job_complete("w1", job_id, 1, 0, None))
+        e = self.refused(A.Unauthorized, self.api.admit, caller, "JOB_INFO")
+        self.assertEqual((e.code, e.close), ("auth", True))
+        self.assertEqual(e.message, f"the token of job {job_id} (attempt 1) is no longer "
+                                    "valid: that attempt is not running")
+        self.refused(A.Unauthorized, self.api.authenticate, job_token(TOKEN, job_id, 1))
+        self.refused(A.Unauthorized, self.api.set_result, caller, None, 1)
+
+    def test_a_job_sets_its_own_result_only(self):
+        job_id, caller = self.running_job()
+        e = self.refused(A.Forbidden, self.api.set_result, caller, "other", 1)
+        self.assertEqual(e.message, "a job may set its own result only")
+        self.assertEqual(self.settle(self.api.set_result(caller, None, {"n": 1})),
+                         {"job_id": job_id})
+        self.assertEqual(self.api.get_result(OPERATOR, job_id)["result"], {"n": 1})
+
+    def test_a_job_adds_jobs_to_its_own_run_only_as_itself(self):
+        job_id, caller = self.running_job(run=True)
+        run_id = job_id.split("/")[0]
+        e = self.refused(A.Forbidden, self.api.add_jobs, caller, "other-run", [])
+        self.assertEqual(e.message, f"a job may add jobs to its own run ({run_id}) only")
+        recorded = []
+        handle = self.master.handle
+        self.patch(self.master, "handle", lambda event: recorded.append(event) or handle(event))
+        reply = self.settle(self.api.add_jobs(caller, None, [{"id": "b", "command": ["true"]}],
+                                              by="someone else"))
+        self.assertEqual(reply, {"run_id": run_id, "added": [f"{run_id}/b"]})
+        [added] = [e for e in recorded if isinstance(e, ev.JobsAdded)]
+        self.assertEqual((added.run_id, added.by), (run_id, job_id))
+
+    def test_a_jobs_token_may_not_write_gate_keys(self):
+        _, caller = self.running_job()
+        e = self.refused(A.Forbidden, self.api.kv_set, caller, "titan:hitl:status:g", "APPROVED")
+        self.assertEqual(e.message, "a job's own token may not KV_SET 'titan:hitl:status:g': "
+                                    "keys under titan:hitl: belong to approval gates")
+        # The cluster token may: here it meets the missing store instead.
+        e = self.refused(A.NoStore, self.api.kv_set, OPERATOR, "titan:hitl:status:g", "x")
+        self.assertEqual((e.code, e.message),
+                         ("no_store", "the store is not configured on this master"))
+
+
+class ValidationTests(ApiCase):
+    def check(self, kind: type, code: str, message: str, call, *args) -> None:
+        e = self.refused(kind, call, *args)
+        self.assertEqual((e.code, e.message), (code, message))
+        self.assertEqual(self.master.scheduler.jobs, {})
+
+    def test_submissions(self):
+        api = self.api
+        self.check(A.BadRequest, "bad_request", "'jobs' is required: a list of job submissions",
+                   api.submit_many, OPERATOR, [])
+        self.check(A.BadJob, "bad_job", "jobs[1]: a batch takes jobs only; deploy services "
+                   "one at a time", api.submit_many, OPERATOR,
+                   [{"command": ["true"]}, {"kind": "service", "name": "s"}])
+        self.check(A.BadJob, "bad_job", "jobs[1]: job id 'x' appears twice in the batch",
+                   api.submit_many, OPERATOR,
+                   [{"job_id": "x", "command": ["true"]}, {"job_id": "x", "command": ["true"]}])
+        self.check(A.BadJob, "bad_job", "kind must be job or service, not 'thing'",
+                   api.submit, OPERATOR, {"kind": "thing"})
+        self.check(A.BadDag, "bad_dag", "schedule '* *' is not a cron expression (5 fields, "
+                   "or 6 with seconds last)", api.submit_dag, OPERATOR,
+                   {"name": "n", "schedule": "* *", "jobs": [{"id": "a", "command": ["x"]}]})
+
+    def test_reads_and_decisions(self):
+        api = self.api
+        self.check(A.BadRequest, "bad_request", "limit must be a whole number of at least 1, "
+                   "not 0", api.list_jobs, OPERATOR, None, 0)
+        self.check(A.BadRequest, "bad_request", "'job_ids' is required: a list of job ids",
+                   lambda: api.wait_jobs(OPERATOR, "x", None).send(None))
+        self.check(A.BadRequest, "bad_request", "'approved' is required (true or false)",
+                   api.decide_gate, OPERATOR, None, "yes", "me", "")
+        self.check(A.BadRequest, "bad_request", "'job_id' is required (str)",
+                   api.decide_gate, OPERATOR, None, True, "me", "")
+        self.check(A.NotFound, "not_found", "no schedule nightly",
+                   api.remove_schedule, OPERATOR, "nightly")
+        self.check(A.NotFound, "not_found", "no service web", api.restart_service, OPERATOR,
+                   "web")
+        self.check(A.BadRequest, "bad_request", "'member' is required (bytes or str)",
+                   api.kv_sadd, OPERATOR, "k", 3)
+
+    def test_a_result_over_the_limit(self):
+        job_id = self.settle(self.api.submit(OPERATOR, {"command": ["true"]}))["job_id"]
+        e = self.refused(A.BadResult, self.api.set_result, OPERATOR, job_id, "x" * 70_000)
+        self.assertEqual(e.code, "bad_result")
+        self.assertIn("over the 65536-byte limit; write a file instead", e.message)
+        self.assertIsNone(self.api.get_result(OPERATOR, job_id)["result"])
+
+
+class DurableReplyTests(ApiCase):
+    """An operation's reply fires once its records are durable (the barrier), not before."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.held = HeldPersistence(self.master.persistence)
+        self.master.persistence = self.held
+
+    def held_until_release(self, d: defer.Deferred):
+        self.reactor.advance(0)
+        self.assertNoResult(d)
+        self.held.release()
+        return self.successResultOf(d)
+
+    def test_changes_wait_for_their_records(self):
+        api = self.api
+        job_id = self.held_until_release(api.submit(OPERATOR, {"command": ["true"]}))["job_id"]
+        self.assertEqual(self.held_until_release(api.submit_many(
+            OPERATOR, [{"job_id": "b1", "command": ["true"]}])), {"job_ids": ["b1"]})
+        reply = self.held_until_release(api.cancel(OPERATOR, job_id))
+        self.assertEqual((reply["state"], reply["cancelled"]), ("CANCELLED", True))
+        reply = self.held_until_release(api.submit_dag(OPERATOR, {
+            "name": "g", "jobs": [{"id": "ok", "kind": "gate"}]}))
+        gate = reply["jobs"][0]
+        self.assertEqual(self.held_until_release(
+            api.decide_gate(Caller(describe="a test"), gate, True, "me", "fine"))["state"],
+            "COMPLETED")
+        self.assertEqual(self.master.scheduler.jobs[gate].decision["via"], "a test")
+
+    def test_a_wait_answers_once_the_end_is_durable(self):
+        self.master.handle(ev.WorkerJoined("w1", "w1", "127.0.0.1", frozenset(), 1))
+        job_id = self.held_until_release(
+            self.api.submit(OPERATOR, {"command": ["true"]}))["job_id"]
+        self.master.handle(ev.JobStarted(job_id, "w1", 1))
+        wait = defer.Deferred.fromCoroutine(self.api.wait_job(OPERATOR, job_id, None))
+        done = self.api.job_complete("w1", job_id, 1, 0, None)
+        self.reactor.advance(0)
+        self.assertNoResult(wait)  # ended in memory, not yet on disk
+        self.assertNoResult(done)
+        self.held.release()
+        self.reactor.advance(0)
+        self.assertEqual(self.successResultOf(wait)["state"], "COMPLETED")
+        self.assertEqual(self.successResultOf(done), {})
