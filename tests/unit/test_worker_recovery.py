@@ -184,10 +184,8 @@ class WorkerRecoveryTests(SynchronousTestCase):
         self.assertEqual((hello["worker_id"], hello["token"]), (self.worker.worker_id, "t"))
         self.assertTrue(self.worker.registered)
 
-    def test_backoff_grows_to_its_cap_and_starts_again_once_connected(self) -> None:
-        first = self.accept(within=0)
-        self.register(first)
-        first.drop()
+    def test_backoff_grows_to_5s_until_a_master_has_answered(self) -> None:
+        self.refuse(within=0)  # no master yet: nothing is at stake, 5 s between tries
         waits = [self.refuse(within=6.3) for _ in range(16)]
         # 0.1 s × 1.5^n up to 5 s, plus under 1 s of jitter (and the 0.3 s HostnameEndpoint
         # takes to give up on its only address): growing, never past 6.3 s.
@@ -200,6 +198,22 @@ class WorkerRecoveryTests(SynchronousTestCase):
         self.register(link)
         link.drop()
         self.assertLess(self.next_dial(within=1.15), 1.15)  # quick again after a connection
+
+    def test_once_registered_a_retry_never_waits_longer_than_the_heartbeat_interval(self) -> None:
+        """The master gives a silent worker heartbeat_timeout: a worker in its backoff is
+        alive, and must try again before it is given up for lost (it was seen waiting 6 s
+        against a 4 s timeout, and the job it had finished ran again elsewhere)."""
+        first = self.accept(within=0)
+        self.register(first)  # heartbeat_interval 1.0
+        first.drop()
+        waits = [self.refuse(within=1.8) for _ in range(16)]
+        # 0.1 s × 1.5^n up to the 1 s interval, plus under 0.5 s of jitter (and 0.3 s).
+        for n, waited in enumerate(waits, start=1):
+            floor = min(0.1 * 1.5 ** n, 1.0)
+            self.assertGreaterEqual(waited, floor - 1e-9, f"retry {n}: {waits}")
+            self.assertLess(waited, floor + 0.8, f"retry {n}: {waits}")
+        self.assertGreaterEqual(min(waits[6:]), 1.0)  # at the cap
+        self.register(self.accept(within=1.8))
 
     # -- reports ---------------------------------------------------------------------------
 

@@ -7,13 +7,14 @@ it still runs and what ended meanwhile, so nothing runs twice and no result is l
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import socket
 import sys
 from typing import Optional
 
 import attrs
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -135,9 +136,19 @@ class WorkerService(MultiService):
         factory = Factory.forProtocol(WorkerProtocol)
         factory.buildProtocol = self._build_protocol
         self.client_service = ClientService(
-            endpoint, factory, retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=5.0),
-            clock=reactor)
+            endpoint, factory, retryPolicy=self._retry_delay, clock=reactor)
         self.client_service.setServiceParent(self)
+
+    # Until a master has said how often to beat, retries back off to 5 s.  After that they
+    # never wait longer than that interval (plus jitter under half of it): the master gives
+    # a silent worker `heartbeat_timeout`, and a live worker in its backoff must not be
+    # given up for lost (its finished jobs would run again elsewhere).
+    _retry_cap = 5.0
+
+    def _retry_delay(self, attempt: int) -> float:
+        cap = self._retry_cap
+        jitter = random.random() * min(1.0, cap / 2)
+        return min(0.1 * 1.5 ** min(attempt, 64), cap) + jitter
 
     def _build_protocol(self, addr) -> WorkerProtocol:
         p = WorkerProtocol()
@@ -247,6 +258,7 @@ class WorkerService(MultiService):
                                          "attempt": report["attempt"], "chunks": logs})
             self._send_report(report)
         interval = float(result.get("heartbeat_interval") or 2.0)
+        self._retry_cap = min(5.0, interval)
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
         self._heartbeat = LoopingCall(self._beat)
