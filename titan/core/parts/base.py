@@ -12,6 +12,8 @@ _RUNNING = JobState.RUNNING
 _COMPLETED = JobState.COMPLETED
 _TERMINAL = TERMINAL_STATES
 _ALIVE = WorkerState.ALIVE
+# Why a service some job of its run needed ended when the run did.
+STOPPED_WITH_RUN = "stopped: its run ended"
 
 
 def _live(run: DagRun) -> int:

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from titan.core import events as ev
 from titan.core.model import DagRun, JobState, RunState
-from titan.core.parts.base import _COMPLETED, _RUNNING, CoreState, Decisions
-
-# Why a service some job of its run needed ended when the run did.
-STOPPED_WITH_RUN = "stopped: its run ended"
+from titan.core.parts.base import _COMPLETED, _RUNNING, STOPPED_WITH_RUN, CoreState, \
+    Decisions
 
 
 class Services(CoreState):
