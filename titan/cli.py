@@ -6,7 +6,6 @@ non-zero.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -55,8 +54,13 @@ def _print_rows(rows: list[list[str]]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
+def _dumps(value, **options) -> str:
+    import json  # only the --json outputs need it: not imported by every command's start
+    return json.dumps(value, **options)
+
+
 def _print_json(value) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=repr))
+    print(_dumps(value, indent=2, sort_keys=True, default=repr))
 
 
 def _outcome(job: dict) -> str:
@@ -145,7 +149,7 @@ def cmd_status(args) -> int:
         run = _is_run(titan, args.job_id)
         if run is not None:
             if args.json:
-                print(json.dumps(run, indent=2, sort_keys=True))
+                print(_dumps(run, indent=2, sort_keys=True))
                 return 0
             print(run["state"])
             extra = [f"stage {run['stage']}"] if run.get("stage") else []
@@ -157,7 +161,7 @@ def cmd_status(args) -> int:
             return 0
         job = titan.job(args.job_id)
     if args.json:
-        print(json.dumps(job, indent=2, sort_keys=True))
+        print(_dumps(job, indent=2, sort_keys=True))
         return 0
     print(job["state"])
     details = [["job", job["job_id"]]]
@@ -186,7 +190,7 @@ def cmd_status(args) -> int:
         if d.get("via"):  # what the master saw: the credential, the peer, the store key
             details.append(["via", _cell(d["via"])])
     if job.get("result") is not None:
-        details.append(["result", json.dumps(job["result"])[:200]])
+        details.append(["result", _dumps(job["result"])[:200]])
     if job.get("tags"):
         details.append(["tags", ",".join(job["tags"])])
     _print_details(details)
@@ -234,7 +238,7 @@ def _cluster_status(args) -> int:
         where = f"{titan.host}:{titan.port}"
     _warn(stats)
     if args.json:
-        print(json.dumps(stats, indent=2, sort_keys=True))
+        print(_dumps(stats, indent=2, sort_keys=True))
         return 0
     storage = "unavailable: " + stats["storage"] if stats.get("storage") else "ok"
     p = stats.get("persistence") or {}
@@ -258,7 +262,7 @@ def cmd_workers(args) -> int:
     workers = reply["workers"]
     _warn(reply)
     if args.json:
-        print(json.dumps(workers, indent=2, sort_keys=True))
+        print(_dumps(workers, indent=2, sort_keys=True))
         return 0
     rows = [["ID", "HOST", "TAGS", "SLOTS", "STATE", "HEARTBEAT", "IDLE", "SPAWNED BY"]]
     for w in sorted(workers, key=lambda w: w["joined_at"]):
@@ -367,7 +371,7 @@ def cmd_result(args) -> int:
         print(f"titan: {job['job_id']} has published no result ({job['state']})",
               file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2, sort_keys=True, default=repr))
+    print(_dumps(result, indent=2, sort_keys=True, default=repr))
     return 0
 
 
@@ -375,7 +379,7 @@ def cmd_runs(args) -> int:
     with _client(args) as titan:
         runs = titan.runs(args.agent_run_id, limit=args.limit)
     if args.json:
-        print(json.dumps(runs, indent=2, sort_keys=True))
+        print(_dumps(runs, indent=2, sort_keys=True))
         return 0
     rows = [["RUN", "NAME", "STAGE", "STATE", "DONE", "CREATED"]]
     for r in runs:
@@ -477,7 +481,7 @@ def cmd_service(args) -> int:
         if action == "list":
             services = titan.services(everything=args.all)
             if args.json:
-                print(json.dumps(services, indent=2, sort_keys=True))
+                print(_dumps(services, indent=2, sort_keys=True))
                 return 0
             rows = [["NAME", "WORKER", "ADDRESS", "STATE", "RESTARTS", "UPTIME", "PID"]]
             for s in services:

@@ -100,7 +100,10 @@ class Client:
         where = f"{self.host}:{self.port}"
         wait = min(self.timeout, CONNECT_TIMEOUT)
         try:
-            sock = socket.create_connection((self.host, self.port), timeout=wait)
+            # An ASCII host (an address, a plain name) goes as bytes: a str is encoded with
+            # the idna codec, whose import (stringprep, unicodedata) is ~1 ms of a command.
+            host = self.host.encode("ascii") if self.host.isascii() else self.host
+            sock = socket.create_connection((host, self.port), timeout=wait)
         except socket.timeout:
             raise ConnectError(f"cannot reach the master at {where}: no answer within "
                                f"{wait:g}s") from None

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from titan.auth import read_token
 from titan.errors import TitanError
 
-# titan.config (attrs, YAML) is imported only when it is needed: every CLI command and SDK
-# client goes through here, and most never read the config.
+# titan.config (attrs, YAML) and titan.auth (hmac, secrets: OpenSSL's start-up, ~3 ms) are
+# imported only when they are needed: every CLI command and SDK client goes through here,
+# and most are given their token (TITAN_TOKEN) and never read the config.
 DEFAULT_PORT = 9090  # titan.config.DEFAULT_PORT
 
 
@@ -32,6 +32,7 @@ def cluster_token(token: Optional[str] = None) -> Optional[str]:
         return token
     if os.environ.get("TITAN_TOKEN"):
         return os.environ["TITAN_TOKEN"]
+    from titan.auth import read_token
     data_dir = os.environ.get("TITAN_DATA_DIR")
     if data_dir:
         found = read_token(os.path.join(data_dir, "master"))

@@ -1,0 +1,74 @@
+"""The fixed cost of a `titan` command (issue 13, D): what `titan run --wait` imports, how
+its table is written, and that the program's exit skips the collector's passes.
+
+The start-up test runs a fresh interpreter (the test process has imported everything
+already); it is the only process these tests start.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import os
+import subprocess
+import sys
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from titan import cli
+
+# What `titan run PIPELINE --wait` does before the run starts, in a fresh interpreter: the
+# CLI, the follow loop, the SDK's client, reading a pipeline and dialling a master (here a
+# socket that never answers the HELLO: the client gives up after 0.2 s).
+RUN_PATH = """
+import socket, sys
+import titan.cli, titan.follow
+from titan.sdk.client import Client, ConnectError
+from titan.sdk.pipeline import load_pipeline
+load_pipeline(sys.argv[1]).to_spec()
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(1)
+try:
+    Client(master="127.0.0.1:%d" % listener.getsockname()[1], token="t", timeout=0.2).stats()
+except ConnectError:
+    pass
+print(sorted(m for m in sys.argv[2:] if m in sys.modules))
+"""
+
+# Each is a few ms of every command's start, and `titan run` of a pipeline without file
+# jobs, given its token, needs none of them.
+NOT_NEEDED = ("zipfile", "titan.protocols.legacy",  # only to ship a project folder
+              "titan.auth", "hmac", "secrets",        # only to read a token file
+              "json",                                 # only for --json
+              "encodings.idna")                       # a str host to getaddrinfo
+
+
+class StartUpTests(SynchronousTestCase):
+    def test_titan_run_imports_only_what_it_uses(self) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "p.yaml")
+            with open(path, "w") as f:
+                f.write("name: p\njobs:\n  - id: a\n    command: [/bin/true]\n"
+                        "  - id: b\n    command: echo hi\n    depends_on: [a]\n")
+            env = dict(os.environ)
+            env.pop("TITAN_TOKEN", None)
+            proc = subprocess.run([sys.executable, "-c", RUN_PATH, path, *NOT_NEEDED],
+                                  capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stdout.strip(), "[]")
+
+    def test_a_project_folder_is_still_shipped(self) -> None:
+        """zipfile and the archive launcher, imported where they are used, still work."""
+        from titan.sdk.pipeline import load_pipeline
+        with tempfile.TemporaryDirectory() as tmp:
+            with open(os.path.join(tmp, "step.py"), "w") as f:
+                f.write("print('step')\n")
+            with open(os.path.join(tmp, "p.yaml"), "w") as f:
+                f.write("name: p\nproject: true\njobs:\n  - id: a\n    file: step.py\n")
+            spec = load_pipeline(os.path.join(tmp, "p.yaml")).to_spec()
+        script = spec["jobs"][0]["script"]
+        self.assertEqual(script["name"], "a.project.py")
+        self.assertIn(b"step.py", bytes(script["content"], "utf-8")
+                      if isinstance(script["content"], str) else script["content"])
