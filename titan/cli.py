@@ -32,15 +32,18 @@ def _ellipsis() -> str:
     return "…" if "utf" in encoding else "..."
 
 
-def _cell(value, width: Optional[int] = None) -> str:
+def _cell(value, width: Optional[int] = None, cut: Optional[str] = None) -> str:
     """A table cell on one line: a newline shows as ⏎ (or |), other control characters as
-    spaces; cut to `width` characters with … when longer."""
+    spaces; cut to `width` characters with … when longer.  `cut`: `_ellipsis()`, when the
+    caller has it already (a table asks once, not once per cell)."""
     text = "" if value is None else str(value)
-    mark = "⏎" if _ellipsis() == "…" else "|"
-    text = text.replace("\r\n", "\n").replace("\n", mark)
-    text = "".join(c if c.isprintable() else " " for c in text)
-    if width is not None and len(text) > width:
+    if cut is None:
         cut = _ellipsis()
+    if not text.isprintable():  # most cells are: no per-character pass for them
+        mark = "⏎" if cut == "…" else "|"
+        text = text.replace("\r\n", "\n").replace("\n", mark)
+        text = "".join(c if c.isprintable() else " " for c in text)
+    if width is not None and len(text) > width:
         text = text[:max(0, width - len(cut))] + cut
     return text
 
@@ -48,10 +51,13 @@ def _cell(value, width: Optional[int] = None) -> str:
 def _print_rows(rows: list[list[str]]) -> None:
     if not rows:
         return
-    rows = [[_cell(c) for c in r] for r in rows]
+    cut = _ellipsis()
+    rows = [[_cell(c, None, cut) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    # One write for the table: stdout on a terminal (or with PYTHONUNBUFFERED) would
+    # otherwise take a system call per row.
+    sys.stdout.write("".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() + "\n"
+                             for r in rows))
 
 
 def _dumps(value, **options) -> str:

@@ -72,3 +72,42 @@ class StartUpTests(SynchronousTestCase):
         self.assertEqual(script["name"], "a.project.py")
         self.assertIn(b"step.py", bytes(script["content"], "utf-8")
                       if isinstance(script["content"], str) else script["content"])
+
+
+class Counting(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+class TableTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.patch(cli, "_ellipsis", lambda: "…")
+
+    def test_a_run_table_is_one_write(self) -> None:
+        """A 1,000-row table on a terminal (or with PYTHONUNBUFFERED) is one system call,
+        not one per row; the rows are as before."""
+        run = {"jobs": [{"node": f"task-{i}", "state": "COMPLETED", "attempt": 1,
+                         "started_at": 10.0, "finished_at": 10.25, "worker": "w1",
+                         "reason": None} for i in range(1000)]}
+        run["jobs"][7].update(state="FAILED", reason="exit 3\nsee the log")
+        out = Counting()
+        with contextlib.redirect_stdout(out):
+            cli._run_table(run)
+        lines = out.getvalue().splitlines()
+        self.assertEqual(out.writes, 1)
+        self.assertEqual(len(lines), 1001)
+        self.assertEqual(lines[0].split(), ["JOB", "STATE", "ATTEMPTS", "DURATION", "WORKER",
+                                            "REASON"])
+        self.assertEqual(lines[1].split(), ["task-0", "COMPLETED", "1", "0.25s", "w1"])
+        self.assertEqual(lines[8].split(), ["task-7", "FAILED", "1", "0.25s", "w1", "exit",
+                                            "3⏎see", "the", "log"])
+
+    def test_control_characters_in_a_printable_looking_cell(self) -> None:
+        self.assertEqual(cli._cell("a\x1b[31mb"), "a [31mb")
+        self.assertEqual(cli._cell("tab\there", None, "..."), "tab here")
+        self.assertEqual(cli._cell("x\ny", None, "..."), "x|y")
