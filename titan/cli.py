@@ -818,8 +818,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if argv is not None:
+        return _main(list(argv))
+    # The `titan` program: what is left is the process's exit, whose collector passes over
+    # everything still alive (a 1,000-job run's dicts, every module) cost 5-10 ms for
+    # nothing.  Frozen objects are skipped by them, and still freed as before.
+    try:
+        return _main(sys.argv[1:])
+    finally:
+        import gc
+        gc.freeze()
+
+
+def _main(argv: list[str]) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
     command = None
     if "--" in argv:  # everything after it is the job's command, options included
         cut = argv.index("--")

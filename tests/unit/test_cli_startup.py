@@ -111,3 +111,21 @@ class TableTests(SynchronousTestCase):
         self.assertEqual(cli._cell("a\x1b[31mb"), "a [31mb")
         self.assertEqual(cli._cell("tab\there", None, "..."), "tab here")
         self.assertEqual(cli._cell("x\ny", None, "..."), "x|y")
+
+
+class ExitTests(SynchronousTestCase):
+    def test_the_program_leaves_the_collector_nothing_to_walk(self) -> None:
+        """`titan` (main() reading sys.argv) freezes what is alive before the exit's
+        collector passes; main(argv), a caller's own process, is left alone."""
+        self.addCleanup(gc.unfreeze)
+        self.patch(sys, "argv", ["titan", "--version"])
+        gc.unfreeze()
+        with contextlib.redirect_stdout(io.StringIO()):
+            with self.assertRaises(SystemExit):
+                cli.main()
+        self.assertGreater(gc.get_freeze_count(), 0)
+        gc.unfreeze()
+        with contextlib.redirect_stdout(io.StringIO()):
+            with self.assertRaises(SystemExit):
+                cli.main(["--version"])
+        self.assertEqual(gc.get_freeze_count(), 0)
