@@ -614,7 +614,37 @@ def _job_state(text: str) -> str:
     return text.upper()
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Every subcommand, in the order `titan --help` lists them.
+COMMANDS = ("submit", "run", "wait", "status", "logs", "cancel", "approve", "reject", "result",
+            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "up")
+# The options `titan` takes before a subcommand, each with a value.
+GLOBAL_VALUE_OPTIONS = ("--master", "--token", "--token-file")
+
+
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The subcommand `argv` runs, when it is plain to see: only global options spelled in
+    full before it.  None otherwise (-h, --version, an abbreviation, a mistake)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif arg.partition("=")[0] in GLOBAL_VALUE_OPTIONS:
+            i += 1
+        else:
+            return arg if arg in COMMANDS else None
+    return None
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The command line's parser; with `only` (a subcommand), that subcommand's alone: a
+    parse of a command line that runs it (`_command_in`) says and does exactly what the
+    whole parser's would, and building the other 16 was most of a command's parse (~3-4
+    ms).  Any other parse (help, errors before the subcommand) uses the whole parser."""
+
+    def want(name: str) -> bool:
+        return only is None or only == name
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--master", metavar="HOST:PORT", default=argparse.SUPPRESS,
                         help="the master to talk to (default: $TITAN_HOST:$TITAN_PORT "
@@ -632,188 +662,210 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("submit", parents=[common], help="queue a job; prints its id",
-                       description="Queue a job and print its id.",
-                       usage="titan submit [options] -- COMMAND [ARGS...]")
-    p.add_argument("--wait", "-w", action="store_true",
-                   help="wait for the job to end; exit with its status")
-    p.add_argument("--follow", "-f", action="store_true",
-                   help="print its output as it comes, then wait")
-    p.add_argument("--priority", "-p", type=int, default=0, help="higher runs first (default 0)")
-    p.add_argument("--tags", "-t", help="capabilities a worker must have, e.g. GPU,HIGH_MEM")
-    p.add_argument("--timeout", type=SECONDS, help="seconds before the job is killed")
-    p.add_argument("--retries", type=COUNT, default=0,
-                   help="retries after a failure (default 0)")
-    p.add_argument("--delay", type=NON_NEGATIVE_SECONDS, default=0.0,
-                   help="seconds to wait before it may run")
-    p.add_argument("--env", "-e", action="append", metavar="NAME=VALUE",
-                   help="environment variable for the job (repeatable)")
-    p.add_argument("--cwd", help="an existing directory on the worker to run in (default: "
-                                 "a fresh one)")
-    p.add_argument("--name", help="a name for people")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
-    p.set_defaults(func=cmd_submit)
+    if want("submit"):
+        p = sub.add_parser("submit", parents=[common], help="queue a job; prints its id",
+                           description="Queue a job and print its id.",
+                           usage="titan submit [options] -- COMMAND [ARGS...]")
+        p.add_argument("--wait", "-w", action="store_true",
+                       help="wait for the job to end; exit with its status")
+        p.add_argument("--follow", "-f", action="store_true",
+                       help="print its output as it comes, then wait")
+        p.add_argument("--priority", "-p", type=int, default=0,
+                       help="higher runs first (default 0)")
+        p.add_argument("--tags", "-t", help="capabilities a worker must have, e.g. GPU,HIGH_MEM")
+        p.add_argument("--timeout", type=SECONDS, help="seconds before the job is killed")
+        p.add_argument("--retries", type=COUNT, default=0,
+                       help="retries after a failure (default 0)")
+        p.add_argument("--delay", type=NON_NEGATIVE_SECONDS, default=0.0,
+                       help="seconds to wait before it may run")
+        p.add_argument("--env", "-e", action="append", metavar="NAME=VALUE",
+                       help="environment variable for the job (repeatable)")
+        p.add_argument("--cwd", help="an existing directory on the worker to run in (default: "
+                                     "a fresh one)")
+        p.add_argument("--name", help="a name for people")
+        p.add_argument("command", nargs=argparse.REMAINDER, help="the command and its arguments")
+        p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("run", parents=[common], help="start a pipeline from a YAML file",
-                       description="Start a DAG run from a pipeline file; prints the run id "
-                                   "(or the schedule id, for a pipeline with a schedule).")
-    p.add_argument("pipeline", help="the pipeline YAML file")
-    p.add_argument("--wait", "-w", action="store_true",
-                   help="show progress until the run ends; exit non-zero unless every job "
-                        "COMPLETED")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="agent_run_id=ID or stage=NAME for this run")
-    p.set_defaults(func=cmd_run)
+    if want("run"):
+        p = sub.add_parser("run", parents=[common], help="start a pipeline from a YAML file",
+                           description="Start a DAG run from a pipeline file; prints the run id "
+                                       "(or the schedule id, for a pipeline with a schedule).")
+        p.add_argument("pipeline", help="the pipeline YAML file")
+        p.add_argument("--wait", "-w", action="store_true",
+                       help="show progress until the run ends; exit non-zero unless every job "
+                            "COMPLETED")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="agent_run_id=ID or stage=NAME for this run")
+        p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("wait", parents=[common], help="follow a run (or wait for a job) until "
-                                                     "it ends",
-                       description="Follow a DAG run until it ends, as `titan run --wait` "
-                                   "does (also to pick one up again after Ctrl-C), or wait "
-                                   "for one job; exit non-zero unless it COMPLETED.")
-    p.add_argument("ref", metavar="REF", help="a run id, or a job (RUN/JOB or a job id)")
-    p.set_defaults(func=cmd_wait)
+    if want("wait"):
+        p = sub.add_parser("wait", parents=[common], help="follow a run (or wait for a job) until "
+                                                         "it ends",
+                           description="Follow a DAG run until it ends, as `titan run --wait` "
+                                       "does (also to pick one up again after Ctrl-C), or wait "
+                                       "for one job; exit non-zero unless it COMPLETED.")
+        p.add_argument("ref", metavar="REF", help="a run id, or a job (RUN/JOB or a job id)")
+        p.set_defaults(func=cmd_wait)
 
-    p = sub.add_parser("status", parents=[common],
-                       help="a job's or a run's state and details; the cluster's without REF",
-                       description="Print the state of a job (RUN/JOB, or a job id unique "
-                                   "among live runs) or of a whole run (first line), then "
-                                   "its details.  Without REF: the master, its event log, "
-                                   "workers and jobs, and any warning (text frames on, "
-                                   "storage unavailable).")
-    p.add_argument("job_id", metavar="REF", nargs="?")
-    p.add_argument("--json", action="store_true", help="everything, as JSON")
-    p.set_defaults(func=cmd_status)
+    if want("status"):
+        p = sub.add_parser("status", parents=[common],
+                           help="a job's or a run's state and details; the cluster's without REF",
+                           description="Print the state of a job (RUN/JOB, or a job id unique "
+                                       "among live runs) or of a whole run (first line), then "
+                                       "its details.  Without REF: the master, its event log, "
+                                       "workers and jobs, and any warning (text frames on, "
+                                       "storage unavailable).")
+        p.add_argument("job_id", metavar="REF", nargs="?")
+        p.add_argument("--json", action="store_true", help="everything, as JSON")
+        p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("logs", parents=[common], help="a job's output",
-                       description="Print a job's stdout and stderr, in the order they came.")
-    p.add_argument("job_id", metavar="JOB")
-    p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
-    p.set_defaults(func=cmd_logs)
+    if want("logs"):
+        p = sub.add_parser("logs", parents=[common], help="a job's output",
+                           description="Print a job's stdout and stderr, in the order they came.")
+        p.add_argument("job_id", metavar="JOB")
+        p.add_argument("--follow", "-f", action="store_true", help="keep printing until it ends")
+        p.set_defaults(func=cmd_logs)
 
-    p = sub.add_parser("cancel", parents=[common], help="cancel a job, a run or a schedule",
-                       description="Cancel a job (a running one is killed with its children; "
-                                   "its descendants are cancelled), every unfinished job of a "
-                                   "run, or a schedule.")
-    p.add_argument("job_id", metavar="REF")
-    p.set_defaults(func=cmd_cancel)
+    if want("cancel"):
+        p = sub.add_parser("cancel", parents=[common], help="cancel a job, a run or a schedule",
+                           description="Cancel a job (a running one is killed with its children; "
+                                       "its descendants are cancelled), every unfinished job of a "
+                                       "run, or a schedule.")
+        p.add_argument("job_id", metavar="REF")
+        p.set_defaults(func=cmd_cancel)
 
     for name, func, verb in (("approve", cmd_approve, "approve"),
                              ("reject", cmd_reject, "reject")):
-        p = sub.add_parser(name, parents=[common], help=f"{verb} an approval gate",
-                           description=f"{verb.capitalize()} a gate that waits for approval; "
-                                       "recorded with who and when.")
-        p.add_argument("gate", metavar="GATE", help="RUN/GATE, or a gate id unique among live runs")
-        p.add_argument("--comment", "-m", help="why")
-        p.add_argument("--by", help="who decides (default: user@host)")
-        p.set_defaults(func=func)
+        if want(name):
+            p = sub.add_parser(name, parents=[common], help=f"{verb} an approval gate",
+                               description=f"{verb.capitalize()} a gate that waits for approval; "
+                                           "recorded with who and when.")
+            p.add_argument("gate", metavar="GATE",
+                           help="RUN/GATE, or a gate id unique among live runs")
+            p.add_argument("--comment", "-m", help="why")
+            p.add_argument("--by", help="who decides (default: user@host)")
+            p.set_defaults(func=func)
 
-    p = sub.add_parser("result", parents=[common], help="the result a job published",
-                       description="Print the result a job published, as JSON.")
-    p.add_argument("job_id", metavar="JOB")
-    p.set_defaults(func=cmd_result)
+    if want("result"):
+        p = sub.add_parser("result", parents=[common], help="the result a job published",
+                           description="Print the result a job published, as JSON.")
+        p.add_argument("job_id", metavar="JOB")
+        p.set_defaults(func=cmd_result)
 
-    p = sub.add_parser("runs", parents=[common], help="list DAG runs, or one agent run's",
-                       description="List recent DAG runs; with an agent run id, that agent "
-                                   "run's DAG runs in order (its timeline).")
-    p.add_argument("agent_run_id", nargs="?", metavar="AGENT_RUN_ID")
-    p.add_argument("--limit", type=POSITIVE, default=50, help="at most this many (default 50)")
-    p.add_argument("--json", action="store_true", help="everything, as JSON")
-    p.set_defaults(func=cmd_runs)
+    if want("runs"):
+        p = sub.add_parser("runs", parents=[common], help="list DAG runs, or one agent run's",
+                           description="List recent DAG runs; with an agent run id, that agent "
+                                       "run's DAG runs in order (its timeline).")
+        p.add_argument("agent_run_id", nargs="?", metavar="AGENT_RUN_ID")
+        p.add_argument("--limit", type=POSITIVE, default=50, help="at most this many (default 50)")
+        p.add_argument("--json", action="store_true", help="everything, as JSON")
+        p.set_defaults(func=cmd_runs)
 
-    p = sub.add_parser("schedules", parents=[common], help="list cron schedules",
-                       description="List the pipelines that run on a cron schedule.")
-    p.add_argument("--json", action="store_true", help="everything, as JSON")
-    p.set_defaults(func=cmd_schedules)
+    if want("schedules"):
+        p = sub.add_parser("schedules", parents=[common], help="list cron schedules",
+                           description="List the pipelines that run on a cron schedule.")
+        p.add_argument("--json", action="store_true", help="everything, as JSON")
+        p.set_defaults(func=cmd_schedules)
 
-    p = sub.add_parser("workers", parents=[common], help="list the workers",
-                       description="List the workers: id, host, tags, busy/total slots, "
-                                   "state, last heartbeat.")
-    p.add_argument("--json", action="store_true", help="everything, as JSON")
-    p.set_defaults(func=cmd_workers)
+    if want("workers"):
+        p = sub.add_parser("workers", parents=[common], help="list the workers",
+                           description="List the workers: id, host, tags, busy/total slots, "
+                                       "state, last heartbeat.")
+        p.add_argument("--json", action="store_true", help="everything, as JSON")
+        p.set_defaults(func=cmd_workers)
 
-    p = sub.add_parser("jobs", parents=[common], help="list recent jobs",
-                       description="List the most recent jobs.")
-    p.add_argument("--state", type=_job_state,
-                   help="only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, DEAD, "
-                        "CANCELLED, WAITING_APPROVAL)")
-    p.add_argument("--limit", type=POSITIVE, default=50,
-                   help="the most recent N (default 50)")
-    p.add_argument("--json", action="store_true", help="everything, as JSON")
-    p.set_defaults(func=cmd_jobs)
+    if want("jobs"):
+        p = sub.add_parser("jobs", parents=[common], help="list recent jobs",
+                           description="List the most recent jobs.")
+        p.add_argument("--state", type=_job_state,
+                       help="only jobs in this state (PENDING, RUNNING, COMPLETED, FAILED, DEAD, "
+                            "CANCELLED, WAITING_APPROVAL)")
+        p.add_argument("--limit", type=POSITIVE, default=50,
+                       help="the most recent N (default 50)")
+        p.add_argument("--json", action="store_true", help="everything, as JSON")
+        p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("service", help="long-running services: deploy, list, logs, restart, stop",
-                       description="Services are processes their worker keeps running: "
-                                   "restarted per policy, on a port, with a health check.")
-    svc = p.add_subparsers(dest="service_cmd", metavar="ACTION")
-    svc.required = True
-    q = svc.add_parser("deploy", parents=[common], help="start a service and wait until it is up",
-                       usage="titan service deploy NAME [options] -- COMMAND [ARGS...]",
-                       description="Start a service; waits until it is RUNNING (healthy, with a "
-                                   "health check) or has failed. The port reaches the process "
-                                   "as $PORT and as {port} in the command.")
-    q.add_argument("name")
-    q.add_argument("--port", type=_service_port,
-                   help="a port number, or auto (a free one of the worker's range)")
-    q.add_argument("--restart", default="on-failure", choices=["always", "on-failure", "never"],
-                   help="when to restart it (default on-failure)")
-    q.add_argument("--health", help="tcp, or http:/PATH (answers 2xx or 3xx)")
-    q.add_argument("--tags", "-t", help="capabilities its worker must have")
-    q.add_argument("--env", "-e", action="append", metavar="NAME=VALUE")
-    q.add_argument("--cwd", help="an existing directory on the worker to run in")
-    q.add_argument("--no-wait", action="store_true", help="print the job id and return")
-    q.add_argument("--timeout", type=SECONDS, default=60.0,
-                   help="seconds to wait (default 60)")
-    q.add_argument("command", nargs="*", help="after --: the command and its arguments")
-    q = svc.add_parser("list", parents=[common], help="name, worker, address, state, restarts, "
-                                                      "uptime, pid",
-                       description="List services: name, worker, host:port, state, restarts, "
-                                   "uptime, pid (and why a FAILED one failed).")
-    q.add_argument("--all", action="store_true", help="also services stopped over an hour ago")
-    q.add_argument("--json", action="store_true", help="everything, as JSON")
-    q = svc.add_parser("logs", parents=[common], help="a service's output, restarts included",
-                       description="Print a service's output, across its restarts.")
-    q.add_argument("name")
-    q.add_argument("--follow", "-f", action="store_true")
-    q = svc.add_parser("restart", parents=[common], help="restart a service",
-                       description="Restart a running service's process (not counted as a "
-                                   "crash).")
-    q.add_argument("name")
-    q = svc.add_parser("stop", parents=[common], help="stop a service and all it started",
-                       description="Stop a service: its whole process tree is killed and it "
-                                   "is not restarted.")
-    q.add_argument("name")
-    p.set_defaults(func=cmd_service)
+    if want("service"):
+        p = sub.add_parser("service",
+                           help="long-running services: deploy, list, logs, restart, stop",
+                           description="Services are processes their worker keeps running: "
+                                       "restarted per policy, on a port, with a health check.")
+        svc = p.add_subparsers(dest="service_cmd", metavar="ACTION")
+        svc.required = True
+        q = svc.add_parser("deploy", parents=[common],
+                           help="start a service and wait until it is up",
+                           usage="titan service deploy NAME [options] -- COMMAND [ARGS...]",
+                           description="Start a service; waits until it is RUNNING (healthy, "
+                                       "with a "
+                                       "health check) or has failed. The port reaches the process "
+                                       "as $PORT and as {port} in the command.")
+        q.add_argument("name")
+        q.add_argument("--port", type=_service_port,
+                       help="a port number, or auto (a free one of the worker's range)")
+        q.add_argument("--restart", default="on-failure", choices=["always", "on-failure", "never"],
+                       help="when to restart it (default on-failure)")
+        q.add_argument("--health", help="tcp, or http:/PATH (answers 2xx or 3xx)")
+        q.add_argument("--tags", "-t", help="capabilities its worker must have")
+        q.add_argument("--env", "-e", action="append", metavar="NAME=VALUE")
+        q.add_argument("--cwd", help="an existing directory on the worker to run in")
+        q.add_argument("--no-wait", action="store_true", help="print the job id and return")
+        q.add_argument("--timeout", type=SECONDS, default=60.0,
+                       help="seconds to wait (default 60)")
+        q.add_argument("command", nargs="*", help="after --: the command and its arguments")
+        q = svc.add_parser("list", parents=[common], help="name, worker, address, state, restarts, "
+                                                          "uptime, pid",
+                           description="List services: name, worker, host:port, state, restarts, "
+                                       "uptime, pid (and why a FAILED one failed).")
+        q.add_argument("--all", action="store_true", help="also services stopped over an hour ago")
+        q.add_argument("--json", action="store_true", help="everything, as JSON")
+        q = svc.add_parser("logs", parents=[common], help="a service's output, restarts included",
+                           description="Print a service's output, across its restarts.")
+        q.add_argument("name")
+        q.add_argument("--follow", "-f", action="store_true")
+        q = svc.add_parser("restart", parents=[common], help="restart a service",
+                           description="Restart a running service's process (not counted as a "
+                                       "crash).")
+        q.add_argument("name")
+        q = svc.add_parser("stop", parents=[common], help="stop a service and all it started",
+                           description="Stop a service: its whole process tree is killed and it "
+                                       "is not restarted.")
+        q.add_argument("name")
+        p.set_defaults(func=cmd_service)
 
-    p = sub.add_parser("aof", help="inspect or repair a master's event log",
-                       description="Inspect (check) or repair (check --fix) the event log of a "
-                                   "master's data dir.")
-    aof = p.add_subparsers(dest="aof_cmd", metavar="COMMAND")
-    aof.required = True
-    q = aof.add_parser("check", help="say what the log holds and what is damaged",
-                       description="Read every record of the log: report counts and damage; "
-                                   "with --fix, cut each damaged log at its last good record "
-                                   "(what follows it is lost). Run it with the master stopped.")
-    q.add_argument("dir", metavar="DIR", help="the master's data dir (or its log/ folder)")
-    q.add_argument("--fix", action="store_true", help="truncate damaged logs")
-    q.set_defaults(func=cmd_aof_check)
+    if want("aof"):
+        p = sub.add_parser("aof", help="inspect or repair a master's event log",
+                           description="Inspect (check) or repair (check --fix) the event log of a "
+                                       "master's data dir.")
+        aof = p.add_subparsers(dest="aof_cmd", metavar="COMMAND")
+        aof.required = True
+        q = aof.add_parser("check", help="say what the log holds and what is damaged",
+                           description="Read every record of the log: report counts and damage; "
+                                       "with --fix, cut each damaged log at its last good record "
+                                       "(what follows it is lost). Run it with the master stopped.")
+        q.add_argument("dir", metavar="DIR", help="the master's data dir (or its log/ folder)")
+        q.add_argument("--fix", action="store_true", help="truncate damaged logs")
+        q.set_defaults(func=cmd_aof_check)
 
-    p = sub.add_parser("plugins", help="list the plugins found",
-                       description="List every plugin Titan finds: kind, name, origin, "
-                                   "description.")
-    p.add_argument("--json", action="store_true", help="everything, as JSON")
-    p.set_defaults(func=cmd_plugins)
+    if want("plugins"):
+        p = sub.add_parser("plugins", help="list the plugins found",
+                           description="List every plugin Titan finds: kind, name, origin, "
+                                       "description.")
+        p.add_argument("--json", action="store_true", help="everything, as JSON")
+        p.set_defaults(func=cmd_plugins)
 
-    p = sub.add_parser("up", help="start a master and workers here, in the foreground",
-                       description="Start a master and N workers on 127.0.0.1 in the "
-                                   "foreground; Ctrl-C stops all of them.")
-    p.add_argument("--workers", "-n", type=COUNT, default=1, help="how many workers (default 1)")
-    p.add_argument("--slots", type=POSITIVE, default=4, help="slots per worker (default 4)")
-    p.add_argument("--port", "-p", type=PORT, default=9090, help="master port (default 9090)")
-    p.add_argument("--store-port", type=PORT, default=None,
-                   help="TitanStore's port (default 6379; 0 with --port 0: any free one)")
-    p.add_argument("--data-dir", default=os.path.join("~", ".titan"),
-                   help="where state and logs go (default ~/.titan)")
-    p.set_defaults(func=cmd_up)
+    if want("up"):
+        p = sub.add_parser("up", help="start a master and workers here, in the foreground",
+                           description="Start a master and N workers on 127.0.0.1 in the "
+                                       "foreground; Ctrl-C stops all of them.")
+        p.add_argument("--workers", "-n", type=COUNT, default=1,
+                       help="how many workers (default 1)")
+        p.add_argument("--slots", type=POSITIVE, default=4, help="slots per worker (default 4)")
+        p.add_argument("--port", "-p", type=PORT, default=9090, help="master port (default 9090)")
+        p.add_argument("--store-port", type=PORT, default=None,
+                       help="TitanStore's port (default 6379; 0 with --port 0: any free one)")
+        p.add_argument("--data-dir", default=os.path.join("~", ".titan"),
+                       help="where state and logs go (default ~/.titan)")
+        p.set_defaults(func=cmd_up)
     return parser
 
 
@@ -831,7 +883,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
-    parser = build_parser()
+    parser = build_parser(_command_in(argv[:argv.index("--")] if "--" in argv else argv))
     command = None
     if "--" in argv:  # everything after it is the job's command, options included
         cut = argv.index("--")
