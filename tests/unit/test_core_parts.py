@@ -6,6 +6,8 @@ each part's own contract is pinned, so a part can change without reading the who
 """
 from __future__ import annotations
 
+import ast
+import os
 import random
 from collections import deque
 
@@ -15,6 +17,7 @@ from titan.core import events as ev
 from titan.core.dag import GATE_TIMEOUT, SubmitError, parse_dag
 from titan.core.model import (DagRun, JobRecord, JobSpec, JobState, RunState, Schedule,
                               WorkerRecord, WorkerState)
+from titan.core.parts import base
 from titan.core.parts.base import STOPPED_WITH_RUN, CoreState, _live, _span
 from titan.core.parts.gates import Gates
 from titan.core.parts.jobs import Jobs
@@ -29,6 +32,7 @@ from titan.core.parts.views import Queries
 from titan.core.parts.workers import Workers
 
 P, R, C = JobState.PENDING, JobState.RUNNING, JobState.COMPLETED
+CORE = os.path.dirname(os.path.dirname(os.path.abspath(base.__file__)))  # titan/core
 
 
 def job(key: str, seq: int, run_id=None, **spec) -> JobRecord:
@@ -807,3 +811,42 @@ class QueriesTests(SynchronousTestCase):
         e = self.assertRaises(SubmitError, h.resolve, "a")
         self.assertIn("several runs (new, new2)", str(e))
         self.assertRaises(SubmitError, h.resolve, "nope")
+
+
+# -- layers ----------------------------------------------------------------------------------
+
+
+def imports(path: str) -> set:
+    """Every module a file imports, at any level (function bodies, TYPE_CHECKING included)."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+class LayerTests(SynchronousTestCase):
+    def test_a_part_imports_no_other_part_and_nothing_of_the_shell(self):
+        parts = os.path.join(CORE, "parts")
+        names = sorted(n for n in os.listdir(parts) if n.endswith(".py") and n != "__init__.py")
+        self.assertIn("jobs.py", names)
+        for name in names:
+            for module in imports(os.path.join(parts, name)):
+                self.assertFalse(module.startswith(("twisted", "titan.master", "titan.worker")),
+                                 f"{name} imports {module}")
+                if module.startswith("titan.core.parts."):
+                    self.assertEqual(module.split(".")[3], "base", f"{name} imports {module}")
+                if name not in ("views.py", "snapshot.py"):  # they name Scheduler for typing
+                    self.assertNotEqual(module, "titan.core.scheduler", f"{name} imports it")
+
+    def test_the_core_is_pure(self):
+        for name in sorted(os.listdir(CORE)):
+            if name.endswith(".py"):
+                for module in imports(os.path.join(CORE, name)):
+                    self.assertFalse(module.startswith(("twisted.internet", "titan.master")),
+                                     f"{name} imports {module}")
