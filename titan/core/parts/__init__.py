@@ -23,5 +23,6 @@ split.  A part's docstring says which methods of other parts it calls; its own t
     snapshot    the state as plain data and back                    base, codec
 
 Parts never import one another (except `base`); only titan/core/scheduler.py imports them
-all (views and snapshot name `Scheduler` for type checkers only).  test_core_parts checks.  Pure code: no reactor, no I/O, time only as the `now` of the event.
+all (views and snapshot name `Scheduler` for type checkers only); test_core_parts checks.
+Pure code: no reactor, no I/O, time only as the `now` of the event.
 """
