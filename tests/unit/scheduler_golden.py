@@ -3,8 +3,8 @@
 `busy()` drives one Scheduler through every kind of event (workers with tags joining, lost
 and coming back with reports, standalone jobs with priorities, delays and retries, DAG runs
 with gates, services, affinity and growth, cancels, cron firings, results, log bytes and
-retention) and returns the JSON text of its snapshot (at three points) and the decisions it made, one per
-line.  tests/unit/golden_snapshot.json and golden_decisions.txt hold what the one-class
+retention) and returns the JSON text of its snapshot (at three points) and the decisions it
+made, one per line.  tests/unit/golden_snapshot.json and golden_decisions.txt hold what the one-class
 scheduler (before it was split into parts) produced; test_core_golden compares.
 
     python -m tests.unit.scheduler_golden   # rewrite the golden files (only on purpose)

@@ -4,8 +4,8 @@ exponential backoff with jitter until its retries are spent), or cancelled.  `_s
 is the one place a job changes state: its run's counts, its children and its run's end
 follow from it.
 
-Calls `_enqueue`, `_dispatch` (placement), `_await_approval` (gates), `_defer` (timers),
-`_cascade`, `_release_children`, `_run_ended` (runs), `_lost`, `_next` (workers),
+Calls `_enqueue`, `_refresh`, `_dispatch` (placement), `_await_approval` (gates), `_defer`
+(timers), `_cascade`, `_release_children`, `_run_ended` (runs), `_lost`, `_next` (workers),
 `_maybe_forget` (retention; a standalone job's end is appended to its queue inline).
 """
 from __future__ import annotations
