@@ -850,3 +850,12 @@ class LayerTests(SynchronousTestCase):
                 for module in imports(os.path.join(CORE, name)):
                     self.assertFalse(module.startswith(("twisted.internet", "titan.master")),
                                      f"{name} imports {module}")
+
+    def test_the_names_others_import_from_the_scheduler_stay(self):
+        from titan.core import scheduler
+        for name in ("Scheduler", "SubmitError", "JobSpec", "Decisions", "STOPPED_WITH_RUN",
+                     "DEFAULT_MAX_JOBS_PER_RUN", "DEFAULT_KEEP_FINISHED", "DEFAULT_FORGET_GRACE",
+                     "job_view", "run_view", "run_job_view", "service_view", "worker_view",
+                     "snapshot", "restore", "pending_timers", "cron_next", "cron_valid"):
+            self.assertIn(name, scheduler.__all__)
+            self.assertTrue(hasattr(scheduler, name), name)
