@@ -22,6 +22,7 @@ ENDED = ("COMPLETED", "FAILED", "DEAD", "CANCELLED")
 TAIL_LINES = 10  # of each failed job's output, at the end of a failed run
 TAIL_JOBS = 5  # failed jobs whose output is shown
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 10.0
+REDRAW_EVERY = 0.1  # seconds between two redraws of the progress line on a terminal
 
 
 def elapsed(seconds: float) -> str:
@@ -38,10 +39,18 @@ def counts(run: dict) -> str:
 class Display:
     """What the user sees while a run goes on."""
 
-    def __init__(self, run_id: str, tty: bool, err: TextIO) -> None:
+    def __init__(self, run_id: str, tty: bool, err: TextIO, redraw_every: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.run_id = run_id
         self.tty = tty
         self.err = err
+        # The progress line is redrawn at most this often (seconds): a change pushed per
+        # job end would otherwise redraw it hundreds of times a second, which nobody can
+        # read and which takes CPU from the jobs.  Lines of their own are never held back;
+        # the master's tick (1 s) redraws a line held back before a quiet spell.
+        self.redraw_every = redraw_every
+        self.clock = clock
+        self._drawn_at = float("-inf")
         self.seen: dict[str, str] = {}  # node -> last state shown (lines mode)
         self.gates: set[str] = set()  # gates whose approve command was shown
         self.line = False  # a progress line is on screen (tty)
@@ -75,10 +84,15 @@ class Display:
             what = f" on {job['worker']}" if state == "RUNNING" and job.get("worker") else ""
             why = f" ({job['reason']})" if job.get("reason") and state != "RUNNING" else ""
             out.append(f"{stamp} {node} {state}{what}{why}")
+        if self.tty and run["state"] == "RUNNING" and not out and self.line:
+            now = self.clock()
+            if now - self._drawn_at < self.redraw_every:
+                return  # the line on screen stays until the next redraw is due
         text = self._clear() + "".join(line + "\n" for line in out)
         if self.tty and run["state"] == "RUNNING":
             text += self._progress(run, stamp)
             self.line = True
+            self._drawn_at = self.clock()
         if text:
             self.err.write(text)
             self.err.flush()
@@ -126,7 +140,7 @@ def follow_run(connect: Callable, run_id: str, tty: bool,
     into `Detached` after saying how to follow the run again."""
     from titan.sdk.client import ConnectError
     err = err or sys.stderr
-    display = Display(run_id, tty, err)
+    display = Display(run_id, tty, err, redraw_every=REDRAW_EVERY)
     delay = BACKOFF_FIRST
     lost_at: Optional[float] = None
     try:

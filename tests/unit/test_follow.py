@@ -53,6 +53,42 @@ class DisplayTests(SynchronousTestCase):
         self.assertEqual(len(out) - len("\r\x1b[K"), 49)  # cut to the terminal's width
         self.assertIn("1 failed", out)
 
+    def test_on_a_terminal_the_line_is_redrawn_at_most_ten_times_a_second(self):
+        err, now = io.StringIO(), [100.0]
+        f = RunFollower(snapshot(*[job(f"t{i}", "RUNNING") for i in range(4)],
+                                 created_at=time.time()))
+        d = Display("r", tty=True, err=err, redraw_every=0.1, clock=lambda: now[0])
+        d.update(f.run, first=True)
+        self.assertIn("0/4", err.getvalue())
+
+        def end(node: str, version: int) -> str:
+            err.truncate(0), err.seek(0)
+            f.apply({"run_id": "r", "version": version, "state": "RUNNING",
+                     "counts": {"COMPLETED": version - 1, "RUNNING": 5 - version},
+                     "jobs": [job(node, "COMPLETED")]})
+            d.update(f.run, first=False)
+            return err.getvalue()
+
+        now[0] += 0.05
+        self.assertEqual(end("t0", 2), "")  # held back: drawn 0.05 s ago
+        now[0] += 0.06
+        self.assertIn("2/4", end("t1", 3))  # due: the latest counts, not the held ones
+        # A line of its own is never held back, and the progress line follows it.
+        now[0] += 0.01
+        err.truncate(0), err.seek(0)
+        f.apply({"run_id": "r", "version": 4, "state": "RUNNING", "counts": {},
+                 "jobs": [job("t2", "WAITING_APPROVAL")]})
+        d.update(f.run, first=False)
+        self.assertIn("gate r/t2 is waiting for approval", err.getvalue())
+        # The end is never held back either: the line is cleared.
+        now[0] += 0.01
+        err.truncate(0), err.seek(0)
+        f.apply({"run_id": "r", "version": 5, "state": "COMPLETED", "counts": {},
+                 "jobs": [job("t3", "COMPLETED")]})
+        d.update(f.run, first=False)
+        d.end()
+        self.assertEqual(err.getvalue(), "\r\x1b[K")
+
     def test_without_a_terminal_a_line_per_job_that_moved(self):
         err = io.StringIO()
         f = RunFollower(snapshot(job("a", "RUNNING", worker="w1"), job("b", "PENDING"),
