@@ -26,37 +26,8 @@ import tempfile
 import time
 
 TASK = ["/bin/true"]
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(own utime+stime, reaped children's cutime+cstime) of a process, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return (0.0, 0.0)
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return ((utime + stime) / TICK, (cutime + cstime) / TICK)
-
-
-def live_children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def snapshot(cluster) -> dict:
-    master = proc_cpu(cluster.master.pid)
-    workers = [proc_cpu(w.pid) for w in cluster.workers.values()]
-    # A worker's long-lived child is its job guard; ended jobs are in its cutime/cstime.
-    guards = [proc_cpu(c)[0] for w in cluster.workers.values() for c in live_children(w.pid)]
-    t = os.times()
-    return {"master": master[0], "workers": sum(w[0] for w in workers),
-            "guards": sum(guards), "jobs": sum(w[1] for w in workers),
-            "client": t.user + t.system}
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/procstat.py only
+from procstat import cluster_cpu as snapshot  # noqa: E402  (master, workers, guards, jobs, client)
 
 
 def run_round(client, n: int, mode: str) -> float:

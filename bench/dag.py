@@ -35,6 +35,7 @@ sys.path.insert(0, HERE)                   # bench/fanout.py's helpers
 sys.path.insert(0, os.path.dirname(HERE))  # run from a checkout without installing
 
 from fanout import TARGET_RATIO, TASK, fmt, load_average, say, say_host  # noqa: E402
+from procstat import TICK, cluster_cpu, proc_cpu  # noqa: E402
 
 
 # -- the graph -----------------------------------------------------------------------------
@@ -66,20 +67,7 @@ def titan_spec(n: int, width: int, name: str = "bench") -> dict:
 
 # -- CPU accounting (/proc/PID/stat) -------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
 BUSY_CORES = 0.2  # other processes' CPU during a round above which the report warns
-
-
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(own utime+stime, reaped children's cutime+cstime) of a process, in seconds."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return (0.0, 0.0)
-    # fields[0] is field 3 (state): utime, stime, cutime, cstime are fields 14-17.
-    utime, stime, cutime, cstime = (int(x) for x in fields[11:15])
-    return ((utime + stime) / TICK, (cutime + cstime) / TICK)
 
 
 def machine_cpu() -> float:
@@ -94,25 +82,6 @@ def others_cores(machine0: float, machine1: float, ours_ms_per_job: dict, n: int
     """Cores the rest of the machine used meanwhile: everything minus our own processes."""
     ours = sum(ours_ms_per_job.values()) * n / 1000.0
     return max(0.0, (machine1 - machine0 - ours) / elapsed)
-
-
-def live_children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(x) for x in f.read().split()]
-    except OSError:
-        return []
-
-
-def cluster_cpu(cluster) -> dict:
-    master = proc_cpu(cluster.master.pid)
-    workers = [proc_cpu(w.pid) for w in cluster.workers.values()]
-    # A worker's long-lived child is its job guard (titan/worker/executor.py); jobs that
-    # have ended are reaped and counted in the worker's cutime/cstime.
-    guards = [proc_cpu(c)[0] for w in cluster.workers.values() for c in live_children(w.pid)]
-    t = os.times()
-    return {"master": master[0], "workers": sum(w[0] for w in workers), "guards": sum(guards),
-            "jobs": sum(w[1] for w in workers), "client": t.user + t.system}
 
 
 def cpu_delta(before: dict, after: dict, n: int) -> dict:
