@@ -252,11 +252,16 @@ def recover(records: list[bytes], snap: Optional[bytes], workers: dict[str, Fake
     world.completions.update(completions)
     if snap is not None or count:
         h.apply(ev.MasterRestarted())
+    arm_pending_timers(h)
+    h.start_ticking()
+    return world
+
+
+def arm_pending_timers(h: Harness) -> None:
+    """What the master does after a replay: arm the timers the recovered state holds."""
     for timer in pending_timers(h.s):
         h.timers[timer.key] = h.clock.callLater(
             max(0.0, timer.at - h.clock.seconds()), h._fire, timer.key)
-    h.start_ticking()
-    return world
 
 
 def decode_at(record: bytes) -> float:
@@ -552,9 +557,7 @@ def restarted(h: Harness, log: list, outage: float = OUTAGE) -> Harness:
     fresh.clock.advance(h.clock.seconds() + outage)
     if fresh.s.replay(decode_events(records)):
         fresh.apply(ev.MasterRestarted())
-    for timer in pending_timers(fresh.s):
-        fresh.timers[timer.key] = fresh.clock.callLater(
-            max(0.0, timer.at - fresh.clock.seconds()), fresh._fire, timer.key)
+    arm_pending_timers(fresh)
     fresh.start_ticking()
     return fresh
 
