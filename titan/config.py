@@ -113,6 +113,19 @@ class AutoscalerConfig:
 
 
 @attrs.frozen
+class WebConfig:
+    """The HTTP face (titan/web/, docs/web.md): the dashboard's JSON API."""
+    enabled: bool = True
+    listen: str = "tcp:8080:interface=127.0.0.1"
+    # Tokens that may read everything and change nothing (403 on every change).
+    viewer_tokens: tuple[str, ...] = ()
+    # A browser session (the cookie a login gives) ends this many seconds after the login.
+    session_ttl: float = 12 * 3600.0
+    # The largest request body accepted, in bytes (413 beyond).
+    max_body_bytes: int = 1024 * 1024
+
+
+@attrs.frozen
 class Config:
     token: Optional[str] = None
     router: tuple[str, ...] = DEFAULT_ROUTERS
@@ -121,6 +134,7 @@ class Config:
     persistence: PersistenceConfig = PersistenceConfig()
     autoscaler: AutoscalerConfig = AutoscalerConfig()
     store: StoreConfig = StoreConfig()
+    web: WebConfig = WebConfig()
     source: str = "<defaults>"
 
     def override(self, section: str, **values: Any) -> "Config":
@@ -132,7 +146,7 @@ class Config:
 
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
-             "autoscaler": AutoscalerConfig, "store": StoreConfig}
+             "autoscaler": AutoscalerConfig, "store": StoreConfig, "web": WebConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
             "worker.contain": ("auto", "cgroup", "tracking"),
             "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),

@@ -82,6 +82,7 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
     signal.signal(signal.SIGTERM, stop)
     try:
         for stale in (os.path.join(master_dir, "master.port"),
+                      os.path.join(master_dir, "web.port"),
                       os.path.join(store_dir, "store.port")):
             try:
                 os.unlink(stale)
@@ -97,19 +98,25 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
             print(f"titan up: the store did not start; its log ({children[0][2]}) ends:\n"
                   f"{tail(children[0][2])}", file=sys.stderr)
             return 1
+        # The web API (docs/web.md) on 8080, or on a port of the OS's with --port 0.
+        web_port = 0 if port == 0 else 8080
         master = start("master", "titan-master",
                        ["--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", master_dir,
+                        "--http", f"tcp:{web_port}:interface=127.0.0.1",
                         "--store", f"redis://127.0.0.1:{store_bound}/0"], store_env)
         bound = read_port(master_dir, master, ready_timeout)
         if bound is None:
             print(f"titan up: the master did not start; its log ({children[1][2]}) ends:\n"
                   f"{tail(children[1][2])}", file=sys.stderr)
             return 1
+        web_bound = read_port(master_dir, master, 2, name="web.port")
+        dashboard = _login_link(master_dir, web_bound)
         for i in range(1, workers + 1):
             start(f"worker-{i}", "titan-worker",
                   ["--master", f"127.0.0.1:{bound}", "--slots", str(slots),
                    "--name", f"worker-{i}", "--data-dir", os.path.join(home, f"worker-{i}")])
-        _banner(bound, workers, slots, home, master_dir, log_dir, store_bound, store_dir)
+        _banner(bound, workers, slots, home, master_dir, log_dir, store_bound, store_dir,
+                dashboard)
         while not stopping:
             for name, proc, log_file in children:
                 if proc.poll() is not None:
@@ -136,13 +143,29 @@ def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
             proc.wait()
 
 
+def _login_link(master_dir: str, web_port: Optional[int]) -> str:
+    """The dashboard's URL with the one-time login code the master wrote (web.login): the
+    link opens one browser session, once; the token itself never goes in a URL."""
+    if web_port is None:
+        return "off (web.enabled: false)"
+    try:
+        with open(os.path.join(master_dir, "web.login")) as f:
+            code = f.read().strip()
+    except OSError:
+        code = ""
+    base = f"http://127.0.0.1:{web_port}"
+    return f"{base}/login?code={code} (one-time link)" if code else base
+
+
 def _banner(port: int, workers: int, slots: int, home: str, master_dir: str,
-            log_dir: str, store_port: int, store_dir: str = "") -> None:
+            log_dir: str, store_port: int, store_dir: str = "",
+            dashboard: str = "off") -> None:
     default = os.path.join(os.path.expanduser("~"), ".titan")
     env_hint = "" if home == default else f"export TITAN_DATA_DIR={home}; "
     port_hint = "" if port == 9090 else f"export TITAN_PORT={port}; "
     print(f"""Titan is up.
   master    127.0.0.1:{port}
+  dashboard {dashboard}
   workers   {workers} x {slots} slots
   store     127.0.0.1:{store_port} (TitanStore, password in {store_dir}/password:
             REDISCLI_AUTH=$(cat {store_dir}/password) redis-cli -p {store_port})

@@ -215,3 +215,115 @@ class DurableReplyTests(ApiCase):
         self.reactor.advance(0)
         self.assertEqual(self.successResultOf(wait)["state"], "COMPLETED")
         self.assertEqual(self.successResultOf(done), {})
+
+
+class DashboardReadTests(ApiCase):
+    """The operations the web face (titan/web/) reads its views with."""
+
+    def diamond(self, name: str = "d") -> str:
+        return self.settle(self.api.submit_dag(OPERATOR, {"name": name, "jobs": [
+            {"id": "a", "command": ["true"]},
+            {"id": "b", "command": ["true"], "depends_on": ["a"]},
+            {"id": "c", "command": ["true"], "depends_on": ["a"]},
+            {"id": "d", "command": ["true"], "depends_on": ["b", "c"]}]}))["run_id"]
+
+    def test_runs_page_newest_first_with_a_cursor_and_filters(self):
+        ids = [self.diamond(f"r{i}") for i in range(5)]
+        page = self.api.runs_page(OPERATOR, limit=2)
+        self.assertEqual([r["run_id"] for r in page["runs"]], ids[:2:-1][:2])
+        rest = self.api.runs_page(OPERATOR, limit=2, cursor=page["next_cursor"])
+        self.assertEqual([r["run_id"] for r in rest["runs"]], [ids[2], ids[1]])
+        last = self.api.runs_page(OPERATOR, limit=2, cursor=rest["next_cursor"])
+        self.assertEqual(([r["run_id"] for r in last["runs"]], last["next_cursor"]),
+                         ([ids[0]], None))
+        self.assertEqual([r["run_id"] for r in self.api.runs_page(OPERATOR, name="r3")["runs"]],
+                         [ids[3]])
+        self.api.cancel(OPERATOR, ids[1])
+        self.reactor.advance(0)
+        self.assertEqual([r["run_id"] for r in
+                          self.api.runs_page(OPERATOR, state="cancelled")["runs"]], [ids[1]])
+        e = self.refused(A.BadRequest, self.api.runs_page, OPERATOR, state="DONE")
+        self.assertIn("no run state 'DONE'", e.message)
+        self.refused(A.BadRequest, self.api.runs_page, OPERATOR, limit=0)
+
+    def test_run_graph_gives_edges_and_pages_its_jobs(self):
+        run_id = self.diamond()
+        graph = self.api.run_graph(OPERATOR, run_id)
+        self.assertEqual([j["node"] for j in graph["jobs"]], ["a", "b", "c", "d"])
+        self.assertEqual(sorted(map(tuple, graph["edges"])),
+                         [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
+        self.assertEqual((graph["total"], graph["next_offset"]), (4, None))
+        page = self.api.run_graph(OPERATOR, run_id, offset=1, limit=2)
+        self.assertEqual(([j["node"] for j in page["jobs"]], page["next_offset"]),
+                         (["b", "c"], 3))
+        self.refused(A.NotFound, self.api.run_graph, OPERATOR, "nope")
+
+    def test_gates_waiting_then_decided(self):
+        run_id = self.settle(self.api.submit_dag(OPERATOR, {"name": "g", "jobs": [
+            {"id": "ok", "kind": "gate", "message": "ship it?", "timeout": 600}]}))["run_id"]
+        self.reactor.advance(10)
+        [gate] = self.api.list_gates(OPERATOR)
+        self.assertEqual((gate["run_id"], gate["question"], gate["state"]),
+                         (run_id, "ship it?", "WAITING_APPROVAL"))
+        self.assertAlmostEqual(gate["time_left"], 590, delta=1)
+        self.assertEqual(self.api.list_gates(OPERATOR, decided=True), [])
+        self.settle(self.api.decide_gate(OPERATOR, gate["job_id"], False, "ann", "not yet"))
+        self.assertEqual(self.api.list_gates(OPERATOR), [])
+        [done] = self.api.list_gates(OPERATOR, decided=True)
+        self.assertEqual((done["state"], done["decision"]["by"], done["decision"]["comment"]),
+                         ("CANCELLED", "ann", "not yet"))
+
+    def test_workers_list_the_jobs_they_run(self):
+        job_id, _ = self.running_job()
+        [worker] = self.api.list_workers(OPERATOR)
+        self.assertEqual(worker["jobs"], [job_id])
+
+    def test_stop_service_names_a_service(self):
+        self.refused(A.NotFound, self.api.stop_service, OPERATOR, "web")
+
+
+class FakeStore:
+    def __init__(self, data: dict) -> None:
+        self.data = data
+
+    def scan(self, cursor, match, count):
+        keys = sorted(self.data)
+        return defer.succeed((0, [k.encode() for k in keys]))
+
+    def execute(self, command, key):
+        assert command == "TYPE"
+        value = self.data.get(key.decode() if isinstance(key, bytes) else key)
+        kind = {str: "string", dict: "hash", set: "set", list: "list"}.get(type(value), "none")
+        return defer.succeed(kind.encode())
+
+    def ttl(self, key):
+        return defer.succeed(-1)
+
+    def get(self, key):
+        return defer.succeed(self.data[key].encode())
+
+    def hgetall(self, key):
+        return defer.succeed({k.encode(): v.encode() for k, v in self.data[key].items()})
+
+    def smembers(self, key):
+        return defer.succeed({m.encode() for m in self.data[key]})
+
+    def lrange(self, key, start, stop):
+        return defer.succeed([v.encode() for v in self.data[key]])
+
+
+class StoreBrowseTests(ApiCase):
+    def test_scan_and_read_each_type(self):
+        self.master.store = FakeStore({"s": "v", "h": {"f": "1"}, "set": {"b", "a"},
+                                       "l": ["x", "y"]})
+        page = self.successResultOf(self.api.store_scan(OPERATOR, "*", 0, 10))
+        self.assertEqual(page["cursor"], 0)
+        self.assertEqual({k["key"]: k["type"] for k in page["keys"]},
+                         {"s": "string", "h": "hash", "set": "set", "l": "list"})
+        read = lambda key: self.successResultOf(self.api.store_read(OPERATOR, key))["value"]
+        self.assertEqual((read("s"), read("h"), read("set"), read("l")),
+                         ("v", {"f": "1"}, ["a", "b"], ["x", "y"]))
+        self.failureResultOf(self.api.store_read(OPERATOR, "gone"), A.NotFound)
+
+    def test_no_store(self):
+        self.refused(A.NoStore, self.api.store_scan, OPERATOR)

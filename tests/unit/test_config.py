@@ -103,7 +103,7 @@ class ParseTests(unittest.TestCase):
             "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, keep_finished, forget_after, "
             + ", ".join(f.name for f in attrs.fields(MasterConfig)[10:]) + ")")
         self.assertConfigError("\n\nworkers:\n  slots: 2\n",
-                               "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, master, persistence, router, store, token, "
+                               "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, master, persistence, router, store, token, web, "
                                "worker)")
 
     def test_wrong_types(self):
@@ -204,3 +204,19 @@ class LoadTests(unittest.TestCase):
 
     def test_no_path_means_defaults(self):
         self.assertEqual(load_config(None), Config())
+
+
+class WebConfigTests(unittest.TestCase):
+    def test_web_section(self):
+        config = parse_config("web:\n  enabled: false\n  listen: tcp:0\n"
+                              "  viewer_tokens: [a, b]\n  max_body_bytes: 10\n")
+        self.assertEqual((config.web.enabled, config.web.listen, config.web.viewer_tokens,
+                          config.web.max_body_bytes), (False, "tcp:0", ("a", "b"), 10))
+        self.assertEqual(parse_config("").web.listen, "tcp:8080:interface=127.0.0.1")
+
+    def test_http_option_overrides_web_listen(self):
+        from titan.master.tap import Options
+        options = Options()
+        options.parseOptions(["--http", "tcp:0:interface=127.0.0.1", "--data-dir",
+                              self.mktemp()])
+        self.assertEqual(options.config.web.listen, "tcp:0:interface=127.0.0.1")

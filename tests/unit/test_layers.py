@@ -117,6 +117,32 @@ class LayerTests(SynchronousTestCase):
         self.assertEqual(graph["api"], set())  # the API imports nothing of the master
 
 
+# Faces that live in packages of their own: of titan.master they may import the API only.
+FACE_PACKAGES = ("titan.web",)
+
+
+def outside_face_problems(package: str) -> list[str]:
+    """Imports of titan.master modules other than api in the modules of `package`."""
+    import importlib
+    directory = os.path.dirname(importlib.import_module(package).__file__)
+    problems = []
+    for entry in sorted(os.listdir(directory)):
+        if not entry.endswith(".py"):
+            continue
+        with open(os.path.join(directory, entry), encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=entry)
+        used = {m for node in ast.walk(tree) for m in _imported(node)}
+        for module in sorted(used - {"api"}):
+            problems.append(f"{package}.{entry[:-3]} imports titan.master.{module}")
+    return problems
+
+
+class FacePackageTests(SynchronousTestCase):
+    def test_the_web_face_imports_the_api_only(self):
+        for package in FACE_PACKAGES:
+            self.assertEqual(outside_face_problems(package), [])
+
+
 class CheckerTests(SynchronousTestCase):
     """The check above fails where it should (on small made-up packages)."""
 

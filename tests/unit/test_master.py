@@ -87,7 +87,8 @@ class MasterCase(SynchronousTestCase):
 
 class MasterTests(MasterCase):
     def test_listens_and_writes_its_port(self):
-        self.assertEqual(len(self.reactor.tcpServers), 1)
+        # The master's listener and the web API's (web.enabled by default).
+        self.assertEqual(len(self.reactor.tcpServers), 2)
         with open(os.path.join(self.data_dir, "master.port")) as f:
             self.assertTrue(f.read().strip().isdigit())
 

@@ -732,6 +732,7 @@ class MasterApi:
         views = []
         for w in engine.scheduler.workers.values():
             view = worker_view(w, now)
+            view["jobs"] = sorted(w.running)  # what it runs (the dashboard lists them)
             view.update(engine.autoscaler.describe(w.name) or {"spawned_by": None})
             views.append(view)
         return views
@@ -815,3 +816,136 @@ class MasterApi:
                   ) -> defer.Deferred:
         """A subscription (its `unsubscribe()` ends it); `deliver(channel, message)`."""
         return self.store_client().subscribe(channel, deliver, pattern=pattern)
+
+    # -- what the dashboard reads (titan/web/) -------------------------------------------------
+
+    def runs_page(self, caller: Caller, limit: int = 50, cursor: Optional[int] = None,
+                  state: Optional[str] = None, name: Optional[str] = None,
+                  agent_run_id: Optional[str] = None) -> dict:
+        """Runs newest first, `limit` at a time: `cursor` is the `next_cursor` of the page
+        before (a run's submission order, so a page holds still while runs come and go)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise BadRequest(f"limit must be a whole number from 1 to 1000, not {limit!r}")
+        if state is not None and state.upper() not in RunState.__members__:
+            raise BadRequest(f"no run state {state!r}; the states are "
+                             f"{', '.join(RunState.__members__)}")
+        s, now = self.engine.scheduler, self.engine.now()
+        wanted = state.upper() if state else None
+        page, more = [], False
+        for run in reversed(list(s.runs.values())):
+            if cursor is not None and run.seq >= cursor:
+                continue
+            if wanted and run.state.value != wanted or name and name not in run.name \
+                    or agent_run_id and run.agent_run_id != agent_run_id:
+                continue
+            if len(page) == limit:
+                more = True
+                break
+            page.append(run)
+        return {"runs": [run_view(s, r, now, jobs=False) for r in page],
+                "next_cursor": page[-1].seq if more else None}
+
+    def run_graph(self, caller: Caller, run_id: str, offset: int = 0, limit: int = 2000
+                  ) -> dict:
+        """A run with `limit` of its jobs from `offset` (in the run's order), each with what
+        it depends on, and the edges among them: a large run is read a page at a time."""
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise BadRequest(f"offset must be a whole number of 0 or more, not {offset!r}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+            raise BadRequest(f"limit must be a whole number from 1 to 10000, not {limit!r}")
+        from titan.core.scheduler import run_job_view
+        run = self._run(run_id)
+        s, now = self.engine.scheduler, self.engine.now()
+        view = run_view(s, run, now, jobs=False)
+        keys = list(run.jobs)[offset:offset + limit]
+        jobs, edges = [], []
+        for key in keys:
+            job = s.jobs[key]
+            item = run_job_view(s, job, now)
+            item["depends_on"] = list(job.spec.depends_on)
+            item["name"] = job.spec.name
+            jobs.append(item)
+            edges.extend([parent, job.node] for parent in job.spec.depends_on)
+        view.update(jobs=jobs, edges=edges, offset=offset,
+                    next_offset=offset + len(keys) if offset + len(keys) < len(run.jobs)
+                    else None)
+        return view
+
+    def list_gates(self, caller: Caller, decided: bool = False, limit: int = 200) -> list:
+        """Approval gates: those waiting for a person (oldest first, with the time left), or
+        the latest decided ones (who, when, why)."""
+        s, now = self.engine.scheduler, self.engine.now()
+        out = []
+        for job in s.jobs.values():
+            if job.spec.kind != "gate":
+                continue
+            waiting = job.state is JobState.WAITING_APPROVAL
+            if waiting == decided or decided and job.decision is None:
+                continue
+            out.append({"job_id": job.job_id, "run_id": job.run_id, "node": job.node,
+                        "question": job.spec.message, "state": job.state.value,
+                        "waiting_since": job.started_at,
+                        "deadline": job.ready_at if waiting else None,
+                        "time_left": max(0.0, job.ready_at - now)
+                        if waiting and job.ready_at is not None else None,
+                        "on_timeout": job.spec.on_timeout, "decision": job.decision})
+        if decided:
+            out.sort(key=lambda g: g["decision"].get("at") or 0)
+            return out[-limit:][::-1]
+        return out[:limit]
+
+    def stop_service(self, caller: Caller, name: str) -> Union[dict, defer.Deferred]:
+        """Stop the latest deployment of service `name` (cancel its job)."""
+        job = self._service(name)
+        if job is None:
+            raise NotFound(f"no service {name}")
+        if job.state.terminal:
+            raise NotRunning(f"service {name} is already {job.state.value}")
+        return self.cancel(caller, job.job_id)
+
+    def store_scan(self, caller: Caller, pattern: str = "*", cursor: int = 0,
+                   count: int = 100) -> defer.Deferred:
+        """One SCAN step over the store's keys (never KEYS): {"cursor", "keys"}, each key
+        with its type and TTL; cursor 0 in the answer ends the walk."""
+        store = self.store_client()
+
+        @defer.inlineCallbacks
+        def walk():
+            nxt, keys = yield store.scan(cursor, pattern, count)
+            out = []
+            for key in keys:
+                kind = yield store.execute("TYPE", key)
+                ttl = yield store.ttl(key)
+                out.append({"key": _text(key), "type": _text(kind), "ttl": ttl})
+            return {"cursor": nxt, "keys": out}
+        return walk()
+
+    def store_read(self, caller: Caller, key: str, limit: int = 1000) -> defer.Deferred:
+        """A key's type, TTL and value (a string; a hash's fields; a set's members, sorted;
+        a list's first `limit` items): read only."""
+        store = self.store_client()
+
+        @defer.inlineCallbacks
+        def read():
+            kind = _text((yield store.execute("TYPE", key)))
+            if kind == "none":
+                raise NotFound(f"no key {key!r} in the store")
+            ttl = yield store.ttl(key)
+            if kind == "string":
+                value = _text((yield store.get(key)))
+            elif kind == "hash":
+                raw = yield store.hgetall(key)
+                value = {_text(k): _text(v) for k, v in raw.items()}
+            elif kind == "set":
+                value = sorted(_text(m) for m in (yield store.smembers(key)))[:limit]
+            elif kind == "list":
+                value = [_text(v) for v in (yield store.lrange(key, 0, limit - 1))]
+            else:
+                value = None
+            return {"key": key, "type": kind, "ttl": ttl, "value": value}
+        return read()
+
+
+def _text(value: Any) -> Any:
+    """Bytes from the store as text (what is not UTF-8 shows as replacement characters)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

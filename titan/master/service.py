@@ -170,6 +170,12 @@ class MasterService(MultiService):
         self.autoscaler = AutoscalerService(self, build_autoscaler(config))
         self.autoscaler.setServiceParent(self)
         self.legacy.setServiceParent(self)
+        # The HTTP face (titan/web/, docs/web.md): the dashboard's API on its own listener.
+        self.web = None
+        if config.web.enabled:
+            from titan.web.face import WebFace
+            self.web = WebFace(self.api, self.data_dir, reactor)
+            self.web.setServiceParent(self)
         # DISPATCH and KILL frames decided in this turn, and the turns' batches waiting for
         # their barrier, oldest first (_to_worker).
         self._outbox: list = []

@@ -9,11 +9,14 @@ from titan.tap import (ConfigOptions, hide_token, own_pidfile, private_files,
 
 
 class Options(ConfigOptions):
-    synopsis = "[--config FILE] [--listen ENDPOINT] [--data-dir DIR] [--token-file F]"
+    synopsis = ("[--config FILE] [--listen ENDPOINT] [--http ENDPOINT] [--data-dir DIR] "
+                "[--token-file F]")
     longdesc = "The Titan master: schedules jobs onto the workers that dial it."
     optParameters = [
         ["listen", "l", None, "Twisted endpoint to listen on "
                               "(default tcp:9090:interface=127.0.0.1)."],
+        ["http", None, None, "Twisted endpoint of the web API and dashboard (web.listen; "
+                             "default tcp:8080:interface=127.0.0.1)."],
         ["store", None, None, "The store to reach for tasks' keys, sets and pub/sub: "
                               "redis://[:PASSWORD@]HOST:PORT[/0] (TitanStore or Redis)."],
     ]
@@ -24,6 +27,8 @@ class Options(ConfigOptions):
         # Absolute now, whatever directory the service later runs from (twistd may chdir).
         data_dir = os.path.abspath(os.path.expanduser(config.master.data_dir))
         self.config = config.override("master", listen=self["listen"], data_dir=data_dir)
+        if self["http"]:
+            self.config = self.config.override("web", listen=self["http"])
         if self["store"]:
             self.config = self.config.override("store", url=self["store"])
         # The store's password: $TITAN_STORE_PASSWORD (how `titan up` passes it, never on a

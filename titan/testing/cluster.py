@@ -55,6 +55,7 @@ class Cluster:
         self.slots = slots
         self.token = secrets.token_urlsafe(16)
         self.port: Optional[int] = free_port() if fixed_port else None
+        self.web_port: Optional[int] = None  # the master's web API, once started
         self.fixed_port = fixed_port
         self.extra_env = dict(env or {})
         self.master: Optional[Child] = None
@@ -95,19 +96,24 @@ class Cluster:
 
     def start_master(self) -> Child:
         data_dir = os.path.join(self.base_dir, "master")
-        try:
-            os.unlink(os.path.join(data_dir, "master.port"))
-        except OSError:
-            pass
+        for name in ("master.port", "web.port"):
+            try:
+                os.unlink(os.path.join(data_dir, name))
+            except OSError:
+                pass
         port = self.port if self.fixed_port else 0
+        # The web API on a port of its own too: parallel tests never meet on 8080.
         self.master = self._spawn("master", [
             "titan-master", "--config", self.config_path,
-            "--listen", f"tcp:{port}:interface=127.0.0.1", "--data-dir", data_dir])
+            "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--http", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir])
         bound = read_port(data_dir, self.master.proc, 30)
         if bound is None:
             raise RuntimeError(f"the master did not start:\n{tail(self.master.log_file)}"
                                f"{tail(self.master.log_file + '.err')}")
         self.port = bound
+        # None where the config turns the web API off (web.enabled: false).
+        self.web_port = read_port(data_dir, self.master.proc, 2, name="web.port")
         return self.master
 
     def start_worker(self, name: str, tags: str = "", slots: Optional[int] = None) -> Child:
@@ -162,6 +168,10 @@ class Cluster:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
 
     def env(self) -> dict:
         return dict(os.environ, TITAN_HOST="127.0.0.1", TITAN_PORT=str(self.port),

@@ -1,0 +1,133 @@
+"""Who asks over HTTP: the cluster token (a Bearer header, or a browser session that a login
+with it opened), a read-only viewer token, or nobody.
+
+A browser session is a random id in an HttpOnly, SameSite=Strict cookie, mapped here to its
+role, its expiry and a CSRF value that every change made with the cookie must repeat in the
+X-Titan-CSRF header: a page of another site can make the browser send the cookie (not with
+SameSite=Strict, but older browsers), never read the value to set the header.
+"""
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Callable, Optional
+
+import attrs
+
+from titan.auth import token_matches
+
+COOKIE = b"titan_session"
+CSRF_HEADER = b"x-titan-csrf"
+OPERATOR, VIEWER = "operator", "viewer"
+LOGIN_CODE_TTL = 3600.0  # a one-time login link works for an hour, once
+
+
+@attrs.define
+class Session:
+    sid: str
+    role: str
+    csrf: str
+    expires: float
+
+
+@attrs.frozen
+class Principal:
+    """An authenticated HTTP caller: its role, how it showed it (`bearer` or a session),
+    and what to record of it (a decision names it)."""
+    role: str
+    session: Optional[Session]
+    describe: str
+
+    @property
+    def may_change(self) -> bool:
+        return self.role == OPERATOR
+
+
+class WebAuth:
+    """Sessions and one-time login codes, kept in memory: a master restart logs browsers
+    out (they log in again with the token)."""
+
+    def __init__(self, is_cluster_token: Callable[[str], bool], viewer_tokens: tuple[str, ...],
+                 clock: Callable[[], float], session_ttl: float) -> None:
+        # Asked per request (MasterApi.check_cluster_token): the master may load its token
+        # after this is built.
+        self._is_cluster_token = is_cluster_token
+        self.viewer_tokens = tuple(viewer_tokens)
+        self.clock = clock
+        self.session_ttl = session_ttl
+        self.sessions: dict[str, Session] = {}
+        self.codes: dict[str, float] = {}  # one-time login code -> expiry
+
+    def role_of(self, token: object) -> Optional[str]:
+        """The role a token gives, compared in constant time; None for any other."""
+        if not isinstance(token, str) or not token:
+            return None
+        if self._is_cluster_token(token):
+            return OPERATOR
+        # Every viewer token is compared (no early exit that would time which one matched).
+        matched = False
+        for viewer in self.viewer_tokens:
+            matched |= token_matches(viewer, token)
+        return VIEWER if matched else None
+
+    def open_session(self, role: str) -> Session:
+        self._sweep()
+        session = Session(secrets.token_urlsafe(32), role, secrets.token_urlsafe(24),
+                          self.clock() + self.session_ttl)
+        self.sessions[session.sid] = session
+        return session
+
+    def session(self, sid: Optional[str]) -> Optional[Session]:
+        if not sid:
+            return None
+        session = self.sessions.get(sid)
+        if session is None:
+            return None
+        if session.expires <= self.clock():
+            del self.sessions[sid]
+            return None
+        return session
+
+    def close_session(self, sid: str) -> None:
+        self.sessions.pop(sid, None)
+
+    def new_login_code(self, ttl: float = LOGIN_CODE_TTL) -> str:
+        """A code that opens one operator session, once (the link `titan up` prints): never
+        the token itself in a URL, which browsers keep in their history."""
+        code = secrets.token_urlsafe(24)
+        self.codes[code] = self.clock() + ttl
+        return code
+
+    def use_login_code(self, code: object) -> bool:
+        if not isinstance(code, str):
+            return False
+        expires = self.codes.pop(code, None)  # single use: gone whether it was late or not
+        return expires is not None and expires > self.clock()
+
+    def principal(self, request) -> Optional[Principal]:
+        """Who sent `request` (a twisted.web Request): a Bearer token, else a live session's
+        cookie; None if neither.  A Bearer header that is wrong is refused, even with a good
+        cookie beside it (what was meant is unclear)."""
+        peer = getattr(request.getClientAddress(), "host", "?")
+        header = request.getHeader(b"authorization")
+        if header is not None:
+            scheme, _, token = header.partition(b" ")
+            role = self.role_of(token.strip().decode("utf-8", "replace")) \
+                if scheme.lower() == b"bearer" else None
+            return Principal(role, None, f"{role} token over HTTP from {peer}") if role \
+                else None
+        sid = request.getCookie(COOKIE)
+        session = self.session(sid.decode("ascii", "replace") if sid else None)
+        if session is None:
+            return None
+        return Principal(session.role, session, f"{session.role} session over HTTP from {peer}")
+
+    def csrf_ok(self, session: Session, given: Optional[bytes]) -> bool:
+        return given is not None and hmac.compare_digest(session.csrf.encode(), given)
+
+    def _sweep(self) -> None:
+        now = self.clock()
+        for sid in [sid for sid, s in self.sessions.items() if s.expires <= now]:
+            del self.sessions[sid]
+        for code in [c for c, t in self.codes.items() if t <= now]:
+            del self.codes[code]

@@ -1,0 +1,75 @@
+"""The HTTP face as a service of the master's tree: its own listener (web.listen), the port
+it bound in <data_dir>/web.port, and a one-time login code in <data_dir>/web.login (mode
+0600: whoever may read the token file may read it) for the link `titan up` prints."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from titan.listener import ListenerService
+from titan.master.api import MasterApi, RemoteError
+from titan.web.app import WebApp
+from titan.web.auth import WebAuth
+
+PORT_FILE = "web.port"
+LOGIN_FILE = "web.login"
+
+
+class WebFace(MultiService):
+    log = Logger()
+
+    def __init__(self, api: MasterApi, data_dir: str, reactor: Any = None) -> None:
+        super().__init__()
+        # The change hub of the live events (titan/web/events.py), set by whoever builds it;
+        # /api/v1/events answers 404 while it is None.
+        self.hub: Any = None
+        wc = api.config.web
+        self.api = api
+        self.data_dir = data_dir
+        self.auth = WebAuth(self._is_cluster_token, wc.viewer_tokens, api.now, wc.session_ttl)
+        self.web = WebApp(api, self.auth, wc.max_body_bytes, self._events)
+        self.site = Site(self.web.resource(), reactor=reactor or api.reactor)
+        self.site.displayTracebacks = False
+        self.listener = ListenerService(reactor or api.reactor, wc.listen, self.site,
+                                        self._listening, who="titan-master (web.listen)")
+        self.listener.setServiceParent(self)
+
+    def _events(self):
+        """The SSE resource over the hub (imported late: it is another module's)."""
+        if self.hub is None:
+            return None
+        from titan.web.events import EventsResource
+        return EventsResource(self.hub, self.auth)
+
+    def _is_cluster_token(self, token: str) -> bool:
+        try:
+            self.api.check_cluster_token(token)
+        except RemoteError:
+            return False
+        return True
+
+    def _write(self, name: str, text: str) -> None:
+        path = os.path.join(self.data_dir, name)
+        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+
+    def _listening(self, port) -> None:
+        address = port.getHost()
+        # The code first: whoever sees web.port may expect web.login beside it.
+        self._write(LOGIN_FILE, self.auth.new_login_code() + "\n")
+        self._write(PORT_FILE, f"{getattr(address, 'port', address)}\n")
+        self.log.info("titan-master web API on {address}", address=address)
+
+    def stopService(self):
+        for name in (PORT_FILE, LOGIN_FILE):
+            try:
+                os.unlink(os.path.join(self.data_dir, name))
+            except OSError:
+                pass
+        return super().stopService()

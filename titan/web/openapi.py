@@ -1,0 +1,230 @@
+"""The OpenAPI 3.1 document of /api/v1, written as data (served at /api/v1/openapi.json).
+
+tests/unit/test_web.py checks that every route titan/web/app.py serves is here, with its
+method, and that every path here is served.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: dict, description: str = "OK") -> dict:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+_ERR = {"description": "An error", "content": {JSON: {"schema": _ref("Error")}}}
+_ANY = {"type": "object"}
+
+
+def _query(name: str, kind: str, description: str, **extra: Any) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": kind, **extra}}
+
+
+def _path(name: str, description: str) -> dict:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string"}}
+
+
+def _op(summary: str, ok: dict, *, params: tuple = (), body: dict | None = None,
+        errors: tuple = (401,), public: bool = False) -> dict:
+    op: dict = {"summary": summary, "responses": {"200": ok}}
+    for status in errors:
+        op["responses"][str(status)] = _ERR
+    if params:
+        op["parameters"] = list(params)
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+    if public:
+        op["security"] = []
+    return op
+
+
+_CHANGE = (400, 401, 403, 404, 413)  # what a change may answer besides 200
+_LIST = lambda key, item: _ok({"type": "object", "properties": {  # noqa: E731
+    key: {"type": "array", "items": item}}, "required": [key]})
+
+PATHS: dict[str, dict] = {
+    "/api/v1/login": {"post": _op(
+        "Log in with the cluster token, a viewer token or a one-time code: sets the "
+        "HttpOnly, SameSite=Strict session cookie and answers the session's CSRF value",
+        _ok(_ref("Session")), public=True, errors=(400, 401, 413),
+        body={"type": "object", "properties": {"token": {"type": "string"},
+                                               "code": {"type": "string"}}})},
+    "/login": {"get": {
+        "summary": "The one-time login link `titan up` prints: opens a session and "
+                   "redirects to the dashboard",
+        "security": [], "parameters": [_query("code", "string", "the one-time login code")],
+        "responses": {"303": {"description": "Logged in; on to /"}, "401": _ERR}}},
+    "/api/v1/logout": {"post": _op("End the session of the cookie sent", _ok(_ANY),
+                                   public=True, errors=(400, 413))},
+    "/api/v1/session": {"get": _op("Who the caller is (role) and its session's CSRF value",
+                                   _ok(_ref("Session")))},
+    "/api/v1/login-codes": {"post": _op(
+        "A one-time login code (and the path of its link) for a browser", _ok({
+            "type": "object", "properties": {"code": {"type": "string"},
+                                             "path": {"type": "string"}}}),
+        errors=(401, 403, 413))},
+    "/api/v1/openapi.json": {"get": _op("This document", _ok(_ANY), public=True, errors=())},
+    "/api/v1/cluster": {"get": _op("The cluster: job counts by state, workers, slots, "
+                                   "persistence, warnings", _ok(_ref("Cluster")))},
+    "/api/v1/workers": {"get": _op("Every worker: name, host, tags, busy/total slots, the "
+                                   "jobs it runs, heartbeat age, state, who started it",
+                                   _LIST("workers", _ref("Worker")))},
+    "/api/v1/runs": {"get": _op(
+        "DAG runs, newest first, a page at a time", _ok({
+            "type": "object", "properties": {
+                "runs": {"type": "array", "items": _ref("Run")},
+                "next_cursor": {"type": ["integer", "null"]}}}),
+        errors=(400, 401),
+        params=(_query("limit", "integer", "runs per page (1-1000, default 50)"),
+                _query("cursor", "integer", "next_cursor of the page before"),
+                _query("state", "string", "RUNNING, COMPLETED, FAILED or CANCELLED"),
+                _query("name", "string", "runs whose name contains this"),
+                _query("agent_run_id", "string", "runs of this agent run")))},
+    "/api/v1/runs/{run_id}": {"get": _op(
+        "One run with its jobs (a page of them: offset/limit, 2,000 by default) and the "
+        "edges among them", _ok(_ref("RunGraph")), errors=(400, 401, 404),
+        params=(_path("run_id", "the run"),
+                _query("offset", "integer", "the first job (in the run's order)"),
+                _query("limit", "integer", "jobs in this page (1-10000, default 2000)")))},
+    "/api/v1/runs/{run_id}/cancel": {"post": _op(
+        "Cancel every unfinished job of a run", _ok(_ANY), errors=_CHANGE,
+        params=(_path("run_id", "the run"),))},
+    "/api/v1/jobs/{ref}": {"get": _op(
+        "One job: spec, worker, attempt, exit code and reason, times, result",
+        _ok(_ref("Job")), errors=(401, 404),
+        params=(_path("ref", "a job id, or RUN_ID/NODE (the slash may stay unescaped)"),))},
+    "/api/v1/jobs/{ref}/logs": {"get": _op(
+        "Bytes [offset, offset+limit) of a job's output, as text, and where to go on",
+        _ok(_ref("Logs")), errors=(400, 401, 404),
+        params=(_path("ref", "the job"),
+                _query("offset", "integer", "the first byte (default 0)"),
+                _query("limit", "integer", "bytes at most (1-1048576, default 65536)")))},
+    "/api/v1/jobs/{ref}/cancel": {"post": _op(
+        "Cancel a job", _ok(_ANY), errors=_CHANGE, params=(_path("ref", "the job"),))},
+    "/api/v1/gates": {"get": _op(
+        "Approval gates waiting across runs (question, run, waiting since, time left), or "
+        "the decided ones (who, when, why)", _LIST("gates", _ref("Gate")),
+        errors=(400, 401),
+        params=(_query("decided", "boolean", "true: the latest decided gates"),
+                _query("limit", "integer", "gates at most (default 200)")))},
+    "/api/v1/gates/{ref}/decide": {"post": _op(
+        "Approve or reject a waiting gate with a comment (409 if it is not waiting)",
+        _ok(_ref("Job")), errors=_CHANGE + (409,), params=(_path("ref", "the gate's job"),),
+        body={"type": "object", "required": ["approved"], "properties": {
+            "approved": {"type": "boolean"}, "comment": {"type": "string"},
+            "by": {"type": "string"}}})},
+    "/api/v1/agent-runs/{agent_run_id}": {"get": _op(
+        "The runs (stages) of one agent run, in order, with states and times",
+        _ok({"type": "object", "properties": {
+            "agent_run_id": {"type": "string"},
+            "runs": {"type": "array", "items": _ref("Run")}}}), errors=(401, 404),
+        params=(_path("agent_run_id", "the agent run"),))},
+    "/api/v1/services": {"get": _op(
+        "Services: state, worker, port, restarts, health, last lines",
+        _LIST("services", _ANY), params=(_query("all", "boolean", "long-ended ones too"),))},
+    "/api/v1/services/{name}/restart": {"post": _op(
+        "Restart a running service", _ok(_ANY), errors=_CHANGE + (409, 503),
+        params=(_path("name", "the service"),))},
+    "/api/v1/services/{name}/stop": {"post": _op(
+        "Stop a service (cancel its job)", _ok(_ANY), errors=_CHANGE + (409,),
+        params=(_path("name", "the service"),))},
+    "/api/v1/schedules": {"get": _op("Cron schedules: next fire time, last run",
+                                     _LIST("schedules", _ANY))},
+    "/api/v1/schedules/{schedule_id}": {"delete": _op(
+        "Remove a schedule", _ok(_ANY), errors=_CHANGE,
+        params=(_path("schedule_id", "the schedule"),))},
+    "/api/v1/store/keys": {"get": _op(
+        "One SCAN step over the store's keys (read only): type and TTL of each",
+        _ok({"type": "object", "properties": {
+            "cursor": {"type": "integer"},
+            "keys": {"type": "array", "items": _ANY}}}), errors=(400, 401, 503),
+        params=(_query("pattern", "string", "a glob (default *)"),
+                _query("cursor", "integer", "the cursor the step before gave (0: start)"),
+                _query("count", "integer", "keys per step, a hint (1-1000)")))},
+    "/api/v1/store/value": {"get": _op(
+        "One key's type, TTL and value (string, hash, set or list)",
+        _ok({"type": "object", "properties": {
+            "key": {"type": "string"}, "type": {"type": "string"},
+            "ttl": {"type": "integer"}, "value": {}}}), errors=(400, 401, 404, 503),
+        params=(_query("key", "string", "the key"),))},
+    "/api/v1/events": {"get": {
+        "summary": "Live changes as Server-Sent Events (titan/web/events.py)",
+        "responses": {"200": {"description": "An event stream",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                      "401": _ERR, "404": _ERR}}},
+}
+
+_STR = {"type": ["string", "null"]}
+_NUM = {"type": ["number", "null"]}
+SCHEMAS: dict[str, dict] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+    "Session": {"type": "object", "properties": {
+        "role": {"enum": ["operator", "viewer"]}, "csrf": _STR, "expires": _NUM}},
+    "Cluster": {"type": "object", "properties": {
+        "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "workers": {"type": "integer"}, "slots": {"type": "integer"},
+        "busy": {"type": "integer"}, "warnings": {"type": "array",
+                                                  "items": {"type": "string"}}}},
+    "Worker": {"type": "object", "properties": {
+        "worker_id": {"type": "string"}, "name": {"type": "string"},
+        "host": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
+        "slots": {"type": "integer"}, "busy": {"type": "integer"},
+        "jobs": {"type": "array", "items": {"type": "string"}},
+        "state": {"type": "string"}, "last_heartbeat_ago": {"type": "number"},
+        "spawned_by": _STR}},
+    "Run": {"type": "object", "properties": {
+        "run_id": {"type": "string"}, "name": {"type": "string"},
+        "state": {"type": "string"}, "agent_run_id": _STR, "stage": _STR,
+        "created_at": {"type": "number"}, "finished_at": _NUM,
+        "total": {"type": "integer"},
+        "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+    "RunGraph": {"allOf": [_ref("Run"), {"type": "object", "properties": {
+        "jobs": {"type": "array", "items": {"type": "object"}},
+        "edges": {"type": "array", "items": {"type": "array", "items": {"type": "string"},
+                                             "minItems": 2, "maxItems": 2}},
+        "offset": {"type": "integer"}, "next_offset": {"type": ["integer", "null"]}}}]},
+    "Job": {"type": "object", "properties": {
+        "job_id": {"type": "string"}, "state": {"type": "string"}, "run_id": _STR,
+        "kind": {"type": "string"}, "command": {"type": "array"},
+        "attempt": {"type": "integer"}, "failures": {"type": "integer"},
+        "worker": _STR, "exit_code": {"type": ["integer", "null"]}, "reason": _STR,
+        "submitted_at": _NUM, "started_at": _NUM, "finished_at": _NUM, "result": {},
+        "decision": {"type": ["object", "null"]}}},
+    "Logs": {"type": "object", "properties": {
+        "job_id": {"type": "string"}, "offset": {"type": "integer"},
+        "next_offset": {"type": "integer"}, "data": {"type": "string"},
+        "state": {"type": "string"}, "done": {"type": "boolean"}}},
+    "Gate": {"type": "object", "properties": {
+        "job_id": {"type": "string"}, "run_id": _STR, "question": _STR,
+        "state": {"type": "string"}, "waiting_since": _NUM, "time_left": _NUM,
+        "decision": {"type": ["object", "null"]}}},
+}
+
+
+def document() -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Titan master API", "version": "1",
+                 "description": "The dashboard's JSON API (docs/web.md).  Errors are "
+                                "{\"error\": {\"code\", \"message\"}}."},
+        "paths": PATHS,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "The cluster token, or a viewer token"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "titan_session",
+                            "description": "The cookie POST /api/v1/login sets; a change "
+                                           "made with it needs the X-Titan-CSRF header"}}},
+        "security": [{"bearer": []}, {"session": []}],
+    }
