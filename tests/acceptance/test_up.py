@@ -50,6 +50,18 @@ class UpTests(SynchronousTestCase):
         children = _children(up.pid)
         self.assertEqual(len(children), 4)  # store, master and two workers
         store_port = int(re.search(r"store\s+127\.0\.0\.1:(\d+)", text).group(1))
+        # The dashboard: a one-time login link (never the token) that opens a session once.
+        link = re.search(r"dashboard\s+http://127\.0\.0\.1:(\d+)(/login\?code=\S+)", text)
+        token = open(f"{home}/master/token").read().strip()
+        self.assertNotIn(token, link.group(0))
+        import http.client
+        for expected in (303, 401):
+            conn = http.client.HTTPConnection("127.0.0.1", int(link.group(1)), timeout=10)
+            conn.request("GET", link.group(2))
+            reply = conn.getresponse()
+            self.assertEqual(reply.status, expected)
+            self.assertEqual(bool(reply.getheader("set-cookie")), expected == 303)
+            conn.close()
 
         # A client that only knows the data dir finds the token there.
         client_env = dict(env, TITAN_PORT=str(port), TITAN_DATA_DIR=home)
