@@ -230,8 +230,7 @@ class ErrorTests(WebCase):
         self.assertEqual((r.status, r.error), (409, "not_waiting"))
 
     def test_unknown_things_are_404(self):
-        for path in ("/api/v1/jobs/nope", "/api/v1/runs/nope", "/api/v1/agent-runs/nope",
-                     "/api/v1/events"):
+        for path in ("/api/v1/jobs/nope", "/api/v1/runs/nope", "/api/v1/agent-runs/nope"):
             self.assertEqual(self.get(path).status, 404, path)
         self.assertEqual(self.post("/api/v1/runs/nope/cancel").status, 404)
 
@@ -317,6 +316,27 @@ class RouteTests(WebCase):
         r = self.get("/api/v1/store/keys?pattern=titan:*")
         self.assertEqual((r.status, r.error), (503, "no_store"))
         self.assertEqual(self.get("/api/v1/store/value").status, 400)
+
+
+class EventsMountTests(WebCase):
+    """/api/v1/events and a job's log stream are titan/web/events.py's, mounted here."""
+
+    def setUp(self) -> None:
+        try:
+            import titan.web.events  # noqa: F401
+        except ImportError:
+            self.skipTest("titan/web/events.py is not there")
+        super().setUp()
+
+    def test_the_streams_are_mounted_behind_the_same_auth(self):
+        job_id = self.pending_job()
+        for path in ("/api/v1/events", f"/api/v1/jobs/{job_id}/log/stream"):
+            self.assertEqual(self.request("GET", path).status, 401, path)
+            r = self.get(path)
+            self.assertEqual(r.status, 200, path)
+            self.assertTrue(r.header("content-type")[0].startswith("text/event-stream"), path)
+            sid, _ = self.login()
+            self.assertEqual(self.request("GET", path, cookie=sid).status, 200, path)
 
 
 class OpenApiTests(WebCase):

@@ -89,11 +89,12 @@ class WebApp:
     log = Logger()
 
     def __init__(self, api: MasterApi, auth: WebAuth, max_body_bytes: int,
-                 events: Optional[Callable[[], Any]] = None) -> None:
+                 events: Optional[Callable[[Optional[str]], Any]] = None) -> None:
         self.api = api
         self.auth = auth
         self.max_body_bytes = max_body_bytes
-        # Builds the /api/v1/events resource (titan/web/events.py), or None while absent.
+        # Builds the SSE resources (titan/web/events.py): of the changes, or of a job's log
+        # given its ref; None while that is absent.
         self.events = events
 
     def resource(self):
@@ -399,7 +400,15 @@ class WebApp:
 
     @app.route(PREFIX + "/events", branch=True, methods=["GET"], endpoint="events")
     def events_resource(self, request):
-        resource = self.events() if self.events is not None else None
+        return self._stream(request)
+
+    @app.route(PREFIX + "/jobs/<path:ref>/log/stream", methods=["GET"], endpoint="log_stream")
+    def log_stream(self, request, ref):
+        return self._stream(request, ref)
+
+    def _stream(self, request, ref: Optional[str] = None):
+        """A Server-Sent Events resource of titan/web/events.py (it checks who asks)."""
+        resource = self.events(ref) if self.events is not None else None
         if resource is None:
             request.setHeader(b"content-type", b"application/json; charset=utf-8")
             return self._error(request, Failure(HttpError(
@@ -410,3 +419,4 @@ class WebApp:
 
 
 ROUTES.append(("GET", PREFIX + "/events", "events"))
+ROUTES.append(("GET", PREFIX + "/jobs/<path:ref>/log/stream", "log_stream"))

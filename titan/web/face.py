@@ -4,14 +4,14 @@ it bound in <data_dir>/web.port, and a one-time login code in <data_dir>/web.log
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.web.server import Site
 
 from titan.listener import ListenerService
-from titan.master.api import MasterApi, RemoteError
+from titan.master.api import Caller, MasterApi, RemoteError
 from titan.web.app import WebApp
 from titan.web.auth import WebAuth
 
@@ -34,16 +34,28 @@ class WebFace(MultiService):
         self.web = WebApp(api, self.auth, wc.max_body_bytes, self._events)
         self.site = Site(self.web.resource(), reactor=reactor or api.reactor)
         self.site.displayTracebacks = False
-        self.listener = ListenerService(reactor or api.reactor, wc.listen, self.site,
+        self.reactor = reactor or api.reactor
+        self.listener = ListenerService(self.reactor, wc.listen, self.site,
                                         self._listening, who="titan-master (web.listen)")
         self.listener.setServiceParent(self)
 
-    def _events(self):
-        """The SSE resource over the hub (imported late: it is another module's)."""
-        if self.hub is None:
+    def _events(self, job_ref: Optional[str] = None):
+        """The SSE resource of the live changes (titan/web/events.py), or of one job's log
+        with `job_ref`; None if that module is not installed (the route answers 404)."""
+        try:
+            from titan.web.events import ChangeHub, EventsResource, LogStreamResource
+        except ImportError:
             return None
-        from titan.web.events import EventsResource
-        return EventsResource(self.hub, self.auth)
+        if job_ref is not None:
+            return LogStreamResource(self.api, self._caller_of, job_ref)
+        if self.hub is None:  # it follows the master only while someone subscribes
+            self.hub = ChangeHub(self.api, self.reactor)
+        return EventsResource(self.hub, self._caller_of)
+
+    def _caller_of(self, request) -> Optional[Caller]:
+        """The events' auth: the caller of a request's credentials, or None (401)."""
+        who = self.auth.principal(request)
+        return Caller(None, who.describe) if who is not None else None
 
     def _is_cluster_token(self, token: str) -> bool:
         try:
@@ -67,6 +79,8 @@ class WebFace(MultiService):
         self.log.info("titan-master web API on {address}", address=address)
 
     def stopService(self):
+        if self.hub is not None and hasattr(self.hub, "stop"):
+            self.hub.stop()
         for name in (PORT_FILE, LOGIN_FILE):
             try:
                 os.unlink(os.path.join(self.data_dir, name))

@@ -160,6 +160,14 @@ PATHS: dict[str, dict] = {
         "responses": {"200": {"description": "An event stream",
                               "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                       "401": _ERR, "404": _ERR}}},
+    "/api/v1/jobs/{ref}/log/stream": {"get": {
+        "summary": "A job's output as Server-Sent Events from ?offset=N as it is written "
+                   "(titan/web/events.py)",
+        "parameters": [_path("ref", "the job"),
+                       _query("offset", "integer", "the first byte (default 0)")],
+        "responses": {"200": {"description": "An event stream", "content": {
+            "text/event-stream": {"schema": {"type": "string"}}}},
+            "400": _ERR, "401": _ERR, "404": _ERR}}},
 }
 
 _STR = {"type": ["string", "null"]}
