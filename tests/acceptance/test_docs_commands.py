@@ -78,7 +78,7 @@ READER_FILES = {
 }
 
 COMMAND_TIMEOUT = 60.0
-PORTS = (9090, 6379)
+PORTS = (9090, 6379, 8080)  # the master, the store, the master's web API
 
 
 # -- reading the docs ------------------------------------------------------------------------
