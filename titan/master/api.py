@@ -174,6 +174,8 @@ class Engine(Protocol):
     def watch(self, conn: Watcher, run_id: str) -> None: ...
     def unwatch_run(self, conn: Watcher, run_id: Optional[str] = None) -> None: ...
     def to_worker(self, worker_id: str, opcode: int, body: dict) -> bool: ...
+    def add_change_listener(self, listener: Callable[[list], None]) -> None: ...
+    def remove_change_listener(self, listener: Callable[[list], None]) -> None: ...
 
 
 class TextFrames(Protocol):
@@ -266,6 +268,16 @@ class MasterApi:
     def worker_link(self, worker_id: str):
         """The connection a worker keeps to the master, or None."""
         return self.engine.worker_link(worker_id)
+
+    def add_change_listener(self, listener: Callable[[list], None]) -> None:
+        """`listener([(kind, key), ...])` once per turn with what changed, after it is
+        durable: kind "job" (gates, services), "run", "worker" or "schedule"
+        (MasterService.add_change_listener).  Remove it when nobody follows any more:
+        while one listens, the master notes every change."""
+        self.engine.add_change_listener(listener)
+
+    def remove_change_listener(self, listener: Callable[[list], None]) -> None:
+        self.engine.remove_change_listener(listener)
 
     # -- who asks ----------------------------------------------------------------------------
 

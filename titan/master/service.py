@@ -93,6 +93,13 @@ CLIENT_CHANGES = frozenset({
     ev.ScheduleRemoved})
 
 
+# Events that change the job they name (the change feed, _note_changes), and the worker.
+_JOB_EVENTS = frozenset({ev.CancelRequested, ev.GateDecided, ev.ResultSet,
+                         ev.ServiceReported})
+_WORKER_EVENTS = frozenset({ev.WorkerJoined, ev.WorkerDisconnected, ev.WorkerLost,
+                            ev.WorkerRetiring})
+
+
 # Errors a store gives when its own disk or memory fails (Redis and TitanStore alike).
 STORE_TROUBLE = frozenset({"MISCONF", "OOM", "IOERR", "READONLY", "LOADING", "BUSY"})
 STORE_QUIET = 60.0  # seconds without a store failure that end a spell of them
@@ -158,6 +165,12 @@ class MasterService(MultiService):
         # Called with each RunChanged as it is applied, before any reply that reports it
         # (the legacy frontend clears a new run's gate keys in the store with it).
         self.run_change_listeners: list[Callable[[Any], None]] = []
+        # Called with the (kind, key) of each job, run, worker and schedule that changed,
+        # once per reactor turn and after the records are durable (add_change_listener).
+        # Nothing is noted while the list is empty: the hot path pays one test per event.
+        self._change_listeners: list[Callable[[list], None]] = []
+        self._changes: dict = {}  # (kind, key) -> None, noted in this turn
+        self._changes_call = None
         # The operations every face calls (titan/master/api.py), and the faces on them:
         # TITAN_PROTO RPC (server.py) and the reference's text frames (legacy.py).
         self.api = MasterApi(self)
@@ -320,7 +333,10 @@ class MasterService(MultiService):
                 raise RemoteError("storage_unavailable",
                                   f"storage unavailable: {self.storage_problem}")
             durable = self.persistence.append(encode_event(event, now))
-        for decision in self.scheduler.apply(event, now):
+        decisions = self.scheduler.apply(event, now)
+        if self._change_listeners:
+            self._note_changes(event, decisions)
+        for decision in decisions:
             self._carry_out(decision)
         if self.persistence is not None and self.storage_problem is None and \
                 self.persistence.bytes_since_compaction > self.config.persistence.compact_after_bytes:
@@ -474,6 +490,69 @@ class MasterService(MultiService):
                 conn = self.worker_conns.pop(d.worker_id, None)
                 if conn is not None:
                     conn.transport.loseConnection()
+
+    # -- the change feed: what faces showing live state (titan/web/events.py) follow ------
+
+    def add_change_listener(self, listener: Callable[[list], None]) -> None:
+        """`listener(changes)`: a list of `(kind, key)` -- kind "job" (gates and services
+        too: a job's key), "run", "worker" or "schedule" -- each once per turn of the
+        reactor in which it changed, called once those records are durable (as replies
+        are).  What the thing is now is for the listener to read: it may have changed
+        again since, or be gone."""
+        self._change_listeners.append(listener)
+
+    def remove_change_listener(self, listener: Callable[[list], None]) -> None:
+        if listener in self._change_listeners:
+            self._change_listeners.remove(listener)
+
+    def _note_changes(self, event: object, decisions: list) -> None:
+        """What `event` and its decisions changed, noted for this turn's delivery."""
+        changes = self._changes
+        kind = type(event)
+        if kind is ev.JobFinished or kind is ev.JobStarted:
+            # A standalone job's retry (RUNNING -> PENDING) is announced by no decision.
+            changes[("job", event.job_id)] = None
+            changes[("worker", event.worker_id)] = None
+        elif kind is ev.JobSubmitted:
+            changes[("job", event.spec.job_id)] = None
+        elif kind in _JOB_EVENTS:
+            changes[("job", event.job_id)] = None
+        elif kind in _WORKER_EVENTS:
+            changes[("worker", event.worker_id)] = None
+        elif kind is ev.ScheduleAdded or kind is ev.ScheduleRemoved:
+            changes[("schedule", event.schedule_id)] = None
+        for d in decisions:
+            kind = type(d)
+            if kind is ev.RunChanged:
+                changes[("run", d.run_id)] = None
+                for key in d.jobs:
+                    changes[("job", key)] = None
+            elif kind is ev.Dispatch:
+                changes[("job", d.job_id)] = None
+                changes[("worker", d.worker_id)] = None
+            elif kind is ev.JobEnded:
+                changes[("job", d.job_id)] = None
+            elif kind is ev.WorkerChanged:
+                changes[("worker", d.worker_id)] = None
+            elif kind is ev.Forgotten:
+                for key in d.job_ids:
+                    changes[("job", key)] = None
+        if changes and self._changes_call is None:
+            self._changes_call = self.reactor.callLater(0, self._seal_changes)
+
+    def _seal_changes(self) -> None:
+        self._changes_call = None
+        changes, self._changes = list(self._changes), {}
+        if changes:
+            self.settled().addCallbacks(self._deliver_changes, _stopped_unstored,
+                                        callbackArgs=(changes,))
+
+    def _deliver_changes(self, _, changes: list) -> None:
+        for listener in list(self._change_listeners):
+            try:
+                listener(changes)
+            except Exception:
+                self.log.failure("a change listener failed")
 
     # -- frames to workers: after the records they follow from --------------------------
 
