@@ -12,7 +12,7 @@ from titan.master.api import OPERATOR
 from titan.protocols.opcodes import Op
 from titan.web.events import ChangeHub, EventsResource, LogStreamResource
 
-from tests.unit.test_master import MasterCase
+from tests.unit.test_master import HeldPersistence, MasterCase
 
 ANYONE = object()  # what the auth callable returns for a good request
 
@@ -124,17 +124,35 @@ class ChangeFeedTests(WebCase):
         self.assertEqual(heard[-1], [("job", job_id), ("worker", "w1")])
         w.result(Op.JOB_COMPLETE, {"job_id": job_id, "attempt": 1, "exit_code": 0})
         self.assertEqual(heard[-1], [("job", job_id), ("worker", "w1")])
-        run_id = self.dag("r", [{"id": "a", "command": ["true"]}])
+        run_id = self.dag("r", [{"id": "a", "command": ["true"]},
+                                {"id": "g", "kind": "gate", "depends_on": ["a"]}])
         self.assertIn(("run", run_id), heard[-1])
         self.assertIn(("job", f"{run_id}/a"), heard[-1])
+        # A gate that starts waiting moves in its run only (no dispatch, no end).
+        w.result(Op.JOB_COMPLETE, {"job_id": f"{run_id}/a", "attempt": 1, "exit_code": 0})
+        self.assertIn(("job", f"{run_id}/g"), heard[-1])
+        self.assertEqual(self.master.scheduler.jobs[f"{run_id}/g"].state.value,
+                         "WAITING_APPROVAL")
+
+    def test_changes_are_told_once_durable(self):
+        held = self.master.persistence = HeldPersistence(self.master.persistence)
+        heard = []
+        self.api.add_change_listener(heard.append)
+        d = self.api.submit(OPERATOR, {"command": ["true"]})
+        self.reactor.advance(0)
+        self.assertEqual(heard, [])
+        held.release()
+        self.assertEqual(heard, [[("job", self.successResultOf(d)["job_id"])]])
 
     def test_nothing_noted_without_listeners(self):
         heard = []
         self.api.add_change_listener(heard.append)
         self.api.remove_change_listener(heard.append)
-        self.submit()
-        self.assertEqual((heard, self.master._changes, self.master._changes_call),
-                         ([], {}, None))
+        self.api.submit(OPERATOR, {"command": ["true"]})
+        # Within the turn of the change: nothing noted, nothing scheduled.
+        self.assertEqual((self.master._changes, self.master._changes_call), ({}, None))
+        self.reactor.advance(0)
+        self.assertEqual(heard, [])
 
     def test_a_standalone_jobs_retry_is_a_change(self):
         # RUNNING -> PENDING of a job outside a run is announced by no decision.
@@ -168,6 +186,18 @@ class HubTests(WebCase):
         self.assertEqual(len(batches[1]), 3)  # each thing once
         self.assertEqual([c["data"]["busy"] for c in batches[1] if c["kind"] == "worker"],
                          [0])
+
+    def test_a_batch_reports_nothing_before_it_is_durable(self):
+        client = self.connect()
+        self.submit(tags="nowhere")  # the leading batch: the next waits for the window
+        job_id = self.submit(tags="nowhere")
+        held = self.master.persistence = HeldPersistence(self.master.persistence)
+        self.api.cancel(OPERATOR, job_id)  # read by the batch below, not yet durable
+        self.reactor.advance(0.1)
+        self.assertEqual(len(client.changes()), 1)
+        held.release()
+        self.assertEqual([c["data"]["state"] for c in client.changes()[-1]
+                          if c["id"] == job_id], ["CANCELLED"])
 
     def test_ids_increase_and_a_resume_gets_what_was_missed(self):
         w = self.worker("w1")
