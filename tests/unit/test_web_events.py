@@ -270,6 +270,20 @@ class HubTests(WebCase):
         self.assertEqual(self.connect("/api/v1/events?kind=bogus").head_body()[0]
                          .split(b"\r\n")[0], b"HTTP/1.1 400 Bad Request")
 
+    def test_a_schedule_added_fired_and_removed(self):
+        client = self.connect("/api/v1/events?kind=schedule")
+        d = self.api.submit_dag(OPERATOR, {"name": "tick", "schedule": "* * * * *",
+                                           "jobs": [{"id": "a", "command": ["true"]}]})
+        self.reactor.advance(0)
+        schedule_id = self.successResultOf(d)["schedule_id"]
+        self.reactor.advance(61)  # it fires within the minute
+        self.reactor.advance(0.1)
+        self.api.remove_schedule(OPERATOR, schedule_id)
+        self.reactor.advance(0.1)
+        seen = [(c["id"], c["data"] and c["data"]["fired"]) for b in client.changes()
+                for c in b]
+        self.assertEqual(seen, [(schedule_id, 0), (schedule_id, 1), (schedule_id, None)])
+
     def test_a_client_that_does_not_read_is_dropped(self):
         client = self.connect()
         self.assertEqual(self.hub.subscribers, 1)

@@ -207,6 +207,12 @@ class ChangeHub:
         self._last_flush = self.reactor.seconds()
         pending, self._pending = self._pending, {}
         s, now = self.api.scheduler, self.api.now()
+        for kind, key in list(pending):
+            # A schedule's firing shows as its new run: its count and last run moved too.
+            if kind == "run":
+                run = s.runs.get(key)
+                if run is not None and run.schedule_id is not None:
+                    pending[("schedule", run.schedule_id)] = None
         items = [self._view(s, kind, key, now) for kind, key in pending]
         # What they report is sent once it is durable (it may be newer than the feed said).
         self.api.reply_ready().addCallbacks(lambda _: self._publish(items),
