@@ -10,6 +10,7 @@ from twisted.web import server
 
 from titan.master.api import OPERATOR
 from titan.protocols.opcodes import Op
+from titan.web import events
 from titan.web.events import ChangeHub, EventsResource, LogStreamResource
 
 from tests.unit.test_master import HeldPersistence, MasterCase
@@ -269,6 +270,16 @@ class HubTests(WebCase):
         self.assertEqual(set(seen), {("run", r1), ("job", f"{r1}/a"), ("gate", f"{r1}/g")})
         self.assertEqual(self.connect("/api/v1/events?kind=bogus").head_body()[0]
                          .split(b"\r\n")[0], b"HTTP/1.1 400 Bad Request")
+
+    def test_clients_without_a_filter_share_one_encoding_of_a_batch(self):
+        clients = [self.connect() for _ in range(3)]
+        encoded = []
+        real = events.sse
+        self.patch(events, "sse", lambda *a: encoded.append(a[0]) or real(*a))
+        job_id = self.submit(tags="nowhere")
+        self.assertEqual(encoded, ["batch"])
+        for client in clients:
+            self.assertEqual([c["id"] for b in client.changes() for c in b], [job_id])
 
     def test_a_schedule_added_fired_and_removed(self):
         client = self.connect("/api/v1/events?kind=schedule")
