@@ -343,6 +343,17 @@ class HubTests(WebCase):
         self.submit()
         self.assertEqual(self.master._changes, {})
 
+    def test_a_client_gone_before_its_request_is_rendered_is_not_subscribed(self):
+        from twisted.web.test.requesthelper import DummyChannel
+        request = server.Request(DummyChannel(), False)
+        request.requestHeaders.setRawHeaders(b"authorization", [b"Bearer sesame"])
+        request.args = {}
+        request._disconnected = True
+        self.assertEqual(self.resource.render_GET(request), server.NOT_DONE_YET)
+        self.assertEqual((self.hub.subscribers, self.resource.streams), (0, set()))
+        self.assertEqual([c for c in self.reactor.getDelayedCalls()
+                          if getattr(c.func, "__name__", "") == "_send_ping"], [])
+
     def test_no_token_is_401_json(self):
         client = self.connect(bearer=False)
         head, body = client.head_body()

@@ -360,6 +360,10 @@ class Stream:
         request.notifyFinish().addBoth(self._finished)
         self._ping_every = ping
         self._ping = reactor.callLater(ping, self._send_ping)
+        if getattr(request, "_disconnected", False):
+            # Gone before this was rendered: its finish was told already, or never will be.
+            self._close()
+            return
         self.write(f"retry: {RETRY_MS}\n\n".encode())
 
     def write(self, data: bytes) -> None:
@@ -461,13 +465,15 @@ class EventsResource(resource.Resource):
         since = request.getHeader(b"last-event-id") or _arg(request, b"last_event_id")
         if isinstance(since, bytes):
             since = since.decode("utf-8", "replace")
-        sub = None
+        sub = stream = None
 
         def closed():
             self.streams.discard(stream)
             if sub is not None:
                 sub.close()
         stream = Stream(request, self.hub.reactor, self.buffer_limit, self.ping, closed)
+        if stream.closed:  # the client went away before this was rendered
+            return server.NOT_DONE_YET
         self.streams.add(stream)
         sub = self.hub.subscribe(stream.send, runs=_list_arg(request, b"run"), kinds=kinds,
                                  since=since, write=stream.write)
