@@ -393,6 +393,20 @@ class LogStreamTests(WebCase):
         self.assertEqual(end["data"], {"state": "COMPLETED", "offset": 11})
         self.assertTrue(client.transport.value().endswith(b"0\r\n\r\n"))  # response over
 
+    def test_a_client_that_does_not_drain_is_not_read_for(self):
+        client = self.stream()
+        client.transport.producer.pauseProducing()
+        for i in range(3):
+            self.log(b"x" * 1000)
+            self.reactor.advance(0.05)
+        self.assertEqual(client.messages("log"), [])
+        # The piece read before the pause is held for it; nothing more is read meanwhile.
+        stream = client.channel._channel._requestProducer
+        self.assertLess(stream.held_bytes, 1100)
+        client.transport.producer.resumeProducing()
+        self.reactor.advance(0.05)
+        self.assertEqual(sum(len(m["data"]["text"]) for m in client.messages("log")), 3000)
+
     def test_an_offset_or_last_event_id_resumes(self):
         self.log(b"abcdef")
         self.w.result(Op.JOB_COMPLETE, {"job_id": self.job_id, "attempt": 1, "exit_code": 0})
