@@ -252,6 +252,27 @@ class HubTests(WebCase):
             self.assertEqual(len(self.connect(headers={"Last-Event-ID": bad})
                                  .messages("reset")), 1)
 
+    def test_a_resume_needs_every_thing_after_its_id(self):
+        self.connect()
+        for _ in range(60):  # one thing each (a job that stays PENDING); the ring keeps 50
+            self.submit(tags="nowhere")
+            self.reactor.advance(0.1)
+        epoch = self.hub.epoch
+        self.assertEqual([n for n, _ in self.hub.since(f"{epoch}.10")], list(range(11, 61)))
+        self.assertIsNone(self.hub.since(f"{epoch}.9"))  # thing 10 is gone from the ring
+        self.assertEqual(self.hub.since(f"{epoch}.60"), [])
+        self.assertIsNone(self.hub.since(f"{epoch}.61"))
+
+    def test_ids_issued_before_the_hub_stopped_following_do_not_resume(self):
+        client = self.connect()
+        self.submit(tags="nowhere")
+        [m1] = client.messages("batch")
+        client.hang_up()
+        self.reactor.advance(60)  # the hub stops following the master
+        self.submit(tags="nowhere")  # unseen by the hub
+        again = self.connect(headers={"Last-Event-ID": m1["id"]})
+        self.assertEqual(len(again.messages("reset")), 1)
+
     def test_filter_by_run_and_by_kind(self):
         self.worker("w1")
         runs = self.connect("/api/v1/events?run=RUNX")  # not there yet: nothing matches

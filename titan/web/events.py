@@ -101,7 +101,8 @@ class ChangeHub:
         self._ring: deque = deque(maxlen=ring_size)  # (number, item), oldest first
         self._next = 1  # the number of the next thing
         # Every change after thing number `_floor` is in the ring: a resume from an id
-        # below it has missed something.
+        # below it has missed something (the last one evicted, or the last issued before
+        # the hub began to follow the master again).
         self._floor = 1
         self._subs: set[Subscription] = set()
         self._pending: dict = {}  # (kind, key) -> None, since the last batch
@@ -128,7 +129,7 @@ class ChangeHub:
             self._linger_call = None
         if not self._listening:
             self._listening = True
-            self._floor = self._next  # changes until now went unseen
+            self._floor = self._next  # changes until now went unseen: no id issued resumes
             self.api.add_change_listener(self._changed)
         self._subs.add(sub)
         if since:
@@ -190,7 +191,7 @@ class ChangeHub:
         if epoch != self.epoch or not number.isdigit():
             return None
         n = int(number)
-        if n < self._floor - 1 or n >= self._next or not self._listening:
+        if n < self._floor or n >= self._next or not self._listening:
             return None
         return [(m, item) for m, item in self._ring if m > n]
 
