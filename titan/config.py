@@ -123,6 +123,12 @@ class WebConfig:
     session_ttl: float = 12 * 3600.0
     # The largest request body accepted, in bytes (413 beyond).
     max_body_bytes: int = 1024 * 1024
+    # The live events (titan/web/events.py's ChangeHub): seconds between two batches to a
+    # subscriber, things kept for Last-Event-ID resumes, and the bytes a subscriber may
+    # leave unread before it is dropped.
+    events_window: float = 0.1
+    events_ring: int = 10_000
+    events_max_unread_bytes: int = 1 << 20
 
 
 @attrs.frozen
@@ -159,6 +165,11 @@ _TOP = {"token": Optional[str], "router": tuple[str, ...]}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace", "autoscaler.min_workers",
                           "autoscaler.max_workers", "master.worker_reserve"})
+# Numbers with bounds of their own (inclusive), beyond "above 0": a window near the SSE
+# ping (15 s) would leave a live view stale for that long, and a drop limit under 64 KiB
+# would drop the subscribers of a busy run (a batch of a few hundred jobs' states).
+_BOUNDS = {"web.events_window": (0.01, 10.0),
+           "web.events_max_unread_bytes": (64 * 1024, 1 << 30)}
 
 
 def load_config(path: Optional[str]) -> Config:
@@ -287,6 +298,11 @@ def _in_range(value: float, path: str, line: int, key: str) -> float:
             raise ConfigError(f"{path}:{line}: {key} must be 0 or more, not {value!r}")
     elif not value > 0:
         raise ConfigError(f"{path}:{line}: {key} must be more than 0, not {value!r}")
+    bounds = _BOUNDS.get(key)
+    if bounds and not bounds[0] <= value <= bounds[1]:
+        low, high = (int(b) if b == int(b) else b for b in bounds)
+        raise ConfigError(f"{path}:{line}: {key} must be between {low} and {high}, "
+                          f"not {value!r}")
     return value
 
 

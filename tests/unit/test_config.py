@@ -214,6 +214,57 @@ class WebConfigTests(unittest.TestCase):
                           config.web.max_body_bytes), (False, "tcp:0", ("a", "b"), 10))
         self.assertEqual(parse_config("").web.listen, "tcp:8080:interface=127.0.0.1")
 
+    def test_events_settings(self):
+        web = parse_config("").web
+        self.assertEqual((web.events_window, web.events_ring, web.events_max_unread_bytes),
+                         (0.1, 10_000, 1 << 20))
+        web = parse_config("web:\n  events_window: 0.25\n  events_ring: 500\n"
+                           "  events_max_unread_bytes: 65536\n").web
+        self.assertEqual((web.events_window, web.events_ring, web.events_max_unread_bytes),
+                         (0.25, 500, 65536))
+
+    def test_events_settings_out_of_range_say_what_and_where(self):
+        for text, message in [
+            ("web:\n  events_window: 0\n",
+             "/etc/t.yaml:2: web.events_window must be more than 0, not 0.0"),
+            ("web:\n  events_window: 0.001\n",
+             "/etc/t.yaml:2: web.events_window must be between 0.01 and 10, not 0.001"),
+            ("web:\n  enabled: true\n  events_window: 30\n",
+             "/etc/t.yaml:3: web.events_window must be between 0.01 and 10, not 30.0"),
+            ("web:\n  events_ring: 0\n",
+             "/etc/t.yaml:2: web.events_ring must be more than 0, not 0"),
+            ("web:\n  events_ring: 1.5\n",
+             "/etc/t.yaml:2: web.events_ring must be a whole number, not 1.5"),
+            ("web:\n  events_max_unread_bytes: 1000\n",
+             "/etc/t.yaml:2: web.events_max_unread_bytes must be between 65536 and "
+             "1073741824, not 1000"),
+            ("web:\n  events_max_unread_bytes: 1MiB\n",
+             "/etc/t.yaml:2: web.events_max_unread_bytes must be a whole number, not '1MiB'"),
+        ]:
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(text, "/etc/t.yaml")
+            self.assertEqual(str(caught.exception), message)
+
+    def test_events_settings_reach_the_hub(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from titan.config import Config, MasterConfig, WebConfig
+        from titan.master.service import MasterService
+        try:
+            import titan.web.events  # noqa: F401
+        except ImportError:
+            self.skipTest("titan/web/events.py is not there")
+        config = Config(token="t", master=MasterConfig(
+            listen="tcp:0:interface=127.0.0.1", data_dir=self.mktemp()),
+            web=WebConfig(listen="tcp:0:interface=127.0.0.1", events_window=0.5,
+                          events_ring=7, events_max_unread_bytes=70_000))
+        master = MasterService(config, reactor=MemoryReactorClock())
+        master.privilegedStartService()
+        master.startService()
+        self.addCleanup(master.stopService)
+        resource = master.web._events()
+        self.assertEqual((master.web.hub.interval, master.web.hub._ring.maxlen,
+                          resource.buffer_limit), (0.5, 7, 70_000))
+
     def test_http_option_overrides_web_listen(self):
         from titan.master.tap import Options
         options = Options()

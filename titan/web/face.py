@@ -49,8 +49,11 @@ class WebFace(MultiService):
         if job_ref is not None:
             return LogStreamResource(self.api, self._caller_of, job_ref)
         if self.hub is None:  # it follows the master only while someone subscribes
-            self.hub = ChangeHub(self.api, self.reactor)
-        return EventsResource(self.hub, self._caller_of)
+            wc = self.api.config.web
+            self.hub = ChangeHub(self.api, self.reactor, interval=wc.events_window,
+                                 ring_size=wc.events_ring)
+        return EventsResource(self.hub, self._caller_of,
+                              buffer_limit=self.api.config.web.events_max_unread_bytes)
 
     def _caller_of(self, request) -> Optional[Caller]:
         """The events' auth: the caller of a request's credentials, or None (401)."""
