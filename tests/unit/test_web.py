@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from urllib.parse import quote
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -19,6 +20,11 @@ from titan.web.app import ROUTES, WebApp
 TOKEN = "sesame"
 VIEWER = "just-looking"
 PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+def seg(ref: str) -> str:
+    """A job ref as one path segment (a run's job: RUN%2FNODE)."""
+    return quote(ref, safe="")
 
 
 class Response:
@@ -210,7 +216,7 @@ class ErrorTests(WebCase):
         r = self.request("POST", "/api/v1/login", raw=b"[1]")
         self.assertIn("JSON object", r.json["error"]["message"])
         run_id = self.diamond(gate=True)
-        r = self.post(f"/api/v1/gates/{run_id}/ok/decide", {"approved": "yes"})
+        r = self.post(f"/api/v1/gates/{run_id}%2Fok/decide", {"approved": "yes"})
         self.assertEqual(r.status, 400)
         self.assertIn("'approved'", r.json["error"]["message"])
         r = self.get("/api/v1/runs?limit=lots")
@@ -223,10 +229,10 @@ class ErrorTests(WebCase):
 
     def test_deciding_a_gate_not_waiting_is_409(self):
         run_id = self.diamond(gate=True)
-        r = self.post(f"/api/v1/gates/{run_id}/ok/decide", {"approved": True, "comment": "go"})
+        r = self.post(f"/api/v1/gates/{run_id}%2Fok/decide", {"approved": True, "comment": "go"})
         self.assertEqual((r.status, r.json["state"]), (200, "COMPLETED"))
         self.assertEqual(self.master.scheduler.jobs[f"{run_id}/ok"].decision["comment"], "go")
-        r = self.post(f"/api/v1/gates/{run_id}/ok/decide", {"approved": False})
+        r = self.post(f"/api/v1/gates/{run_id}%2Fok/decide", {"approved": False})
         self.assertEqual((r.status, r.error), (409, "not_waiting"))
 
     def test_unknown_things_are_404(self):
@@ -266,23 +272,23 @@ class RouteTests(WebCase):
         key = f"{run_id}/a"
         self.master.handle(ev.WorkerJoined("w1", "w1", "127.0.0.1", frozenset(), 4))
         self.reactor.advance(0)
-        job = self.get(f"/api/v1/jobs/{key}").json
+        job = self.get(f"/api/v1/jobs/{seg(key)}").json
         self.assertEqual((job["job_id"], job["state"], job["worker"], job["command"]),
                          (key, "RUNNING", "w1", ["true"]))
         self.api.job_logs(key, [(1, "héllo\n".encode()), (1, b"world\n")], 1)
-        log = self.get(f"/api/v1/jobs/{key}/logs?offset=0&limit=2").json
+        log = self.get(f"/api/v1/jobs/{seg(key)}/logs?offset=0&limit=2").json
         # 2 bytes would cut the é in two: the page ends before it.
         self.assertEqual((log["data"], log["next_offset"], log["done"]), ("h", 1, False))
-        log = self.get(f"/api/v1/jobs/{key}/logs?offset=1&limit=100").json
+        log = self.get(f"/api/v1/jobs/{seg(key)}/logs?offset=1&limit=100").json
         self.assertEqual((log["data"], log["next_offset"]), ("éllo\nworld\n", 13))
-        self.assertEqual(self.get(f"/api/v1/jobs/{key}/logs?limit=0").status, 400)
+        self.assertEqual(self.get(f"/api/v1/jobs/{seg(key)}/logs?limit=0").status, 400)
 
     def test_gates_inbox_and_decided(self):
         run_id = self.diamond(gate=True)
         [gate] = self.get("/api/v1/gates").json["gates"]
         self.assertEqual((gate["run_id"], gate["question"], gate["time_left"]),
                          (run_id, "go?", 600))
-        self.post(f"/api/v1/gates/{run_id}/ok/decide", {"approved": False, "comment": "no",
+        self.post(f"/api/v1/gates/{run_id}%2Fok/decide", {"approved": False, "comment": "no",
                                                         "by": "ann"})
         self.assertEqual(self.get("/api/v1/gates").json["gates"], [])
         [done] = self.get("/api/v1/gates?decided=true").json["gates"]
@@ -316,6 +322,49 @@ class RouteTests(WebCase):
         r = self.get("/api/v1/store/keys?pattern=titan:*")
         self.assertEqual((r.status, r.error), (503, "no_store"))
         self.assertEqual(self.get("/api/v1/store/value").status, 400)
+
+
+class JobRefTests(WebCase):
+    """A job ref is one path segment: nodes named like the action routes are never shadowed."""
+
+    def test_nodes_named_logs_and_cancel_are_not_taken_for_actions(self):
+        run_id = self.settle(self.api.submit_dag(OPERATOR, {"name": "acts", "jobs": [
+            {"id": "logs", "command": ["true"]}, {"id": "cancel", "command": ["true"]},
+            {"id": "decide", "kind": "gate", "message": "go?"}]}))["run_id"]
+        self.master.handle(ev.WorkerJoined("w1", "w1", "127.0.0.1", frozenset(), 4))
+        self.reactor.advance(0)
+        self.api.job_logs(f"{run_id}/logs", [(1, b"from logs\n")], 1)
+        self.api.job_logs(f"{run_id}/cancel", [(1, b"from cancel\n")], 1)
+        for node in ("logs", "cancel"):
+            job = self.get(f"/api/v1/jobs/{run_id}%2F{node}").json
+            self.assertEqual((job["job_id"], job["state"]), (f"{run_id}/{node}", "RUNNING"))
+            log = self.get(f"/api/v1/jobs/{run_id}%2F{node}/logs").json
+            self.assertEqual(log["data"], f"from {node}\n")
+        # Cancelling the node "logs" cancels that job alone, then "cancel" too.
+        r = self.post(f"/api/v1/jobs/{run_id}%2Flogs/cancel")
+        self.assertEqual((r.status, r.json["cancelled"]), (200, True))
+        states = lambda: {n: self.master.scheduler.jobs[f"{run_id}/{n}"].state.value  # noqa
+                          for n in ("logs", "cancel")}
+        self.assertEqual(states(), {"logs": "CANCELLED", "cancel": "RUNNING"})
+        self.assertEqual(self.post(f"/api/v1/jobs/{run_id}%2Fcancel/cancel").status, 200)
+        self.assertEqual(states(), {"logs": "CANCELLED", "cancel": "CANCELLED"})
+        # A gate named "decide" is decided at /gates/RUN%2Fdecide/decide (a lowercase %2f
+        # too); the encoded slash reaches the master as a slash.
+        self.assertEqual(self.get(f"/api/v1/jobs/{run_id}%2fdecide").json["state"],
+                         "WAITING_APPROVAL")
+        r = self.post(f"/api/v1/gates/{run_id}%2fdecide/decide", {"approved": True})
+        self.assertEqual((r.status, r.json["job_id"], r.json["state"]),
+                         (200, f"{run_id}/decide", "COMPLETED"))
+
+    def test_an_unencoded_slash_is_never_a_node_of_the_run(self):
+        run_id = self.diamond()
+        # /jobs/RUN/logs is the log of a job "RUN" (there is none), not the node "logs".
+        r = self.get(f"/api/v1/jobs/{run_id}/logs")
+        self.assertEqual((r.status, r.error), (404, "not_found"))
+        r = self.get(f"/api/v1/jobs/{run_id}/a")
+        self.assertEqual((r.status, r.error), (404, "no_route"))
+        self.assertIn(f"/api/v1/jobs/RUN%2FNODE", r.json["error"]["message"])
+        self.assertEqual(self.get(f"/api/v1/jobs/{run_id}%2Fa").status, 200)
 
 
 class EventsMountTests(WebCase):

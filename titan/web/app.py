@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any, Awaitable, Callable, Optional
 
+from urllib.parse import quote, unquote
+
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound as NoRoute
+from werkzeug.routing import BaseConverter
 
 from titan.errors import RemoteError
 from titan.master.api import BadRequest, Caller, MasterApi, NotFound
@@ -78,9 +82,40 @@ def _utf8_cut(data: bytes, limit: int) -> bytes:
     return data[:end] if end > 0 else data[:limit]
 
 
+class Segment(BaseConverter):
+    """A path parameter is exactly one segment of the path as sent, percent-decoded: a job
+    of a run is `RUN%2FNODE`, so a node named `logs` or `cancel` is never taken for the
+    action routes below /jobs/{ref} (RawPath hands werkzeug the undecoded path)."""
+    regex = "[^/]+"
+
+    def to_python(self, value: str) -> str:
+        return unquote(value)
+
+    def to_url(self, value: str) -> str:
+        return quote(value, safe="")
+
+
+class RawPath(Resource):
+    """Twisted splits the path at its slashes and then decodes each segment, and klein joins
+    them again with slashes, so `RUN%2Flogs` would reach werkzeug as two segments.  This
+    hands klein the segments as sent; `Segment` decodes each parameter on its own."""
+    isLeaf = True
+
+    def __init__(self, inner: Resource) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def render(self, request):
+        raw = request.path.split(b"?", 1)[0].split(b"/")[1:]
+        request.postpath = raw[len(request.prepath):]
+        return self.inner.render(request)
+
+
 # (method, path, name) of every route, in the order declared: openapi.py documents each.
 ROUTES: list[tuple[str, str, str]] = []
 APP = Klein()
+# Before any route is declared: every <param> is a `Segment`.
+APP.url_map.converters["default"] = Segment
 
 
 class WebApp:
@@ -98,7 +133,7 @@ class WebApp:
         self.events = events
 
     def resource(self):
-        return self.app.resource()
+        return RawPath(self.app.resource())
 
     # -- the frame around every route ----------------------------------------------------
 
@@ -187,9 +222,12 @@ class WebApp:
     @app.handle_errors(NoRoute)
     def no_route(self, request, failure):
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
-        return self._error(request, Failure(HttpError(
-            "no_route", f"no route {request.path.decode('utf-8', 'replace')} "
-                        "(GET /api/v1/openapi.json lists them)")))
+        path = request.path.decode("utf-8", "replace")
+        hint = " (GET /api/v1/openapi.json lists them)"
+        if path.startswith((PREFIX + "/jobs/", PREFIX + "/gates/")):
+            hint = "; a job of a run is one path segment, its slash encoded: " \
+                   f"{PREFIX}/jobs/RUN%2FNODE" + hint
+        return self._error(request, Failure(HttpError("no_route", f"no route {path}{hint}")))
 
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request, failure):
@@ -290,11 +328,11 @@ class WebApp:
                                   offset=_int_arg(request, "offset", 0, 0, 2 ** 62),
                                   limit=_int_arg(request, "limit", 2000, 1, 10_000))
 
-    @route(PREFIX + "/jobs/<path:ref>")
+    @route(PREFIX + "/jobs/<ref>")
     def job(self, request, who, body, ref):
         return self.api.job_info(self.caller(who), ref)
 
-    @route(PREFIX + "/jobs/<path:ref>/logs")
+    @route(PREFIX + "/jobs/<ref>/logs")
     async def logs(self, request, who, body, ref):
         """Bytes [offset, offset + limit) of the job's output (as text), and where to go on."""
         offset = _int_arg(request, "offset", 0, 0, 2 ** 62)
@@ -344,7 +382,7 @@ class WebApp:
 
     # -- changes ---------------------------------------------------------------------------
 
-    @route(PREFIX + "/jobs/<path:ref>/cancel", "POST", change=True)
+    @route(PREFIX + "/jobs/<ref>/cancel", "POST", change=True)
     def cancel_job(self, request, who, body, ref):
         caller = self.caller(who)
         self.api.admit(caller, "CANCEL_JOB")
@@ -358,7 +396,7 @@ class WebApp:
         self.api.run_info(caller, run_id, jobs=False)  # 404 if there is no such run
         return self.api.cancel(caller, run_id)
 
-    @route(PREFIX + "/gates/<path:ref>/decide", "POST", change=True)
+    @route(PREFIX + "/gates/<ref>/decide", "POST", change=True)
     def decide(self, request, who, body, ref):
         """{"approved": true|false, "comment": "...", "by": "name"}; 409 if not waiting."""
         caller = self.caller(who)
@@ -402,7 +440,7 @@ class WebApp:
     def events_resource(self, request):
         return self._stream(request)
 
-    @app.route(PREFIX + "/jobs/<path:ref>/log/stream", methods=["GET"], endpoint="log_stream")
+    @app.route(PREFIX + "/jobs/<ref>/log/stream", methods=["GET"], endpoint="log_stream")
     def log_stream(self, request, ref):
         return self._stream(request, ref)
 
@@ -419,4 +457,4 @@ class WebApp:
 
 
 ROUTES.append(("GET", PREFIX + "/events", "events"))
-ROUTES.append(("GET", PREFIX + "/jobs/<path:ref>/log/stream", "log_stream"))
+ROUTES.append(("GET", PREFIX + "/jobs/<ref>/log/stream", "log_stream"))

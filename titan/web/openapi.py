@@ -47,6 +47,9 @@ def _op(summary: str, ok: dict, *, params: tuple = (), body: dict | None = None,
 
 
 _CHANGE = (400, 401, 403, 404, 413)  # what a change may answer besides 200
+# A job ref is one path segment, so a node named like an action (logs, cancel) is never
+# taken for one: a run's job goes in with its slash percent-encoded.
+_REF = "the job: its id, or RUN_ID%2FNODE (one path segment: the slash percent-encoded)"
 _LIST = lambda key, item: _ok({"type": "object", "properties": {  # noqa: E731
     key: {"type": "array", "items": item}}, "required": [key]})
 
@@ -100,15 +103,15 @@ PATHS: dict[str, dict] = {
     "/api/v1/jobs/{ref}": {"get": _op(
         "One job: spec, worker, attempt, exit code and reason, times, result",
         _ok(_ref("Job")), errors=(401, 404),
-        params=(_path("ref", "a job id, or RUN_ID/NODE (the slash may stay unescaped)"),))},
+        params=(_path("ref", _REF),))},
     "/api/v1/jobs/{ref}/logs": {"get": _op(
         "Bytes [offset, offset+limit) of a job's output, as text, and where to go on",
         _ok(_ref("Logs")), errors=(400, 401, 404),
-        params=(_path("ref", "the job"),
+        params=(_path("ref", _REF),
                 _query("offset", "integer", "the first byte (default 0)"),
                 _query("limit", "integer", "bytes at most (1-1048576, default 65536)")))},
     "/api/v1/jobs/{ref}/cancel": {"post": _op(
-        "Cancel a job", _ok(_ANY), errors=_CHANGE, params=(_path("ref", "the job"),))},
+        "Cancel a job", _ok(_ANY), errors=_CHANGE, params=(_path("ref", _REF),))},
     "/api/v1/gates": {"get": _op(
         "Approval gates waiting across runs (question, run, waiting since, time left), or "
         "the decided ones (who, when, why)", _LIST("gates", _ref("Gate")),
@@ -117,7 +120,8 @@ PATHS: dict[str, dict] = {
                 _query("limit", "integer", "gates at most (default 200)")))},
     "/api/v1/gates/{ref}/decide": {"post": _op(
         "Approve or reject a waiting gate with a comment (409 if it is not waiting)",
-        _ok(_ref("Job")), errors=_CHANGE + (409,), params=(_path("ref", "the gate's job"),),
+        _ok(_ref("Job")), errors=_CHANGE + (409,),
+        params=(_path("ref", "the gate: " + _REF),),
         body={"type": "object", "required": ["approved"], "properties": {
             "approved": {"type": "boolean"}, "comment": {"type": "string"},
             "by": {"type": "string"}}})},
@@ -163,7 +167,7 @@ PATHS: dict[str, dict] = {
     "/api/v1/jobs/{ref}/log/stream": {"get": {
         "summary": "A job's output as Server-Sent Events from ?offset=N as it is written "
                    "(titan/web/events.py)",
-        "parameters": [_path("ref", "the job"),
+        "parameters": [_path("ref", _REF),
                        _query("offset", "integer", "the first byte (default 0)")],
         "responses": {"200": {"description": "An event stream", "content": {
             "text/event-stream": {"schema": {"type": "string"}}}},
