@@ -1,7 +1,9 @@
 """The web API (titan/web/, docs/web.md) with treq against a live master and workers:
-log in, read what the SDK submitted, read a log by offsets, approve a gate, cancel a job."""
+log in, read what the SDK submitted, read a log by offsets, approve a gate, cancel a job;
+browse the store the master uses (a real titan-store), drive a live service over HTTP."""
 from __future__ import annotations
 
+import socket
 import sys
 import time
 
@@ -9,7 +11,9 @@ import treq
 from twisted.internet import defer
 from twisted.trial.unittest import TestCase
 
+from tests.acceptance import test_legacy_store as legacy  # (the module: not its tests)
 from tests.acceptance.helpers import ClusterTestCase
+from titan.testing.cluster import free_port
 
 
 def _get(url: str, **kw) -> defer.Deferred:
@@ -25,7 +29,8 @@ def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-class WebApiTests(ClusterTestCase, TestCase):
+class WebCase(ClusterTestCase, TestCase):
+    """What the classes below share: requests to the cluster's web listener."""
     workers = 1
     timeout = 120
 
@@ -50,6 +55,21 @@ class WebApiTests(ClusterTestCase, TestCase):
         self.assertEqual(response.code, 200, body)
         return response.cookies(), body["csrf"]
 
+    @defer.inlineCallbacks
+    def request(self, method: str, path: str, **kw):
+        """(status, JSON body) of any method, with the cluster token."""
+        response = yield treq.request(method, self.url(path), persistent=False,
+                                      headers=kw.pop("headers", self.bearer()), **kw)
+        body = yield treq.json_content(response)
+        return response.code, body
+
+    def pause(self, seconds: float) -> defer.Deferred:
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+        return deferLater(reactor, seconds, lambda: None)
+
+
+class WebApiTests(WebCase):
     @defer.inlineCallbacks
     def test_login_with_the_token_and_refusal_of_a_wrong_one(self):
         response = yield _post(self.url("/api/v1/login"), json={"token": "wrong"})
@@ -79,12 +99,12 @@ class WebApiTests(ClusterTestCase, TestCase):
         self.assertEqual(sorted(map(tuple, run["edges"])),
                          [("a", "b"), ("a", "c"), ("b", "d"), ("c", "d")])
         self.assertEqual({j["state"] for j in run["jobs"]}, {"COMPLETED"})
-        code, job = yield self.get(f"/api/v1/jobs/{run_id}/a")
+        code, job = yield self.get(f"/api/v1/jobs/{run_id}%2Fa")
         self.assertEqual((job["state"], job["exit_code"], job["worker"]), ("COMPLETED", 0, "w1"))
-        code, first = yield self.get(f"/api/v1/jobs/{run_id}/a/logs?offset=0&limit=6")
+        code, first = yield self.get(f"/api/v1/jobs/{run_id}%2Fa/logs?offset=0&limit=6")
         self.assertEqual((first["data"], first["next_offset"], first["done"]),
                          ("alpha-", 6, False))
-        code, rest = yield self.get(f"/api/v1/jobs/{run_id}/a/logs?offset=6")
+        code, rest = yield self.get(f"/api/v1/jobs/{run_id}%2Fa/logs?offset=6")
         self.assertEqual((rest["data"], rest["done"]), ("line\nbeta-line\n", True))
 
     @defer.inlineCallbacks
@@ -102,7 +122,7 @@ class WebApiTests(ClusterTestCase, TestCase):
             yield self.pause(0.1)
         self.assertEqual([(g["question"], g["state"]) for g in mine], [("ship?", "WAITING_APPROVAL")])
         cookies, csrf = yield self.login()
-        response = yield _post(self.url(f"/api/v1/gates/{run_id}/ok/decide"),
+        response = yield _post(self.url(f"/api/v1/gates/{run_id}%2Fok/decide"),
                                    json={"approved": True, "comment": "lgtm", "by": "ann"},
                                    cookies=cookies, headers={"X-Titan-CSRF": csrf})
         body = yield treq.json_content(response)
@@ -111,7 +131,7 @@ class WebApiTests(ClusterTestCase, TestCase):
             run = c.wait_run(run_id, timeout=60)
         self.assertEqual(run["state"], "COMPLETED")
         self.assertEqual(c_job_decision(self.cluster, f"{run_id}/ok")["comment"], "lgtm")
-        response = yield _post(self.url(f"/api/v1/gates/{run_id}/ok/decide"),
+        response = yield _post(self.url(f"/api/v1/gates/{run_id}%2Fok/decide"),
                                    json={"approved": False}, headers=self.bearer())
         self.assertEqual(response.code, 409)
         yield response.content()
@@ -128,10 +148,118 @@ class WebApiTests(ClusterTestCase, TestCase):
         with self.cluster.client() as c:
             self.assertEqual(c.wait(job_id, timeout=30)["state"], "CANCELLED")
 
-    def pause(self, seconds: float) -> defer.Deferred:
-        from twisted.internet import reactor
-        from twisted.internet.task import deferLater
-        return deferLater(reactor, seconds, lambda: None)
+
+class WebStoreAndServiceTests(WebCase):
+    """A master whose store is a real titan-store (as in test_legacy_store), one worker."""
+    store_proc = None
+    store_port = 0
+
+    def setUp(self) -> None:
+        cls = type(self)
+        if cls.__dict__.get("store_proc") is None:
+            cls.store_proc, cls.store_port = legacy.start_store()
+            cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
+                                                   f"{cls.store_port}/0\n"}
+        super().setUp()
+
+    def redis(self, *args: str) -> str:
+        return legacy.redis_cli(self.store_port, *args)
+
+    @defer.inlineCallbacks
+    def test_store_keys_of_each_type_paged_with_type_ttl_and_value_read_only(self):
+        with self.cluster.client() as c:  # through the master, as a task would
+            c.store_put("webst:str", "héllo", ex=300)
+            c.store_sadd("webst:set", "b")
+            c.store_sadd("webst:set", "a")
+        self.assertEqual(self.redis("HSET", "webst:hash", "f1", "v1", "f2", "v2"), "2\n")
+        self.assertEqual(self.redis("RPUSH", "webst:list", "x", "y", "z"), "3\n")
+        fillers = [f"webst:n:{i}" for i in range(20)]
+        self.assertEqual(self.redis("MSET", *[x for k in fillers for x in (k, "1")]), "OK\n")
+        self.redis("SET", "other:key", "not matched")
+        # Page through webst:* a few keys at a time until the cursor comes back 0.
+        seen: dict = {}
+        cursor, pages = 0, 0
+        while True:
+            code, page = yield self.get(f"/api/v1/store/keys?pattern=webst:*&count=5"
+                                        f"&cursor={cursor}")
+            self.assertEqual(code, 200, page)
+            pages += 1
+            for item in page["keys"]:
+                seen[item["key"]] = item
+            cursor = page["cursor"]
+            if cursor == 0 or pages > 100:
+                break
+        self.assertEqual(cursor, 0)
+        self.assertGreater(pages, 1)  # really paged, not every key in one answer
+        self.assertEqual(set(seen), {"webst:str", "webst:set", "webst:hash", "webst:list",
+                                     *fillers})
+        self.assertEqual({k: seen[k]["type"] for k in ("webst:str", "webst:set",
+                                                       "webst:hash", "webst:list")},
+                         {"webst:str": "string", "webst:set": "set", "webst:hash": "hash",
+                          "webst:list": "list"})
+        self.assertTrue(0 < seen["webst:str"]["ttl"] <= 300, seen["webst:str"])
+        self.assertEqual(seen["webst:hash"]["ttl"], -1)
+        values = {}
+        for key in ("webst:str", "webst:set", "webst:hash", "webst:list"):
+            code, got = yield self.get(f"/api/v1/store/value?key={key}")
+            self.assertEqual((code, got["key"]), (200, key), got)
+            values[key] = (got["type"], got["value"])
+        self.assertEqual(values, {"webst:str": ("string", "héllo"),
+                                  "webst:set": ("set", ["a", "b"]),
+                                  "webst:hash": ("hash", {"f1": "v1", "f2": "v2"}),
+                                  "webst:list": ("list", ["x", "y", "z"])})
+        code, got = yield self.get("/api/v1/store/value?key=webst:none")
+        self.assertEqual((code, got["error"]["code"]), (404, "not_found"))
+        # Read-only: no method writes (405), and nothing changed in the store.
+        for method, path in (("POST", "/api/v1/store/value?key=webst:str"),
+                             ("PUT", "/api/v1/store/value?key=webst:str"),
+                             ("DELETE", "/api/v1/store/value?key=webst:str"),
+                             ("DELETE", "/api/v1/store/keys?pattern=webst:*")):
+            code, got = yield self.request(method, path, json={"value": "overwritten"})
+            self.assertEqual((code, got["error"]["code"]), (405, "method"), (method, path))
+        self.assertEqual(self.redis("GET", "webst:str"), "héllo\n")
+        self.assertEqual(self.redis("EXISTS", "webst:n:0"), "1\n")
+
+    @defer.inlineCallbacks
+    def test_a_live_service_listed_restarted_and_stopped_over_http(self):
+        port = free_port()
+        with self.cluster.client() as c:
+            c.deploy("webhttp", [sys.executable, "-m", "http.server", str(port),
+                                 "--bind", "127.0.0.1"], port=port)
+            first = self.wait_for(lambda: (lambda s: s if s["state"] == "RUNNING" and s["pid"]
+                                           else None)(c.service("webhttp")), 60,
+                                  "the service to run with a pid")
+        self.wait_for(lambda: _answers(port), 30, f"the service to answer on port {port}")
+        code, body = yield self.get("/api/v1/services")
+        [svc] = [s for s in body["services"] if s["name"] == "webhttp"]
+        self.assertEqual((code, svc["state"], svc["port"], svc["worker"], svc["pid"]),
+                         (200, "RUNNING", port, "w1", first["pid"]))
+        code, body = yield self.request("POST", "/api/v1/services/webhttp/restart")
+        self.assertEqual((code, body["name"]), (200, "webhttp"), body)
+        with self.cluster.client() as c:
+            again = self.wait_for(
+                lambda: (lambda s: s if s["state"] == "RUNNING" and s["restarts"] >= 1
+                         and s["pid"] not in (None, first["pid"]) else None)(
+                    c.service("webhttp")), 60, "the service to run again with a new pid")
+        self.assertEqual((again["restarts"], again["job_id"]), (1, first["job_id"]))
+        self.wait_for(lambda: _answers(port), 30, "the restarted service to answer")
+        code, body = yield self.request("POST", "/api/v1/services/webhttp/stop")
+        self.assertEqual(code, 200, body)
+        with self.cluster.client() as c:
+            self.wait_for(lambda: c.service("webhttp")["state"] == "STOPPED", 30,
+                          "the service to be stopped")
+        self.wait_for(lambda: not _answers(port), 30, f"port {port} to be closed")
+        code, body = yield self.request("POST", "/api/v1/services/webhttp/stop")
+        self.assertEqual((code, body["error"]["code"]), (409, "not_running"))
+
+
+def _answers(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def c_job_decision(cluster, job_id: str) -> dict:
