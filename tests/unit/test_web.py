@@ -295,6 +295,44 @@ class RouteTests(WebCase):
         self.assertEqual((done["decision"]["by"], done["decision"]["comment"]), ("ann", "no"))
         self.assertIn("over HTTP", done["decision"]["via"])
 
+    def test_the_inbox_lists_waiting_gates_of_every_run_in_submission_order(self):
+        first = self.diamond("g1", gate=True)
+        self.diamond("plain")
+        third = self.diamond("g3", gate=True)
+        # A gate added later to the first run, and one still behind a pending parent.
+        self.settle(self.api.add_jobs(OPERATOR, first, [
+            {"id": "late", "kind": "gate", "message": "late?"},
+            {"id": "behind", "kind": "gate", "message": "not yet", "depends_on": ["d"]}]))
+        decided = self.diamond("g4", gate=True)
+        self.post(f"/api/v1/gates/{decided}%2Fok/decide", {"approved": True})
+        gates = self.get("/api/v1/gates").json["gates"]
+        self.assertEqual([(g["job_id"], g["state"]) for g in gates],
+                         [(f"{first}/ok", "WAITING_APPROVAL"),
+                          (f"{third}/ok", "WAITING_APPROVAL"),
+                          (f"{first}/late", "WAITING_APPROVAL")])
+        self.assertEqual([g["job_id"] for g in self.get("/api/v1/gates?limit=1").json[
+            "gates"]], [f"{first}/ok"])
+        self.assertEqual([g["job_id"] for g in self.get("/api/v1/gates?decided=true").json[
+            "gates"]], [f"{decided}/ok"])
+
+    def test_an_agent_runs_stages_paged_newest_first(self):
+        ids = []
+        for i in range(5):  # stages of ag1 between runs of another agent run and none
+            agent = {0: "ag1", 2: "ag1", 4: "ag1", 1: "ag2"}.get(i)
+            body = {"name": f"s{i}", "jobs": [{"id": "a", "command": ["true"]}]}
+            if agent:
+                body.update(agent_run_id=agent, stage=f"S{i}")
+            ids.append(self.settle(self.api.submit_dag(OPERATOR, body))["run_id"])
+        page = self.get("/api/v1/runs?agent_run_id=ag1&limit=2").json
+        self.assertEqual([r["run_id"] for r in page["runs"]], [ids[4], ids[2]])
+        page = self.get(f"/api/v1/runs?agent_run_id=ag1&limit=2&cursor="
+                        f"{page['next_cursor']}").json
+        self.assertEqual(([r["run_id"] for r in page["runs"]], page["next_cursor"]),
+                         ([ids[0]], None))
+        self.assertEqual(self.get("/api/v1/runs?agent_run_id=nope").json["runs"], [])
+        self.assertEqual([r["run_id"] for r in self.get("/api/v1/runs").json["runs"]],
+                         ids[::-1])
+
     def test_cancel_a_run(self):
         run_id = self.diamond()
         r = self.post(f"/api/v1/runs/{run_id}/cancel")

@@ -844,7 +844,14 @@ class MasterApi:
         s, now = self.engine.scheduler, self.engine.now()
         wanted = state.upper() if state else None
         page, more = [], False
-        for run in reversed(list(s.runs.values())):
+        # Newest first without copying every run: s.runs is in submission order, and an
+        # agent run's stages have their own list (s.agent_runs).
+        if agent_run_id:
+            candidates = (s.runs[r] for r in reversed(s.agent_runs.get(agent_run_id, ()))
+                          if r in s.runs)
+        else:
+            candidates = reversed(s.runs.values())
+        for run in candidates:
             if cursor is not None and run.seq >= cursor:
                 continue
             if wanted and run.state.value != wanted or name and name not in run.name \
@@ -888,7 +895,16 @@ class MasterApi:
         the latest decided ones (who, when, why)."""
         s, now = self.engine.scheduler, self.engine.now()
         out = []
-        for job in s.jobs.values():
+        if decided:
+            jobs = s.jobs.values()
+        else:
+            # Gates are only in runs, and a run counts its jobs by state: only the jobs of
+            # runs with a waiting gate are read, in submission order.
+            wait = JobState.WAITING_APPROVAL
+            jobs = sorted((job for run in s.runs.values() if run.counts.get(wait)
+                           for job in map(s.jobs.__getitem__, run.jobs)
+                           if job.state is wait), key=lambda job: job.seq)
+        for job in jobs:
             if job.spec.kind != "gate":
                 continue
             waiting = job.state is JobState.WAITING_APPROVAL
