@@ -238,6 +238,9 @@ class ErrorTests(WebCase):
     def test_unknown_things_are_404(self):
         for path in ("/api/v1/jobs/nope", "/api/v1/runs/nope", "/api/v1/agent-runs/nope"):
             self.assertEqual(self.get(path).status, 404, path)
+        # A parameter that is not UTF-8 is an unknown thing, in JSON, not a crash.
+        r = self.get("/api/v1/jobs/%FF/logs")
+        self.assertEqual((r.status, r.error), (404, "not_found"))
         self.assertEqual(self.post("/api/v1/runs/nope/cancel").status, 404)
 
 
