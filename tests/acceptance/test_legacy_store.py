@@ -328,6 +328,26 @@ class LegacyStoreTests(LegacyChecks, ClusterTestCase):
         self.wait_key(L.hitl_key(gate), "APPROVED")
 
 
+    def test_a_gate_a_run_grows_does_not_take_an_earlier_gates_decision(self):
+        gate = "hitl-gate-grown"
+        # An earlier gate of that id was approved: its key still says so.
+        self.assertEqual(self.redis("SET", L.hitl_key(gate), "APPROVED"), "OK\n")
+        with self.cluster.client() as client:
+            run = client.submit_dag({"name": "grows", "jobs": [
+                {"id": "grows-hold", "kind": "gate", "message": "keeps the run going"}]})["run_id"]
+            client.add_jobs(run, [{"id": gate, "kind": "gate", "message": "grown: ok?"},
+                                  {"id": "grown-child", "command": ["true"],
+                                   "depends_on": [gate]}])
+            self.wait_key(L.hitl_key(gate), "WAITING")  # cleared, then mirrored as waiting
+            self.mirror_goes_round("grows-witness")
+            self.assertEqual(client.job(f"{run}/{gate}")["state"], "WAITING_APPROVAL")
+            self.assertEqual(client.job(f"{run}/grown-child")["state"], "PENDING")
+            # A decision written now is this gate's.
+            self.assertEqual(self.redis("SET", L.hitl_key(gate), "APPROVED"), "OK\n")
+            self.wait_for(lambda: client.job(f"{run}/grown-child")["state"] == "COMPLETED",
+                          20, "the grown gate's child to run once the gate is approved")
+            client.reject(f"{run}/grows-hold", "done")
+
     # -- A3: an approval written by anyone is never lost, whatever the timing ------------------
 
     def gated_by_parent(self, gate: str, parent_source: str) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 import os
 import sys
@@ -82,6 +83,7 @@ class LegacyFrontend(Service):
         self._gates: dict[str, list] = {}  # key of a gate seen waiting -> its store names
         self._ended_gates: dict[str, list] = {}  # gates ended since the last mirroring
         self._started_at = float("inf")  # runs created from then on are new (not recovered)
+        self._run_sizes: dict[str, int] = {}  # live run -> its jobs whose gates are cleared
         master.job_end_listeners.append(self._job_ended)
         master.run_change_listeners.append(self._run_changed)
         # Who runs the other end of a connection (injected by tests), and who we are.
@@ -104,6 +106,10 @@ class LegacyFrontend(Service):
     def startService(self) -> None:
         super().startService()
         self._started_at = self.master.now()
+        # Recovered runs: their gates' keys may hold decisions for them; only gates they
+        # grow from now on are new.
+        self._run_sizes = {run_id: len(run.jobs) for run_id, run in
+                           self.master.scheduler.runs.items() if run.state is RunState.RUNNING}
         warning = self.warning()
         if warning is not None:
             # Loud: in the log, and on the terminal that started the master.
@@ -590,18 +596,29 @@ class LegacyFrontend(Service):
             self._ended_gates[key] = self._names(job)
 
     def _run_changed(self, change) -> None:
-        """A new run: clear its gates' keys, as the reference's SDK does when it submits
-        (`CLEARED`).  What is there was left by an earlier gate of the same name; a decision
-        written from now on is this run's.  The DEL goes out before the submission's reply
-        (which waits for the log), so whoever learns of the run writes after it."""
+        """A new run, or a run that grew: clear its new gates' keys, as the reference's SDK
+        does when it submits (`CLEARED`).  What is there was left by an earlier gate of the
+        same name; a decision written from now on is this run's.  The DEL goes out before
+        the submission's (or ADD_JOBS') reply, which waits for the log, so whoever learns of
+        the gate writes after it."""
         store = self.master.store
-        if store is None or change.version != 1 or not self.enabled():
+        if store is None or not self.enabled():
             return
         s = self.master.scheduler
         run = s.runs.get(change.run_id)
-        if run is None or run.created_at < self._started_at:
-            return  # recovered, not new: what its keys hold may be decisions for it
-        keys = [legacy.hitl_key(name) for k in run.jobs
+        if run is None or change.state is not RunState.RUNNING:
+            self._run_sizes.pop(change.run_id, None)
+            return
+        seen = self._run_sizes.get(change.run_id)
+        if seen is None:
+            if change.version != 1 or run.created_at < self._started_at:
+                return  # recovered, not new: what its keys hold may be decisions for it
+            seen = 0
+        if len(run.jobs) == seen:
+            return
+        self._run_sizes[change.run_id] = len(run.jobs)
+        # The jobs it gained are the last ones (a run's jobs keep their order).
+        keys = [legacy.hitl_key(name) for k in itertools.islice(run.jobs, seen, None)
                 if s.jobs[k].spec.kind == "gate" for name in self._names(s.jobs[k])]
         if keys:
             d = store.delete(*keys)
