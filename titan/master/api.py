@@ -305,10 +305,6 @@ class MasterApi:
             raise Forbidden(f"a job's own token may not {operation}")
         check_scope(self.engine.scheduler, caller.scope)
 
-    def _still_running(self, caller: Caller) -> None:
-        if caller.scope is not None:
-            check_scope(self.engine.scheduler, caller.scope)
-
     def job_connected(self, conn) -> None:
         """A connection of a job's token (conn.scope): closed once that attempt is over."""
         self.engine.job_connected(conn)
