@@ -93,3 +93,13 @@ def holder(path: str) -> Optional[DataDirInUse]:
         return None
     finally:
         os.close(fd)  # releases the probes
+
+
+def write_file(data_dir: str, name: str, text: str) -> None:
+    """`name` in `data_dir`, readable by its owner only, whole or not at all (a reader such as
+    `titan up` polling for a port file never sees it half written)."""
+    path = os.path.join(data_dir, name)
+    fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)

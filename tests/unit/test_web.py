@@ -411,13 +411,6 @@ class JobRefTests(WebCase):
 class EventsMountTests(WebCase):
     """/api/v1/events and a job's log stream are titan/web/events.py's, mounted here."""
 
-    def setUp(self) -> None:
-        try:
-            import titan.web.events  # noqa: F401
-        except ImportError:
-            self.skipTest("titan/web/events.py is not there")
-        super().setUp()
-
     def test_the_streams_are_mounted_behind_the_same_auth(self):
         job_id = self.pending_job()
         for path in ("/api/v1/events", f"/api/v1/jobs/{job_id}/log/stream"):

@@ -25,7 +25,7 @@ from titan.core.codec import RecordError, decode_events, encode_event, persisted
 from titan.core.model import RunState, WorkerState
 from titan.core.scheduler import (
     Scheduler, pending_timers, restore, run_job_view, run_view, snapshot)
-from titan.datadir import DataDirInUse, DataDirLock
+from titan.datadir import DataDirInUse, DataDirLock, write_file
 from titan.errors import TitanError
 from titan.interfaces import (
     CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory, StorageUnavailable)
@@ -307,11 +307,7 @@ class MasterService(MultiService):
 
     def _listening(self, port) -> None:
         address = port.getHost()
-        path = os.path.join(self.data_dir, PORT_FILE)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{getattr(address, 'port', address)}\n")
-        os.replace(path + ".tmp", path)
+        write_file(self.data_dir, PORT_FILE, f"{getattr(address, 'port', address)}\n")
         self.log.info("titan-master listening on {address}, data in {data_dir}",
                       address=address, data_dir=self.data_dir)
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from titan.interfaces import CorruptLog
 from titan.persistence.aof import AOFPersistence
+from titan.datadir import write_file
 from titan.listener import ListenerService
 from titan.store.commands import Store
 from titan.store.config import StoreConfig
@@ -164,10 +165,8 @@ class StoreService(MultiService):
     def _listening(self, port) -> None:
         address = port.getHost()
         self.port = getattr(address, "port", None)
-        path = os.path.join(self.data_dir, PORT_FILE)
-        with open(path + ".tmp", "w") as f:
-            f.write(f"{self.port if self.port is not None else address}\n")
-        os.replace(path + ".tmp", path)
+        write_file(self.data_dir, PORT_FILE,
+                   f"{self.port if self.port is not None else address}\n")
         self.log.info("titan-store listening on {address}, data in {data_dir} (fsync "
                       "{fsync})", address=address, data_dir=self.data_dir,
                       fsync=self.config.fsync)

@@ -124,12 +124,12 @@ class WebApp:
     log = Logger()
 
     def __init__(self, api: MasterApi, auth: WebAuth, max_body_bytes: int,
-                 events: Optional[Callable[[Optional[str]], Any]] = None) -> None:
+                 events: Callable[[Optional[str]], Any]) -> None:
         self.api = api
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         # Builds the SSE resources (titan/web/events.py): of the changes, or of a job's log
-        # given its ref; None while that is absent.
+        # given its ref.
         self.events = events
 
     def resource(self):
@@ -446,12 +446,7 @@ class WebApp:
 
     def _stream(self, request, ref: Optional[str] = None):
         """A Server-Sent Events resource of titan/web/events.py (it checks who asks)."""
-        resource = self.events(ref) if self.events is not None else None
-        if resource is None:
-            request.setHeader(b"content-type", b"application/json; charset=utf-8")
-            return self._error(request, Failure(HttpError(
-                "no_route", "live events are not served by this master")))
-        return resource
+        return self.events(ref)
 
     del route
 

@@ -10,10 +10,12 @@ from twisted.application.service import MultiService
 from twisted.logger import Logger
 from twisted.web.server import Site
 
+from titan.datadir import write_file
 from titan.listener import ListenerService
 from titan.master.api import Caller, MasterApi, RemoteError
 from titan.web.app import WebApp
 from titan.web.auth import WebAuth
+from titan.web.events import ChangeHub, EventsResource, LogStreamResource
 
 PORT_FILE = "web.port"
 LOGIN_FILE = "web.login"
@@ -24,9 +26,9 @@ class WebFace(MultiService):
 
     def __init__(self, api: MasterApi, data_dir: str, reactor: Any = None) -> None:
         super().__init__()
-        # The change hub of the live events (titan/web/events.py), set by whoever builds it;
-        # /api/v1/events answers 404 while it is None.
-        self.hub: Any = None
+        # The change hub of the live events (titan/web/events.py), built at the first
+        # subscription.
+        self.hub: Optional[ChangeHub] = None
         wc = api.config.web
         self.api = api
         self.data_dir = data_dir
@@ -41,11 +43,7 @@ class WebFace(MultiService):
 
     def _events(self, job_ref: Optional[str] = None):
         """The SSE resource of the live changes (titan/web/events.py), or of one job's log
-        with `job_ref`; None if that module is not installed (the route answers 404)."""
-        try:
-            from titan.web.events import ChangeHub, EventsResource, LogStreamResource
-        except ImportError:
-            return None
+        with `job_ref`."""
         if job_ref is not None:
             return LogStreamResource(self.api, self._caller_of, job_ref)
         if self.hub is None:  # it follows the master only while someone subscribes
@@ -67,22 +65,15 @@ class WebFace(MultiService):
             return False
         return True
 
-    def _write(self, name: str, text: str) -> None:
-        path = os.path.join(self.data_dir, name)
-        fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(path + ".tmp", path)
-
     def _listening(self, port) -> None:
         address = port.getHost()
         # The code first: whoever sees web.port may expect web.login beside it.
-        self._write(LOGIN_FILE, self.auth.new_login_code() + "\n")
-        self._write(PORT_FILE, f"{getattr(address, 'port', address)}\n")
+        write_file(self.data_dir, LOGIN_FILE, self.auth.new_login_code() + "\n")
+        write_file(self.data_dir, PORT_FILE, f"{getattr(address, 'port', address)}\n")
         self.log.info("titan-master web API on {address}", address=address)
 
     def stopService(self):
-        if self.hub is not None and hasattr(self.hub, "stop"):
+        if self.hub is not None:
             self.hub.stop()
         for name in (PORT_FILE, LOGIN_FILE):
             try:
