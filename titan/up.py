@@ -115,6 +115,15 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
             start(f"worker-{i}", "titan-worker",
                   ["--master", f"127.0.0.1:{bound}", "--slots", str(slots),
                    "--name", f"worker-{i}", "--data-dir", os.path.join(home, f"worker-{i}")])
+        # "Up" means a job submitted now finds every worker: wait until they have registered.
+        missing = _await_workers(bound, token, [f"worker-{i}" for i in range(1, workers + 1)],
+                                 ready_timeout, children)
+        if missing:
+            name = missing[0]
+            log_file = next(log for n, _, log in children if n == name)
+            print(f"titan up: {', '.join(missing)} did not join the master; the log of "
+                  f"{name} ({log_file}) ends:\n{tail(log_file)}", file=sys.stderr)
+            return 1
         _banner(bound, workers, slots, home, master_dir, log_dir, store_bound, store_dir,
                 dashboard)
         while not stopping:
@@ -128,6 +137,28 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
         return 0
     finally:
         _stop_all([proc for _, proc, _ in reversed(children)])
+
+
+def _await_workers(port: int, token: str, names: list[str], timeout: float,
+                   children: list) -> list[str]:
+    """The names among `names` that have not registered with the master by `timeout`
+    (sooner if a child exits: its log says why)."""
+    if not names:
+        return []
+    from titan.sdk.client import Client
+    deadline = time.monotonic() + timeout
+    missing = list(names)
+    while time.monotonic() < deadline:
+        try:
+            with Client(master=f"127.0.0.1:{port}", token=token) as client:
+                alive = {w.get("name") for w in client.workers() if w.get("state") == "ALIVE"}
+        except TitanError:
+            alive = set()
+        missing = [n for n in names if n not in alive]
+        if not missing or any(proc.poll() is not None for _, proc, _ in children):
+            return missing
+        time.sleep(0.1)
+    return missing
 
 
 def _stop_all(procs: list[subprocess.Popen], grace: float = 10.0) -> None:
