@@ -1,6 +1,9 @@
 # Two commands set everything up on a fresh machine:
 #   make run    installs what is missing, then starts master + worker on 127.0.0.1
 #   make test   installs what is missing (test extras too), then runs every test
+#   make webui  builds the dashboard (webui/, npm ci + vite) into titan/web/static/; run and
+#               test do it when its sources changed
+#   make screenshots  the dashboard's views in headless Chromium into docs/img/
 #   make mutate runs the unit tests against one-line breaks of the core and the worker
 #               (tools/mutations.toml); fails if one survives. MUTATE='--only ID' passes options
 PYTHON ?= python3
@@ -8,7 +11,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 JOBS ?= 2
 
-.PHONY: run test mutate install system-packages bench bench-store clean
+.PHONY: run test mutate install system-packages node-package browser-packages webui screenshots bench bench-store clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +34,41 @@ system-packages:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || { echo "could not install redis-server: install it, then run make test again"; exit 1; }; }
 
-run: install
+# Node.js builds the dashboard (Debian's nodejs 18 or newer will do); the browser tests
+# drive Debian's chromium through chromium-driver.
+node-package:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+	  echo "installing nodejs and npm (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null) \
+	  || { echo "could not install nodejs: install Node.js 18 or newer, then run make again"; exit 1; }; }
+
+browser-packages:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing chromium and chromium-driver (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || { echo "could not install chromium: install chromium and chromium-driver, then run make test again"; exit 1; }; }
+
+# The dashboard: npm ci from the lockfile (the only time anything is fetched), then vite
+# builds it into package data the master serves. Rebuilt when a source changes.
+WEBUI_SOURCES := $(shell find webui/src -type f 2>/dev/null) webui/index.html \
+	webui/vite.config.ts webui/tsconfig.json webui/package.json
+webui/node_modules/.package-lock.json: webui/package-lock.json | node-package
+	cd webui && npm ci --no-audit --no-fund --loglevel=error
+
+titan/web/static/index.html: webui/node_modules/.package-lock.json $(WEBUI_SOURCES)
+	cd webui && npm run --silent build -- --logLevel warn
+	@touch $@
+
+webui: titan/web/static/index.html
+
+run: install webui
 	$(BIN)/titan up
 
-test: install system-packages
+test: install system-packages browser-packages webui
 	$(BIN)/trial -j$(JOBS) tests
+
+screenshots: install browser-packages webui
+	$(BIN)/python tools/screenshots.py docs/img
 
 # Each mutation runs on a copy of titan/ and tests/ in a temporary directory: the checkout
 # is never edited.  docs/testing.md says how to add one.
@@ -53,4 +86,4 @@ bench-store: $(VENV)/.bench system-packages
 	$(BIN)/python bench/store.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info _trial_temp twisted/plugins/dropin.cache
+	rm -rf $(VENV) build *.egg-info _trial_temp twisted/plugins/dropin.cache webui/node_modules titan/web/static

@@ -16,6 +16,7 @@ from titan.master.api import Caller, MasterApi, RemoteError
 from titan.web.app import WebApp
 from titan.web.auth import WebAuth
 from titan.web.events import ChangeHub, EventsResource, LogStreamResource
+from titan.web.static import Root
 
 PORT_FILE = "web.port"
 LOGIN_FILE = "web.login"
@@ -34,7 +35,7 @@ class WebFace(MultiService):
         self.data_dir = data_dir
         self.auth = WebAuth(self._is_cluster_token, wc.viewer_tokens, api.now, wc.session_ttl)
         self.web = WebApp(api, self.auth, wc.max_body_bytes, self._events)
-        self.site = Site(self.web.resource(), reactor=reactor or api.reactor)
+        self.site = Site(Root(self.web.resource()), reactor=reactor or api.reactor)
         self.site.displayTracebacks = False
         self.reactor = reactor or api.reactor
         self.listener = ListenerService(self.reactor, wc.listen, self.site,

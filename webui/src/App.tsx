@@ -1,0 +1,93 @@
+// The shell: login, navigation, the live-feed indicator, and one route per view. A view is a
+// component in views/ that loads over REST and follows /api/v1/events; the constructor
+// ("New pipeline", issue 18) is one more route here.
+import { useEffect, useState } from "react";
+import { BrowserRouter, NavLink, Navigate, Route, Routes } from "react-router";
+import { logout, onUnauthorized, resumeSession, type Session } from "./api";
+import { ErrorBanner } from "./common";
+import { useLive } from "./events";
+import { LoginView } from "./views/LoginView";
+import { ClusterView } from "./views/ClusterView";
+import { RunsView } from "./views/RunsView";
+import { RunView } from "./views/RunView";
+import { ApprovalsView } from "./views/ApprovalsView";
+import { AgentRunView } from "./views/AgentRunView";
+import { ServicesView } from "./views/ServicesView";
+import { SchedulesView } from "./views/SchedulesView";
+import { StoreView } from "./views/StoreView";
+
+const NAV: [string, string][] = [
+  ["/", "Cluster"],
+  ["/runs", "Runs"],
+  ["/approvals", "Approvals"],
+  ["/agent-runs", "Agent runs"],
+  ["/services", "Services"],
+  ["/schedules", "Schedules"],
+  ["/store", "Store"],
+];
+
+export function App() {
+  const [session, setSession] = useState<Session | null | undefined>(undefined);
+  const [error, setError] = useState<unknown>(null);
+
+  useEffect(() => {
+    resumeSession().then(setSession, (e) => { setError(e); setSession(null); });
+    return onUnauthorized(() => setSession(null));
+  }, []);
+
+  if (session === undefined) return <div className="splash">Titan</div>;
+  if (session === null) {
+    return (
+      <>
+        <ErrorBanner error={error} />
+        <LoginView onLogin={(s) => { setError(null); setSession(s); }} />
+      </>
+    );
+  }
+  return (
+    <BrowserRouter>
+      <Shell session={session} onLogout={() => setSession(null)} />
+    </BrowserRouter>
+  );
+}
+
+function Shell({ session, onLogout }: { session: Session; onLogout: () => void }) {
+  const live = useLive();
+  return (
+    <div className="shell">
+      <header className="topbar">
+        <span className="brand">Titan</span>
+        <nav>
+          {NAV.map(([to, label]) => (
+            <NavLink key={to} to={to} end={to === "/"} data-testid={"nav-" + label.toLowerCase().replace(" ", "-")}>
+              {label}
+            </NavLink>
+          ))}
+        </nav>
+        <span className="spacer" />
+        <span className={"live " + (live ? "on" : "off")} data-testid="live"
+          title={live ? "live updates connected" : "live updates reconnecting…"}>
+          {live ? "● live" : "○ reconnecting"}
+        </span>
+        <span className="role" data-testid="role">{session.role}</span>
+        <button className="link" data-testid="logout"
+          onClick={() => logout().finally(onLogout)}>log out</button>
+      </header>
+      <main className="content">
+        <Routes>
+          <Route path="/" element={<ClusterView />} />
+          <Route path="/runs" element={<RunsView />} />
+          <Route path="/runs/:runId" element={<RunView />} />
+          <Route path="/approvals" element={<ApprovalsView />} />
+          <Route path="/agent-runs" element={<AgentRunView />} />
+          <Route path="/agent-runs/:agentRunId" element={<AgentRunView />} />
+          <Route path="/services" element={<ServicesView />} />
+          <Route path="/schedules" element={<SchedulesView />} />
+          <Route path="/store" element={<StoreView />} />
+          <Route path="/login" element={<Navigate to="/" replace />} />
+          <Route path="*" element={<div className="empty">No such page.</div>} />
+        </Routes>
+      </main>
+    </div>
+  );
+}

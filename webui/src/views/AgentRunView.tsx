@@ -1,0 +1,3 @@
+export function AgentRunView() {
+  return <div className="empty">AgentRunView: to come.</div>;
+}

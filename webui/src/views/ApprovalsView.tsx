@@ -1,0 +1,3 @@
+export function ApprovalsView() {
+  return <div className="empty">ApprovalsView: to come.</div>;
+}

@@ -1,0 +1,3 @@
+export function ClusterView() {
+  return <div className="empty">ClusterView: to come.</div>;
+}

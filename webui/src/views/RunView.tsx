@@ -1,0 +1,3 @@
+export function RunView() {
+  return <div className="empty">RunView: to come.</div>;
+}

@@ -1,0 +1,3 @@
+export function RunsView() {
+  return <div className="empty">RunsView: to come.</div>;
+}

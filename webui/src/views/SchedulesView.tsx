@@ -1,0 +1,3 @@
+export function SchedulesView() {
+  return <div className="empty">SchedulesView: to come.</div>;
+}

@@ -1,0 +1,3 @@
+export function ServicesView() {
+  return <div className="empty">ServicesView: to come.</div>;
+}

@@ -1,0 +1,3 @@
+export function StoreView() {
+  return <div className="empty">StoreView: to come.</div>;
+}
