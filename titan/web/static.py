@@ -9,7 +9,9 @@ import os
 from twisted.web.resource import Resource
 from twisted.web.static import File
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+# TITAN_WEB_STATIC: another build to serve (`vite build --outDir DIR` while working on webui/).
+STATIC_DIR = os.environ.get("TITAN_WEB_STATIC") or \
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 # The UI's own code only: no inline script, no other origin, not framed by another site.
 # (Styles may be inline: the graph library positions nodes with style attributes.)
 CSP = (b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
