@@ -15,6 +15,7 @@ import { AgentRunView } from "./views/AgentRunView";
 import { ServicesView } from "./views/ServicesView";
 import { SchedulesView } from "./views/SchedulesView";
 import { StoreView } from "./views/StoreView";
+import { JobPage } from "./views/JobPanel";
 
 const NAV: [string, string][] = [
   ["/", "Cluster"],
@@ -78,6 +79,7 @@ function Shell({ session, onLogout }: { session: Session; onLogout: () => void }
           <Route path="/" element={<ClusterView />} />
           <Route path="/runs" element={<RunsView />} />
           <Route path="/runs/:runId" element={<RunView />} />
+          <Route path="/jobs/:ref" element={<JobPage />} />
           <Route path="/approvals" element={<ApprovalsView />} />
           <Route path="/agent-runs" element={<AgentRunView />} />
           <Route path="/agent-runs/:agentRunId" element={<AgentRunView />} />
