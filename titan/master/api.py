@@ -296,6 +296,13 @@ class MasterApi:
         if not token_matches(self.engine.token, token):
             raise WrongToken("wrong cluster token")
 
+    def token_derived_key(self, purpose: bytes) -> bytes:
+        """A key derived from the cluster token for `purpose` (the web face keys its saved
+        sessions with it: a new token ends every session made under the old one)."""
+        import hashlib
+        import hmac
+        return hmac.new(str(self.engine.token).encode(), purpose, hashlib.sha256).digest()
+
     def admit(self, caller: Caller, operation: str) -> None:
         """Before each request of a job's token: what it may not do (Forbidden), and whether
         its attempt still runs (Unauthorized, closing)."""
