@@ -30,3 +30,26 @@ class LoginTests(BrowserTestCase):
         b.refresh()
         self.find("[data-testid=login-token]")
         type(self)._logged_in = False
+
+
+class MasterRestartTests(BrowserTestCase):
+    """An open page lives through a master restart: the live feed reconnects by itself and
+    the session is still good (docs/web.md: sessions are saved in the data dir)."""
+    workers = 1
+    cluster_options = {"fixed_port": True}
+
+    def test_the_page_reconnects_and_stays_logged_in(self):
+        self.open("/")
+        self.until(lambda: "live" == self.text_of("[data-testid=live]").split()[-1],
+                   what="the live feed connected")
+        self.browser.execute_script("window.__notReloaded = true")
+        self.cluster.kill_master()
+        self.until(lambda: "reconnecting" in self.text_of("[data-testid=live]"),
+                   what="the page noticing the master is gone")
+        self.cluster.start_master()
+        self.until(lambda: self.text_of("[data-testid=live]").endswith("live"), 30,
+                   what="the live feed back after the restart")
+        self.assertTrue(self.browser.execute_script("return window.__notReloaded === true"))
+        self.find("[data-testid=nav-runs]").click()
+        self.find("[data-testid=logout]")
+        self.assertFalse(self.find_all("[data-testid=login-token]"))

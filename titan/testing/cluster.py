@@ -102,11 +102,13 @@ class Cluster:
             except OSError:
                 pass
         port = self.port if self.fixed_port else 0
-        # The web API on a port of its own too: parallel tests never meet on 8080.
+        # The web API on a port of its own too: parallel tests never meet on 8080 (with
+        # fixed_port a restarted master keeps it, so an open browser page finds it again).
+        web_port = self.web_port if self.fixed_port and self.web_port else 0
         self.master = self._spawn("master", [
             "titan-master", "--config", self.config_path,
             "--listen", f"tcp:{port}:interface=127.0.0.1",
-            "--http", "tcp:0:interface=127.0.0.1", "--data-dir", data_dir])
+            "--http", f"tcp:{web_port}:interface=127.0.0.1", "--data-dir", data_dir])
         bound = read_port(data_dir, self.master.proc, 30)
         if bound is None:
             raise RuntimeError(f"the master did not start:\n{tail(self.master.log_file)}"

@@ -9,12 +9,15 @@ SameSite=Strict, but older browsers), never read the value to set the header.
 from __future__ import annotations
 
 import hmac
+import json
+import os
 import secrets
 from typing import Callable, Optional
 
 import attrs
 
 from titan.auth import token_matches
+from titan.datadir import write_file
 
 COOKIE = b"titan_session"
 CSRF_HEADER = b"x-titan-csrf"
@@ -44,11 +47,15 @@ class Principal:
 
 
 class WebAuth:
-    """Sessions and one-time login codes, kept in memory: a master restart logs browsers
-    out (they log in again with the token)."""
+    """Sessions and one-time login codes.  With `saved_in` (a data dir) the sessions are also
+    kept in its `web.sessions` (0600), so a master restart does not log browsers out: each
+    under a key derived from its id and the cluster token (`key_of`), never the id itself,
+    so the file opens no session by itself and a new token ends them all."""
 
     def __init__(self, is_cluster_token: Callable[[str], bool], viewer_tokens: tuple[str, ...],
-                 clock: Callable[[], float], session_ttl: float) -> None:
+                 clock: Callable[[], float], session_ttl: float,
+                 saved_in: Optional[str] = None,
+                 key_of: Optional[Callable[[str], str]] = None) -> None:
         # Asked per request (MasterApi.check_cluster_token): the master may load its token
         # after this is built.
         self._is_cluster_token = is_cluster_token
@@ -57,6 +64,10 @@ class WebAuth:
         self.session_ttl = session_ttl
         self.sessions: dict[str, Session] = {}
         self.codes: dict[str, float] = {}  # one-time login code -> expiry
+        self.saved_in = saved_in if key_of is not None else None
+        self.key_of = key_of
+        # Saved sessions not yet seen since the start: key -> (role, csrf, expires, ids).
+        self._saved: dict[str, dict] = self._load()
 
     def role_of(self, token: object) -> Optional[str]:
         """The role a token gives, compared in constant time; None for any other."""
@@ -75,6 +86,7 @@ class WebAuth:
         session = Session(secrets.token_urlsafe(32), role, secrets.token_urlsafe(24),
                           self.clock() + self.session_ttl)
         self.sessions[session.sid] = session
+        self._save()
         return session
 
     def session(self, sid: Optional[str]) -> Optional[Session]:
@@ -82,14 +94,60 @@ class WebAuth:
             return None
         session = self.sessions.get(sid)
         if session is None:
-            return None
+            session = self._restore(sid)
+            if session is None:
+                return None
         if session.expires <= self.clock():
             del self.sessions[sid]
             return None
         return session
 
     def close_session(self, sid: str) -> None:
-        self.sessions.pop(sid, None)
+        if self.sessions.pop(sid, None) is not None or self._restore(sid) is not None:
+            self.sessions.pop(sid, None)
+            self._save()
+
+    # -- sessions that outlive a restart ---------------------------------------------------
+
+    FILE = "web.sessions"
+
+    def _load(self) -> dict[str, dict]:
+        if self.saved_in is None:
+            return {}
+        try:
+            with open(os.path.join(self.saved_in, self.FILE)) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return {}  # none yet, or unreadable: browsers log in again
+        now = self.clock()
+        return {k: v for k, v in saved.items() if isinstance(v, dict)
+                and isinstance(v.get("expires"), (int, float)) and v["expires"] > now
+                and v.get("role") in (OPERATOR, VIEWER) and isinstance(v.get("csrf"), str)}
+
+    def _restore(self, sid: str) -> Optional[Session]:
+        """A session saved before the restart, on its first use since."""
+        if not self._saved:
+            return None
+        entry = self._saved.pop(self.key_of(sid), None)
+        if entry is None:
+            return None
+        session = Session(sid, entry["role"], entry["csrf"], float(entry["expires"]))
+        self.sessions[sid] = session
+        return session
+
+    def _save(self) -> None:
+        if self.saved_in is None:
+            return
+        now = self.clock()
+        kept = {k: v for k, v in self._saved.items() if v["expires"] > now}
+        for s in self.sessions.values():
+            if s.expires > now:
+                kept[self.key_of(s.sid)] = {"role": s.role, "csrf": s.csrf,
+                                            "expires": s.expires}
+        try:
+            write_file(self.saved_in, self.FILE, json.dumps(kept))
+        except OSError:
+            pass  # a full disk costs a re-login after a restart, nothing more
 
     def new_login_code(self, ttl: float = LOGIN_CODE_TTL) -> str:
         """A code that opens one operator session, once (the link `titan up` prints): never

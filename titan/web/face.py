@@ -3,6 +3,8 @@ it bound in <data_dir>/web.port, and a one-time login code in <data_dir>/web.log
 0600: whoever may read the token file may read it) for the link `titan up` prints."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from typing import Any, Optional
 
@@ -33,7 +35,8 @@ class WebFace(MultiService):
         wc = api.config.web
         self.api = api
         self.data_dir = data_dir
-        self.auth = WebAuth(self._is_cluster_token, wc.viewer_tokens, api.now, wc.session_ttl)
+        self.auth = WebAuth(self._is_cluster_token, wc.viewer_tokens, api.now, wc.session_ttl,
+                            saved_in=data_dir, key_of=self._session_key)
         self.web = WebApp(api, self.auth, wc.max_body_bytes, self._events)
         self.site = Site(Root(self.web.resource()), reactor=reactor or api.reactor)
         self.site.displayTracebacks = False
@@ -58,6 +61,10 @@ class WebFace(MultiService):
         """The events' auth: the caller of a request's credentials, or None (401)."""
         who = self.auth.principal(request)
         return Caller(None, who.describe) if who is not None else None
+
+    def _session_key(self, sid: str) -> str:
+        secret = self.api.token_derived_key(b"titan web sessions")
+        return hmac.new(secret, sid.encode(), hashlib.sha256).hexdigest()
 
     def _is_cluster_token(self, token: str) -> bool:
         try:
