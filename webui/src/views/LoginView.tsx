@@ -25,7 +25,7 @@ export function LoginView({ onLogin }: { onLogin: (s: Session) => void }) {
           or open the one-time link <code>titan up</code> printed.</p>
         <input type="password" name="token" data-testid="login-token" autoFocus
           placeholder="token" value={token} onChange={(e) => setToken(e.target.value)} />
-        <button type="submit" data-testid="login-submit" disabled={busy || !token.trim()}>Log in</button>
+        <button type="submit" className="primary" data-testid="login-submit" disabled={busy || !token.trim()}>Log in</button>
         <ErrorBanner error={error} />
       </form>
     </div>
