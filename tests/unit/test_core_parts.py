@@ -588,6 +588,12 @@ class WorkersHost(Calls, Workers):
     def _job_finished(self, e, now, out, dispatch=True):
         self._record("finished", e.job_id, e.attempt)
 
+    def _attempt_ended(self, job, outcome, exit_code, now):
+        self._record("attempt_ended", job.job_id, outcome)
+
+    def _attempt_found(self, job, attempt):
+        self._record("attempt_found", job.job_id, attempt)
+
     def on(self, w: WorkerRecord, *keys: str) -> None:
         self.workers[w.worker_id] = w
         for i, key in enumerate(keys):
@@ -615,6 +621,8 @@ class WorkersTests(SynchronousTestCase):
                          [("enqueue", "b"), ("enqueue", "a")])  # b was submitted first
         self.assertEqual([(h.jobs[k].state, h.jobs[k].failures, h.jobs[k].reason)
                           for k in "ab"], [(P, 0, "worker w1 lost: gone")] * 2)
+        self.assertEqual([c for c in h.calls if c[0] == "attempt_ended"],
+                         [("attempt_ended", "b", "LOST"), ("attempt_ended", "a", "LOST")])
         self.assertNotIn("w1", h.workers)
 
     def test_a_worker_back_adopts_what_it_runs_and_kills_what_is_unknown(self):

@@ -150,11 +150,27 @@ class JobRecord:
     service: Optional[dict] = None  # a service's last report: state, port, pid, restarts, ...
     released: bool = False  # a service whose dependents were let go (it came up once)
     queued_at: Optional[float] = None  # when it last joined a ready queue
+    # Attempts that ended before the one the fields above describe (a retried failure, a
+    # lost worker's), oldest first, the latest KEEP_ATTEMPTS of them: tuples of
+    # (attempt, worker_name, started_at, finished_at, exit_code, outcome, reason).  Once the
+    # job has ended, its last attempt is read from its own fields (views.attempts): a job
+    # that runs once, as most do, carries nothing more.
+    attempts: tuple = ()
 
     @property
     def node(self) -> str:
         """The job's id within its run (its key when it stands alone)."""
         return self.spec.job_id
+
+
+# How many ended attempts a job keeps (the latest): a job retried 1,000 times stays small.
+KEEP_ATTEMPTS = 20
+
+
+def failed_outcome(reason: Optional[str]) -> str:
+    """How a failed attempt ended: TIMED_OUT when its worker killed it at its timeout (the
+    executor says "timeout after Ns"), else FAILED."""
+    return "TIMED_OUT" if reason is not None and reason.startswith("timeout") else "FAILED"
 
 
 class RunState(str, enum.Enum):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 
 from titan.core import events as ev
-from titan.core.model import JobRecord, JobState
+from titan.core.model import KEEP_ATTEMPTS, JobRecord, JobState, failed_outcome
 from titan.core.parts.base import _COMPLETED, _RUNNING, _TERMINAL, CoreState, Decisions
 
 
@@ -74,6 +74,7 @@ class Jobs(CoreState):
                                               or self._next(job, e.attempt))
             if current or lost_and_found:
                 if lost_and_found:
+                    self._attempt_found(job, e.attempt)
                     job.queued = False
                     job.worker_id = e.worker_id
                     job.attempt = e.attempt
@@ -93,6 +94,7 @@ class Jobs(CoreState):
         what = e.reason or f"exit {e.exit_code}"
         job.reason = what
         if job.failures <= job.spec.retries:
+            self._attempt_ended(job, failed_outcome(e.reason), job.exit_code, now)
             # Exponential backoff with "equal jitter", so failing jobs do not retry in lock
             # step: a delay in [d/2, d) where d doubles each failure up to the cap.  It
             # never exceeds the cap and each retry waits longer than the one before
@@ -105,6 +107,23 @@ class Jobs(CoreState):
             return
         # Out of retries: dead-lettered (its logs stay).
         self._set_state(job, JobState.DEAD if job.spec.retries else JobState.FAILED, out)
+
+    def _attempt_ended(self, job: JobRecord, outcome: str, exit_code, now: float) -> None:
+        """Keep the attempt that just ended, since another may follow (a retry, a requeue):
+        with `job.reason`, as it says why."""
+        kept = job.attempts
+        if len(kept) >= KEEP_ATTEMPTS:
+            kept = kept[len(kept) - KEEP_ATTEMPTS + 1:]
+        job.attempts = kept + ((job.attempt, job.worker_name, job.started_at, now, exit_code,
+                                outcome, job.reason),)
+
+    @staticmethod
+    def _attempt_found(job: JobRecord, attempt: int) -> None:
+        """`attempt`, given up for lost or unknown to the log, runs or ran after all: it is
+        the job's current attempt again, not an ended one."""
+        if job.attempts and job.attempts[-1][0] == attempt:
+            job.attempts = job.attempts[:-1]
+        job.exit_code = None
 
     def _cancel(self, e: ev.CancelRequested, now: float, out: Decisions) -> None:
         job = self.jobs.get(e.job_id)

@@ -203,6 +203,7 @@ class Placement(CoreState):
         job.worker_id = worker_id
         job.worker_name = worker.name
         job.started_at = now
+        job.exit_code = None  # the new attempt's, once it reports (the last one's is in history)
         running = worker.running
         running.add(job.job_id)
         # _refresh(worker), inline: the worker came from _free (alive, a member), so only

@@ -1,5 +1,6 @@
 """The whole state of a scheduler as plain data (what compaction writes instead of the log
-so far), and back.  Version 2; version 1 (children by key, no retention queue) still loads.
+so far), and back.  Version 2; version 1 (children by key, no retention queue) still loads,
+and so does a version 2 from before jobs kept their ended attempts ("attempts" absent).
 
 Functions of a composed `Scheduler`: `restore` rebuilds the ready queues and the index of
 free workers through `_enqueue` and `_refresh` (placement).
@@ -42,6 +43,9 @@ def snapshot(s: Scheduler) -> dict:
         "schedules": [[c.schedule_id, c.name, c.cron, template_to_wire(c.template),
                        c.created_at, c.fired, c.next_at, c.last_run_id]
                       for c in s.schedules.values()],
+        # Apart from the jobs' rows, and only for jobs that have any: most have none.
+        "attempts": {j.job_id: [list(a) for a in j.attempts]
+                     for j in s.jobs.values() if j.attempts},
     }
 
 
@@ -96,6 +100,8 @@ def restore(s: Scheduler, data: dict) -> None:
         for key in jobs:
             nodes.setdefault(s.jobs[key].node, []).append(key)
     s.nodes.update((node, tuple(keys)) for node, keys in nodes.items())
+    for job_id, kept in (data.get("attempts") or {}).items():
+        s.jobs[job_id].attempts = tuple(tuple(a) for a in kept)
     if "finished" in data:
         s._finished.extend(tuple(item) for item in data["finished"])
     else:  # version 1 kept no retention queue: what has finished, in the order it did

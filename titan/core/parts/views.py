@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from titan.core.dag import SubmitError, approval_gate_node, reference_gate_name
-from titan.core.model import DagRun, JobRecord, JobState, RunState, WorkerRecord, WorkerState
+from titan.core.model import DagRun, JobRecord, JobState, RunState, WorkerRecord, \
+    WorkerState, failed_outcome
 from titan.core.parts.base import STOPPED_WITH_RUN, CoreState, _span
 
 if TYPE_CHECKING:
@@ -79,10 +80,37 @@ class Queries(CoreState):
         raise SubmitError(f"no job {ref}")
 
 
+def phase(job: JobRecord) -> str:
+    """What the dashboard colours a job by: its state, with a PENDING job that waits for a
+    time told apart: DELAYED (its `delay`) or RETRYING (the backoff after a failure)."""
+    state = job.state.value
+    if state == "PENDING" and job.ready_at is not None and not job.queued \
+            and not job.parents_left:
+        return "RETRYING" if job.failures else "DELAYED"
+    return state
+
+
+_ENDED_AS = {JobState.COMPLETED: "COMPLETED", JobState.CANCELLED: "CANCELLED"}
+_ATTEMPT_KEYS = ("attempt", "worker", "started_at", "finished_at", "exit_code", "state",
+                 "reason")
+
+
+def attempts(job: JobRecord) -> list[tuple]:
+    """Every ended attempt the job keeps, oldest first: its history and, once the job has
+    ended, the last attempt, which its own fields describe.  The running one is not in it."""
+    kept = job.attempts
+    if job.state.terminal and job.attempt and (not kept or kept[-1][0] != job.attempt):
+        outcome = _ENDED_AS.get(job.state) or failed_outcome(job.reason)
+        return [*kept, (job.attempt, job.worker_name, job.started_at, job.finished_at,
+                        job.exit_code, outcome, job.reason)]
+    return list(kept)
+
+
 def job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
     """What clients see of a job."""
     w = s.workers.get(job.worker_id) if job.worker_id else None
     spec = job.spec
+    ended = attempts(job)
     return {
         "job_id": job.job_id, "name": spec.name, "state": job.state.value,
         "run_id": job.run_id, "node": job.node if job.run_id else None, "kind": spec.kind,
@@ -95,7 +123,10 @@ def job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
         "waiting": s.waiting_reason(job.job_id, now), "submitted_at": job.submitted_at,
         "started_at": job.started_at, "finished_at": job.finished_at,
         "ready_at": job.ready_at, "result": job.result, "decision": job.decision,
-        "message": spec.message,
+        "message": spec.message, "phase": phase(job),
+        # Attempts older than the ones kept (model.KEEP_ATTEMPTS): numbered from 1, always.
+        "attempts": [dict(zip(_ATTEMPT_KEYS, a)) for a in ended],
+        "attempts_dropped": ended[0][0] - 1 if ended else 0,
     }
 
 
@@ -116,9 +147,10 @@ def run_job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
     """A job as a run's view lists it (and RUN_CHANGED pushes it)."""
     w = s.workers.get(job.worker_id) if job.worker_id else None
     return {"node": job.node, "job_id": job.job_id, "state": job.state.value,
-            "kind": job.spec.kind, "attempt": job.attempt, "worker": w.name if w else None,
+            "phase": phase(job), "kind": job.spec.kind, "attempt": job.attempt,
+            "failures": job.failures, "worker": w.name if w else None,
             "started_at": job.started_at, "finished_at": job.finished_at,
-            "reason": job.reason, "exit_code": job.exit_code}
+            "ready_at": job.ready_at, "reason": job.reason, "exit_code": job.exit_code}
 
 
 def service_view(s: Scheduler, job: JobRecord, now: float) -> dict:

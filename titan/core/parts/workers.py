@@ -5,8 +5,8 @@ A worker that comes back says which jobs it still runs and which ended: the ones
 gave up for lost are adopted rather than run twice (`_lost`, `_next`), ones it does not know
 are killed, and ones it no longer has are requeued without spending a retry.
 
-Calls `_job_finished`, `_set_state` (jobs), `_refresh`, `_enqueue`, `_dispatch` (placement),
-`_maybe_forget` (retention).
+Calls `_job_finished`, `_set_state`, `_attempt_ended`, `_attempt_found` (jobs), `_refresh`,
+`_enqueue`, `_dispatch` (placement), `_maybe_forget` (retention).
 """
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ class Workers(CoreState):
         if self._lost(job, report.attempt) or self._next(job, report.attempt):
             # It was given up for lost, or its dispatch followed events the log does not
             # hold, but it runs: take it back rather than run it twice.
+            self._attempt_found(job, report.attempt)
             job.queued = False
             job.worker_id = w.worker_id
             job.worker_name = w.name
@@ -156,8 +157,9 @@ class Workers(CoreState):
 
     def _requeue(self, job: JobRecord, reason: str, out: Decisions) -> None:
         # Not the job's fault: no retry is spent.
-        job.worker_id = None
         job.reason = reason
+        self._attempt_ended(job, "LOST", None, self._now)
+        job.worker_id = None
         job.started_at = None
         job.finished_at = None  # its attempt did not end: a late report of it counts (_lost)
         self._set_state(job, JobState.PENDING, out)
