@@ -84,8 +84,7 @@ def phase(job: JobRecord) -> str:
     """What the dashboard colours a job by: its state, with a PENDING job that waits for a
     time told apart: DELAYED (its `delay`) or RETRYING (the backoff after a failure)."""
     state = job.state.value
-    if state == "PENDING" and job.ready_at is not None and not job.queued \
-            and not job.parents_left:
+    if state == "PENDING" and job.ready_at is not None and not job.queued:
         return "RETRYING" if job.failures else "DELAYED"
     return state
 
