@@ -263,6 +263,11 @@ def _cluster_status(args) -> int:
 
 def cmd_workers(args) -> int:
     from titan.protocols.opcodes import Op
+    action = getattr(args, "workers_cmd", None)
+    if action == "start":
+        return _start_worker(args)
+    if action == "drain":
+        return _drain_worker(args)
     with _client(args) as titan:
         reply = titan.call(Op.LIST_WORKERS)
     workers = reply["workers"]
@@ -280,6 +285,53 @@ def cmd_workers(args) -> int:
     _print_rows(rows)
     if not workers:
         print("(no workers)")
+    return 0
+
+
+def _worker_named(titan, name: str) -> Optional[dict]:
+    return next((w for w in titan.workers() if name in (w["name"], w["worker_id"])), None)
+
+
+def _start_worker(args) -> int:
+    from titan.protocols.opcodes import Op
+    body: dict = {"tags": [t.strip() for t in (args.tags or "").split(",") if t.strip()]}
+    if args.slots is not None:
+        body["slots"] = args.slots
+    if args.name:
+        body["name"] = args.name
+    with _client(args) as titan:
+        started = titan.call(Op.START_WORKER, body)
+        tags = ",".join(started["tags"]) or "no tags"
+        print(f"started worker {started['name']} (pid {started['pid']}): {tags}, "
+              f"{started['slots']} slots", file=sys.stderr)
+        if args.no_wait:
+            print(started["name"])
+            return 0
+        # Until it has registered: a job submitted next finds it.
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            if _worker_named(titan, started["name"]) is not None:
+                print(started["name"])
+                return 0
+            time.sleep(0.2)
+    raise TitanError(f"worker {started['name']} did not register within {args.timeout:g}s "
+                     f"(its log: worker.log in the master's data dir, "
+                     f"started/{started['name']}/)")
+
+
+def _drain_worker(args) -> int:
+    from titan.protocols.opcodes import Op
+    with _client(args) as titan:
+        reply = titan.call(Op.DRAIN_WORKER, {"name": args.name})
+        running = reply.get("running") or []
+        what = (f"it finishes its {len(running)} running job(s) ({', '.join(running)}), "
+                "then leaves" if running else "it runs nothing: it leaves now")
+        print(f"worker {reply['name']} is {reply['state']}: no new jobs; {what}")
+        if not args.wait:
+            return 0
+        while _worker_named(titan, reply["worker_id"]) is not None:
+            time.sleep(0.2)
+        print(f"worker {reply['name']} has left")
     return 0
 
 
@@ -768,10 +820,33 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_schedules)
 
     if want("workers"):
-        p = sub.add_parser("workers", parents=[common], help="list the workers",
+        p = sub.add_parser("workers", parents=[common],
+                           help="list the workers; start or drain one",
+                           usage="titan workers [--json] | start [options] | drain NAME",
                            description="List the workers: id, host, tags, busy/total slots, "
-                                       "state, last heartbeat.")
+                                       "state, last heartbeat, who started it.")
         p.add_argument("--json", action="store_true", help="everything, as JSON")
+        ws = p.add_subparsers(dest="workers_cmd", metavar="ACTION")
+        q = ws.add_parser("start", parents=[common], help="the master starts a local worker",
+                          description="The master starts a titan-worker on its own machine "
+                                      "(as its autoscaler does), with the tags and slots "
+                                      "given: you name the tags, so it offers them whatever "
+                                      "the machine has. Waits until it has registered; "
+                                      "prints its name.")
+        q.add_argument("--tags", "-t", help="its capability tags, e.g. GPU,HIGH_MEM")
+        q.add_argument("--slots", type=POSITIVE,
+                       help="jobs it runs at once (default: autoscaler.slots)")
+        q.add_argument("--name", help="its name (default local-N)")
+        q.add_argument("--no-wait", action="store_true",
+                       help="return once the process is started")
+        q.add_argument("--timeout", type=SECONDS, default=30.0,
+                       help="seconds to wait for it to register (default 30)")
+        q = ws.add_parser("drain", parents=[common], help="retire a worker when it is done",
+                          description="Drain a worker: it takes no new jobs, finishes what "
+                                      "it runs, then leaves (one the master started is "
+                                      "stopped; any other is told to stop).")
+        q.add_argument("name", help="the worker's name or id")
+        q.add_argument("--wait", action="store_true", help="wait until it has left")
         p.set_defaults(func=cmd_workers)
 
     if want("jobs"):

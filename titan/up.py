@@ -127,8 +127,13 @@ def _run(home: str, master_dir: str, store_dir: str, log_dir: str,
         _banner(bound, workers, slots, home, master_dir, log_dir, store_bound, store_dir,
                 dashboard)
         while not stopping:
-            for name, proc, log_file in children:
-                if proc.poll() is not None:
+            for name, proc, log_file in list(children):
+                if proc.poll() == 0 and name.startswith("worker-"):
+                    # A worker drained from the dashboard or `titan workers drain` leaves
+                    # cleanly: the rest goes on without it.
+                    print(f"titan up: {name} left (drained)", file=sys.stderr)
+                    children.remove((name, proc, log_file))
+                elif proc.poll() is not None:
                     print(f"titan up: {name} exited with status {proc.returncode}; its log "
                           f"({log_file}) ends:\n{tail(log_file)}", file=sys.stderr)
                     return 1

@@ -69,7 +69,8 @@ class WorkerLost:
 
 @attrs.frozen
 class WorkerRetiring:
-    """The autoscaler retires a worker: it takes no new jobs from now on."""
+    """A worker is drained (by the autoscaler, or an operator): it takes no new jobs from
+    now on, keeps what it runs, and is told to leave once it runs nothing."""
 
     worker_id: str
     reason: str = ""

@@ -27,6 +27,7 @@ it); this module does not import it, so nothing here imports back up.
 """
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Any, Awaitable, Callable, Optional, Protocol, Union
 
@@ -36,7 +37,7 @@ from twisted.internet import defer
 from titan.auth import parse_job_token, token_matches
 from titan.core import events as ev
 from titan.core.dag import NAME, RESULT_LIMIT, SubmitError, parse_dag, parse_jobs, service_options
-from titan.core.model import JobSpec, JobState, RunState
+from titan.core.model import JobSpec, JobState, RunState, WorkerState
 from titan.core.scheduler import (
     Scheduler, cron_valid, job_view, run_view, service_view, worker_view)
 from titan.errors import RemoteError
@@ -48,8 +49,11 @@ MAX_BATCH = 100_000  # jobs in one submission of many, or one wait for many
 HITL_PREFIX = "titan:hitl:"
 # What a job, holding its own job-scoped token, may not do: decide gates (a job approving
 # its own gate would defeat the point), cancel work, drop schedules, or restart services
-# (the service it would name by its name is some other job).
-NOT_FOR_JOBS = frozenset({"DECIDE_GATE", "CANCEL_JOB", "REMOVE_SCHEDULE", "RESTART_SERVICE"})
+# (the service it would name by its name is some other job), or start and drain workers.
+NOT_FOR_JOBS = frozenset({"DECIDE_GATE", "CANCEL_JOB", "REMOVE_SCHEDULE", "RESTART_SERVICE",
+                          "START_WORKER", "DRAIN_WORKER"})
+# A worker's tag as an operator may name it (a worker takes a comma-separated list).
+TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 # -- errors: the wire's codes, as types ------------------------------------------------------
@@ -108,6 +112,12 @@ class NotRunning(ApiError):
 
 class Unreachable(ApiError):
     code = "unreachable"
+
+
+class WorkerLimit(ApiError):
+    """As many workers started by hand run as this master starts (the autoscaler service's
+    `max_started`)."""
+    code = "worker_limit"
 
 
 # -- who asks ------------------------------------------------------------------------------
@@ -751,6 +761,76 @@ class MasterApi:
             view.update(engine.autoscaler.describe(w.name) or {"spawned_by": None})
             views.append(view)
         return views
+
+    def start_worker(self, caller: Caller, tags: Any = None, slots: Any = None,
+                     name: Any = None, by: str = "dashboard") -> dict:
+        """Start a local titan-worker with the tags and slots the operator asks for (the
+        autoscaler's spawning, not bound to what this machine was seen to have: they ask
+        for them).  Answers once the process is started; it shows in list_workers once it
+        registers, `spawned_by` saying who started it."""
+        self.admit(caller, "START_WORKER")
+        if tags is None:
+            tags = []
+        if isinstance(tags, str):
+            tags = [t for t in tags.split(",") if t.strip()]
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise BadRequest("'tags' must be a list of strings")
+        for t in tags:
+            if not TAG.match(t.strip()):
+                raise BadRequest(f"'tags': {t!r} is not a tag (1-64 letters, digits, "
+                                 "'_', '.', ':' or '-')")
+        tagset = frozenset(t.strip().upper() for t in tags)
+        scaler = self.engine.autoscaler
+        most = scaler.max_slots
+        if slots is None:
+            slots = self.engine.config.autoscaler.slots
+        if isinstance(slots, bool) or not isinstance(slots, int) \
+                or not 1 <= slots <= most:
+            raise BadRequest(f"'slots' must be a whole number from 1 to {most}, not "
+                             f"{slots!r}")
+        if name is not None:
+            if not isinstance(name, str) or not NAME.match(name) or len(name) > 64:
+                raise BadRequest(f"'name' must be 1-64 letters, digits, '_', '.' or '-', "
+                                 f"not {name!r}")
+            taken = scaler.name_taken(name, by)
+            if taken:
+                raise BadRequest(f"'name': {taken}")
+        if scaler.started_by_hand() >= scaler.max_started:
+            raise WorkerLimit(f"{scaler.max_started} workers started by hand already run on this "
+                              "master, the most it starts: drain one first")
+        child = scaler.spawn(tagset, f"started by {caller.via or by}", slots=slots,
+                             name=name, by=by)
+        return {"name": child.name, "pid": child.proc.pid, "tags": sorted(child.tags),
+                "slots": child.slots, "spawned_by": by}
+
+    def _worker(self, ref: Any):
+        """A worker by its id, or by its name when one worker has it."""
+        if not isinstance(ref, str) or not ref:
+            raise BadRequest("'name' is required (a worker's name or id)")
+        workers = self.engine.scheduler.workers
+        if ref in workers:
+            return workers[ref]
+        named = [w for w in workers.values() if w.name == ref]
+        if not named:
+            raise NotFound(f"no worker {ref}")
+        if len(named) > 1:
+            raise BadRequest(f"{len(named)} workers are named {ref}: name one by its id ("
+                             f"{', '.join(sorted(w.worker_id for w in named))})")
+        return named[0]
+
+    def drain_worker(self, caller: Caller, ref: Any) -> defer.Deferred:
+        """Drain a worker (by name or id): it takes no new jobs from now on (a recorded
+        event: a master restart keeps it), finishes what it runs, then leaves -- one this
+        master started is stopped, any other is told to stop once idle."""
+        self.admit(caller, "DRAIN_WORKER")
+        w = self._worker(ref)
+        if w.state is not WorkerState.ALIVE and w.state is not WorkerState.DISCONNECTED:
+            raise NotRunning(f"worker {w.name} is already {w.state.value}")
+        who = caller.via or "an operator"
+        durable = self.engine.handle(ev.WorkerRetiring(w.worker_id, f"drained by {who}"))
+        self.engine.autoscaler.finish_drains()  # an idle one leaves at once
+        return self.engine.after(durable, {"name": w.name, "worker_id": w.worker_id,
+                                           "state": w.state.value, "running": sorted(w.running)})
 
     def stats(self, caller: Caller) -> dict:
         engine = self.engine

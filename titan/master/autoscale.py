@@ -4,6 +4,12 @@ Workers it starts are children of the master (twistd titan-worker processes); it
 and they die with it (SIGTERM when the master goes, however it goes).  They carry only the
 tags this machine offers: the ones it is seen to have (detected at start as a worker
 detects them) and `autoscaler.tags`; jobs that need more wait for a worker that has it.
+
+An operator may start one by hand too (`start`: the dashboard, `titan workers start`), with
+the tags and slots they name -- they ask for them, so no check against this machine -- up to
+MAX_STARTED of them at a time; the autoscaler never retires those.  A drained worker
+(DRAINING) is told to leave once it runs nothing: one started here gets SIGTERM, any other a
+DRAIN_WORKER frame (it stops by itself).
 """
 from __future__ import annotations
 
@@ -23,9 +29,14 @@ from titan.core.autoscale import (
     Pending, RetireWorker, ScaleView, SpawnWorker, Waiting, WorkerInfo, unservable)
 from titan.core.model import JobState, WorkerState
 from titan.datadir import holder
+from titan.protocols.opcodes import Op
 from titan.testing.processes import die_with_parent
 from titan.worker.detect import detected_tags
 
+# Workers started by hand (not by the autoscaler) alive at once, and the slots each may
+# have: a bound on what a click or a script loop can fork on this machine.
+MAX_STARTED = 8
+MAX_SLOTS = 64
 
 
 class Master(Protocol):
@@ -40,6 +51,8 @@ class Master(Protocol):
 
     def now(self) -> float: ...
     def handle(self, event: object) -> Any: ...
+    def to_worker(self, worker_id: str, opcode: int, body: dict) -> bool: ...
+    def worker_link(self, worker_id: str) -> Any: ...
 
 
 @attrs.define(eq=False)
@@ -50,10 +63,15 @@ class Child:
     started: float
     reason: str
     registered: bool = False
+    slots: int = 0
+    by: str = "autoscaler"  # or who started it by hand: "dashboard", "cli"
+    leaving: bool = False  # drained: told to stop
 
 
 class AutoscalerService(Service):
     log = Logger()
+    max_started = MAX_STARTED
+    max_slots = MAX_SLOTS
 
     def __init__(self, master: Master, autoscaler,
                  detect: Callable[[float], set] = detected_tags) -> None:
@@ -67,6 +85,9 @@ class AutoscalerService(Service):
         self.detected: frozenset = frozenset()
         self.configured: frozenset = _upper(master.config.autoscaler.tags)
         self._told: set = set()  # (what, needs) it said it cannot serve: said once a spell
+        # Drained workers (not ours) sent DRAIN_WORKER: worker id -> the connection it went
+        # on (one that reconnects before it got it is told again).
+        self._sent_leave: dict = {}
 
     @property
     def enabled(self) -> bool:
@@ -87,9 +108,10 @@ class AutoscalerService(Service):
                           "{detected}; autoscaler.tags: {configured})",
                           tags=_label(self.spawnable), detected=_label(self.detected),
                           configured=_label(self.configured))
-            self._loop = LoopingCall(self.evaluate)
-            self._loop.clock = self.master.reactor
-            self._loop.start(self.master.config.autoscaler.interval, now=False)
+        # Also with the autoscaler off: it reaps workers started by hand and ends drains.
+        self._loop = LoopingCall(self.evaluate)
+        self._loop.clock = self.master.reactor
+        self._loop.start(self.master.config.autoscaler.interval, now=False)
 
     def stopService(self):
         super().stopService()
@@ -125,7 +147,8 @@ class AutoscalerService(Service):
                        busy=len(w.running),
                        idle_for=None if w.running or w.idle_since is None
                        else now - w.idle_since,
-                       spawned=w.name in self.children, state=w.state.value)
+                       spawned=w.name in self.children
+                       and self.children[w.name].by == "autoscaler", state=w.state.value)
             for w in s.workers.values())
         pending = tuple(Pending(c.name, c.tags, now - c.started)
                         for c in self.children.values()
@@ -138,6 +161,9 @@ class AutoscalerService(Service):
 
     def evaluate(self) -> None:
         self._reap()
+        self.finish_drains()
+        if not self.enabled:
+            return
         now = self.master.now()
         view = self.view(now)
         self._tell_unservable(view)
@@ -199,30 +225,81 @@ class AutoscalerService(Service):
                     if w.name == name:  # gone for good: its jobs (if any) run elsewhere
                         self.master.handle(ev.WorkerLost(w.worker_id, f"{name} exited"))
 
-    def spawn(self, tags: frozenset, reason: str) -> None:
+    def _data_dir(self, name: str, by: str) -> str:
+        return os.path.join(self.master.data_dir,
+                            "autoscaled" if by == "autoscaler" else "started", name)
+
+    def name_taken(self, name: str, by: str = "dashboard") -> Optional[str]:
+        """Why a worker started here may not be called `name` (None: it may)."""
+        if name in self.children:
+            return f"worker {name} was already started here"
+        if any(w.name == name for w in self.master.scheduler.workers.values()):
+            return f"a worker named {name} is connected"
+        # One a previous master started may still be stopping there (it holds the dir).
+        if holder(self._data_dir(name, by)) is not None:
+            return f"a worker named {name} is still stopping"
+        return None
+
+    def started_by_hand(self) -> int:
+        return sum(1 for c in self.children.values()
+                   if c.by != "autoscaler" and c.proc.poll() is None)
+
+    def spawn(self, tags: frozenset, reason: str, slots: Optional[int] = None,
+              name: Optional[str] = None, by: str = "autoscaler") -> Child:
+        """Start a local titan-worker with exactly `tags` (the autoscaler's are a subset of
+        what this machine offers, detected already with its config's thresholds; an
+        operator's are what they asked for)."""
         port = self.master.listener.port.getHost().port
-        while True:
+        prefix = "auto" if by == "autoscaler" else "local"
+        while name is None:
             self._count += 1
-            name = f"auto-{self._count}"
-            data_dir = os.path.join(self.master.data_dir, "autoscaled", name)
-            # One a previous master started may still be stopping there (it holds the dir).
-            if name not in self.children and holder(data_dir) is None:
-                break
+            candidate = f"{prefix}-{self._count}"
+            if self.name_taken(candidate, by) is None:
+                name = candidate
+        slots = slots or self.master.config.autoscaler.slots
+        data_dir = self._data_dir(name, by)
         os.makedirs(data_dir, exist_ok=True)
-        # Exactly the tags decided (a subset of what this machine offers): the master
-        # detected them already, with its config's thresholds.
         cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
                f"--logfile={os.path.join(data_dir, 'worker.log')}", "titan-worker",
                "--master", f"127.0.0.1:{port}", "--name", name, "--no-detect-tags",
-               "--slots", str(self.master.config.autoscaler.slots), "--data-dir", data_dir]
+               "--slots", str(slots), "--data-dir", data_dir]
         if tags:
             cmd += ["--tags", ",".join(sorted(tags))]
         env = dict(os.environ, TITAN_TOKEN=self.master.token)
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                 preexec_fn=die_with_parent, cwd=data_dir)
-        self.children[name] = Child(name, frozenset(tags), proc, self.master.now(), reason)
+        child = Child(name, frozenset(tags), proc, self.master.now(), reason, slots=slots,
+                      by=by)
+        self.children[name] = child
         self._note(f"started worker {name} (pid {proc.pid}): {reason}")
+        return child
+
+    def finish_drains(self) -> None:
+        """Drained workers that run nothing any more leave: ours get SIGTERM (a clean stop),
+        others are told to stop by themselves."""
+        draining = set()
+        for w in list(self.master.scheduler.workers.values()):
+            if w.state is not WorkerState.DRAINING:
+                continue
+            draining.add(w.worker_id)
+            if w.running:
+                continue
+            child = self.children.get(w.name)
+            if child is not None and child.proc.poll() is None:
+                if not child.leaving:
+                    child.leaving = True
+                    child.proc.send_signal(signal.SIGTERM)
+                    self._note(f"drained worker {w.name} runs nothing: stopping it")
+                continue
+            link = self.master.worker_link(w.worker_id)
+            if link is not None and self._sent_leave.get(w.worker_id) is not link and \
+                    self.master.to_worker(w.worker_id, Op.DRAIN_WORKER,
+                                          {"worker_id": w.worker_id}):
+                self._sent_leave[w.worker_id] = link
+                self._note(f"drained worker {w.name} runs nothing: told it to stop")
+        for worker_id in set(self._sent_leave) - draining:
+            del self._sent_leave[worker_id]
 
     def retire(self, worker_id: str, name: str, reason: str) -> None:
         child = self.children.get(name)
@@ -230,6 +307,7 @@ class AutoscalerService(Service):
             return
         # No new jobs for it from now on, then a clean stop.
         self.master.handle(ev.WorkerRetiring(worker_id, f"retired by the autoscaler: {reason}"))
+        child.leaving = True
         child.proc.send_signal(signal.SIGTERM)
         self._note(f"retired worker {name}: {reason}")
 
@@ -241,7 +319,7 @@ class AutoscalerService(Service):
         child = self.children.get(name)
         if child is None:
             return None
-        return {"spawned_by": "autoscaler", "pid": child.proc.pid, "why": child.reason}
+        return {"spawned_by": child.by, "pid": child.proc.pid, "why": child.reason}
 
 
 def _upper(tags) -> frozenset:

@@ -442,6 +442,13 @@ class MasterProtocol(RpcProtocol):
         return {"workers": self.master.list_workers(self.caller),
                 "warnings": self.master.warnings(self.caller)}
 
+    def op_START_WORKER(self, body: dict) -> dict:
+        return self.master.start_worker(self.caller, body.get("tags"), body.get("slots"),
+                                        body.get("name"), by="cli")
+
+    def op_DRAIN_WORKER(self, body: dict):
+        return self.master.drain_worker(self.caller, body.get("name"))
+
     def op_LIST_JOBS(self, body: dict) -> dict:
         limit = body.get("limit")
         return {"jobs": self.master.list_jobs(self.caller, body.get("state"),

@@ -51,6 +51,8 @@ class Op(enum.IntEnum):
     UNWATCH_RUN = 0x4A
     SUBMIT_JOBS = 0x4B  # many jobs in one request
     WAIT_JOBS = 0x4C  # until every job of a list has ended (a bounded long poll)
+    START_WORKER = 0x4D  # the master starts a local titan-worker
+    DRAIN_WORKER = 0x4E  # client -> master request; master -> worker push: leave when idle
 
     ACK = 0x50
     ERROR = 0x51

@@ -29,6 +29,7 @@ LOG_LIMIT = 1024 * 1024  # the most bytes of a log one request reads
 STATUS = {"not_found": 404, "auth": 401, "unauthorized": 401, "forbidden": 403,
           "csrf": 403, "read_only": 403, "not_waiting": 409, "not_running": 409,
           "too_large": 413, "no_route": 404, "method": 405, "no_store": 503,
+          "worker_limit": 409,
           "unreachable": 503, "storage_unavailable": 503, "internal": 500}
 
 
@@ -427,6 +428,18 @@ class WebApp:
         caller = self.caller(who)
         self.api.admit(caller, "CANCEL_JOB")
         return self.api.stop_service(caller, name)
+
+    @route(PREFIX + "/workers", "POST", change=True)
+    def start_worker(self, request, who, body):
+        """{"tags": [...], "slots": N, "name": "..."} (all optional): the master starts a
+        local titan-worker; it shows in GET /workers once it registers."""
+        return self.api.start_worker(self.caller(who), body.get("tags", []),
+                                     body.get("slots"), body.get("name"), by="dashboard")
+
+    @route(PREFIX + "/workers/<name>/drain", "POST", change=True)
+    def drain_worker(self, request, who, body, name):
+        """No new jobs for the worker (a name or an id); it leaves once what it runs ends."""
+        return self.api.drain_worker(self.caller(who), name)
 
     @route(PREFIX + "/schedules/<schedule_id>", "DELETE", change=True)
     def remove_schedule(self, request, who, body, schedule_id):

@@ -79,7 +79,31 @@ PATHS: dict[str, dict] = {
                                    "persistence, warnings", _ok(_ref("Cluster")))},
     "/api/v1/workers": {"get": _op("Every worker: name, host, tags, busy/total slots, the "
                                    "jobs it runs, heartbeat age, state, who started it",
-                                   _LIST("workers", _ref("Worker")))},
+                                   _LIST("workers", _ref("Worker"))),
+                        "post": {**_op(
+        "Start a local titan-worker (the master spawns it, as the autoscaler does) with the "
+        "tags and slots asked for; it shows in GET /api/v1/workers once it registers",
+        _ok({"type": "object", "properties": {
+            "name": {"type": "string"}, "pid": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "slots": {"type": "integer"}, "spawned_by": {"type": "string"}},
+            "required": ["name", "pid", "tags", "slots", "spawned_by"]}),
+        errors=(400, 401, 403, 409, 413)), "requestBody": {
+            "required": False, "content": {JSON: {"schema": {
+                "type": "object", "properties": {
+                    "tags": {"type": "array", "items": {
+                        "type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"}},
+                    "slots": {"type": "integer", "minimum": 1, "maximum": 64},
+                    "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}}}}}}}},
+    "/api/v1/workers/{name}/drain": {"post": _op(
+        "Drain a worker: no new jobs from now on; it finishes what it runs, then leaves "
+        "(one the master started is stopped, any other is told to stop)", _ok({
+            "type": "object", "properties": {
+                "name": {"type": "string"}, "worker_id": {"type": "string"},
+                "state": {"type": "string"},
+                "running": {"type": "array", "items": {"type": "string"}}},
+            "required": ["name", "state"]}),
+        errors=_CHANGE + (409,), params=(_path("name", "the worker: its name or id"),))},
     "/api/v1/runs": {"get": _op(
         "DAG runs, newest first, a page at a time", _ok({
             "type": "object", "properties": {

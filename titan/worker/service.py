@@ -94,6 +94,9 @@ class WorkerProtocol(RpcProtocol):
         if job is not None and job.service is not None:
             job.service.restart()
 
+    def op_DRAIN_WORKER(self, body: dict) -> None:
+        self.worker.leave_when_idle()
+
     def error_pushed(self, body: dict) -> None:
         self.worker.log.error("master refused a frame: {message}", message=body.get("message"))
 
@@ -124,6 +127,7 @@ class WorkerService(MultiService):
         self.conn: Optional[WorkerProtocol] = None
         self.registered = False
         self.refused = False  # the master refused our token: the worker is stopping
+        self.leaving = False  # drained by the master: stop once nothing runs or is unsaid
         self._flush_call = None
         self._heartbeat: Optional[LoopingCall] = None
         # What jobs inherit: never the cluster token or another secret (a job gets a token
@@ -292,6 +296,20 @@ class WorkerService(MultiService):
                 self._heartbeat.stop()
             if not self.refused:
                 self.log.warn("lost the master; reconnecting")
+
+    def leave_when_idle(self) -> None:
+        """The master drained this worker (DRAIN_WORKER): it sends no more jobs, and once
+        what runs here has ended and the master has its reports, the worker stops (exit
+        status 0: a supervisor should not start it again)."""
+        if not self.leaving:
+            self.log.info("drained by the master: stopping once idle")
+        self.leaving = True
+        self._leave_if_idle()
+
+    def _leave_if_idle(self) -> None:
+        if self.leaving and not self.jobs and not self.unacked and not self.refused:
+            self.refused = True  # stopping for good: no "reconnecting"
+            exit_after_stop(self.reactor, 0)
 
     def _beat(self) -> None:
         if self.conn is not None and self.registered:
@@ -475,7 +493,11 @@ class WorkerService(MultiService):
         key = (report["job_id"], report["attempt"])
         self.unacked[key] = report
         d = self.conn.call(Op.JOB_COMPLETE, report, timeout=None)
-        d.addCallbacks(lambda _: self.unacked.pop(key, None), lambda _: None)
+        d.addCallbacks(lambda _: self._acked(key), lambda _: None)
+
+    def _acked(self, key: tuple) -> None:
+        self.unacked.pop(key, None)
+        self._leave_if_idle()
 
 
 def master_endpoint(reactor, host: str, port: int):

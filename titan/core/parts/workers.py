@@ -1,6 +1,10 @@
 """Workers: joining (and coming back with reports of what ran while it had no master),
 heartbeats, disconnection, retirement, loss, and what becomes of a lost worker's jobs.
 
+A retiring (draining) worker takes no new jobs -- `_refresh` keeps only ALIVE ones free --
+and stays DRAINING through reconnects; once it has nothing running, its leaving is its
+end (the master's shell tells it to go: titan/master/autoscale.py).
+
 A worker that comes back says which jobs it still runs and which ended: the ones the master
 gave up for lost are adopted rather than run twice (`_lost`, `_next`), ones it does not know
 are killed, and ones it no longer has are requeued without spending a retry.
@@ -31,9 +35,11 @@ class Workers(CoreState):
             self.workers[e.worker_id] = w
         else:
             w.name, w.host, w.tags, w.slots = e.name, e.host, _tags(e.tags), e.slots
-        w.state = WorkerState.ALIVE
+        # A drain outlives a reconnect (and a master restart): it still takes nothing new.
+        if w.state is not WorkerState.DRAINING:
+            w.state = WorkerState.ALIVE
         w.last_seen = now
-        out.append(ev.WorkerChanged(w.worker_id, WorkerState.ALIVE, "joined"))
+        out.append(ev.WorkerChanged(w.worker_id, w.state, "joined"))
 
         for report in e.finished:
             job = self.jobs.get(report.job_id)
@@ -105,6 +111,10 @@ class Workers(CoreState):
 
     def _worker_disconnected(self, e: ev.WorkerDisconnected, now: float, out: Decisions) -> None:
         w = self.workers.get(e.worker_id)
+        if w is not None and w.state is WorkerState.DRAINING and not w.running:
+            # Drained: it left once its last job ended, as it was asked to.
+            self._worker_dead(w, "drained: left after its last job", out)
+            return
         if w is not None and w.state is WorkerState.ALIVE:
             w.state = WorkerState.DISCONNECTED
             self._refresh(w)
