@@ -771,8 +771,6 @@ class MasterApi:
         self.admit(caller, "START_WORKER")
         if tags is None:
             tags = []
-        if isinstance(tags, str):
-            tags = [t for t in tags.split(",") if t.strip()]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
             raise BadRequest("'tags' must be a list of strings")
         for t in tags:
