@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
@@ -54,12 +55,29 @@ class WebWorkersTests(ClusterTestCase):
         self.assertEqual(status, 400)
         self.assertIn("'slots'", body["error"]["message"])
 
+        events = urllib.request.urlopen(urllib.request.Request(
+            self.cluster.web_url + "/api/v1/events?kind=worker",
+            headers={"Authorization": f"Bearer {self.cluster.token}"}), timeout=30)
+        self.addCleanup(events.close)
         started = self.start(tags=["gpu", "Cuda12"], slots=1, name="gpu-box")
         self.assertEqual((started["name"], started["tags"], started["slots"],
                           started["spawned_by"]), ("gpu-box", ["CUDA12", "GPU"], 1, "dashboard"))
         view = self.worker("gpu-box")
         self.assertEqual((view["tags"], view["slots"], view["spawned_by"], view["pid"]),
                          (["CUDA12", "GPU"], 1, "dashboard", started["pid"]))
+        # The live events say so too: the Cluster page follows them.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = events.readline().decode()
+            if not line.startswith("data: "):
+                continue
+            changed = [c["data"] for c in json.loads(line[6:]).get("changes", ())
+                       if c["data"] and c["data"]["name"] == "gpu-box"]
+            if changed:
+                self.assertEqual(changed[-1]["spawned_by"], "dashboard")
+                break
+        else:
+            self.fail("no live worker change for gpu-box")
         # The operator's view from the terminal.
         listed = self.titan("workers").stdout.decode()
         [row] = [line for line in listed.splitlines() if line.startswith(view["worker_id"])]

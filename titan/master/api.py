@@ -752,15 +752,15 @@ class MasterApi:
     # -- the cluster ---------------------------------------------------------------------------
 
     def list_workers(self, caller: Caller) -> list:
-        engine = self.engine
-        now = engine.now()
-        views = []
-        for w in engine.scheduler.workers.values():
-            view = worker_view(w, now)
-            view["jobs"] = sorted(w.running)  # what it runs (the dashboard lists them)
-            view.update(engine.autoscaler.describe(w.name) or {"spawned_by": None})
-            views.append(view)
-        return views
+        now = self.engine.now()
+        return [self.worker_view(w, now) for w in self.engine.scheduler.workers.values()]
+
+    def worker_view(self, w, now: float) -> dict:
+        """A worker as list_workers shows it (the live events' worker changes too)."""
+        view = worker_view(w, now)
+        view["jobs"] = sorted(w.running)  # what it runs (the dashboard lists them)
+        view.update(self.engine.autoscaler.describe(w.name) or {"spawned_by": None})
+        return view
 
     def start_worker(self, caller: Caller, tags: Any = None, slots: Any = None,
                      name: Any = None, by: str = "dashboard") -> dict:

@@ -39,7 +39,7 @@ from twisted.web import resource, server
 from zope.interface import implementer
 from twisted.internet.interfaces import IPushProducer
 
-from titan.core.scheduler import job_view, run_view, service_view, worker_view
+from titan.core.scheduler import job_view, run_view, service_view
 
 __all__ = ["ChangeHub", "EventsResource", "LogStreamResource", "Subscription",
            "DEFAULT_INTERVAL", "PING_INTERVAL", "RING_SIZE", "BUFFER_LIMIT"]
@@ -277,8 +277,7 @@ class ChangeHub:
             w = s.workers.get(key)
             data = None
             if w is not None:
-                data = worker_view(w, now)
-                data["jobs"] = sorted(w.running)
+                data = self.api.worker_view(w, now)  # with spawned_by, as GET /workers
             return {"kind": "worker", "id": key, "run_id": None, "data": data}
         sc = s.schedules.get(key)
         data = None if sc is None else {
