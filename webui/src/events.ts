@@ -105,3 +105,14 @@ export function useLive(): boolean {
   }, []);
   return up;
 }
+
+// -- JobPanel (f2): pages kept in the back/forward cache -----------------------------------
+// Chrome keeps a page it caches on navigation with its EventSources open, and allows six
+// connections per host: a few pages on, no request gets through. Close the feeds when the
+// page is hidden; a page shown again from the cache missed every change since: reload it.
+window.addEventListener("pagehide", (e) => {
+  if (e.persisted) for (const feed of feeds.values()) feed.source.close();
+});
+window.addEventListener("pageshow", (e) => {
+  if (e.persisted) location.reload();
+});
