@@ -1,18 +1,324 @@
 // A job's details, attempts, result, live log tail and actions. Used as the side panel of the
 // run view and as the page /jobs/:ref (a job of a run is RUN/NODE, one encoded segment).
-import { useParams } from "react-router";
+import { memo, useState, type ReactNode } from "react";
+import { Link, useParams } from "react-router";
+import { api, seg, type Change, type Job } from "../api";
+import { ActionButton, ErrorBanner, StateBadge, duration, useLoad, useNow, when } from "../common";
+import { useEvents } from "../events";
+import { LogTail } from "./LogTail";
+import "./JobPanel.css";
+
+const ENDED = new Set(["COMPLETED", "FAILED", "DEAD", "CANCELLED"]);
+const LIVE_KINDS = new Set(["job", "gate", "service"]);
+
+interface Attempt {
+  attempt: number;
+  worker: string | null;
+  started_at: number | null;
+  finished_at: number | null;
+  exit_code: number | null;
+  state: string;
+  reason: string | null;
+  current?: boolean;
+}
 
 export function JobPanel({ jobId, onClose }: { jobId: string; onClose?: () => void }) {
   return (
-    <div className="panel" data-testid="job-panel">
-      <div className="toolbar"><b>{jobId}</b><span className="spacer" />
-        {onClose && <button className="link" onClick={onClose}>×</button>}</div>
-      to come.
-    </div>
+    <aside className="panel job-panel" data-testid="job-panel">
+      <JobDetails jobId={jobId} onClose={onClose} />
+    </aside>
   );
 }
 
 export function JobPage() {
   const { ref } = useParams();
-  return <JobPanel jobId={ref ?? ""} />;
+  return (
+    <div className="job-page" data-testid="job-page">
+      <JobDetails jobId={ref ?? ""} page />
+    </div>
+  );
+}
+
+function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => void; page?: boolean }) {
+  const load = useLoad(
+    async () => ({ ref: jobId, job: await api.get<Job>(`/jobs/${seg(jobId)}`) }), [jobId]);
+  const [actionError, setActionError] = useState<unknown>(null);
+  const job = load.data && load.data.ref === jobId ? load.data.job : null;
+  const [gone, setGone] = useState<string | null>(null);
+  const setJob = (next: Job) => load.setData({ ref: jobId, job: next });
+
+  const head = (
+    <div className="job-head">
+      <div className="job-title">
+        {page && job?.run_id && (
+          <div className="job-crumbs">
+            <Link to="/runs">Runs</Link> › <Link to={`/runs/${seg(job.run_id)}`} data-testid="job-run">{job.run_id}</Link>
+          </div>
+        )}
+        <div className="job-name">
+          <span className="name" title={job?.job_id ?? jobId}>{job ? displayName(job) : jobId}</span>
+          {job && <span data-testid="job-state"><StateBadge state={job.phase ?? job.state} /></span>}
+          {job && job.kind !== "job" && <span className="tag" data-testid="job-kind">{job.kind}</span>}
+        </div>
+      </div>
+      {onClose && <button className="link job-close" onClick={onClose} aria-label="close"
+        data-testid="job-panel-close">×</button>}
+    </div>
+  );
+
+  if (!job) {
+    return (
+      <>
+        {head}
+        <ErrorBanner error={load.error} />
+        {!load.error && <div className="muted job-loading">loading…</div>}
+      </>
+    );
+  }
+
+  const ended = ENDED.has(job.state);
+  return (
+    <>
+      <JobLive job={job} onJob={(next) => { if (next) { setGone(null); setJob(next); } else setGone(job.job_id); }}
+        onReset={load.reload} />
+      {head}
+      <div className="job-id mono" data-testid="job-id">{job.job_id}</div>
+      {gone === job.job_id && (
+        <div className="error">this job is no longer kept by the master (retention): what shows is its last state</div>
+      )}
+      <ErrorBanner error={load.error} />
+      <ErrorBanner error={actionError} onClose={() => setActionError(null)} />
+      {job.kind === "gate"
+        ? <GateBox job={job} onJob={setJob} onError={setActionError} />
+        : <CancelBox job={job} ended={ended} onDone={load.reload} onError={setActionError} />}
+      <div className={page ? "job-columns" : "job-stack"}>
+        <div className="job-info">
+          <Facts job={job} />
+          {job.kind !== "gate" && <Attempts job={job} />}
+          <Result value={job.result} />
+        </div>
+        {job.kind !== "gate" && (
+          <div className="job-log">
+            <h3>Output</h3>
+            <MemoLog jobId={job.job_id} height={page ? "calc(100vh - 230px)" : "340px"} />
+          </div>
+        )}
+      </div>
+    </>
+  );
+}
+
+const MemoLog = memo(LogTail);
+
+/** Follows the job's changes on the live feed (its run's, or every job's for a lone job). */
+function JobLive({ job, onJob, onReset }: {
+  job: Job; onJob: (job: Job | null) => void; onReset: () => void;
+}) {
+  const filter = job.run_id ? { run: job.run_id } : { kind: ["job", "gate", "service"] };
+  useEvents(filter, (changes: Change[]) => {
+    for (const c of changes) {
+      if (LIVE_KINDS.has(c.kind) && c.id === job.job_id) onJob(c.data);
+    }
+  }, onReset);
+  return null;
+}
+
+function displayName(job: Job): string {
+  return job.name || job.node || job.job_id;
+}
+
+function Facts({ job }: { job: Job }) {
+  const rows: [string, string, ReactNode][] = [];
+  const add = (key: string, label: string, value: ReactNode) => rows.push([key, label, value]);
+  if (job.name && job.node && job.name !== job.node) add("node", "Node", <span className="mono">{job.node}</span>);
+  add("kind", "Kind", job.kind);
+  if (job.kind !== "gate") {
+    add("command", "Command", job.command?.length
+      ? <code className="job-command">{shellJoin(job.command)}</code> : "—");
+  }
+  if (job.depends_on?.length) {
+    add("depends-on", "Depends on", job.depends_on.map((p: string) => (
+      <Link key={p} className="tag dep" to={`/jobs/${seg(job.run_id + "/" + p)}`}>{p}</Link>)));
+  }
+  add("tags", "Tags", job.tags?.length ? job.tags.map((t: string) => <span key={t} className="tag">{t}</span>) : "—");
+  add("priority", "Priority", String(job.priority ?? 0));
+  if (job.kind !== "gate") {
+    add("worker", "Worker", job.worker ?? "—");
+    add("attempt", "Attempt", job.attempt
+      ? `${job.attempt} of ${(job.retries ?? 0) + 1}` : `not started (of ${(job.retries ?? 0) + 1})`);
+    add("failures", "Failures", String(job.failures ?? 0));
+    add("exit-code", "Exit code", job.exit_code ?? "—");
+  }
+  if (job.reason) add("reason", "Reason", job.reason);
+  if (job.waiting) add("waiting", "Waiting", <span className="job-waiting">{job.waiting}</span>);
+  add("submitted", "Submitted", when(job.submitted_at));
+  if (job.kind !== "gate" || job.started_at) add("started", "Started", when(job.started_at));
+  add("finished", "Finished", when(job.finished_at));
+  if (job.kind !== "gate") {
+    add("duration", "Duration", <Elapsed from={job.started_at} to={job.finished_at}
+      running={job.state === "RUNNING"} />);
+  }
+  return (
+    <dl className="job-facts">
+      {rows.map(([key, label, value]) => (
+        <div key={key} className="job-fact">
+          <dt>{label}</dt>
+          <dd data-testid={"job-" + key}>{value}</dd>
+        </div>
+      ))}
+    </dl>
+  );
+}
+
+function Elapsed({ from, to, running }: { from: number | null; to: number | null; running: boolean }) {
+  const now = useNow(running ? 1000 : 3600_000);
+  if (!from) return <>—</>;
+  return <>{duration((to ?? (running ? now : null) ?? from) - from)}</>;
+}
+
+function Attempts({ job }: { job: Job }) {
+  const rows: Attempt[] = [...(job.attempts ?? [])];
+  if (job.state === "RUNNING" || (!job.attempts && job.started_at)) {
+    rows.push({
+      attempt: job.attempt, worker: job.worker, started_at: job.started_at,
+      finished_at: job.finished_at, exit_code: job.exit_code,
+      state: job.state === "RUNNING" ? "RUNNING" : job.state, reason: job.reason,
+      current: job.state === "RUNNING",
+    });
+  }
+  const dropped: number = job.attempts_dropped ?? 0;
+  return (
+    <section className="job-section">
+      <h3>Attempts <span className="muted count">{dropped + rows.length || ""}</span></h3>
+      {rows.length === 0
+        ? <div className="muted small">no attempt yet</div>
+        : (
+          <table className="grid job-attempts" data-testid="attempts">
+            <thead>
+              <tr><th>#</th><th>Worker</th><th>Started</th><th>Took</th><th>Exit</th><th>State</th><th>Reason</th></tr>
+            </thead>
+            <tbody>
+              {dropped > 0 && (
+                <tr className="dropped"><td colSpan={7} className="muted">
+                  {dropped} earlier attempt{dropped === 1 ? "" : "s"} not kept</td></tr>
+              )}
+              {rows.map((a) => (
+                <tr key={a.attempt + (a.current ? "-now" : "")} data-testid="attempt"
+                  className={a.current ? "current" : undefined}>
+                  <td>{a.attempt}</td>
+                  <td>{a.worker ?? "—"}</td>
+                  <td title={when(a.started_at)}>{clock(a.started_at)}</td>
+                  <td><Elapsed from={a.started_at} to={a.finished_at} running={!!a.current} /></td>
+                  <td className={a.exit_code ? "exit-bad" : undefined}>{a.exit_code ?? "—"}</td>
+                  <td><StateBadge state={a.state} /></td>
+                  <td className="reason">{a.reason ?? ""}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+    </section>
+  );
+}
+
+function Result({ value }: { value: unknown }) {
+  const [open, setOpen] = useState(false);
+  if (value === null || value === undefined) return null;
+  const text = typeof value === "string" ? value : JSON.stringify(value, null, 2);
+  const lines = text.split("\n").length;
+  const large = lines > 14 || text.length > 1200;
+  return (
+    <section className="job-section">
+      <h3>Result</h3>
+      <pre className={"job-result" + (large && !open ? " collapsed" : "")} data-testid="job-result">{text}</pre>
+      {large && (
+        <button className="link small" data-testid="job-result-toggle" onClick={() => setOpen(!open)}>
+          {open ? "collapse" : `show all (${lines} lines)`}
+        </button>
+      )}
+    </section>
+  );
+}
+
+function CancelBox({ job, ended, onDone, onError }: {
+  job: Job; ended: boolean; onDone: () => void; onError: (e: unknown) => void;
+}) {
+  const [asking, setAsking] = useState(false);
+  const cancel = async () => {
+    try {
+      await api.post(`/jobs/${seg(job.job_id)}/cancel`);
+      setAsking(false);
+      onDone();
+    } catch (e) {
+      onError(e);
+    }
+  };
+  return (
+    <div className="job-actions">
+      <button className="danger" data-testid="cancel-job" disabled={ended || asking}
+        title={ended ? `it has ended (${job.state.toLowerCase()})` : "stop this job"}
+        onClick={() => setAsking(true)}>Cancel job</button>
+      {asking && !ended && (
+        <div className="job-confirm" role="alertdialog">
+          <span>Cancel <b>{displayName(job)}</b>?{job.state === "RUNNING" ? " Its process is killed." : ""}</span>
+          <ActionButton className="danger solid" testid="confirm" onClick={cancel}>Yes, cancel</ActionButton>
+          <button data-testid="confirm-dismiss" onClick={() => setAsking(false)}>Keep it</button>
+        </div>
+      )}
+    </div>
+  );
+}
+
+function GateBox({ job, onJob, onError }: {
+  job: Job; onJob: (job: Job) => void; onError: (e: unknown) => void;
+}) {
+  const [comment, setComment] = useState("");
+  const decide = async (approved: boolean) => {
+    try {
+      const next = await api.post<Job>(`/gates/${seg(job.job_id)}/decide`, { approved, comment });
+      onError(null);
+      if (next && next.job_id) onJob(next);
+    } catch (e) {
+      onError(e);
+    }
+  };
+  const d = job.decision;
+  return (
+    <section className={"gate-box" + (d ? (d.approved ? " approved" : " rejected") : "")} data-testid="gate">
+      <div className="gate-question" data-testid="gate-message">{job.message || "(no question)"}</div>
+      {job.state === "WAITING_APPROVAL" && (
+        <div className="gate-form">
+          <textarea data-testid="gate-comment" rows={2} placeholder="comment (optional)"
+            value={comment} onChange={(e) => setComment(e.target.value)} />
+          <div className="gate-buttons">
+            <ActionButton className="approve" testid="approve" onClick={() => decide(true)}>Approve</ActionButton>
+            <ActionButton className="danger" testid="reject" onClick={() => decide(false)}>Reject</ActionButton>
+          </div>
+        </div>
+      )}
+      {d && (
+        <div className="gate-decision" data-testid="gate-decision">
+          <span className={"verdict " + (d.approved ? "yes" : "no")} data-testid="decision-verdict">
+            {d.approved ? "✓ approved" : "✕ rejected"}</span>
+          {" by "}<b data-testid="decision-by">{d.by || "—"}</b>
+          {d.via && <span className="muted"> via {d.via}</span>}
+          <span className="muted"> · {when(d.at)}</span>
+          {d.comment && <blockquote data-testid="decision-comment">{d.comment}</blockquote>}
+        </div>
+      )}
+      {!d && job.state !== "WAITING_APPROVAL" && (
+        <div className="muted small">{ENDED.has(job.state)
+          ? "ended without a decision" : "asks once the jobs it depends on are done"}</div>
+      )}
+    </section>
+  );
+}
+
+function clock(ts: number | null | undefined): string {
+  if (!ts) return "—";
+  return new Date(ts * 1000).toLocaleTimeString(undefined, { hour12: false });
+}
+
+function shellJoin(argv: string[]): string {
+  return argv.map((a) => (/^[\w@%+=:,./-]+$/.test(a) ? a : "'" + a.replace(/'/g, "'\\''") + "'")).join(" ");
 }
