@@ -1,3 +1,244 @@
+// Agent runs: /agent-runs lists the recent ones (the distinct agent_run_id of recent runs) and
+// opens one by id; /agent-runs/:agentRunId draws its stages (runs) as bars on one time axis,
+// growing while they run, each a link to its run.
+import { useMemo, useState } from "react";
+import { Link, useNavigate, useParams } from "react-router";
+import { api, seg, type Change, type Run } from "../api";
+import { useEvents } from "../events";
+import { Empty, ErrorBanner, StateBadge, duration, stateClass, useLoad, useNow, when } from "../common";
+import { agentRunLink, runLink } from "./RunsView";
+import "./AgentRunView.css";
+
 export function AgentRunView() {
-  return <div className="empty">AgentRunView: to come.</div>;
+  const { agentRunId } = useParams();
+  return agentRunId ? <Timeline id={agentRunId} key={agentRunId} /> : <AgentRunIndex />;
+}
+
+// -- the index ----------------------------------------------------------------------------
+
+interface AgentRunSummary {
+  id: string;
+  stages: number;
+  runs: Run[];
+  running: boolean;
+  last: Run;
+  first: number;
+  end: number | null;
+}
+
+const RECENT = 500;
+
+function summarize(runs: Run[]): AgentRunSummary[] {
+  const by = new Map<string, Run[]>();
+  for (const r of runs) {
+    if (!r.agent_run_id) continue;
+    const list = by.get(r.agent_run_id) ?? [];
+    list.push(r);
+    by.set(r.agent_run_id, list);
+  }
+  const out: AgentRunSummary[] = [];
+  for (const [id, list] of by) {
+    list.sort((a, b) => a.created_at - b.created_at);
+    const running = list.some((r) => r.state === "RUNNING");
+    out.push({
+      id, stages: list.length, runs: list, running, last: list[list.length - 1], first: list[0].created_at,
+      end: running ? null : Math.max(...list.map((r) => r.finished_at ?? r.created_at)),
+    });
+  }
+  return out.sort((a, b) => b.last.created_at - a.last.created_at);
+}
+
+function AgentRunIndex() {
+  const navigate = useNavigate();
+  const now = useNow(1000);
+  const [typed, setTyped] = useState("");
+  const { data, setData, error, loading, reload } = useLoad(
+    () => api.get<{ runs: Run[] }>("/runs", { limit: RECENT }).then((p) => p.runs), []);
+
+  useEvents({ kind: ["run"] }, (changes: Change[]) => {
+    const mine = changes.filter((c) => c.kind === "run" && c.data?.agent_run_id);
+    if (!mine.length) return;
+    setData((runs) => {
+      if (!runs) return runs;
+      const next = runs.filter((r) => !mine.some((c) => c.id === r.run_id));
+      return [...mine.map((c) => c.data as Run), ...next];
+    });
+  }, reload);
+
+  const agentRuns = useMemo(() => summarize(data ?? []), [data]);
+  const go = () => { if (typed.trim()) navigate(agentRunLink(typed.trim())); };
+
+  return (
+    <div className="agent-view">
+      <div className="toolbar">
+        <h1 className="agent-title">Agent runs</h1>
+        <span className="spacer" />
+        <form className="agent-open" onSubmit={(e) => { e.preventDefault(); go(); }}>
+          <input data-testid="agent-run-input" placeholder="agent_run_id" value={typed}
+            onChange={(e) => setTyped(e.target.value)} aria-label="agent run id" />
+          <button type="submit" className="primary" data-testid="agent-run-open" disabled={!typed.trim()}>Open</button>
+        </form>
+      </div>
+      <ErrorBanner error={error} />
+      {!data && loading && <Empty>Loading…</Empty>}
+      {data && !agentRuns.length && (
+        <Empty>
+          No agent run among the last {RECENT} runs. Runs join one when submitted with an
+          <code> agent_run_id</code> (and a <code>stage</code>).
+        </Empty>
+      )}
+      {agentRuns.length > 0 && (
+        <table className="grid agent-index">
+          <thead>
+            <tr><th>Agent run</th><th>Stages</th><th>Latest</th><th>State</th><th>Started</th><th className="num">Span</th></tr>
+          </thead>
+          <tbody>
+            {agentRuns.map((a) => (
+              <tr key={a.id} data-testid={"agent-run-" + a.id} className="clickable"
+                onClick={() => navigate(agentRunLink(a.id))}>
+                <td><Link to={agentRunLink(a.id)} className="mono" onClick={(e) => e.stopPropagation()}>{a.id}</Link></td>
+                <td>
+                  <span className="agent-chips">
+                    {a.runs.slice(-12).map((r, i) => (
+                      <span key={r.run_id} className="agent-chips">
+                        {i > 0 && <span className="agent-chip-arrow">›</span>}
+                        <span className={"agent-chip " + stateClass(r.state)} title={`${r.name}: ${r.state}`}>
+                          {r.stage || "·"}
+                        </span>
+                      </span>
+                    ))}
+                  </span>
+                </td>
+                <td>{a.last.name}</td>
+                <td><StateBadge state={a.running ? "RUNNING" : a.last.state} /></td>
+                <td className="nowrap" title={when(a.first)}>{when(a.first)}</td>
+                <td className="num">{duration((a.end ?? now) - a.first)}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+    </div>
+  );
+}
+
+// -- one agent run's timeline -------------------------------------------------------------
+
+const STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+  43200, 86400, 172800, 604800];
+
+/** Tick positions (seconds since t0) for a span: at most about 8, on round steps. */
+function ticks(t0: number, span: number): number[] {
+  const step = STEPS.find((s) => span / s <= 8) ?? STEPS[STEPS.length - 1];
+  const first = Math.ceil(t0 / step) * step;
+  const out: number[] = [];
+  for (let t = first; t <= t0 + span + 1e-9; t += step) out.push(t);
+  return out;
+}
+
+function tickLabel(ts: number, span: number): string {
+  const d = new Date(ts * 1000);
+  if (span >= 2 * 86400) return d.toLocaleDateString(undefined, { month: "short", day: "numeric" }) + " " +
+    d.toLocaleTimeString(undefined, { hour12: false, hour: "2-digit", minute: "2-digit" });
+  if (span >= 600) return d.toLocaleTimeString(undefined, { hour12: false, hour: "2-digit", minute: "2-digit" });
+  return d.toLocaleTimeString(undefined, { hour12: false });
+}
+
+function Timeline({ id }: { id: string }) {
+  const navigate = useNavigate();
+  const { data, setData, error, loading, reload } = useLoad(
+    () => api.get<{ agent_run_id: string; runs: Run[] }>(`/agent-runs/${seg(id)}`).then((a) => a.runs), [id]);
+  const running = !!data?.some((r) => r.state === "RUNNING");
+  const now = useNow(running ? 250 : 5000);
+
+  useEvents({ kind: ["run"] }, (changes: Change[]) => {
+    const known = new Set((data ?? []).map((r) => r.run_id));
+    const mine = changes.filter((c) => c.kind === "run"
+      && (known.has(c.id) || c.data?.agent_run_id === id));
+    if (!mine.length) return;
+    // A new stage: the master's order is the timeline's, so read it again.
+    if (mine.some((c) => !known.has(c.id))) { reload(); return; }
+    const latest = new Map(mine.map((c) => [c.id, c.data as Run | null]));
+    setData((runs) => runs && runs.flatMap((r) => {
+      if (!latest.has(r.run_id)) return [r];
+      const now = latest.get(r.run_id);
+      return now ? [now] : [];
+    }));
+  }, reload);
+
+  const runs = data ?? [];
+  const t0 = runs.length ? Math.min(...runs.map((r) => r.created_at)) : now;
+  const tEnd = runs.length ? Math.max(...runs.map((r) => r.finished_at ?? now)) : now;
+  const span = Math.max(tEnd - t0, 1);
+  const pos = (t: number) => `${(100 * (t - t0)) / span}%`;
+  const marks = ticks(t0, span);
+  const ended = runs.filter((r) => r.state !== "RUNNING");
+  const overall = running ? "RUNNING"
+    : runs.some((r) => r.state === "FAILED") ? "FAILED"
+      : runs.length && runs.every((r) => r.state === "COMPLETED") ? "COMPLETED"
+        : runs.length ? runs[runs.length - 1].state : null;
+
+  return (
+    <div className="agent-view">
+      <div className="toolbar">
+        <Link to="/agent-runs" className="muted">Agent runs</Link>
+        <span className="muted">/</span>
+        <h1 className="agent-title mono" data-testid="agent-run-id">{id}</h1>
+        {overall && <StateBadge state={overall} />}
+        <span className="spacer" />
+        {runs.length > 0 && (
+          <span className="agent-summary muted">
+            {runs.length} stage{runs.length === 1 ? "" : "s"} · {ended.length} ended · started {when(t0)} ·
+            <b> {duration(tEnd - t0)}</b>{running ? " so far" : ""}
+          </span>
+        )}
+        <Link to={"/runs?agent_run_id=" + encodeURIComponent(id)} className="agent-runs-link">runs list →</Link>
+      </div>
+      <ErrorBanner error={error} />
+      {!data && loading && <Empty>Loading…</Empty>}
+      {data && !runs.length && <Empty>This agent run has no runs.</Empty>}
+      {runs.length > 0 && (
+        <div className="agent-timeline" data-testid="timeline">
+          <div className="agent-row agent-axis">
+            <div className="agent-label muted">Stage · run</div>
+            <div className="agent-track">
+              {marks.map((t) => (
+                <span key={t} className="agent-tick" style={{ left: pos(t) }}>{tickLabel(t, span)}</span>
+              ))}
+            </div>
+            <div className="agent-dur muted">Duration</div>
+          </div>
+          {runs.map((r, i) => {
+            const end = r.finished_at ?? now;
+            const took = end - r.created_at;
+            return (
+              <div className="agent-row" key={r.run_id} data-testid={"timeline-row-" + r.run_id}>
+                <div className="agent-label" title={`${r.stage ?? ""} ${r.name} (${r.run_id})`}>
+                  <span className="agent-index">{i + 1}</span>
+                  <span className={"agent-stage " + stateClass(r.state)}>{r.stage || "—"}</span>
+                  <Link to={runLink(r.run_id)} className="agent-name">{r.name}</Link>
+                </div>
+                <div className="agent-track">
+                  {marks.map((t) => <span key={t} className="agent-grid" style={{ left: pos(t) }} />)}
+                  <div className={"agent-bar " + stateClass(r.state) + (r.state === "RUNNING" ? " live" : "")}
+                    data-testid={"stage-" + r.run_id} data-state={r.state} role="link" tabIndex={0}
+                    style={{ left: pos(r.created_at), width: `max(3px, ${(100 * took) / span}%)` }}
+                    title={`${r.stage ?? ""} ${r.name}: ${r.state}, ${duration(took)}\n${when(r.created_at)} → ${r.finished_at ? when(r.finished_at) : "now"}`}
+                    onClick={() => navigate(runLink(r.run_id))}
+                    onKeyDown={(e) => { if (e.key === "Enter") navigate(runLink(r.run_id)); }}>
+                    <span className="agent-bar-text">{duration(took)}</span>
+                  </div>
+                </div>
+                <div className="agent-dur">
+                  <span data-testid={"timeline-duration-" + r.run_id}>{duration(took)}</span>
+                  <StateBadge state={r.state} />
+                </div>
+              </div>
+            );
+          })}
+          {running && <div className="agent-now-note muted">the axis ends now; running stages grow</div>}
+        </div>
+      )}
+    </div>
+  );
 }

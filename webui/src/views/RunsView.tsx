@@ -1,3 +1,232 @@
+// The runs list (/runs): newest first, a page at a time by cursor, filtered by state, name
+// and agent run (kept in the URL so a link shares the view), updated live from run changes.
+import { useEffect, useState } from "react";
+import { Link, useSearchParams } from "react-router";
+import { api, type Change, type Run } from "../api";
+import { useEvents } from "../events";
+import { Empty, ErrorBanner, STATES, StateBadge, duration, stateClass, useLoad, useNow, when } from "../common";
+import "./RunsView.css";
+
+const RUN_STATES = ["RUNNING", "COMPLETED", "FAILED", "CANCELLED"];
+const PAGE = 50;
+
+interface Page {
+  runs: Run[];
+  next_cursor: number | null;
+}
+
+export function runLink(runId: string): string {
+  return "/runs/" + encodeURIComponent(runId);
+}
+
+export function agentRunLink(agentRunId: string): string {
+  return "/agent-runs/" + encodeURIComponent(agentRunId);
+}
+
+/** The run's jobs by state as one bar, in the palette's order. */
+export function Progress({ counts, total }: { counts: Record<string, number>; total: number }) {
+  const whole = Math.max(total, 1);
+  return (
+    <div className="progress" title={STATES.filter((s) => counts[s]).map((s) => `${s} ${counts[s]}`).join(", ")}>
+      {STATES.filter((s) => counts[s]).map((s) => (
+        <span key={s} className={stateClass(s)} style={{ width: `${(100 * counts[s]) / whole}%` }} />
+      ))}
+    </div>
+  );
+}
+
+export function Counts({ counts }: { counts: Record<string, number> }) {
+  const present = STATES.filter((s) => counts[s]);
+  if (!present.length) return <span className="muted">—</span>;
+  return (
+    <span className="runs-counts">
+      {present.map((s) => (
+        <span key={s} className={"runs-count " + stateClass(s)} title={s}>{counts[s]}</span>
+      ))}
+    </span>
+  );
+}
+
+function matches(run: Run, state: string, name: string, agent: string): boolean {
+  if (state && run.state !== state) return false;
+  if (name && !String(run.name ?? "").includes(name)) return false;
+  if (agent && run.agent_run_id !== agent) return false;
+  return true;
+}
+
 export function RunsView() {
-  return <div className="empty">RunsView: to come.</div>;
+  const [params, setParams] = useSearchParams();
+  const state = params.get("state") ?? "";
+  const name = params.get("name") ?? "";
+  const agent = params.get("agent_run_id") ?? "";
+  const cursor = params.get("cursor") ?? "";
+  // Cursors of the pages before this one, to go back to newer runs.
+  const [back, setBack] = useState<string[]>([]);
+  const [nameInput, setNameInput] = useState(name);
+  const [agentInput, setAgentInput] = useState(agent);
+  const now = useNow(1000);
+
+  // From the latest query, not this render's: a debounced filter lands after other changes.
+  const set = (changes: Record<string, string>, keepCursor = false) => {
+    if (!keepCursor) setBack([]);
+    setParams((prev) => {
+      const next = new URLSearchParams(prev);
+      for (const [k, v] of Object.entries(changes)) {
+        if (v) next.set(k, v); else next.delete(k);
+      }
+      if (!keepCursor) next.delete("cursor");
+      return next;
+    }, { replace: !keepCursor });
+  };
+
+  // Typing filters after a pause, not on every key.
+  useEffect(() => {
+    if (nameInput === name) return;
+    const t = setTimeout(() => set({ name: nameInput.trim() }), 300);
+    return () => clearTimeout(t);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [nameInput]);
+  useEffect(() => {
+    if (agentInput === agent) return;
+    const t = setTimeout(() => set({ agent_run_id: agentInput.trim() }), 300);
+    return () => clearTimeout(t);
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [agentInput]);
+  useEffect(() => { setNameInput(name); }, [name]);
+  useEffect(() => { setAgentInput(agent); }, [agent]);
+
+  const { data, setData, error, loading, reload } = useLoad<Page>(
+    () => api.get<Page>("/runs", { limit: PAGE, cursor, state, name, agent_run_id: agent }),
+    [cursor, state, name, agent],
+  );
+
+  useEvents({ kind: ["run"] }, (changes: Change[]) => {
+    setData((page) => {
+      if (!page) return page;
+      let runs = page.runs;
+      let changed = false;
+      const newest = runs.length ? Math.max(...runs.map((r) => r.created_at ?? 0)) : -Infinity;
+      const fresh: Run[] = [];
+      for (const c of changes) {
+        if (c.kind !== "run") continue;
+        const at = runs.findIndex((r) => r.run_id === c.id);
+        if (c.data === null) {
+          if (at >= 0) { runs = runs.filter((r) => r.run_id !== c.id); changed = true; }
+        } else if (at >= 0) {
+          runs = runs.slice();
+          runs[at] = c.data as Run;
+          changed = true;
+        } else if (!cursor && (c.data.created_at ?? 0) >= newest
+            && matches(c.data as Run, state, name, agent)
+            && !fresh.some((r) => r.run_id === c.id)) {
+          fresh.push(c.data as Run);
+        }
+      }
+      if (fresh.length) {
+        fresh.sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
+        runs = [...fresh, ...runs];
+        changed = true;
+      }
+      return changed ? { ...page, runs } : page;
+    });
+  }, reload);
+
+  const filtered = !!(state || name || agent);
+  return (
+    <div className="runs-view">
+      <div className="toolbar">
+        <h1 className="runs-title">Runs</h1>
+        <span className="spacer" />
+        <select data-testid="filter-state" value={state} aria-label="state"
+          onChange={(e) => set({ state: e.target.value })}>
+          <option value="">All states</option>
+          {RUN_STATES.map((s) => <option key={s} value={s}>{s.toLowerCase()}</option>)}
+        </select>
+        <input data-testid="filter-name" placeholder="Name contains…" value={nameInput}
+          onChange={(e) => setNameInput(e.target.value)} aria-label="name" />
+        <input data-testid="filter-agent" placeholder="Agent run id" value={agentInput}
+          onChange={(e) => setAgentInput(e.target.value)} aria-label="agent run id" />
+        {filtered && (
+          <button className="link" data-testid="filter-clear"
+            onClick={() => { setNameInput(""); setAgentInput(""); set({ state: "", name: "", agent_run_id: "" }); }}>
+            clear
+          </button>
+        )}
+      </div>
+      <ErrorBanner error={error} />
+      {data && (
+        <table className="grid runs-table" data-testid="runs-table">
+          <thead>
+            <tr>
+              <th>Name</th><th>Run</th><th>State</th><th>Progress</th><th>Jobs</th>
+              <th>Agent run · stage</th><th>Started</th><th className="num">Duration</th>
+            </tr>
+          </thead>
+          <tbody>
+            {data.runs.map((r) => (
+              <tr key={r.run_id} data-testid={"run-row-" + r.run_id} data-state={r.state}>
+                <td className="runs-name"><Link to={runLink(r.run_id)} data-testid={"run-link-" + r.run_id}>{r.name}</Link></td>
+                <td className="mono muted runs-id">{r.run_id}</td>
+                <td><StateBadge state={r.state} /></td>
+                <td>
+                  <div className="runs-progress">
+                    <Progress counts={r.counts ?? {}} total={r.total ?? 0} />
+                    <span className="runs-done">{done(r)}/{r.total ?? 0}</span>
+                  </div>
+                </td>
+                <td><Counts counts={r.counts ?? {}} /></td>
+                <td>
+                  {r.agent_run_id
+                    ? <Link to={agentRunLink(r.agent_run_id)} className="mono">{r.agent_run_id}</Link>
+                    : <span className="muted">—</span>}
+                  {r.stage && <span className="tag runs-stage">{r.stage}</span>}
+                </td>
+                <td className="nowrap" title={when(r.created_at)}>{shortWhen(r.created_at, now)}</td>
+                <td className="num nowrap" data-testid={"run-duration-" + r.run_id}>
+                  {duration((r.finished_at ?? now) - r.created_at)}
+                </td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      {data && !data.runs.length && (
+        <Empty>{filtered ? "No run matches these filters." : cursor ? "No older runs." : "No runs yet: submit one with titan run FILE."}</Empty>
+      )}
+      {!data && loading && <Empty>Loading…</Empty>}
+      {data && (cursor || data.next_cursor !== null) && (
+        <div className="toolbar runs-pager">
+          <button data-testid="prev-page" disabled={!cursor}
+            onClick={() => {
+              const stack = back.slice();
+              const prev = stack.pop() ?? "";
+              setBack(stack);
+              set({ cursor: prev }, true);
+            }}>← Newer</button>
+          <button data-testid="next-page" disabled={data.next_cursor === null}
+            onClick={() => {
+              setBack([...back, cursor]);
+              set({ cursor: String(data.next_cursor) }, true);
+            }}>Older →</button>
+          <span className="muted">{data.runs.length} runs on this page</span>
+        </div>
+      )}
+    </div>
+  );
+}
+
+const ENDED = ["COMPLETED", "FAILED", "DEAD", "CANCELLED"];
+
+function done(r: Run): number {
+  const counts: Record<string, number> = r.counts ?? {};
+  return ENDED.reduce((n, s) => n + (counts[s] ?? 0), 0);
+}
+
+/** Today's times as HH:MM:SS, older ones with their date. */
+function shortWhen(ts: number | null | undefined, now: number): string {
+  if (ts === null || ts === undefined) return "—";
+  const d = new Date(ts * 1000);
+  const time = d.toLocaleTimeString(undefined, { hour12: false });
+  if (new Date(now * 1000).toDateString() === d.toDateString()) return time;
+  return d.toLocaleDateString(undefined, { month: "short", day: "numeric" }) + " " + time;
 }
