@@ -23,8 +23,9 @@ interface Cluster {
 /** A worker as shown: its view and when we got it (its heartbeat age ticks from there). */
 type Row = Worker & { seenAt: number };
 
-// Heartbeats are not in the live feed (one per worker per interval would swamp it): the
-// ages are refreshed over REST this often, and tick in between.
+// Heartbeats are not in the live feed (one per worker per interval would swamp it): their
+// ages (and the job counts) are read over REST this often and tick in between. What a worker
+// runs and its state come from the feed alone.
 const REFRESH_MS = 5000;
 const JOBS_SHOWN = 4;
 const JOB_ORDER = ["RUNNING", "PENDING", "DELAYED", "SCHEDULED", "WAITING_APPROVAL", "RETRYING",
@@ -43,9 +44,23 @@ export function ClusterView() {
 
   const reloadAll = useCallback(() => { cluster.reload(); workers.reload(); }, [cluster.reload, workers.reload]);
   useEffect(() => {
-    const t = setInterval(reloadAll, REFRESH_MS);
+    const t = setInterval(() => {
+      cluster.reload();
+      api.get<{ workers: Worker[] }>("/workers").then(({ workers: fresh }) => {
+        const at = Date.now() / 1000;
+        workers.setData((old) => {
+          if (!old) return old;
+          const next = new Map(old);
+          for (const w of fresh) {
+            const row = next.get(w.worker_id);
+            if (row) next.set(w.worker_id, { ...row, last_heartbeat_ago: w.last_heartbeat_ago, idle_for: w.idle_for, seenAt: at });
+          }
+          return next;
+        });
+      }, () => { /* the next tick tries again; the feed's indicator says the master is away */ });
+    }, REFRESH_MS);
     return () => clearInterval(t);
-  }, [reloadAll]);
+  }, [cluster.reload, workers.setData]);
 
   // The cluster's counts move with every job: refresh them at most once a second when a
   // worker changes (a job started or ended on it), not once per change.
@@ -54,9 +69,18 @@ export function ClusterView() {
     if (pending.current !== null) return;
     pending.current = window.setTimeout(() => { pending.current = null; cluster.reload(); }, 1000);
   }, [cluster.reload]);
-  useEffect(() => () => { if (pending.current !== null) clearTimeout(pending.current); }, []);
+  const pendingWorkers = useRef<number | null>(null);
+  const soonWorkers = useCallback(() => {
+    if (pendingWorkers.current !== null) return;
+    pendingWorkers.current = window.setTimeout(() => { pendingWorkers.current = null; workers.reload(); }, 200);
+  }, [workers.reload]);
+  useEffect(() => () => {
+    if (pending.current !== null) clearTimeout(pending.current);
+    if (pendingWorkers.current !== null) clearTimeout(pendingWorkers.current);
+  }, []);
 
   useEvents({ kind: ["worker"] }, (changes: Change[]) => {
+    let joined = false;
     workers.setData((old) => {
       const next = new Map(old ?? []);
       const at = Date.now() / 1000;
@@ -64,11 +88,14 @@ export function ClusterView() {
         if (c.kind !== "worker") continue;
         if (c.data === null) { next.delete(c.id); continue; }
         const before = next.get(c.id);
+        if (!before) joined = true;
         // The feed's view has no spawned_by (the autoscaler's and the dashboard's own note).
         next.set(c.id, { spawned_by: before?.spawned_by ?? null, ...before, ...c.data, seenAt: at });
       }
       return next;
     });
+    // Who started a worker (spawned_by) is not in the feed's view: read it for a new one.
+    if (joined) soonWorkers();
     soon();
   }, reloadAll);
 
@@ -143,6 +170,10 @@ export function ClusterView() {
   );
 }
 
+function idle(seconds: number): string {
+  return seconds < 60 ? `idle ${Math.floor(seconds)} s` : `idle ${duration(seconds)}`;
+}
+
 function countBy(rows: Row[], state: string, label: string) {
   const n = rows.filter((w) => w.state === state).length;
   return n ? <span className="sub-item">{n} {label}</span> : null;
@@ -199,7 +230,7 @@ function WorkerRow({ w, now, onError }: { w: Row; now: number; onError: (e: unkn
         ))}
         {w.jobs.length > JOBS_SHOWN && <span className="muted tiny">+{w.jobs.length - JOBS_SHOWN} more</span>}
         {w.jobs.length === 0 && (
-          <span className="muted">{w.idle_for !== null && w.idle_for !== undefined ? `idle ${duration(w.idle_for)}` : "—"}</span>
+          <span className="muted">{w.idle_for !== null && w.idle_for !== undefined ? idle(w.idle_for + Math.max(0, now - w.seenAt)) : "—"}</span>
         )}
       </td>
       <td className="num">{w.completed}</td>
