@@ -235,6 +235,22 @@ class ErrorTests(WebCase):
         r = self.post(f"/api/v1/gates/{run_id}%2Fok/decide", {"approved": False})
         self.assertEqual((r.status, r.error), (409, "not_waiting"))
 
+    def test_query_parameters_not_as_documented_are_400(self):
+        # tests/acceptance/test_web_schema.py found these taken as defaults (a 200).
+        for path in ("/api/v1/runs?cursor=", "/api/v1/runs?limit=%201", "/api/v1/runs?limit=1_0",
+                     "/api/v1/gates?decided=null", "/api/v1/services?all=1"):
+            r = self.get(path)
+            self.assertEqual((r.status, r.error), (400, "bad_request"), path)
+        for path in ("/api/v1/runs?limit=1", "/api/v1/gates?decided=false",
+                     "/api/v1/services?all=true"):
+            self.assertEqual(self.get(path).status, 200, path)
+
+    def test_deciding_a_job_that_is_not_a_gate_is_404(self):
+        run_id = self.diamond(gate=True)
+        r = self.post(f"/api/v1/gates/{run_id}%2Fa/decide", {"approved": True})
+        self.assertEqual((r.status, r.error), (404, "not_found"))
+        self.assertIn("not an approval gate", r.json["error"]["message"])
+
     def test_unknown_things_are_404(self):
         for path in ("/api/v1/jobs/nope", "/api/v1/runs/nope", "/api/v1/agent-runs/nope"):
             self.assertEqual(self.get(path).status, 404, path)
@@ -442,3 +458,40 @@ class OpenApiTests(WebCase):
             for op in ops.values():
                 names = {p["name"] for p in op.get("parameters", ()) if p["in"] == "path"}
                 self.assertEqual(names, set(re.findall(r"{(\w+)}", path)), path)
+
+    def test_answers_are_what_the_document_says(self):
+        """The components' schemas hold for real answers (schemathesis checks every route
+        against a live master in tests/acceptance/test_web_schema.py; this is the quick
+        guard of the schemas it made true)."""
+        import jsonschema_rs
+        from titan.web.openapi import SCHEMAS
+
+        def check(name: str, value) -> None:
+            validator = jsonschema_rs.Draft202012Validator(
+                {"$ref": f"#/components/schemas/{name}", "components": {"schemas": SCHEMAS}})
+            errors = [f"{e.message} at {list(e.instance_path)}"
+                      for e in validator.iter_errors(value)]
+            self.assertEqual(errors, [], f"{name}: {value}")
+
+        self.master.handle(ev.WorkerJoined("w1", "w1", "10.0.0.5", frozenset({"GPU"}), 2))
+        run_id = self.diamond(gate=True)
+        self.reactor.advance(0)
+        check("Cluster", self.get("/api/v1/cluster").json)
+        [worker] = self.get("/api/v1/workers").json["workers"]
+        check("Worker", worker)
+        [run] = self.get("/api/v1/runs").json["runs"]
+        check("Run", run)
+        check("RunGraph", self.get(f"/api/v1/runs/{run_id}").json)
+        [gate] = self.get("/api/v1/gates").json["gates"]
+        check("Gate", gate)
+        check("Job", self.get(f"/api/v1/jobs/{run_id}%2Fok").json)
+        check("Logs", self.get(f"/api/v1/jobs/{run_id}%2Fa/logs").json)
+        check("Job", self.post(f"/api/v1/gates/{run_id}%2Fok/decide",
+                               {"approved": True, "comment": "go"}).json)
+        [decided] = self.get("/api/v1/gates?decided=true").json["gates"]
+        check("Gate", decided)
+        check("RunCancelled", self.post(f"/api/v1/runs/{run_id}/cancel").json)
+        check("JobCancelled", self.post(f"/api/v1/jobs/{self.pending_job()}/cancel").json)
+        check("Session", self.get("/api/v1/session").json)
+        check("LoginCode", self.post("/api/v1/login-codes").json)
+        check("Error", self.get("/api/v1/runs/nope").json)

@@ -7,6 +7,7 @@ as every face does.  Errors are JSON too: {"error": {"code", "message"}}.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Awaitable, Callable, Optional
 
 from urllib.parse import quote, unquote
@@ -25,6 +26,7 @@ from titan.web.auth import COOKIE, CSRF_HEADER, OPERATOR, Principal, WebAuth
 
 PREFIX = "/api/v1"
 LOG_LIMIT = 1024 * 1024  # the most bytes of a log one request reads
+_WHOLE = re.compile(r"-?[0-9]+")
 # A RemoteError's code -> the HTTP status it is answered with (400 for any other).
 STATUS = {"not_found": 404, "auth": 401, "unauthorized": 401, "forbidden": 403,
           "csrf": 403, "read_only": 403, "not_waiting": 409, "not_running": 409,
@@ -59,18 +61,27 @@ def _arg(request, name: str) -> Optional[str]:
 
 def _int_arg(request, name: str, default: Optional[int], low: int, high: int
              ) -> Optional[int]:
-    """A whole-number query parameter in [low, high], else 400 naming it."""
+    """A whole-number query parameter in [low, high], else 400 naming it (an empty one too:
+    the document says integer; int() alone would take ' 7', '1_0' and other digits)."""
     raw = _arg(request, name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be a whole number, not {raw!r}") \
-            from None
+    if not _WHOLE.fullmatch(raw):
+        raise BadRequest(f"query parameter {name!r} must be a whole number, not {raw!r}")
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"query parameter {name!r} must be from {low} to {high}, not {value}")
     return value
+
+
+def _bool_arg(request, name: str) -> bool:
+    """A true/false query parameter (absent: false), else 400 naming it."""
+    raw = _arg(request, name)
+    if raw is None or raw == "false":
+        return False
+    if raw == "true":
+        return True
+    raise BadRequest(f"query parameter {name!r} must be true or false, not {raw!r}")
 
 
 def _utf8_cut(data: bytes, limit: int) -> bytes:
@@ -348,7 +359,7 @@ class WebApp:
     @route(PREFIX + "/gates")
     def gates(self, request, who, body):
         """Waiting gates across runs (the inbox), or with ?decided=true the decided ones."""
-        decided = (_arg(request, "decided") or "").lower() in ("1", "true", "yes")
+        decided = _bool_arg(request, "decided")
         return {"gates": self.api.list_gates(self.caller(who), decided,
                                              _int_arg(request, "limit", 200, 1, 10_000))}
 
@@ -360,7 +371,7 @@ class WebApp:
 
     @route(PREFIX + "/services")
     def services(self, request, who, body):
-        everything = (_arg(request, "all") or "").lower() in ("1", "true", "yes")
+        everything = _bool_arg(request, "all")
         return {"services": self.api.list_services(self.caller(who), everything)}
 
     @route(PREFIX + "/schedules")
@@ -412,7 +423,10 @@ class WebApp:
         if not isinstance(by, str):
             raise BadRequest("'by' must be a string")
         job = self.api.job_info(caller, ref)
-        if job["kind"] == "gate" and job["state"] != "WAITING_APPROVAL":
+        if job["kind"] != "gate":  # no such gate: not a request the body made bad (400)
+            raise NotFound(f"no gate {ref}: {job['job_id']} is a {job['kind']}, not an "
+                           "approval gate")
+        if job["state"] != "WAITING_APPROVAL":
             raise HttpError("not_waiting", f"gate {job['job_id']} is not waiting for "
                             f"approval (it is {job['state']})")
         return self.api.decide_gate(caller, job["job_id"], approved, by, comment)

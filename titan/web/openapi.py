@@ -29,7 +29,7 @@ def _query(name: str, kind: str, description: str, **extra: Any) -> dict:
 
 def _path(name: str, description: str) -> dict:
     return {"name": name, "in": "path", "required": True, "description": description,
-            "schema": {"type": "string"}}
+            "schema": {"type": "string", "minLength": 1}}
 
 
 def _op(summary: str, ok: dict, *, params: tuple = (), body: dict | None = None,
@@ -46,7 +46,9 @@ def _op(summary: str, ok: dict, *, params: tuple = (), body: dict | None = None,
     return op
 
 
-_CHANGE = (400, 401, 403, 404, 413)  # what a change may answer besides 200
+# What a change may answer besides 200 (503: the event log cannot be written).
+_CHANGE = (400, 401, 403, 404, 413, 503)
+_OFFSET = {"minimum": 0, "maximum": 2 ** 62}
 # A job ref is one path segment, so a node named like an action (logs, cancel) is never
 # taken for one: a run's job goes in with its slash percent-encoded.
 _REF = "the job: its id, or RUN_ID%2FNODE (one path segment: the slash percent-encoded)"
@@ -59,22 +61,27 @@ PATHS: dict[str, dict] = {
         "HttpOnly, SameSite=Strict session cookie and answers the session's CSRF value",
         _ok(_ref("Session")), public=True, errors=(400, 401, 413),
         body={"type": "object", "properties": {"token": {"type": "string"},
-                                               "code": {"type": "string"}}})},
+                                               "code": {"type": "string"}},
+              "anyOf": [{"required": ["token"]}, {"required": ["code"]}]})},
     "/login": {"get": {
         "summary": "The one-time login link `titan up` prints: opens a session and "
                    "redirects to the dashboard",
         "security": [], "parameters": [_query("code", "string", "the one-time login code")],
-        "responses": {"303": {"description": "Logged in; on to /"}, "401": _ERR}}},
-    "/api/v1/logout": {"post": _op("End the session of the cookie sent", _ok(_ANY),
+        "responses": {"303": _ok({"type": "object", "required": ["redirect"], "properties": {
+            "redirect": {"const": "/"}}}, "Logged in; on to / (the Location header)"),
+            "401": _ERR}}},
+    "/api/v1/logout": {"post": _op("End the session of the cookie sent", _ok({
+        "type": "object", "required": ["logged_out"],
+        "properties": {"logged_out": {"const": True}}}),
                                    public=True, errors=(400, 413))},
     "/api/v1/session": {"get": _op("Who the caller is (role) and its session's CSRF value",
                                    _ok(_ref("Session")))},
     "/api/v1/login-codes": {"post": _op(
-        "A one-time login code (and the path of its link) for a browser", _ok({
-            "type": "object", "properties": {"code": {"type": "string"},
-                                             "path": {"type": "string"}}}),
-        errors=(401, 403, 413))},
-    "/api/v1/openapi.json": {"get": _op("This document", _ok(_ANY), public=True, errors=())},
+        "A one-time login code (and the path of its link) for a browser",
+        _ok(_ref("LoginCode")), errors=(400, 401, 403, 413, 503))},
+    "/api/v1/openapi.json": {"get": _op("This document", _ok({
+        "type": "object", "required": ["openapi", "info", "paths"],
+        "properties": {"openapi": {"const": "3.1.0"}}}), public=True, errors=())},
     "/api/v1/cluster": {"get": _op("The cluster: job counts by state, workers, slots, "
                                    "persistence, warnings", _ok(_ref("Cluster")))},
     "/api/v1/workers": {"get": _op("Every worker: name, host, tags, busy/total slots, the "
@@ -106,23 +113,26 @@ PATHS: dict[str, dict] = {
         errors=_CHANGE + (409,), params=(_path("name", "the worker: its name or id"),))},
     "/api/v1/runs": {"get": _op(
         "DAG runs, newest first, a page at a time", _ok({
-            "type": "object", "properties": {
+            "type": "object", "required": ["runs", "next_cursor"], "properties": {
                 "runs": {"type": "array", "items": _ref("Run")},
                 "next_cursor": {"type": ["integer", "null"]}}}),
         errors=(400, 401),
-        params=(_query("limit", "integer", "runs per page (1-1000, default 50)"),
-                _query("cursor", "integer", "next_cursor of the page before"),
-                _query("state", "string", "RUNNING, COMPLETED, FAILED or CANCELLED"),
+        params=(_query("limit", "integer", "runs per page (1-1000, default 50)",
+                       minimum=1, maximum=1000),
+                _query("cursor", "integer", "next_cursor of the page before", **_OFFSET),
+                _query("state", "string", "RUNNING, COMPLETED, FAILED or CANCELLED",
+                       enum=["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]),
                 _query("name", "string", "runs whose name contains this"),
                 _query("agent_run_id", "string", "runs of this agent run")))},
     "/api/v1/runs/{run_id}": {"get": _op(
         "One run with its jobs (a page of them: offset/limit, 2,000 by default) and the "
         "edges among them", _ok(_ref("RunGraph")), errors=(400, 401, 404),
         params=(_path("run_id", "the run"),
-                _query("offset", "integer", "the first job (in the run's order)"),
-                _query("limit", "integer", "jobs in this page (1-10000, default 2000)")))},
+                _query("offset", "integer", "the first job (in the run's order)", **_OFFSET),
+                _query("limit", "integer", "jobs in this page (1-10000, default 2000)",
+                       minimum=1, maximum=10_000)))},
     "/api/v1/runs/{run_id}/cancel": {"post": _op(
-        "Cancel every unfinished job of a run", _ok(_ANY), errors=_CHANGE,
+        "Cancel every unfinished job of a run", _ok(_ref("RunCancelled")), errors=_CHANGE,
         params=(_path("run_id", "the run"),))},
     "/api/v1/jobs/{ref}": {"get": _op(
         "One job: spec, worker, attempt, exit code and reason, times, result",
@@ -132,16 +142,19 @@ PATHS: dict[str, dict] = {
         "Bytes [offset, offset+limit) of a job's output, as text, and where to go on",
         _ok(_ref("Logs")), errors=(400, 401, 404),
         params=(_path("ref", _REF),
-                _query("offset", "integer", "the first byte (default 0)"),
-                _query("limit", "integer", "bytes at most (1-1048576, default 65536)")))},
+                _query("offset", "integer", "the first byte (default 0)", **_OFFSET),
+                _query("limit", "integer", "bytes at most (1-1048576, default 65536)",
+                       minimum=1, maximum=1024 * 1024)))},
     "/api/v1/jobs/{ref}/cancel": {"post": _op(
-        "Cancel a job", _ok(_ANY), errors=_CHANGE, params=(_path("ref", _REF),))},
+        "Cancel a job", _ok(_ref("JobCancelled")), errors=_CHANGE,
+        params=(_path("ref", _REF),))},
     "/api/v1/gates": {"get": _op(
         "Approval gates waiting across runs (question, run, waiting since, time left), or "
         "the decided ones (who, when, why)", _LIST("gates", _ref("Gate")),
         errors=(400, 401),
         params=(_query("decided", "boolean", "true: the latest decided gates"),
-                _query("limit", "integer", "gates at most (default 200)")))},
+                _query("limit", "integer", "gates at most (1-10000, default 200)",
+                       minimum=1, maximum=10_000)))},
     "/api/v1/gates/{ref}/decide": {"post": _op(
         "Approve or reject a waiting gate with a comment (409 if it is not waiting)",
         _ok(_ref("Job")), errors=_CHANGE + (409,),
@@ -151,99 +164,183 @@ PATHS: dict[str, dict] = {
             "by": {"type": "string"}}})},
     "/api/v1/agent-runs/{agent_run_id}": {"get": _op(
         "The runs (stages) of one agent run, in order, with states and times",
-        _ok({"type": "object", "properties": {
+        _ok({"type": "object", "required": ["agent_run_id", "runs"], "properties": {
             "agent_run_id": {"type": "string"},
             "runs": {"type": "array", "items": _ref("Run")}}}), errors=(401, 404),
         params=(_path("agent_run_id", "the agent run"),))},
     "/api/v1/services": {"get": _op(
         "Services: state, worker, port, restarts, health, last lines",
-        _LIST("services", _ANY), params=(_query("all", "boolean", "long-ended ones too"),))},
+        _LIST("services", _ref("Service")), errors=(400, 401),
+        params=(_query("all", "boolean", "long-ended ones too"),))},
     "/api/v1/services/{name}/restart": {"post": _op(
-        "Restart a running service", _ok(_ANY), errors=_CHANGE + (409, 503),
+        "Restart a running service", _ok(_ref("ServiceRestarted")), errors=_CHANGE + (409,),
         params=(_path("name", "the service"),))},
     "/api/v1/services/{name}/stop": {"post": _op(
-        "Stop a service (cancel its job)", _ok(_ANY), errors=_CHANGE + (409,),
+        "Stop a service (cancel its job)", _ok(_ref("JobCancelled")),
+        errors=_CHANGE + (409,),
         params=(_path("name", "the service"),))},
     "/api/v1/schedules": {"get": _op("Cron schedules: next fire time, last run",
-                                     _LIST("schedules", _ANY))},
+                                     _LIST("schedules", _ref("Schedule")))},
     "/api/v1/schedules/{schedule_id}": {"delete": _op(
-        "Remove a schedule", _ok(_ANY), errors=_CHANGE,
+        "Remove a schedule", _ok(_ref("ScheduleRemoved")), errors=_CHANGE,
         params=(_path("schedule_id", "the schedule"),))},
     "/api/v1/store/keys": {"get": _op(
         "One SCAN step over the store's keys (read only): type and TTL of each",
-        _ok({"type": "object", "properties": {
-            "cursor": {"type": "integer"},
-            "keys": {"type": "array", "items": _ANY}}}), errors=(400, 401, 503),
+        _ok({"type": "object", "required": ["cursor", "keys"], "properties": {
+            "cursor": {"type": "integer", "minimum": 0},
+            "keys": {"type": "array", "items": _ref("StoreKey")}}}), errors=(400, 401, 503),
         params=(_query("pattern", "string", "a glob (default *)"),
-                _query("cursor", "integer", "the cursor the step before gave (0: start)"),
-                _query("count", "integer", "keys per step, a hint (1-1000)")))},
+                _query("cursor", "integer", "the cursor the step before gave (0: start)",
+                       minimum=0, maximum=2 ** 63),
+                _query("count", "integer", "keys per step, a hint (1-1000)",
+                       minimum=1, maximum=1000)))},
     "/api/v1/store/value": {"get": _op(
         "One key's type, TTL and value (string, hash, set or list)",
-        _ok({"type": "object", "properties": {
-            "key": {"type": "string"}, "type": {"type": "string"},
-            "ttl": {"type": "integer"}, "value": {}}}), errors=(400, 401, 404, 503),
-        params=(_query("key", "string", "the key"),))},
+        _ok(_ref("StoreValue")), errors=(400, 401, 404, 503),
+        params=(dict(_query("key", "string", "the key", minLength=1), required=True),))},
     "/api/v1/events": {"get": {
         "summary": "Live changes as Server-Sent Events (titan/web/events.py)",
         "responses": {"200": {"description": "An event stream",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                      "401": _ERR, "404": _ERR}}},
+                              "content": {"text/event-stream": {
+                                  "schema": _ref("ChangeEvent")}}},
+                      "400": _ERR, "401": _ERR, "404": _ERR}}},
     "/api/v1/jobs/{ref}/log/stream": {"get": {
         "summary": "A job's output as Server-Sent Events from ?offset=N as it is written "
                    "(titan/web/events.py)",
         "parameters": [_path("ref", _REF),
-                       _query("offset", "integer", "the first byte (default 0)")],
+                       _query("offset", "integer", "the first byte (default 0)", **_OFFSET)],
         "responses": {"200": {"description": "An event stream", "content": {
-            "text/event-stream": {"schema": {"type": "string"}}}},
+            "text/event-stream": {"schema": _ref("LogEvent")}}},
             "400": _ERR, "401": _ERR, "404": _ERR}}},
 }
 
 _STR = {"type": ["string", "null"]}
 _NUM = {"type": ["number", "null"]}
+_INT = {"type": ["integer", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+_STRS = {"type": "array", "items": {"type": "string"}}
+JOB_STATES = ["PENDING", "RUNNING", "COMPLETED", "FAILED", "DEAD", "CANCELLED",
+              "WAITING_APPROVAL"]
+RUN_STATES = ["RUNNING", "COMPLETED", "FAILED", "CANCELLED"]
+WORKER_STATES = ["ALIVE", "DISCONNECTED", "DRAINING", "DEAD"]
+# A PENDING job that waits for a time is DELAYED (its delay) or RETRYING (a backoff).
+PHASES = JOB_STATES + ["DELAYED", "RETRYING"]
+_BY_STATE = {"type": "object", "propertyNames": {"enum": JOB_STATES},
+             "additionalProperties": {"type": "integer", "minimum": 0}}
+
+
+def _obj(required: dict, optional: dict | None = None) -> dict:
+    """An object that has every property of `required` (and may have `optional` ones, or
+    more: a view may grow; a client reads what it knows)."""
+    return {"type": "object", "required": list(required),
+            "properties": {**required, **(optional or {})}}
+
+
+def _sse(events: dict) -> dict:
+    """A Server-Sent Events stream, described one event at a time (OpenAPI 3.1's reading
+    of `schema` for text/event-stream, `itemSchema` in 3.2): {event, data, id}, `data` a
+    JSON text of the schema given for its event."""
+    return {"oneOf": [_obj({"event": {"const": name}, "data": {
+        "type": "string", "contentMediaType": JSON, "contentSchema": data}},
+        {"id": {"type": "string"}, "retry": {"type": "integer"}})
+        for name, data in events.items()]}
+
+
 SCHEMAS: dict[str, dict] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
-    "Session": {"type": "object", "properties": {
-        "role": {"enum": ["operator", "viewer"]}, "csrf": _STR, "expires": _NUM}},
-    "Cluster": {"type": "object", "properties": {
-        "jobs": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "workers": {"type": "integer"}, "slots": {"type": "integer"},
-        "busy": {"type": "integer"}, "warnings": {"type": "array",
-                                                  "items": {"type": "string"}}}},
-    "Worker": {"type": "object", "properties": {
+    "Session": _obj({"role": {"enum": ["operator", "viewer"]}, "csrf": _STR,
+                     "expires": _NUM}),
+    "LoginCode": _obj({"code": {"type": "string", "minLength": 1},
+                       "path": {"type": "string", "pattern": "^/login\\?code="}}),
+    "Cluster": _obj({
+        "jobs": _BY_STATE, "workers": _COUNT, "slots": _COUNT, "busy": _COUNT,
+        "persistence": {"type": ["object", "null"]}, "recovery": {"type": ["object", "null"]},
+        "text_frames": {"type": "string"}, "storage": _STR, "warnings": _STRS}),
+    "Worker": _obj({
         "worker_id": {"type": "string"}, "name": {"type": "string"},
-        "host": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}},
-        "slots": {"type": "integer"}, "busy": {"type": "integer"},
-        "jobs": {"type": "array", "items": {"type": "string"}},
-        "state": {"type": "string"}, "last_heartbeat_ago": {"type": "number"},
-        "spawned_by": _STR}},
-    "Run": {"type": "object", "properties": {
+        "host": {"type": "string"}, "tags": _STRS, "slots": _COUNT, "busy": _COUNT,
+        "jobs": _STRS, "state": {"enum": WORKER_STATES}, "last_heartbeat_ago": {
+            "type": "number"}, "joined_at": {"type": "number"}, "completed": _COUNT,
+        "idle_for": _NUM, "spawned_by": _STR}, {"pid": {"type": "integer"}, "why": _STR}),
+    "Run": _obj({
         "run_id": {"type": "string"}, "name": {"type": "string"},
-        "state": {"type": "string"}, "agent_run_id": _STR, "stage": _STR,
-        "created_at": {"type": "number"}, "finished_at": _NUM,
-        "total": {"type": "integer"},
-        "counts": {"type": "object", "additionalProperties": {"type": "integer"}}}},
-    "RunGraph": {"allOf": [_ref("Run"), {"type": "object", "properties": {
-        "jobs": {"type": "array", "items": {"type": "object"}},
+        "state": {"enum": RUN_STATES}, "agent_run_id": _STR, "stage": _STR,
+        "schedule_id": _STR, "created_at": {"type": "number"}, "finished_at": _NUM,
+        "version": _COUNT, "total": _COUNT, "counts": _BY_STATE}),
+    "RunJob": _obj({
+        "node": {"type": "string"}, "job_id": {"type": "string"},
+        "name": _STR, "state": {"enum": JOB_STATES}, "kind": {"type": "string"},
+        "attempt": _COUNT, "worker": _STR, "started_at": _NUM, "finished_at": _NUM,
+        "reason": _STR, "exit_code": _INT, "depends_on": _STRS,
+        "phase": {"enum": PHASES}, "failures": _COUNT, "ready_at": _NUM}),
+    "RunGraph": {"allOf": [_ref("Run"), _obj({
+        "jobs": {"type": "array", "items": _ref("RunJob")},
         "edges": {"type": "array", "items": {"type": "array", "items": {"type": "string"},
                                              "minItems": 2, "maxItems": 2}},
-        "offset": {"type": "integer"}, "next_offset": {"type": ["integer", "null"]}}}]},
-    "Job": {"type": "object", "properties": {
-        "job_id": {"type": "string"}, "state": {"type": "string"}, "run_id": _STR,
-        "kind": {"type": "string"}, "command": {"type": "array"},
-        "attempt": {"type": "integer"}, "failures": {"type": "integer"},
-        "worker": _STR, "exit_code": {"type": ["integer", "null"]}, "reason": _STR,
-        "submitted_at": _NUM, "started_at": _NUM, "finished_at": _NUM, "result": {},
-        "decision": {"type": ["object", "null"]}}},
-    "Logs": {"type": "object", "properties": {
-        "job_id": {"type": "string"}, "offset": {"type": "integer"},
-        "next_offset": {"type": "integer"}, "data": {"type": "string"},
-        "state": {"type": "string"}, "done": {"type": "boolean"}}},
-    "Gate": {"type": "object", "properties": {
-        "job_id": {"type": "string"}, "run_id": _STR, "question": _STR,
-        "state": {"type": "string"}, "waiting_since": _NUM, "time_left": _NUM,
-        "decision": {"type": ["object", "null"]}}},
+        "offset": _COUNT, "next_offset": _INT})]},
+    "Decision": _obj({"approved": {"type": "boolean"}, "by": {"type": "string"},
+                      "comment": {"type": "string"}, "at": {"type": "number"}},
+                     {"via": {"type": "string"}}),
+    "Job": _obj({
+        "job_id": {"type": "string"}, "name": _STR, "state": {"enum": JOB_STATES},
+        "run_id": _STR, "node": _STR, "kind": {"type": "string"}, "depends_on": _STRS,
+        "command": _STRS, "priority": {"type": "integer"}, "tags": _STRS,
+        "attempt": _COUNT, "failures": _COUNT, "retries": _COUNT, "worker_id": _STR,
+        "worker": _STR, "exit_code": _INT, "reason": _STR, "waiting": _STR,
+        "submitted_at": {"type": "number"}, "started_at": _NUM, "finished_at": _NUM,
+        "ready_at": _NUM, "result": {}, "message": _STR,
+        "decision": {"oneOf": [{"type": "null"}, _ref("Decision")]},
+        "phase": {"enum": PHASES}, "attempts_dropped": _COUNT, "attempts": {
+            "type": "array", "items": _obj({
+                "attempt": {"type": "integer", "minimum": 1}, "worker": _STR,
+                "started_at": _NUM, "finished_at": _NUM, "exit_code": _INT,
+                "state": {"type": "string"}, "reason": _STR})}}),
+    "Logs": _obj({
+        "job_id": {"type": "string"}, "offset": _COUNT, "next_offset": _COUNT,
+        "data": {"type": "string"}, "state": {"enum": JOB_STATES},
+        "done": {"type": "boolean"}}),
+    "Gate": _obj({
+        "job_id": {"type": "string"}, "run_id": {"type": "string"},
+        "node": {"type": "string"}, "question": _STR, "state": {"enum": JOB_STATES},
+        "waiting_since": _NUM, "deadline": _NUM, "time_left": _NUM,
+        "on_timeout": {"type": "string"},
+        "decision": {"oneOf": [{"type": "null"}, _ref("Decision")]}}),
+    "Service": _obj({
+        "name": {"type": "string"}, "job_id": {"type": "string"},
+        "state": {"type": "string"}, "worker": _STR, "host": _STR, "port": _INT,
+        "pid": _INT, "restarts": _COUNT, "uptime": _NUM,
+        "healthy": {"type": ["boolean", "null"]}, "reason": _STR, "command": _STRS,
+        "restart": {"enum": ["always", "on-failure", "never"]}, "health": _STR,
+        "last_lines": _STRS, "health_error": _STR, "last_exit": _STR}),
+    "Schedule": _obj({
+        "schedule_id": {"type": "string"}, "name": {"type": "string"},
+        "cron": {"type": "string"}, "fired": _COUNT, "next_at": _NUM,
+        "last_run_id": _STR}),
+    "StoreKey": _obj({"key": {"type": "string"}, "type": {"type": "string"},
+                      "ttl": {"type": "integer"}}),
+    "StoreValue": _obj({
+        "key": {"type": "string"},
+        "type": {"type": "string"},
+        "ttl": {"type": "integer"},
+        "value": {"oneOf": [{"type": "string"}, _STRS, {"type": "null"},
+                            {"type": "object", "additionalProperties": {"type": "string"}}]}}),
+    "JobCancelled": _obj({"job_id": {"type": "string"}, "state": {"enum": JOB_STATES},
+                          "cancelled": {"type": "boolean"}}),
+    "RunCancelled": _obj({"run_id": {"type": "string"}, "state": {"enum": RUN_STATES},
+                          "cancelled": {"type": "boolean"}}),
+    "ScheduleRemoved": _obj({"schedule_id": {"type": "string"},
+                             "cancelled": {"const": True}, "state": {"const": "REMOVED"}}),
+    "ServiceRestarted": _obj({"name": {"type": "string"}, "job_id": {"type": "string"}}),
+    "LogEvent": _sse({"log": _obj({"offset": _COUNT, "text": {"type": "string"}}),
+                      "end": _obj({"state": {"enum": JOB_STATES}, "offset": _COUNT})}),
+    "ChangeEvent": _sse({
+        "batch": _obj({"changes": {"type": "array", "items": _obj({
+            "kind": {"enum": ["job", "gate", "service", "run", "worker", "schedule"]},
+            "id": {"type": "string"}, "run_id": _STR,
+            "data": {"type": ["object", "null"]}})}}),
+        "ping": {"type": "object"}, "reset": _obj({"reason": {"type": "string"}})}),
 }
 
 
