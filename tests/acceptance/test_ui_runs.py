@@ -102,7 +102,8 @@ class RunsUiTests(BrowserTestCase):
         self.open("/runs")
         self.mark_page()
         self.find(tid("filter-name")).send_keys(f"etl-{self.tag}")
-        self.until(lambda: self.row_ids() == [good, bad], what="both runs, newest first")
+        self.until(lambda: f"name=etl-{self.tag}" in self.browser.current_url
+                   and self.row_ids() == [good, bad], what="both runs, newest first")
         self.assertEqual(self.text_of(tid("run-row-" + bad) + " .badge"), "FAILED")
         Select(self.find(tid("filter-state"))).select_by_value("FAILED")
         self.until(lambda: self.row_ids() == [bad], what="only the FAILED run")

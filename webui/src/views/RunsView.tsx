@@ -66,17 +66,16 @@ export function RunsView() {
   const [agentInput, setAgentInput] = useState(agent);
   const now = useNow(1000);
 
-  // From the latest query, not this render's: a debounced filter lands after other changes.
+  // From the address bar, not this render's params (react-router's functional form reads
+  // those too): a debounced filter lands after other changes and must not undo them.
   const set = (changes: Record<string, string>, keepCursor = false) => {
     if (!keepCursor) setBack([]);
-    setParams((prev) => {
-      const next = new URLSearchParams(prev);
-      for (const [k, v] of Object.entries(changes)) {
-        if (v) next.set(k, v); else next.delete(k);
-      }
-      if (!keepCursor) next.delete("cursor");
-      return next;
-    }, { replace: !keepCursor });
+    const next = new URLSearchParams(window.location.search);
+    for (const [k, v] of Object.entries(changes)) {
+      if (v) next.set(k, v); else next.delete(k);
+    }
+    if (!keepCursor) next.delete("cursor");
+    setParams(next, { replace: !keepCursor });
   };
 
   // Typing filters after a pause, not on every key.
