@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Optional
 from titan.core.dag import SubmitError, approval_gate_node, reference_gate_name
 from titan.core.model import DagRun, JobRecord, JobState, RunState, WorkerRecord, \
     WorkerState, failed_outcome
-from titan.core.parts.base import STOPPED_WITH_RUN, CoreState, _span
+from titan.core.parts.base import _PENDING, STOPPED_WITH_RUN, CoreState, _span
 
 if TYPE_CHECKING:
     from titan.core.scheduler import Scheduler
@@ -83,15 +83,13 @@ class Queries(CoreState):
 def phase(job: JobRecord) -> str:
     """What the dashboard colours a job by: its state, with a PENDING job that waits for a
     time told apart: DELAYED (its `delay`) or RETRYING (the backoff after a failure)."""
-    state = job.state.value
-    if state == "PENDING" and job.ready_at is not None and not job.queued:
+    state = job.state
+    if state is _PENDING and job.ready_at is not None and not job.queued:
         return "RETRYING" if job.failures else "DELAYED"
-    return state
+    return state.value
 
 
 _ENDED_AS = {JobState.COMPLETED: "COMPLETED", JobState.CANCELLED: "CANCELLED"}
-_ATTEMPT_KEYS = ("attempt", "worker", "started_at", "finished_at", "exit_code", "state",
-                 "reason")
 
 
 def attempts(job: JobRecord) -> list[tuple]:
@@ -123,8 +121,11 @@ def job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
         "started_at": job.started_at, "finished_at": job.finished_at,
         "ready_at": job.ready_at, "result": job.result, "decision": job.decision,
         "message": spec.message, "phase": phase(job),
-        # Attempts older than the ones kept (model.KEEP_ATTEMPTS): numbered from 1, always.
-        "attempts": [dict(zip(_ATTEMPT_KEYS, a)) for a in ended],
+        "attempts": [{"attempt": n, "worker": worker, "started_at": started,
+                      "finished_at": finished, "exit_code": code, "state": outcome,
+                      "reason": why}
+                     for n, worker, started, finished, code, outcome, why in ended],
+        # Attempts are numbered from 1: those before the oldest kept were dropped.
         "attempts_dropped": ended[0][0] - 1 if ended else 0,
     }
 
