@@ -60,6 +60,9 @@ class RunsUiTests(BrowserTestCase):
         self.assertIn(run_id, row.text)
         self.assertIn("left", self.text_of(tid("left-" + gate)))
         self.shot("approvals")
+        name = self.find(tid("decider-name"))
+        name.clear()
+        name.send_keys("dana")
         self.find(tid("comment-" + gate)).send_keys("checked the canary")
         self.find(tid("approve-" + gate)).click()
 
@@ -67,8 +70,10 @@ class RunsUiTests(BrowserTestCase):
         states = {j["node"]: j["state"] for j in run["jobs"]}
         self.assertEqual((run["state"], states["migrate"], states["notify"]),
                          ("COMPLETED", "COMPLETED", "COMPLETED"))
+        self.assertEqual(self.client.job(gate)["decision"]["by"], "dana")
         decided = self.find(tid("decided-" + gate))
         self.until(lambda: "checked the canary" in decided.text, what="the comment")
+        self.assertIn("dana", decided.text)
         self.assertEqual(self.text_of(tid("decision-" + gate)), "approved")
         self.until(lambda: not self.find_all(tid("gate-" + gate)), what="the gate gone")
         self.assert_not_reloaded()
@@ -89,10 +94,19 @@ class RunsUiTests(BrowserTestCase):
         decided = self.find(tid("decided-" + gate))
         self.until(lambda: "schema not reviewed" in decided.text, what="the comment")
         self.assertEqual(self.text_of(tid("decision-" + gate)), "rejected")
-        # The run link leads to the runs list's row: CANCELLED.
+        # The runs list shows the run CANCELLED; through it, the run's page shows why a
+        # dependent did not run.
         self.open("/runs?name=" + quote(f"migrate-{self.tag}"))
         badge = self.find(tid("run-row-" + run_id) + " .badge")
         self.until(lambda: badge.text == "CANCELLED", what="the run CANCELLED")
+        self.find(tid("run-link-" + run_id)).click()
+        self.until(lambda: self.find(tid("run-state")).text == "CANCELLED",
+                   what="the run page's state")
+        self.find(tid("node-migrate")).click()
+        reason = self.find(tid("job-reason"))
+        self.until(lambda: "rejected" in reason.text and "schema not reviewed" in reason.text,
+                   what="the dependent's reason naming the rejection")
+        self.shot("rejected-reason")
 
     def test_runs_list_filters_and_shows_a_new_run_live(self):
         bad = self.client.submit(self._one(f"etl-{self.tag}-bad", "false"))

@@ -65,11 +65,22 @@ function countdown(seconds: number): string {
 }
 
 const DECIDED_LIMIT = 50;
+const DECIDER_KEY = "titan.decider";
+
+function storedName(): string {
+  try { return localStorage.getItem(DECIDER_KEY) ?? ""; } catch { return ""; }
+}
 
 export function ApprovalsView() {
   const now = useNow(1000);
   const [notice, setNotice] = useState<unknown>(null);
   const [comments, setComments] = useState<Record<string, string>>({});
+  // The session knows a role, not a person: the decider names themself once (this browser).
+  const [by, setBy] = useState(storedName);
+  const rename = (value: string) => {
+    setBy(value);
+    try { localStorage.setItem(DECIDER_KEY, value); } catch { /* private mode: not kept */ }
+  };
 
   const { data, setData, error, loading, reload } = useLoad<Lists>(async () => {
     const [w, d] = await Promise.all([
@@ -109,7 +120,7 @@ export function ApprovalsView() {
     setNotice(null);
     try {
       const job = await api.post(`/gates/${seg(gate.job_id)}/decide`,
-        { approved, comment: comments[gate.job_id] ?? "" });
+        { approved, comment: comments[gate.job_id] ?? "", ...(by.trim() ? { by: by.trim() } : {}) });
       apply([fromJob(job)]);
     } catch (e) {
       if (e instanceof ApiError && e.status === 409) {
@@ -131,6 +142,12 @@ export function ApprovalsView() {
             {data.waiting.length} waiting
           </span>
         )}
+        <span className="spacer" />
+        <label className="approvals-by muted">
+          deciding as
+          <input data-testid="decider-name" placeholder="your name" value={by}
+            onChange={(e) => rename(e.target.value)} />
+        </label>
       </div>
       <ErrorBanner error={error} />
       <ErrorBanner error={notice} onClose={() => setNotice(null)} />
