@@ -111,14 +111,30 @@ class AttemptHistoryTests(SynchronousTestCase):
         h.join("w1", finished=[ev.JobReport("a", 1, 0)])
         self.assertEqual(ended(h, "a"), [(1, "name-w1", 0, "COMPLETED", None)])
 
+    def test_an_attempt_the_log_lost_is_its_reporting_worker_s(self):
+        h = Harness(backoff_base=10.0, backoff_cap=10.0)
+        h.join("w1")
+        h.join("w2")
+        h.submit("a", retries=1)
+        h.finish("a", exit_code=1)  # on w1; the retry waits
+        # A master whose log lost the retry's dispatch sent attempt 2 to w2, which ran it.
+        h.join("w2", finished=[ev.JobReport("a", 2, 0)])
+        self.assertEqual(ended(h, "a"), [(1, "name-w1", 1, "FAILED", "exit 1"),
+                                         (2, "name-w2", 0, "COMPLETED", None)])
+        self.assertIsNone(view(h, "a")["attempts"][1]["started_at"])  # not known
+
     def test_a_lost_attempt_still_running_is_the_running_one_again(self):
         h = Harness()
         h.join("w1")
+        h.clock.advance(1)
         h.submit("a")
+        h.clock.advance(4)
         h.apply(ev.WorkerLost("w1", "gone"))
+        self.assertIsNone(h.job("a").started_at)
         h.join("w1", running=[ev.JobReport("a", 1)])
         self.assertEqual(h.state("a"), JobState.RUNNING)
-        self.assertEqual(view(h, "a")["attempts"], [])
+        got = view(h, "a")
+        self.assertEqual((got["attempts"], got["started_at"]), ([], 1.0))  # it never stopped
 
     def test_a_job_cancelled_while_running_ends_its_attempt_cancelled(self):
         h = Harness()

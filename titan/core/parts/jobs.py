@@ -77,6 +77,8 @@ class Jobs(CoreState):
                     self._attempt_found(job, e.attempt)
                     job.queued = False
                     job.worker_id = e.worker_id
+                    if w is not None:
+                        job.worker_name = w.name
                     job.attempt = e.attempt
                 # (Current: the job already names this worker and attempt.)
                 job.exit_code = e.exit_code
@@ -121,8 +123,12 @@ class Jobs(CoreState):
     def _attempt_found(job: JobRecord, attempt: int) -> None:
         """`attempt`, given up for lost or unknown to the log, runs or ran after all: it is
         the job's current attempt again, not an ended one."""
-        if job.attempts and job.attempts[-1][0] == attempt:
-            job.attempts = job.attempts[:-1]
+        kept = job.attempts
+        if kept and kept[-1][0] == attempt:
+            job.started_at = kept[-1][2]  # it never stopped
+            job.attempts = kept[:-1]
+        else:
+            job.started_at = None  # started by a master whose log lost it: when, unknown
         job.exit_code = None
 
     def _cancel(self, e: ev.CancelRequested, now: float, out: Decisions) -> None:
