@@ -46,6 +46,7 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
   const job = load.data && load.data.ref === jobId ? load.data.job : null;
   const [gone, setGone] = useState<string | null>(null);
   const setJob = (next: Job) => load.setData({ ref: jobId, job: next });
+  const [asking, setAsking] = useState(false);
 
   const head = (
     <div className="job-head">
@@ -61,6 +62,11 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
           {job && job.kind !== "job" && <span className="tag" data-testid="job-kind">{job.kind}</span>}
         </div>
       </div>
+      {job && job.kind !== "gate" && (
+        <button className="danger" data-testid="cancel-job" disabled={ENDED.has(job.state) || asking}
+          title={ENDED.has(job.state) ? `it has ended (${job.state.toLowerCase()})` : "stop this job"}
+          onClick={() => setAsking(true)}>Cancel job</button>
+      )}
       {onClose && <button className="link job-close" onClick={onClose} aria-label="close"
         data-testid="job-panel-close">×</button>}
     </div>
@@ -77,12 +83,23 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
   }
 
   const ended = ENDED.has(job.state);
+  const isGate = job.kind === "gate";
+  const stats = !isGate && <Stats job={job} />;
+  const attempts = !isGate && <Attempts job={job} wide={!!page} />;
+  const result = <Result value={job.result} />;
+  const log = !isGate && (
+    <div className="job-log">
+      <h3>Output</h3>
+      <MemoLog jobId={job.job_id} height={page ? "calc(100vh - 230px)" : "340px"} />
+    </div>
+  );
   return (
     <>
       <JobLive job={job} onJob={(next) => { if (next) { setGone(null); setJob(next); } else setGone(job.job_id); }}
         onReset={load.reload} />
       {head}
-      <div className="job-id mono" data-testid="job-id">{job.job_id}</div>
+      <div className={"job-id mono" + (displayName(job) === job.job_id ? " same" : "")}
+        data-testid="job-id">{job.job_id}</div>
       {gone === job.job_id && (
         <div className="error">this job is no longer kept by the master (retention): what shows is its last state</div>
       )}
@@ -90,20 +107,30 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
       <ErrorBanner error={actionError} onClose={() => setActionError(null)} />
       {job.kind === "gate"
         ? <GateBox job={job} onJob={setJob} onError={setActionError} />
-        : <CancelBox job={job} ended={ended} onDone={load.reload} onError={setActionError} />}
-      <div className={page ? "job-columns" : "job-stack"}>
-        <div className="job-info">
-          <Facts job={job} />
-          {job.kind !== "gate" && <Attempts job={job} />}
-          <Result value={job.result} />
-        </div>
-        {job.kind !== "gate" && (
-          <div className="job-log">
-            <h3>Output</h3>
-            <MemoLog jobId={job.job_id} height={page ? "calc(100vh - 230px)" : "340px"} />
+        : asking && !ended && <CancelConfirm job={job} onClose={() => setAsking(false)}
+          onDone={load.reload} onError={setActionError} />}
+      {page ? (
+        <div className={"job-columns" + (isGate ? " single" : "")}>
+          <div className="job-info">
+            {stats}
+            <Details job={job} />
+            {attempts}
+            {result}
           </div>
-        )}
-      </div>
+          {log}
+        </div>
+      ) : (
+        <div className="job-stack">
+          {stats}
+          {log}
+          {attempts}
+          {result}
+          <section className="job-section">
+            <h3>Details</h3>
+            <Details job={job} />
+          </section>
+        </div>
+      )}
     </>
   );
 }
@@ -127,14 +154,50 @@ function displayName(job: Job): string {
   return job.name || job.node || job.job_id;
 }
 
-function Facts({ job }: { job: Job }) {
+/** The few facts one looks for first: where, which attempt, how it ended, how long. */
+function Stats({ job }: { job: Job }) {
+  const tries = (job.retries ?? 0) + 1;
+  const failed = job.exit_code !== null && job.exit_code !== undefined && job.exit_code !== 0;
+  return (
+    <>
+      <div className="job-stats">
+        <Stat id="worker" label="Worker">{job.worker ?? "—"}</Stat>
+        <Stat id="attempt" label="Attempt">{job.attempt ? `${job.attempt} of ${tries}` : `— of ${tries}`}</Stat>
+        <Stat id="exit-code" label="Exit code" bad={failed}>{job.exit_code ?? "—"}</Stat>
+        <Stat id="duration" label={job.state === "RUNNING" ? "Running for" : "Took"}>
+          <Elapsed from={job.started_at} to={job.finished_at} running={job.state === "RUNNING"} />
+        </Stat>
+      </div>
+      {job.reason && (
+        <div className={"job-callout " + (job.state === "COMPLETED" ? "info" : "bad")}>
+          <span className="label">Reason</span> <span data-testid="job-reason">{job.reason}</span>
+        </div>
+      )}
+      {job.waiting && (
+        <div className="job-callout wait">
+          <span className="label">Waiting</span> <span data-testid="job-waiting">{job.waiting}</span>
+        </div>
+      )}
+    </>
+  );
+}
+
+function Stat({ id, label, bad, children }: { id: string; label: string; bad?: boolean; children: ReactNode }) {
+  return (
+    <div className={"job-stat" + (bad ? " bad" : "")}>
+      <div className="label">{label}</div>
+      <div className="value" data-testid={"job-" + id}>{children}</div>
+    </div>
+  );
+}
+
+function Details({ job }: { job: Job }) {
   const rows: [string, string, ReactNode][] = [];
   const add = (key: string, label: string, value: ReactNode) => rows.push([key, label, value]);
   if (job.name && job.node && job.name !== job.node) add("node", "Node", <span className="mono">{job.node}</span>);
   add("kind", "Kind", job.kind);
   if (job.kind !== "gate") {
-    add("command", "Command", job.command?.length
-      ? <code className="job-command">{shellJoin(job.command)}</code> : "—");
+    add("command", "Command", job.command?.length ? <Command argv={job.command} /> : "—");
   }
   if (job.depends_on?.length) {
     add("depends-on", "Depends on", job.depends_on.map((p: string) => (
@@ -142,22 +205,13 @@ function Facts({ job }: { job: Job }) {
   }
   add("tags", "Tags", job.tags?.length ? job.tags.map((t: string) => <span key={t} className="tag">{t}</span>) : "—");
   add("priority", "Priority", String(job.priority ?? 0));
-  if (job.kind !== "gate") {
-    add("worker", "Worker", job.worker ?? "—");
-    add("attempt", "Attempt", job.attempt
-      ? `${job.attempt} of ${(job.retries ?? 0) + 1}` : `not started (of ${(job.retries ?? 0) + 1})`);
-    add("failures", "Failures", String(job.failures ?? 0));
-    add("exit-code", "Exit code", job.exit_code ?? "—");
-  }
-  if (job.reason) add("reason", "Reason", job.reason);
-  if (job.waiting) add("waiting", "Waiting", <span className="job-waiting">{job.waiting}</span>);
+  if (job.kind !== "gate") add("failures", "Failures", String(job.failures ?? 0));
+  if (job.kind === "gate" && job.reason) add("reason", "Reason", job.reason);
+  if (job.kind === "gate" && job.waiting) add("waiting", "Waiting", <span className="job-waiting">{job.waiting}</span>);
   add("submitted", "Submitted", when(job.submitted_at));
-  if (job.kind !== "gate" || job.started_at) add("started", "Started", when(job.started_at));
+  if (job.kind !== "gate") add("started", "Started", when(job.started_at));
+  else if (job.started_at) add("started", "Asked", when(job.started_at));
   add("finished", "Finished", when(job.finished_at));
-  if (job.kind !== "gate") {
-    add("duration", "Duration", <Elapsed from={job.started_at} to={job.finished_at}
-      running={job.state === "RUNNING"} />);
-  }
   return (
     <dl className="job-facts">
       {rows.map(([key, label, value]) => (
@@ -170,13 +224,28 @@ function Facts({ job }: { job: Job }) {
   );
 }
 
+function Command({ argv }: { argv: string[] }) {
+  const [open, setOpen] = useState(false);
+  const text = shellJoin(argv);
+  const long = text.length > 240 || text.split("\n").length > 4;
+  return (
+    <>
+      <code className={"job-command" + (long && !open ? " clamped" : "")}>{text}</code>
+      {long && (
+        <button className="link small" data-testid="job-command-toggle" onClick={() => setOpen(!open)}>
+          {open ? "less" : "show all"}</button>
+      )}
+    </>
+  );
+}
+
 function Elapsed({ from, to, running }: { from: number | null; to: number | null; running: boolean }) {
   const now = useNow(running ? 1000 : 3600_000);
   if (!from) return <>—</>;
   return <>{duration((to ?? (running ? now : null) ?? from) - from)}</>;
 }
 
-function Attempts({ job }: { job: Job }) {
+function Attempts({ job, wide }: { job: Job; wide: boolean }) {
   const rows: Attempt[] = [...(job.attempts ?? [])];
   if (job.state === "RUNNING" || (!job.attempts && job.started_at)) {
     rows.push({
@@ -195,19 +264,20 @@ function Attempts({ job }: { job: Job }) {
         : (
           <table className="grid job-attempts" data-testid="attempts">
             <thead>
-              <tr><th>#</th><th>Worker</th><th>Started</th><th>Took</th><th>Exit</th><th>State</th><th>Reason</th></tr>
+              <tr><th>#</th><th>Worker</th>{wide && <th>Started</th>}<th>Took</th><th>Exit</th><th>State</th><th>Reason</th></tr>
             </thead>
             <tbody>
               {dropped > 0 && (
-                <tr className="dropped"><td colSpan={7} className="muted">
+                <tr className="dropped"><td colSpan={wide ? 7 : 6} className="muted">
                   {dropped} earlier attempt{dropped === 1 ? "" : "s"} not kept</td></tr>
               )}
               {rows.map((a) => (
                 <tr key={a.attempt + (a.current ? "-now" : "")} data-testid="attempt"
-                  className={a.current ? "current" : undefined}>
+                  className={a.current ? "current" : undefined}
+                  title={`attempt ${a.attempt}: started ${when(a.started_at)}, ended ${when(a.finished_at)}`}>
                   <td>{a.attempt}</td>
                   <td>{a.worker ?? "—"}</td>
-                  <td title={when(a.started_at)}>{clock(a.started_at)}</td>
+                  {wide && <td>{clock(a.started_at)}</td>}
                   <td><Elapsed from={a.started_at} to={a.finished_at} running={!!a.current} /></td>
                   <td className={a.exit_code ? "exit-bad" : undefined}>{a.exit_code ?? "—"}</td>
                   <td><StateBadge state={a.state} /></td>
@@ -240,31 +310,23 @@ function Result({ value }: { value: unknown }) {
   );
 }
 
-function CancelBox({ job, ended, onDone, onError }: {
-  job: Job; ended: boolean; onDone: () => void; onError: (e: unknown) => void;
+function CancelConfirm({ job, onClose, onDone, onError }: {
+  job: Job; onClose: () => void; onDone: () => void; onError: (e: unknown) => void;
 }) {
-  const [asking, setAsking] = useState(false);
   const cancel = async () => {
     try {
       await api.post(`/jobs/${seg(job.job_id)}/cancel`);
-      setAsking(false);
+      onClose();
       onDone();
     } catch (e) {
       onError(e);
     }
   };
   return (
-    <div className="job-actions">
-      <button className="danger" data-testid="cancel-job" disabled={ended || asking}
-        title={ended ? `it has ended (${job.state.toLowerCase()})` : "stop this job"}
-        onClick={() => setAsking(true)}>Cancel job</button>
-      {asking && !ended && (
-        <div className="job-confirm" role="alertdialog">
-          <span>Cancel <b>{displayName(job)}</b>?{job.state === "RUNNING" ? " Its process is killed." : ""}</span>
-          <ActionButton className="danger solid" testid="confirm" onClick={cancel}>Yes, cancel</ActionButton>
-          <button data-testid="confirm-dismiss" onClick={() => setAsking(false)}>Keep it</button>
-        </div>
-      )}
+    <div className="job-confirm" role="alertdialog">
+      <span>Cancel <b>{displayName(job)}</b>?{job.state === "RUNNING" ? " Its process is killed." : ""}</span>
+      <ActionButton className="danger solid" testid="confirm" onClick={cancel}>Yes, cancel</ActionButton>
+      <button data-testid="confirm-dismiss" onClick={onClose}>Keep it</button>
     </div>
   );
 }

@@ -30,6 +30,7 @@ export function LogTail({ jobId, height }: { jobId: string; height?: string }) {
   const pre = useRef<HTMLPreElement>(null);
   const followRef = useRef(follow);
   followRef.current = follow;
+  const toTop = useRef(false);
 
   useEffect(() => {
     setShown({ text: "", start: 0, end: 0 });
@@ -105,7 +106,14 @@ export function LogTail({ jobId, height }: { jobId: string; height?: string }) {
   }, [jobId]);
 
   useLayoutEffect(() => {
-    if (follow && pre.current) pre.current.scrollTop = pre.current.scrollHeight;
+    if (!pre.current) return;
+    if (toTop.current) {
+      // Older output was just put above: show it.
+      toTop.current = false;
+      pre.current.scrollTop = 0;
+    } else if (follow) {
+      pre.current.scrollTop = pre.current.scrollHeight;
+    }
   }, [shown, follow]);
 
   const onScroll = useCallback(() => {
@@ -131,6 +139,7 @@ export function LogTail({ jobId, height }: { jobId: string; height?: string }) {
         }
       }
       setFollow(false);
+      toTop.current = true;
       setShown((s) => (s.start === shown.start ? { ...s, text: text + s.text, start: from } : s));
     } catch (e) {
       setError(e);
