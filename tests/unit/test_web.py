@@ -238,6 +238,7 @@ class ErrorTests(WebCase):
     def test_query_parameters_not_as_documented_are_400(self):
         # tests/acceptance/test_web_schema.py found these taken as defaults (a 200).
         for path in ("/api/v1/runs?cursor=", "/api/v1/runs?limit=%201", "/api/v1/runs?limit=1_0",
+                     "/api/v1/runs?state=",
                      "/api/v1/gates?decided=null", "/api/v1/services?all=1"):
             r = self.get(path)
             self.assertEqual((r.status, r.error), (400, "bad_request"), path)

@@ -331,7 +331,7 @@ class WebApp:
         return self.api.runs_page(
             self.caller(who), limit=_int_arg(request, "limit", 50, 1, 1000),
             cursor=_int_arg(request, "cursor", None, 0, 2 ** 62),
-            state=_arg(request, "state") or None, name=_arg(request, "name") or None,
+            state=_arg(request, "state"), name=_arg(request, "name") or None,
             agent_run_id=_arg(request, "agent_run_id") or None)
 
     @route(PREFIX + "/runs/<run_id>")
