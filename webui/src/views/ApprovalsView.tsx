@@ -2,7 +2,7 @@
 // here with a comment; below, the latest decisions. Live from gate changes.
 import { useState } from "react";
 import { Link } from "react-router";
-import { ApiError, api, seg, type Change } from "../api";
+import { ApiError, api, currentRole, seg, type Change } from "../api";
 import { useEvents } from "../events";
 import { ActionButton, Empty, ErrorBanner, message, useLoad, useNow, when } from "../common";
 import { runLink } from "./RunsView";
@@ -73,6 +73,7 @@ function storedName(): string {
 
 export function ApprovalsView() {
   const now = useNow(1000);
+  const viewer = currentRole() === "viewer";
   const [notice, setNotice] = useState<unknown>(null);
   const [comments, setComments] = useState<Record<string, string>>({});
   // The session knows a role, not a person: the decider names themself once (this browser).
@@ -124,7 +125,7 @@ export function ApprovalsView() {
       apply([fromJob(job)]);
     } catch (e) {
       if (e instanceof ApiError && e.status === 409) {
-        setNotice(new Error(`${gate.node ?? gate.job_id} was already decided or ended: ${message(e)}`));
+        setNotice(new Error(`Not decided: ${message(e)}`));
         setData((lists) => lists && { ...lists, waiting: lists.waiting.filter((x) => x.job_id !== gate.job_id) });
         reload();
       } else {
@@ -184,9 +185,11 @@ export function ApprovalsView() {
                   <input data-testid={"comment-" + g.job_id} placeholder="Comment (optional)"
                     value={comments[g.job_id] ?? ""} aria-label="comment"
                     onChange={(e) => setComments({ ...comments, [g.job_id]: e.target.value })} />
-                  <ActionButton className="approve" testid={"approve-" + g.job_id}
+                  <ActionButton className="approve" testid={"approve-" + g.job_id} disabled={viewer}
+                    title={viewer ? "a viewer may not decide" : undefined}
                     onClick={() => decide(g, true)}>✓ Approve</ActionButton>
-                  <ActionButton className="danger" testid={"reject-" + g.job_id}
+                  <ActionButton className="danger" testid={"reject-" + g.job_id} disabled={viewer}
+                    title={viewer ? "a viewer may not decide" : undefined}
                     onClick={() => decide(g, false)}>✕ Reject</ActionButton>
                 </div>
               </div>

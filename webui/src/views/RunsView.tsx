@@ -65,6 +65,9 @@ export function RunsView() {
   const [nameInput, setNameInput] = useState(name);
   const [agentInput, setAgentInput] = useState(agent);
   const now = useNow(1000);
+  // Runs started since this older page was loaded (they belong on the first page).
+  const [newer, setNewer] = useState<Set<string>>(new Set());
+  useEffect(() => { setNewer(new Set()); }, [cursor, state, name, agent]);
 
   // From the address bar, not this render's params (react-router's functional form reads
   // those too): a debounced filter lands after other changes and must not undo them.
@@ -100,33 +103,32 @@ export function RunsView() {
   );
 
   useEvents({ kind: ["run"] }, (changes: Change[]) => {
-    setData((page) => {
-      if (!page) return page;
-      let runs = page.runs;
-      let changed = false;
-      const newest = runs.length ? Math.max(...runs.map((r) => r.created_at ?? 0)) : -Infinity;
-      const fresh: Run[] = [];
-      for (const c of changes) {
-        if (c.kind !== "run") continue;
-        const at = runs.findIndex((r) => r.run_id === c.id);
-        if (c.data === null) {
-          if (at >= 0) { runs = runs.filter((r) => r.run_id !== c.id); changed = true; }
-        } else if (at >= 0) {
-          runs = runs.slice();
-          runs[at] = c.data as Run;
-          changed = true;
-        } else if (!cursor && (c.data.created_at ?? 0) >= newest
-            && matches(c.data as Run, state, name, agent)
-            && !fresh.some((r) => r.run_id === c.id)) {
-          fresh.push(c.data as Run);
-        }
+    if (!data) return;
+    const shown = new Set(data.runs.map((r) => r.run_id));
+    const newest = data.runs.length ? Math.max(...data.runs.map((r) => r.created_at ?? 0)) : -Infinity;
+    const updates = new Map<string, Run | null>();
+    const fresh = new Map<string, Run>();
+    for (const c of changes) {
+      if (c.kind !== "run") continue;
+      if (shown.has(c.id)) updates.set(c.id, c.data as Run | null);
+      else if (c.data && (c.data.created_at ?? 0) >= newest && matches(c.data as Run, state, name, agent)) {
+        fresh.set(c.id, c.data as Run);
       }
-      if (fresh.length) {
-        fresh.sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
-        runs = [...fresh, ...runs];
-        changed = true;
-      }
-      return changed ? { ...page, runs } : page;
+    }
+    if (fresh.size && cursor) {
+      const ids = [...fresh.keys()];
+      setNewer((seen) => new Set([...seen, ...ids]));
+      fresh.clear();
+    }
+    if (!updates.size && !fresh.size) return;
+    const top = [...fresh.values()].sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
+    setData((page) => page && {
+      ...page,
+      runs: [...top, ...page.runs.filter((r) => !fresh.has(r.run_id)).flatMap((r) => {
+        if (!updates.has(r.run_id)) return [r];
+        const now = updates.get(r.run_id);
+        return now ? [now] : [];
+      })],
     });
   }, reload);
 
@@ -153,6 +155,12 @@ export function RunsView() {
         )}
       </div>
       <ErrorBanner error={error} />
+      {cursor && newer.size > 0 && (
+        <div className="runs-newer" data-testid="newer-runs">
+          {newer.size} newer run{newer.size === 1 ? "" : "s"} since this page was loaded
+          <button className="link" onClick={() => set({ cursor: "" })}>show the newest</button>
+        </div>
+      )}
       {data && (
         <table className="grid runs-table" data-testid="runs-table">
           <thead>
