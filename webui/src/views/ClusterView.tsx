@@ -3,7 +3,7 @@
 import { useCallback, useEffect, useRef, useState, type FormEvent } from "react";
 import { Link } from "react-router";
 import { api, seg, type Change, type Worker } from "../api";
-import { ErrorBanner, StateBadge, duration, useLoad, useNow, Empty } from "../common";
+import { ErrorBanner, StateBadge, duration, message, useLoad, useNow, Empty } from "../common";
 import { useEvents } from "../events";
 import { ConfirmButton } from "./ConfirmButton";
 import "./ClusterView.css";
@@ -112,7 +112,7 @@ export function ClusterView() {
       <div className="toolbar">
         <h1>Cluster</h1>
         <span className="spacer" />
-        <StartWorker onError={setActionError} />
+        <StartWorker />
       </div>
       <ErrorBanner error={cluster.error ?? workers.error} />
       <ErrorBanner error={actionError} onClose={() => setActionError(null)} />
@@ -249,7 +249,7 @@ function WorkerRow({ w, now, onError }: { w: Row; now: number; onError: (e: unkn
   );
 }
 
-function StartWorker({ onError }: { onError: (e: unknown) => void }) {
+function StartWorker() {
   const [open, setOpen] = useState(false);
   const [tags, setTags] = useState("");
   const [slots, setSlots] = useState("4");
@@ -270,8 +270,7 @@ function StartWorker({ onError }: { onError: (e: unknown) => void }) {
       setOpen(false);
       setTags("");
     } catch (err) {
-      setProblem(null);
-      onError(err);
+      setProblem(message(err));
     } finally {
       setBusy(false);
     }
@@ -290,7 +289,7 @@ function StartWorker({ onError }: { onError: (e: unknown) => void }) {
             onChange={(e) => setTags(e.target.value)} /></label>
           <label>Slots <input data-testid="worker-slots" type="number" min={1} value={slots}
             onChange={(e) => setSlots(e.target.value)} /></label>
-          {problem && <div className="form-problem">{problem}</div>}
+          {problem && <div className="form-problem" data-testid="start-worker-error" role="alert">{problem}</div>}
           <div className="form-actions">
             <button type="button" onClick={() => setOpen(false)}>Cancel</button>
             <button type="submit" className="primary" data-testid="start-worker-submit" disabled={busy}>

@@ -133,7 +133,7 @@ export function ServicesView() {
                       {s.reason && FINISHED.has(s.state) && <div className="muted tiny" title={s.reason}>{s.reason}</div>}
                     </td>
                     <td data-testid={"health-" + s.name}><Health s={s} /></td>
-                    <td>
+                    <td className="where">
                       {s.worker ? <span className="mono">{s.worker}</span> : <span className="muted">—</span>}
                       {s.host && <div className="muted tiny mono">{s.host}{s.pid ? ` · pid ${s.pid}` : ""}</div>}
                     </td>

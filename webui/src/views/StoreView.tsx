@@ -178,7 +178,7 @@ function ValueBody({ v }: { v: Value }) {
     const binary = text.includes("\uFFFD");
     return (
       <>
-        {binary && <div className="note" data-testid="store-binary">Not UTF-8 text: bytes that are not are shown as �.</div>}
+        {binary && <div className="note" data-testid="store-binary">Binary data: bytes that are not UTF-8 text show as �.</div>}
         <div className="muted tiny">{text.length.toLocaleString()} characters</div>
         <pre className="value-text" data-testid="store-text">{text}</pre>
       </>
