@@ -33,7 +33,8 @@ BIN = os.path.dirname(sys.executable)
 def start_cluster(home: str) -> tuple[subprocess.Popen, str, int, str]:
     up = subprocess.Popen([os.path.join(BIN, "titan"), "up", "--workers", "2", "--port", "0",
                            "--data-dir", home], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("TITAN_")})
+                          env={k: v for k, v in os.environ.items()
+                               if not k.startswith("TITAN_") or k == "TITAN_WEB_STATIC"})
     banner = b""
     deadline = time.monotonic() + 60
     while b"Ctrl-C stops everything." not in banner and time.monotonic() < deadline:
