@@ -3,7 +3,7 @@
 import { memo, useCallback, useEffect, useMemo, useRef, useState } from "react";
 import {
   Background, Controls, Handle, MarkerType, MiniMap, Panel, Position, ReactFlow,
-  ReactFlowProvider, useReactFlow, type Edge, type Node, type NodeProps,
+  ReactFlowProvider, useReactFlow, useStore, type Edge, type ReactFlowState, type Node, type NodeProps, type Viewport,
 } from "@xyflow/react";
 import "@xyflow/react/dist/style.css";
 import dagre from "@dagrejs/dagre";
@@ -41,10 +41,23 @@ export function JobDuration({ job }: { job: Job }) {
   return null;
 }
 
+const farOut = (s: ReactFlowState) => s.transform[2] < 0.3;
+
 const JobNode = memo(function JobNode({ data }: NodeProps<JobFlowNode>) {
   const { job, selected, horizontal } = data;
   const shown = shownState(job);
   const kind = job.kind ?? "job";
+  // Zoomed far out the labels cannot be read: a coloured box is drawn, much cheaper.
+  const far = useStore(farOut);
+  if (far) {
+    return (
+      <div className={`dag-node rg-node rg-far ${stateClass(shown)}${selected ? " selected" : ""}`}
+        data-testid={"node-" + job.node} data-state={shown} title={`${job.node}: ${shown}`}>
+        <Handle type="target" position={horizontal ? Position.Left : Position.Top} isConnectable={false} />
+        <Handle type="source" position={horizontal ? Position.Right : Position.Bottom} isConnectable={false} />
+      </div>
+    );
+  }
   return (
     <div className={`dag-node rg-node ${stateClass(shown)} kind-${kind}${selected ? " selected" : ""}`}
       data-testid={"node-" + job.node} data-state={shown}
@@ -114,6 +127,7 @@ function Graph({ jobs, structure, selected, onSelect }: Props) {
   const [direction, setDirection] = useState<Direction>("LR");
   const flow = useReactFlow();
   const userMoved = useRef(false);
+  const moveFrom = useRef<Viewport | null>(null);
   const horizontal = direction === "LR";
   const jobsRef = useRef(jobs);
   jobsRef.current = jobs;
@@ -161,18 +175,38 @@ function Graph({ jobs, structure, selected, onSelect }: Props) {
     return () => cancelAnimationFrame(t);
   }, [structure, direction, flow]);
 
+  // The panel opening beside the graph narrows it: refit then too, on the same terms.
+  const box = useRef<HTMLDivElement>(null);
+  useEffect(() => {
+    const el = box.current;
+    if (!el || typeof ResizeObserver === "undefined") return;
+    let width = el.clientWidth;
+    const watch = new ResizeObserver(() => {
+      if (Math.abs(el.clientWidth - width) < 8) return;
+      width = el.clientWidth;
+      if (!userMoved.current) flow.fitView({ padding: 0.12, maxZoom: 1.1, duration: 150 });
+    });
+    watch.observe(el);
+    return () => watch.disconnect();
+  }, [flow]);
+
   const big = jobs.size > 30;
   const colours = useMemo(() => new Map<string, string>(LEGEND.map((s) => [s, cssColour(s)])), []);
   const onNodeClick = useCallback((_: unknown, node: JobFlowNode) => onSelect(node.data.job), [onSelect]);
 
   return (
-    <div className="graph rg-graph" data-testid="dag" data-nodes={jobs.size}>
+    <div className="graph rg-graph" ref={box} data-testid="dag" data-nodes={jobs.size}>
       <ReactFlow<JobFlowNode, Edge>
         nodes={nodes} edges={edges} nodeTypes={NODE_TYPES}
         onNodeClick={onNodeClick}
-        onMoveStart={(event) => { if (event) userMoved.current = true; }}
+        onMoveStart={(_, viewport) => { moveFrom.current = viewport; }}
+        onMoveEnd={(event, viewport) => {
+          // d3-zoom starts a "move" on any press, a click on a node too: only a real pan or zoom counts.
+          const from = moveFrom.current;
+          if (event && from && (from.x !== viewport.x || from.y !== viewport.y || from.zoom !== viewport.zoom)) userMoved.current = true;
+        }}
         fitView fitViewOptions={{ padding: 0.12, maxZoom: 1.1 }}
-        minZoom={0.05} maxZoom={2}
+        minZoom={0.02} maxZoom={2}
         nodesDraggable={false} nodesConnectable={false} elementsSelectable={false}
         onlyRenderVisibleElements={jobs.size > 200}
         proOptions={{ hideAttribution: true }}>
