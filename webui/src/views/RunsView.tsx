@@ -161,7 +161,7 @@ export function RunsView() {
           <button className="link" onClick={() => set({ cursor: "" })}>show the newest</button>
         </div>
       )}
-      {data && (
+      {data && data.runs.length > 0 && (
         <table className="grid runs-table" data-testid="runs-table">
           <thead>
             <tr>
