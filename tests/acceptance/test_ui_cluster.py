@@ -108,7 +108,8 @@ class ClusterPagesTests(BrowserTestCase):
             again = self.wait_for(lambda: (lambda s: s if s["pid"] and s["pid"] != first["pid"]
                                            else None)(c.service("uisvc")), 30, "a new process")
             self.assertEqual((again["restarts"], again["state"]), (1, "RUNNING"))
-            self.assertEqual(self.row("service-uisvc").get_attribute("data-state"), "RUNNING")
+            self.until(lambda: self.row("service-uisvc").get_attribute("data-state") == "RUNNING",
+                       30, "uisvc RUNNING again on the page")
 
     def test_store_key_found_by_pattern_and_its_value_shown(self):
         with self.cluster.client() as c:
