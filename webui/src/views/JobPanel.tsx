@@ -2,7 +2,7 @@
 // run view and as the page /jobs/:ref (a job of a run is RUN/NODE, one encoded segment).
 import { memo, useState, type ReactNode } from "react";
 import { Link, useParams } from "react-router";
-import { api, seg, type Change, type Job } from "../api";
+import { api, currentRole, seg, type Change, type Job } from "../api";
 import { ActionButton, ErrorBanner, StateBadge, duration, useLoad, useNow, when } from "../common";
 import { useEvents } from "../events";
 import { LogTail } from "./LogTail";
@@ -47,6 +47,7 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
   const [gone, setGone] = useState<string | null>(null);
   const setJob = (next: Job) => load.setData({ ref: jobId, job: next });
   const [asking, setAsking] = useState(false);
+  const viewer = currentRole() === "viewer";
 
   const head = (
     <div className="job-head">
@@ -63,8 +64,9 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
         </div>
       </div>
       {job && job.kind !== "gate" && (
-        <button className="danger" data-testid="cancel-job" disabled={ENDED.has(job.state) || asking}
-          title={ENDED.has(job.state) ? `it has ended (${job.state.toLowerCase()})` : "stop this job"}
+        <button className="danger" data-testid="cancel-job" disabled={ENDED.has(job.state) || asking || viewer}
+          title={ENDED.has(job.state) ? `it has ended (${job.state.toLowerCase()})`
+            : viewer ? "a viewer session is read-only" : "stop this job"}
           onClick={() => setAsking(true)}>Cancel job</button>
       )}
       {onClose && <button className="link job-close" onClick={onClose} aria-label="close"
@@ -175,11 +177,30 @@ function Stats({ job }: { job: Job }) {
       )}
       {job.waiting && (
         <div className="job-callout wait">
-          <span className="label">Waiting</span> <span data-testid="job-waiting">{job.waiting}</span>
+          <span className="label">Waiting</span> <span data-testid="job-waiting"><Waiting job={job} /></span>
         </div>
       )}
     </>
   );
+}
+
+/** The master's waiting reason, with its countdown kept current from `ready_at` (the text
+ * is as of the job's last change). */
+function Waiting({ job }: { job: Job }) {
+  const counting = typeof job.ready_at === "number" && job.ready_at > 0;
+  const now = useNow(counting ? 1000 : 3600_000);
+  const text: string = job.waiting ?? "";
+  if (!counting) return <>{text}</>;
+  const left = Math.max(0, job.ready_at - now);
+  if (job.state === "WAITING_APPROVAL") return <>{text.replace(/\b[\dhms]+ left\b/, `${span(left)} left`)}</>;
+  return <>{text.replace(/\bin [\d.]+s\b/, `in ${Math.ceil(left)}s`)}</>;
+}
+
+function span(seconds: number): string {
+  const s = Math.round(seconds);
+  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, "0")}m`;
+  if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, "0")}s`;
+  return `${s}s`;
 }
 
 function Stat({ id, label, bad, children }: { id: string; label: string; bad?: boolean; children: ReactNode }) {
@@ -207,7 +228,7 @@ function Details({ job }: { job: Job }) {
   add("priority", "Priority", String(job.priority ?? 0));
   if (job.kind !== "gate") add("failures", "Failures", String(job.failures ?? 0));
   if (job.kind === "gate" && job.reason) add("reason", "Reason", job.reason);
-  if (job.kind === "gate" && job.waiting) add("waiting", "Waiting", <span className="job-waiting">{job.waiting}</span>);
+  if (job.kind === "gate" && job.waiting) add("waiting", "Waiting", <span className="job-waiting"><Waiting job={job} /></span>);
   add("submitted", "Submitted", when(job.submitted_at));
   if (job.kind !== "gate") add("started", "Started", when(job.started_at));
   else if (job.started_at) add("started", "Asked", when(job.started_at));
@@ -335,6 +356,8 @@ function GateBox({ job, onJob, onError }: {
   job: Job; onJob: (job: Job) => void; onError: (e: unknown) => void;
 }) {
   const [comment, setComment] = useState("");
+  const viewer = currentRole() === "viewer";
+  const readOnly = viewer ? "a viewer session is read-only" : undefined;
   const decide = async (approved: boolean) => {
     try {
       const next = await api.post<Job>(`/gates/${seg(job.job_id)}/decide`, { approved, comment });
@@ -353,8 +376,10 @@ function GateBox({ job, onJob, onError }: {
           <textarea data-testid="gate-comment" rows={2} placeholder="comment (optional)"
             value={comment} onChange={(e) => setComment(e.target.value)} />
           <div className="gate-buttons">
-            <ActionButton className="approve" testid="approve" onClick={() => decide(true)}>Approve</ActionButton>
-            <ActionButton className="danger" testid="reject" onClick={() => decide(false)}>Reject</ActionButton>
+            <ActionButton className="approve" testid="approve" disabled={viewer} title={readOnly}
+              onClick={() => decide(true)}>Approve</ActionButton>
+            <ActionButton className="danger" testid="reject" disabled={viewer} title={readOnly}
+              onClick={() => decide(false)}>Reject</ActionButton>
           </div>
         </div>
       )}
