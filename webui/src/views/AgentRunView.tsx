@@ -1,7 +1,7 @@
 // Agent runs: /agent-runs lists the recent ones (the distinct agent_run_id of recent runs) and
 // opens one by id; /agent-runs/:agentRunId draws its stages (runs) as bars on one time axis,
 // growing while they run, each a link to its run.
-import { useMemo, useState } from "react";
+import { useEffect, useMemo, useRef, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
 import { api, seg, type Change, type Run } from "../api";
 import { useEvents } from "../events";
@@ -124,7 +124,7 @@ function AgentRunIndex() {
 
 // -- one agent run's timeline -------------------------------------------------------------
 
-const STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+const STEPS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
   43200, 86400, 172800, 604800];
 
 /** Tick positions (seconds since t0) for a span: at most about 8, on round steps. */
@@ -132,12 +132,15 @@ function ticks(t0: number, span: number): number[] {
   const step = STEPS.find((s) => span / s <= 8) ?? STEPS[STEPS.length - 1];
   const first = Math.ceil(t0 / step) * step;
   const out: number[] = [];
-  for (let t = first; t <= t0 + span + 1e-9; t += step) out.push(t);
+  for (let i = 0; first + i * step <= t0 + span + 1e-9; i++) out.push(first + i * step);
   return out;
 }
 
 function tickLabel(ts: number, span: number): string {
   const d = new Date(ts * 1000);
+  if (span < 8) {
+    return d.toLocaleTimeString(undefined, { hour12: false }) + "." + String(Math.round((ts % 1) * 10) % 10);
+  }
   if (span >= 2 * 86400) return d.toLocaleDateString(undefined, { month: "short", day: "numeric" }) + " " +
     d.toLocaleTimeString(undefined, { hour12: false, hour: "2-digit", minute: "2-digit" });
   if (span >= 600) return d.toLocaleTimeString(undefined, { hour12: false, hour: "2-digit", minute: "2-digit" });
@@ -165,6 +168,18 @@ function Timeline({ id }: { id: string }) {
       return now ? [now] : [];
     }));
   }, reload);
+
+  // The track's width in pixels: a bar too narrow for its duration shows none.
+  const trackRef = useRef<HTMLDivElement>(null);
+  const [trackWidth, setTrackWidth] = useState(0);
+  useEffect(() => {
+    const el = trackRef.current;
+    if (!el) return;
+    const observer = new ResizeObserver(() => setTrackWidth(el.clientWidth));
+    observer.observe(el);
+    setTrackWidth(el.clientWidth);
+    return () => observer.disconnect();
+  }, [!!data?.length]);
 
   const runs = data ?? [];
   const t0 = runs.length ? Math.min(...runs.map((r) => r.created_at)) : now;
@@ -201,7 +216,7 @@ function Timeline({ id }: { id: string }) {
         <div className="agent-timeline" data-testid="timeline">
           <div className="agent-row agent-axis">
             <div className="agent-label muted">Stage · run</div>
-            <div className="agent-track">
+            <div className="agent-track" ref={trackRef}>
               {marks.map((t) => (
                 <span key={t} className="agent-tick" style={{ left: pos(t) }}>{tickLabel(t, span)}</span>
               ))}
@@ -226,7 +241,7 @@ function Timeline({ id }: { id: string }) {
                     title={`${r.stage ?? ""} ${r.name}: ${r.state}, ${duration(took)}\n${when(r.created_at)} → ${r.finished_at ? when(r.finished_at) : "now"}`}
                     onClick={() => navigate(runLink(r.run_id))}
                     onKeyDown={(e) => { if (e.key === "Enter") navigate(runLink(r.run_id)); }}>
-                    <span className="agent-bar-text">{duration(took)}</span>
+                    {(took / span) * trackWidth >= 46 && <span className="agent-bar-text">{duration(took)}</span>}
                   </div>
                 </div>
                 <div className="agent-dur">
