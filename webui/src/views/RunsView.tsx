@@ -102,33 +102,37 @@ export function RunsView() {
     [cursor, state, name, agent],
   );
 
+  // A run that comes to match the filters joins the page if it falls within the page's span
+  // of time (a newer one on an older page is announced instead); rows shown update in place.
   useEvents({ kind: ["run"] }, (changes: Change[]) => {
     if (!data) return;
     const shown = new Set(data.runs.map((r) => r.run_id));
-    const newest = data.runs.length ? Math.max(...data.runs.map((r) => r.created_at ?? 0)) : -Infinity;
+    const times = data.runs.map((r) => r.created_at ?? 0);
+    const newest = cursor && times.length ? Math.max(...times) : Infinity;
+    const oldest = data.next_cursor !== null && times.length ? Math.min(...times) : -Infinity;
     const updates = new Map<string, Run | null>();
     const fresh = new Map<string, Run>();
+    const later: string[] = [];
     for (const c of changes) {
       if (c.kind !== "run") continue;
-      if (shown.has(c.id)) updates.set(c.id, c.data as Run | null);
-      else if (c.data && (c.data.created_at ?? 0) >= newest && matches(c.data as Run, state, name, agent)) {
-        fresh.set(c.id, c.data as Run);
-      }
+      if (shown.has(c.id)) { updates.set(c.id, c.data as Run | null); continue; }
+      if (!c.data || !matches(c.data as Run, state, name, agent)) continue;
+      const at = c.data.created_at ?? 0;
+      if (at > newest) later.push(c.id);
+      else if (at >= oldest) fresh.set(c.id, c.data as Run);
     }
-    if (fresh.size && cursor) {
-      const ids = [...fresh.keys()];
-      setNewer((seen) => new Set([...seen, ...ids]));
-      fresh.clear();
-    }
+    if (later.length) setNewer((seen) => new Set([...seen, ...later]));
     if (!updates.size && !fresh.size) return;
-    const top = [...fresh.values()].sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
-    setData((page) => page && {
-      ...page,
-      runs: [...top, ...page.runs.filter((r) => !fresh.has(r.run_id)).flatMap((r) => {
+    setData((page) => {
+      if (!page) return page;
+      const kept = page.runs.filter((r) => !fresh.has(r.run_id)).flatMap((r) => {
         if (!updates.has(r.run_id)) return [r];
-        const now = updates.get(r.run_id);
-        return now ? [now] : [];
-      })],
+        const latest = updates.get(r.run_id);
+        return latest ? [latest] : [];
+      });
+      const runs = [...fresh.values(), ...kept];
+      runs.sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0));
+      return { ...page, runs };
     });
   }, reload);
 
