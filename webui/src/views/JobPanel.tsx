@@ -69,6 +69,8 @@ function JobDetails({ jobId, onClose, page }: { jobId: string; onClose?: () => v
             : viewer ? "a viewer session is read-only" : "stop this job"}
           onClick={() => setAsking(true)}>Cancel job</button>
       )}
+      {!page && job && <Link className="job-open" to={`/jobs/${seg(job.job_id)}`} data-testid="job-open-page"
+        title="open as a page">⤢</Link>}
       {onClose && <button className="link job-close" onClick={onClose} aria-label="close"
         data-testid="job-panel-close">×</button>}
     </div>
