@@ -72,7 +72,7 @@ export function SchedulesView() {
           <tbody>
             {rows.map((s) => (
               <tr key={s.schedule_id} data-testid={"schedule-" + s.schedule_id}>
-                <td><b>{s.name}</b><div className="muted tiny mono">{s.schedule_id}</div></td>
+                <td><b>{s.name}</b>{s.schedule_id !== s.name && <div className="muted tiny mono">{s.schedule_id}</div>}</td>
                 <td><code className="cron">{s.cron}</code></td>
                 <td className="nowrap" data-testid={"next-" + s.schedule_id}>
                   {s.next_at === null ? <span className="muted">—</span> : (
