@@ -136,17 +136,27 @@ function Graph({ jobs, structure, selected, onSelect }: Props) {
     // eslint-disable-next-line react-hooks/exhaustive-deps
     [structure, direction]);
 
+  // A node object is reused while its job, selection and place are the same, so React Flow
+  // and the memoised node redraw only the nodes a change touched (a click, a batch of events).
+  const made = useRef(new Map<string, JobFlowNode>());
   const nodes: JobFlowNode[] = useMemo(() => {
     const out: JobFlowNode[] = [];
+    const next = new Map<string, JobFlowNode>();
     for (const [id, job] of jobs) {
       const position = positions.get(id);
       if (!position) continue;
-      out.push({
-        id, type: "job", position, width: NODE_W, height: NODE_H,
-        data: { job, selected: id === selected, horizontal },
-        draggable: false, connectable: false,
-      });
+      const isSelected = id === selected;
+      const old = made.current.get(id);
+      const node = old && old.data.job === job && old.data.selected === isSelected
+        && old.data.horizontal === horizontal && old.position === position ? old : {
+          id, type: "job" as const, position, width: NODE_W, height: NODE_H,
+          data: { job, selected: isSelected, horizontal },
+          draggable: false, connectable: false,
+        };
+      next.set(id, node);
+      out.push(node);
     }
+    made.current = next;
     return out;
   }, [jobs, positions, selected, horizontal]);
 
@@ -217,7 +227,7 @@ function Graph({ jobs, structure, selected, onSelect }: Props) {
             nodeColor={(n) => colours.get(shownState((n as JobFlowNode).data.job)) ?? "#adb5bd"}
             nodeStrokeWidth={0} maskColor="rgba(246,247,249,0.7)" />
         )}
-        <Panel position="top-left"><Legend /></Panel>
+        <Panel position="bottom-center"><Legend /></Panel>
         <Panel position="top-right">
           <div className="rg-tools">
             <button data-testid="toggle-direction" title="lay the graph out the other way"
