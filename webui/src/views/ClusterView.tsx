@@ -2,7 +2,7 @@
 // worker with what it runs; start a worker, drain one. Live from the `worker` changes.
 import { useCallback, useEffect, useRef, useState, type FormEvent } from "react";
 import { Link } from "react-router";
-import { api, seg, type Change, type Worker } from "../api";
+import { api, currentRole, seg, type Change, type Worker } from "../api";
 import { ErrorBanner, StateBadge, duration, message, useLoad, useNow, Empty } from "../common";
 import { useEvents } from "../events";
 import { ConfirmButton } from "./ConfirmButton";
@@ -240,7 +240,7 @@ function WorkerRow({ w, now, onError }: { w: Row; now: number; onError: (e: unkn
       <td>{spawned ? <span className={"origin origin-" + spawned}>{spawned}</span> : <span className="muted">—</span>}</td>
       <td className="actions">
         {(w.state === "ALIVE" || w.state === "DISCONNECTED") && (
-          <ConfirmButton testid={"drain-" + w.name} question={<>Drain <b>{w.name}</b>? It finishes its jobs, then leaves.</>}
+          <ConfirmButton testid={"drain-" + w.name} disabled={currentRole() === "viewer"} question={<>Drain <b>{w.name}</b>? It finishes its jobs, then leaves.</>}
             title="take no new jobs, finish the running ones, then leave"
             onConfirm={() => api.post(`/workers/${seg(w.name)}/drain`).catch(onError)}>Drain</ConfirmButton>
         )}
@@ -279,7 +279,9 @@ function StartWorker() {
   return (
     <div className="start-worker">
       {started && <span className="started-note" data-testid="start-worker-result">{started}</span>}
-      <button className="primary" data-testid="start-worker" onClick={() => { setOpen((o) => !o); setStarted(null); }}>
+      <button className="primary" data-testid="start-worker" disabled={currentRole() === "viewer"}
+        title={currentRole() === "viewer" ? "a viewer session is read-only" : "the master starts a local titan-worker"}
+        onClick={() => { setOpen((o) => !o); setStarted(null); }}>
         + Start a worker
       </button>
       {open && (

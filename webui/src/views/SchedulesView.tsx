@@ -3,7 +3,7 @@
 // is read again just after the next fire time.
 import { useEffect, useState } from "react";
 import { Link } from "react-router";
-import { api, seg, type Change } from "../api";
+import { api, currentRole, seg, type Change } from "../api";
 import { Empty, ErrorBanner, useLoad, useNow, when } from "../common";
 import { useEvents } from "../events";
 import { ConfirmButton } from "./ConfirmButton";
@@ -84,7 +84,7 @@ export function SchedulesView() {
                   ? <Link className="mono" to={"/runs/" + seg(s.last_run_id)}>{s.last_run_id}</Link>
                   : <span className="muted">not yet</span>}</td>
                 <td className="actions">
-                  <ConfirmButton testid={"remove-" + s.schedule_id}
+                  <ConfirmButton testid={"remove-" + s.schedule_id} disabled={currentRole() === "viewer"}
                     question={<>Remove <b>{s.name}</b>? Runs it started go on.</>}
                     onConfirm={() => api.del(`/schedules/${seg(s.schedule_id)}`).catch(setActionError)}>
                     Remove

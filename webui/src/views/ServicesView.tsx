@@ -2,7 +2,7 @@
 // health and last lines; restart, stop, logs. Live from the `service` changes.
 import { Fragment, useCallback, useRef, useState } from "react";
 import { Link } from "react-router";
-import { api, seg, type Change } from "../api";
+import { api, currentRole, seg, type Change } from "../api";
 import { ActionButton, Empty, ErrorBanner, StateBadge, duration, useLoad, useNow } from "../common";
 import { useEvents } from "../events";
 import { ConfirmButton } from "./ConfirmButton";
@@ -83,6 +83,7 @@ export function ServicesView() {
   }, list.reload);
 
   const rows = [...(list.data?.values() ?? [])].sort((a, b) => a.name.localeCompare(b.name));
+  const viewer = currentRole() === "viewer";
 
   function toggle(name: string) {
     setOpen((o) => {
@@ -154,12 +155,12 @@ export function ServicesView() {
                     </td>
                     <td className="actions">
                       <Link to={"/jobs/" + seg(s.job_id)} className="button-like small" data-testid={"logs-" + s.name}>Logs</Link>
-                      <ActionButton className="small" testid={"restart-" + s.name} disabled={!running}
+                      <ActionButton className="small" testid={"restart-" + s.name} disabled={!running || viewer}
                         title="stop its process and start it again"
                         onClick={() => api.post(`/services/${seg(s.name)}/restart`).catch(setActionError)}>
                         Restart
                       </ActionButton>
-                      <ConfirmButton testid={"stop-" + s.name} disabled={FINISHED.has(s.state)}
+                      <ConfirmButton testid={"stop-" + s.name} disabled={FINISHED.has(s.state) || viewer}
                         question={<>Stop <b>{s.name}</b>?</>}
                         onConfirm={() => api.post(`/services/${seg(s.name)}/stop`).catch(setActionError)}>
                         Stop
