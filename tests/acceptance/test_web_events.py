@@ -136,6 +136,24 @@ class WebEventsTests(ClusterTestCase, TestCase):
                                ("job", f"{second}/y"): "COMPLETED"})
 
     @defer.inlineCallbacks
+    def test_a_schedules_firing_reaches_its_subscribers(self):
+        """The Schedules page follows ?kind=schedule: each firing moves its count, next time
+        and last run there, without a poll."""
+        reader = yield self.open("/api/v1/events?kind=schedule")
+        with self.cluster.client() as c:
+            sid = c.submit_dag({"name": "every-second", "schedule": "* * * * * */1",
+                                "jobs": [{"id": "t", "command": ["true"]}]})["schedule_id"]
+        self.addCleanup(lambda: self.cluster.client().unschedule(sid))
+
+        def fired(r):
+            return [c["data"]["fired"] for _, c in r.changes()
+                    if c["kind"] == "schedule" and c["id"] == sid and c["data"]]
+        yield reader.until(lambda r: max(fired(r) or [0]) >= 2, timeout=30)
+        latest = [c["data"] for _, c in reader.changes() if c["id"] == sid][-1]
+        self.assertTrue(latest["last_run_id"].startswith("every-second-"), latest)
+        self.assertEqual({c["kind"] for _, c in reader.changes()}, {"schedule"})
+
+    @defer.inlineCallbacks
     def test_a_running_jobs_log_streams_in_order(self):
         code = ("import sys, time\n"
                 "for i in range(5):\n"

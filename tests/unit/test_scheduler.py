@@ -864,6 +864,17 @@ class PipelineServiceTests(SynchronousTestCase):
         self.assertIs(api.state, JobState.COMPLETED)
         self.assertEqual(self.h.running_on("w1"), set())
 
+    def test_healthy_is_none_without_a_check_and_the_worker_s_word_with_one(self):
+        self.run_dag([{"id": "plain", "type": "service", "command": ["serve"]},
+                      {"id": "checked", "type": "service", "command": ["serve"], "port": 8080}])
+        for job_id in ("r/plain", "r/checked"):
+            self.report(job_id, "RUNNING", healthy=False, port=8080)
+        now = self.h.clock.seconds()
+        self.assertIsNone(service_view(self.h.s, self.h.job("r/plain"), now)["healthy"])
+        self.assertIs(service_view(self.h.s, self.h.job("r/checked"), now)["healthy"], False)
+        self.report("r/checked", "RUNNING", healthy=True, port=8080)
+        self.assertIs(service_view(self.h.s, self.h.job("r/checked"), now)["healthy"], True)
+
     def test_a_job_waiting_for_a_service_and_a_job_names_only_what_it_waits_for(self):
         self.run_dag([{"id": "api", "type": "service", "command": ["serve"]},
                       {"id": "build", "command": ["make"]},

@@ -517,6 +517,10 @@ class MasterService(MultiService):
             changes[("worker", event.worker_id)] = None
         elif kind is ev.ScheduleAdded or kind is ev.ScheduleRemoved:
             changes[("schedule", event.schedule_id)] = None
+        elif kind is ev.TimerFired and type(event.key) is tuple and event.key[0] == "cron":
+            # A firing moves the schedule's count, next time and last run (even one whose
+            # run was skipped).
+            changes[("schedule", event.key[1])] = None
         for d in decisions:
             kind = type(d)
             if kind is ev.RunChanged:

@@ -170,7 +170,8 @@ def service_view(s: Scheduler, job: JobRecord, now: float) -> dict:
         "port": status.get("port"), "pid": status.get("pid") if job.state is JobState.RUNNING
         else None, "restarts": status.get("restarts", 0),
         "uptime": round(now - since, 1) if since and state == "RUNNING" else None,
-        "healthy": status.get("healthy"), "reason": job.reason,
+        # None: no health check to pass (not "unhealthy").
+        "healthy": status.get("healthy") if job.spec.health else None, "reason": job.reason,
         "command": list(job.spec.command), "restart": job.spec.restart,
         "health": job.spec.health, "last_lines": status.get("last_lines") or [],
         # Why its health check fails (its worker says), and how its process last ended.
