@@ -208,6 +208,9 @@ class ErrorTests(WebCase):
         r = self.request("DELETE", "/api/v1/workers", token=TOKEN)
         self.assertEqual(r.status, 405)
         self.assertEqual(r.error, "method")
+        self.assertEqual(r.header("allow"), ["GET, HEAD, POST"])  # schemathesis: RFC 9110
+        r = self.request("TRACE", "/api/v1/jobs/x%2Fy/cancel", token=TOKEN)
+        self.assertEqual((r.status, r.header("allow")), (405, ["POST"]))
 
     def test_malformed_json_and_bad_fields_are_400_naming_them(self):
         r = self.request("POST", "/api/v1/login", raw=b"{not json")

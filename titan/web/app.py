@@ -244,6 +244,9 @@ class WebApp:
     @app.handle_errors(MethodNotAllowed)
     def wrong_method(self, request, failure):
         request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        # A 405 says what is served there (RFC 9110 15.5.6); werkzeug adds HEAD to GET.
+        allowed = sorted(set(getattr(failure.value, "valid_methods", None) or ()) - {"OPTIONS"})
+        request.setHeader(b"allow", ", ".join(allowed).encode())
         return self._error(request, Failure(HttpError(
             "method", f"{request.method.decode()} is not served at "
                       f"{request.path.decode('utf-8', 'replace')}")))
