@@ -19,6 +19,19 @@ export function shownState(job: Job): string {
   return job.phase ?? job.state;
 }
 
+const RANK: Record<string, number> = { PENDING: 0, WAITING_APPROVAL: 1, RUNNING: 2 };
+
+/**
+ * Of a job as a REST page gave it and as an event gave it, the later: the page and the event
+ * stream are two connections, so an event may overtake the page it is newer than, or not.
+ * A job moves on in its attempt, then its state (ended states last).
+ */
+export function fresher(a: Job, b: Job): Job {
+  const ka = [a.attempt ?? 0, RANK[a.state] ?? 3];
+  const kb = [b.attempt ?? 0, RANK[b.state] ?? 3];
+  return kb[0] > ka[0] || (kb[0] === ka[0] && kb[1] >= ka[1]) ? { ...a, ...b } : a;
+}
+
 export const LEGEND = [
   "PENDING", "DELAYED", "RETRYING", "WAITING_APPROVAL", "RUNNING", "COMPLETED", "FAILED",
   "DEAD", "CANCELLED",

@@ -5,7 +5,7 @@ import { useCallback, useEffect, useRef, useState } from "react";
 import { api, seg, type Job, type Run } from "../api";
 import { ErrorBanner, StateBadge, when } from "../common";
 import { useEvents } from "../events";
-import { JobDuration, shownState } from "./RunGraph";
+import { JobDuration, fresher, shownState } from "./RunGraph";
 import "./RunView.css";
 
 export const CHUNK = 2000;
@@ -26,6 +26,8 @@ export function RunTable({ run, initial, selected, onSelect }: Props) {
   const where = useRef<Map<string, [number, number]>>(null!);
   if (where.current === null) where.current = new Map(initial.map((j, i) => [j.node, [0, i]]));
   const inflight = useRef(new Set<number>());
+  // Every job change seen, for a page that lands after changes it may not have (10,000 at most).
+  const seen = useRef(new Map<string, Job>());
   const [, setTick] = useState(0);
   const bump = useCallback(() => setTick((t) => t + 1), []);
   const [error, setError] = useState<unknown>(null);
@@ -45,7 +47,10 @@ export function RunTable({ run, initial, selected, onSelect }: Props) {
       (r) => {
         inflight.current.delete(n);
         if (!alive.current) return;
-        const jobs = (r.jobs ?? []) as Job[];
+        const jobs = ((r.jobs ?? []) as Job[]).map((j) => {
+          const later = seen.current.get(j.node);
+          return later ? fresher(j, later) : j;
+        });
         chunks.current.set(n, jobs);
         index(n, jobs);
         bump();
@@ -65,6 +70,7 @@ export function RunTable({ run, initial, selected, onSelect }: Props) {
     for (const c of changes) {
       if (c.kind !== "job" || !c.data || c.data.run_id !== runId) continue;
       const node = c.data.node as string;
+      seen.current.set(node, c.data as Job);
       const at = where.current.get(node);
       if (at) {
         const rows = chunks.current.get(at[0]);

@@ -7,7 +7,7 @@ import { api, seg, type Change, type Job, type Run } from "../api";
 import { ErrorBanner, StateBadge, duration, stateClass, useNow, when } from "../common";
 import { useEvents } from "../events";
 import { JobPanel } from "./JobPanel";
-import { RunGraph } from "./RunGraph";
+import { RunGraph, fresher } from "./RunGraph";
 import { CHUNK, RunTable } from "./RunTable";
 import "./RunView.css";
 
@@ -135,6 +135,10 @@ export function RunView() {
       setRun(head as Run);
       setJobs((before) => {
         const next = byNode(page);
+        for (const [node, job] of next) {
+          const seen = before.get(node);
+          if (seen) next.set(node, fresher(job, seen));
+        }
         const same = next.size === before.size && [...next.keys()].every((k) => before.has(k));
         if (!same) setStructure((s) => s + 1);
         return next;
