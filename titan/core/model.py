@@ -150,8 +150,8 @@ class JobRecord:
     service: Optional[dict] = None  # a service's last report: state, port, pid, restarts, ...
     released: bool = False  # a service whose dependents were let go (it came up once)
     queued_at: Optional[float] = None  # when it last joined a ready queue
-    # Attempts that ended before the one the fields above describe (a retried failure, a
-    # lost worker's), oldest first, the latest KEEP_ATTEMPTS of them: tuples of
+    # Attempts that ended with another to follow (a retried failure, a lost worker's),
+    # oldest first, the latest KEEP_ATTEMPTS of them: tuples of
     # (attempt, worker_name, started_at, finished_at, exit_code, outcome, reason).  Once the
     # job has ended, its last attempt is read from its own fields (views.attempts): a job
     # that runs once, as most do, carries nothing more.
