@@ -233,9 +233,10 @@ class _Runner:
 
 
 def _only_auth_invalid(case) -> bool:
-    """A negative case whose only invalid parts are the credentials it made for the
-    document's schemes (the Authorization header, the session cookie): sent with the real
-    token, which the server takes first, it would be a valid request."""
+    """A negative case whose only invalid parts are headers or cookies: those may be just the
+    credentials it made for the document's schemes (Authorization, the session cookie),
+    which the real token replaces, so it would be sent valid.  (Last-Event-ID, the one
+    header parameter, is left to tests/acceptance/test_web_events.py.)"""
     negative = {location.name for location, part in case.meta.components.items()
                 if part.mode.is_negative}
     return bool(negative) and negative <= {"HEADER", "COOKIE"}

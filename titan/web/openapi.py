@@ -200,6 +200,14 @@ PATHS: dict[str, dict] = {
         params=(dict(_query("key", "string", "the key", minLength=1), required=True),))},
     "/api/v1/events": {"get": {
         "summary": "Live changes as Server-Sent Events (titan/web/events.py)",
+        "parameters": [
+            _query("run", "string", "only these runs' things (comma-separated; may repeat)"),
+            _query("kind", "string", "only these kinds, comma-separated: job, gate, service, "
+                                     "run, worker, schedule (400 for another)"),
+            _query("last_event_id", "string", "resume after this id (as Last-Event-ID)"),
+            {"name": "Last-Event-ID", "in": "header", "required": False,
+             "description": "resume after this id (a browser's EventSource sends it)",
+             "schema": {"type": "string"}}],
         "responses": {"200": {"description": "An event stream",
                               "content": {"text/event-stream": {
                                   "schema": _ref("ChangeEvent")}}},
@@ -208,7 +216,10 @@ PATHS: dict[str, dict] = {
         "summary": "A job's output as Server-Sent Events from ?offset=N as it is written "
                    "(titan/web/events.py)",
         "parameters": [_path("ref", _REF),
-                       _query("offset", "integer", "the first byte (default 0)", **_OFFSET)],
+                       _query("offset", "integer", "the first byte (default 0)", **_OFFSET),
+                       {"name": "Last-Event-ID", "in": "header", "required": False,
+                        "description": "resume from this byte offset (it wins over offset)",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"}}],
         "responses": {"200": {"description": "An event stream", "content": {
             "text/event-stream": {"schema": _ref("LogEvent")}}},
             "400": _ERR, "401": _ERR, "404": _ERR}}},
