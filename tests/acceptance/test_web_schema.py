@@ -9,10 +9,11 @@ calls invalid must be refused (4xx), and one it calls valid not refused as malfo
 Bounded and repeatable: a few examples per operation and mode (hypothesis derandomized, no
 example database, no shrinking), every request with a timeout, and the whole run under
 BUDGET seconds.  Not exercised: GET /api/v1/events, an endless stream (tests/acceptance/
-test_web_events.py reads it).  The changes run on their own data (a run to cancel, a gate
-to decide, a job to cancel, a service to restart then stop, a schedule to remove), after
-the reads; workers are drained only by names that are none of the cluster's, and started
-once at most.
+test_web_events.py reads it).  The changes run after the reads, on their own data (a run
+to cancel, a gate to decide, a job to cancel, a service to restart then stop, a schedule to
+remove); POST /api/v1/workers is sent once, with a body of ours (each start is a real
+process, up to 8), and that worker is the one drained: generated names are no worker's,
+and the cluster's own w1 is never sent.  Logout and login-codes are harmless with a token.
 """
 from __future__ import annotations
 
