@@ -3,7 +3,7 @@
 // be asked for up to GRAPH_MAX jobs (part of one page of the server's; dagre lays 1,000 out in ~0.4 s).
 import { useCallback, useEffect, useMemo, useRef, useState } from "react";
 import { Link, useParams } from "react-router";
-import { api, seg, type Change, type Job, type Run } from "../api";
+import { api, currentRole, seg, type Change, type Job, type Run } from "../api";
 import { ErrorBanner, StateBadge, duration, stateClass, useNow, when } from "../common";
 import { useEvents } from "../events";
 import { JobPanel } from "./JobPanel";
@@ -46,13 +46,15 @@ function CancelRun({ run, onError }: { run: Run; onError: (e: unknown) => void }
   const [asking, setAsking] = useState(false);
   const [busy, setBusy] = useState(false);
   const ended = run.state !== "RUNNING";
+  const viewer = currentRole() === "viewer";
   useEffect(() => { if (ended) setAsking(false); }, [ended]);
   const counts: Record<string, number> = run.counts ?? {};
   const open = ["PENDING", "RUNNING", "WAITING_APPROVAL"].reduce((n, s) => n + (counts[s] ?? 0), 0);
   if (!asking) {
     return (
-      <button className="danger" data-testid="cancel-run" disabled={ended}
-        title={ended ? "the run has ended" : "cancel every unfinished job of this run"}
+      <button className="danger" data-testid="cancel-run" disabled={ended || viewer}
+        title={ended ? "the run has ended" : viewer ? "a viewer may not cancel"
+          : "cancel every unfinished job of this run"}
         onClick={() => setAsking(true)}>Cancel run</button>
     );
   }
