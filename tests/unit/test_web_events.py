@@ -260,6 +260,7 @@ class HubTests(WebCase):
         epoch = self.hub.epoch
         self.assertEqual([n for n, _ in self.hub.since(f"{epoch}.10")], list(range(11, 61)))
         self.assertIsNone(self.hub.since(f"{epoch}.9"))  # thing 10 is gone from the ring
+        self.assertIsNone(self.hub.since(f"{epoch}.\u00b2"))  # a digit to str.isdigit, not int
         self.assertEqual(self.hub.since(f"{epoch}.60"), [])
         self.assertIsNone(self.hub.since(f"{epoch}.61"))
 
@@ -436,8 +437,9 @@ class LogStreamTests(WebCase):
         self.assertEqual((m["id"], m["data"]), ("6", {"offset": 2, "text": "cdef"}))
         [m] = self.stream(headers={"Last-Event-ID": "4"}).messages("log")
         self.assertEqual(m["data"]["text"], "ef")
-        self.assertEqual(self.stream("?offset=x").head_body()[0].split(b"\r\n")[0],
-                         b"HTTP/1.1 400 Bad Request")
+        for bad in ("?offset=x", "?offset=%C2%B2"):  # "²" is a digit to str.isdigit
+            self.assertEqual(self.stream(bad).head_body()[0].split(b"\r\n")[0],
+                             b"HTTP/1.1 400 Bad Request", bad)
 
     def test_unknown_job_is_404_and_no_token_401(self):
         self.job_id = "nosuchjob"

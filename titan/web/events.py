@@ -188,7 +188,7 @@ class ChangeHub:
         """The ring's `(number, item)`s after `event_id`; None if the id is not this hub's
         or what followed it is no longer all in the ring."""
         epoch, _, number = event_id.strip().partition(".")
-        if epoch != self.epoch or not number.isdigit():
+        if epoch != self.epoch or not (number.isascii() and number.isdigit()):
             return None
         n = int(number)
         if n < self._floor or n >= self._next or not self._listening:
@@ -509,7 +509,7 @@ class LogStreamResource(resource.Resource):
         if isinstance(raw, bytes):
             raw = raw.decode("ascii", "replace")
         raw = (raw or "0").strip()
-        if not raw.isdigit():
+        if not (raw.isascii() and raw.isdigit()):
             return bad_request(request, f"offset: a byte offset (0 or more), not {raw!r}")
         try:
             self.api.job_info(caller, self.job_ref)
