@@ -1,11 +1,11 @@
 // The shell: login, navigation, the live-feed indicator, and one route per view. A view is a
 // component in views/ that loads over REST and follows /api/v1/events; the constructor
 // ("New pipeline", issue 18) is one more route here.
-import { useCallback, useEffect, useRef, useState } from "react";
+import { useEffect, useState } from "react";
 import { BrowserRouter, NavLink, Navigate, Route, Routes } from "react-router";
 import { api, logout, onUnauthorized, resumeSession, type Session } from "./api";
 import { ErrorBanner } from "./common";
-import { useEvents, useLive } from "./events";
+import { useLive } from "./events";
 import { LoginView } from "./views/LoginView";
 import { ClusterView } from "./views/ClusterView";
 import { RunsView } from "./views/RunsView";
@@ -52,21 +52,19 @@ export function App() {
   );
 }
 
-/** How many gates wait for a person, live: the shell's own feed (so the live indicator
- * always has one to watch, whatever the view). */
+/** How many gates wait for a person, read every few seconds. Not a live feed of its own: a
+ * browser opens at most six connections to one host, and each tab's view already holds one
+ * (a job's log tail a second). */
 function WaitingGates() {
   const [count, setCount] = useState<number | null>(null);
-  const timer = useRef<number | undefined>(undefined);
-  const load = useCallback(() => {
-    api.get<{ gates: unknown[] }>("/gates", { limit: 1000 }).then(
-      (r) => setCount(r.gates.length), () => setCount(null));
+  useEffect(() => {
+    let stopped = false;
+    const load = () => api.get<{ gates: unknown[] }>("/gates", { limit: 1000 }).then(
+      (r) => { if (!stopped) setCount(r.gates.length); }, () => undefined);
+    load();
+    const timer = window.setInterval(load, 5000);
+    return () => { stopped = true; window.clearInterval(timer); };
   }, []);
-  const soon = useCallback(() => {
-    window.clearTimeout(timer.current);
-    timer.current = window.setTimeout(load, 300);
-  }, [load]);
-  useEffect(() => { load(); return () => window.clearTimeout(timer.current); }, [load]);
-  useEvents({ kind: ["gate"] }, soon, load);
   if (!count) return null;
   return <span className="count" data-testid="waiting-gates" title="gates waiting for approval">{count}</span>;
 }
