@@ -108,6 +108,27 @@ class WebApiTests(WebCase):
         self.assertEqual((rest["data"], rest["done"]), ("line\nbeta-line\n", True))
 
     @defer.inlineCallbacks
+    def test_agent_runs_listed_latest_first_with_their_stages(self):
+        with self.cluster.client() as c:
+            for agent, stage in (("ar-old", "PLAN"), ("ar-new", "PLAN"), ("ar-new", "EVAL")):
+                run_id = c.submit_dag({"name": f"{agent}-{stage}", "agent_run_id": agent,
+                                       "stage": stage, "jobs": [{"id": "t",
+                                                                 "command": ["true"]}]})
+                c.wait_run(run_id["run_id"], timeout=60)
+        code, body = yield self.get("/api/v1/agent-runs")
+        self.assertEqual(code, 200, body)
+        mine = [a for a in body["agent_runs"] if a["agent_run_id"].startswith("ar-")]
+        self.assertEqual([(a["agent_run_id"], a["runs"], a["state"],
+                           [(st["stage"], st["name"], st["state"]) for st in a["stages"]])
+                          for a in mine],
+                         [("ar-new", 2, "COMPLETED", [("PLAN", "ar-new-PLAN", "COMPLETED"),
+                                                      ("EVAL", "ar-new-EVAL", "COMPLETED")]),
+                          ("ar-old", 1, "COMPLETED", [("PLAN", "ar-old-PLAN", "COMPLETED")])])
+        self.assertGreaterEqual(mine[0]["finished_at"], mine[0]["started_at"])
+        code, body = yield self.get("/api/v1/agent-runs?limit=0")
+        self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+
+    @defer.inlineCallbacks
     def test_approving_a_gate_over_http_lets_the_run_go_on(self):
         with self.cluster.client() as c:
             run_id = c.submit_dag({"name": "webgate", "jobs": [

@@ -669,6 +669,33 @@ class MasterApi:
         now = self.engine.now()
         return [run_view(s, r, now, jobs=False) for r in runs]
 
+    def list_agent_runs(self, caller: Caller, limit: int = 100) -> list:
+        """Agent runs, the one that moved last first: each with its number of runs, its
+        latest stages (run, name, label, state), its state (RUNNING while a stage runs),
+        when it started, ended (None while running) and last moved."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise BadRequest(f"limit must be a whole number from 1 to 1000, not {limit!r}")
+        s = self.engine.scheduler
+        summaries = []
+        for agent_run_id, run_ids in s.agent_runs.items():
+            runs = [s.runs[r] for r in run_ids if r in s.runs]
+            if not runs:
+                continue
+            last = runs[-1]
+            running = any(r.state is RunState.RUNNING for r in runs)
+            summaries.append({
+                "agent_run_id": agent_run_id, "runs": len(runs),
+                # The latest 20 stages (a long loop's first ones are in its timeline).
+                "stages": [{"run_id": r.run_id, "name": r.name, "stage": r.stage,
+                            "state": r.state.value} for r in runs[-20:]],
+                "state": "RUNNING" if running else last.state.value,
+                "started_at": runs[0].created_at,
+                "finished_at": None if running else
+                max(r.finished_at or r.created_at for r in runs),
+                "last_at": max(r.finished_at or r.created_at for r in runs)})
+        summaries.sort(key=lambda a: a["last_at"], reverse=True)
+        return summaries[:limit]
+
     def decide_gate(self, caller: Caller, ref: Any, approved: Any, by: str,
                     comment: str) -> defer.Deferred:
         """Approve or reject a gate.  `by` is the name the client gives; the caller's `via`

@@ -366,6 +366,12 @@ class WebApp:
         return {"gates": self.api.list_gates(self.caller(who), decided,
                                              _int_arg(request, "limit", 200, 1, 10_000))}
 
+    @route(PREFIX + "/agent-runs")
+    def agent_runs(self, request, who, body):
+        """Agent runs, the latest to move first, each with its stages' labels and states."""
+        return {"agent_runs": self.api.list_agent_runs(
+            self.caller(who), _int_arg(request, "limit", 100, 1, 1000))}
+
     @route(PREFIX + "/agent-runs/<agent_run_id>")
     def agent_run(self, request, who, body, agent_run_id):
         """The runs (stages) of one agent run, in the order they were submitted."""

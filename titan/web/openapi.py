@@ -162,6 +162,11 @@ PATHS: dict[str, dict] = {
         body={"type": "object", "required": ["approved"], "properties": {
             "approved": {"type": "boolean"}, "comment": {"type": "string"},
             "by": {"type": "string"}}})},
+    "/api/v1/agent-runs": {"get": _op(
+        "Agent runs, the one whose latest stage moved last first: stages, labels, states",
+        _LIST("agent_runs", _ref("AgentRun")), errors=(400, 401),
+        params=(_query("limit", "integer", "agent runs at most (1-1000, default 100)",
+                       minimum=1, maximum=1000),))},
     "/api/v1/agent-runs/{agent_run_id}": {"get": _op(
         "The runs (stages) of one agent run, in order, with states and times",
         _ok({"type": "object", "required": ["agent_run_id", "runs"], "properties": {
@@ -275,6 +280,12 @@ SCHEMAS: dict[str, dict] = {
         "jobs": _STRS, "state": {"enum": WORKER_STATES}, "last_heartbeat_ago": {
             "type": "number"}, "joined_at": {"type": "number"}, "completed": _COUNT,
         "idle_for": _NUM, "spawned_by": _STR}, {"pid": {"type": "integer"}, "why": _STR}),
+    "AgentRun": _obj({
+        "agent_run_id": _STR, "runs": {"type": "integer"},
+        "stages": {"type": "array", "items": _obj({
+            "run_id": _STR, "name": _STR, "stage": _STR, "state": _STR})},
+        "state": _STR, "started_at": {"type": "number"},
+        "finished_at": {"type": ["number", "null"]}, "last_at": {"type": "number"}}),
     "Run": _obj({
         "run_id": {"type": "string"}, "name": {"type": "string"},
         "state": {"enum": RUN_STATES}, "agent_run_id": _STR, "stage": _STR,

@@ -1,7 +1,7 @@
-// Agent runs: /agent-runs lists the recent ones (the distinct agent_run_id of recent runs) and
+// Agent runs: /agent-runs lists them (GET /api/v1/agent-runs, the latest to move first) and
 // opens one by id; /agent-runs/:agentRunId draws its stages (runs) as bars on one time axis,
 // growing while they run, each a link to its run.
-import { useEffect, useMemo, useRef, useState } from "react";
+import { useEffect, useRef, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
 import { api, seg, type Change, type Run } from "../api";
 import { useEvents } from "../events";
@@ -16,56 +16,35 @@ export function AgentRunView() {
 
 // -- the index ----------------------------------------------------------------------------
 
+/** GET /api/v1/agent-runs: one agent run, with its latest stages. */
 interface AgentRunSummary {
-  id: string;
-  stages: number;
-  runs: Run[];
-  running: boolean;
-  last: Run;
-  first: number;
-  end: number | null;
-}
-
-const RECENT = 500;
-
-function summarize(runs: Run[]): AgentRunSummary[] {
-  const by = new Map<string, Run[]>();
-  for (const r of runs) {
-    if (!r.agent_run_id) continue;
-    const list = by.get(r.agent_run_id) ?? [];
-    list.push(r);
-    by.set(r.agent_run_id, list);
-  }
-  const out: AgentRunSummary[] = [];
-  for (const [id, list] of by) {
-    list.sort((a, b) => a.created_at - b.created_at);
-    const running = list.some((r) => r.state === "RUNNING");
-    out.push({
-      id, stages: list.length, runs: list, running, last: list[list.length - 1], first: list[0].created_at,
-      end: running ? null : Math.max(...list.map((r) => r.finished_at ?? r.created_at)),
-    });
-  }
-  return out.sort((a, b) => b.last.created_at - a.last.created_at);
+  agent_run_id: string;
+  runs: number;
+  stages: { run_id: string; name: string; stage: string | null; state: string }[];
+  state: string;
+  started_at: number;
+  finished_at: number | null;
+  last_at: number;
 }
 
 function AgentRunIndex() {
   const navigate = useNavigate();
   const now = useNow(1000);
   const [typed, setTyped] = useState("");
-  const { data, setData, error, loading, reload } = useLoad(
-    () => api.get<{ runs: Run[] }>("/runs", { limit: RECENT }).then((p) => p.runs), []);
+  const { data, error, loading, reload } = useLoad(
+    () => api.get<{ agent_runs: AgentRunSummary[] }>("/agent-runs", { limit: 200 })
+      .then((p) => p.agent_runs), []);
 
+  // A run of an agent run changed: read the list again (soon, once for a burst).
+  const timer = useRef<number | undefined>(undefined);
+  useEffect(() => () => window.clearTimeout(timer.current), []);
   useEvents({ kind: ["run"] }, (changes: Change[]) => {
-    const mine = changes.filter((c) => c.kind === "run" && c.data?.agent_run_id);
-    if (!mine.length) return;
-    setData((runs) => {
-      if (!runs) return runs;
-      const next = runs.filter((r) => !mine.some((c) => c.id === r.run_id));
-      return [...mine.map((c) => c.data as Run), ...next];
-    });
+    if (!changes.some((c) => c.kind === "run" && c.data?.agent_run_id)) return;
+    window.clearTimeout(timer.current);
+    timer.current = window.setTimeout(reload, 300);
   }, reload);
 
-  const agentRuns = useMemo(() => summarize(data ?? []), [data]);
+  const agentRuns = data ?? [];
   const go = () => { if (typed.trim()) navigate(agentRunLink(typed.trim())); };
 
   return (
@@ -83,7 +62,7 @@ function AgentRunIndex() {
       {!data && loading && <Empty>Loading…</Empty>}
       {data && !agentRuns.length && (
         <Empty>
-          No agent run among the last {RECENT} runs. Runs join one when submitted with an
+          No agent run yet. Runs join one when submitted with an
           <code> agent_run_id</code> (and a <code>stage</code>).
         </Empty>
       )}
@@ -93,28 +72,32 @@ function AgentRunIndex() {
             <tr><th>Agent run</th><th>Stages</th><th>Latest</th><th>State</th><th>Started</th><th className="num">Span</th></tr>
           </thead>
           <tbody>
-            {agentRuns.map((a) => (
-              <tr key={a.id} data-testid={"agent-run-" + a.id} className="clickable"
-                onClick={() => navigate(agentRunLink(a.id))}>
-                <td><Link to={agentRunLink(a.id)} className="mono" onClick={(e) => e.stopPropagation()}>{a.id}</Link></td>
-                <td>
-                  <span className="agent-chips">
-                    {a.runs.slice(-12).map((r, i) => (
-                      <span key={r.run_id} className="agent-chips">
-                        {i > 0 && <span className="agent-chip-arrow">›</span>}
-                        <span className={"agent-chip " + stateClass(r.state)} title={`${r.name}: ${r.state}`}>
-                          {r.stage || "·"}
+            {agentRuns.map((a) => {
+              const last = a.stages[a.stages.length - 1];
+              return (
+                <tr key={a.agent_run_id} data-testid={"agent-run-" + a.agent_run_id} className="clickable"
+                  onClick={() => navigate(agentRunLink(a.agent_run_id))}>
+                  <td><Link to={agentRunLink(a.agent_run_id)} className="mono" onClick={(e) => e.stopPropagation()}>{a.agent_run_id}</Link></td>
+                  <td>
+                    <span className="agent-chips">
+                      {a.runs > a.stages.length && <span className="muted" title={`${a.runs} runs in all`}>… </span>}
+                      {a.stages.slice(-12).map((r, i) => (
+                        <span key={r.run_id} className="agent-chips">
+                          {i > 0 && <span className="agent-chip-arrow">›</span>}
+                          <span className={"agent-chip " + stateClass(r.state)} title={`${r.name}: ${r.state}`}>
+                            {r.stage || "·"}
+                          </span>
                         </span>
-                      </span>
-                    ))}
-                  </span>
-                </td>
-                <td>{a.last.name}</td>
-                <td><StateBadge state={a.running ? "RUNNING" : a.last.state} /></td>
-                <td className="nowrap" title={when(a.first)}>{when(a.first)}</td>
-                <td className="num">{duration((a.end ?? now) - a.first)}</td>
-              </tr>
-            ))}
+                      ))}
+                    </span>
+                  </td>
+                  <td>{last?.name ?? "—"}</td>
+                  <td><StateBadge state={a.state} /></td>
+                  <td className="nowrap" title={when(a.started_at)}>{when(a.started_at)}</td>
+                  <td className="num">{duration((a.finished_at ?? now) - a.started_at)}</td>
+                </tr>
+              );
+            })}
           </tbody>
         </table>
       )}
