@@ -89,7 +89,8 @@ def populate(c: Client) -> dict:
         c.wait_run(rid, timeout=60)
     ids["agent"] = "research-42"
 
-    c.deploy("docs-site", [py, "-m", "http.server", "--bind", "127.0.0.1", "8765"], port=8765)
+    c.deploy("docs-site", ["python3", "-m", "http.server", "--bind", "127.0.0.1", "8765"],
+             port=8765)
     cron = Pipeline("hourly-backup", schedule="0 * * * *")
     cron.job("backup", ["true"])
     c.submit(cron)
@@ -124,7 +125,7 @@ def shoot(out: str) -> None:
                 ("agent-run", f"/agent-runs/{ids['agent']}", None),
                 ("services", "/services", None),
                 ("schedules", "/schedules", None),
-                ("store", "/store", None),
+                ("store", "/store", "[data-testid=store-key]"),
             ]
             os.makedirs(out, exist_ok=True)
             for name, path, click in views:
