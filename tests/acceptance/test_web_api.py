@@ -108,6 +108,20 @@ class WebApiTests(WebCase):
         self.assertEqual((rest["data"], rest["done"]), ("line\nbeta-line\n", True))
 
     @defer.inlineCallbacks
+    def test_a_script_job_names_its_file_apart_from_its_arguments(self):
+        from titan.sdk import Pipeline
+        p = Pipeline("scripted")
+        p.script("load", "load.py", "import sys; print(sys.argv[1:])", args=["--fast"])
+        with self.cluster.client() as c:
+            run_id = c.submit(p)
+            self.assertEqual(c.wait_run(run_id, timeout=60)["state"], "COMPLETED")
+        code, job = yield self.get(f"/api/v1/jobs/{run_id}%2Fload")
+        self.assertEqual((code, job["file"], job["command"]), (200, "load.py",
+                                                                ["load.py", "--fast"]))
+        code, plain = yield self.get(f"/api/v1/jobs/{run_id}%2Fload/logs")
+        self.assertEqual(plain["data"], "['--fast']\n")
+
+    @defer.inlineCallbacks
     def test_agent_runs_listed_latest_first_with_their_stages(self):
         with self.cluster.client() as c:
             for agent, stage in (("ar-old", "PLAN"), ("ar-new", "PLAN"), ("ar-new", "EVAL")):

@@ -308,7 +308,7 @@ SCHEMAS: dict[str, dict] = {
     "Job": _obj({
         "job_id": {"type": "string"}, "name": _STR, "state": {"enum": JOB_STATES},
         "run_id": _STR, "node": _STR, "kind": {"type": "string"}, "depends_on": _STRS,
-        "command": _STRS, "priority": {"type": "integer"}, "tags": _STRS,
+        "command": _STRS, "file": _STR, "priority": {"type": "integer"}, "tags": _STRS,
         "attempt": _COUNT, "failures": _COUNT, "retries": _COUNT, "worker_id": _STR,
         "worker": _STR, "exit_code": _INT, "reason": _STR, "waiting": _STR,
         "submitted_at": {"type": "number"}, "started_at": _NUM, "finished_at": _NUM,

@@ -113,6 +113,7 @@ def job_view(s: Scheduler, job: JobRecord, now: float) -> dict:
         "run_id": job.run_id, "node": job.node if job.run_id else None, "kind": spec.kind,
         "depends_on": list(spec.depends_on),
         "command": ([spec.script_name] if spec.script_name else []) + list(spec.command),
+        "file": spec.script_name,  # a script shipped with the job: command is [file, *args]
         "priority": spec.priority,
         "tags": sorted(spec.tags), "attempt": job.attempt, "failures": job.failures,
         "retries": spec.retries, "worker_id": job.worker_id,

@@ -220,7 +220,12 @@ function Details({ job }: { job: Job }) {
   if (job.name && job.node && job.name !== job.node) add("node", "Node", <span className="mono">{job.node}</span>);
   add("kind", "Kind", job.kind);
   if (job.kind !== "gate") {
-    add("command", "Command", job.command?.length ? <Command argv={job.command} /> : "—");
+    if (job.file) {
+      add("file", "File", <span className="mono">{job.file}</span>);
+      if (job.command?.length > 1) add("args", "Arguments", <Command argv={job.command.slice(1)} />);
+    } else {
+      add("command", "Command", job.command?.length ? <Command argv={job.command} /> : "—");
+    }
   }
   if (job.depends_on?.length) {
     add("depends-on", "Depends on", job.depends_on.map((p: string) => (
