@@ -64,7 +64,9 @@ webui: titan/web/static/index.html
 run: install webui
 	$(BIN)/titan up
 
+# The front end's own unit tests (vitest: the constructor's model), then every trial test.
 test: install system-packages browser-packages webui
+	cd webui && npm test --silent
 	$(BIN)/trial -j$(JOBS) tests
 
 screenshots: install browser-packages webui
