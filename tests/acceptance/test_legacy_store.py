@@ -78,22 +78,34 @@ def redis_cli(port: int, *args: str) -> str:
     return done.stdout.decode("utf-8")
 
 
-class LegacyStoreTests(LegacyChecks, ClusterTestCase):
-    """Workers w1 (tag LEFT) and w2 (tag RIGHT): the reference's REQUIREMENT field pins a
-    job to one of them (its job strings cannot name a worker)."""
-
-    workers = 0  # started with tags below
-    slots = 4
+class WithStore:
+    """A mixin for a ClusterTestCase: the class's master uses a titan-store of its own,
+    started before the class's cluster (`store_port`; `extra_master` adds master settings)."""
     store_proc = None
     store_port = 0
+    extra_master = ""
 
     def setUp(self) -> None:
         cls = type(self)
         if cls.__dict__.get("store_proc") is None:
             cls.store_proc, cls.store_port = start_store()
-            cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
-                                                   f"{cls.store_port}/0\n",
-                                   "master_extra": "  text_frames: on\n"}  # off by default
+            cls.cluster_options = dict(cls.cluster_options, config_extra=(
+                f"store:\n  url: redis://127.0.0.1:{cls.store_port}/0\n"))
+            if cls.extra_master:
+                cls.cluster_options["master_extra"] = cls.extra_master
+        super().setUp()
+
+
+class LegacyStoreTests(WithStore, LegacyChecks, ClusterTestCase):
+    """Workers w1 (tag LEFT) and w2 (tag RIGHT): the reference's REQUIREMENT field pins a
+    job to one of them (its job strings cannot name a worker)."""
+
+    workers = 0  # started with tags below
+    slots = 4
+    extra_master = "  text_frames: on\n"  # off by default
+
+    def setUp(self) -> None:
+        cls = type(self)
         super().setUp()
         if not cls.__dict__.get("tagged_workers"):
             self.cluster.start_worker("w1", tags="LEFT")

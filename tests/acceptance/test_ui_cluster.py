@@ -12,19 +12,9 @@ from tests.acceptance import test_legacy_store as legacy  # (the module: not its
 from tests.acceptance.browser import BrowserTestCase
 
 
-class ClusterPagesTests(BrowserTestCase):
+class ClusterPagesTests(legacy.WithStore, BrowserTestCase):
     workers = 2
     slots = 2
-    store_proc = None
-    store_port = 0
-
-    def setUp(self) -> None:
-        cls = type(self)
-        if cls.__dict__.get("store_proc") is None:
-            cls.store_proc, cls.store_port = legacy.start_store()
-            cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
-                                                   f"{cls.store_port}/0\n"}
-        super().setUp()
 
     def row(self, testid: str):
         found = self.find_all(f"[data-testid='{testid}']")

@@ -10,6 +10,7 @@ import time
 from urllib.parse import quote
 
 from tests.acceptance.browser import BrowserTestCase
+from tests.acceptance.helpers import pid_alive
 
 # Waits for a file the test creates (bounded): the job's progress is the test's to release.
 _WAIT_FOR = ("import os, sys, time\n"
@@ -80,7 +81,7 @@ class JobPageTests(BrowserTestCase):
         self.until(lambda: self.state_shown() == "CANCELLED", 15, "CANCELLED on the page")
         self.until(lambda: not self.find("[data-testid=cancel-job]").is_enabled(), 10,
                    "Cancel job disabled")
-        self.until(lambda: not _alive(pid), 15, f"the job's process {pid} gone")
+        self.until(lambda: not pid_alive(pid), 15, f"the job's process {pid} gone")
 
     def test_approving_a_gate_with_a_comment_lets_the_run_go_on(self):
         with self.cluster.client() as c:
@@ -100,16 +101,3 @@ class JobPageTests(BrowserTestCase):
         self.assertEqual(self.text_of("[data-testid=decision-by]"), "someone on the dashboard")
         self.until(lambda: self.state_shown() == "COMPLETED", 15, "the gate COMPLETED")
         self.assertEqual(self.find_all("[data-testid=approve]"), [])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie waiting for its parent is gone for our purpose.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

@@ -184,18 +184,8 @@ class WebApiTests(WebCase):
             self.assertEqual(c.wait(job_id, timeout=30)["state"], "CANCELLED")
 
 
-class WebStoreAndServiceTests(WebCase):
+class WebStoreAndServiceTests(legacy.WithStore, WebCase):
     """A master whose store is a real titan-store (as in test_legacy_store), one worker."""
-    store_proc = None
-    store_port = 0
-
-    def setUp(self) -> None:
-        cls = type(self)
-        if cls.__dict__.get("store_proc") is None:
-            cls.store_proc, cls.store_port = legacy.start_store()
-            cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
-                                                   f"{cls.store_port}/0\n"}
-        super().setUp()
 
     def redis(self, *args: str) -> str:
         return legacy.redis_cli(self.store_port, *args)

@@ -61,20 +61,10 @@ def _py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-class WebSchemaTests(ClusterTestCase, SynchronousTestCase):
+class WebSchemaTests(legacy.WithStore, ClusterTestCase, SynchronousTestCase):
     workers = 1
     slots = 6
     timeout = 120
-    store_proc = None
-    store_port = 0
-
-    def setUp(self) -> None:
-        cls = type(self)
-        if cls.__dict__.get("store_proc") is None:
-            cls.store_proc, cls.store_port = legacy.start_store()
-            cls.cluster_options = {"config_extra": f"store:\n  url: redis://127.0.0.1:"
-                                                   f"{cls.store_port}/0\n"}
-        super().setUp()
 
     def test_every_operation_answers_as_its_document_says(self):
         known = self.seed()
