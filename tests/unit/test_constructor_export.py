@@ -1,0 +1,138 @@
+"""The constructor's exports (webui/src/constructor/model.ts) build the same DAG as each other,
+read by Titan's own Python: for each sample draft (webui/src/constructor/fixtures.ts), the YAML
+(toYaml, read by Pipeline.from_yaml with its scripts beside it), the Python file (toPython, run
+without its `__main__` part) and the document the master's routes take (toDocument) give the
+same spec, with the draft's jobs, edges, keys and scripts' bytes.
+
+The model is TypeScript: webui/src/constructor/export-fixtures.ts prints the exports as JSON,
+run with vite-node (installed with the front end's packages: `make webui`)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+
+import yaml
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from titan.sdk.pipeline import Pipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WEBUI = os.path.join(ROOT, "webui")
+VITE_NODE = os.path.join(WEBUI, "node_modules", ".bin", "vite-node")
+SCRIPT = os.path.join("src", "constructor", "export-fixtures.ts")
+
+_exports: dict | None = None
+
+
+def exports() -> dict:
+    """The fixtures' exports, made once for the module."""
+    global _exports
+    if _exports is None:
+        if not os.path.exists(VITE_NODE):
+            raise SkipTest("the front end's packages are not installed (make webui)")
+        done = subprocess.run([VITE_NODE, SCRIPT], cwd=WEBUI, capture_output=True, text=True,
+                              timeout=120)
+        if done.returncode != 0:
+            raise AssertionError(f"vite-node {SCRIPT} failed:\n{done.stderr}")
+        lines = done.stdout.strip().split("\n")  # (not splitlines: the text has U+2028)
+        if not lines:
+            raise AssertionError(f"vite-node {SCRIPT} printed nothing:\n{done.stderr}")
+        try:
+            _exports = json.loads(lines[-1])
+        except ValueError:
+            raise AssertionError(f"not JSON: {done.stdout[-300:]!r} {done.stderr[-500:]}") from None
+    return _exports
+
+
+def from_python(source: str) -> Pipeline:
+    """The `p` the exported file builds, without submitting it."""
+    body = source.replace('if __name__ == "__main__":', "if False:")
+    assert body != source, "the file has no __main__ part"
+    space: dict = {"__name__": "constructor_export"}
+    exec(compile(body, "<exported python>", "exec"), space)
+    return space["p"]
+
+
+def from_yaml(text: str, files: dict[str, str]) -> Pipeline:
+    with tempfile.TemporaryDirectory() as folder:
+        for name, content in files.items():
+            with open(os.path.join(folder, name), "w", encoding="utf-8", newline="") as f:
+                f.write(content)
+        return Pipeline.from_yaml(text, path=os.path.join(folder, "pipeline.yaml"),
+                                  base_dir=folder)
+
+
+class ExportTests(SynchronousTestCase):
+
+    def specs(self, name: str) -> tuple[dict, dict, dict]:
+        out = exports()[name]
+        by_yaml = from_yaml(out["yaml"], out["files"]).to_spec()
+        by_python = from_python(out["python"]).to_spec()
+        # The document as JSON, written as YAML: what the master's routes read.
+        by_document = from_yaml(yaml.safe_dump(out["document"], sort_keys=False),
+                                out["files"]).to_spec()
+        return by_yaml, by_python, by_document
+
+    def same_dag(self, name: str) -> dict:
+        by_yaml, by_python, by_document = self.specs(name)
+        self.assertEqual(by_python, by_yaml)
+        self.assertEqual(by_document, by_yaml)
+        return by_yaml
+
+    def test_diamond(self):
+        spec = self.same_dag("diamond")
+        jobs = {job["id"]: job for job in spec["jobs"]}
+        self.assertEqual([job["id"] for job in spec["jobs"]],
+                         ["build", "load", "api", "review", "deploy"])
+        self.assertEqual(jobs["review"]["depends_on"], ["load", "api"])
+        self.assertEqual(jobs["review"]["kind"], "gate")
+        self.assertEqual((jobs["review"]["timeout"], jobs["review"]["on_timeout"],
+                          jobs["review"]["message"]), (3600.0, "approve", "Ship it?"))
+        build = jobs["build"]
+        self.assertEqual((build["command"], build["retries"], build["timeout"],
+                          build["priority"], build["tags"], build["env"], build["cwd"]),
+                         (["make", "-j4", "dist"], 2, 600.0, 5, ["GPU", "HIGH_MEM"],
+                          {"MODE": "release", "EMPTY": ""}, "/tmp"))
+        self.assertEqual(jobs["load"]["script"],
+                         {"name": "load.py", "args": ["--fast", "two words"],
+                          "content": b"import sys\nprint('loaded', sys.argv[1:])\n"})
+        api = jobs["api"]
+        self.assertEqual((api["type"], api["port"], api["health"], api["restart"],
+                          api["persist"]), ("service", "auto", "http:/", "always", True))
+        self.assertEqual((spec["name"], spec["agent_run_id"], spec["stage"]),
+                         ("release", "agent-7", "PLAN"))
+
+    def test_tricky_text(self):
+        spec = self.same_dag("tricky")
+        jobs = {job["id"]: job for job in spec["jobs"]}
+        self.assertEqual(set(jobs), {"007", "on", "off", "null", "x.y-z_w"})
+        self.assertEqual(jobs["007"]["command"], ["echo", "a: b # c", "its", "$x"])
+        self.assertEqual(jobs["007"]["env"], {
+            "YES": "yes", "NO": "no", "ON": "on", "NUM": "010", "QUOTE": 'say "hi"',
+            "COLON": "a: b", "HASH": "#x"})
+        self.assertEqual(jobs["off"]["message"], 'Ready?\nSay "yes": or no # really')
+        self.assertEqual(jobs["off"]["timeout"], 90.0)
+        self.assertEqual(jobs["on"]["script"]["args"], ["a b", "c d", 'e "f"'])
+        self.assertIn("héllo wörld ✓ 🚀".encode(), jobs["on"]["script"]["content"])
+        self.assertIn(b"\r\n", jobs["on"]["script"]["content"])
+        self.assertIn("\u200b\u2028".encode(), jobs["on"]["script"]["content"])
+        self.assertEqual((jobs["null"]["affinity"], jobs["null"]["priority"]), ("no", -3))
+        self.assertEqual(jobs["x.y-z_w"]["port"], 8123)
+        self.assertEqual(jobs["x.y-z_w"]["cwd"], "/tmp/ä dir")
+        self.assertEqual(sorted(jobs["null"]["depends_on"]), ["off", "on"])
+        self.assertEqual(spec["schedule"], "*/5 * * * *")
+
+    def test_extra_keys(self):
+        spec = self.same_dag("extras")
+        self.assertEqual((spec["workspace"], spec["max_jobs"]), ("shared", 10))
+        a = spec["jobs"][0]
+        self.assertEqual((a["hitl_message"], a["max_wait_seconds"]), ("Go on?", 4 * 3600.0))
+
+    def test_python_runs_as_a_file(self):
+        """The exported file is valid Python on its own (compiles; imports what it uses)."""
+        for name, out in exports().items():
+            compile(out["python"], f"{name}.py", "exec")
+            self.assertIn("from titan.sdk import Client, Pipeline", out["python"])
+            self.assertIn("titan.submit(p)", out["python"])
