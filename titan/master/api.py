@@ -114,6 +114,21 @@ class Unreachable(ApiError):
     code = "unreachable"
 
 
+class BadPipeline(ApiError):
+    """A pipeline `titan run` would refuse: `problems` [{step, key, message}], the first
+    one's message being the one `titan run` prints."""
+    code = "bad_pipeline"
+
+    def __init__(self, problems: list) -> None:
+        super().__init__(problems[0]["message"] if problems else "bad pipeline")
+        self.problems = problems
+
+
+class DraftLimit(ApiError):
+    """As many drafts as the master keeps (titan/drafts.py LIMIT)."""
+    code = "draft_limit"
+
+
 class WorkerLimit(ApiError):
     """As many workers started by hand run as this master starts (the autoscaler service's
     `max_started`)."""
@@ -936,6 +951,104 @@ class MasterApi:
                   ) -> defer.Deferred:
         """A subscription (its `unsubscribe()` ends it); `deliver(channel, message)`."""
         return self.store_client().subscribe(channel, deliver, pattern=pattern)
+
+    # -- pipelines as documents: the dashboard's constructor (titan/documents.py) -----
+
+    def _files(self, files: Any) -> dict:
+        from titan.documents import check_files
+        try:
+            return check_files(files)
+        except ValueError as e:
+            raise BadRequest(str(e)) from None
+
+    def parse_pipeline(self, caller: Caller, text: Any, files: Any = None,
+                       name: Any = None) -> dict:
+        """YAML text (Titan's format or the reference's) as a document in Titan's keys:
+        {"document", "files", "missing"}; BadPipeline with what `titan run` would print."""
+        from titan.documents import PipelineProblems, parse_yaml
+        if not isinstance(text, str):
+            raise BadRequest("'yaml' is required (the pipeline's YAML text)")
+        if name is not None and (not isinstance(name, str) or not name.strip()
+                                 or len(name) > 200):
+            raise BadRequest(f"'name' must be a file name, not {name!r}")
+        try:
+            return parse_yaml(text, self._files(files), name or "pipeline.yaml")
+        except PipelineProblems as e:
+            raise BadPipeline(e.problems) from None
+
+    def validate_pipeline(self, caller: Caller, document: Any, files: Any = None) -> dict:
+        """{"ok", "problems"}: what `titan run` (its reader, then the master's DAG checks)
+        refuses in the document, each problem naming its step and key where it has one."""
+        from titan.documents import problems_of
+        if not isinstance(document, dict):
+            raise BadRequest("'document' is required (an object: the pipeline)")
+        problems = problems_of(document, self._files(files))
+        return {"ok": not problems, "problems": problems}
+
+    def submit_pipeline(self, caller: Caller, document: Any, files: Any = None
+                        ) -> defer.Deferred:
+        """Submit a document as `titan run` does: a run ({"run_id"}), or with a schedule
+        its registration ({"schedule_id", "next_at"}); BadPipeline if it would refuse it."""
+        from titan.documents import problems_of, read_document
+        if not isinstance(document, dict):
+            raise BadRequest("'document' is required (an object: the pipeline)")
+        files = self._files(files)
+        problems = problems_of(document, files)
+        if problems:
+            raise BadPipeline(problems)
+        _, spec = read_document(document, files)
+        submitted = self.submit_dag(caller, spec)
+
+        def answer(reply: dict) -> dict:
+            if "schedule_id" in reply:
+                return {"schedule_id": reply["schedule_id"], "next_at": reply["next_at"]}
+            return {"run_id": reply["run_id"]}
+        return submitted.addCallback(answer)
+
+    def run_pipeline_document(self, caller: Caller, run_id: str) -> dict:
+        """A run's pipeline as a document ({"document", "files"}): every job as it is now,
+        jobs added while it ran included; submitting it gives the same DAG."""
+        from titan.documents import document_of
+        run = self._run(run_id)
+        s = self.engine.scheduler
+        specs = [job.spec for job in map(s.jobs.get, run.jobs) if job is not None]
+        return document_of(run.name, specs, agent_run_id=run.agent_run_id, stage=run.stage,
+                           max_jobs=run.max_jobs)
+
+    # -- the constructor's drafts (titan/drafts.py) -----------------------------------
+
+    def _drafts(self):
+        import os
+        from titan.drafts import Drafts
+        drafts = getattr(self, "_draft_store", None)
+        if drafts is None:
+            drafts = self._draft_store = Drafts(os.path.join(self.engine.data_dir, "drafts"))
+        return drafts
+
+    def _draft_call(self, f, *args):
+        from titan.drafts import DraftError
+        try:
+            return f(*args)
+        except DraftError as e:
+            raise (DraftLimit if e.full else BadRequest)(str(e)) from None
+
+    def list_drafts(self, caller: Caller) -> list:
+        """{"name", "updated_at", "steps"} of each draft, the latest saved first."""
+        return self._drafts().list()
+
+    def get_draft(self, caller: Caller, name: str) -> dict:
+        found = self._draft_call(self._drafts().get, name)
+        if found is None:
+            raise NotFound(f"no draft {name!r}")
+        return found
+
+    def put_draft(self, caller: Caller, name: str, draft: Any) -> dict:
+        return self._draft_call(self._drafts().put, name, draft, self.engine.now())
+
+    def delete_draft(self, caller: Caller, name: str) -> dict:
+        if not self._draft_call(self._drafts().delete, name):
+            raise NotFound(f"no draft {name!r}")
+        return {"name": name, "deleted": True}
 
     # -- what the dashboard reads (titan/web/) -------------------------------------------------
 

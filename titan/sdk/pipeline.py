@@ -50,7 +50,8 @@ from titan.errors import TitanError
 # zipfile too) are imported where a project folder is shipped: `titan run` of a pipeline
 # without file jobs never needs them, and they are ~4 ms of every command's start.
 
-__all__ = ["Pipeline", "Job", "Gate", "PipelineError", "load_pipeline", "GATE_TIMEOUT"]
+__all__ = ["Pipeline", "Job", "Gate", "PipelineError", "load_pipeline", "GATE_TIMEOUT",
+           "document_message"]
 
 GATE_TIMEOUT = 48 * 3600.0
 GENERAL = "GENERAL"  # the reference's requirement for "any worker": no tag
@@ -68,12 +69,21 @@ JOB_KEYS = ("id", "type", "file", "args", "depends_on", "requirement", "priority
 GATE_KEYS = ("id", "gate", "depends_on", "message", "hitl_message", "timeout",
              "max_wait_seconds", "on_timeout")
 
+DOCUMENT = "<document>"  # the path a document's problems are read from (from_document)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)")
 
 
 class PipelineError(TitanError):
-    """A pipeline that cannot be submitted: the message says where and why."""
+    """A pipeline that cannot be submitted: the message says where and why.  `step` (a
+    job's id) and `key` name what it is about, where it has one (for the dashboard's
+    constructor, which marks the step; the message is what `titan run` prints)."""
+
+    def __init__(self, message: str, step: Optional[str] = None,
+                 key: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.key = key
 
 
 class _Bad(Exception):
@@ -637,26 +647,29 @@ class Pipeline:
         if not self._nodes:
             where = f"{self.path}:{self._lines.get('jobs', 1)}: jobs" if self.path else \
                 f"pipeline {self.name!r}"
-            raise PipelineError(f"{where}: a pipeline needs at least one job")
+            raise PipelineError(f"{where}: a pipeline needs at least one job", key="jobs")
         seen: dict[str, Node] = {}
         for node in self._nodes:
             if node.id in seen:
-                raise PipelineError(f"{self._where(node, 'id')}: {node.id!r} is used twice")
+                raise PipelineError(f"{self._where(node, 'id')}: {node.id!r} is used twice",
+                                    node.id, "id")
             seen[node.id] = node
         for node in self._nodes:
             for parent in node.depends_on:
                 line = node._dep_lines.get(parent)
                 if parent == node.id:
                     raise PipelineError(f"{self._where(node, 'depends_on', line=line)}: "
-                                        f"{node.id!r} depends on itself")
+                                        f"{node.id!r} depends on itself", node.id,
+                                        "depends_on")
                 if parent not in seen:
                     raise PipelineError(f"{self._where(node, 'depends_on', line=line)}: "
-                                        f"unknown job {parent!r}")
+                                        f"unknown job {parent!r}", node.id, "depends_on")
         cycle = _find_cycle(self._nodes, seen)
         if cycle:
             first, last = seen[cycle[0]], cycle[-2]
             where = self._where(first, "depends_on", line=first._dep_lines.get(last))
-            raise PipelineError(f"{where}: cycle: {' -> '.join(cycle)}")
+            raise PipelineError(f"{where}: cycle: {' -> '.join(cycle)}", first.id,
+                                "depends_on")
 
     def to_spec(self) -> dict:
         """The SUBMIT_DAG body: a new dict each time."""
@@ -751,13 +764,32 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, text: str, path: str = "<pipeline>",
-                  base_dir: Optional[str] = None) -> "Pipeline":
+                  base_dir: Optional[str] = None,
+                  files: Optional[Mapping[str, Union[str, bytes]]] = None) -> "Pipeline":
         """A pipeline from YAML text; `path` names it in errors, `file:` paths are read
-        relative to `base_dir` (default: the directory of `path`, else the current one)."""
+        relative to `base_dir` (default: the directory of `path`, else the current one).
+        With `files` ({file as written: its content}), scripts come from there and nothing
+        is read from disk (no project folder either): what the master does for the web."""
         if base_dir is None:
             base_dir = os.getcwd() if path.startswith("<") else (os.path.dirname(path) or ".")
         with _no_gc():
-            return _Reader(path, base_dir).pipeline(text)
+            return _Reader(path, base_dir, files).pipeline(text)
+
+    @classmethod
+    def from_document(cls, document: Any,
+                      files: Optional[Mapping[str, Union[str, bytes]]] = None,
+                      path: str = DOCUMENT) -> "Pipeline":
+        """A pipeline from a YAML-shaped document (the YAML format as plain data: what
+        the dashboard's constructor sends), read by the YAML reader itself, so it is held
+        to exactly the keys, values and checks of `titan run FILE`; scripts come from
+        `files` only.  Errors name `path` and a line of the document written as YAML:
+        `document_message` takes that place off."""
+        if not isinstance(document, Mapping):
+            raise PipelineError(f"{path}:1: a pipeline must be a mapping of keys (name, "
+                                "jobs, ...)")
+        text = yaml.safe_dump(dict(document), sort_keys=False, allow_unicode=True,
+                              default_flow_style=False)
+        return cls.from_yaml(text, path=path, base_dir=".", files=files or {})
 
 
 @contextlib.contextmanager
@@ -939,14 +971,62 @@ def _line(node: yaml.Node) -> int:
     return node.start_mark.line + 1
 
 
+_JOB_WHERE = re.compile(r"jobs\[(\d+)\](?:\.([A-Za-z_]+))?")
+_UNKNOWN_KEY = re.compile(r"jobs\[\d+\]: unknown key '([A-Za-z_]+)'")
+_TOP_WHERE = re.compile(r"([a-z_]+)\b")
+_LINE_NOTE = re.compile(r" \((?:first at )?line \d+\)")
+
+
+def document_message(error: PipelineError, path: str = DOCUMENT) -> str:
+    """The message of a document's problem without the `<document>:LINE: ` the YAML
+    reader puts first (the document has no lines a person wrote)."""
+    message = str(error)
+    prefix = f"{path}:"
+    if message.startswith(prefix):
+        rest = message[len(prefix):]
+        number, sep, tail = rest.partition(": ")
+        if sep and number.isdigit():
+            message = tail
+    return _LINE_NOTE.sub("", message)
+
+
 class _Reader:
-    def __init__(self, path: str, base_dir: str) -> None:
+    def __init__(self, path: str, base_dir: str,
+                 files: Optional[Mapping[str, Union[str, bytes]]] = None) -> None:
         self.path = path
         self.base_dir = base_dir
+        self.files = files  # scripts by name, instead of the disk (and no project folder)
         self._constructor = yaml.constructor.SafeConstructor()
+        self._jobs_node: Optional[yaml.Node] = None
 
     def fail(self, line: int, message: str) -> PipelineError:
-        return PipelineError(f"{self.path}:{line}: {message}")
+        """The error, with the step and key its message names (`jobs[2].timeout ...`)."""
+        step = key = None
+        match = _JOB_WHERE.match(message)
+        if match:
+            key = match.group(2)
+            unknown = _UNKNOWN_KEY.match(message)
+            if unknown:
+                key = unknown.group(1)
+            step = self._step_id(int(match.group(1)))
+        else:
+            top = _TOP_WHERE.match(message)
+            if top and top.group(1) in TOP_KEYS:
+                key = top.group(1)
+        return PipelineError(f"{self.path}:{line}: {message}", step, key)
+
+    def _step_id(self, index: int) -> Optional[str]:
+        """The id written in jobs[index], if it has one (looked up only on an error)."""
+        jobs = self._jobs_node
+        if not isinstance(jobs, yaml.SequenceNode) or index >= len(jobs.value):
+            return None
+        job = jobs.value[index]
+        if isinstance(job, yaml.MappingNode):
+            for key_node, value_node in job.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == "id" and \
+                        isinstance(value_node, yaml.ScalarNode) and value_node.value:
+                    return value_node.value
+        return None
 
     def pairs(self, node: yaml.MappingNode, where: str):
         seen: dict[str, int] = {}
@@ -1040,7 +1120,7 @@ class _Reader:
             key = key_node.value
             lines[key] = _line(key_node)
             if key == "jobs":
-                jobs_node = value_node
+                jobs_node = self._jobs_node = value_node
             elif key == "project":
                 project = self.check(value_node, key, _opt(_bool), plain=False)
                 project = True if project is None else project
@@ -1057,7 +1137,8 @@ class _Reader:
         if top.get("name") is None:
             raise self.fail(lines.get("name", _line(root)), "name is required")
         pipeline = Pipeline(top.pop("name"), **top,
-                            project_dir=self.base_dir if project else None)
+                            project_dir=self.base_dir if project and self.files is None
+                            else None)
         pipeline.path = self.path
         pipeline._lines = lines
         if jobs_node is None:
@@ -1212,6 +1293,16 @@ class _Reader:
                 raise _Bad(f"must be the path of a script, not {value!r}")
             return value
         relative = self.check(node, where, path_ok)
+        if self.files is not None:
+            # Sent with the pipeline (the web's documents): never a file of this machine.
+            content = self.files.get(relative)
+            if content is None:
+                raise self.fail(_line(node), f"{where}: cannot read {relative}: it is not "
+                                "among the pipeline's files")
+            if isinstance(content, str):
+                content = content.encode("utf-8")
+            return {"name": os.path.basename(relative.rstrip("/")), "content": bytes(content),
+                    "args": args, "path": relative}
         try:
             with open(os.path.join(self.base_dir, relative), "rb") as f:
                 content = f.read()

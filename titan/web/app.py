@@ -31,7 +31,7 @@ _WHOLE = re.compile(r"-?[0-9]+")
 STATUS = {"not_found": 404, "auth": 401, "unauthorized": 401, "forbidden": 403,
           "csrf": 403, "read_only": 403, "not_waiting": 409, "not_running": 409,
           "too_large": 413, "no_route": 404, "method": 405, "no_store": 503,
-          "worker_limit": 409,
+          "worker_limit": 409, "draft_limit": 409,
           "unreachable": 503, "storage_unavailable": 503, "internal": 500}
 
 
@@ -229,7 +229,11 @@ class WebApp:
         request.setResponseCode(status)
         if status == 401:
             request.setHeader(b"www-authenticate", b'Bearer realm="titan"')
-        return encode({"error": {"code": error.code, "message": error.message}})
+        body: dict = {"error": {"code": error.code, "message": error.message}}
+        problems = getattr(error, "problems", None)
+        if problems is not None:  # a pipeline refused: each problem with its step and key
+            body["problems"] = problems
+        return encode(body)
 
     @app.handle_errors(NoRoute)
     def no_route(self, request, failure):
@@ -469,6 +473,51 @@ class WebApp:
         caller = self.caller(who)
         self.api.admit(caller, "REMOVE_SCHEDULE")
         return self.api.remove_schedule(caller, schedule_id)
+
+    # -- pipelines: the constructor (docs/web.md, "Pipelines and drafts") ---------------
+
+    @route(PREFIX + "/pipelines/parse", "POST")
+    def parse_pipeline(self, request, who, body):
+        """{"yaml": TEXT, "files": {NAME: TEXT}, "name": "FILE.yaml"}: the pipeline as a
+        document in Titan's keys; 400 bad_pipeline with what `titan run` would print."""
+        return self.api.parse_pipeline(self.caller(who), body.get("yaml"), body.get("files"),
+                                       body.get("name"))
+
+    @route(PREFIX + "/pipelines/validate", "POST")
+    def validate_pipeline(self, request, who, body):
+        """{"document": {...}, "files": {...}}: {"ok", "problems"} as `titan run` judges."""
+        return self.api.validate_pipeline(self.caller(who), body.get("document"),
+                                          body.get("files"))
+
+    @route(PREFIX + "/pipelines", "POST", change=True)
+    def submit_pipeline(self, request, who, body):
+        """{"document": {...}, "files": {...}}: a run, or a schedule, as `titan run` does."""
+        return self.api.submit_pipeline(self.caller(who), body.get("document"),
+                                        body.get("files"))
+
+    @route(PREFIX + "/runs/<run_id>/pipeline")
+    def run_pipeline(self, request, who, body, run_id):
+        """The run's pipeline (its jobs as they are now) as a document, and its scripts."""
+        return self.api.run_pipeline_document(self.caller(who), run_id)
+
+    @route(PREFIX + "/drafts")
+    def drafts(self, request, who, body):
+        return {"drafts": self.api.list_drafts(self.caller(who))}
+
+    @route(PREFIX + "/drafts/<name>")
+    def draft(self, request, who, body, name):
+        return self.api.get_draft(self.caller(who), name)
+
+    @route(PREFIX + "/drafts/<name>", "PUT", change=True)
+    def put_draft(self, request, who, body, name):
+        """{"draft": ANY JSON}: saved (replaced) under the name."""
+        if "draft" not in body:
+            raise BadRequest("'draft' is required (the constructor's draft, any JSON)")
+        return self.api.put_draft(self.caller(who), name, body["draft"])
+
+    @route(PREFIX + "/drafts/<name>", "DELETE", change=True)
+    def delete_draft(self, request, who, body, name):
+        return self.api.delete_draft(self.caller(who), name)
 
     # -- live changes (titan/web/events.py) ----------------------------------------------
 

@@ -18,6 +18,13 @@ def _ok(schema: dict, description: str = "OK") -> dict:
     return {"description": description, "content": {JSON: {"schema": schema}}}
 
 
+def _obj(required: dict, optional: dict | None = None) -> dict:
+    """An object that has every property of `required` (and may have `optional` ones, or
+    more: a view may grow; a client reads what it knows)."""
+    return {"type": "object", "required": list(required),
+            "properties": {**required, **(optional or {})}}
+
+
 _ERR = {"description": "An error", "content": {JSON: {"schema": _ref("Error")}}}
 _ANY = {"type": "object"}
 
@@ -33,10 +40,11 @@ def _path(name: str, description: str) -> dict:
 
 
 def _op(summary: str, ok: dict, *, params: tuple = (), body: dict | None = None,
-        errors: tuple = (401,), public: bool = False) -> dict:
+        errors: tuple = (401,), public: bool = False, responses: dict | None = None) -> dict:
     op: dict = {"summary": summary, "responses": {"200": ok}}
     for status in errors:
         op["responses"][str(status)] = _ERR
+    op["responses"].update(responses or {})
     if params:
         op["parameters"] = list(params)
     if body is not None:
@@ -52,6 +60,22 @@ _OFFSET = {"minimum": 0, "maximum": 2 ** 62}
 # A job ref is one path segment, so a node named like an action (logs, cancel) is never
 # taken for one: a run's job goes in with its slash percent-encoded.
 _REF = "the job: its id, or RUN_ID%2FNODE (one path segment: the slash percent-encoded)"
+_NUM = {"type": ["number", "null"]}
+_COUNT = {"type": "integer", "minimum": 0}
+_FILES = {"type": "object", "additionalProperties": {"type": "string"},
+          "description": "the scripts' texts by the name a step's `file` gives"}
+_DOCUMENT_BODY = {"type": "object", "required": ["document"], "properties": {
+    "document": {"type": "object", "description": "the pipeline in the YAML format's keys"},
+    "files": _FILES}}
+_PIPELINE_ERR = {"description": "A bad request, or a pipeline `titan run` would refuse "
+                                "(bad_pipeline, with its problems)",
+                 "content": {JSON: {"schema": {"allOf": [
+                     {"$ref": "#/components/schemas/Error"}, {"type": "object", "properties": {
+                         "problems": {"type": "array", "items": {
+                             "$ref": "#/components/schemas/Problem"}}}}]}}}}
+_DRAFT_NAME = {"name": "name", "in": "path", "required": True,
+               "description": "the draft's name: 1-100 of letters, digits, _ . -",
+               "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}}
 _LIST = lambda key, item: _ok({"type": "object", "properties": {  # noqa: E731
     key: {"type": "array", "items": item}}, "required": [key]})
 
@@ -203,6 +227,52 @@ PATHS: dict[str, dict] = {
         "One key's type, TTL and value (string, hash, set or list)",
         _ok(_ref("StoreValue")), errors=(400, 401, 404, 503),
         params=(dict(_query("key", "string", "the key", minLength=1), required=True),))},
+    "/api/v1/pipelines/parse": {"post": _op(
+        "A pipeline's YAML (Titan's format or the reference's) as a document in Titan's "
+        "keys, as `titan run` reads it (hitl_message becomes a gate step, depends_on a "
+        "list); 400 bad_pipeline with the message `titan run` prints and its problems",
+        _ok(_ref("PipelineDocument")), errors=(400, 401, 413),
+        responses={"400": _PIPELINE_ERR},
+        body={"type": "object", "required": ["yaml"], "properties": {
+            "yaml": {"type": "string"}, "files": _FILES,
+            "name": {"type": "string", "minLength": 1, "maxLength": 200,
+                     "pattern": "\\S"}}})},
+    "/api/v1/pipelines/validate": {"post": _op(
+        "Check a document as `titan run` would (its reader, then the master's DAG checks: "
+        "keys, values, durations, duplicate ids, unknown parents, cycles): the problems, "
+        "each naming its step and key where it has one", _ok(_obj({
+            "ok": {"type": "boolean"},
+            "problems": {"type": "array", "items": _ref("Problem")}})),
+        errors=(400, 401, 413), body=_DOCUMENT_BODY)},
+    "/api/v1/pipelines": {"post": _op(
+        "Submit a document as `titan run` does: a run starts ({run_id}), or, with a "
+        "schedule, the schedule is registered ({schedule_id, next_at}); 400 bad_pipeline "
+        "with its problems", _ok({"oneOf": [
+            _obj({"run_id": {"type": "string"}}),
+            _obj({"schedule_id": {"type": "string"}, "next_at": _NUM})]}),
+        errors=_CHANGE, responses={"400": _PIPELINE_ERR}, body=_DOCUMENT_BODY)},
+    "/api/v1/runs/{run_id}/pipeline": {"get": _op(
+        "A run's pipeline as a document (every job as it is now, those added while it "
+        "ran included) and its scripts: submitting it gives the same DAG",
+        _ok(_ref("PipelineDocument")), errors=(401, 404),
+        params=(_path("run_id", "the run"),))},
+    "/api/v1/drafts": {"get": _op(
+        "The constructor's drafts kept on the master, the latest saved first",
+        _LIST("drafts", _obj({"name": {"type": "string"}, "updated_at": {"type": "number"},
+                              "steps": _COUNT})))},
+    "/api/v1/drafts/{name}": {
+        "get": _op("One draft: what the constructor saved", _ok(_obj({
+            "name": {"type": "string"}, "updated_at": {"type": "number"}, "draft": {}})),
+            errors=(400, 401, 404), params=(_DRAFT_NAME,)),
+        "put": _op("Save a draft under a name (replacing one of that name); 409 "
+                   "draft_limit past 1,000 drafts", _ok(_obj({
+                       "name": {"type": "string"}, "updated_at": {"type": "number"}})),
+                   errors=_CHANGE + (409,), params=(_DRAFT_NAME,),
+                   body={"type": "object", "required": ["draft"], "properties": {
+                       "draft": {}}}),
+        "delete": _op("Delete a draft", _ok(_obj({
+            "name": {"type": "string"}, "deleted": {"const": True}})),
+            errors=_CHANGE, params=(_DRAFT_NAME,))},
     "/api/v1/events": {"get": {
         "summary": "Live changes as Server-Sent Events (titan/web/events.py)",
         "parameters": [
@@ -245,13 +315,6 @@ _BY_STATE = {"type": "object", "propertyNames": {"enum": JOB_STATES},
              "additionalProperties": {"type": "integer", "minimum": 0}}
 
 
-def _obj(required: dict, optional: dict | None = None) -> dict:
-    """An object that has every property of `required` (and may have `optional` ones, or
-    more: a view may grow; a client reads what it knows)."""
-    return {"type": "object", "required": list(required),
-            "properties": {**required, **(optional or {})}}
-
-
 def _sse(events: dict) -> dict:
     """A Server-Sent Events stream, described one event at a time (OpenAPI 3.1's reading
     of `schema` for text/event-stream, `itemSchema` in 3.2): {event, data, id}, `data` a
@@ -263,6 +326,15 @@ def _sse(events: dict) -> dict:
 
 
 SCHEMAS: dict[str, dict] = {
+    "Problem": {"type": "object", "required": ["step", "key", "message"], "properties": {
+        "step": _STR, "key": _STR, "message": {"type": "string"}}},
+    "PipelineDocument": {"type": "object", "required": ["document", "files"], "properties": {
+        "document": {"type": "object", "required": ["name", "jobs"], "properties": {
+            "name": {"type": "string"}, "jobs": {"type": "array", "items": {
+                "type": "object", "required": ["id", "depends_on"], "properties": {
+                    "id": {"type": "string"}, "depends_on": _STRS}}}}},
+        "files": {"type": "object", "additionalProperties": {"type": "string"}},
+        "missing": _STRS}},
     "Error": {"type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
