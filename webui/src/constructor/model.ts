@@ -763,7 +763,14 @@ export function findCycle(draft: Draft): string[] | null {
   for (const e of draft.edges) {
     if (e.source === e.target) continue;
     const path = findPath(draft, e.target, e.source);
-    if (path) return [...path, e.target];
+    if (!path) continue;
+    // Start at the step that comes first in the draft, as the master's message does.
+    const first = draft.steps.map((s) => s.data.id);
+    const rank = (id: string) => { const i = first.indexOf(id); return i < 0 ? first.length : i; };
+    let start = 0;
+    path.forEach((id, i) => { if (rank(id) < rank(path[start])) start = i; });
+    const cycle = [...path.slice(start), ...path.slice(0, start)];
+    return [...cycle, cycle[0]];
   }
   return null;
 }
