@@ -16,6 +16,7 @@ import { ServicesView } from "./views/ServicesView";
 import { SchedulesView } from "./views/SchedulesView";
 import { StoreView } from "./views/StoreView";
 import { JobPage } from "./views/JobPanel";
+import { ConstructorView } from "./views/ConstructorView";
 
 const NAV: [string, string][] = [
   ["/", "Cluster"],
@@ -25,6 +26,7 @@ const NAV: [string, string][] = [
   ["/services", "Services"],
   ["/schedules", "Schedules"],
   ["/store", "Store"],
+  ["/new", "New pipeline"],
 ];
 
 export function App() {
@@ -104,6 +106,7 @@ function Shell({ session, onLogout }: { session: Session; onLogout: () => void }
           <Route path="/services" element={<ServicesView />} />
           <Route path="/schedules" element={<SchedulesView />} />
           <Route path="/store" element={<StoreView />} />
+          <Route path="/new" element={<ConstructorView />} />
           <Route path="/login" element={<Navigate to="/" replace />} />
           <Route path="*" element={<div className="empty">No such page.</div>} />
         </Routes>

@@ -94,6 +94,8 @@ function Header({ run, onError }: { run: Run; onError: (e: unknown) => void }) {
         )}
         <span className="rv-field" title="submitted">started <b data-testid="run-started">{when(run.created_at)}</b></span>
         <span className="rv-field">duration <b data-testid="run-duration"><RunDuration run={run} /></b></span>
+        <Link to={"/new?from=" + encodeURIComponent(run.run_id)} className="cn-edit-copy" data-testid="edit-copy"
+          title="open this run's pipeline in the constructor, to change it and deploy it again">Edit a copy</Link>
         <CancelRun run={run} onError={onError} />
       </div>
       <div className="rv-meta">
