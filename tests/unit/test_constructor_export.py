@@ -13,7 +13,6 @@ import os
 import subprocess
 import tempfile
 
-import yaml
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from titan.sdk.pipeline import Pipeline
@@ -58,6 +57,7 @@ def from_python(source: str) -> Pipeline:
 def from_yaml(text: str, files: dict[str, str]) -> Pipeline:
     with tempfile.TemporaryDirectory() as folder:
         for name, content in files.items():
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
             with open(os.path.join(folder, name), "w", encoding="utf-8", newline="") as f:
                 f.write(content)
         return Pipeline.from_yaml(text, path=os.path.join(folder, "pipeline.yaml"),
@@ -70,9 +70,8 @@ class ExportTests(SynchronousTestCase):
         out = exports()[name]
         by_yaml = from_yaml(out["yaml"], out["files"]).to_spec()
         by_python = from_python(out["python"]).to_spec()
-        # The document as JSON, written as YAML: what the master's routes read.
-        by_document = from_yaml(yaml.safe_dump(out["document"], sort_keys=False),
-                                out["files"]).to_spec()
+        # The document and its files, read as the master's routes read them.
+        by_document = Pipeline.from_document(out["document"], files=out["files"]).to_spec()
         return by_yaml, by_python, by_document
 
     def same_dag(self, name: str) -> dict:
@@ -129,6 +128,14 @@ class ExportTests(SynchronousTestCase):
         self.assertEqual((spec["workspace"], spec["max_jobs"]), ("shared", 10))
         a = spec["jobs"][0]
         self.assertEqual((a["hitl_message"], a["max_wait_seconds"]), ("Go on?", 4 * 3600.0))
+
+    def test_scripts_of_one_name(self):
+        spec = self.same_dag("scripts")
+        scripts = {job["id"]: job["script"] for job in spec["jobs"]}
+        self.assertEqual(scripts["a"], {"name": "x.py", "content": b"print('one')\n", "args": []})
+        self.assertEqual(scripts["b"], {"name": "x.py", "content": b"print('two')\n",
+                                        "args": ["--two"]})
+        self.assertEqual(scripts["c"]["name"], "y.sh")
 
     def test_python_runs_as_a_file(self):
         """The exported file is valid Python on its own (compiles; imports what it uses)."""

@@ -67,4 +67,17 @@ export function extras(): Draft {
   } as Draft;
 }
 
-export const FIXTURES: Record<string, () => Draft> = { diamond, tricky, extras };
+/** Scripts of one name with different contents, and a script in a folder. */
+export function scripts(): Draft {
+  return {
+    name: "scripts",
+    steps: [
+      step({ id: "a", kind: "script", file: "x.py", content: "print('one')\n" }),
+      step({ id: "b", kind: "script", file: "x.py", content: "print('two')\n", args: "--two" }),
+      step({ id: "c", kind: "script", file: "sub/y.sh", content: "echo y\n" }),
+    ],
+    edges: [{ source: "a", target: "c" }, { source: "b", target: "c" }],
+  };
+}
+
+export const FIXTURES: Record<string, () => Draft> = { diamond, tricky, extras, scripts };

@@ -97,6 +97,20 @@ describe("toDocument: each kind and key", () => {
     expect(entry({ id: "j", kind: "job", command: "echo", file: "x.sh", args: "-v" })).toEqual({ id: "j", command: "echo" });
   });
 
+  test("two different scripts of one name: the second ships as ID/NAME", () => {
+    const d = draftOf([{ id: "a", kind: "script", file: "x.py", content: "1" }, { id: "b", kind: "script", file: "x.py", content: "2" }, { id: "c", kind: "script", file: "x.py", content: "1" }]);
+    const { document, files } = toDocument(d);
+    expect((document.jobs as Record<string, unknown>[]).map((j) => j.file)).toEqual(["x.py", "b/x.py", "x.py"]);
+    expect(files).toEqual({ "x.py": "1", "b/x.py": "2" });
+  });
+
+  test("a script in a folder (as the master gives it): the path in YAML, its base name in Python", () => {
+    const d = fromDocument({ name: "p", jobs: [{ id: "load", file: "scripts/load.py", args: ["-v"] }] }, { "scripts/load.py": "print(1)" });
+    expect(d.steps[0].data).toMatchObject({ file: "scripts/load.py", content: "print(1)" });
+    expect(toDocument(d).files).toEqual({ "scripts/load.py": "print(1)" });
+    expect(toPython(d)).toContain('p.script("load", "load.py", "print(1)", args=["-v"])');
+  });
+
   test("no scripts: no files and no project key", () => {
     const { document, files } = toDocument(draftOf([job("a")]));
     expect(files).toEqual({});
@@ -538,9 +552,9 @@ describe("checkLocal", () => {
     expect(keys(emptyDraft("x"))).toEqual(["-:jobs"]);
   });
 
-  test("two scripts with one name and different contents", () => {
-    expect(keys(draftOf([{ id: "a", kind: "script", file: "x.py", content: "1" }, { id: "b", kind: "script", file: "x.py", content: "2" }]))).toEqual(["b:file"]);
-    expect(keys(draftOf([{ id: "a", kind: "script", file: "x.py", content: "1" }, { id: "b", kind: "script", file: "x.py", content: "1" }]))).toEqual([]);
+  test("a script's file must name a file", () => {
+    expect(keys(draftOf([{ id: "a", kind: "script", file: "dir/", content: "1" }, { id: "b", kind: "script", file: "..", content: "1" }]))).toEqual(["a:file", "b:file"]);
+    expect(keys(draftOf([{ id: "a", kind: "script", file: "scripts/x.py", content: "1" }]))).toEqual([]);
   });
 
   test("an unclosed quote in a command", () => {

@@ -293,7 +293,7 @@ export function wouldCycle(draft: Draft, source: string, target: string): boolea
 // ------------------------------------------------------------------------------------------
 // Draft -> document
 
-function jobEntry(data: StepExtra, parents: string[]): Record<string, unknown> {
+function jobEntry(data: StepExtra, parents: string[], file?: string): Record<string, unknown> {
   const out: Record<string, unknown> = { id: data.id };
   const kind = data.kind;
   if (kind === "gate") {
@@ -305,7 +305,7 @@ function jobEntry(data: StepExtra, parents: string[]): Record<string, unknown> {
   } else {
     if (kind === "service") out.type = "service";
     if (kind === "script") {
-      if (has(data.file)) out.file = data.file!.trim();
+      if (has(data.file)) out.file = file ?? data.file!.trim();
       if (has(data.args)) out.args = data.args!.trim();
     } else if (has(data.command)) {
       out.command = data.command!.trim();
@@ -355,11 +355,15 @@ export function toDocument(draft: Draft): PipelineDocument {
   const jobs: Record<string, unknown>[] = [];
   for (const step of order) {
     const data = step.data as StepExtra;
-    jobs.push(jobEntry(data, parentsOf(draft, data.id, rank)));
+    let file: string | undefined;
     if (data.kind === "script" && has(data.file)) {
-      const name = data.file!.trim();
-      if (!(name in files)) files[name] = data.content ?? "";
+      // Two different scripts of one name: the second is ID/NAME (as the master writes it).
+      file = data.file!.trim();
+      const content = data.content ?? "";
+      if (file in files && files[file] !== content) file = `${data.id}/${baseName(file)}`;
+      files[file] = content;
     }
+    jobs.push(jobEntry(data, parentsOf(draft, data.id, rank), file));
   }
   // A script is shipped alone (as Pipeline.script does), not with the folder around the file.
   if (Object.keys(files).length) document.project = false;
@@ -369,6 +373,12 @@ export function toDocument(draft: Draft): PipelineDocument {
 
 // ------------------------------------------------------------------------------------------
 // Document -> draft
+
+/** A script's name in the Python builder: its file's last part (`scripts/load.py`: load.py). */
+export function baseName(file: string): string {
+  const parts = file.split("/").filter((p) => p !== "");
+  return parts.length ? parts[parts.length - 1] : file;
+}
 
 function words(value: unknown): string {
   if (Array.isArray(value)) return shJoin(value);
@@ -633,7 +643,7 @@ export function toPython(draft: Draft): string {
       if (isScript) {
         head = "p.script";
         options = BUILDER_SCRIPT_OPTIONS;
-        args.push(pyValue(job.file ?? ""));
+        args.push(pyValue(baseName(str(job.file ?? ""))));
         args.push(pyBlock(data?.content ?? "", "    "));
         if (job.args !== undefined) {
           let list: unknown = job.args;
@@ -685,7 +695,6 @@ export function checkLocal(draft: Draft): Problem[] {
   if (!draft.steps.length) add(null, "jobs", "a pipeline needs at least one step");
   const count = new Map<string, number>();
   for (const s of draft.steps) count.set(s.data.id, (count.get(s.data.id) ?? 0) + 1);
-  const scripts = new Map<string, { id: string; content: string }>();
   draft.steps.forEach((step, i) => {
     const data = step.data;
     const id = data.id;
@@ -699,11 +708,8 @@ export function checkLocal(draft: Draft): Problem[] {
       if (!has(data.file)) add(id, "file", `${label} has no file name`);
       else {
         const name = data.file!.trim();
-        if (name.includes("/") || name === "." || name === "..") add(id, "file", `${label}: file must be a file name (no '/'), not '${name}'`);
-        const was = scripts.get(name);
-        if (was && was.content !== (data.content ?? "")) {
-          add(id, "file", `${label} and '${was.id}' have different scripts both named '${name}'`);
-        } else if (!was) scripts.set(name, { id, content: data.content ?? "" });
+        const base = baseName(name);
+        if (name.endsWith("/") || base === "." || base === "..") add(id, "file", `${label}: file must name a file, not '${name}'`);
       }
     }
     for (const key of ["command", "args"] as const) {
