@@ -15,7 +15,35 @@ import tempfile
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from titan.documents import parse_yaml
 from titan.sdk.pipeline import Pipeline
+
+# The public reference's format: file jobs, requirement, a hitl_message gate, type: run.
+REFERENCE = """\
+name: ml-pipeline
+version: "1.0"
+project: false
+jobs:
+  - id: fetch
+    type: run
+    file: fetch.py
+    args: "--source s3://bucket --limit 10"
+    priority: 5
+  - id: train
+    file: train.py
+    depends_on: [fetch]
+    requirement: GPU
+    hitl_message: "Approve training results?"
+    max_wait_seconds: 3600
+  - id: publish
+    file: scripts/report.sh
+    depends_on: train
+    requirement: GENERAL
+    delay: 2
+    affinity: true
+"""
+REFERENCE_FILES = {"fetch.py": "print('fetch')\n", "train.py": "print('train')\n",
+                   "scripts/report.sh": "#!/bin/sh\necho report\n"}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEBUI = os.path.join(ROOT, "webui")
@@ -25,23 +53,26 @@ SCRIPT = os.path.join("src", "constructor", "export-fixtures.ts")
 _exports: dict | None = None
 
 
+def run_model(*args: str) -> dict:
+    """export-fixtures.ts's answer."""
+    if not os.path.exists(VITE_NODE):
+        raise SkipTest("the front end's packages are not installed (make webui)")
+    done = subprocess.run([VITE_NODE, SCRIPT, *args], cwd=WEBUI, capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode != 0:
+        raise AssertionError(f"vite-node {SCRIPT} failed:\n{done.stderr}")
+    lines = done.stdout.strip().split("\n")  # (not splitlines: the text has U+2028)
+    try:
+        return json.loads(lines[-1])
+    except ValueError:
+        raise AssertionError(f"not JSON: {done.stdout[-300:]!r} {done.stderr[-500:]}") from None
+
+
 def exports() -> dict:
     """The fixtures' exports, made once for the module."""
     global _exports
     if _exports is None:
-        if not os.path.exists(VITE_NODE):
-            raise SkipTest("the front end's packages are not installed (make webui)")
-        done = subprocess.run([VITE_NODE, SCRIPT], cwd=WEBUI, capture_output=True, text=True,
-                              timeout=120)
-        if done.returncode != 0:
-            raise AssertionError(f"vite-node {SCRIPT} failed:\n{done.stderr}")
-        lines = done.stdout.strip().split("\n")  # (not splitlines: the text has U+2028)
-        if not lines:
-            raise AssertionError(f"vite-node {SCRIPT} printed nothing:\n{done.stderr}")
-        try:
-            _exports = json.loads(lines[-1])
-        except ValueError:
-            raise AssertionError(f"not JSON: {done.stdout[-300:]!r} {done.stderr[-500:]}") from None
+        _exports = run_model()
     return _exports
 
 
@@ -143,3 +174,49 @@ class ExportTests(SynchronousTestCase):
             compile(out["python"], f"{name}.py", "exec")
             self.assertIn("from titan.sdk import Client, Pipeline", out["python"])
             self.assertIn("titan.submit(p)", out["python"])
+
+
+class ImportTests(SynchronousTestCase):
+    """What the master gives (its parse answer, titan.documents.parse_yaml) read by the
+    model's fromDocument and exported again builds the same DAG: Titan's example pipelines
+    and a file in the public reference's format."""
+
+    def test_imported_pipelines_export_the_same_dag(self):
+        given = {}
+        for name in sorted(os.listdir(os.path.join(ROOT, "etc", "pipelines"))):
+            if name.endswith(".yaml"):
+                with open(os.path.join(ROOT, "etc", "pipelines", name), encoding="utf-8") as f:
+                    given[name] = parse_yaml(f.read(), {}, name)
+        given["reference.yaml"] = parse_yaml(REFERENCE, REFERENCE_FILES, "reference.yaml")
+        self.assertEqual(given["reference.yaml"]["missing"], [])
+        self.assertGreaterEqual(len(given), 4)
+        answers = run_model(self.write(given))
+        for name, parsed in given.items():
+            out = answers[name]
+            want = Pipeline.from_document(parsed["document"], files=parsed["files"]).to_spec()
+            by_document = Pipeline.from_document(out["document"], files=out["files"]).to_spec()
+            by_yaml = from_yaml(out["yaml"], out["files"]).to_spec()
+            by_python = from_python(out["python"]).to_spec()
+            self.assertEqual(by_document, want, name)
+            self.assertEqual(by_yaml, want, name)
+            self.assertEqual(by_python, want, name)
+            # Every step and edge is on the canvas.
+            steps = {step["data"]["id"] for step in out["draft"]["steps"]}
+            self.assertEqual(steps, {job["id"] for job in want["jobs"]}, name)
+            edges = {(e["source"], e["target"]) for e in out["draft"]["edges"]}
+            self.assertEqual(edges, {(p, job["id"]) for job in want["jobs"]
+                                     for p in job["depends_on"]}, name)
+        reference = {job["id"]: job for job in
+                     from_python(answers["reference.yaml"]["python"]).to_spec()["jobs"]}
+        self.assertEqual(reference["train.approval"]["kind"], "gate")
+        self.assertEqual(reference["publish"]["depends_on"], ["train.approval"])
+        self.assertEqual(reference["train"]["tags"], ["GPU"])
+        self.assertEqual(reference["publish"]["script"]["content"],
+                         b"#!/bin/sh\necho report\n")
+
+    def write(self, given: dict) -> str:
+        path = self.mktemp() + ".json"
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({name: {"document": parsed["document"], "files": parsed["files"]}
+                       for name, parsed in given.items()}, f)
+        return os.path.abspath(path)
