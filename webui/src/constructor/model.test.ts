@@ -695,3 +695,9 @@ test("the ModelApi object has every function", () => {
   expect(Object.keys(model).sort()).toEqual(["checkLocal", "freshId", "fromDocument", "layout", "toDocument", "toPython", "toYaml", "wouldCycle"]);
   expect(model.toYaml).toBe(toYaml);
 });
+
+test("toPython: a command or a message of several lines is written one line per piece", () => {
+  const py = toPython(draftOf([job("a", { command: "python3 -c 'import os\nprint(1)\n'" }), { id: "g", kind: "gate", message: "Two\nlines" }], [["a", "g"]]));
+  expect(py).toContain('p.job(\n    "a",\n    (\n        "python3 -c \'import os\\n"\n        "print(1)\\n"\n        "\'"\n    ),\n)\n');
+  expect(py).toContain('p.gate(\n    "g",\n    (\n        "Two\\n"\n        "lines"\n    ),\n    depends_on=["a"],\n)\n');
+});

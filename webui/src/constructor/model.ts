@@ -589,6 +589,11 @@ function pyBlock(value: string, indent: string): string {
   return "(\n" + lines.map((l) => indent + "    " + pyStr(l)).join("\n") + "\n" + indent + ")";
 }
 
+/** A text argument: a literal, or one piece per line when it has several lines. */
+function pyText(value: unknown): string {
+  return typeof value === "string" ? pyBlock(value, "    ") : pyValue(value);
+}
+
 function pyCall(head: string, args: string[]): string {
   const one = `${head}(${args.join(", ")})`;
   if (one.length <= 99 && !one.includes("\n")) return one;
@@ -630,7 +635,7 @@ export function toPython(draft: Draft): string {
     let head = "p.job";
     if (job.gate === true) {
       head = "p.gate";
-      if (job.message !== undefined) args.push(pyValue(job.message));
+      if (job.message !== undefined) args.push(pyText(job.message));
       if (job.depends_on) args.push(`depends_on=${pyValue(job.depends_on)}`);
       if (job.timeout !== undefined) args.push(`timeout=${pyValue(job.timeout)}`);
       if (job.on_timeout !== undefined) args.push(`on_timeout=${pyValue(job.on_timeout)}`);
@@ -653,7 +658,7 @@ export function toPython(draft: Draft): string {
           args.push(`args=${pyValue(list)}`);
         }
       } else {
-        args.push(pyValue(job.command ?? ""));
+        args.push(pyText(job.command ?? ""));
       }
       for (const [key, value] of Object.entries(job)) {
         if (["id", "file", "args", "command"].includes(key)) continue;
