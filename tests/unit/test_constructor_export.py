@@ -41,9 +41,15 @@ jobs:
     requirement: GENERAL
     delay: 2
     affinity: true
+  - id: serve
+    type: service
+    file: serve.py
+    port: 8000
+    depends_on: [publish]
 """
 REFERENCE_FILES = {"fetch.py": "print('fetch')\n", "train.py": "print('train')\n",
-                   "scripts/report.sh": "#!/bin/sh\necho report\n"}
+                   "scripts/report.sh": "#!/bin/sh\necho report\n",
+                   "serve.py": "print('serving')\n"}
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEBUI = os.path.join(ROOT, "webui")
@@ -213,6 +219,9 @@ class ImportTests(SynchronousTestCase):
         self.assertEqual(reference["train"]["tags"], ["GPU"])
         self.assertEqual(reference["publish"]["script"]["content"],
                          b"#!/bin/sh\necho report\n")
+        self.assertEqual((reference["serve"]["type"], reference["serve"]["port"],
+                          reference["serve"]["script"]["content"]),
+                         ("service", 8000, b"print('serving')\n"))
 
     def write(self, given: dict) -> str:
         path = self.mktemp() + ".json"

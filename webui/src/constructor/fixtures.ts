@@ -75,6 +75,8 @@ export function scripts(): Draft {
       step({ id: "a", kind: "script", file: "x.py", content: "print('one')\n" }),
       step({ id: "b", kind: "script", file: "x.py", content: "print('two')\n", args: "--two" }),
       step({ id: "c", kind: "script", file: "sub/y.sh", content: "echo y\n" }),
+      // a service that runs a file (as the public reference's services do)
+      step({ id: "srv", kind: "service", file: "server.py", content: "import http.server\n", args: "--bind 127.0.0.1", port: "auto", health: "tcp", restart: "always", persist: true }),
     ],
     edges: [{ source: "a", target: "c" }, { source: "b", target: "c" }],
   };

@@ -701,3 +701,29 @@ test("toPython: a command or a message of several lines is written one line per 
   expect(py).toContain('p.job(\n    "a",\n    (\n        "python3 -c \'import os\\n"\n        "print(1)\\n"\n        "\'"\n    ),\n)\n');
   expect(py).toContain('p.gate(\n    "g",\n    (\n        "Two\\n"\n        "lines"\n    ),\n    depends_on=["a"],\n)\n');
 });
+
+describe("a service that runs a file (the public reference's services)", () => {
+  const doc = { name: "svc", jobs: [{ id: "api", type: "service", file: "server.py", args: ["--bind", "127.0.0.1"], port: 8000, health: "tcp", restart: "always" }] };
+  const d = fromDocument(doc, { "server.py": "serve()\n" });
+
+  test("fromDocument keeps its file, content and args", () => {
+    expect(d.steps[0].data).toEqual({ id: "api", kind: "service", file: "server.py", content: "serve()\n", args: "--bind 127.0.0.1", port: "8000", health: "tcp", restart: "always" });
+    expect(checkLocal(d)).toEqual([]);
+  });
+
+  test("toDocument ships the file", () => {
+    const out = toDocument(d);
+    expect((out.document.jobs as unknown[])[0]).toEqual({ id: "api", type: "service", file: "server.py", args: "--bind 127.0.0.1", port: 8000, health: "tcp", restart: "always" });
+    expect(out.files).toEqual({ "server.py": "serve()\n" });
+  });
+
+  test("toPython: p.script with the service's type and port, its other options set on the job", () => {
+    expect(toPython(d)).toContain('job = p.script("api", "server.py", "serve()\\n", args=["--bind", "127.0.0.1"], type="service", port=8000)\njob.health = "tcp"\njob.restart = "always"\n');
+  });
+
+  test("a service with a command and a stale file runs the command", () => {
+    const both: Draft = draftOf([{ id: "s", kind: "service", command: "serve", file: "old.py", content: "x" }]);
+    expect(toDocument(both).document.jobs).toEqual([{ id: "s", type: "service", command: "serve" }]);
+    expect(toDocument(both).files).toEqual({});
+  });
+});

@@ -293,6 +293,12 @@ export function wouldCycle(draft: Draft, source: string, target: string): boolea
 // ------------------------------------------------------------------------------------------
 // Draft -> document
 
+/** Whether a step runs a shipped file: a script, or a service given a file and no command (the
+ *  public reference's services are files). */
+export function runsFile(data: StepData): boolean {
+  return data.kind === "script" || (data.kind === "service" && !has(data.command) && has(data.file));
+}
+
 function jobEntry(data: StepExtra, parents: string[], file?: string): Record<string, unknown> {
   const out: Record<string, unknown> = { id: data.id };
   const kind = data.kind;
@@ -304,7 +310,7 @@ function jobEntry(data: StepExtra, parents: string[], file?: string): Record<str
     if (data.on_timeout) out.on_timeout = data.on_timeout;
   } else {
     if (kind === "service") out.type = "service";
-    if (kind === "script") {
+    if (runsFile(data)) {
       if (has(data.file)) out.file = file ?? data.file!.trim();
       if (has(data.args)) out.args = data.args!.trim();
     } else if (has(data.command)) {
@@ -356,7 +362,7 @@ export function toDocument(draft: Draft): PipelineDocument {
   for (const step of order) {
     const data = step.data as StepExtra;
     let file: string | undefined;
-    if (data.kind === "script" && has(data.file)) {
+    if (runsFile(data) && has(data.file)) {
       // Two different scripts of one name: the second is ID/NAME (as the master writes it).
       file = data.file!.trim();
       const content = data.content ?? "";
@@ -426,11 +432,12 @@ export function fromDocument(document: Record<string, unknown>, files: Record<st
     } else {
       const type = take("type");
       const file = take("file");
+      const command0 = job.command;
       if (type === "service") data.kind = "service";
       else if (file !== undefined && file !== null) data.kind = "script";
       if (type !== undefined && type !== null && type !== "service" && type !== "run") extra.type = type;
       if (file !== undefined && file !== null) {
-        if (data.kind !== "script") extra.file = file;
+        if (data.kind !== "script" && !(data.kind === "service" && (command0 === undefined || command0 === null))) extra.file = file;
         else {
           data.file = str(file);
           data.content = files[data.file] ?? files[data.file.split("/").pop()!] ?? "";
@@ -438,7 +445,7 @@ export function fromDocument(document: Record<string, unknown>, files: Record<st
       }
       const args = take("args");
       if (args !== undefined && args !== null) {
-        if (data.kind === "script") set("args", words(args));
+        if (data.file !== undefined) set("args", words(args));
         else extra.args = args;
       }
       const command = take("command");
@@ -475,9 +482,6 @@ export function fromDocument(document: Record<string, unknown>, files: Record<st
       const persist = take("persist");
       if (persist === true && data.kind === "service") data.persist = true;
       else if (persist !== undefined && persist !== null && persist !== false) extra.persist = persist;
-      if (data.kind !== "script" && data.command === undefined && data.kind !== "service") {
-        // a job without a command stays a job (checkLocal says so)
-      }
       const hitl = take("hitl_message");
       const wait = take("max_wait_seconds");
       if (hitl !== undefined && hitl !== null && str(hitl) !== "") {
@@ -632,6 +636,7 @@ export function toPython(draft: Draft): string {
     const data = byId.get(id);
     const args: string[] = [pyStr(id)];
     const skipped: string[] = [];
+    const later: string[] = [];
     let head = "p.job";
     if (job.gate === true) {
       head = "p.gate";
@@ -643,7 +648,7 @@ export function toPython(draft: Draft): string {
         if (!["id", "gate", "message", "depends_on", "timeout", "on_timeout"].includes(key)) skipped.push(key);
       }
     } else {
-      const isScript = data?.kind === "script" || job.file !== undefined;
+      const isScript = job.file !== undefined;
       let options = BUILDER_JOB_OPTIONS;
       if (isScript) {
         head = "p.script";
@@ -664,11 +669,16 @@ export function toPython(draft: Draft): string {
         if (["id", "file", "args", "command"].includes(key)) continue;
         if (key === "type" && value === "run") continue;
         if (options.has(key)) args.push(`${key}=${pyValue(value)}`);
+        else if (BUILDER_JOB_OPTIONS.has(key)) later.push(`job.${key} = ${pyValue(value)}`);
         else skipped.push(key);
       }
     }
     const call = pyCall(head, args);
-    lines.push(call);
+    if (later.length) {
+      // p.script takes no service options: set them on the job it gives.
+      lines.push("job = " + call);
+      lines.push(...later);
+    } else lines.push(call);
     if (skipped.length) lines.push(`# ${id}: not given to ${head} (it takes no such option): ${skipped.join(", ")}`);
   }
   lines.push("");
@@ -708,8 +718,8 @@ export function checkLocal(draft: Draft): Problem[] {
     else if (!NAME.test(id)) add(id, "id", `${what} id must be letters, digits, '_', '.' or '-', not '${id}'`);
     if (id && (count.get(id) ?? 0) > 1) add(id, "id", `id '${id}' is used by ${count.get(id)} steps`);
     const label = id ? `${what} '${id}'` : `step ${i + 1}`;
-    if ((data.kind === "job" || data.kind === "service") && !has(data.command)) add(id, "command", `${label} has no command`);
-    if (data.kind === "script") {
+    if ((data.kind === "job" || data.kind === "service") && !has(data.command) && !runsFile(data)) add(id, "command", `${label} has no command`);
+    if (runsFile(data)) {
       if (!has(data.file)) add(id, "file", `${label} has no file name`);
       else {
         const name = data.file!.trim();
@@ -718,7 +728,7 @@ export function checkLocal(draft: Draft): Problem[] {
       }
     }
     for (const key of ["command", "args"] as const) {
-      if ((key === "args" ? data.kind === "script" : data.kind !== "gate" && data.kind !== "script") && has(data[key])) {
+      if ((key === "args" ? runsFile(data) : data.kind !== "gate" && !runsFile(data)) && has(data[key])) {
         try { shlexSplit(data[key]!); } catch (e) { add(id, key, `${label}: ${key} cannot be split like a shell: ${(e as Error).message}`); }
       }
     }
