@@ -155,25 +155,38 @@ function Editor() {
     const d = draftRef.current;
     const id = model.freshId(d, kind);
     let position = at;
+    let fit = false;
     if (!position) {
-      if (d.steps.length === 0) {
-        const box = document.querySelector("[data-testid=constructor-canvas]")?.getBoundingClientRect();
-        const c = box ? flow.screenToFlowPosition({ x: box.left + box.width / 2, y: box.top + box.height / 2 })
-          : { x: 0, y: 0 };
-        position = { x: c.x - NODE_W / 2, y: c.y - NODE_H / 2 };
-      } else {
+      // Beside the last step if there is room in view, else the first free place in view.
+      const box = document.querySelector("[data-testid=constructor-canvas]")?.getBoundingClientRect();
+      const tl = box ? flow.screenToFlowPosition({ x: box.left + 24, y: box.top + 56 }) : { x: 0, y: 0 };
+      const br = box ? flow.screenToFlowPosition({ x: box.right - 24, y: box.bottom - 24 }) : { x: 800, y: 500 };
+      const inView = (p: { x: number; y: number }) =>
+        p.x >= tl.x && p.y >= tl.y && p.x + NODE_W <= br.x && p.y + NODE_H <= br.y;
+      const free = (p: { x: number; y: number }) => inView(p) && !d.steps.some((s) =>
+        Math.abs(s.position.x - p.x) < NODE_W + 20 && Math.abs(s.position.y - p.y) < NODE_H + 16);
+      const tries: { x: number; y: number }[] = [];
+      if (d.steps.length === 0) tries.push({ x: (tl.x + br.x - NODE_W) / 2, y: (tl.y + br.y - NODE_H) / 2 });
+      else {
         const last = d.steps[d.steps.length - 1].position;
-        const right = Math.max(...d.steps.map((s) => s.position.x));
-        position = { x: right + NODE_W + 50, y: last.y };
+        tries.push({ x: last.x + NODE_W + 50, y: last.y }, { x: last.x, y: last.y + NODE_H + 30 });
       }
+      for (let y = tl.y; y + NODE_H <= br.y; y += NODE_H + 30) {
+        for (let x = tl.x; x + NODE_W <= br.x; x += NODE_W + 50) tries.push({ x, y });
+      }
+      position = tries.find(free);
+      if (!position) {
+        fit = true;
+        const right = Math.max(...d.steps.map((s) => s.position.x));
+        position = { x: right + NODE_W + 50, y: d.steps[d.steps.length - 1]?.position.y ?? 0 };
+      }
+      position = { x: Math.round(position.x / 10) * 10, y: Math.round(position.y / 10) * 10 };
     }
     const data: StepData = { id, kind };
     const next = { ...d, steps: [...d.steps, { data, position }] };
     edit(next);
     setSelection({ steps: [next.steps.length - 1], edges: [] });
-    if (!at && d.steps.length > 0) {
-      window.setTimeout(() => flow.fitView({ padding: 0.2, maxZoom: 1.1, duration: 200 }), 30);
-    }
+    if (fit) window.setTimeout(() => flow.fitView({ padding: 0.2, maxZoom: 1.1, duration: 150 }), 120);
   }, [edit, flow]);
 
   const deleteSelection = useCallback(() => {
@@ -254,7 +267,10 @@ function Editor() {
   const localProblems = useMemo(() => model.checkLocal(draft), [draft]);
   const [remoteProblems, setRemoteProblems] = useState<Problem[]>([]);
   const problems = useMemo(() => {
-    const out = [...localProblems];
+    // The master's word wins: a local problem is shown only where the master named none for
+    // the same step and key (it says the same, in the words `titan run` prints).
+    const named = new Set(remoteProblems.map((p) => `${p.step ?? ""}\u0000${p.key ?? ""}`));
+    const out = localProblems.filter((p) => !named.has(`${p.step ?? ""}\u0000${p.key ?? ""}`));
     for (const p of remoteProblems) if (!out.some((q) => sameProblem(p, q))) out.push(p);
     return out;
   }, [localProblems, remoteProblems]);
@@ -661,7 +677,7 @@ function Editor() {
               onNodesChange={onNodesChange} onEdgesChange={onEdgesChange}
               onNodeDragStop={onDragStop} onSelectionDragStop={onDragStop}
               onConnect={onConnect}
-              deleteKeyCode={null} fitView fitViewOptions={{ padding: 0.2, maxZoom: 1.1 }}
+              deleteKeyCode={null} autoPanOnConnect={false} fitView fitViewOptions={{ padding: 0.2, maxZoom: 1.1 }}
               minZoom={0.1} maxZoom={2} snapToGrid snapGrid={[10, 10]}
               defaultEdgeOptions={{ type: "smoothstep" }}
               connectionLineStyle={{ stroke: "#3b5bdb", strokeWidth: 2 }}
