@@ -86,7 +86,7 @@ def check_files(files: Any) -> dict[str, str]:
         raise ValueError(f"'files' must be an object of file names to texts, not "
                          f"{type(files).__name__}")
     for name, text in files.items():
-        if not isinstance(name, str) or not name or not isinstance(text, str):
+        if not isinstance(name, str) or not isinstance(text, str):
             raise ValueError(f"'files' must map file names to texts: {name!r} does not")
     return dict(files)
 
