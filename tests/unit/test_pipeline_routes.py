@@ -130,6 +130,14 @@ class DocumentTests(SynchronousTestCase):
                         found[3])
         self.assertEqual(problems_of(dict(doc, jobs=doc["jobs"][1:2]), {}), [])
 
+    def test_the_pipelines_own_keys_are_named_with_no_step(self):
+        doc = {"name": "p", "colour": "red", "schedule": "every day",
+               "jobs": [{"id": "a", "command": "true"}]}
+        self.assertEqual([(p["step"], p["key"]) for p in problems_of(doc, {})],
+                         [(None, "colour"), (None, "schedule")])
+        [found] = problems_of({"name": "p", "jobs": []}, {})
+        self.assertEqual((found["step"], found["key"]), (None, "jobs"))
+
     def test_the_masters_own_checks_too(self):
         """What only the master refuses (a health check without a port), as titan run
         gets it back from SUBMIT_DAG."""

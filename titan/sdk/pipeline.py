@@ -974,6 +974,7 @@ def _line(node: yaml.Node) -> int:
 _JOB_WHERE = re.compile(r"jobs\[(\d+)\](?:\.([A-Za-z_]+))?")
 _UNKNOWN_KEY = re.compile(r"jobs\[\d+\]: unknown key '([A-Za-z_]+)'")
 _TOP_WHERE = re.compile(r"([a-z_]+)\b")
+_UNKNOWN_TOP_KEY = re.compile(r"unknown key '([^']+)'")
 _LINE_NOTE = re.compile(r" \((?:first at )?line \d+\)")
 
 
@@ -1011,7 +1012,10 @@ class _Reader:
             step = self._step_id(int(match.group(1)))
         else:
             top = _TOP_WHERE.match(message)
-            if top and top.group(1) in TOP_KEYS:
+            unknown = _UNKNOWN_TOP_KEY.match(message)
+            if unknown:
+                key = unknown.group(1)
+            elif top and top.group(1) in TOP_KEYS:
                 key = top.group(1)
         return PipelineError(f"{self.path}:{line}: {message}", step, key)
 
