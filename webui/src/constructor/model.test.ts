@@ -270,7 +270,7 @@ describe("fromDocument: what the master gives", () => {
       ],
     });
     expect(d.steps.map((s) => s.data.id)).toEqual(["a", "b", "c"]);
-    expect(d.steps[0].data.command).toBe("python3 -c 'print('\"'\"'hi there'\"'\"')'");
+    expect(d.steps[0].data.command).toBe("python3 -c \"print('hi there')\"");
     expect(shlexSplit(d.steps[0].data.command!)).toEqual(["python3", "-c", "print('hi there')"]);
     expect(sortEdges(d.edges)).toEqual(["a->b", "a->c", "b->c"]);
   });
@@ -448,8 +448,9 @@ describe("shell words", () => {
   });
 
   test("shJoin quotes what needs it, and shlexSplit gives the words back", () => {
-    const words = ["python3", "-c", "print('hi')", "", "a b", "$HOME", "ä", "x;y"];
+    const words = ["python3", "-c", "print('hi')", "", "a b", "$HOME", "ä", "x;y", "it's \"q\" \\ $x `y`", "'", "\\", "a\nb"];
     expect(shJoin(["a", "b c", ""])).toBe("a 'b c' ''");
+    expect(shJoin(["say", "it's \"so\""])).toBe("say \"it's \\\"so\\\"\"");
     expect(shlexSplit(shJoin(words))).toEqual(words);
   });
 });
@@ -726,4 +727,10 @@ describe("a service that runs a file (the public reference's services)", () => {
     expect(toDocument(both).document.jobs).toEqual([{ id: "s", type: "service", command: "serve" }]);
     expect(toDocument(both).files).toEqual({});
   });
+});
+
+test("toDocument: blanks around a command go, an escaped blank at its end stays", () => {
+  expect(entry(job("a", { command: "  echo a  " })).command).toBe("echo a");
+  expect(entry(job("a", { command: "echo a\\ " })).command).toBe("echo a\\ ");
+  expect(shlexSplit(entry(job("a", { command: "echo a\\ " })).command as string)).toEqual(["echo", "a "]);
 });

@@ -173,11 +173,15 @@ export function shlexSplit(value: string): string[] {
   return words;
 }
 
-/** Python's shlex.quote. */
+/** A word as shlexSplit reads it back: as it is when it can be (Python's shlex.quote's safe
+ *  characters), else in single quotes, or, when it has a single quote itself, in double quotes
+ *  (where shlex takes only \" and \\ as escapes: Titan's commands are split, not run by a
+ *  shell, so $ and ` are plain characters there). */
 export function shQuote(word: string): string {
   if (word === "") return "''";
   if (/^[\w@%+=:,./-]+$/.test(word) && !/[^\x00-\x7f]/.test(word)) return word;
-  return "'" + word.replace(/'/g, "'\"'\"'") + "'";
+  if (!word.includes("'")) return "'" + word + "'";
+  return '"' + word.replace(/[\\"]/g, (c) => "\\" + c) + '"';
 }
 
 /** Python's shlex.join: words as one string that shlexSplit gives back. */
@@ -299,6 +303,14 @@ export function runsFile(data: StepData): boolean {
   return data.kind === "script" || (data.kind === "service" && !has(data.command) && has(data.file));
 }
 
+/** Shell words without the blanks around them, but a blank a backslash escapes at the end
+ *  is a character of the last word: kept. */
+function trimWords(value: string): string {
+  const t = value.replace(/^[ \t\r\n]+/, ""); // shlex's blanks (not JavaScript's \s)
+  const m = /[ \t\r\n]+$/.exec(t);
+  return !m || t[m.index - 1] === "\\" ? t : t.slice(0, m.index);
+}
+
 function jobEntry(data: StepExtra, parents: string[], file?: string): Record<string, unknown> {
   const out: Record<string, unknown> = { id: data.id };
   const kind = data.kind;
@@ -312,9 +324,9 @@ function jobEntry(data: StepExtra, parents: string[], file?: string): Record<str
     if (kind === "service") out.type = "service";
     if (runsFile(data)) {
       if (has(data.file)) out.file = file ?? data.file!.trim();
-      if (has(data.args)) out.args = data.args!.trim();
+      if (has(data.args)) out.args = trimWords(data.args!);
     } else if (has(data.command)) {
-      out.command = data.command!.trim();
+      out.command = trimWords(data.command!);
     }
     if (parents.length) out.depends_on = parents;
     if (has(data.priority)) out.priority = whole(data.priority!);
