@@ -18,6 +18,7 @@ Pure: no reactor, no disk (scripts come from `files` only, never the master's di
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Iterable, Mapping, Optional
 
 from titan.core.dag import GATE_TIMEOUT, SubmitError, parse_dag
@@ -25,6 +26,9 @@ from titan.core.model import JobSpec
 from titan.sdk.pipeline import DOCUMENT, Pipeline, PipelineError, document_message
 
 MAX_PROBLEMS = 20  # problems one check reports at most (each found once the one before is fixed)
+# Seconds of the master's time one check may take looking for problems past the first (each
+# is another read of the whole document, in the master's reactor).
+PROBLEMS_BUDGET = 0.2
 
 # The keys a step may have (the YAML format's), to tell a key in a master's message.
 STEP_KEYS = frozenset({
@@ -120,13 +124,15 @@ def read_document(document: Any, files: Mapping[str, str]) -> tuple[Pipeline, di
 
 
 def problems_of(document: Any, files: Mapping[str, str],
-                limit: int = MAX_PROBLEMS) -> list[dict]:
+                limit: int = MAX_PROBLEMS, budget: float = PROBLEMS_BUDGET) -> list[dict]:
     """Every problem of a document, up to `limit`: the first `titan run` would print, then
     the one it would print once that one is out of the way (the key dropped, or a step
-    whose id is wrong left out), and so on.  [] when it would be submitted."""
+    whose id is wrong left out), and so on, while `budget` seconds last (the first is
+    always there).  [] when it would be submitted."""
     problems: list[dict] = []
     current = document
-    while len(problems) < limit:
+    deadline = time.monotonic() + budget
+    while len(problems) < limit and (not problems or time.monotonic() < deadline):
         try:
             read_document(current, files)
             return problems
