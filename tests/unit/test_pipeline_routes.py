@@ -129,6 +129,9 @@ class DocumentTests(SynchronousTestCase):
         self.assertTrue(found[3]["message"].startswith("jobs[2].depends_on: unknown job"),
                         found[3])
         self.assertEqual(problems_of(dict(doc, jobs=doc["jobs"][1:2]), {}), [])
+        # Past the first, only while the master's time allows: the first is always there.
+        self.assertEqual(problems_of(doc, {}, budget=0.0), found[:1])
+        self.assertEqual(problems_of(doc, {}, limit=2), found[:2])
 
     def test_the_pipelines_own_keys_are_named_with_no_step(self):
         doc = {"name": "p", "colour": "red", "schedule": "every day",
