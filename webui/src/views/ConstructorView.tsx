@@ -115,11 +115,14 @@ function Editor() {
     show(d);
     setSelection(NOTHING);
     setTick((t) => t + 1);
-    window.setTimeout(() => flow.fitView({ padding: 0.2, maxZoom: 1.1, duration: 150 }), 60);
+    // (never on an empty canvas: React Flow would keep the fit for the first step dropped)
+    if (d.steps.length) window.setTimeout(() => flow.fitView({ padding: 0.2, maxZoom: 1.1, duration: 150 }), 60);
   }, [flow, show]);
 
   const fitSoon = useCallback(() => {
-    window.setTimeout(() => flow.fitView({ padding: 0.2, maxZoom: 1.1, duration: 200 }), 60);
+    window.setTimeout(() => {
+      if (draftRef.current.steps.length) flow.fitView({ padding: 0.2, maxZoom: 1.1, duration: 200 });
+    }, 60);
   }, [flow]);
 
   const undo = useCallback(() => {
@@ -677,7 +680,7 @@ function Editor() {
               onNodesChange={onNodesChange} onEdgesChange={onEdgesChange}
               onNodeDragStop={onDragStop} onSelectionDragStop={onDragStop}
               onConnect={onConnect}
-              deleteKeyCode={null} autoPanOnConnect={false} fitView fitViewOptions={{ padding: 0.2, maxZoom: 1.1 }}
+              deleteKeyCode={null} autoPanOnConnect={false}
               minZoom={0.1} maxZoom={2} snapToGrid snapGrid={[10, 10]}
               defaultEdgeOptions={{ type: "smoothstep" }}
               connectionLineStyle={{ stroke: "#3b5bdb", strokeWidth: 2 }}
