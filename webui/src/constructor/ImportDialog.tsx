@@ -74,7 +74,7 @@ export function ImportDialog({ onImport, onClose }: {
         {error && (
           <div className="cn-import-error" data-testid="import-error" role="alert">
             <div>{error}</div>
-            {problems.length > 0 && (
+            {(problems.length > 1 || (problems.length === 1 && problems[0].message !== error)) && (
               <ul>{problems.map((p, i) => (
                 <li key={i} data-testid="import-problem">{p.step ? <b>{p.step}{p.key ? "." + p.key : ""}: </b> : null}{p.message}</li>
               ))}</ul>
