@@ -148,7 +148,10 @@ class ExportTests(SynchronousTestCase):
         self.assertEqual(jobs["007"]["env"], {
             "YES": "yes", "NO": "no", "ON": "on", "NUM": "010", "QUOTE": 'say "hi"',
             "COLON": "a: b", "HASH": "#x"})
-        self.assertEqual(jobs["off"]["message"], 'Ready?\nSay "yes": or no # really')
+        self.assertEqual(jobs["off"]["message"], 'Ready?\nSay "yes": or no # really\n \n'
+                         '\tindented\u2028sep\x85nel\xa0nbsp\ufeff')
+        self.assertEqual((jobs["null"]["env"], jobs["null"]["cwd"]),
+                         ({"TAB": "a\tb\u2028c"}, " /tmp/lead "))
         self.assertEqual(jobs["off"]["timeout"], 90.0)
         self.assertEqual(jobs["on"]["script"]["args"], ["a b", "c d", 'e "f"'])
         self.assertIn("héllo wörld ✓ 🚀".encode(), jobs["on"]["script"]["content"])

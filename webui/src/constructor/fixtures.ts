@@ -40,8 +40,8 @@ export function tricky(): Draft {
     steps: [
       step({ id: "007", kind: "job", command: "echo \"a: b # c\" 'it''s' \\$x", env: "YES=yes\nNO=no\nON=on\nNUM=010\nQUOTE=say \"hi\"\nCOLON=a: b\nHASH=#x", tags: "yes,no" }),
       step({ id: "on", kind: "script", file: "run.sh", content, args: "\"a b\" c\\ d 'e \"f\"'" }),
-      step({ id: "off", kind: "gate", message: "Ready?\nSay \"yes\": or no # really", gate_timeout: "90" }),
-      step({ id: "null", kind: "job", command: "true", affinity: "no", priority: "-3", retries: "0" }),
+      step({ id: "off", kind: "gate", message: "Ready?\nSay \"yes\": or no # really\n \n\tindented\u2028sep\u0085nel\u00a0nbsp\ufeff", gate_timeout: "90" }),
+      step({ id: "null", kind: "job", command: "true", affinity: "no", priority: "-3", retries: "0", env: "TAB=a\tb\u2028c", cwd: " /tmp/lead " }),
       step({ id: "x.y-z_w", kind: "service", command: "python3 -m http.server 8123", port: "8123", cwd: "/tmp/ä dir" }),
     ],
     edges: [

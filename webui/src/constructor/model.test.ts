@@ -734,3 +734,20 @@ test("toDocument: blanks around a command go, an escaped blank at its end stays"
   expect(entry(job("a", { command: "echo a\\ " })).command).toBe("echo a\\ ");
   expect(shlexSplit(entry(job("a", { command: "echo a\\ " })).command as string)).toEqual(["echo", "a "]);
 });
+
+test("toDocument: free text is written as typed (message, cwd, stage); a blank one is left out", () => {
+  const d: Draft = { ...draftOf([job("a", { cwd: " /tmp/x " }), { id: "g", kind: "gate", message: "Ship it?\n" }, job("b", { cwd: "  " })]), stage: " EVAL " };
+  const { document } = toDocument(d);
+  const jobs = document.jobs as Record<string, unknown>[];
+  expect(jobs[0].cwd).toBe(" /tmp/x ");
+  expect(jobs[1].message).toBe("Ship it?\n");
+  expect("cwd" in jobs[2]).toBe(false);
+  expect(document.stage).toBe(" EVAL ");
+});
+
+test("toYaml: characters PyYAML reads as line breaks or refuses are escaped, in double quotes", () => {
+  const y = toYaml(draftOf([{ id: "g", kind: "gate", message: "a\u2028b\u0085c\u0001d\te\ufefff" }]));
+  expect(y).toContain('message: "a\\u2028b\\u0085c\\x01d\\te\\ufefff"\n');
+  expect(y).not.toMatch(/[\u2028\u0085\u0001\t\ufeff]/);
+  expect((parse(y) as { jobs: { message: string }[] }).jobs[0].message).toBe("a\u2028b\u0085c\u0001d\te\ufefff");
+});

@@ -8,6 +8,10 @@
 // - wouldCycle / cyclePath, checkLocal, layout, freshId, emptyDraft, History; and helpers the
 //   page may use: stepOrder, pasteSteps, shlexSplit, shJoin, pyStr.
 //
+// Values are written as typed; only blanks that cannot matter are trimmed (around names, a
+// schedule, numbers, durations, tags, a file's name; shlex's blanks around a command or args),
+// not those of free text (a gate's message, cwd, stage, env values).
+//
 // Keys the constructor has no field for (a job's `hitl_message` is turned into a gate step; but
 // e.g. top-level `workspace`, `max_jobs`, or a key this version does not know) are kept in an
 // optional `extra` object on the step's data / on the draft (see StepExtra, DraftExtra below):
@@ -16,7 +20,7 @@
 // `extra` is an addition of this module, not a field the page must know.
 
 import dagre from "@dagrejs/dagre";
-import { Document, isMap, type YAMLMap } from "yaml";
+import { Document, isMap, visit, type YAMLMap } from "yaml";
 import type { Draft, Edge, ModelApi, PipelineDocument, Problem, Step, StepData, StepKind } from "./types";
 
 /** A node's size on the canvas, as dagre lays it out. */
@@ -317,7 +321,7 @@ function jobEntry(data: StepExtra, parents: string[], file?: string): Record<str
   if (kind === "gate") {
     out.gate = true;
     if (parents.length) out.depends_on = parents;
-    if (has(data.message)) out.message = data.message!.trim();
+    if (has(data.message)) out.message = data.message!;
     if (has(data.gate_timeout)) out.timeout = duration(data.gate_timeout!);
     if (data.on_timeout) out.on_timeout = data.on_timeout;
   } else {
@@ -341,7 +345,7 @@ function jobEntry(data: StepExtra, parents: string[], file?: string): Record<str
       const env = envMap(data.env!);
       if (Object.keys(env).length) out.env = env;
     }
-    if (has(data.cwd)) out.cwd = data.cwd!.trim();
+    if (has(data.cwd)) out.cwd = data.cwd!;
     if (has(data.affinity)) out.affinity = affinity(data.affinity!);
     if (kind === "service") {
       if (has(data.port)) out.port = port(data.port!);
@@ -362,7 +366,7 @@ export function toDocument(draft: Draft): PipelineDocument {
   if (has(d.name)) document.name = d.name.trim();
   if (has(d.schedule)) document.schedule = d.schedule!.trim();
   if (has(d.agent_run_id)) document.agent_run_id = d.agent_run_id!.trim();
-  if (has(d.stage)) document.stage = d.stage!.trim();
+  if (has(d.stage)) document.stage = d.stage!;
   for (const [key, value] of Object.entries(d.extra ?? {})) {
     if (!TOP_FIELDS.has(key) && value !== undefined) document[key] = value;
   }
@@ -476,11 +480,12 @@ export function fromDocument(document: Record<string, unknown>, files: Record<st
       if (r !== undefined && r !== null) addTags(r);
       if (tags.length) data.tags = tags.join(",");
       const env = take("env");
-      if (isRecord(env)) {
+      const lineSafe = (t: string) => !/[\n\r]/.test(t);
+      if (isRecord(env) && Object.entries(env).every(([k, v]) => lineSafe(k) && !k.includes("=") && k.trim() === k && k !== "" && lineSafe(str(v)))) {
         const lines = Object.entries(env).map(([k, v]) => `${k}=${str(v)}`);
         if (lines.length) data.env = lines.join("\n");
-      } else if (Array.isArray(env)) {
-        if (env.length) data.env = env.map(str).join("\n");
+      } else if (env !== undefined && env !== null) {
+        extra.env = env; // not NAME=VALUE lines (a value of several lines...): kept as it is
       }
       const aff = take("affinity");
       if (aff === true) data.affinity = "parent";
@@ -557,7 +562,18 @@ export function toYaml(draft: Draft): string {
       }
     }
   }
-  return doc.toString({ lineWidth: 100, flowCollectionPadding: false, indentSeq: true });
+  // Text with tabs or other control characters is double-quoted (PyYAML, which reads the file,
+  // refuses some tabs in plain scalars), and the characters PyYAML reads as line breaks or
+  // refuses (which the yaml package leaves as they are) are escaped; long lines are not folded.
+  visit(doc, {
+    Scalar(_key, node) {
+      if (typeof node.value === "string" && /[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]/.test(node.value)) {
+        node.type = "QUOTE_DOUBLE";
+      }
+    },
+  });
+  return doc.toString({ lineWidth: 0, doubleQuotedMinMultiLineLength: Number.MAX_SAFE_INTEGER, flowCollectionPadding: false, indentSeq: true })
+    .replace(/[\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff]/g, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
 // ------------------------------------------------------------------------------------------
