@@ -67,6 +67,7 @@ function Editor() {
   const hist = useRef(new History<Draft>(draft));
   const burst = useRef<{ key: string; timer: number } | null>(null);
   const dirty = useRef(false);
+  const loads = useRef(0); // drafts loaded so far: a save that started before a load is stale
   const [, setTick] = useState(0);
   const [selection, setSelection] = useState<Selection>(NOTHING);
   const selectionRef = useRef(selection);
@@ -109,6 +110,7 @@ function Editor() {
 
   /** A draft loaded (a new one, a saved one, a run's): a history of its own, nothing to save. */
   const resetTo = useCallback((d: Draft) => {
+    loads.current += 1;
     if (burst.current) { window.clearTimeout(burst.current.timer); burst.current = null; }
     hist.current = new History<Draft>(d);
     dirty.current = false;
@@ -435,8 +437,8 @@ function Editor() {
   useEffect(() => { void loadDrafts(); }, [loadDrafts]);
 
   /** The name the draft is saved under when the user has not named it: the pipeline's. */
-  const autoName = useCallback((taken: DraftInfo[] | null) => {
-    const base = draftSlug(draftRef.current.name || "pipeline");
+  const autoName = useCallback((taken: DraftInfo[] | null, pipeline: string) => {
+    const base = draftSlug(pipeline || "pipeline");
     const mine = savedAs.current;
     if (mine && (mine === base || new RegExp("^" + base.replace(/[.]/g, "\\.") + "-\\d+$").test(mine))) return mine;
     if (!taken) return base;
@@ -445,41 +447,63 @@ function Editor() {
     for (let n = 2; ; n++) if (!names.has(`${base}-${n}`)) return `${base}-${n}`.slice(0, 100);
   }, []);
 
-  const shownName = nameTouched ? draftName : autoName(drafts);
+  const shownName = nameTouched ? draftName : autoName(drafts, draft.name);
+
+  // What a save writes is taken when it starts: the page may have moved on to another draft
+  // (`loads`, counted by resetTo) by the time the master answers.
+  const mounted = useRef(true);
+  useEffect(() => { mounted.current = true; return () => { mounted.current = false; }; }, []);
+  const pendingSave = useRef(false);
 
   const save = useCallback(async (seq: number) => {
-    const taken = drafts ?? await loadDrafts();
-    const name = nameTouched ? draftName.trim() : autoName(taken);
+    pendingSave.current = false;
+    const mine = loads.current;
+    const snapshot = draftRef.current;
+    const prior = savedAs.current;
+    const name = nameTouched ? draftName.trim()
+      : autoName(drafts ?? await loadDrafts(), snapshot.name);
     if (!DRAFT_NAME.test(name)) {
-      setSaveState("error");
-      setSaveError("a draft's name is 1-100 letters, digits, _ . -");
+      if (mine === loads.current) {
+        setSaveState("error");
+        setSaveError("a draft's name is 1-100 letters, digits, _ . -");
+      }
       return;
     }
     try {
-      await http.put(`/drafts/${seg(name)}`, { draft: draftRef.current });
-      const old = savedAs.current;
+      await http.put(`/drafts/${seg(name)}`, { draft: snapshot });
+      // renamed: the draft is under its new name only
+      if (prior && prior !== name) await http.del(`/drafts/${seg(prior)}`).catch(() => undefined);
+      if (mine !== loads.current || !mounted.current) return;
       savedAs.current = name;
-      if (old && old !== name) await http.del(`/drafts/${seg(old)}`).catch(() => undefined);
       if (seq === saveSeq.current) { setSaveState("saved"); setSaveError(""); }
-      if (params.get("draft") !== name) setParams({ draft: name }, { replace: true });
+      if (new URLSearchParams(window.location.search).get("draft") !== name) {
+        setParams({ draft: name }, { replace: true });
+      }
       void loadDrafts();
     } catch (e) {
-      if (seq === saveSeq.current) {
+      if (seq === saveSeq.current && mine === loads.current) {
         setSaveState("error");
         setSaveError(errorText(e));
       }
     }
-  }, [autoName, draftName, drafts, loadDrafts, nameTouched, params, setParams]);
+  }, [autoName, draftName, drafts, loadDrafts, nameTouched, setParams]);
 
   const saveRef = useRef(save);
   saveRef.current = save;
   useEffect(() => {
     if (!dirty.current || viewer) return;
     const seq = ++saveSeq.current;
+    pendingSave.current = true;
     setSaveState("saving");
     const t = window.setTimeout(() => { void saveRef.current(seq); }, 800);
     return () => window.clearTimeout(t);
   }, [draft, draftName, nameTouched, viewer]);
+
+  /** Saves now what waits for its autosave (before the page shows another draft, or goes). */
+  const saveNow = useCallback(() => {
+    if (pendingSave.current) void saveRef.current(saveSeq.current);
+  }, []);
+  useEffect(() => () => saveNow(), [saveNow]);
 
   // -- what the URL names: a draft, a run to copy, or a new pipeline -------------------------
   const [loadError, setLoadError] = useState("");
@@ -487,6 +511,7 @@ function Editor() {
   const wantRun = params.get("from");
   useEffect(() => {
     if (wantDraft && wantDraft === savedAs.current) return; // our own autosave named it
+    saveNow();
     let stopped = false;
     setLoadError("");
     if (wantDraft) {
@@ -515,11 +540,12 @@ function Editor() {
       resetTo(emptyDraft());
     }
     return () => { stopped = true; };
-  }, [wantDraft, wantRun, resetTo, say]);
+  }, [wantDraft, wantRun, resetTo, say, saveNow]);
 
-  const openDraft = (name: string) => { flush(); navigate(`/new?draft=${encodeURIComponent(name)}`); };
+  const openDraft = (name: string) => { flush(); saveNow(); navigate(`/new?draft=${encodeURIComponent(name)}`); };
   const newDraft = () => {
     flush();
+    saveNow();
     if (params.get("draft") || params.get("from")) navigate("/new");
     else {
       savedAs.current = null;
@@ -560,6 +586,7 @@ function Editor() {
 
   const deploy = async () => {
     flush();
+    saveNow();
     setDeploying(true);
     try {
       const r = await http.post<{ run_id?: string; schedule_id?: string }>("/pipelines", model.toDocument(draftRef.current));
