@@ -159,6 +159,8 @@ class ConstructorEditingTests(BrowserTestCase):
         self.find("[data-testid=palette-job]").click()
         self.find("[data-testid=palette-job]").click()
         self.until(lambda: self.nodes() == {"job-1", "job-2"}, 10, "two jobs added by clicks")
+        self.until(lambda: self.text_of("[data-testid=draft-saved]") == "saved", 10,
+                   "the new draft autosaved")
         self.connect("job-1", "job-2")
 
         # Both selected (a click, then a Ctrl+click), copied, pasted: two new steps, their edge.
