@@ -609,6 +609,14 @@ function Editor() {
     }
   }, [draft, exporting]);
 
+  // The export panel takes room from the canvas (or gives it back): the graph is fitted again.
+  const exportShown = useRef(exporting);
+  useEffect(() => {
+    if (exportShown.current === exporting) return;
+    exportShown.current = exporting;
+    fitSoon();
+  }, [exporting, fitSoon]);
+
   // -- the keyboard ------------------------------------------------------------------------
   const keyActions = useRef({ deleteSelection, undo, redo, copy, paste, duplicate });
   keyActions.current = { deleteSelection, undo, redo, copy, paste, duplicate };
