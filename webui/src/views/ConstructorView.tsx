@@ -630,7 +630,12 @@ function Editor() {
       if (!ctrl && (e.key === "Delete" || e.key === "Backspace")) { e.preventDefault(); a.deleteSelection(); }
       else if (ctrl && k === "z" && !e.shiftKey) { e.preventDefault(); a.undo(); }
       else if (ctrl && ((k === "z" && e.shiftKey) || k === "y")) { e.preventDefault(); a.redo(); }
-      else if (ctrl && k === "c") { if (a.copy()) e.preventDefault(); }
+      else if (ctrl && k === "c") {
+        // text selected on the page (the exported YAML, say) is the browser's to copy
+        const text = window.getSelection();
+        if (text && !text.isCollapsed && text.toString().trim()) return;
+        if (a.copy()) e.preventDefault();
+      }
       else if (ctrl && k === "v") { e.preventDefault(); a.paste(); }
       else if (ctrl && k === "d") { e.preventDefault(); a.duplicate(); }
       else if (e.key === "Escape") setSelection(NOTHING);
