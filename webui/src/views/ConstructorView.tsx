@@ -272,13 +272,14 @@ function Editor() {
   const localProblems = useMemo(() => model.checkLocal(draft), [draft]);
   const [remoteProblems, setRemoteProblems] = useState<Problem[]>([]);
   const problems = useMemo(() => {
+    if (!draft.steps.length) return []; // the empty canvas says what to do
     // The master's word wins: a local problem is shown only where the master named none for
     // the same step and key (it says the same, in the words `titan run` prints).
     const named = new Set(remoteProblems.map((p) => `${p.step ?? ""}\u0000${p.key ?? ""}`));
     const out = localProblems.filter((p) => !named.has(`${p.step ?? ""}\u0000${p.key ?? ""}`));
     for (const p of remoteProblems) if (!out.some((q) => sameProblem(p, q))) out.push(p);
     return out;
-  }, [localProblems, remoteProblems]);
+  }, [draft.steps.length, localProblems, remoteProblems]);
   const byStep = useMemo(() => {
     const m = new Map<string, string[]>();
     for (const p of problems) {
