@@ -571,6 +571,7 @@ function Editor() {
 
   // -- import, export, deploy -------------------------------------------------------------
   const [importing, setImporting] = useState(false);
+  const [dropping, setDropping] = useState(false);
   const [exporting, setExporting] = useState(false);
   const [deploying, setDeploying] = useState(false);
 
@@ -665,6 +666,8 @@ function Editor() {
   const step = one !== null ? draft.steps[one] : undefined;
   const pipelineProblems = problems.filter((p) => p.step == null);
   const canDelete = selection.steps.length + selection.edges.length > 0;
+  const edgeOnly = selection.steps.length === 0 && selection.edges.length === 1
+    ? draft.edges.find((e) => edgeId(e) === selection.edges[0]) : undefined;
 
   return (
     <div className="cn-page" data-testid="constructor">
@@ -712,15 +715,21 @@ function Editor() {
           </div>
         </aside>
         <section className="cn-center">
-          <div className="cn-canvas" data-testid="constructor-canvas" data-steps={draft.steps.length}
+          <div className={"cn-canvas" + (dropping ? " dropping" : "")} data-testid="constructor-canvas" data-steps={draft.steps.length}
             data-edges={draft.edges.length}
-            onDragOver={(e) => { e.preventDefault(); e.dataTransfer.dropEffect = "copy"; }}
-            onDrop={onDrop}>
+            onDragOver={(e) => { e.preventDefault(); e.dataTransfer.dropEffect = "copy"; if (!dropping) setDropping(true); }}
+            onDragLeave={(e) => { if (e.currentTarget === e.target || !e.currentTarget.contains(e.relatedTarget as Node)) setDropping(false); }}
+            onDrop={(e) => { setDropping(false); onDrop(e); }}>
             <ReactFlow<StepFlowNode, FlowEdge>
               nodes={nodes} edges={edges} nodeTypes={NODE_TYPES}
               onNodesChange={onNodesChange} onEdgesChange={onEdgesChange}
               onNodeDragStop={onDragStop} onSelectionDragStop={onDragStop}
               onConnect={onConnect}
+              onNodeDoubleClick={() => window.setTimeout(() => {
+                const first = document.querySelector<HTMLElement>(
+                  "[data-testid=prop-command], [data-testid=prop-file], [data-testid=prop-message]");
+                first?.focus();
+              }, 30)}
               deleteKeyCode={null} autoPanOnConnect={false}
               minZoom={0.1} maxZoom={2} snapToGrid snapGrid={[10, 10]}
               defaultEdgeOptions={{ type: "smoothstep" }}
@@ -753,7 +762,14 @@ function Editor() {
                 onClose={() => setExporting(false)} />)}
         </section>
         <aside className="cn-right">
-          {step && one !== null ? (
+          {edgeOnly ? (
+            <div className="cn-props" data-testid="edge-properties">
+              <div className="cn-props-head"><b>Edge</b></div>
+              <p><code>{edgeOnly.target}</code> runs after <code>{edgeOnly.source}</code> has completed.</p>
+              <button className="danger" onClick={deleteSelection}>Remove this edge</button>
+              <p className="cn-hint">or press Delete</p>
+            </div>
+          ) : step && one !== null ? (
             <StepProperties step={step.data} problems={problems.filter((p) => p.step === step.data.id)}
               onChange={(k, v) => changeStep(one, k, v)} onFieldDone={flush}
               workers={workers.names} tags={workers.tags} />
