@@ -126,6 +126,8 @@ def shoot(out: str) -> None:
                 ("services", "/services", None),
                 ("schedules", "/schedules", None),
                 ("store", "/store", "[data-testid=store-key]"),
+                ("constructor", f"/new?from={ids['etl']}", "[data-testid=cnode-join]"),
+                ("constructor-export", f"/new?from={ids['etl']}", "[data-testid=export]"),
             ]
             os.makedirs(out, exist_ok=True)
             for name, path, click in views:
