@@ -38,6 +38,9 @@ from tests.acceptance.browser import BrowserTestCase
 from tests.acceptance.helpers import wait_run_ended
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# How long each pointer move of a drag takes (selenium's default, 250 ms, makes a drag a
+# second or two; a person's hand is no slower than this).
+MOVE_MS = 40
 EDGE_LABEL = re.compile(r"^Edge from (.+) to (.+)$")
 
 # A pipeline in the public reference's format: requirement, type: service with a port,
@@ -142,7 +145,7 @@ class ConstructorTests(BrowserTestCase):
         item = self.find(f"[data-testid=palette-{kind}]")
         canvas = self.find("[data-testid=constructor-canvas]")
         size = canvas.size
-        actions = ActionChains(self.browser)
+        actions = ActionChains(self.browser, duration=MOVE_MS)
         actions.move_to_element(item).click_and_hold()
         for _ in range(4):
             actions.move_by_offset(12, 6)
@@ -151,26 +154,46 @@ class ConstructorTests(BrowserTestCase):
         actions.move_by_offset(1, 1).release().perform()
         added = self.until(lambda: self.nodes() - before, 10, f"a {kind} step dropped")
         self.assertEqual(len(added), 1, added)
-        return added.pop()
+        step = added.pop()
+        # Where it was dropped (not beside the others, as a click on the palette puts it).
+        box, origin = self.node(step).rect, canvas.rect
+        drop_x, drop_y = origin["x"] + x + 1, origin["y"] + y + 1
+        self.assertTrue(box["x"] <= drop_x <= box["x"] + box["width"]
+                        and box["y"] <= drop_y <= box["y"] + box["height"],
+                        f"{step} at {box}, dropped at {(drop_x, drop_y)}")
+        return step
 
     def connect(self, source: str, target: str) -> None:
         """Drag from `source`'s out handle to `target`'s in handle."""
-        out = self.find(f"[data-testid='handle-out-{source}']")
-        into = self.find(f"[data-testid='handle-in-{target}']")
-        actions = ActionChains(self.browser)
+        out = self.steady(self.find(f"[data-testid='handle-out-{source}']"))
+        into = self.steady(self.find(f"[data-testid='handle-in-{target}']"))
+        actions = ActionChains(self.browser, duration=MOVE_MS)
         actions.move_to_element(out).click_and_hold()
         for _ in range(5):
             actions.move_by_offset(8, 4)
         actions.move_to_element(into).move_by_offset(1, 0).move_by_offset(-1, 0)
         actions.release().perform()
 
+    def steady(self, element: WebElement) -> WebElement:
+        """`element` once it has stopped moving (the page fits the graph to the canvas, in a
+        short animation, after an import, a layout or a wider panel): as a person waits for
+        a thing to stop before clicking it."""
+        seen: list = []
+
+        def still() -> bool:
+            seen.append(element.rect)
+            return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+        self.until(still, 5, "the graph to stop moving")
+        return element
+
     def click_node(self, step: str) -> None:
-        ActionChains(self.browser).move_to_element(self.node(step)).click().perform()
+        node = self.steady(self.node(step))
+        ActionChains(self.browser, duration=MOVE_MS).move_to_element(node).click().perform()
         self.until(lambda: self.find("[data-testid=prop-id]").get_attribute("value") == step,
                    10, f"the properties of {step}")
 
     def keys(self, *keys: str, ctrl: bool = False, shift: bool = False) -> None:
-        actions = ActionChains(self.browser)
+        actions = ActionChains(self.browser, duration=MOVE_MS)
         if ctrl:
             actions.key_down(Keys.CONTROL)
         if shift:
@@ -254,11 +277,11 @@ class ConstructorTests(BrowserTestCase):
 
     def draw_diamond(self) -> None:
         """a -> b, a -> c, b and c -> gate -> d, all by mouse and keyboard."""
-        self.add("job", (90, 220), "a", command="true")
+        self.add("job", (110, 220), "a", command="true")
         self.add("job", (320, 100), "b", command="sh -c 'echo b'")
         self.add("job", (320, 340), "c", command="sh -c 'echo c'")
-        self.add("gate", (560, 220), "ship", message="Ship it?")
-        self.add("job", (790, 220), "d", command="true")
+        self.add("gate", (530, 220), "ship", message="Ship it?")
+        self.add("job", (730, 220), "d", command="true")
         for source, target in (("a", "b"), ("a", "c"), ("b", "ship"), ("c", "ship"),
                                ("ship", "d")):
             self.connect(source, target)
@@ -301,8 +324,8 @@ class ConstructorTests(BrowserTestCase):
     def test_b_exported_yaml_and_python_submit_the_drawn_graph(self):
         self.new_pipeline()
         self.type_into("pipeline-name", "uiexport")
-        self.add("job", (90, 120), "prep", command="sh -c 'echo prepared'")
-        self.add("script", (90, 340), "load", file="load.py", args="--fast",
+        self.add("job", (110, 120), "prep", command="sh -c 'echo prepared'")
+        self.add("script", (110, 340), "load", file="load.py", args="--fast",
                  content="import sys; print('loading', sys.argv[1:])")
         self.add("job", (400, 220), "report", command="true", retries="1", timeout="1m")
         self.connect("prep", "report")
@@ -369,7 +392,7 @@ class ConstructorTests(BrowserTestCase):
 
     def test_d_an_edge_closing_a_cycle_is_refused(self):
         self.new_pipeline()
-        self.add("job", (90, 220), "first", command="true")
+        self.add("job", (110, 220), "first", command="true")
         self.add("job", (330, 220), "second", command="true")
         self.add("job", (570, 220), "third", command="true")
         self.connect("first", "second")
@@ -396,7 +419,7 @@ class ConstructorTests(BrowserTestCase):
 
     def test_e_undo_redo_restore_the_graph(self):
         self.new_pipeline()
-        self.add("job", (90, 220), "one", command="true")
+        self.add("job", (110, 220), "one", command="true")
         self.add("job", (350, 220), "two", command="true")
         self.connect("one", "two")
         base = ({"one", "two"}, {("one", "two")})
@@ -432,7 +455,7 @@ class ConstructorTests(BrowserTestCase):
         name = "uidraft-%d" % (time.time() * 1000 % 100000)
         self.type_into("draft-name", name)
         self.type_into("pipeline-name", "drafted")
-        self.add("job", (90, 220), "fetch", command="echo fetch")
+        self.add("job", (110, 220), "fetch", command="echo fetch")
         self.add("gate", (350, 220), "check", message="Go on?")
         self.connect("fetch", "check")
         graph = ({"fetch", "check"}, {("fetch", "check")})
