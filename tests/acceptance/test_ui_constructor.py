@@ -132,6 +132,24 @@ class ConstructorTests(BrowserTestCase):
     def node(self, step: str) -> WebElement:
         return self.find(f"[data-testid='cnode-{step}']")
 
+    def assert_laid_out(self, edges: set) -> None:
+        """Every step in sight, none over another, each edge going left to right."""
+        canvas = self.find("[data-testid=constructor-canvas]").rect
+        boxes = {step: self.steady(self.node(step)).rect for step in self.nodes()}
+        for step, b in boxes.items():
+            self.assertTrue(canvas["x"] <= b["x"] and b["x"] + b["width"] <= canvas["x"] + canvas["width"]
+                            and canvas["y"] <= b["y"]
+                            and b["y"] + b["height"] <= canvas["y"] + canvas["height"],
+                            f"{step} at {b} out of the canvas {canvas}")
+            for other, o in boxes.items():
+                if other != step:
+                    self.assertFalse(b["x"] < o["x"] + o["width"] and o["x"] < b["x"] + b["width"]
+                                     and b["y"] < o["y"] + o["height"]
+                                     and o["y"] < b["y"] + b["height"], f"{step} over {other}")
+        for source, target in edges:
+            self.assertLess(boxes[source]["x"] + boxes[source]["width"], boxes[target]["x"],
+                            f"{source} -> {target} not left to right")
+
     def message(self) -> str:
         found = self.find_all("[data-testid=constructor-message]")
         return found[0].text if found else ""
@@ -372,6 +390,7 @@ class ConstructorTests(BrowserTestCase):
         with open(os.path.join(ROOT, "etc", "pipelines", "etl.yaml")) as f:
             self.import_text(f.read())
         self.wait_graph(ETL_NODES, ETL_EDGES)
+        self.assert_laid_out(ETL_EDGES)
         self.assertEqual(self.find("[data-testid=pipeline-name]").get_attribute("value"), "etl")
 
         self.new_pipeline()
@@ -384,6 +403,7 @@ class ConstructorTests(BrowserTestCase):
                    .get_attribute("value"), 10, "the uploaded file read into the dialog")
         self.click("import-submit")
         self.wait_graph(REFERENCE_NODES, REFERENCE_EDGES)
+        self.assert_laid_out(REFERENCE_EDGES)
         self.click_node("api")
         self.assertEqual(self.find("[data-testid=prop-port]").get_attribute("value"), "auto")
         self.click_node("train.approval")
@@ -472,11 +492,17 @@ class ConstructorTests(BrowserTestCase):
             self.assertEqual(self.find("[data-testid=pipeline-name]").get_attribute("value"),
                              "drafted")
 
-        if f"draft={name}" in self.browser.current_url:
-            self.browser.refresh()
-            self.find("[data-testid=constructor-canvas]")
-            self.wait_graph(*graph, timeout=20)
-        reopen()
+        # The page's address names the draft: a reload finds it.
+        self.until(lambda: f"draft={name}" in self.browser.current_url, 10,
+                   "the address naming the draft")
+        self.browser.refresh()
+        self.find("[data-testid=constructor-canvas]")
+        self.wait_graph(*graph, timeout=20)
+        # A new pipeline, then the draft opened from the list.
+        self.click("draft-new")
+        self.until(lambda: self.nodes() == set(), 10, "an empty canvas")
+        self.click(f"draft-{name}")
+        self.wait_graph(*graph)
 
         self.cluster.kill_master()
         self.cluster.start_master()
