@@ -9,14 +9,15 @@ clicks on nodes, typing in the properties panel, the toolbar and the keyboard.
   submit the graph that was drawn (same jobs, same edges), and the YAML imported again gives
   the same graph;
 - etc/pipelines/etl.yaml (pasted) and a file in the public reference's format (uploaded):
-  every step and edge appears;
+  every step and edge appears, laid out left to right, none over another;
 - an edge that would close a cycle is refused with a message, the graph left as it was;
 - undo/redo (keys and toolbar) of adding and of deleting a step;
-- a named draft is autosaved on the master: it is there after a reload and after a master
-  restart, and listed.
+- a named draft is autosaved on the master: it is there after a reload, opened from the
+  drafts list, and after a master restart.
 
 The palette's drag is HTML5 drag and drop; Chromium's own input pipeline (selenium's
-ActionChains, through chromedriver) carries it out, so no event is simulated. One cluster for
+ActionChains, through chromedriver) carries it out, so no drag event is simulated (only a
+long pasted text is put into the import field by script, as a paste would). One cluster for
 the module (a fixed port, for the master restart); the pages are reached inside the app (a
 second `driver.get` can stall while the back/forward cache holds the last page's streams).
 """
@@ -259,8 +260,8 @@ class ConstructorTests(BrowserTestCase):
     def import_text(self, text: str) -> None:
         self.click("import")
         area = self.find("[data-testid=import-text]")
-        # The text as typed would be re-indented by nothing, but send_keys is slow on long
-        # texts: put it in the way a paste does (the field's own setter, then input).
+        # As a paste puts it (send_keys is slow on kilobytes): the field's own value setter,
+        # then an input event, which React's onChange hears.
         self.browser.execute_script(
             "const el = arguments[0];"
             "const set = Object.getOwnPropertyDescriptor(el.constructor.prototype, 'value').set;"
