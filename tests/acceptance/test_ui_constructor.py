@@ -318,17 +318,20 @@ class ConstructorTests(BrowserTestCase):
         self.assertTrue(run_id.startswith("uidiamond-"), run_id)
         self.wait_run_states({"a": "COMPLETED", "b": "COMPLETED", "c": "COMPLETED",
                               "d": "PENDING"})
-        # The gate waits: said by the run's counts and by its own panel. (Its node's colour
-        # is not asserted: the run page applies live changes of kind "job" only, and the
-        # events hub sends a gate's as kind "gate", so the node stays as first loaded.)
+        # The gate waits: said by the run's counts, its node (live: a gate's change comes as
+        # kind "gate") and its own panel.
         self.until(lambda: self.text_of("[data-testid=count-WAITING_APPROVAL]").split()
                    == ["waiting", "approval", "1"], 15, "one step waiting for approval")
+        self.until(lambda: self.find("[data-testid='node-ship']").get_attribute("data-state")
+                   == "WAITING_APPROVAL", 15, "the gate's node WAITING_APPROVAL")
         self.find("[data-testid='node-ship']").click()
         self.assertEqual(self.text_of("[data-testid=gate-message]"), "Ship it?")
         self.until(lambda: self.text_of("[data-testid=job-state]") == "WAITING_APPROVAL", 15,
                    "the gate's panel saying WAITING_APPROVAL")
         self.click("approve")
         self.wait_run_states({"d": "COMPLETED"})
+        self.until(lambda: self.find("[data-testid='node-ship']").get_attribute("data-state")
+                   == "COMPLETED", 15, "the gate's node COMPLETED once approved")
         self.until(lambda: self.find("[data-testid=run-state]").get_attribute("data-state")
                    == "COMPLETED", 15, "the run's header to say COMPLETED")
         with self.cluster.client() as client:

@@ -64,7 +64,8 @@ def run_model(*args: str) -> dict:
     if not os.path.exists(VITE_NODE):
         raise SkipTest("the front end's packages are not installed (make webui)")
     done = subprocess.run([VITE_NODE, SCRIPT, *args], cwd=WEBUI, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120,
+                          env=dict(os.environ, TITAN_VITE_NO_WATCH="1"))
     if done.returncode != 0:
         raise AssertionError(f"vite-node {SCRIPT} failed:\n{done.stderr}")
     lines = done.stdout.strip().split("\n")  # (not splitlines: the text has U+2028)

@@ -162,7 +162,7 @@ export function RunView() {
     const updates: Job[] = [];
     for (const c of changes) {
       if (c.kind === "run" && c.id === runId && c.data) head = c.data as Run;
-      else if (c.kind === "job" && c.data && c.data.run_id === runId && c.data.node) updates.push(c.data as Job);
+      else if ((c.kind === "job" || c.kind === "gate" || c.kind === "service") && c.data && c.data.run_id === runId && c.data.node) updates.push(c.data as Job);
     }
     if (head) {
       const h = head;
