@@ -602,6 +602,11 @@ def _pairs(items, flag: str):
         yield key, value
 
 
+def cmd_mcp(args) -> int:
+    from titan.mcp.server import main as serve_mcp  # here: no other command imports mcp
+    return serve_mcp(args.master, args.token, args.http, args.allow_gate_decisions)
+
+
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
@@ -668,7 +673,7 @@ def _job_state(text: str) -> str:
 
 # Every subcommand, in the order `titan --help` lists them.
 COMMANDS = ("submit", "run", "wait", "status", "logs", "cancel", "approve", "reject", "result",
-            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "up")
+            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "mcp", "up")
 # The options `titan` takes before a subcommand, each with a value.
 GLOBAL_VALUE_OPTIONS = ("--master", "--token", "--token-file")
 
@@ -927,6 +932,19 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
                                        "description.")
         p.add_argument("--json", action="store_true", help="everything, as JSON")
         p.set_defaults(func=cmd_plugins)
+
+    if want("mcp"):
+        p = sub.add_parser("mcp", parents=[common], help="serve Titan's tools to AI assistants "
+                                                        "(MCP)",
+                           description="An MCP server for Claude, Cursor or any MCP client: "
+                                       "stdio by default (nothing but protocol on stdout), or "
+                                       "streamable HTTP with the cluster token as bearer.")
+        p.add_argument("--http", metavar="ENDPOINT",
+                       help="serve HTTP at tcp:PORT[:interface=HOST] (default host 127.0.0.1)")
+        p.add_argument("--allow-gate-decisions", action="store_true",
+                       help="let MCP clients approve or reject gates (off: a gate an AI can "
+                            "approve itself is no gate; also TITAN_MCP_ALLOW_GATE_DECISIONS=1)")
+        p.set_defaults(func=cmd_mcp)
 
     if want("up"):
         p = sub.add_parser("up", help="start a master and workers here, in the foreground",
