@@ -239,3 +239,219 @@ class UsageTests(SynchronousTestCase):
         self.assertEqual([model.chat("q").text, model.chat("q").text], ["a", "b"])
         self.assertEqual(err.getvalue(), "titan.agents: cannot record the model's usage: "
                                          "ConnectionRefusedError: master down\n")
+
+
+# -- the OpenAI-compatible provider against a real HTTP server on 127.0.0.1 ----------------
+
+from twisted.internet import defer, reactor, threads  # noqa: E402
+from twisted.trial.unittest import TestCase  # noqa: E402
+from twisted.web import resource, server  # noqa: E402
+
+from titan.agents import (AuthenticationError, ChatTimeout, ModelNotFound,  # noqa: E402
+                          RateLimited, ServerError)
+from titan.agents.openai import OpenAIChatModel, retry_after  # noqa: E402
+
+
+def completion(text, model="m-1", tokens_in=12, tokens_out=5):
+    return {"id": "chatcmpl-1", "object": "chat.completion", "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
+                      "total_tokens": tokens_in + tokens_out}}
+
+
+class Completions(resource.Resource):
+    """POST /v1/chat/completions answering from `answers`: (status, headers, body) tuples,
+    or ("hang", seconds) to answer only after that long; the last one is reused."""
+    isLeaf = True
+
+    def __init__(self, answers) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.requests: list = []
+        self.delayed: list = []
+
+    def render_POST(self, request):
+        if request.path != b"/v1/chat/completions":
+            request.setResponseCode(404)
+            return b'{"error": {"message": "no such path"}}'
+        self.requests.append({"authorization": request.getHeader("authorization"),
+                              "body": json.loads(request.content.read())})
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if answer[0] == "hang":
+            def late():
+                if not request.finished and not request._disconnected:
+                    request.write(json.dumps(completion("late")).encode())
+                    request.finish()
+            self.delayed.append(reactor.callLater(answer[1], late))
+            return server.NOT_DONE_YET
+        status, headers, body = answer
+        request.setResponseCode(status)
+        request.setHeader("content-type", "application/json")
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return json.dumps(body).encode()
+
+
+class OpenAIProviderTests(TestCase):
+    def serve(self, *answers):
+        self.site = Completions(answers)
+        factory = server.Site(self.site)
+        protocols = []
+        build = factory.buildProtocol
+
+        def tracked(addr):
+            p = build(addr)
+            protocols.append(p)
+            return p
+        factory.buildProtocol = tracked
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+        @defer.inlineCallbacks
+        def stop():
+            for call in self.site.delayed:
+                if call.active():
+                    call.cancel()
+            for p in protocols:
+                if getattr(p, "transport", None) is not None:
+                    p.transport.abortConnection()
+            yield port.stopListening()
+            from twisted.internet.task import deferLater
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.addCleanup(stop)
+        self.slept: list = []
+        return f"http://127.0.0.1:{port.getHost().port}/v1"
+
+    def model(self, base, **options):
+        defaults = {"model": "m-1", "api_key": "sk-test-secret-9f3c", "environ": {},
+                    "backoff": 0.01, "max_backoff": 0.04, "max_retry_after": 0.5,
+                    "timeout": 5.0, "retries": 3, "sleep": self.slept.append}
+        return OpenAIChatModel(base, **{**defaults, **options})
+
+    def chat(self, chat_model, *args, **kwargs):
+        """chat_model.chat(...) in a thread: the server answers on the reactor meanwhile."""
+        return threads.deferToThread(chat_model.chat, *args, **kwargs)
+
+    def test_verify_object(self):
+        verifyObject(IChatModel, OpenAIChatModel(model="m", environ={}))
+        factory = {p.name: p for p in plugins(IChatModelFactory)}["openai"]
+        built = factory.build({"environ": {"TITAN_LLM_MODEL": "llama3.1",
+                                           "TITAN_LLM_BASE_URL": "http://127.0.0.1:9/v1/"}})
+        verifyObject(IChatModel, built)
+        self.assertEqual((built.model, built.url, built.api_key),
+                         ("llama3.1", "http://127.0.0.1:9/v1/chat/completions", None))
+        with self.assertRaises(NotConfigured) as caught:
+            OpenAIChatModel(environ={})
+        self.assertIn("set TITAN_LLM_MODEL", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_a_reply_and_its_usage(self):
+        base = self.serve((200, {}, completion("Tides follow the moon.", model="m-1-0613",
+                                               tokens_in=21, tokens_out=6)))
+        model = self.model(base, price_in=2.0, price_out=8.0)
+        client = FakeClient({"r-1": {"agent_run_id": "agent-3", "stage": "PLAN"}})
+        metered = Metered(model, Meter(environ={"TITAN_JOB_ID": "r-1/plan",
+                                                "TITAN_RUN_ID": "r-1"},
+                                       client_factory=lambda: client))
+        reply = yield self.chat(metered, [{"role": "system", "content": "be brief"},
+                                          {"role": "user", "content": "Why tides?"}],
+                                temperature=0, max_tokens=50)
+        self.assertEqual((reply.text, reply.model, reply.finish_reason),
+                         ("Tides follow the moon.", "m-1-0613", "stop"))
+        self.assertEqual(reply.usage, Usage(tokens_in=21, tokens_out=6))
+        self.assertAlmostEqual(reply.cost, (21 * 2.0 + 6 * 8.0) / 1e6)
+        self.assertGreater(reply.latency, 0)
+        [sent] = self.site.requests
+        self.assertEqual(sent["authorization"], "Bearer sk-test-secret-9f3c")
+        self.assertEqual(sent["body"], {"model": "m-1", "temperature": 0, "max_tokens": 50,
+                                        "messages": [{"role": "system", "content": "be brief"},
+                                                     {"role": "user", "content": "Why tides?"}]})
+        seen = summarize(client, agent_run_id="agent-3")
+        self.assertEqual((seen["stages"]["PLAN"]["tokens_in"],
+                          seen["stages"]["PLAN"]["tokens_out"], seen["total"]["calls"],
+                          seen["total"]["models"]), (21, 6, 1, {"m-1-0613": 1}))
+        self.assertEqual(self.slept, [])
+
+    @defer.inlineCallbacks
+    def test_429_then_success_honours_retry_after_within_its_bound(self):
+        limited = (429, {"Retry-After": "0.2"}, {"error": {"message": "slow down"}})
+        greedy = (429, {"Retry-After": "3600"}, {"error": {"message": "slow down"}})
+        base = self.serve(limited, greedy, (429, {}, {}), (200, {}, completion("fine")))
+        reply = yield self.chat(self.model(base), "hello")
+        self.assertEqual(reply.text, "fine")
+        # As asked (0.2 s); an hour capped at max_retry_after; no header: the backoff (3rd).
+        self.assertEqual(self.slept, [0.2, 0.5, 0.04])
+        self.assertEqual(len(self.site.requests), 4)
+
+    @defer.inlineCallbacks
+    def test_429_past_the_retries_is_a_rate_limit_error(self):
+        base = self.serve((429, {}, {"error": {"message": "quota exceeded"}}))
+        with self.assertRaises(RateLimited) as caught:
+            yield self.chat(self.model(base, retries=2), "hello")
+        self.assertIn("HTTP 429: quota exceeded (gave up after 3 attempts)",
+                      str(caught.exception))
+        self.assertEqual(self.slept, [0.01, 0.02])
+
+    @defer.inlineCallbacks
+    def test_5xx_is_retried_with_backoff(self):
+        base = self.serve((503, {}, {"error": {"message": "overloaded"}}),
+                          (500, {}, "boom"), (200, {}, completion("after all")))
+        reply = yield self.chat(self.model(base), "hello")
+        self.assertEqual(reply.text, "after all")
+        self.assertEqual(self.slept, [0.01, 0.02])
+        self.site.answers = [(502, {}, {"error": {"message": "bad gateway"}})]
+        with self.assertRaises(ServerError) as caught:
+            yield self.chat(self.model(base, retries=1), "hello")
+        self.assertIn("/v1/chat/completions: HTTP 502: bad gateway (gave up after 2 attempts)",
+                      str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_401_names_the_key_without_showing_it(self):
+        base = self.serve((401, {}, {"error": {"message": "Incorrect API key provided"}}))
+        with self.assertRaises(AuthenticationError) as caught:
+            yield self.chat(self.model(base), "hello")
+        message = str(caught.exception)
+        self.assertIn("HTTP 401: the server refused the API key (check TITAN_LLM_API_KEY "
+                      "(the key sent ends in ...9f3c)): Incorrect API key provided", message)
+        self.assertNotIn("sk-test-secret", message)
+        self.assertEqual(len(self.site.requests), 1)  # not retried
+        with self.assertRaises(AuthenticationError) as caught:
+            yield self.chat(self.model(base, api_key=""), "hello")
+        self.assertIn("TITAN_LLM_API_KEY is not set: no key was sent", str(caught.exception))
+        self.assertIsNone(self.site.requests[-1]["authorization"])
+
+    @defer.inlineCallbacks
+    def test_404_names_the_model(self):
+        base = self.serve((404, {}, {"error": {"message": "model 'gpt-9' does not exist"}}))
+        with self.assertRaises(ModelNotFound) as caught:
+            yield self.chat(self.model(base), "hello", model="gpt-9")
+        self.assertIn("HTTP 404: no model 'gpt-9' there, or no such endpoint (check "
+                      "TITAN_LLM_MODEL and TITAN_LLM_BASE_URL): model 'gpt-9' does not exist",
+                      str(caught.exception))
+        self.assertEqual(self.site.requests[0]["body"]["model"], "gpt-9")
+
+    @defer.inlineCallbacks
+    def test_a_timeout(self):
+        base = self.serve(("hang", 30))
+        with self.assertRaises(ChatTimeout) as caught:
+            yield self.chat(self.model(base, timeout=0.2, retries=1), "hello")
+        self.assertIn("no answer within 0.2 s (TITAN_LLM_TIMEOUT) (gave up after 2 attempts)",
+                      str(caught.exception))
+        self.assertEqual(len(self.site.requests), 2)
+
+    @defer.inlineCallbacks
+    def test_an_unreachable_server(self):
+        base = self.serve((200, {}, completion("x")))
+        dead = "http://127.0.0.1:1/v1"
+        with self.assertRaises(ServerError) as caught:
+            yield self.chat(self.model(dead, retries=1), "hello")
+        self.assertIn(f"cannot reach {dead}/chat/completions", str(caught.exception))
+        self.assertIn("(gave up after 2 attempts)", str(caught.exception))
+        del base
+
+    def test_retry_after_forms(self):
+        self.assertEqual(retry_after("7"), 7.0)
+        self.assertEqual(retry_after(None), None)
+        self.assertEqual(retry_after("soon"), None)
+        self.assertAlmostEqual(retry_after("Wed, 21 Oct 2015 07:28:10 GMT",
+                                           now=lambda: 1445412480.0), 10.0)

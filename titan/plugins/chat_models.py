@@ -25,3 +25,7 @@ class _ChatModelFactory:
 scripted = _ChatModelFactory(
     "scripted", "offline, deterministic replies from a list, a function or TITAN_LLM_SCRIPT",
     "titan.agents.scripted:ScriptedChatModel")
+openai = _ChatModelFactory(
+    "openai", "an OpenAI-compatible server over HTTP (TITAN_LLM_BASE_URL, TITAN_LLM_MODEL, "
+    "TITAN_LLM_API_KEY): OpenAI, vLLM, llama.cpp, Ollama",
+    "titan.agents.openai:OpenAIChatModel")
