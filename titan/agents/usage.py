@@ -17,8 +17,9 @@ back and sums them per stage and in total: what `titan runs AGENT_RUN_ID` can sh
 The agent run and stage are the job's DAG run's (`agent_run_id` and `stage` of the
 pipeline), asked of the master once per process; TITAN_AGENT_RUN_ID and TITAN_STAGE in the
 job's environment, when set, are taken instead.  Outside a job nothing is written; the
-process's totals are still on `meter().totals`.  A failure to write is reported on stderr
-(the job's log) and never fails the model call.
+process's totals are still on `meter().totals`.  The keys live in the cluster's store
+(`titan up` starts one; a master without a `store:` section has none): a failure to write,
+that one included, is reported once on stderr (the job's log) and never fails the call.
 """
 from __future__ import annotations
 
