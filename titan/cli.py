@@ -492,10 +492,11 @@ def _origin(plugin) -> str:
 
 
 def cmd_plugins(args) -> int:
+    from titan.agents.interfaces import IChatModelFactory
     from titan.interfaces import IAutoscalerFactory, IPersistenceFactory, IRouterFactory
     from titan.plugin_registry import plugins
     kinds = [("router", IRouterFactory), ("autoscaler", IAutoscalerFactory),
-             ("persistence", IPersistenceFactory)]
+             ("persistence", IPersistenceFactory), ("chat-model", IChatModelFactory)]
     found = [{"kind": kind, "name": plugin.name, "origin": _origin(plugin),
               "description": plugin.description}
              for kind, interface in kinds for plugin in plugins(interface)]

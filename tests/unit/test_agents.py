@@ -53,6 +53,18 @@ class PluginTests(SynchronousTestCase):
         verifyObject(IChatModel, ScriptedChatModel(lambda messages, **o: "x"))
         verifyObject(IChatModel, Metered(ScriptedChatModel(["x"]), Meter(environ={})))
 
+    def test_titan_plugins_lists_the_chat_models(self):
+        import contextlib
+        import io
+
+        from titan import cli
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            self.assertEqual(cli.main(["plugins", "--json"]), 0)
+        rows = {(p["kind"], p["name"]): p for p in json.loads(out.getvalue())}
+        self.assertEqual(rows[("chat-model", "openai")]["origin"], "built-in")
+        self.assertIn("TITAN_LLM_SCRIPT", rows[("chat-model", "scripted")]["description"])
+
     def test_an_unknown_provider_names_the_known_ones(self):
         with self.assertRaises(NotConfigured) as caught:
             chat_model("gpt-magic")
