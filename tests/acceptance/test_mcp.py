@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import textwrap
@@ -270,6 +271,50 @@ class McpStdioTests(ClusterTestCase):
                                         "WAITING_APPROVAL", 30, f"{gate} waiting")
                 return await call(s, "decide_gate", gate=gate, approve=False, comment="no")
         self.assertEqual(run_async(by_env())["state"], "CANCELLED")
+
+    def test_stdout_carries_nothing_but_protocol(self):
+        """Raw lines in and out, as Claude Desktop sees them: each line on stdout is one
+        JSON-RPC message, even around a failing call and a job's output."""
+        messages = [
+            {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"}}},
+            {"jsonrpc": "2.0", "method": "notifications/initialized"},
+            {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+                "name": "run_status", "arguments": {"run_id": "no-such-run"}}},
+            {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "submit_pipeline", "arguments": {"yaml": DIAMOND}}},
+        ]
+        proc = subprocess.Popen([TITAN, "mcp"], env=self.cluster.env(), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        lines = []
+        try:
+            proc.stdin.write("".join(json.dumps(m) + "\n" for m in messages).encode())
+            proc.stdin.flush()
+            deadline = time.monotonic() + 60
+            while len(lines) < 3 and time.monotonic() < deadline:  # the three answers
+                ready, _, _ = select.select([proc.stdout], [], [], 1)
+                if ready:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    lines.append(line)
+            proc.stdin.close()  # the end of the conversation: the server ends
+            proc.wait(30)
+            rest, err = proc.stdout.read(), proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        out = b"".join(lines) + rest
+        replies = [json.loads(line) for line in out.decode().splitlines()]  # JSON, all
+        self.assertEqual(proc.returncode, 0, err.decode())
+        self.assertEqual([r.get("id") for r in replies], [1, 2, 3])
+        self.assertEqual(replies[0]["result"]["serverInfo"]["name"], "titan")
+        self.assertTrue(replies[1]["result"]["isError"])
+        self.assertFalse(replies[2]["result"].get("isError"))
 
     def _state(self, job_id: str) -> str:
         with self.cluster.client() as c:

@@ -207,13 +207,12 @@ def parse_endpoint(text: str) -> tuple[str, int]:
     an interface is named."""
     host, port = "127.0.0.1", None
     if text.startswith("tcp:"):
-        parts = text[4:].split(":")
-        port = parts[0]
-        for part in parts[1:]:
-            key, sep, value = part.partition("=")
-            if key != "interface" or not sep:
+        port, _, option = text[4:].partition(":")
+        if option:
+            key, sep, value = option.partition("=")
+            if key != "interface" or not sep or not value:
                 raise ValueError(f"--http {text!r}: expected tcp:PORT[:interface=HOST]")
-            host = value
+            host = value.replace("\\:", ":")  # Twisted's escaped colons (\:\:1) too
     elif ":" in text:
         host, _, port = text.rpartition(":")
         host = host.strip("[]")
