@@ -290,4 +290,7 @@ def main(master: Optional[str] = None, token: Optional[str] = None,
         serve_http(server, http, found)
     except ValueError as e:
         raise TitanError(str(e)) from None
+    except OSError as e:  # the port taken, an address not of this machine
+        raise TitanError(f"titan mcp --http {http}: cannot listen there: "
+                         f"{e.strerror or e}") from None
     return 0
