@@ -23,10 +23,11 @@ This one file is the code of every job: each job ships it (`script` / `file:`) a
 with `--step NAME`.  What a stage hands to the next travels as results (64 KiB at most):
 `--source RUN/JOB` names the job whose result carries the agent's state so far.
 
-The model: `Model` below, through titan.agents.  With TITAN_LLM_BASE_URL, TITAN_LLM_MODEL and
-TITAN_LLM_API_KEY in the workers' environment it calls an OpenAI-compatible chat endpoint;
+The model: `Model` below, through titan.agents.  With TITAN_LLM_MODEL (and TITAN_LLM_BASE_URL,
+TITAN_LLM_API_KEY) in the workers' environment it calls an OpenAI-compatible chat endpoint;
 with TITAN_LLM_SCRIPT, titan.agents' scripted provider reads that file; with neither it
 answers offline from `scripted` (deterministic), so the example runs anywhere, in tests too.
+A reply that holds no JSON where JSON was asked for fails the job with ModelError.
 """
 from __future__ import annotations
 
@@ -36,9 +37,6 @@ import os
 import re
 import secrets
 import sys
-import time
-import urllib.error
-import urllib.request
 
 HERE = os.path.abspath(__file__)
 STAGES = ("PLAN", "ITER", "EVAL", "SYNTH")
@@ -54,78 +52,36 @@ class ModelError(Exception):
 class Model:
     """Chat with a model: `ask(stage, prompt) -> text`, through titan.agents.
 
-    The provider is the one the environment names (`titan.agents.chat_model()`: an
-    OpenAI-compatible server with TITAN_LLM_BASE_URL / TITAN_LLM_MODEL / TITAN_LLM_API_KEY,
-    or the scripted provider with TITAN_LLM_SCRIPT); when it names none, the scripted
-    provider answers with `scripted` below, offline.  Every call's usage is recorded for
-    the job's agent run and stage (titan.agents' meter).  While titan.agents has no
-    OpenAI-compatible provider registered, TITAN_LLM_BASE_URL is served by `_http_chat`.
+    The provider is the one the environment names (`titan.agents.chat_model()`: `openai`, an
+    OpenAI-compatible server, with TITAN_LLM_BASE_URL / TITAN_LLM_MODEL / TITAN_LLM_API_KEY;
+    `scripted` with TITAN_LLM_SCRIPT); when it names none, the scripted provider answers
+    with `scripted` below, offline.  titan.agents records every call's usage for the job's
+    agent run and stage.
     """
 
-    def __init__(self, environ=None) -> None:
+    def __init__(self) -> None:
         from titan.agents import NotConfigured, chat_model, provider_name
-        env = os.environ if environ is None else environ
-        self.base_url = (env.get("TITAN_LLM_BASE_URL") or "").rstrip("/")
-        self.http = None
         try:
-            provider = provider_name(env)
+            provider = provider_name()
         except NotConfigured:
             provider = None
         if provider is None:
             self.chat = chat_model("scripted", replies=_scripted_reply)
         else:
-            try:
-                self.chat = chat_model(provider)
-            except NotConfigured:
-                if provider != "openai" or not self.base_url:
-                    raise
-                self.chat, self.http = None, env     # the fallback below
+            self.chat = chat_model(provider)
         self.offline = provider in (None, "scripted")
-        self.name = "scripted" if self.offline else (
-            env.get("TITAN_LLM_MODEL") or getattr(self.chat, "model", "") or provider)
+        self.name = "scripted" if self.offline else (getattr(self.chat, "model", "")
+                                                     or provider)
 
     def ask(self, stage: str, prompt: str) -> str:
         messages = [{"role": "system", "content": SYSTEM},
                     {"role": "user", "content": f"STAGE: {stage}\n{prompt}"}]
-        if self.http is not None:
-            return _http_chat(self.http, messages)
         return self.chat.chat(messages).text
 
 
 def _scripted_reply(messages, **options) -> str:
     prompt = messages[-1]["content"]
     return scripted(_field(prompt, "STAGE"), prompt)
-
-
-def _http_chat(env, messages: list) -> str:
-    """POST {TITAN_LLM_BASE_URL}/chat/completions (OpenAI's format), retried on 429/5xx."""
-    base = env["TITAN_LLM_BASE_URL"].rstrip("/")
-    body = json.dumps({"model": env.get("TITAN_LLM_MODEL") or "gpt-4o-mini",
-                       "messages": messages, "temperature": 0.2}).encode()
-    headers = {"Content-Type": "application/json"}
-    if env.get("TITAN_LLM_API_KEY"):
-        headers["Authorization"] = f"Bearer {env['TITAN_LLM_API_KEY']}"
-    delay = 1.0
-    for attempt in range(5):
-        request = urllib.request.Request(f"{base}/chat/completions", data=body,
-                                         headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=60) as reply:
-                return json.loads(reply.read())["choices"][0]["message"]["content"] or ""
-        except urllib.error.HTTPError as e:
-            said = e.read()[:300].decode(errors="replace")
-            if (e.code == 429 or e.code >= 500) and attempt < 4:
-                time.sleep(delay)
-                delay *= 2
-                continue
-            raise ModelError(f"{base}: HTTP {e.code}: {said}") from None
-        except (OSError, ValueError, KeyError, IndexError) as e:
-            if attempt < 4:
-                time.sleep(delay)
-                delay *= 2
-                continue
-            raise ModelError(f"{base}: {e}") from None
-    raise ModelError(f"{base}: no answer")
 
 
 SYSTEM = ("You are one step of a research agent. Answer exactly in the format asked for, "
