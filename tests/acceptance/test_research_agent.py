@@ -3,13 +3,18 @@ Python entry point, the YAML pipeline with `titan run`), checked through the CLI
 
 No model is named in the environment, so the agent's jobs use titan.agents' scripted provider
 with the example's deterministic replies: PLAN gives 3 sub-questions, the first EVAL asks for a
-second round of 2, the second is satisfied."""
+second round of 2, the second is satisfied.  ResearchAgentOnlineTests names a model instead:
+an OpenAI-compatible server on 127.0.0.1 run by the test."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.acceptance.helpers import ClusterTestCase
 
@@ -165,3 +170,85 @@ class ResearchAgentTests(ClusterTestCase):
         shown = self.titan("result", f"{runs[-1]['run_id']}/synth")
         self.assertEqual(shown.returncode, 0, shown.stderr.decode())
         self.assertIn(f"# {QUESTION}", shown.stdout.decode())
+
+
+# -- against a model server ----------------------------------------------------------------------
+
+class FakeOpenAI(BaseHTTPRequestHandler):
+    """POST /v1/chat/completions, OpenAI's format: replies by the prompt's STAGE line."""
+    calls: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        prompt = body["messages"][-1]["content"]
+        stage = re.search(r"^STAGE: (\w+)$", prompt, re.M).group(1)
+        type(self).calls.append({"path": self.path, "stage": stage, "model": body["model"],
+                                 "authorization": self.headers.get("Authorization")})
+        if stage == "PLAN":      # JSON in a fence, as models write it
+            text = 'Here:\n```json\n["Which rotations exist?", "When does a node split?"]\n```'
+        elif stage == "ITER":
+            sub = re.search(r"^SUB-QUESTION: (.*)$", prompt, re.M).group(1)
+            text = f"answer to {sub}"
+        elif stage == "EVAL":
+            text = '{"enough": true, "reason": "covered", "follow_up": []}'
+        else:
+            text = "# Report from the model\n\n" + "\n".join(
+                line for line in prompt.splitlines() if line.startswith("- "))
+        reply = json.dumps({"model": body["model"], "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text},
+             "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+class ResearchAgentOnlineTests(ClusterTestCase):
+    workers = 1
+    slots = 4
+    server = None
+
+    def setUp(self):
+        cls = type(self)
+        if cls.server is None:
+            cls.server = ThreadingHTTPServer(("127.0.0.1", 0), FakeOpenAI)
+            threading.Thread(target=cls.server.serve_forever, daemon=True).start()
+            cls.cluster_options = {"env": {
+                "TITAN_LLM_BASE_URL": f"http://127.0.0.1:{cls.server.server_port}/v1",
+                "TITAN_LLM_MODEL": "fake-model", "TITAN_LLM_API_KEY": "sk-test-9876",
+                "TITAN_LLM_PROVIDER": "", "TITAN_LLM_SCRIPT": ""}}
+        super().setUp()
+
+    def test_run_py_calls_the_model_the_environment_names(self):
+        FakeOpenAI.calls.clear()
+        done = subprocess.run([sys.executable, os.path.join(AGENT, "run.py"), QUESTION,
+                               "--agent-run-id", "ra-online", "--n", "2"],
+                              env=self.cluster.env(), capture_output=True, timeout=120,
+                              cwd=self.base_dir, stdin=subprocess.DEVNULL)
+        out = done.stdout.decode()
+        self.assertEqual(done.returncode, 0, f"{out}\n{done.stderr.decode()}")
+        # EVAL was satisfied at once: one round.
+        self.assertIn("timeline (titan runs ra-online): PLAN -> ITER -> EVAL -> SYNTH", out)
+        runs = self.runs_of_online("ra-online")
+        with self.cluster.client() as c:
+            plan = c.result(f"{runs[0]['run_id']}/plan")
+            result = c.result(f"{runs[-1]['run_id']}/synth")
+        self.assertEqual(plan["todo"], ["Which rotations exist?", "When does a node split?"])
+        self.assertEqual(plan["model"], "fake-model")
+        self.assertEqual(result["report"], "# Report from the model\n\n"
+                         "- Which rotations exist?: answer to Which rotations exist?\n"
+                         "- When does a node split?: answer to When does a node split?")
+        self.assertEqual(sorted(call["stage"] for call in FakeOpenAI.calls),
+                         ["EVAL", "ITER", "ITER", "PLAN", "SYNTH"])
+        self.assertEqual({(c["path"], c["model"], c["authorization"])
+                          for c in FakeOpenAI.calls},
+                         {("/v1/chat/completions", "fake-model", "Bearer sk-test-9876")})
+
+    def runs_of_online(self, agent_run_id: str) -> list:
+        with self.cluster.client() as c:
+            return c.runs(agent_run_id)
