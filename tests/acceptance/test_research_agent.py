@@ -7,6 +7,7 @@ second round of 2, the second is satisfied.  ResearchAgentOnlineTests names a mo
 an OpenAI-compatible server on 127.0.0.1 run by the test."""
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import re
@@ -16,12 +17,15 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from titan.agents import summarize
+from titan.testing.cluster import free_port
 from tests.acceptance.helpers import ClusterTestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AGENT = os.path.join(ROOT, "examples", "research_agent")
 QUESTION = "How do B-trees stay balanced?"
 TWO_ROUNDS = ["PLAN", "ITER", "EVAL", "ITER", "EVAL", "SYNTH"]
+STORE_PORT = free_port()
 
 
 def offline_env(env: dict) -> dict:
@@ -31,9 +35,19 @@ def offline_env(env: dict) -> dict:
 class ResearchAgentTests(ClusterTestCase):
     workers = 2
     slots = 4
-    # The workers' jobs must not find a real model in the environment the tests run in.
+    # The workers' jobs must not find a real model in the environment the tests run in;
+    # the model calls' usage goes to a store of the cluster's own.
     cluster_options = {"env": {"TITAN_LLM_BASE_URL": "", "TITAN_LLM_MODEL": "",
-                                     "TITAN_LLM_SCRIPT": "", "TITAN_LLM_PROVIDER": ""}}
+                               "TITAN_LLM_SCRIPT": "", "TITAN_LLM_PROVIDER": ""},
+                       "config_extra": f"store:\n  backend: titanstore\n"
+                                       f"  url: redis://127.0.0.1:{STORE_PORT}/0\n"}
+
+    def setUp(self):
+        if type(self).__dict__.get("store") is None:
+            from tests.acceptance.test_store import Server
+            type(self).store = Server("titan").start(port=STORE_PORT)
+            atexit.register(type(self).store.stop)
+        super().setUp()
 
     def run_py(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, os.path.join(AGENT, "run.py"), *args],
@@ -94,6 +108,11 @@ class ResearchAgentTests(ClusterTestCase):
             self.assertEqual(c.result(f"{runs[4]['run_id']}/eval")["decision"], "synthesise")
             # The report is the SYNTH run's result, and what run.py printed.
             result = c.result(f"{runs[5]['run_id']}/synth")
+            # Every model call was counted for its stage: 1 plan, 3 + 2 iter, 2 eval, 1 synth.
+            used = summarize(c, agent_run_id="ra-py")
+        self.assertEqual({stage: t["calls"] for stage, t in used["stages"].items()},
+                         {"PLAN": 1, "ITER": 5, "EVAL": 2, "SYNTH": 1}, json.dumps(used))
+        self.assertEqual(used["total"]["models"], {"scripted": 9})
         self.assertEqual(result["question"], QUESTION)
         self.assertEqual((result["findings"], result["rounds"]), (5, 2))
         report = result["report"].splitlines()
