@@ -77,7 +77,23 @@ def report(titan, agent_run_id: str, runs: list, synth_run: str) -> int:
           f"titan result {synth_run}/synth):")
     for line in result["report"].splitlines():
         print(f"  | {line}")
+    usage(titan, agent_run_id)
     return 0
+
+
+def usage(titan, agent_run_id: str) -> None:
+    """The model calls of each stage, as titan.agents recorded them in the cluster's store."""
+    from titan.agents import summarize
+    from titan.errors import TitanError
+    try:
+        used = summarize(titan, agent_run_id=agent_run_id)
+    except TitanError as e:         # a cluster without a store: nothing was recorded
+        print(f"model usage: not recorded ({e})")
+        return
+    print("model usage: " + "; ".join(
+        f"{stage or '-'} {t['calls']} calls, {t['tokens_in']} tokens in, "
+        f"{t['tokens_out']} out" for stage, t in used["stages"].items())
+        + f"; cost {used['total']['cost']:.4f}")
 
 
 def failed(titan, run: dict) -> int:

@@ -113,6 +113,8 @@ class ResearchAgentTests(ClusterTestCase):
         self.assertEqual({stage: t["calls"] for stage, t in used["stages"].items()},
                          {"PLAN": 1, "ITER": 5, "EVAL": 2, "SYNTH": 1}, json.dumps(used))
         self.assertEqual(used["total"]["models"], {"scripted": 9})
+        self.assertRegex(out, r"model usage: EVAL 2 calls, \d+ tokens in, \d+ out; ITER 5 calls, "
+                              r".*; PLAN 1 calls, .*; SYNTH 1 calls, .*; cost 0.0000\n")
         self.assertEqual(result["question"], QUESTION)
         self.assertEqual((result["findings"], result["rounds"]), (5, 2))
         report = result["report"].splitlines()
