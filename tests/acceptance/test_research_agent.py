@@ -205,7 +205,9 @@ class FakeOpenAI(BaseHTTPRequestHandler):
         stage = re.search(r"^STAGE: (\w+)$", prompt, re.M).group(1)
         type(self).calls.append({"path": self.path, "stage": stage, "model": body["model"],
                                  "authorization": self.headers.get("Authorization")})
-        if stage == "PLAN":      # JSON in a fence, as models write it
+        if stage == "PLAN" and "GARBAGE" in prompt:
+            text = "I cannot answer that in JSON, sorry."
+        elif stage == "PLAN":      # JSON in a fence, as models write it
             text = 'Here:\n```json\n["Which rotations exist?", "When does a node split?"]\n```'
         elif stage == "ITER":
             sub = re.search(r"^SUB-QUESTION: (.*)$", prompt, re.M).group(1)
@@ -269,6 +271,18 @@ class ResearchAgentOnlineTests(ClusterTestCase):
         self.assertEqual({(c["path"], c["model"], c["authorization"])
                           for c in FakeOpenAI.calls},
                          {("/v1/chat/completions", "fake-model", "Bearer sk-test-9876")})
+
+    def test_a_reply_without_json_fails_the_stage_and_run_py_says_why(self):
+        done = subprocess.run([sys.executable, os.path.join(AGENT, "run.py"),
+                               "GARBAGE question", "--agent-run-id", "ra-bad"],
+                              env=self.cluster.env(), capture_output=True, timeout=120,
+                              cwd=self.base_dir, stdin=subprocess.DEVNULL)
+        err = done.stderr.decode()
+        self.assertEqual(done.returncode, 1, done.stdout.decode() + err)
+        self.assertRegex(err, r"run research-plan-\w+ \(PLAN\) ended FAILED")
+        self.assertIn("plan: the model failed: the model's reply holds no JSON: "
+                      "'I cannot answer that in JSON, sorry.'", err)
+        self.assertEqual([r["stage"] for r in self.runs_of_online("ra-bad")], ["PLAN"])
 
     def runs_of_online(self, agent_run_id: str) -> list:
         with self.cluster.client() as c:
