@@ -433,9 +433,42 @@ def cmd_result(args) -> int:
     return 0
 
 
+def _agent_usage(titan, agent_run_id: str) -> Optional[dict]:
+    """The model usage recorded for an agent run (titan.agents), or None: no store on the
+    cluster, or no call recorded.  A store that cannot be read is said on stderr."""
+    from titan.agents.usage import summarize
+    try:
+        usage = summarize(titan, agent_run_id=agent_run_id)
+    except RemoteError as e:
+        if e.code != "no_store":
+            print(f"titan: cannot read the model usage of {agent_run_id}: {e.message}",
+                  file=sys.stderr)
+        return None
+    return usage if usage["total"]["calls"] else None
+
+
+def _print_usage(usage: dict, runs: list) -> None:
+    """Model calls, tokens, latency and cost per stage (in the order the stages first ran),
+    then the total."""
+    def row(name: str, t: dict) -> list:
+        return [name, str(t["calls"]), str(t["tokens_in"]), str(t["tokens_out"]),
+                f"{t['latency']:.2f}s", f"${t['cost']:.4f}"]
+    rows = [["MODEL USAGE", "CALLS", "TOKENS IN", "TOKENS OUT", "LATENCY", "COST"]]
+    order = {}
+    for r in runs:
+        order.setdefault(r.get("stage") or "", len(order))
+    stages = sorted(usage["stages"].items(), key=lambda st: (order.get(st[0], len(order)),
+                                                             st[0]))
+    rows += [row(stage or "-", t) for stage, t in stages]
+    rows.append(row("TOTAL", usage["total"]))
+    _print_rows(rows)
+
+
 def cmd_runs(args) -> int:
     with _client(args) as titan:
         runs = titan.runs(args.agent_run_id, limit=args.limit)
+        usage = _agent_usage(titan, args.agent_run_id) \
+            if args.agent_run_id and not args.json else None
     if args.json:
         print(_dumps(runs, indent=2, sort_keys=True))
         return 0
@@ -449,6 +482,9 @@ def cmd_runs(args) -> int:
     _print_rows(rows)
     if not runs:
         print("(no runs)")
+    if usage:
+        print()
+        _print_usage(usage, runs)
     return 0
 
 
@@ -605,7 +641,8 @@ def _pairs(items, flag: str):
 
 def cmd_mcp(args) -> int:
     from titan.mcp.server import main as serve_mcp  # here: no other command imports mcp
-    return serve_mcp(args.master, args.token, args.http, args.allow_gate_decisions)
+    return serve_mcp(args.master, args.token, args.http, args.allow_gate_decisions,
+                     args.config)
 
 
 def cmd_up(args) -> int:
@@ -945,6 +982,9 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         p.add_argument("--allow-gate-decisions", action="store_true",
                        help="let MCP clients approve or reject gates (off: a gate an AI can "
                             "approve itself is no gate; also TITAN_MCP_ALLOW_GATE_DECISIONS=1)")
+        p.add_argument("--config", metavar="FILE",
+                       help="the Titan config file (its mcp: section, e.g. "
+                            "allow_gate_decisions: true); the options above override it")
         p.set_defaults(func=cmd_mcp)
 
     if want("up"):

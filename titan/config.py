@@ -132,6 +132,15 @@ class WebConfig:
 
 
 @attrs.frozen
+class McpConfig:
+    """`titan mcp` (titan/mcp/, docs/agents.md): what its tools may do."""
+    # Whether MCP clients may approve or reject approval gates (decide_gate).  Off: a gate
+    # an AI assistant can approve itself is no gate.  `titan mcp --allow-gate-decisions`
+    # and TITAN_MCP_ALLOW_GATE_DECISIONS=1 turn it on whatever the file says.
+    allow_gate_decisions: bool = False
+
+
+@attrs.frozen
 class Config:
     token: Optional[str] = None
     router: tuple[str, ...] = DEFAULT_ROUTERS
@@ -141,6 +150,7 @@ class Config:
     autoscaler: AutoscalerConfig = AutoscalerConfig()
     store: StoreConfig = StoreConfig()
     web: WebConfig = WebConfig()
+    mcp: McpConfig = McpConfig()
     source: str = "<defaults>"
 
     def override(self, section: str, **values: Any) -> "Config":
@@ -152,7 +162,8 @@ class Config:
 
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
-             "autoscaler": AutoscalerConfig, "store": StoreConfig, "web": WebConfig}
+             "autoscaler": AutoscalerConfig, "store": StoreConfig, "web": WebConfig,
+             "mcp": McpConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
             "worker.contain": ("auto", "cgroup", "tracking"),
             "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),

@@ -6,6 +6,7 @@ import atexit
 import json
 import os
 import sys
+import urllib.request
 
 from titan.agents import summarize
 from titan.testing.cluster import free_port
@@ -64,3 +65,42 @@ class UsageInJobsTests(ClusterTestCase):
             self.assertEqual(set(seen["jobs"]), {f"{runs[0]}/plan", f"{runs[1]}/a",
                                                  f"{runs[1]}/b"})
             self.assertEqual(summarize(c, run_id=runs[1])["total"]["calls"], 4)
+        self.check_titan_runs_shows_the_usage()
+        self.check_the_agent_run_route_has_the_usage()
+
+    def check_titan_runs_shows_the_usage(self):
+        """`titan runs AGENT_RUN_ID`: after the stages, calls and tokens per stage, a total."""
+        done = self.titan("runs", "agent-m2")
+        out = done.stdout.decode()
+        self.assertEqual((done.returncode, done.stderr), (0, b""), out)
+        stages, usage = out.split("\n\n")
+        self.assertIn("agents-iter", stages)
+        lines = usage.splitlines()
+        self.assertEqual(lines[0].split(), ["MODEL", "USAGE", "CALLS", "TOKENS", "IN",
+                                            "TOKENS", "OUT", "LATENCY", "COST"])
+        # stage, calls, tokens in, tokens out (the latency is measured: only its unit).
+        self.assertEqual([line.split()[:4] for line in lines[1:]],
+                         [["PLAN", "2", "7", "7"], ["ITER", "4", "14", "14"],
+                          ["TOTAL", "6", "21", "21"]], out)
+        for line in lines[1:]:
+            self.assertRegex(line, r"\d+\.\d\ds +\$0\.0000$")
+
+    def check_the_agent_run_route_has_the_usage(self):
+        """GET /api/v1/agent-runs/ID: the same numbers, summed on the master."""
+        request = urllib.request.Request(
+            self.cluster.web_url + "/api/v1/agent-runs/agent-m2",
+            headers={"Authorization": f"Bearer {self.cluster.token}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = json.load(response)
+        usage = body["usage"]
+        self.assertEqual({s: (t["calls"], t["tokens_in"], t["tokens_out"], t["cost"])
+                          for s, t in usage["stages"].items()},
+                         {"PLAN": (2, 7, 7, 0), "ITER": (4, 14, 14, 0)}, json.dumps(body))
+        self.assertEqual((usage["total"]["calls"], usage["total"]["tokens_in"],
+                          usage["total"]["tokens_out"], usage["truncated"]),
+                         (6, 21, 21, False))
+        self.assertEqual({run_id: t["calls"] for run_id, t in usage["runs"].items()},
+                         {body["runs"][0]["run_id"]: 2, body["runs"][1]["run_id"]: 4})
+        self.assertGreater(usage["total"]["latency"], 0)
+        self.assertAlmostEqual(usage["total"]["latency"],
+                               sum(t["latency"] for t in usage["stages"].values()), places=5)

@@ -272,6 +272,39 @@ class McpStdioTests(ClusterTestCase):
                 return await call(s, "decide_gate", gate=gate, approve=False, comment="no")
         self.assertEqual(run_async(by_env())["state"], "CANCELLED")
 
+    def test_gate_decisions_allowed_by_the_config_file(self):
+        allow = os.path.join(self.base_dir, "mcp-allow.yaml")
+        with open(allow, "w") as f:
+            f.write("mcp:\n  allow_gate_decisions: true\n")
+        deny = os.path.join(self.base_dir, "mcp-deny.yaml")
+        with open(deny, "w") as f:
+            f.write("mcp:\n  allow_gate_decisions: false\n")
+
+        async def scenario():
+            async with stdio_session(self.cluster.env(), "--config", deny) as s:
+                run_id = (await call(s, "submit_pipeline", yaml=GATED))["run_id"]
+                gate = f"{run_id}/review"
+                await asyncio.to_thread(wait_for, self, lambda: self._state(gate) ==
+                                        "WAITING_APPROVAL", 30, f"{gate} waiting")
+                refusal = await error_of(s, "decide_gate", gate=gate, approve=True)
+            async with stdio_session(self.cluster.env(), "--config", allow) as s:
+                decided = await call(s, "decide_gate", gate=gate, approve=True)
+                return refusal, decided, await call(s, "wait_for_run", run_id=run_id,
+                                                    timeout=60)
+        refusal, decided, run = run_async(scenario())
+        self.assertIn("gate decisions through MCP are off", refusal)
+        self.assertEqual(decided["state"], "COMPLETED")
+        self.assertEqual(run["state"], "COMPLETED")
+
+        # A wrong value stops `titan mcp` at once, naming the file, the line and the key.
+        bad = os.path.join(self.base_dir, "mcp-bad.yaml")
+        with open(bad, "w") as f:
+            f.write("mcp:\n  allow_gate_decisions: maybe\n")
+        done = self.titan("mcp", "--config", bad, timeout=30)
+        self.assertEqual(done.returncode, 1)
+        self.assertIn(f"{bad}:2: mcp.allow_gate_decisions must be true or false, not 'maybe'",
+                      done.stderr.decode())
+
     def test_stdout_carries_nothing_but_protocol(self):
         """Raw lines in and out, as Claude Desktop sees them: each line on stdout is one
         JSON-RPC message, even around a failing call and a job's output."""

@@ -141,6 +141,15 @@ class WebApiTests(WebCase):
         self.assertGreaterEqual(mine[0]["finished_at"], mine[0]["started_at"])
         code, body = yield self.get("/api/v1/agent-runs?limit=0")
         self.assertEqual((code, body["error"]["code"]), (400, "bad_request"))
+        # This cluster has no store: an agent run's model usage is null, not an error,
+        # and `titan runs` shows the stages alone.
+        code, body = yield self.get("/api/v1/agent-runs/ar-new")
+        self.assertEqual((code, [r["stage"] for r in body["runs"]], body["usage"]),
+                         (200, ["PLAN", "EVAL"], None), body)
+        done = self.titan("runs", "ar-new")
+        self.assertEqual((done.returncode, done.stderr), (0, b""))
+        self.assertIn("ar-new-EVAL", done.stdout.decode())
+        self.assertNotIn("MODEL USAGE", done.stdout.decode())
 
     @defer.inlineCallbacks
     def test_approving_a_gate_over_http_lets_the_run_go_on(self):

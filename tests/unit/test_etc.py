@@ -18,6 +18,7 @@ class EtcConfigTests(SynchronousTestCase):
         self.assertEqual(attrs.evolve(loaded, source="-"), Config(source="-"))
         with open(path) as f:
             text = f.read()
-        for section in ("master", "worker", "persistence", "autoscaler", "store", "web"):
+        for section in ("master", "worker", "persistence", "autoscaler", "store", "web",
+                        "mcp"):
             for field in attrs.fields(type(getattr(Config(), section))):
                 self.assertIn(f"\n  {field.name}:", text, f"{section}.{field.name} is not documented")

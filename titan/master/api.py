@@ -27,6 +27,7 @@ it); this module does not import it, so nothing here imports back up.
 """
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from typing import Any, Awaitable, Callable, Optional, Protocol, Union
@@ -1192,6 +1193,53 @@ class MasterApi:
             else:
                 value = None
             return {"key": key, "type": kind, "ttl": ttl, "value": value}
+        return read()
+
+    USAGE_KEYS = 2000  # the most per-process usage records an agent run's sum reads
+
+    def agent_run_usage(self, caller: Caller, agent_run_id: str) -> defer.Deferred:
+        """The model usage recorded for an agent run (titan/agents/usage.py's keys): a
+        Deferred of `{"stages": {stage: totals}, "runs": {run_id: totals}, "total": totals,
+        "truncated": bool}`, each totals `{calls, tokens_in, tokens_out, latency, cost}`
+        (a job without a stage counts under ''); None without a store.  At
+        most USAGE_KEYS records are read (MGET in chunks), `truncated` says if there were
+        more; a record that is gone or not JSON is skipped."""
+        from titan.agents.usage import PREFIX, Totals
+        store = self.engine.store
+        if store is None:
+            return defer.succeed(None)
+
+        def fields(t: Totals) -> dict:
+            d = t.as_dict()
+            d.pop("models", None)
+            return d
+
+        @defer.inlineCallbacks
+        def read():
+            members = yield store.smembers(f"{PREFIX}agent:{agent_run_id}")
+            keys = sorted(_text(m) for m in members)
+            truncated = len(keys) > self.USAGE_KEYS
+            keys = keys[:self.USAGE_KEYS]
+            total, stages, runs = Totals(), {}, {}
+            for i in range(0, len(keys), 200):
+                values = yield store.mget(*keys[i:i + 200])
+                for raw in values:
+                    if raw is None:
+                        continue
+                    try:
+                        data = json.loads(raw)
+                        stage = str(data.get("stage") or "")
+                        run_id = str(data.get("run_id") or "")
+                        one = Totals()
+                        one.merge(data)
+                    except (ValueError, TypeError, AttributeError):
+                        continue
+                    total.merge(attrs.asdict(one))
+                    stages.setdefault(stage, Totals()).merge(attrs.asdict(one))
+                    runs.setdefault(run_id, Totals()).merge(attrs.asdict(one))
+            return {"stages": {s: fields(t) for s, t in sorted(stages.items())},
+                    "runs": {r: fields(t) for r, t in sorted(runs.items())},
+                    "total": fields(total), "truncated": truncated}
         return read()
 
 

@@ -268,7 +268,9 @@ def serve_http(server: MCPServer, endpoint: str, token: str) -> None:
 
 
 def main(master: Optional[str] = None, token: Optional[str] = None,
-         http: Optional[str] = None, allow_gate_decisions: bool = False) -> int:
+         http: Optional[str] = None, allow_gate_decisions: bool = False,
+         config: Optional[str] = None) -> int:
+    from titan.config import ConfigError, load_config
     from titan.errors import TitanError
     from titan.mcp.tools import gate_decisions_allowed
     from titan.sdk.client import Client
@@ -278,7 +280,12 @@ def main(master: Optional[str] = None, token: Optional[str] = None,
 
     def connect() -> Client:
         return Client(master=master, token=found, name="titan-mcp")
-    tools = Tools(connect, allow_gate_decisions=gate_decisions_allowed(allow_gate_decisions))
+    try:  # the config file the master and workers read (--config): its `mcp:` section
+        settings = load_config(config).mcp
+    except ConfigError as e:
+        raise TitanError(str(e)) from None
+    tools = Tools(connect, allow_gate_decisions=gate_decisions_allowed(
+        allow_gate_decisions, settings.allow_gate_decisions))
     server = build_server(tools)
     if http is None:
         server.run("stdio")

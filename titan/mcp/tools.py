@@ -23,15 +23,19 @@ GATE_REFUSAL = (
     "gate decisions through MCP are off: a human approval gate that an AI can approve "
     "itself is no gate. A person can decide it with `titan approve GATE` / `titan reject "
     "GATE` or in the dashboard; an operator who wants MCP clients to decide gates starts "
-    f"the server with `titan mcp --allow-gate-decisions` (or {GATE_ENV}=1).")
+    f"the server with `titan mcp --allow-gate-decisions` (or {GATE_ENV}=1, or "
+    "allow_gate_decisions: true in the mcp: section of the file given with --config).")
 
 
 class ToolFailure(Exception):
     """A tool call that failed; the message is what the model reads."""
 
 
-def gate_decisions_allowed(flag: bool = False) -> bool:
-    return flag or os.environ.get(GATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+def gate_decisions_allowed(flag: bool = False, configured: bool = False) -> bool:
+    """On with the command line's flag, the environment's switch, or the config file's
+    `mcp.allow_gate_decisions` (the flag and the switch turn it on whatever the file says)."""
+    return flag or configured or \
+        os.environ.get(GATE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _text(data: Any) -> str:

@@ -377,10 +377,19 @@ class WebApp:
             self.caller(who), _int_arg(request, "limit", 100, 1, 1000))}
 
     @route(PREFIX + "/agent-runs/<agent_run_id>")
-    def agent_run(self, request, who, body, agent_run_id):
-        """The runs (stages) of one agent run, in the order they were submitted."""
-        runs = self.api.list_runs(self.caller(who), agent_run_id, 10_000)
-        return {"agent_run_id": agent_run_id, "runs": runs}
+    async def agent_run(self, request, who, body, agent_run_id):
+        """The runs (stages) of one agent run, in the order they were submitted, and the
+        model usage its jobs recorded, per stage and in total (null without a store, or
+        when the store cannot be read: the timeline still shows)."""
+        caller = self.caller(who)
+        runs = self.api.list_runs(caller, agent_run_id, 10_000)
+        try:
+            usage = await self.api.agent_run_usage(caller, agent_run_id)
+        except Exception as e:
+            self.log.warn("agent run {id}: cannot read the model usage: {why}",
+                          id=agent_run_id, why=f"{type(e).__name__}: {e}")
+            usage = None
+        return {"agent_run_id": agent_run_id, "runs": runs, "usage": usage}
 
     @route(PREFIX + "/services")
     def services(self, request, who, body):

@@ -192,10 +192,13 @@ PATHS: dict[str, dict] = {
         params=(_query("limit", "integer", "agent runs at most (1-1000, default 100)",
                        minimum=1, maximum=1000),))},
     "/api/v1/agent-runs/{agent_run_id}": {"get": _op(
-        "The runs (stages) of one agent run, in order, with states and times",
-        _ok({"type": "object", "required": ["agent_run_id", "runs"], "properties": {
+        "The runs (stages) of one agent run, in order, with states and times, and the "
+        "model usage its jobs recorded (titan.agents) per stage and in total",
+        _ok({"type": "object", "required": ["agent_run_id", "runs", "usage"], "properties": {
             "agent_run_id": {"type": "string"},
-            "runs": {"type": "array", "items": _ref("Run")}}}), errors=(401, 404),
+            "runs": {"type": "array", "items": _ref("Run")},
+            "usage": {"oneOf": [{"type": "null"}, _ref("AgentUsage")]}}}),
+        errors=(401, 404),
         params=(_path("agent_run_id", "the agent run"),))},
     "/api/v1/services": {"get": _op(
         "Services: state, worker, port, restarts, health, last lines",
@@ -358,6 +361,13 @@ SCHEMAS: dict[str, dict] = {
             "run_id": _STR, "name": _STR, "stage": _STR, "state": _STR})},
         "state": _STR, "started_at": {"type": "number"},
         "finished_at": {"type": ["number", "null"]}, "last_at": {"type": "number"}}),
+    "UsageTotals": _obj({
+        "calls": _COUNT, "tokens_in": _COUNT, "tokens_out": _COUNT,
+        "latency": {"type": "number", "minimum": 0}, "cost": {"type": "number"}}),
+    "AgentUsage": _obj({
+        "stages": {"type": "object", "additionalProperties": _ref("UsageTotals")},
+        "runs": {"type": "object", "additionalProperties": _ref("UsageTotals")},
+        "total": _ref("UsageTotals"), "truncated": {"type": "boolean"}}),
     "Run": _obj({
         "run_id": {"type": "string"}, "name": {"type": "string"},
         "state": {"enum": RUN_STATES}, "agent_run_id": _STR, "stage": _STR,
