@@ -10,9 +10,21 @@ import urllib.request
 
 from titan.agents import summarize
 from titan.testing.cluster import free_port
+from tests.acceptance.browser import BrowserTestCase
 from tests.acceptance.helpers import ClusterTestCase
 
 STORE_PORT = free_port()
+STORE_CONFIG = {"config_extra": f"store:\n  backend: titanstore\n"
+                                f"  url: redis://127.0.0.1:{STORE_PORT}/0\n"}
+_store = []
+
+
+def start_store() -> None:
+    """A TitanStore of this module's own on STORE_PORT, started once for every class."""
+    if not _store:
+        from tests.acceptance.test_store import Server
+        _store.append(Server("titan").start(port=STORE_PORT))
+        atexit.register(_store[0].stop)
 
 # A job that asks the scripted model twice and prints the answers.
 ASK = """\
@@ -26,14 +38,10 @@ for question in ("plan the tides", "answer: why the moon?"):
 class UsageInJobsTests(ClusterTestCase):
     workers = 1
     # The usage goes to the store, through the master: a TitanStore of its own.
-    cluster_options = {"config_extra": f"store:\n  backend: titanstore\n"
-                                       f"  url: redis://127.0.0.1:{STORE_PORT}/0\n"}
+    cluster_options = STORE_CONFIG
 
     def setUp(self):
-        if type(self).__dict__.get("store") is None:
-            from tests.acceptance.test_store import Server
-            type(self).store = Server("titan").start(port=STORE_PORT)
-            atexit.register(type(self).store.stop)
+        start_store()
         super().setUp()
 
     def test_calls_in_jobs_are_summed_per_stage_of_the_agent_run(self):
@@ -104,3 +112,31 @@ class UsageInJobsTests(ClusterTestCase):
         self.assertGreater(usage["total"]["latency"], 0)
         self.assertAlmostEqual(usage["total"]["latency"],
                                sum(t["latency"] for t in usage["stages"].values()), places=5)
+
+
+class UsageOnTheTimelineTests(BrowserTestCase):
+    """The dashboard's agent timeline: each run's model calls and tokens, and the total."""
+    workers = 1
+    cluster_options = STORE_CONFIG
+
+    def setUp(self):
+        start_store()
+        super().setUp()
+
+    def test_the_timeline_shows_each_runs_usage_and_the_total(self):
+        script = os.path.join(self.base_dir, "script.yaml")
+        with open(script, "w") as f:
+            f.write("- match: '^plan'\n  reply: three sub-questions\n"
+                    "- match: '^answer: (.*)'\n  reply: 'because: {prompt}'\n")
+        with self.cluster.client() as c:
+            run_id = c.submit_dag({"name": "ui-plan", "agent_run_id": "agent-ui", "stage": "PLAN",
+                                   "jobs": [{"id": "plan", "command": [sys.executable, "-c", ASK],
+                                             "env": {"TITAN_LLM_SCRIPT": script}}]})["run_id"]
+            self.assertEqual(c.wait_run(run_id, timeout=60)["state"], "COMPLETED")
+        self.open("/agent-runs/agent-ui")
+        cell = self.find(f'[data-testid="timeline-usage-{run_id}"]')
+        self.until(lambda: cell.text == "2× · 14 tok", what="the run's calls and tokens")
+        self.assertIn("2 calls · 7 in / 7 out", cell.get_attribute("title"))
+        self.assertIn("PLAN 2× · 7/7 tok · $0.0000", self.find('[data-testid="usage-stage-PLAN"]').text)
+        self.assertRegex(self.find('[data-testid="usage-total-line"]').text,
+                         r"^total 2 calls · 7 in / 7 out · \d+\.\d\ds · \$0\.0000$")

@@ -1,6 +1,7 @@
 // Agent runs: /agent-runs lists them (GET /api/v1/agent-runs, the latest to move first) and
 // opens one by id; /agent-runs/:agentRunId draws its stages (runs) as bars on one time axis,
-// growing while they run, each a link to its run.
+// growing while they run, each a link to its run; with the model usage its jobs recorded
+// (titan.agents: calls, tokens, latency, cost) per run, per stage and in total.
 import { useEffect, useRef, useState } from "react";
 import { Link, useNavigate, useParams } from "react-router";
 import { api, seg, type Change, type Run } from "../api";
@@ -130,10 +131,26 @@ function tickLabel(ts: number, span: number): string {
   return d.toLocaleTimeString(undefined, { hour12: false });
 }
 
+/** The model usage of some calls (GET /api/v1/agent-runs/{id}: usage). */
+interface UsageTotals { calls: number; tokens_in: number; tokens_out: number; latency: number; cost: number }
+interface AgentUsage {
+  stages: Record<string, UsageTotals>;
+  runs: Record<string, UsageTotals>;
+  total: UsageTotals;
+  truncated: boolean;
+}
+
+const fmtTokens = (n: number) => n >= 10_000 ? `${Math.round(n / 1000)}k` : n >= 1000 ? `${(n / 1000).toFixed(1)}k` : String(n);
+const fmtCost = (c: number) => `$${c.toFixed(c >= 1 ? 2 : 4)}`;
+const usageText = (u: UsageTotals) => `${u.calls} call${u.calls === 1 ? "" : "s"} · ${fmtTokens(u.tokens_in)} in / ` +
+  `${fmtTokens(u.tokens_out)} out · ${u.latency.toFixed(2)}s · ${fmtCost(u.cost)}`;
+
 function Timeline({ id }: { id: string }) {
   const navigate = useNavigate();
+  const [usage, setUsage] = useState<AgentUsage | null>(null);
   const { data, setData, error, loading, reload } = useLoad(
-    () => api.get<{ agent_run_id: string; runs: Run[] }>(`/agent-runs/${seg(id)}`).then((a) => a.runs), [id]);
+    () => api.get<{ agent_run_id: string; runs: Run[]; usage?: AgentUsage | null }>(`/agent-runs/${seg(id)}`)
+      .then((a) => { setUsage(a.usage ?? null); return a.runs; }), [id]);
   const running = !!data?.some((r) => r.state === "RUNNING");
   const now = useNow(running ? 250 : 5000);
 
@@ -144,6 +161,11 @@ function Timeline({ id }: { id: string }) {
     if (!mine.length) return;
     // A new stage: the master's order is the timeline's, so read it again.
     if (mine.some((c) => !known.has(c.id))) { reload(); return; }
+    // A stage ended: its model calls are all counted now, read them again (soon, once).
+    if (mine.some((c) => c.data && (c.data as Run).state !== "RUNNING")) {
+      window.clearTimeout(usageTimer.current);
+      usageTimer.current = window.setTimeout(reload, 300);
+    }
     const latest = new Map(mine.map((c) => [c.id, c.data as Run | null]));
     setData((runs) => runs && runs.flatMap((r) => {
       if (!latest.has(r.run_id)) return [r];
@@ -151,6 +173,9 @@ function Timeline({ id }: { id: string }) {
       return now ? [now] : [];
     }));
   }, reload);
+
+  const usageTimer = useRef<number | undefined>(undefined);
+  useEffect(() => () => window.clearTimeout(usageTimer.current), []);
 
   // The track's width in pixels: a bar too narrow for its duration shows none.
   const trackRef = useRef<HTMLDivElement>(null);
@@ -209,6 +234,8 @@ function Timeline({ id }: { id: string }) {
           {runs.map((r, i) => {
             const end = r.finished_at ?? now;
             const took = end - r.created_at;
+            const used = usage?.runs[r.run_id];
+            const stageUsed = usage?.stages[r.stage ?? ""];
             return (
               <div className="agent-row" key={r.run_id} data-testid={"timeline-row-" + r.run_id}>
                 <div className="agent-label" title={`${r.stage ?? ""} ${r.name} (${r.run_id})`}>
@@ -228,12 +255,31 @@ function Timeline({ id }: { id: string }) {
                   </div>
                 </div>
                 <div className="agent-dur">
+                  {used && (
+                    <span className="agent-usage" data-testid={"timeline-usage-" + r.run_id}
+                      title={`model usage of this run: ${usageText(used)}` +
+                        (stageUsed && stageUsed.calls !== used.calls ? `\nstage ${r.stage || "—"} in all: ${usageText(stageUsed)}` : "")}>
+                      {used.calls}× · {fmtTokens(used.tokens_in + used.tokens_out)} tok
+                    </span>
+                  )}
                   <span data-testid={"timeline-duration-" + r.run_id}>{duration(took)}</span>
                   <StateBadge state={r.state} />
                 </div>
               </div>
             );
           })}
+          {usage && usage.total.calls > 0 && (
+            <div className="agent-usage-total" data-testid="usage-total">
+              <span className="muted">Model usage</span>
+              {Object.entries(usage.stages).map(([stage, u]) => (
+                <span key={stage} data-testid={"usage-stage-" + (stage || "none")} title={usageText(u)}>
+                  <span className="agent-stage">{stage || "—"}</span> {u.calls}× · {fmtTokens(u.tokens_in)}/{fmtTokens(u.tokens_out)} tok · {fmtCost(u.cost)}
+                </span>
+              ))}
+              <b data-testid="usage-total-line">total {usageText(usage.total)}</b>
+              {usage.truncated && <span className="muted">(the first records only)</span>}
+            </div>
+          )}
           {running && <div className="agent-now-note muted">the axis ends now; running stages grow</div>}
         </div>
       )}
