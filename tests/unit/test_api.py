@@ -327,3 +327,58 @@ class StoreBrowseTests(ApiCase):
 
     def test_no_store(self):
         self.refused(A.NoStore, self.api.store_scan, OPERATOR)
+
+
+class UsageStore(FakeStore):
+    """A store with the usage records of titan/agents/usage.py."""
+
+    def smembers(self, key):
+        return defer.succeed({m.encode() for m in self.data.get(key, ())})
+
+    def mget(self, *keys):
+        return defer.succeed([None if self.data.get(k) is None else self.data[k].encode()
+                              for k in keys])
+
+
+class AgentRunUsageTests(ApiCase):
+    """agent_run_usage: the agent run's model usage summed per stage, per run and in total."""
+
+    def record(self, stage, run_id, calls, tokens_in, tokens_out, latency, cost) -> str:
+        import json
+        return json.dumps({"stage": stage, "run_id": run_id, "calls": calls,
+                           "tokens_in": tokens_in, "tokens_out": tokens_out,
+                           "latency": latency, "cost": cost, "models": {"m": calls}})
+
+    def test_summed_per_stage_run_and_total_skipping_gone_and_broken_records(self):
+        index = "titan:usage:agent:a1"
+        self.master.store = UsageStore({
+            index: {"k1", "k2", "k3", "k4", "gone", "broken"},
+            "k1": self.record("PLAN", "r1", 1, 10, 5, 0.5, 0.01),
+            "k2": self.record("ITER", "r2", 2, 20, 8, 1.0, 0.02),
+            "k3": self.record("ITER", "r3", 3, 30, 9, 1.5, 0.03),
+            "k4": self.record(None, "r4", 1, 1, 1, 0.25, 0.0),
+            "broken": "not json"})
+        usage = self.successResultOf(self.api.agent_run_usage(OPERATOR, "a1"))
+        self.assertEqual({s: (t["calls"], t["tokens_in"], t["tokens_out"])
+                          for s, t in usage["stages"].items()},
+                         {"PLAN": (1, 10, 5), "ITER": (5, 50, 17), "": (1, 1, 1)})
+        self.assertEqual({r: t["calls"] for r, t in usage["runs"].items()},
+                         {"r1": 1, "r2": 2, "r3": 3, "r4": 1})
+        self.assertEqual(usage["total"], {"calls": 7, "tokens_in": 61, "tokens_out": 23,
+                                          "latency": 3.25, "cost": 0.06})
+        self.assertFalse(usage["truncated"])
+
+    def test_bounded_and_says_so(self):
+        self.master.store = UsageStore({
+            "titan:usage:agent:a1": {"k1", "k2", "k3"},
+            **{k: self.record("PLAN", "r1", 1, 1, 1, 0.1, 0.0) for k in ("k1", "k2", "k3")}})
+        self.patch(self.api, "USAGE_KEYS", 2)
+        usage = self.successResultOf(self.api.agent_run_usage(OPERATOR, "a1"))
+        self.assertEqual((usage["total"]["calls"], usage["truncated"]), (2, True))
+
+    def test_nothing_recorded_and_no_store(self):
+        self.master.store = UsageStore({})
+        usage = self.successResultOf(self.api.agent_run_usage(OPERATOR, "a1"))
+        self.assertEqual((usage["stages"], usage["total"]["calls"]), ({}, 0))
+        self.master.store = None
+        self.assertIsNone(self.successResultOf(self.api.agent_run_usage(OPERATOR, "a1")))
