@@ -27,7 +27,7 @@ TITAN = os.path.join(BIN, "titan")
 STORE_PORT = free_port()
 TOOLS = {"submit_job", "submit_pipeline", "run_status", "job_status", "job_logs",
          "wait_for_run", "cancel", "list_workers", "list_runs", "agent_run_timeline",
-         "store_get", "store_put", "decide_gate"}
+         "store_get", "store_put", "decide_gate", "research"}
 
 DIAMOND = textwrap.dedent("""\
     name: mcp-diamond

@@ -19,7 +19,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from titan.mcp.tools import MAX_LOG_BYTES, MAX_WAIT, ToolFailure, Tools
+from titan.mcp.research import MAX_SUBQUESTIONS
+from titan.mcp.tools import MAX_LOG_BYTES, MAX_WAIT, RESEARCH_WAIT, ToolFailure, Tools
 
 INSTRUCTIONS = (
     "Titan is a distributed job orchestrator. Jobs are shell commands run on workers; a "
@@ -180,7 +181,20 @@ def build_server(tools: Tools) -> MCPServer:
             comment: Annotated[str, Field(description="why")] = "") -> str:
         return await run(tools.decide_gate, gate, approve, comment)
 
-    # `research(question, n)` (issue 19) waits for the chat-model providers (titan.agents).
+    @server.tool(description=(
+        "Research a question on the cluster: a model (the chat model configured on the "
+        "workers) splits it into n sub-questions, each answered by its own job in parallel, "
+        "then a synthesis job writes a Markdown report. Waits for the report (at most "
+        f"{RESEARCH_WAIT:g} s) and returns it with the run_id, the agent_run_id (for "
+        "agent_run_timeline) and the jobs; a run still going past that is returned with "
+        "a note (follow it with wait_for_run)."))
+    async def research(
+            question: Annotated[str, Field(description="the question to research")],
+            n: Annotated[int, Field(ge=1, le=MAX_SUBQUESTIONS, description=(
+                "how many sub-questions, each its own parallel job"))] = 3,
+            agent_run_id: Annotated[Optional[str], Field(description=(
+                "the agent run to file the run under (default: a new one)"))] = None) -> str:
+        return await run(tools.research, question, n, agent_run_id=agent_run_id)
 
     @server.resource("titan://runs/{run_id}", mime_type="application/json",
                      description="A DAG run and its jobs, as run_status gives it.")

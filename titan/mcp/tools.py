@@ -17,6 +17,7 @@ MAX_LOG_BYTES = 64 * 1024      # one job_logs answer at most
 MAX_WAIT = 120.0               # wait_for_run waits at most this long per call
 MAX_STORE_VALUE = 256 * 1024   # store_get answers at most this much of a value
 MAX_LIST = 200                 # list_runs answers at most this many
+RESEARCH_WAIT = 300.0          # research waits at most this long for its report
 ENDED = frozenset({"COMPLETED", "FAILED", "DEAD", "CANCELLED"})
 GATE_ENV = "TITAN_MCP_ALLOW_GATE_DECISIONS"
 GATE_REFUSAL = (
@@ -265,3 +266,48 @@ class Tools:
                          else c.reject(gate, comment, by="mcp"))
         return _job_view(job)
 
+    # -- research ------------------------------------------------------------------------
+
+    def research(self, question: str, n: int = 3, timeout: float = RESEARCH_WAIT,
+                 agent_run_id: Optional[str] = None) -> dict:
+        """A research run on the workers (titan/mcp/research.py): PLAN asks the model for n
+        sub-questions, n ITER jobs answer them in parallel, SYNTH writes the report.  Waits
+        for it (at most RESEARCH_WAIT seconds) and answers the report with the run's ids."""
+        import secrets
+        import time
+        from titan.mcp.research import research_run
+        agent_run_id = agent_run_id or f"research-{secrets.token_hex(4)}"
+        try:
+            spec = research_run(question, n, agent_run_id)
+        except ValueError as e:
+            raise ToolFailure(str(e)) from None
+        timeout = max(1.0, min(float(timeout), RESEARCH_WAIT))
+
+        def go(c):
+            run_id = c.submit_dag(spec)["run_id"]
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                run = c.wait_run(run_id, timeout=max(0.1, min(left, 60.0)))
+                if run["state"] != "RUNNING" or left <= 0:
+                    break
+            failed = [j for j in run.get("jobs", ()) if j["state"] in ("FAILED", "DEAD")]
+            tails = {j["job_id"]: _text(c.logs(j["job_id"])[-2000:]) for j in failed[:3]}
+            report = None
+            if run["state"] == "COMPLETED":
+                report = (c.result(f"{run_id}/synth") or {}).get("report")
+            return run_id, run, tails, report
+        run_id, run, tails, report = self._call(go)
+        jobs = [{"job_id": j["job_id"], "state": j["state"]} for j in run.get("jobs", ())]
+        if run["state"] == "RUNNING":
+            return {"run_id": run_id, "agent_run_id": agent_run_id, "state": "RUNNING",
+                    "jobs": jobs, "report": None,
+                    "note": f"no report after {timeout:g}s: call wait_for_run with this "
+                            f"run_id; the report is then the result of job {run_id}/synth "
+                            "(job_status)"}
+        if run["state"] != "COMPLETED":
+            said = "; ".join(f"{job}: {tail.strip()[-600:]}" for job, tail in tails.items())
+            raise ToolFailure(f"research run {run_id} (agent run {agent_run_id}) ended "
+                              f"{run['state']}" + (f"; {said}" if said else ""))
+        return {"run_id": run_id, "agent_run_id": agent_run_id, "state": "COMPLETED",
+                "report": report, "jobs": jobs}
