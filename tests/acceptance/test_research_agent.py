@@ -66,7 +66,13 @@ class ResearchAgentTests(ClusterTestCase):
         lines = out.stdout.decode().splitlines()
         header = lines[0].split()
         self.assertEqual(header[:4], ["RUN", "NAME", "STAGE", "STATE"])
-        rows = [line.split() for line in lines[1:] if line.strip()]
+        rows = []
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            if line.split()[0] == "MODEL":  # the model usage table follows the stages
+                break
+            rows.append(line.split())
         return [(r[2], r[3]) for r in rows]
 
     def check_parallel_iters(self, c, iter_run: str, n: int) -> None:
