@@ -112,16 +112,20 @@ class ConstructorTests(BrowserTestCase):
     # -- what the canvas shows -------------------------------------------------------
 
     def nodes(self) -> set:
-        return {e.get_attribute("data-testid")[len("cnode-"):]
-                for e in self.find_all("[data-testid^='cnode-']")}
+        return {t[len("cnode-"):] for t in self.browser.execute_script(
+            "return [...document.querySelectorAll(\"[data-testid^='cnode-']\")]"
+            ".map(e => e.dataset.testid)")}
 
     def edges(self) -> set:
         """The edges drawn, (source, target), read from React Flow's edge elements (their
         accessible name "Edge from A to B")."""
         found = set()
-        for e in self.find_all(".react-flow__edge"):
-            m = EDGE_LABEL.match(e.get_attribute("aria-label") or "")
-            self.assertIsNotNone(m, f"an edge without its ends: {e.get_attribute('outerHTML')}")
+        # One read of the page: a re-render between element reads would make them stale.
+        for label in self.browser.execute_script(
+                "return [...document.querySelectorAll('.react-flow__edge')]"
+                ".map(e => e.getAttribute('aria-label') || '')"):
+            m = EDGE_LABEL.match(label)
+            self.assertIsNotNone(m, f"an edge without its ends: {label!r}")
             found.add((m.group(1), m.group(2)))
         return found
 

@@ -45,13 +45,17 @@ class ConstructorEditingTests(BrowserTestCase):
         self.until(lambda: self.nodes() == set(), 10, "an empty canvas")
 
     def nodes(self) -> set:
-        return {e.get_attribute("data-testid")[len("cnode-"):]
-                for e in self.find_all("[data-testid^='cnode-']")}
+        # One read of the page (a re-render between element reads would make them stale).
+        return {t[len("cnode-"):] for t in self.browser.execute_script(
+            "return [...document.querySelectorAll(\"[data-testid^='cnode-']\")]"
+            ".map(e => e.dataset.testid)")}
 
     def edges(self) -> set:
         found = set()
-        for e in self.find_all(".react-flow__edge"):
-            m = EDGE_LABEL.match(e.get_attribute("aria-label") or "")
+        for label in self.browser.execute_script(
+                "return [...document.querySelectorAll('.react-flow__edge')]"
+                ".map(e => e.getAttribute('aria-label') || '')"):
+            m = EDGE_LABEL.match(label)
             if m:
                 found.add((m.group(1), m.group(2)))
         return found
@@ -173,7 +177,7 @@ class ConstructorEditingTests(BrowserTestCase):
         self.keys("v", ctrl=True)
         self.until(lambda: len(self.nodes()) == 4, 10, "the pasted steps")
         pasted = self.nodes() - {"job-1", "job-2"}
-        self.assertEqual(len(self.edges()), 2, self.edges())
+        self.until(lambda: len(self.edges()) == 2, 10, "the pasted steps' edge")
         (copy_edge,) = self.edges() - {("job-1", "job-2")}
         self.assertEqual(set(copy_edge), pasted)
 
