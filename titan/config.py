@@ -141,6 +141,17 @@ class McpConfig:
 
 
 @attrs.frozen
+class LlmConfig:
+    """The chat model jobs use (titan.agents, docs/agents.md).  A worker hands these to its
+    jobs as TITAN_LLM_PROVIDER, _BASE_URL, _MODEL and _API_KEY (the key read from
+    `api_key_file` at start); the worker's own environment wins over the file."""
+    provider: Optional[str] = None
+    base_url: Optional[str] = None
+    model: Optional[str] = None
+    api_key_file: Optional[str] = None
+
+
+@attrs.frozen
 class Config:
     token: Optional[str] = None
     router: tuple[str, ...] = DEFAULT_ROUTERS
@@ -151,6 +162,7 @@ class Config:
     store: StoreConfig = StoreConfig()
     web: WebConfig = WebConfig()
     mcp: McpConfig = McpConfig()
+    llm: LlmConfig = LlmConfig()
     source: str = "<defaults>"
 
     def override(self, section: str, **values: Any) -> "Config":
@@ -163,7 +175,7 @@ class Config:
 
 _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": PersistenceConfig,
              "autoscaler": AutoscalerConfig, "store": StoreConfig, "web": WebConfig,
-             "mcp": McpConfig}
+             "mcp": McpConfig, "llm": LlmConfig}
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
             "worker.contain": ("auto", "cgroup", "tracking"),
             "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),

@@ -19,6 +19,6 @@ class EtcConfigTests(SynchronousTestCase):
         with open(path) as f:
             text = f.read()
         for section in ("master", "worker", "persistence", "autoscaler", "store", "web",
-                        "mcp"):
+                        "mcp", "llm"):
             for field in attrs.fields(type(getattr(Config(), section))):
                 self.assertIn(f"\n  {field.name}:", text, f"{section}.{field.name} is not documented")

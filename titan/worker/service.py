@@ -135,6 +135,7 @@ class WorkerService(MultiService):
         env = without_secrets(os.environ)
         env.update(TITAN_HOST=self.master_host, TITAN_PORT=str(self.master_port),
                    TITAN_WORKER_ID=self.worker_id)
+        env.update(llm_env(config.llm, env))
         self._base_env = env
         endpoint = master_endpoint(reactor, self.master_host, self.master_port)
         factory = Factory.forProtocol(WorkerProtocol)
@@ -498,6 +499,27 @@ class WorkerService(MultiService):
     def _acked(self, key: tuple) -> None:
         self.unacked.pop(key, None)
         self._leave_if_idle()
+
+
+def llm_env(llm, env: dict) -> dict:
+    """The config's `llm:` section as the TITAN_LLM_* variables titan.agents reads in a job,
+    each unless `env` (the worker's own environment) already sets it.  The key is read from
+    its file now: a file that cannot be read is said once, and the jobs go without it."""
+    given = {"TITAN_LLM_PROVIDER": llm.provider, "TITAN_LLM_BASE_URL": llm.base_url,
+             "TITAN_LLM_MODEL": llm.model}
+    out = {k: v for k, v in given.items() if v and k not in env}
+    if llm.api_key_file and "TITAN_LLM_API_KEY" not in env:
+        path = os.path.expanduser(llm.api_key_file)
+        try:
+            with open(path, encoding="utf-8") as f:
+                key = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            Logger().warn("llm.api_key_file {path}: cannot read it ({why}); jobs get no "
+                          "TITAN_LLM_API_KEY", path=path, why=getattr(e, "strerror", None) or e)
+        else:
+            if key:
+                out["TITAN_LLM_API_KEY"] = key
+    return out
 
 
 def master_endpoint(reactor, host: str, port: int):
