@@ -7,6 +7,7 @@ and the page's text in the trial temp dir (named after the test) to look at.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -44,12 +45,15 @@ def start_browser(width: int = 1440, height: int = 900) -> tuple[webdriver.Chrom
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
+    atexit.register(stop_browser, driver, profile)  # whatever happens to the test class
     return driver, profile
 
 
 def stop_browser(driver: webdriver.Chrome, profile: str) -> None:
     try:
         driver.quit()
+    except Exception:
+        pass  # already stopped
     finally:
         shutil.rmtree(profile, ignore_errors=True)
 
@@ -62,13 +66,15 @@ class BrowserTestCase(ClusterTestCase):
     _profile = ""
 
     def setUp(self) -> None:
+        # Before the cluster's own cleanup (cleanups run last-added first): the browser is
+        # stopped once the class's cluster has been released, not left running.
+        self.addCleanup(self._maybe_stop_browser)
         super().setUp()
         cls = type(self)
         if cls.__dict__.get("browser") is None or cls._browser_cluster is not cls.cluster:
             cls.browser, cls._profile = start_browser()
             cls._browser_cluster = cls.cluster
             cls._logged_in = False
-        self.addCleanup(self._maybe_stop_browser)
 
     _browser_cluster = None
     _logged_in = False
