@@ -24,7 +24,7 @@ class ExecutorTests(TestCase):
     def run_job(self, command, timeout=None, cwd=None):
         """Start `command`; returns (JobProcess, Deferred of (exit_code, reason, output))."""
         done: defer.Deferred = defer.Deferred()
-        output = []
+        output = self.output = []
         proto = JobProcess(reactor, on_output=lambda s, d: output.append((s, d)),
                            on_exit=lambda code, why: done.callback((code, why, output)),
                            timeout=timeout, kill_grace=1.0)
@@ -69,9 +69,10 @@ class ExecutorTests(TestCase):
 
     async def test_term_is_escalated_to_kill(self):
         proto, done = self.run_job(["sh", "-c", "trap '' TERM; echo ready; sleep 60"])
-        while not proto.pid:
-            await defer.succeed(None)
-        await _sleep(0.3)
+        deadline = time.monotonic() + 10
+        while b"ready" not in b"".join(d for _, d in self.output):  # the trap is set
+            self.assertLess(time.monotonic(), deadline, "the job never printed ready")
+            await _sleep(0.02)
         proto.kill("cancelled")
         code, why, _ = await done
         self.assertEqual(why, "cancelled")
