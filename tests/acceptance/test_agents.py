@@ -1,5 +1,5 @@
 """titan.agents inside real jobs: a job's model calls are counted for its agent run and
-stage, where a client can sum them (issue 19 §2)."""
+stage (named in its environment), where a client can sum them (issue 19 §2)."""
 from __future__ import annotations
 
 import atexit
@@ -28,6 +28,8 @@ def start_store() -> None:
 
 # A job that asks the scripted model twice and prints the answers.
 ASK = """\
+import os
+print("agent run", os.environ.get("TITAN_AGENT_RUN_ID"), os.environ.get("TITAN_STAGE"))
 from titan.agents import chat_model
 model = chat_model()
 for question in ("plan the tides", "answer: why the moon?"):
@@ -63,6 +65,9 @@ class UsageInJobsTests(ClusterTestCase):
                 runs.append(run_id)
             out = c.logs(f"{runs[0]}/plan").decode()
             self.assertIn("three sub-questions\nbecause: answer: why the moon?\n", out)
+            # the worker names the job's agent run and stage in its environment
+            self.assertIn("agent run agent-m2 PLAN\n", out)
+            self.assertIn("agent run agent-m2 ITER\n", c.logs(f"{runs[1]}/a").decode())
             seen = summarize(c, agent_run_id="agent-m2")
             # Each job: 2 calls; in "plan the tides" (3 words) + "answer: why the moon?" (4),
             # out "three sub-questions" (2) + "because: answer: why the moon?" (5).

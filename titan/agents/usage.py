@@ -15,8 +15,8 @@ stays counted.  `summarize(client, agent_run_id=...)` (or `run_id=...`) reads a 
 back and sums them per stage and in total: what `titan runs AGENT_RUN_ID` can show.
 
 The agent run and stage are the job's DAG run's (`agent_run_id` and `stage` of the
-pipeline), asked of the master once per process; TITAN_AGENT_RUN_ID and TITAN_STAGE in the
-job's environment, when set, are taken instead.  Outside a job nothing is written; the
+pipeline): the worker puts them in the job's environment (TITAN_AGENT_RUN_ID, TITAN_STAGE);
+a job started without them (an older worker) asks the master once per process.  Outside a job nothing is written; the
 process's totals are still on `meter().totals`.  The keys live in the cluster's store
 (`titan up` starts one; a master without a `store:` section has none): a failure to write,
 that one included, is reported once on stderr (the job's log) and never fails the call.

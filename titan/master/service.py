@@ -434,10 +434,15 @@ class MasterService(MultiService):
         elif isinstance(d, ev.Dispatch):
             conn = self.worker_conns.get(d.worker_id)
             if conn is not None:
-                self._to_worker(conn, Op.DISPATCH, {
-                    "job_id": d.job_id, "attempt": d.attempt, "run_id": d.run_id,
-                    "token": job_token(self.token, d.job_id, d.attempt),
-                    "spec": d.spec.to_wire()})
+                body = {"job_id": d.job_id, "attempt": d.attempt, "run_id": d.run_id,
+                        "token": job_token(self.token, d.job_id, d.attempt),
+                        "spec": d.spec.to_wire()}
+                run = self.scheduler.runs.get(d.run_id) if d.run_id else None
+                if run is not None and run.agent_run_id:
+                    # the job's environment names its agent run and stage (model usage)
+                    body["agent_run_id"] = run.agent_run_id
+                    body["stage"] = run.stage
+                self._to_worker(conn, Op.DISPATCH, body)
         elif isinstance(d, ev.JobEnded):
             self._when_durable(self._job_ended, d.job_id)
             if d.job_id in self._job_conns:

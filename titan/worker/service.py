@@ -39,6 +39,7 @@ from titan.worker import executor
 from titan.worker.executor import (JobProcess, containment, guard, job_workdir, spawn,
                                    workdirs)
 from titan.worker.detect import detected_tags
+from titan.worker.figures import heartbeat_figures
 from titan.worker.supervisor import PortBusy, ServiceSupervisor, pick_port
 
 MAX_BUFFERED_OUTPUT = 4 * 1024 * 1024  # per job, while the master is unreachable
@@ -84,7 +85,8 @@ class WorkerProtocol(RpcProtocol):
 
     def op_DISPATCH(self, body: dict) -> None:
         self.worker.start_job(body["job_id"], JobSpec.from_wire(body["spec"]),
-                              int(body["attempt"]), body.get("run_id"), body.get("token"))
+                              int(body["attempt"]), body.get("run_id"), body.get("token"),
+                              agent_run_id=body.get("agent_run_id"), stage=body.get("stage"))
 
     def op_KILL(self, body: dict) -> None:
         self.worker.kill_job(body["job_id"], int(body["attempt"]), body.get("reason") or "killed")
@@ -315,12 +317,13 @@ class WorkerService(MultiService):
     def _beat(self) -> None:
         if self.conn is not None and self.registered:
             self.conn.push(Op.HEARTBEAT, {"worker_id": self.worker_id,
-                                          "running": len(self.jobs)})
+                                          "running": len(self.jobs), **heartbeat_figures()})
 
     # -- jobs ------------------------------------------------------------------------------
 
     def start_job(self, job_id: str, spec: JobSpec, attempt: int,
-                  run_id: Optional[str] = None, token: Optional[str] = None) -> None:
+                  run_id: Optional[str] = None, token: Optional[str] = None,
+                  agent_run_id: Optional[str] = None, stage: Optional[str] = None) -> None:
         existing = self.jobs.get(job_id)
         if existing is not None:
             if existing.attempt == attempt:
@@ -338,6 +341,10 @@ class WorkerService(MultiService):
             env["TITAN_RUN_ID"] = run_id
         if token:
             env["TITAN_TOKEN"] = token  # scoped to this attempt of this job
+        if agent_run_id:
+            env["TITAN_AGENT_RUN_ID"] = agent_run_id
+            if stage:
+                env["TITAN_STAGE"] = stage
         proto = JobProcess(self.reactor,
                            on_output=lambda stream, data: self._output(job, stream, data),
                            on_exit=lambda code, why: self._exited(job, code, why),
