@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -30,6 +31,8 @@ FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-u
          "--disable-component-update", "--disable-sync", "--disable-extensions",
          "--disable-default-apps", "--metrics-recording-only", "--mute-audio",
          "--window-size=1440,900"]
+# React Flow's accessible name of an edge
+EDGE_LABEL = re.compile(r"^Edge from (.+) to (.+)$")
 
 
 def start_browser(width: int = 1440, height: int = 900) -> tuple[webdriver.Chrome, str]:
@@ -151,3 +154,24 @@ class BrowserTestCase(ClusterTestCase):
                 self.fail(f"after {timeout:g}s still no {what}; the page at "
                           f"{self.browser.current_url} ({shot}) shows:\n{page[:3000]}")
             time.sleep(0.05)
+
+    # -- a graph on a React Flow canvas (the constructor's) -----------------------------
+
+    def nodes(self) -> set:
+        """The constructor's nodes shown, by step id. One read of the page: a re-render
+        between element reads would make them stale."""
+        return {t[len("cnode-"):] for t in self.browser.execute_script(
+            "return [...document.querySelectorAll(\"[data-testid^='cnode-']\")]"
+            ".map(e => e.dataset.testid)")}
+
+    def edges(self) -> set:
+        """The edges drawn, (source, target), read from React Flow's edge elements (their
+        accessible name "Edge from A to B"), in one read of the page."""
+        found = set()
+        for label in self.browser.execute_script(
+                "return [...document.querySelectorAll('.react-flow__edge')]"
+                ".map(e => e.getAttribute('aria-label') || '')"):
+            m = EDGE_LABEL.match(label)
+            self.assertIsNotNone(m, f"an edge without its ends: {label!r}")
+            found.add((m.group(1), m.group(2)))
+        return found

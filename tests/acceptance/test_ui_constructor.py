@@ -42,7 +42,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # How long each pointer move of a drag takes (selenium's default, 250 ms, makes a drag a
 # second or two; a person's hand is no slower than this).
 MOVE_MS = 40
-EDGE_LABEL = re.compile(r"^Edge from (.+) to (.+)$")
 
 # A pipeline in the public reference's format: requirement, type: service with a port,
 # depends_on as a string, hitl_message (a job and a gate after it), version.
@@ -110,24 +109,6 @@ class ConstructorTests(BrowserTestCase):
         self.until(lambda: self.nodes() == set(), 10, "an empty canvas")
 
     # -- what the canvas shows -------------------------------------------------------
-
-    def nodes(self) -> set:
-        return {t[len("cnode-"):] for t in self.browser.execute_script(
-            "return [...document.querySelectorAll(\"[data-testid^='cnode-']\")]"
-            ".map(e => e.dataset.testid)")}
-
-    def edges(self) -> set:
-        """The edges drawn, (source, target), read from React Flow's edge elements (their
-        accessible name "Edge from A to B")."""
-        found = set()
-        # One read of the page: a re-render between element reads would make them stale.
-        for label in self.browser.execute_script(
-                "return [...document.querySelectorAll('.react-flow__edge')]"
-                ".map(e => e.getAttribute('aria-label') || '')"):
-            m = EDGE_LABEL.match(label)
-            self.assertIsNotNone(m, f"an edge without its ends: {label!r}")
-            found.add((m.group(1), m.group(2)))
-        return found
 
     def wait_graph(self, nodes: set, edges: set, timeout: float = 15.0) -> None:
         self.until(lambda: self.nodes() == nodes and self.edges() == edges, timeout,

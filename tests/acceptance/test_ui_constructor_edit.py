@@ -22,7 +22,6 @@ from selenium.webdriver.common.keys import Keys
 from titan.sdk.pipeline import Pipeline, PipelineError
 from tests.acceptance.browser import BrowserTestCase
 
-EDGE_LABEL = re.compile(r"^Edge from (.+) to (.+)$")
 
 
 class ConstructorEditingTests(BrowserTestCase):
@@ -43,22 +42,6 @@ class ConstructorEditingTests(BrowserTestCase):
         self.find("[data-testid=nav-new-pipeline]").click()
         self.find("[data-testid=constructor-canvas]")
         self.until(lambda: self.nodes() == set(), 10, "an empty canvas")
-
-    def nodes(self) -> set:
-        # One read of the page (a re-render between element reads would make them stale).
-        return {t[len("cnode-"):] for t in self.browser.execute_script(
-            "return [...document.querySelectorAll(\"[data-testid^='cnode-']\")]"
-            ".map(e => e.dataset.testid)")}
-
-    def edges(self) -> set:
-        found = set()
-        for label in self.browser.execute_script(
-                "return [...document.querySelectorAll('.react-flow__edge')]"
-                ".map(e => e.getAttribute('aria-label') || '')"):
-            m = EDGE_LABEL.match(label)
-            if m:
-                found.add((m.group(1), m.group(2)))
-        return found
 
     def problems(self) -> list[tuple[str, str, str]]:
         return [(p.get_attribute("data-step"), p.get_attribute("data-key"), p.text)
