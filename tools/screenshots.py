@@ -149,12 +149,17 @@ def shoot(out: str) -> None:
     finally:
         if driver is not None:
             stop_browser(driver, profile)
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-        shutil.rmtree(home, ignore_errors=True)
+        stop_cluster(up, home)
+
+
+def stop_cluster(up: subprocess.Popen, home: str) -> None:
+    """Stop start_cluster's `titan up` (as Ctrl-C does) and remove its home."""
+    up.send_signal(signal.SIGINT)
+    try:
+        up.wait(30)
+    except subprocess.TimeoutExpired:
+        up.kill()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

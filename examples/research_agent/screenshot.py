@@ -8,8 +8,6 @@ opens /agent-runs/ID in headless Chromium and saves the page.  Everything on 127
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
-from screenshots import start_cluster  # noqa: E402
+from screenshots import start_cluster, stop_cluster  # noqa: E402
 from tests.acceptance.browser import start_browser, stop_browser  # noqa: E402
 
 
@@ -51,12 +49,7 @@ def main(out: str) -> int:
     finally:
         if driver is not None:
             stop_browser(driver, profile)
-        up.send_signal(signal.SIGINT)
-        try:
-            up.wait(30)
-        except subprocess.TimeoutExpired:
-            up.kill()
-        shutil.rmtree(home, ignore_errors=True)
+        stop_cluster(up, home)
 
 
 if __name__ == "__main__":
