@@ -179,6 +179,7 @@ class Engine(Protocol):
     persistence: Any
     storage_problem: Optional[str]
     autoscaler: Any
+    metrics: Any  # titan/master/metrics.py's MasterMetrics
     job_end_listeners: list
     run_change_listeners: list
 
@@ -886,6 +887,11 @@ class MasterApi:
                 "recovery": engine.recovery,
                 "text_frames": self.text_frames.policy() if self.text_frames else "off",
                 "storage": engine.storage_problem, "warnings": self.warnings(caller)}
+
+    def metrics(self, caller: Caller, accept: Optional[str] = None) -> tuple[bytes, str]:
+        """The master's metrics (docs/metrics.md) in the format the scraper's Accept header
+        asks for: (body, content type)."""
+        return self.engine.metrics.exposition(accept)
 
     def warnings(self, caller: Caller) -> list[str]:
         """What every face should say about this master while it holds (`titan status`,

@@ -54,6 +54,7 @@ class MasterProtocol(RpcProtocol):
     caller: Caller = Caller()  # who asks, once the hello is accepted
     role: Optional[str] = None  # "client" or "worker", once the hello is accepted
     worker_id: Optional[str] = None
+    last_heartbeat: Optional[dict] = None  # a worker's last HEARTBEAT body
     scope: Optional[tuple[str, int]] = None  # (job id, attempt) for a job's own connection
     watching: set  # run ids whose changes are pushed here (WATCH_RUN)
     factory: "MasterFactory"
@@ -277,6 +278,7 @@ class MasterProtocol(RpcProtocol):
     # -- workers ---------------------------------------------------------------------------
 
     def op_HEARTBEAT(self, body: dict) -> None:
+        self.last_heartbeat = body  # its figures, read by /metrics (titan/master/metrics.py)
         self.master.heartbeat(self.worker_id)
 
     def op_JOB_STARTED(self, body: dict) -> None:

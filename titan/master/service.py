@@ -36,6 +36,7 @@ from titan.protocols import codec
 from titan.protocols.frame import encode_frame
 from titan.listener import ListenerService
 from titan.master.logstore import LogStore
+from titan.master.metrics import MasterMetrics
 from titan.master.legacy import LegacyFrontend
 from titan.master.server import MasterFactory, MasterProtocol
 from titan.tap import private_dir
@@ -171,6 +172,9 @@ class MasterService(MultiService):
         self._change_listeners: list[Callable[[list], None]] = []
         self._changes: dict = {}  # (kind, key) -> None, noted in this turn
         self._changes_call = None
+        # What GET /metrics shows (titan/master/metrics.py): read at each scrape, and hooks
+        # here (handle, the log's fsyncs, the store's commands).
+        self.metrics = MasterMetrics(self)
         # The operations every face calls (titan/master/api.py), and the faces on them:
         # TITAN_PROTO RPC (server.py) and the reference's text frames (legacy.py).
         self.api = MasterApi(self)
@@ -220,6 +224,7 @@ class MasterService(MultiService):
             from titan.store.client import StoreClient
             self.store = StoreClient(self.config.store.url, reactor=self.reactor,
                                      name="titan-master", password=self.config.store.password)
+            self.store.on_command = self.metrics.store_command
         pc = self.config.persistence
         try:
             factory = find(IPersistenceFactory, pc.backend, "persistence backend")
@@ -229,6 +234,8 @@ class MasterService(MultiService):
                                          {"fsync": pc.fsync, "reactor": self.reactor})
         if hasattr(self.persistence, "watch"):
             self.persistence.watch(self._storage_changed)
+        if hasattr(self.persistence, "on_fsync"):
+            self.persistence.on_fsync = self.metrics.fsync_took
         self._recover()
 
     def _recover(self) -> None:
@@ -330,6 +337,7 @@ class MasterService(MultiService):
                                   f"storage unavailable: {self.storage_problem}")
             durable = self.persistence.append(encode_event(event, now))
         decisions = self.scheduler.apply(event, now)
+        self.metrics.applied(event, decisions, now)
         if self._change_listeners:
             self._note_changes(event, decisions)
         for decision in decisions:

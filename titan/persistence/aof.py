@@ -26,6 +26,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import time
 import zlib
 from typing import Callable, Optional
 
@@ -213,6 +214,9 @@ class AOFPersistence(Availability):
         self._torn = False  # bytes after _end that a failed write left: cut before writing
         self._synced = 0  # (always) the current log's size at its last good fsync
         self._written: list[bytes] = []  # (always) records written after _synced
+        # Called (in the reactor's thread) with the seconds each fsync of the log took: the
+        # master's metrics (titan/master/metrics.py); not part of IPersistence.
+        self.on_fsync: Optional[Callable[[float], None]] = None
         self._init_availability()
 
     # -- files -----------------------------------------------------------------------------
@@ -446,7 +450,10 @@ class AOFPersistence(Availability):
 
     def _fsync(self, fd: int) -> defer.Deferred:
         """fsync(fd) the blocking way, tracked in _inflight until it returns."""
-        d = self._blocking(self.ops.fsync, fd)
+        if self.on_fsync is None:
+            d = self._blocking(self.ops.fsync, fd)
+        else:
+            d = self._blocking(self._timed_fsync, fd).addCallback(self._fsync_took)
         if not d.called:
             returned: defer.Deferred = defer.Deferred()
             self._inflight.append(returned)
@@ -458,6 +465,17 @@ class AOFPersistence(Availability):
 
             d.addBoth(gone)
         return d
+
+    def _timed_fsync(self, fd: int) -> float:
+        """fsync(fd), in the blocking call's thread; the seconds it took (not the wait for
+        a thread)."""
+        start = time.perf_counter()
+        self.ops.fsync(fd)
+        return time.perf_counter() - start
+
+    def _fsync_took(self, seconds: float) -> None:
+        if self.on_fsync is not None:
+            self.on_fsync(seconds)
 
     def _quiet(self) -> defer.Deferred:
         """Fires once the fsyncs running now have returned."""

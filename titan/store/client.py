@@ -205,6 +205,9 @@ class StoreClient:
         self._queue: deque = deque()  # (args, Deferred, timer) waiting for a connection
         self._closed = False
         self.last_error: Optional[str] = None
+        # Called with (command, seconds, outcome: "ok", "error" or "unavailable") as each
+        # command's reply arrives: the master's metrics (titan/master/metrics.py).
+        self.on_command: Optional[Callable[[Data, float, str], None]] = None
         self._service = self._make_service(lambda: _CommandProtocol(self), self._prepare)
         self._service.startService()
         # Subscriptions: made on first use.
@@ -274,6 +277,11 @@ class StoreClient:
 
     def execute(self, *args) -> defer.Deferred:
         """Any command; the Deferred fires with the decoded reply."""
+        if self.on_command is not None and args:
+            return self._send(args).addBoth(self._observed, args[0], self.reactor.seconds())
+        return self._send(args)
+
+    def _send(self, args: tuple) -> defer.Deferred:
         if self._closed:
             return defer.fail(StoreUnavailable("this StoreClient is closed"))
         proto = self._proto
@@ -284,6 +292,14 @@ class StoreClient:
         entry[2] = self.reactor.callLater(self.connect_timeout, self._gave_up, entry)
         self._queue.append(entry)
         return d
+
+    def _observed(self, result, command: Data, start: float):
+        outcome = "ok"
+        if isinstance(result, Failure):
+            outcome = "error" if result.check(StoreError) else "unavailable"
+        if self.on_command is not None:
+            self.on_command(command, max(0.0, self.reactor.seconds() - start), outcome)
+        return result
 
     def _gave_up(self, entry) -> None:
         try:

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable, Optional
 
 from urllib.parse import quote, unquote
 
+import attrs
 from klein import Klein
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -33,6 +34,13 @@ STATUS = {"not_found": 404, "auth": 401, "unauthorized": 401, "forbidden": 403,
           "too_large": 413, "no_route": 404, "method": 405, "no_store": 503,
           "worker_limit": 409, "draft_limit": 409,
           "unreachable": 503, "storage_unavailable": 503, "internal": 500}
+
+
+@attrs.frozen
+class Raw:
+    """A route's answer that is not JSON: its bytes and content type, sent as they are."""
+    body: bytes
+    content_type: str
 
 
 class HttpError(RemoteError):
@@ -185,6 +193,9 @@ class WebApp:
             if isinstance(result, tuple):
                 status, result = result
             request.setResponseCode(status)
+            if isinstance(result, Raw):
+                request.setHeader(b"content-type", result.content_type.encode())
+                return result.body
             return encode(result)
         except Exception:
             return self._error(request, Failure())
@@ -324,6 +335,15 @@ class WebApp:
         return document()
 
     # -- reads -----------------------------------------------------------------------------
+
+    @route("/metrics")
+    def metrics(self, request, who, body):
+        """The master's metrics for Prometheus (docs/metrics.md), with the cluster token or
+        a viewer token, as every read."""
+        accept = request.getHeader(b"accept")
+        data, content_type = self.api.metrics(
+            self.caller(who), accept.decode("latin-1") if accept else None)
+        return Raw(data, content_type)
 
     @route(PREFIX + "/cluster")
     def cluster(self, request, who, body):

@@ -492,13 +492,15 @@ class LogStreamResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, api, auth: Auth, job_ref: str, buffer_limit: int = BUFFER_LIMIT,
-                 ping: float = PING_INTERVAL) -> None:
+                 ping: float = PING_INTERVAL, streams: Optional[set] = None) -> None:
         super().__init__()
         self.api = api
         self.auth = auth
         self.job_ref = job_ref
         self.buffer_limit = buffer_limit
         self.ping = ping
+        # The log streams open now, this one's while it is (the face's, for /metrics).
+        self.streams: set = streams if streams is not None else set()
 
     def render_GET(self, request):
         caller = self.auth(request)
@@ -520,7 +522,11 @@ class LogStreamResource(resource.Resource):
             request.setResponseCode(404 if code == "not_found" else 400)
             request.setHeader(b"content-type", b"application/json")
             return json.dumps({"error": {"code": code, "message": str(e)}}).encode()
-        stream = Stream(request, self.api.reactor, self.buffer_limit, self.ping)
+        stream = None  # (closed while being made: discard(None) does nothing)
+        stream = Stream(request, self.api.reactor, self.buffer_limit, self.ping,
+                        on_close=lambda: self.streams.discard(stream))
+        if not stream.closed:
+            self.streams.add(stream)
         defer.ensureDeferred(self._follow(caller, stream, int(raw))).addErrback(
             self._failed, stream)
         return server.NOT_DONE_YET

@@ -16,7 +16,7 @@ from titan.datadir import write_file
 from titan.listener import ListenerService
 from titan.master.api import Caller, MasterApi, RemoteError
 from titan.web.app import WebApp
-from titan.web.auth import WebAuth
+from titan.web.auth import OPERATOR, VIEWER, WebAuth
 from titan.web.events import ChangeHub, EventsResource, LogStreamResource
 from titan.web.static import Root
 
@@ -32,6 +32,7 @@ class WebFace(MultiService):
         # The change hub of the live events (titan/web/events.py), built at the first
         # subscription.
         self.hub: Optional[ChangeHub] = None
+        self.log_streams: set = set()  # the job log streams open now
         wc = api.config.web
         self.api = api
         self.data_dir = data_dir
@@ -45,17 +46,41 @@ class WebFace(MultiService):
                                         self._listening, who="titan-master (web.listen)")
         self.listener.setServiceParent(self)
 
+    def reconfigure(self, wc, token_changed: bool) -> dict:
+        """A config reload's `web:` settings that apply live (titan/master/reload.py); the
+        listener's are for a restart.  Sessions opened with a token the reload took away
+        end: every operator session when the cluster token changed, every viewer session
+        when a viewer token was removed.  Says how many sessions ended, by role."""
+        removed = set(self.auth.viewer_tokens) - set(wc.viewer_tokens)
+        self.auth.viewer_tokens = tuple(wc.viewer_tokens)
+        self.auth.session_ttl = wc.session_ttl
+        self.web.max_body_bytes = wc.max_body_bytes
+        if self.hub is not None:
+            self.hub.interval = wc.events_window
+        ended = {}
+        if token_changed:
+            ended[OPERATOR] = self.auth.end_sessions(OPERATOR)
+        if removed:
+            ended[VIEWER] = self.auth.end_sessions(VIEWER)
+        return ended
+
     def _events(self, job_ref: Optional[str] = None):
         """The SSE resource of the live changes (titan/web/events.py), or of one job's log
         with `job_ref`."""
         if job_ref is not None:
-            return LogStreamResource(self.api, self._caller_of, job_ref)
+            return LogStreamResource(self.api, self._caller_of, job_ref,
+                                     streams=self.log_streams)
         if self.hub is None:  # it follows the master only while someone subscribes
             wc = self.api.config.web
             self.hub = ChangeHub(self.api, self.reactor, interval=wc.events_window,
                                  ring_size=wc.events_ring)
         return EventsResource(self.hub, self._caller_of,
                               buffer_limit=self.api.config.web.events_max_unread_bytes)
+
+    def sse_clients(self) -> dict[str, int]:
+        """The Server-Sent Events streams open now: of the changes, of job logs."""
+        return {"events": self.hub.subscribers if self.hub is not None else 0,
+                "log": len(self.log_streams)}
 
     def _caller_of(self, request) -> Optional[Caller]:
         """The events' auth: the caller of a request's credentials, or None (401)."""

@@ -106,6 +106,13 @@ PATHS: dict[str, dict] = {
     "/api/v1/openapi.json": {"get": _op("This document", _ok({
         "type": "object", "required": ["openapi", "info", "paths"],
         "properties": {"openapi": {"const": "3.1.0"}}}), public=True, errors=())},
+    "/metrics": {"get": {
+        "summary": "The master's metrics for Prometheus (docs/metrics.md): Prometheus' text "
+                   "format, or OpenMetrics when the Accept header asks for it",
+        "responses": {"200": {"description": "The metrics", "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            "application/openmetrics-text": {"schema": {"type": "string"}}}},
+            "401": _ERR}}},
     "/api/v1/cluster": {"get": _op("The cluster: job counts by state, workers, slots, "
                                    "persistence, warnings", _ok(_ref("Cluster")))},
     "/api/v1/workers": {"get": _op("Every worker: name, host, tags, busy/total slots, the "

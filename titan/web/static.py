@@ -1,7 +1,7 @@
 """The dashboard's files (webui/, built by `make webui` into titan/web/static/) and the root
-of the web listener: /api/v1/... and /login go to the routes (titan/web/app.py), /assets/...
-are the built files, and every other path is the single-page app's index.html, whose router
-draws the view of that path (/runs/RUN_ID after a reload, say)."""
+of the web listener: /api/v1/..., /login and /metrics go to the routes (titan/web/app.py),
+/assets/... are the built files, and every other path is the single-page app's index.html,
+whose router draws the view of that path (/runs/RUN_ID after a reload, say)."""
 from __future__ import annotations
 
 import os
@@ -73,7 +73,8 @@ class AppPage(Resource):
 
 
 class Root(Resource):
-    """The web listener's root: routes for /api and /login, files for /assets, else the app."""
+    """The web listener's root: routes for /api, /login and /metrics, files for /assets,
+    else the app."""
 
     def __init__(self, routes: Resource, static_dir: str = STATIC_DIR) -> None:
         super().__init__()
@@ -82,7 +83,7 @@ class Root(Resource):
         self.assets = Assets(os.path.join(static_dir, "assets"))
 
     def getChildWithDefault(self, name: bytes, request):
-        if name in (b"api", b"login"):
+        if name in (b"api", b"login", b"metrics"):
             # The routes read the whole path themselves (titan/web/app.py's RawPath).
             request.postpath.insert(0, request.prepath.pop())
             return self.routes
