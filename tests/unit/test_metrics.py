@@ -85,14 +85,14 @@ class JobMetricsTests(MetricsCase):
         self.assertEqual(value(s, "titan_jobs", state="RUNNING"), 2)
 
     def test_a_job_that_runs_moves_latency_duration_and_ended_counts(self):
-        w = self.worker("w1")
         c = self.client()
         before = scrape(self.master)
         self.assertEqual(value(before, "titan_dispatch_latency_seconds_count"), 0)
         self.assertEqual(value(before, "titan_jobs_ended_total", state="COMPLETED"), 0)
         job_id = c.result(Op.SUBMIT_JOB, {"command": ["true"]})["job_id"]
-        self.reactor.advance(0.25)  # the worker takes a quarter of a second to start it
-        w.send(Op.JOB_STARTED, {"job_id": job_id, "attempt": 1}, rid=False)
+        self.reactor.advance(0.25)  # ready, with no worker to take it yet
+        self.assertEqual(value(scrape(self.master), "titan_dispatch_latency_seconds_count"), 0)
+        w = self.worker("w1")  # given to it now
         self.reactor.advance(2.0)
         w.result(Op.JOB_COMPLETE, {"job_id": job_id, "attempt": 1, "exit_code": 0})
         s = scrape(self.master)
@@ -111,7 +111,6 @@ class JobMetricsTests(MetricsCase):
         c = self.client()
         failing = c.result(Op.SUBMIT_JOB, {"command": ["false"]})["job_id"]
         waiting = c.result(Op.SUBMIT_JOB, {"command": ["true"]})["job_id"]  # no free slot
-        w.send(Op.JOB_STARTED, {"job_id": failing, "attempt": 1}, rid=False)
         self.reactor.advance(1.5)
         w.result(Op.JOB_COMPLETE, {"job_id": failing, "attempt": 1, "exit_code": 3})
         # The second one was dispatched on the freed slot; cancel a third that waits.

@@ -25,7 +25,7 @@ from prometheus_client.process_collector import ProcessCollector
 from titan.core import events as ev
 from titan.core.model import JobState, RunState, WorkerState
 
-# Seconds from ready to started: milliseconds on an idle cluster, hours behind a backlog.
+# Seconds from ready to dispatched: none on an idle cluster, hours behind a backlog.
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60,
                    300, 900, 3600)
 # A job's run: a shell `true` to a day's training step.
@@ -207,8 +207,9 @@ class MasterMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.dispatch_latency = Histogram(
-            "titan_dispatch_latency_seconds", "From a job being ready (queued for a worker) to "
-            "its worker saying it started, per attempt", buckets=LATENCY_BUCKETS, registry=r)
+            "titan_dispatch_latency_seconds", "From a job being ready (parents done, delay "
+            "or backoff passed) to the master giving it to a worker, per attempt",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.job_duration = Histogram(
             "titan_job_duration_seconds", "From the start of a job's last attempt to the job's "
             "end, by the state it ended in", ["state"], buckets=DURATION_BUCKETS, registry=r)
@@ -246,18 +247,17 @@ class MasterMetrics:
     def applied(self, event: object, decisions: list, now: float) -> None:
         """After the core applied `event` (live, not replayed) and decided `decisions`."""
         kind = type(event)
-        if kind is ev.JobStarted:
-            job = self.engine.scheduler.jobs.get(event.job_id)
-            if job is not None and job.state is JobState.RUNNING \
-                    and job.attempt == event.attempt and job.worker_id == event.worker_id \
-                    and job.queued_at is not None:
-                self.dispatch_latency.observe(max(0.0, now - job.queued_at))
-        elif kind is ev.WorkerJoined:
+        if kind is ev.WorkerJoined:
             self._joined(event.worker_id, now)
         elif kind is ev.WorkerLost:
             self.workers_lost.inc()
         for d in decisions:
-            if type(d) is ev.JobEnded:
+            kind = type(d)
+            if kind is ev.Dispatch:
+                job = self.engine.scheduler.jobs.get(d.job_id)
+                if job is not None and job.queued_at is not None:
+                    self.dispatch_latency.observe(max(0.0, now - job.queued_at))
+            elif kind is ev.JobEnded:
                 self._job_ended(d)
 
     def _joined(self, worker_id: str, now: float) -> None:
