@@ -645,6 +645,17 @@ def cmd_mcp(args) -> int:
                      args.config)
 
 
+def cmd_package(args) -> int:
+    from titan.package import build_all, dashboard_built  # shiv is imported only here
+    for b in build_all(args.out):
+        print(f"{b.path}  {b.size / 1e6:.2f} MB  built in {b.seconds:.1f}s  "
+              f"(+ {', '.join(p.name for p in b.extras)})")
+    if not dashboard_built():
+        print("titan: warning: the dashboard is not built (make webui): the master bundle "
+              "serves the API without it", file=sys.stderr)
+    return 0
+
+
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
@@ -711,7 +722,8 @@ def _job_state(text: str) -> str:
 
 # Every subcommand, in the order `titan --help` lists them.
 COMMANDS = ("submit", "run", "wait", "status", "logs", "cancel", "approve", "reject", "result",
-            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "mcp", "up")
+            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "mcp", "up",
+            "package")
 # The options `titan` takes before a subcommand, each with a value.
 GLOBAL_VALUE_OPTIONS = ("--master", "--token", "--token-file")
 
@@ -1000,6 +1012,17 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         p.add_argument("--data-dir", default=os.path.join("~", ".titan"),
                        help="where state and logs go (default ~/.titan)")
         p.set_defaults(func=cmd_up)
+
+    if want("package"):
+        p = sub.add_parser("package", help="build the master and worker bundles",
+                           description="Build titan-master.pyz and titan-worker.pyz: each one "
+                                       "file that runs with only python3 on a machine (a "
+                                       "zipapp, by shiv), from what this Python has installed; "
+                                       "with a start script and an example config each "
+                                       "(docs/operations.md).")
+        p.add_argument("--out", "-o", default="dist", metavar="DIR",
+                       help="where they go (default ./dist)")
+        p.set_defaults(func=cmd_package)
     return parser
 
 
