@@ -10,16 +10,15 @@ from typing import Optional
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from titan.errors import RemoteError
+from tests.acceptance import test_legacy_store as legacy
 from tests.acceptance.helpers import ClusterTestCase, wait_ended
 
 VIEWER = "metrics-viewer-token-0123456789"
 
 
-class MetricsTests(ClusterTestCase):
-    workers = 2
-    slots = 2
-    timeout = 120
-    cluster_options = {"config_extra": f"web:\n  viewer_tokens: [{VIEWER}]\n"}
+class Scraping:
+    """GET /metrics as Prometheus does it, for a ClusterTestCase."""
 
     def get(self, path: str, token: Optional[str] = None, timeout: float = 30):
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -45,6 +44,13 @@ class MetricsTests(ClusterTestCase):
             self.fail(f"no sample {key} in the scrape; of {name}: "
                       f"{sorted(k for k in samples if k[0] == name)}")
         return samples[key]
+
+
+class MetricsTests(Scraping, ClusterTestCase):
+    workers = 2
+    slots = 2
+    timeout = 120
+    cluster_options = {"config_extra": f"web:\n  viewer_tokens: [{VIEWER}]\n"}
 
     def test_the_values_move_as_jobs_run(self):
         before = self.scrape()
@@ -113,3 +119,27 @@ class MetricsTests(ClusterTestCase):
         finally:
             stream.close()
         self.wait_for(lambda: events() == 0, 20, "the closed stream no longer counted")
+
+
+class StoreMetricsTests(Scraping, legacy.WithStore, ClusterTestCase):
+    """A master with a titan-store: the commands it sends there, by command and outcome."""
+    workers = 1
+    timeout = 120
+
+    def test_the_commands_the_master_sends_to_the_store_are_counted(self):
+        def count(samples: dict, command: str, outcome: str) -> float:
+            return samples.get(("titan_store_commands_total",
+                                (("command", command), ("outcome", outcome))), 0.0)
+        before = self.scrape()
+        with self.cluster.client() as c:
+            c.store_put("metrics:k", "v")
+            self.assertEqual(c.store_get("metrics:k"), b"v")
+            with self.assertRaises(RemoteError) as refused:  # WRONGTYPE
+                c.store_sadd("metrics:k", "m")
+            self.assertEqual(refused.exception.code, "store_error")
+        after = self.scrape()
+        self.assertEqual(count(after, "SET", "ok") - count(before, "SET", "ok"), 1)
+        self.assertEqual(count(after, "GET", "ok") - count(before, "GET", "ok"), 1)
+        self.assertEqual(count(after, "SADD", "error") - count(before, "SADD", "error"), 1)
+        self.assertGreaterEqual(self.value(after, "titan_store_command_seconds_count")
+                                - self.value(before, "titan_store_command_seconds_count"), 3)
