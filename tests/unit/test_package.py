@@ -122,3 +122,32 @@ class BundleStartTests(SynchronousTestCase):
         self.assertEqual(only_the_bundle(path, own),
                          ["/opt/titan-worker.pyz", "/usr/lib/python311.zip",
                           "/usr/lib/python3.11", "/usr/lib/python3.11/lib-dynload", own])
+
+
+class SystemdUnitTests(SynchronousTestCase):
+    """etc/systemd/*.service start the bundles with options their plugins take."""
+
+    def exec_start(self, name: str) -> list:
+        import shlex
+        path = Path(etc_config().parent, "systemd", name)
+        lines = [line for line in path.read_text().splitlines()
+                 if line.startswith("ExecStart=")]
+        self.assertEqual(len(lines), 1)
+        return shlex.split(lines[0][len("ExecStart="):])
+
+    def test_each_unit_runs_its_bundle_with_its_plugins_options(self):
+        from twisted.python.reflect import accumulateClassList
+
+        from titan.master.tap import Options as MasterOptions
+        from titan.worker.tap import Options as WorkerOptions
+
+        for bundle, options in ((MASTER, MasterOptions), (WORKER, WorkerOptions)):
+            argv = self.exec_start(f"{bundle.plugin}.service")
+            self.assertEqual(argv[0], "/usr/bin/python3")
+            self.assertEqual(os.path.basename(argv[1]), bundle.file_name)
+            params: list = []
+            accumulateClassList(options, "optParameters", params)
+            known = {f"--{p[0]}" for p in params}
+            given = dict(zip(argv[2::2], argv[3::2]))
+            self.assertLessEqual(set(given), known, bundle.plugin)
+            self.assertEqual(os.path.basename(given["--config"]), f"{bundle.kind}.yaml")
