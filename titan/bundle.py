@@ -3,10 +3,12 @@
     python3 titan-worker.pyz [OPTIONS]     twistd --nodaemon titan-worker [OPTIONS]
     python3 titan-worker.pyz twistd ARGS   twistd ARGS (--logfile, a daemon, ...)
     python3 titan-worker.pyz titan ARGS    the `titan` command (status, aof check, ...)
+    python3 titan-worker.pyz --bundle-info what it is, the Python it was built for, the above
 
 shiv has unpacked the bundle's packages (under ~/.shiv, or $SHIV_ROOT) and put them on
-sys.path before `main` runs; this module is imported before anything else of Titan, and
-says so plainly when this Python is not the one the bundle was built for.
+sys.path before `main` runs.  This module is imported before anything else of Titan (and
+kept to syntax any Python 3 reads), so that it can say plainly when this Python is not the
+one the bundle was built for.
 """
 import sys
 

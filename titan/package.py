@@ -3,8 +3,8 @@ only a `python3` on the machine (a zipapp built by shiv, carrying Titan and what
 each with a start script and an example config beside it.
 
 The bundles are made of the distributions installed in the running environment (their files,
-listed by importlib.metadata, copied into a staging site-packages): no network, a few
-seconds.  Each carries only what its process imports, which was found by running a master
+listed by importlib.metadata, copied into a staging site-packages): no network, about
+a second.  Each carries only what its process imports, which was found by running a master
 and a worker under `python -X importtime`: not Twisted's other applications (conch, mail,
 names, words, trial, ...) nor any library's tests, not Titan's MCP server (`titan mcp` is a
 process of its own, on the `mcp` SDK), and for a worker not the master, the web face or the
@@ -160,13 +160,9 @@ def _titan_files(bundle: Bundle) -> Iterator[tuple[PurePosixPath, Path]]:
                        "(make install)?")
 
 
-def stage(bundle: Bundle, site: Path) -> list[str]:
-    """Copy what `bundle` carries into `site`; the distributions' names and versions."""
-    names = []
-    sources = []
-    for dist in distributions(bundle.skip_dists):
-        names.append(f"{dist.metadata['Name']}=={dist.version}")
-        sources.append(_dist_files(dist))
+def stage(bundle: Bundle, site: Path) -> None:
+    """Copy what `bundle` carries into `site`."""
+    sources = [_dist_files(dist) for dist in distributions(bundle.skip_dists)]
     sources.append(_titan_files(bundle))
     for files in sources:
         for rel, path in files:
@@ -181,7 +177,6 @@ def stage(bundle: Bundle, site: Path) -> list[str]:
         f"PYTHON = '{sys.version_info[0]}.{sys.version_info[1]}'\n"
         f"TITAN_VERSION = {titan.__version__!r}\n"
         f"BUILT_AT = {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())!r}\n")
-    return names
 
 
 def _strip(site: Path) -> None:
@@ -191,8 +186,12 @@ def _strip(site: Path) -> None:
     if strip is None:
         return
     libraries = [str(p) for p in site.rglob("*.so")]
-    if libraries:
-        subprocess.run([strip, "--strip-unneeded", *libraries], check=True)
+    if not libraries:
+        return
+    done = subprocess.run([strip, "--strip-unneeded", *libraries], capture_output=True)
+    if done.returncode:
+        raise PackageError(f"{strip} --strip-unneeded failed on the compiled extensions: "
+                           f"{done.stderr.decode(errors='replace').strip()}")
 
 
 def build_bundle(bundle: Bundle, out: Path) -> Path:
@@ -212,8 +211,8 @@ def build_bundle(bundle: Bundle, out: Path) -> Path:
             built_at=time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             shiv_version=shiv_version, entry_point="titan.bundle:main",
             compile_pyc=False,
-            # The unpacked packages on PYTHONPATH for what it starts: a job's Python
-            # imports the titan SDK, the master's local workers find Twisted.
+            # The unpacked packages on the PYTHONPATH of what it starts: a job's Python
+            # imports the titan SDK from there.
             extend_pythonpath=True)
         create_archive([site], target=target, interpreter="/usr/bin/env python3",
                        main="_bootstrap:bootstrap", env=env, compressed=True)
@@ -331,7 +330,7 @@ class Built:
     path: Path
     size: int
     seconds: float
-    extras: list
+    extras: list[Path]
 
 
 def build_all(out: str, kinds: tuple[str, ...] = ("master", "worker")) -> list[Built]:
