@@ -78,10 +78,10 @@ class ExampleConfigTests(SynchronousTestCase):
         self.assertEqual(config.master.listen, "tcp:9090")
         self.assertEqual(config.autoscaler.max_workers, 0)
         default = Config()
-        changed = attrs.evolve(config, source=default.source,
-                               master=attrs.evolve(config.master, listen=default.master.listen),
-                               autoscaler=attrs.evolve(config.autoscaler,
-                                                          max_workers=default.autoscaler.max_workers))
+        master = attrs.evolve(config.master, listen=default.master.listen)
+        autoscaler = attrs.evolve(config.autoscaler, max_workers=default.autoscaler.max_workers)
+        changed = attrs.evolve(config, source=default.source, master=master,
+                               autoscaler=autoscaler)
         self.assertEqual(changed, default)  # every other key at its default
 
     def test_worker_config_names_the_master_to_set(self):
