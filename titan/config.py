@@ -163,7 +163,23 @@ class Config:
     web: WebConfig = WebConfig()
     mcp: McpConfig = McpConfig()
     llm: LlmConfig = LlmConfig()
+    # text | json: what twistd and twist write to their log (titan/jsonlog.py); a
+    # --logger or --log-format given on their command line wins.
+    log_format: str = "text"
+    # A line per job as it is dispatched and ends (master) and starts and exits (worker),
+    # with job_id, run_id, attempt and worker.  Off: only failures, run ends and workers
+    # coming and going (on, a job costs ~0.06 ms more of the master's CPU and ~0.12 ms of
+    # its worker's: a fifth more for a flood of tiny jobs; docs/operations.md).
+    log_jobs: bool = False
     source: str = "<defaults>"
+    # The line each key was given on (`section.key`, `router`): what a reload's refusal
+    # names (titan/master/reload.py).  Not part of the config's value.
+    lines: dict = attrs.field(factory=dict, eq=False, repr=False)
+
+    def where(self, key: str) -> str:
+        """`FILE:LINE` of a key as given (the file alone for a default)."""
+        line = self.lines.get(key)
+        return f"{self.source}:{line}" if line else self.source
 
     def override(self, section: str, **values: Any) -> "Config":
         """This config with the given keys of one section replaced (None means: keep)."""
@@ -179,12 +195,14 @@ _SECTIONS = {"master": MasterConfig, "worker": WorkerConfig, "persistence": Pers
 _CHOICES = {"persistence.fsync": ("always", "everysec", "no"),
             "worker.contain": ("auto", "cgroup", "tracking"),
             "store.backend": ("titanstore", "redis"), "store.fsync": ("always", "everysec", "no"),
-            "master.text_frames": ("off", "on"), "master.text_frame_ops": TEXT_FRAME_OPS}
+            "master.text_frames": ("off", "on"), "master.text_frame_ops": TEXT_FRAME_OPS,
+            "log_format": ("text", "json")}
 # Values that were valid once and mean something else now: the error says what to write.
 _GONE = {("master.text_frames", "loopback"):
          "master.text_frames: loopback is gone: text frames are off unless `on`, which serves "
          "them to processes of the master's own user on this machine only (docs/compat.md)"}
-_TOP = {"token": Optional[str], "router": tuple[str, ...]}
+_TOP = {"token": Optional[str], "router": tuple[str, ...], "log_format": str,
+        "log_jobs": bool}
 # Every number must be above 0, except these, which may be 0.
 _MAY_BE_ZERO = frozenset({"worker.kill_grace", "autoscaler.min_workers",
                           "autoscaler.max_workers", "master.worker_reserve"})
@@ -223,17 +241,20 @@ def parse_config(text: str, path: str = "<config>") -> Config:
         raise ConfigError(f"{path}:{root.start_mark.line + 1}: the config must be a mapping")
     top: dict[str, Any] = {}
     sections: dict[str, Any] = {}
+    lines: dict[str, int] = {}
     for key_node, value_node in _pairs(root, path, ""):
         key = key_node.value
         if key in _SECTIONS:
-            sections[key] = _section(_SECTIONS[key], value_node, path, key)
+            sections[key] = _section(_SECTIONS[key], value_node, path, key, lines)
         elif key in _TOP:
             top[key] = _convert(_TOP[key], value_node, path, key)
+            _check_choice(key, top[key], value_node, path)
+            lines[key] = value_node.start_mark.line + 1
         else:
             known = ", ".join(sorted([*_SECTIONS, *_TOP]))
             raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: unknown key {key!r} "
                               f"(known: {known})")
-    return Config(source=path, **top, **sections)
+    return Config(source=path, lines=lines, **top, **sections)
 
 
 def _pairs(node: yaml.MappingNode, path: str, where: str):
@@ -253,7 +274,8 @@ def _dotted(section: str, key: str) -> str:
     return f"{section}.{key}" if section else key
 
 
-def _section(cls: type, node: yaml.Node, path: str, name: str):
+def _section(cls: type, node: yaml.Node, path: str, name: str,
+             lines: Optional[dict] = None):
     if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
         return cls()
     if not isinstance(node, yaml.MappingNode):
@@ -267,18 +289,23 @@ def _section(cls: type, node: yaml.Node, path: str, name: str):
             raise ConfigError(f"{path}:{key_node.start_mark.line + 1}: unknown key "
                               f"{name}.{key} (known in {name}: {known})")
         values[key] = _convert(fields[key].type, value_node, path, f"{name}.{key}")
-        choices = _CHOICES.get(f"{name}.{key}")
-        gone = _GONE.get((f"{name}.{key}", values[key]))
-        if gone:
-            raise ConfigError(f"{path}:{value_node.start_mark.line + 1}: {gone}")
-        many = isinstance(values[key], tuple)
-        wrong = [v for v in (values[key] if many else (values[key],)) if v not in choices] \
-            if choices else []
-        if wrong:
-            raise ConfigError(f"{path}:{value_node.start_mark.line + 1}: {name}.{key} must be "
-                              f"{'among' if many else 'one of'} {', '.join(choices)}, "
-                              f"not {wrong[0]!r}")
+        _check_choice(f"{name}.{key}", values[key], value_node, path)
+        if lines is not None:
+            lines[f"{name}.{key}"] = value_node.start_mark.line + 1
     return cls(**values)
+
+
+def _check_choice(key: str, value: Any, node: yaml.Node, path: str) -> None:
+    choices = _CHOICES.get(key)
+    gone = _GONE.get((key, value))
+    if gone:
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: {gone}")
+    many = isinstance(value, tuple)
+    wrong = [v for v in (value if many else (value,)) if v not in choices] if choices else []
+    if wrong:
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: {key} must be "
+                          f"{'among' if many else 'one of'} {', '.join(choices)}, "
+                          f"not {wrong[0]!r}")
 
 
 def _convert(kind: Any, node: yaml.Node, path: str, key: str) -> Any:

@@ -32,6 +32,8 @@ class ConfigOptions(usage.Options):
         except ConfigError as e:
             # One line that names file, line and key; twistd's usage dump would bury it.
             raise SystemExit(f"titan: {e}")
+        from titan import jsonlog
+        jsonlog.choose(self, config.log_format)
         config = config.override("", token=self._token(config))
         return config.override(self.section, data_dir=self["data-dir"])
 

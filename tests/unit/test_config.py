@@ -103,8 +103,9 @@ class ParseTests(unittest.TestCase):
             "retry_backoff_base, retry_backoff_cap, max_jobs_per_run, keep_finished, forget_after, "
             + ", ".join(f.name for f in attrs.fields(MasterConfig)[10:]) + ")")
         self.assertConfigError("\n\nworkers:\n  slots: 2\n",
-                               "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, llm, master, mcp, persistence, router, store, token, web, "
-                               "worker)")
+                               "/etc/t.yaml:3: unknown key 'workers' (known: autoscaler, "
+                               "llm, log_format, log_jobs, master, mcp, persistence, router, "
+                               "store, token, web, worker)")
 
     def test_wrong_types(self):
         for text, message in [

@@ -18,6 +18,9 @@ class EtcConfigTests(SynchronousTestCase):
         self.assertEqual(attrs.evolve(loaded, source="-"), Config(source="-"))
         with open(path) as f:
             text = f.read()
+        for field in attrs.fields(Config):  # the top level's keys, sections' included
+            if field.name not in ("source", "lines"):
+                self.assertIn(f"\n{field.name}:", text, f"{field.name} is not documented")
         for section in ("master", "worker", "persistence", "autoscaler", "store", "web",
                         "mcp", "llm"):
             for field in attrs.fields(type(getattr(Config(), section))):

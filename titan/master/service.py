@@ -31,6 +31,7 @@ from titan.interfaces import (
     CorruptLog, IAutoscalerFactory, IPersistenceFactory, IRouterFactory, StorageUnavailable)
 from titan.master.api import LONG_POLL, MAX_BATCH, MasterApi, check_scope
 from titan.master.autoscale import AutoscalerService
+from titan.master.eventlog import LifecycleLog
 from titan.plugin_registry import find
 from titan.protocols import codec
 from titan.protocols.frame import encode_frame
@@ -187,6 +188,7 @@ class MasterService(MultiService):
         self.autoscaler = AutoscalerService(self, build_autoscaler(config))
         self.autoscaler.setServiceParent(self)
         self.legacy.setServiceParent(self)
+        LifecycleLog(self)  # job and run ends in the log, with their fields
         # The HTTP face (titan/web/, docs/web.md): the dashboard's API on its own listener.
         self.web = None
         if config.web.enabled:
@@ -451,6 +453,10 @@ class MasterService(MultiService):
                     body["agent_run_id"] = run.agent_run_id
                     body["stage"] = run.stage
                 self._to_worker(conn, Op.DISPATCH, body)
+            if self.config.log_jobs:  # the fields every line about a job has (eventlog.py)
+                self.log.info("job {job_id} attempt {attempt} dispatched to {worker}",
+                              job_id=d.job_id, run_id=d.run_id, attempt=d.attempt,
+                              worker=self._worker_name(d.worker_id), worker_id=d.worker_id)
         elif isinstance(d, ev.JobEnded):
             self._when_durable(self._job_ended, d.job_id)
             if d.job_id in self._job_conns:
@@ -491,14 +497,19 @@ class MasterService(MultiService):
             self._timers[d.key] = self.reactor.callLater(
                 max(0.0, d.at - self.now()), self._timer_fired, d.key)
         elif isinstance(d, ev.WorkerChanged):
-            self.log.info("worker {worker_id} is {state}: {reason}", worker_id=d.worker_id,
-                          state=d.state.value, reason=d.reason)
+            self.log.info("worker {worker} is {state}: {reason}", worker_id=d.worker_id,
+                          worker=self._worker_name(d.worker_id), state=d.state.value,
+                          reason=d.reason)
             if d.state is WorkerState.DEAD:
                 # A stalled worker whose connection is still open: hang up, so that it
                 # reconnects and reports what it runs instead of idling unseen.
                 conn = self.worker_conns.pop(d.worker_id, None)
                 if conn is not None:
                     conn.transport.loseConnection()
+
+    def _worker_name(self, worker_id: str) -> str:
+        w = self.scheduler.workers.get(worker_id)
+        return w.name if w is not None else worker_id
 
     # -- the change feed: what faces showing live state (titan/web/events.py) follow ------
 

@@ -34,6 +34,8 @@ class Options(usage.Options):
         except ConfigError as e:
             # One line that names file, line and key; twistd's usage dump would bury it.
             raise SystemExit(f"titan-store: {e}")
+        from titan import jsonlog
+        jsonlog.choose(self, config.log_format)
         if self["fsync"] is not None and self["fsync"] not in FSYNC:
             raise usage.UsageError(f"--fsync must be one of {', '.join(FSYNC)}")
         if self["password"]:

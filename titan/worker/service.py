@@ -65,6 +65,7 @@ class RunningJob:
     attempt: int
     workdir: str
     own_workdir: bool
+    run_id: Optional[str] = None
     proc: Optional[JobProcess] = None
     service: Optional[ServiceSupervisor] = None
     chunks: list = attrs.Factory(list)
@@ -271,7 +272,8 @@ class WorkerService(MultiService):
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = self.reactor
         self._heartbeat.start(interval, now=True)
-        self.log.info("registered with the master as {worker_id}", worker_id=self.worker_id)
+        self.log.info("registered with the master as {worker_id}", worker_id=self.worker_id,
+                      worker=self.name)
         self._flush()
         for job in self.jobs.values():  # a new master knows nothing of their health yet
             if job.service is not None and not job.service.ended:
@@ -331,8 +333,12 @@ class WorkerService(MultiService):
             existing.proc and existing.proc.kill("superseded by a newer attempt")
         workdir, own = job_workdir(self.data_dir, job_id, spec, run_id)
         job = RunningJob(job_id=job_id, spec=spec, attempt=attempt, workdir=workdir,
-                         own_workdir=own)
+                         own_workdir=own, run_id=run_id)
         self.jobs[job_id] = job
+        if self.config.log_jobs:  # the fields every line about a job has (jsonlog.py)
+            self.log.info("job {job_id} attempt {attempt} starting", job_id=job_id,
+                          run_id=run_id, attempt=attempt, worker=self.name,
+                          worker_id=self.worker_id)
         env = dict(self._base_env)
         env.update(spec.env)
         env["TITAN_JOB_ID"] = job_id
@@ -427,7 +433,8 @@ class WorkerService(MultiService):
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt:
             return
-        self.log.info("stopping job {job_id}: {reason}", job_id=job_id, reason=reason)
+        self.log.info("stopping job {job_id}: {reason}", job_id=job_id, reason=reason,
+                      run_id=job.run_id, attempt=attempt, worker=self.name)
         if job.service is not None:
             job.service.stop(reason)
         elif job.proc is not None:
@@ -474,6 +481,11 @@ class WorkerService(MultiService):
         job_id = job.job_id
         if self.jobs.get(job_id) is job:
             del self.jobs[job_id]
+        if exit_code != 0 or reason or self.config.log_jobs:  # failures always
+            self.log.info("job {job_id} attempt {attempt} exited: {outcome}", job_id=job_id,
+                          run_id=job.run_id, attempt=job.attempt, worker=self.name,
+                          worker_id=self.worker_id, exit_code=exit_code, reason=reason,
+                          outcome=reason or f"exit status {exit_code}")
         if job.spec.script_name:
             path = self._script_path(job)
             try:
