@@ -656,6 +656,19 @@ def cmd_package(args) -> int:
     return 0
 
 
+def cmd_reload(args) -> int:
+    with _client(args) as titan:
+        done = titan.reload_config()
+    said = [f"  {what}: {', '.join(done[key])}" for key, what in (
+        ("applied", "applied"), ("restart", "needs a restart"),
+        ("elsewhere", "not read by the master (workers and titan mcp read them at "
+                      "their start)")) if done.get(key)]
+    print(f"reloaded {done.get('source')}" + ("" if said else ": nothing changed"))
+    for line in said:
+        print(line)
+    return 0
+
+
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
@@ -722,8 +735,8 @@ def _job_state(text: str) -> str:
 
 # Every subcommand, in the order `titan --help` lists them.
 COMMANDS = ("submit", "run", "wait", "status", "logs", "cancel", "approve", "reject", "result",
-            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "mcp", "up",
-            "package")
+            "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "reload",
+            "mcp", "up", "package")
 # The options `titan` takes before a subcommand, each with a value.
 GLOBAL_VALUE_OPTIONS = ("--master", "--token", "--token-file")
 
@@ -982,6 +995,16 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
                                        "description.")
         p.add_argument("--json", action="store_true", help="everything, as JSON")
         p.set_defaults(func=cmd_plugins)
+
+    if want("reload"):
+        p = sub.add_parser("reload", parents=[common], help="the master reads its config again",
+                           description="The master reads its config file again, as kill -HUP "
+                                       "does, and applies what can change without a restart "
+                                       "(routers, autoscaler, tokens, retention, web); says "
+                                       "what it applied and what needs a restart. A bad file "
+                                       "is refused: the config in use stays, and this exits 1 "
+                                       "saying why (file:line).")
+        p.set_defaults(func=cmd_reload)
 
     if want("mcp"):
         p = sub.add_parser("mcp", parents=[common], help="serve Titan's tools to AI assistants "

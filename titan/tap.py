@@ -37,6 +37,28 @@ class ConfigOptions(usage.Options):
         config = config.override("", token=self._token(config))
         return config.override(self.section, data_dir=self["data-dir"])
 
+    # Where the token came from at the start: "option", "file", "env" or "config" (None:
+    # nowhere; a master then keeps one in its data dir).
+    token_from: Optional[str] = None
+    _start_token: Optional[str] = None
+
+    def reread(self) -> Config:
+        """The config as `load` made it, from the file as it is now (a master's reload;
+        ConfigError if it is bad).  The token comes from where it came from at the start: a
+        --token-file is read again, `token:` is the new file's, and --token or $TITAN_TOKEN
+        stay what they were (the process forgot where they came from)."""
+        config = load_config(self["config"])
+        if self.token_from == "file":
+            try:
+                token = read_token_file(self["token-file"])
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif self.token_from in ("option", "env"):
+            token = self._start_token
+        else:
+            token = config.token
+        config = config.override("", token=token)
+        return config.override(self.section, data_dir=self["data-dir"])
 
     def _token(self, config: Config) -> Optional[str]:
         """--token, --token-file, $TITAN_TOKEN or the config's (`hide_token` then blanks
@@ -47,14 +69,19 @@ class ConfigOptions(usage.Options):
             print("titan: warning: --token on the command line is visible to every local "
                   "user (ps) while the process starts; use $TITAN_TOKEN or --token-file "
                   "instead", file=sys.stderr, flush=True)
-            token = self["token"]
+            token, self.token_from = self["token"], "option"
         elif self["token-file"]:
             try:
                 token = read_token_file(self["token-file"])
             except ValueError as e:
                 raise usage.UsageError(str(e))
+            self.token_from = "file"
+        elif os.environ.get("TITAN_TOKEN"):
+            token, self.token_from = os.environ["TITAN_TOKEN"], "env"
         else:
-            token = os.environ.get("TITAN_TOKEN") or config.token
+            token = config.token
+            self.token_from = "config" if token else None
+        self._start_token = token
         return token
 
 

@@ -16,7 +16,7 @@ RunChanged decisions.  The names other modules import from here stay here.
 from __future__ import annotations
 
 import random
-from typing import Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from titan.core import events as ev
 from titan.core.cron import cron_next, cron_valid
@@ -36,6 +36,10 @@ from titan.core.parts.validation import DEFAULT_MAX_JOBS_PER_RUN, Validation
 from titan.core.parts.views import (Queries, job_view, run_job_view, run_view, service_view,
                                     worker_view)
 from titan.core.parts.workers import Workers
+
+
+_SETTINGS = frozenset({"routers", "heartbeat_timeout", "backoff_base", "backoff_cap",
+                       "max_jobs_per_run", "keep_finished", "forget_grace", "keep_log_bytes"})
 
 
 class Scheduler(Jobs, Runs, Gates, Services, Workers, Placement, Retention, Schedules, Timers,
@@ -104,6 +108,20 @@ class Scheduler(Jobs, Runs, Gates, Services, Workers, Placement, Retention, Sche
         elif self._moved:
             self._moved.clear()
         return out
+
+    def reconfigure(self, **settings: Any) -> None:
+        """New settings from a config reload, from the next event on (titan/master/reload.py):
+        `routers`, `heartbeat_timeout`, `backoff_base`, `backoff_cap`, `max_jobs_per_run`,
+        `keep_finished`, `forget_grace`, `keep_log_bytes`.  Not recorded: like the config,
+        they are the master's, and a restart takes them from its file."""
+        unknown = set(settings) - _SETTINGS
+        if unknown:
+            raise TypeError(f"no scheduler setting {', '.join(sorted(unknown))}")
+        if "routers" in settings:
+            self.use_routers(settings.pop("routers"))
+        for name, value in settings.items():
+            setattr(self, name, value)
+        self._next_forget_check = 0.0  # retention looks again at the next tick
 
     def replay(self, events: Iterable[tuple[float, object]]) -> int:
         """Apply recorded `(at, event)`s, as recovery does: the same handlers as `apply`,

@@ -52,7 +52,7 @@ HITL_PREFIX = "titan:hitl:"
 # its own gate would defeat the point), cancel work, drop schedules, or restart services
 # (the service it would name by its name is some other job), or start and drain workers.
 NOT_FOR_JOBS = frozenset({"DECIDE_GATE", "CANCEL_JOB", "REMOVE_SCHEDULE", "RESTART_SERVICE",
-                          "START_WORKER", "DRAIN_WORKER"})
+                          "START_WORKER", "DRAIN_WORKER", "RELOAD_CONFIG"})
 # A worker's tag as an operator may name it (a worker takes a comma-separated list).
 TAG = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -203,6 +203,8 @@ class Engine(Protocol):
     def to_worker(self, worker_id: str, opcode: int, body: dict) -> bool: ...
     def add_change_listener(self, listener: Callable[[list], None]) -> None: ...
     def remove_change_listener(self, listener: Callable[[list], None]) -> None: ...
+    def reload_config(self, via: str) -> dict: ...
+    def config_status(self) -> dict: ...
 
 
 class TextFrames(Protocol):
@@ -242,6 +244,10 @@ class MasterApi:
         # Told who wrote a value into a gate's status key through the master (key, value,
         # who): the text frames' face records it as the decision's author.
         self.gate_key_writers: list[Callable[[str, Any, str], None]] = []
+        # Attempts running when a config reload changed the cluster token keep the tokens
+        # they were given (signed with the old one) until they end: [(old token, {(job id,
+        # attempt)})], newest last.
+        self._earlier_job_tokens: list[tuple[str, frozenset]] = []
 
     # -- what faces read of the master (not operations) --------------------------------------
 
@@ -313,11 +319,30 @@ class MasterApi:
         """The caller a token makes: the cluster token's holder, or a running job's attempt
         (its token works while that attempt runs).  Unauthorized for anything else."""
         scope = parse_job_token(self.engine.token, token)
+        if scope is None and self._earlier_job_tokens:
+            scope = self._earlier_job_scope(token)
         if scope is not None:
             check_scope(self.engine.scheduler, scope)
             return Caller(scope, describe)
         self.check_cluster_token(token)
         return Caller(None, describe)
+
+    def _earlier_job_scope(self, token: Any) -> Optional[tuple[str, int]]:
+        for old, attempts in self._earlier_job_tokens:
+            scope = parse_job_token(old, token)
+            if scope is not None and scope in attempts:
+                return scope
+        return None
+
+    def token_changed(self, old: str) -> None:
+        """A config reload changed the cluster token (titan/master/reload.py): the job
+        tokens made with `old` keep working for the attempts running now, and for no other;
+        earlier tokens are dropped once none of theirs runs."""
+        running = frozenset((j.job_id, j.attempt) for j in self.engine.scheduler.jobs.values()
+                            if j.state is JobState.RUNNING)
+        kept = [(t, attempts) for t, attempts in self._earlier_job_tokens
+                if attempts & running]
+        self._earlier_job_tokens = kept + ([(old, running)] if running else [])
 
     def check_cluster_token(self, token: Any) -> None:
         if not token_matches(self.engine.token, token):
@@ -886,7 +911,17 @@ class MasterApi:
                 "persistence": engine.persistence.describe() if engine.persistence else None,
                 "recovery": engine.recovery,
                 "text_frames": self.text_frames.policy() if self.text_frames else "off",
-                "storage": engine.storage_problem, "warnings": self.warnings(caller)}
+                "storage": engine.storage_problem, "warnings": self.warnings(caller),
+                "config": engine.config_status()}
+
+    def reload_config(self, caller: Caller) -> dict:
+        """Read the master's config file again and apply what can change without a restart
+        (titan/master/reload.py): `applied`, `restart` (changed, for the next start) and
+        `elsewhere` (keys the master does not read); `bad_config`, the config in use kept,
+        if the file is bad."""
+        self.admit(caller, "RELOAD_CONFIG")
+        return self.engine.reload_config(f"titan reload by {caller.via}" if caller.via
+                                         else "titan reload")
 
     def metrics(self, caller: Caller, accept: Optional[str] = None) -> tuple[bytes, str]:
         """The master's metrics (docs/metrics.md) in the format the scraper's Accept header

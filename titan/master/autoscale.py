@@ -113,6 +113,20 @@ class AutoscalerService(Service):
         self._loop.clock = self.master.reactor
         self._loop.start(self.master.config.autoscaler.interval, now=False)
 
+    def reconfigure(self, autoscaler) -> None:
+        """A config reload's autoscaler (titan/master/reload.py), built from the master's
+        new `autoscaler:` section: its bounds, tags and interval apply from the next look.
+        The workers it started stay, and are retired as before once idle."""
+        ac = self.master.config.autoscaler
+        self.autoscaler = autoscaler
+        self.configured = _upper(ac.tags)
+        wc = self.master.config.worker
+        if self.enabled and wc.detect_tags and not self.detected:
+            self.detected = _upper(self._detect(wc.high_mem_gb))
+        if self._loop is not None and self._loop.running and self._loop.interval != ac.interval:
+            self._loop.stop()
+            self._loop.start(ac.interval, now=False)
+
     def stopService(self):
         super().stopService()
         if self._loop is not None and self._loop.running:

@@ -459,6 +459,9 @@ class MasterProtocol(RpcProtocol):
     def op_STATS_JSON(self, body: dict) -> dict:
         return self.master.stats(self.caller)
 
+    def op_RELOAD_CONFIG(self, body: dict) -> dict:
+        return self.master.reload_config(self.caller)
+
     def connectionLost(self, reason=None) -> None:
         super().connectionLost(reason)
         self._cancel_hello_timer()

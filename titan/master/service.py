@@ -32,6 +32,7 @@ from titan.interfaces import (
 from titan.master.api import LONG_POLL, MAX_BATCH, MasterApi, check_scope
 from titan.master.autoscale import AutoscalerService
 from titan.master.eventlog import LifecycleLog
+from titan.master.reload import Reloader
 from titan.plugin_registry import find
 from titan.protocols import codec
 from titan.protocols.frame import encode_frame
@@ -189,6 +190,10 @@ class MasterService(MultiService):
         self.autoscaler.setServiceParent(self)
         self.legacy.setServiceParent(self)
         LifecycleLog(self)  # job and run ends in the log, with their fields
+        # `kill -HUP`, `titan reload` (titan/master/reload.py): the config file read again
+        # by `config_loader` (twistd's options set it: titan/master/tap.py).
+        self.config_loader: Optional[Callable[[], Config]] = None
+        self.reloader = Reloader(self)
         # The HTTP face (titan/web/, docs/web.md): the dashboard's API on its own listener.
         self.web = None
         if config.web.enabled:
@@ -506,6 +511,13 @@ class MasterService(MultiService):
                 conn = self.worker_conns.pop(d.worker_id, None)
                 if conn is not None:
                     conn.transport.loseConnection()
+
+    def reload_config(self, via: str) -> dict:
+        """Read the config file again and apply what can change live (titan/master/reload.py)."""
+        return self.reloader.reload(via)
+
+    def config_status(self) -> dict:
+        return self.reloader.status()
 
     def _worker_name(self, worker_id: str) -> str:
         w = self.scheduler.workers.get(worker_id)

@@ -53,6 +53,7 @@ class Op(enum.IntEnum):
     WAIT_JOBS = 0x4C  # until every job of a list has ended (a bounded long poll)
     START_WORKER = 0x4D  # the master starts a local titan-worker
     DRAIN_WORKER = 0x4E  # client -> master request; master -> worker push: leave when idle
+    RELOAD_CONFIG = 0x4F  # the master reads its config file again (as SIGHUP does)
 
     ACK = 0x50
     ERROR = 0x51

@@ -548,3 +548,9 @@ class Client:
 
     def stats(self) -> dict:
         return self.call(Op.STATS_JSON)
+
+    def reload_config(self) -> dict:
+        """The master reads its config file again (as `kill -HUP` does): {"applied",
+        "restart", "elsewhere": [keys], "source"}; RemoteError `bad_config` if the file is
+        bad (the config in use stays)."""
+        return self.call(Op.RELOAD_CONFIG)

@@ -107,6 +107,16 @@ class WebAuth:
             self.sessions.pop(sid, None)
             self._save()
 
+    def end_sessions(self, role: str) -> int:
+        """End every session of `role` (saved ones too): a config reload took away the
+        token they were opened with (titan/web/face.py).  How many live ones ended."""
+        ended = [sid for sid, s in self.sessions.items() if s.role == role]
+        for sid in ended:
+            del self.sessions[sid]
+        self._saved = {k: v for k, v in self._saved.items() if v["role"] != role}
+        self._save()
+        return len(ended)
+
     # -- sessions that outlive a restart ---------------------------------------------------
 
     FILE = "web.sessions"

@@ -30,12 +30,7 @@ _SEQ_SPAN = 1 << 48  # more jobs than a master will ever number: priority outran
 
 class Placement(CoreState):
     def _init_placement(self, routers: Optional[Iterable]) -> None:
-        self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
-        # With only the built-in routers, a job that needs no tags and names no worker,
-        # while no worker has tags, goes to the least-loaded free worker (or the first one):
-        # the chain would say the same, this says it without building candidate lists.
-        self._plain_routing = all(type(r) in _BUILT_IN_ROUTERS for r in self.routers)
-        self._least_loaded = any(type(r) is LeastLoaded for r in self.routers)
+        self.use_routers(routers)
         self._free: dict[str, WorkerRecord] = {}  # live workers with a free slot
         self._with_tags: set = set()  # workers that carry tags
         self._tagged = 0
@@ -47,6 +42,16 @@ class Placement(CoreState):
         # queue (dispatched, cancelled, forgotten): dropped when it reaches the head.
         self._queues: dict[tuple, ReadyQueue] = {}
         self._pushes = 0
+
+    def use_routers(self, routers: Optional[Iterable]) -> None:
+        """Route with this chain from the next dispatch on (a config reload changes it; the
+        ready queues do not depend on it)."""
+        self.routers = tuple(routers) if routers is not None else DEFAULT_CHAIN
+        # With only the built-in routers, a job that needs no tags and names no worker,
+        # while no worker has tags, goes to the least-loaded free worker (or the first one):
+        # the chain would say the same, this says it without building candidate lists.
+        self._plain_routing = all(type(r) in _BUILT_IN_ROUTERS for r in self.routers)
+        self._least_loaded = any(type(r) is LeastLoaded for r in self.routers)
 
     def parent_workers(self, job: JobRecord) -> set:
         """Names of the workers that ran `job`'s parents (for affinity routing)."""
