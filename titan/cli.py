@@ -669,6 +669,11 @@ def cmd_reload(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from titan.doctor import run_doctor
+    return run_doctor(args)
+
+
 def cmd_up(args) -> int:
     from titan.up import run_up
     return run_up(workers=args.workers, port=args.port, data_dir=args.data_dir,
@@ -736,7 +741,7 @@ def _job_state(text: str) -> str:
 # Every subcommand, in the order `titan --help` lists them.
 COMMANDS = ("submit", "run", "wait", "status", "logs", "cancel", "approve", "reject", "result",
             "runs", "schedules", "workers", "jobs", "service", "aof", "plugins", "reload",
-            "mcp", "up", "package")
+            "doctor", "mcp", "up", "package")
 # The options `titan` takes before a subcommand, each with a value.
 GLOBAL_VALUE_OPTIONS = ("--master", "--token", "--token-file")
 
@@ -1005,6 +1010,19 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
                                        "is refused: the config in use stays, and this exits 1 "
                                        "saying why (file:line).")
         p.set_defaults(func=cmd_reload)
+
+    if want("doctor"):
+        p = sub.add_parser("doctor", parents=[common], help="check this machine and the cluster",
+                           description="Check this machine (Python, Twisted and Titan "
+                                       "versions, data dirs and token file, ports, cgroups) "
+                                       "and the cluster when its master answers (token, "
+                                       "versions, store, web, workers, clock skew); each "
+                                       "check ok, warn or fail with what to do. Exits 1 if "
+                                       "one fails.")
+        p.add_argument("--config", "-c", metavar="FILE",
+                       help="the config file the master and workers use (data dirs, ports)")
+        p.add_argument("--json", action="store_true", help="the checks, as JSON")
+        p.set_defaults(func=cmd_doctor)
 
     if want("mcp"):
         p = sub.add_parser("mcp", parents=[common], help="serve Titan's tools to AI assistants "

@@ -828,8 +828,19 @@ class MasterApi:
         """A worker as list_workers shows it (the live events' worker changes too)."""
         view = worker_view(w, now)
         view["jobs"] = sorted(w.running)  # what it runs (the dashboard lists them)
+        view["clock_offset"] = self._clock_offset(w)
         view.update(self.engine.autoscaler.describe(w.name) or {"spawned_by": None})
         return view
+
+    def _clock_offset(self, w) -> Optional[float]:
+        """Seconds the worker's clock is ahead of the master's (behind: negative), from its
+        last heartbeat's `time` against when the master got it (plus the one-way delay);
+        None when it sent none (an older worker) or is not connected."""
+        heartbeat = getattr(self.engine.worker_link(w.worker_id), "last_heartbeat", None)
+        sent = heartbeat.get("time") if isinstance(heartbeat, dict) else None
+        if not isinstance(sent, (int, float)) or isinstance(sent, bool):
+            return None
+        return round(sent - w.last_seen, 3)
 
     def start_worker(self, caller: Caller, tags: Any = None, slots: Any = None,
                      name: Any = None, by: str = "dashboard") -> dict:

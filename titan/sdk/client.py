@@ -82,6 +82,7 @@ class Client:
         self._frames: list[Frame] = []
         self._rids = itertools.count(1)
         self._run_pushes: list[dict] = []  # RUN_CHANGED pushes read while awaiting a reply
+        self.hello: Optional[dict] = None
 
     # -- connection ------------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class Client:
             self.close()
             raise ConnectError(f"{where} is not a Titan master: it answered the HELLO as "
                                f"{hello!r:.80}")
+        self.hello = hello  # the master's answer: its `version` (titan doctor says it)
 
     def call(self, opcode: int, body: Optional[dict] = None, timeout: Optional[float] = None) -> Any:
         if self._sock is None:

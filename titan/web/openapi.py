@@ -355,13 +355,15 @@ SCHEMAS: dict[str, dict] = {
     "Cluster": _obj({
         "jobs": _BY_STATE, "workers": _COUNT, "slots": _COUNT, "busy": _COUNT,
         "persistence": {"type": ["object", "null"]}, "recovery": {"type": ["object", "null"]},
-        "text_frames": {"type": "string"}, "storage": _STR, "warnings": _STRS}),
+        "text_frames": {"type": "string"}, "storage": _STR, "warnings": _STRS},
+        {"config": {"type": "object"}}),
     "Worker": _obj({
         "worker_id": {"type": "string"}, "name": {"type": "string"},
         "host": {"type": "string"}, "tags": _STRS, "slots": _COUNT, "busy": _COUNT,
         "jobs": _STRS, "state": {"enum": WORKER_STATES}, "last_heartbeat_ago": {
             "type": "number"}, "joined_at": {"type": "number"}, "completed": _COUNT,
-        "idle_for": _NUM, "spawned_by": _STR}, {"pid": {"type": "integer"}, "why": _STR}),
+        "idle_for": _NUM, "spawned_by": _STR}, {"pid": {"type": "integer"}, "why": _STR,
+                                                 "clock_offset": _NUM}),
     "AgentRun": _obj({
         "agent_run_id": _STR, "runs": {"type": "integer"},
         "stages": {"type": "array", "items": _obj({

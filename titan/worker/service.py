@@ -11,6 +11,7 @@ import random
 import secrets
 import socket
 import sys
+import time
 from typing import Optional
 
 import attrs
@@ -318,8 +319,10 @@ class WorkerService(MultiService):
 
     def _beat(self) -> None:
         if self.conn is not None and self.registered:
+            # `time`: this machine's clock, for the master's view of the skew (titan doctor).
             self.conn.push(Op.HEARTBEAT, {"worker_id": self.worker_id,
-                                          "running": len(self.jobs), **heartbeat_figures()})
+                                          "running": len(self.jobs), "time": time.time(),
+                                          **heartbeat_figures()})
 
     # -- jobs ------------------------------------------------------------------------------
 
