@@ -663,7 +663,10 @@ def cmd_reload(args) -> int:
         ("applied", "applied"), ("restart", "needs a restart"),
         ("elsewhere", "not read by the master (workers and titan mcp read them at "
                       "their start)")) if done.get(key)]
-    print(f"reloaded {done.get('source')}" + ("" if said else ": nothing changed"))
+    source = done.get("source")
+    if source == "<defaults>":  # `titan up`'s master, say
+        source = "(no config file: the defaults and the master's command line)"
+    print(f"reloaded {source}" + ("" if said else ": nothing changed"))
     for line in said:
         print(line)
     return 0

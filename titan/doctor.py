@@ -230,7 +230,7 @@ def probe_cgroup(path: str) -> bool:
 # -- the cluster ---------------------------------------------------------------------------
 
 def check_cluster(client: Any, where: str, store_configured: bool,
-                  web: Optional[Callable[[], Check]] = None) -> list[Check]:
+                  web: Optional[Callable[[dict], Check]] = None) -> list[Check]:
     """The checks that ask the master (`client`: a titan.sdk Client, not yet connected).
     The first one says whether it answered; the rest need it."""
     from titan.sdk.client import ConnectError
@@ -263,7 +263,7 @@ def check_cluster(client: Any, where: str, store_configured: bool,
                          f"{last.get('error')}", "fix the file, then titan reload"))
     out.append(_store(client, store_configured))
     if web is not None:
-        out.append(web())
+        out.append(web(stats))
     out.extend(check_workers(client.workers()))
     return out
 
@@ -382,6 +382,10 @@ def gather(args) -> list[Check]:
         if config.source != "<defaults>":
             checks.append(Check("machine", "config", OK, f"{config.source} reads"))
     mc, wc = config.master, config.worker
+    home = os.environ.get("TITAN_DATA_DIR")
+    if home and getattr(args, "config", None) is None:  # `titan up --data-dir DIR`'s
+        mc = attrs.evolve(mc, data_dir=os.path.join(home, "master"))
+        wc = attrs.evolve(wc, data_dir=os.path.join(home, "worker-1"))
     checks += check_data_dir(mc.data_dir, "master data dir", token=True)
     checks += check_data_dir(wc.data_dir, "worker data dir")
     checks.append(check_cgroups())
@@ -398,12 +402,12 @@ def gather(args) -> list[Check]:
     client = Client(master=master, token=token, timeout=10.0, name="titan-doctor")
     where = f"{client.host}:{client.port}"
 
-    def web() -> Check:
-        port = _read_port(mc.data_dir, "web.port")
-        parsed = parse_endpoint(config.web.listen)
-        if port is None and parsed:
-            port = parsed[1]
-        if not config.web.enabled and port is None:
+    def web(stats: dict) -> Check:
+        port = stats.get("web_port")  # the master says where (None: off)
+        if port is None and "web_port" not in stats:  # an older master: the config's
+            parsed = parse_endpoint(config.web.listen)
+            port = _read_port(mc.data_dir, "web.port") or (parsed[1] if parsed else None)
+        if port is None:
             return Check("cluster", "web", OK, "off (web.enabled: false)")
         return check_web(f"http://{client.host}:{port}", token)
 

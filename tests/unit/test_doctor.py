@@ -162,7 +162,7 @@ class ClusterTests(SynchronousTestCase):
     def test_all_well(self):
         checks = self.by_name(doctor.check_cluster(
             FakeClient(workers=[worker("w1"), worker("w2", -0.4)]), "h:1", False,
-            web=lambda: Check("cluster", "web", OK, "up")))
+            web=lambda stats: Check("cluster", "web", OK, "up")))
         self.assertEqual({n: c.status for n, c in checks.items()},
                          {"master": OK, "version": OK, "store": OK, "web": OK, "workers": OK,
                           "clock w1": OK, "clock w2": OK})

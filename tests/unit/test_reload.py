@@ -73,6 +73,20 @@ class PlanTests(SynchronousTestCase):
                 build(parse_config(text, "c.yaml"))
             self.assertTrue(str(e.exception).startswith(where), str(e.exception))
 
+    def test_a_plugin_that_refuses_its_options_is_a_bad_config(self):
+        from titan.master import reload
+
+        class Picky:
+            def build(self, options):
+                raise ValueError("window must be under a minute")
+        real = reload.find
+        self.patch(reload, "find", lambda interface, name, kind: Picky()
+                   if kind == "autoscaler" else real(interface, name, kind))
+        with self.assertRaises(ConfigError) as e:
+            build(parse_config("autoscaler:\n  name: reactive\n  window: 90\n", "c.yaml"))
+        self.assertEqual(str(e.exception), "c.yaml:2: autoscaler.name: reactive could not be "
+                                           "built: window must be under a minute")
+
     def test_build_makes_the_chain_and_the_autoscaler(self):
         built = build(parse_config("router: [least-loaded]\nautoscaler:\n  max_workers: 7\n"))
         self.assertEqual([type(r) for r in built.routers], [LeastLoaded])

@@ -923,7 +923,13 @@ class MasterApi:
                 "recovery": engine.recovery,
                 "text_frames": self.text_frames.policy() if self.text_frames else "off",
                 "storage": engine.storage_problem, "warnings": self.warnings(caller),
-                "config": engine.config_status()}
+                "config": engine.config_status(), "web_port": self._web_port()}
+
+    def _web_port(self) -> Optional[int]:
+        """The port the web API listens on (None: off, or not listening yet)."""
+        web = getattr(self.engine, "web", None)
+        port = getattr(getattr(web, "listener", None), "port", None)
+        return getattr(port.getHost(), "port", None) if port is not None else None
 
     def reload_config(self, caller: Caller) -> dict:
         """Read the master's config file again and apply what can change without a restart

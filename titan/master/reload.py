@@ -129,12 +129,23 @@ def build(config: Config) -> Built:
     ConfigError naming the file, line and key if one is unknown."""
     routers = []
     for name in config.router:
-        routers.append(_find(config, "router", IRouterFactory, name, "router").build({}))
+        factory = _find(config, "router", IRouterFactory, name, "router")
+        routers.append(_built(config, "router", name, lambda: factory.build({})))
     _find(config, "persistence.backend", IPersistenceFactory, config.persistence.backend,
           "persistence backend")
-    factory = _find(config, "autoscaler.name", IAutoscalerFactory, config.autoscaler.name,
-                    "autoscaler")
-    return Built(routers, factory.build(attrs.asdict(config.autoscaler)))
+    name = config.autoscaler.name
+    factory = _find(config, "autoscaler.name", IAutoscalerFactory, name, "autoscaler")
+    return Built(routers, _built(config, "autoscaler.name", name,
+                                 lambda: factory.build(attrs.asdict(config.autoscaler))))
+
+
+def _built(config: Config, key: str, name: str, make: Callable[[], Any]) -> Any:
+    """A plugin built, or ConfigError: a third party's may refuse its options."""
+    try:
+        return make()
+    except Exception as e:
+        raise ConfigError(f"{config.where(key)}: {key}: {name} could not be built: "
+                          f"{e}") from None
 
 
 def _find(config: Config, key: str, interface, name: str, kind: str):

@@ -356,7 +356,7 @@ SCHEMAS: dict[str, dict] = {
         "jobs": _BY_STATE, "workers": _COUNT, "slots": _COUNT, "busy": _COUNT,
         "persistence": {"type": ["object", "null"]}, "recovery": {"type": ["object", "null"]},
         "text_frames": {"type": "string"}, "storage": _STR, "warnings": _STRS},
-        {"config": {"type": "object"}}),
+        {"config": {"type": "object"}, "web_port": {"type": ["integer", "null"]}}),
     "Worker": _obj({
         "worker_id": {"type": "string"}, "name": {"type": "string"},
         "host": {"type": "string"}, "tags": _STRS, "slots": _COUNT, "busy": _COUNT,
