@@ -257,8 +257,25 @@ def _cluster_status(args) -> int:
                     ["workers", f"{stats['workers']}, {stats['busy']}/{stats['slots']} "
                                 "slots busy"],
                     ["jobs", jobs],
-                    ["text frames", stats.get("text_frames") or "off"]])
+                    ["text frames", stats.get("text_frames") or "off"],
+                    *_config_line(stats.get("config"))])
     return 0
+
+
+def _config_line(config) -> list:
+    """The master's config file, its reloads and what waits for a restart (titan reload)."""
+    if not config:
+        return []
+    source = config.get("source")
+    text = "no file" if source == "<defaults>" else str(source)
+    if config.get("reloads"):
+        text += f", reloaded {config['reloads']} times"
+    if config.get("restart"):
+        text += f"; needs a restart for {', '.join(config['restart'])}"
+    last = config.get("last") or {}
+    if last.get("ok") is False:
+        text += f"; the last reload was refused: {last.get('error')}"
+    return [["config", _cell(text)]]
 
 
 def cmd_workers(args) -> int:

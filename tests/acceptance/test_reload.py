@@ -76,6 +76,9 @@ class ReloadTests(ClusterTestCase):
             config = c.stats()["config"]
             self.assertEqual((config["reloads"], config["restart"]),
                              (reloads + 1, ["persistence.fsync"]))
+            self.assertIn(f"  config:      {self.cluster.config_path}, reloaded {reloads + 1} "
+                          "times; needs a restart for persistence.fsync\n",
+                          self.titan("status").stdout.decode())
             # The job ran once, to its end, on the worker that was connected all along.
             [ended] = wait_ended(self, c, job, 30)
             self.assertEqual((ended["state"], ended["attempt"]), ("COMPLETED", 1))
@@ -122,3 +125,5 @@ class ReloadTests(ClusterTestCase):
             last = c.stats()["config"]["last"]
             self.assertEqual(last["ok"], False)
             self.assertIn("router", last["error"])
+        self.assertIn(f"; the last reload was refused: {path}:{self.line_of('router:')}: "
+                      "router: unknown router 'nearest'", self.titan("status").stdout.decode())
