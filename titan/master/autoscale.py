@@ -233,8 +233,8 @@ class AutoscalerService(Service):
             code = child.proc.poll()
             if code is not None:
                 del self.children[name]
-                self.log.info("autoscaled worker {name} exited with status {code}",
-                              name=name, code=code)
+                self.log.info("autoscaled worker {worker} exited with status {code}",
+                              worker=name, code=code)
                 for w in list(self.master.scheduler.workers.values()):
                     if w.name == name:  # gone for good: its jobs (if any) run elsewhere
                         self.master.handle(ev.WorkerLost(w.worker_id, f"{name} exited"))

@@ -218,8 +218,8 @@ class ServiceSupervisor:
         self.restarts += 1
         delay = min(self.options.restart_backoff_cap,
                     self.options.restart_backoff_base * 2 ** (len(self.restart_times) - 1))
-        self.log.info("service {job} exited ({what}); restart {n} in {delay:.1f}s",
-                      job=self.job.job_id, what=what, n=self.restarts, delay=delay)
+        self.log.info("service {job_id} exited ({what}); restart {n} in {delay:.1f}s",
+                      job_id=self.job.job_id, what=what, n=self.restarts, delay=delay)
         self.last_exit = what
         self._set("RESTARTING")
         self._schedule_start(delay)
@@ -300,8 +300,8 @@ class ServiceSupervisor:
         if self.healthy or not in_grace:
             self._failures += 1
             if self._failures >= FAILURES_BEFORE_RESTART:
-                self.log.warn("service {job} is unhealthy ({why}); restarting it",
-                              job=self.job.job_id, why=why)
+                self.log.warn("service {job_id} is unhealthy ({why}); restarting it",
+                              job_id=self.job.job_id, why=why)
                 self._failures = 0
                 self._stop_health()
                 self.proc.kill(f"unhealthy ({why})")
