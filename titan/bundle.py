@@ -12,6 +12,10 @@ one the bundle was built for.
 """
 import sys
 
+# The bundle this process runs from (its absolute path), set by `main`; None elsewhere.  A
+# bundled master starts local workers with it (titan/master/autoscale.py).
+PATH = None
+
 USAGE = """usage: python3 {file} [OPTIONS]     start a {plugin} (twistd --nodaemon {plugin})
        python3 {file} twistd ARGS  run twistd itself (e.g. --logfile=F {plugin} ...)
        python3 {file} titan ARGS   the titan command (status, workers, aof check, ...)
@@ -47,8 +51,10 @@ def only_the_bundle(path: list, own: str) -> list:
 
 
 def main() -> int:
+    global PATH
     import os
     import _titan_bundle
+    PATH = os.path.abspath(sys.argv[0])
     sys.path[:] = only_the_bundle(sys.path, os.path.dirname(_titan_bundle.__file__))
     built = _built()
     file = os.path.basename(sys.argv[0]) or f"{built['plugin']}.pyz"

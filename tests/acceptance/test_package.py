@@ -120,3 +120,19 @@ class PackageTests(ClusterTestCase):
                                 capture_output=True, timeout=60)
         self.assertEqual(status.returncode, 0, status.stderr.decode())
         self.assertEqual(status.stdout.decode().splitlines()[0], "UP")
+        # It starts a local worker from its own bundle (there is no twistd on this path),
+        # and a job runs there.
+        shiv = dict(env, SHIV_ROOT=os.path.join(there, ".shiv"))
+
+        def titan(*args: str) -> subprocess.CompletedProcess:
+            return subprocess.run(["sh", "-c", '"$PYTHON" titan-master.pyz titan "$@"', "titan",
+                                   "--master", f"127.0.0.1:{port}", *args],
+                                  cwd=there, env=shiv, capture_output=True, timeout=60)
+        started = titan("workers", "start", "--name", "local-1")
+        self.assertEqual(started.returncode, 0, started.stderr.decode())
+        ran = titan("submit", "--wait", "--", "echo", "on the bundled master's worker")
+        self.assertEqual(ran.returncode, 0, ran.stderr.decode() + tail(os.path.join(
+            there, "master.log")))
+        status = titan("status", ran.stdout.decode().split()[0]).stdout.decode()
+        self.assertIn("COMPLETED", status)
+        self.assertIn("local-1", status)

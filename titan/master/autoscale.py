@@ -273,7 +273,7 @@ class AutoscalerService(Service):
         slots = slots or self.master.config.autoscaler.slots
         data_dir = self._data_dir(name, by)
         os.makedirs(data_dir, exist_ok=True)
-        cmd = [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=",
+        cmd = [*twistd_command(), "-n", "--pidfile=",
                f"--logfile={os.path.join(data_dir, 'worker.log')}", "titan-worker",
                "--master", f"127.0.0.1:{port}", "--name", name, "--no-detect-tags",
                "--slots", str(slots), "--data-dir", data_dir]
@@ -342,3 +342,12 @@ def _upper(tags) -> frozenset:
 
 def _label(tags: frozenset) -> str:
     return ",".join(sorted(tags)) or "no tags"
+
+
+def twistd_command() -> list:
+    """How this process runs twistd: through its own bundle (`python3 X.pyz twistd`) when
+    the master runs from one (titan package), else the twistd beside this Python."""
+    from titan import bundle
+    if bundle.PATH:
+        return [sys.executable, bundle.PATH, "twistd"]
+    return [os.path.join(os.path.dirname(sys.executable), "twistd")]
