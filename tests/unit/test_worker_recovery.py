@@ -215,6 +215,38 @@ class WorkerRecoveryTests(SynchronousTestCase):
         self.assertGreaterEqual(min(waits[6:]), 1.0)  # at the cap
         self.register(self.accept(within=1.8))
 
+    def test_connections_closed_before_the_master_answers_back_off_too(self) -> None:
+        """Behind `ssh -R` with no master at the far end, every attempt connects (to sshd)
+        and is closed before REGISTER is answered: each counts as a failed attempt, and the
+        worker says so once (it used to retry every ~0.3 s, logging each)."""
+        said = []
+        from twisted.logger import globalLogPublisher
+        observer = said.append
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        first = self.accept(within=0)
+        self.register(first)  # heartbeat_interval 1.0
+        first.drop()
+        waits = []
+        for _ in range(12):
+            waits.append(self.next_dial(within=1.8))
+            link = self.connect()
+            self.register(link, answer=False)
+            link.drop()
+        # 0.1 s × 1.5^n as if refused, up to the 1 s interval, plus under 0.5 s of jitter.
+        for n, waited in enumerate(waits, start=1):
+            floor = min(0.1 * 1.5 ** n, 1.0)
+            self.assertGreaterEqual(waited, floor - 1e-9, f"retry {n}: {waits}")
+            self.assertLess(waited, floor + 0.5, f"retry {n}: {waits}")
+        self.assertGreaterEqual(min(waits[6:]), 1.0)  # at the cap
+        closed = [e for e in said if "closed before the master answered"
+                  in e.get("log_format", "")]
+        self.assertEqual(len(closed), 1, [e.get("log_format") for e in said])
+        self.assertFalse([e for e in said if "registration failed" in e.get("log_format", "")])
+        # Answered again: the next loss is retried quickly, as after any registration.
+        self.register(self.accept(within=1.8))
+        self.assertEqual(self.worker._unanswered, 0)
+
     # -- reports ---------------------------------------------------------------------------
 
     def test_register_names_running_attempts_and_those_that_ended_meanwhile(self) -> None:
@@ -391,7 +423,8 @@ class WorkerRecoveryTests(SynchronousTestCase):
             elif action == "drop":
                 link.drop()
                 at_hello = sorted(running)
-                link, pending, registered = self.accept(), [], False
+                # Drops before an answer back off like refusals (up to 5 s before the first).
+                link, pending, registered = self.accept(within=6.3), [], False
         # The end: the jobs still running end; the master answers everything.
         for key in sorted(running):
             ended[key] = (0, None)
@@ -406,7 +439,7 @@ class WorkerRecoveryTests(SynchronousTestCase):
                 look()
             link.drop()
             at_hello = sorted(running)
-            link, pending = self.accept(), []
+            link, pending = self.accept(within=6.3), []
         look()
         self.assertEqual(acked, set(ended), label)
         self.assertEqual(self.worker.unacked, {}, label)

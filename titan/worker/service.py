@@ -17,7 +17,7 @@ from typing import Optional
 import attrs
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (HostnameEndpoint, TCP4ClientEndpoint,
                                         TCP6ClientEndpoint)
@@ -143,6 +143,7 @@ class WorkerService(MultiService):
         self._base_env = env
         endpoint = master_endpoint(reactor, self.master_host, self.master_port)
         factory = Factory.forProtocol(WorkerProtocol)
+        factory.noisy = False  # no "Starting factory" lines at every retry
         factory.buildProtocol = self._build_protocol
         self.client_service = ClientService(
             endpoint, factory, retryPolicy=self._retry_delay, clock=reactor)
@@ -153,10 +154,16 @@ class WorkerService(MultiService):
     # a silent worker `heartbeat_timeout`, and a live worker in its backoff must not be
     # given up for lost (its finished jobs would run again elsewhere).
     _retry_cap = 5.0
+    # Connections in a row that closed before the master answered the REGISTER.  ClientService
+    # counts only failures to connect, and starts again from 0 at each connection: behind an
+    # `ssh -R` tunnel whose master is down, sshd accepts every attempt and closes it, and
+    # the worker retried every ~0.3 s forever (docs/remote-workers.md).
+    _unanswered = 0
 
     def _retry_delay(self, attempt: int) -> float:
         cap = self._retry_cap
         jitter = random.random() * min(1.0, cap / 2)
+        attempt += self._unanswered
         return min(0.1 * 1.5 ** min(attempt, 64), cap) + jitter
 
     def _build_protocol(self, addr) -> WorkerProtocol:
@@ -255,6 +262,7 @@ class WorkerService(MultiService):
         if conn is not self.conn:
             return
         self.registered = True
+        self._unanswered = 0
         for report in delivered:
             self.unacked.pop((report["job_id"], report["attempt"]), None)
         # Jobs that ended while the hello was on its way (one the master told to stop, say):
@@ -290,18 +298,30 @@ class WorkerService(MultiService):
             self.refused = True  # for good: no "reconnecting"
             exit_after_stop(self.reactor, 2)
             return
+        if failure.check(error.ConnectionLost):
+            return  # closed before the answer: disconnected() says so
         self.log.warn("registration failed: {why}", why=failure.getErrorMessage())
         if conn.transport is not None:
             conn.transport.loseConnection()
 
     def disconnected(self, conn: WorkerProtocol) -> None:
         if conn is self.conn:
+            answered, self.registered = self.registered, False
             self.conn = None
-            self.registered = False
             if self._heartbeat is not None and self._heartbeat.running:
                 self._heartbeat.stop()
-            if not self.refused:
+            if self.refused:
+                return
+            if answered:
                 self.log.warn("lost the master; reconnecting")
+                return
+            # Each one counts as a failed attempt: the retries back off (_retry_delay).
+            self._unanswered += 1
+            if self._unanswered == 1:  # said once, not at every retry
+                self.log.warn("the connection to {host}:{port} closed before the master "
+                              "answered (a tunnel whose far end has no master behind it?); "
+                              "retrying with backoff", host=self.master_host,
+                              port=self.master_port)
 
     def leave_when_idle(self) -> None:
         """The master drained this worker (DRAIN_WORKER): it sends no more jobs, and once
