@@ -27,12 +27,18 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 # System packages the tests use (the store's conformance suite runs against a real
-# redis-server too), installed with apt when missing.
+# redis-server too; test_ssh_tunnel runs its own sshd on a loopback port, as the GPU box a
+# worker joins from through `ssh -R`), installed with apt when missing.  Where systemd
+# runs, installing openssh-server also starts the machine's own sshd (port 22).
 system-packages:
 	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null || { \
 	  echo "installing redis-server (apt-get)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || { echo "could not install redis-server: install it, then run make test again"; exit 1; }; }
+	@test -x /usr/sbin/sshd && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || { \
+	  echo "installing openssh-server and openssh-client (apt-get)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null) \
+	  || { echo "could not install openssh-server: install it, then run make test again"; exit 1; }; }
 
 # Node.js builds the dashboard (Debian's nodejs 18 or newer will do); the browser tests
 # drive Debian's chromium through chromium-driver.
