@@ -23,6 +23,8 @@ from titan.testing.cluster import BIN, Child, free_port
 from titan.testing.processes import die_with_parent, tail
 
 SSHD = "/usr/sbin/sshd"
+# How long the worker said it would wait before each retry (ClientService logs it).
+RETRY = re.compile(r"Scheduling retry \d+ to connect .*? in ([0-9.]+) seconds")
 
 
 def _keygen(path: str) -> None:
@@ -185,7 +187,8 @@ class SshTunnelTests(ClusterTestCase):
     workers = 0
     # Long enough that the drop below (a second or so) stays within it; the test that
     # stays away longer waits it out.
-    cluster_options = {"heartbeat_interval": 0.5, "heartbeat_timeout": 5.0}
+    # fixed_port: a restarted master is where the tunnel forwards to.
+    cluster_options = {"heartbeat_interval": 0.5, "heartbeat_timeout": 5.0, "fixed_port": True}
 
     def setUp(self) -> None:
         super().setUp()
@@ -297,8 +300,7 @@ class SshTunnelTests(ClusterTestCase):
         # It waited with backoff: each retry's wait is logged, none past the heartbeat
         # interval (0.5 s) and its jitter (under 0.25 s).
         since = self.worker_log()[len(logged_before):]
-        waits = [float(s) for s in re.findall(r"Scheduling retry \d+ to connect .*? in "
-                                              r"([0-9.]+) seconds", since)]
+        waits = [float(s) for s in RETRY.findall(since)]
         self.assertTrue(waits, since[-3000:])
         self.assertLess(max(waits), 0.75, waits)
         self.assertEqual(since.count("registered with the master as"), 1, since[-3000:])
@@ -341,4 +343,46 @@ class SshTunnelTests(ClusterTestCase):
                              [(1, "COMPLETED")])
         self.assertEqual([(e.attempt, e.worker) for e in journal.starts(job_id)],
                          [(1, "gpu-box")])
+        journal.check_exactly_once(self, [job])
+
+    def test_the_master_restarts_behind_a_tunnel_that_stays_up(self):
+        """The laptop's master is killed and started again; the tunnel stays.  Meanwhile
+        sshd accepts each of the worker's attempts and closes it (nothing behind it): the
+        worker backs off all the same, says so once, and comes back to the new master with
+        its running job, which ends once."""
+        journal = Journal(os.path.join(self.box.root, "journal"))
+        release = os.path.join(self.box.root, "release-3")
+        pidfile = os.path.join(self.box.root, "long-3.pid")
+        long_job = journal.sh(f"echo $$ > {pidfile}; "
+                              f"while [ ! -e {release} ]; do sleep 0.05; done")
+        with self.cluster.client() as c:
+            job_id = c.submit(long_job, tags=["GPU"])
+        pid = read_pid(pidfile, 30)
+        logged_before = len(self.worker_log())
+        self.cluster.kill_master()
+
+        def retries() -> list:
+            return [float(s) for s in RETRY.findall(self.worker_log()[logged_before:])]
+        waits = self.wait_for(lambda: len(retries()) >= 6 and retries(), 20,
+                              lambda: f"six retries: {self.worker_log()[logged_before:]}")
+        # 0.15 s after the loss, then x 1.5 per closed attempt up to the 0.5 s heartbeat
+        # interval (plus jitter): not 0.15 s again and again, as when only refusals counted.
+        for n, waited in enumerate(waits[:6], start=1):
+            self.assertGreaterEqual(waited, min(0.1 * 1.5 ** n, 0.5), waits)
+        since = self.worker_log()[logged_before:]
+        self.assertEqual(since.count("closed before the master answered"), 1, since[-3000:])
+        self.assertNotIn("registration failed", since)
+        self.assertIsNone(self.box.tunnel.poll(), "ssh exited with its master")
+        self.assertTrue(pid_alive(pid), "the job died with the master")
+
+        self.cluster.start_master()
+        self.wait_for(lambda: self.gpu_worker("ALIVE"), 15, "gpu-box back with the new master")
+        with self.cluster.client() as c:
+            self.wait_for(lambda: c.job(job_id)["state"] == "RUNNING", 10,
+                          lambda: f"the new master to know {job_id} runs: {c.job(job_id)}")
+            open(release, "w").close()
+            [job] = wait_ended(self, c, job_id, 30)
+            self.assertEqual((job["state"], job["worker"], job["attempt"]),
+                             ("COMPLETED", "gpu-box", 1), job)
+        self.assertEqual(len(journal.starts(job_id)), 1)
         journal.check_exactly_once(self, [job])
