@@ -7,31 +7,18 @@ that wait for the persistence barrier.
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.testing import MemoryReactorClock
-from twisted.trial.unittest import SynchronousTestCase
 
 from titan.auth import job_token
-from titan.config import Config, MasterConfig
 from titan.core import events as ev
 from titan.errors import RemoteError
 from titan.master import api as A
 from titan.master.api import OPERATOR, Caller
-from titan.master.service import MasterService
-from tests.unit.test_master import HeldPersistence
-
-TOKEN = "sesame"
+from tests.unit.test_master import TOKEN, HeldPersistence, MasterCase
 
 
-class ApiCase(SynchronousTestCase):
+class ApiCase(MasterCase):
     def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        config = Config(token=TOKEN, master=MasterConfig(
-            listen="tcp:0:interface=127.0.0.1", data_dir=self.mktemp(),
-            heartbeat_interval=1.0, heartbeat_timeout=5.0))
-        self.master = MasterService(config, reactor=self.reactor)
-        self.master.privilegedStartService()
-        self.master.startService()
-        self.addCleanup(self.master.stopService)
+        super().setUp()  # a master on a memory reactor (test_master's)
         self.api = self.master.api
 
     def settle(self, d):

@@ -19,7 +19,7 @@ from titan.master.service import MasterService
 from titan.persistence.aof import AOFPersistence
 from titan.protocols.opcodes import Op
 from titan.store.client import StoreClient, StoreUnavailable
-from tests.unit.test_master import TOKEN, Peer
+from tests.unit.test_master import TOKEN, MasterCase
 
 
 def scrape(master: MasterService, accept=None) -> dict:
@@ -41,27 +41,8 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples[key]
 
 
-class MetricsCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = MemoryReactorClock()
-        config = Config(token=TOKEN, master=MasterConfig(
-            listen="tcp:0:interface=127.0.0.1", data_dir=self.mktemp(),
-            heartbeat_interval=1.0, heartbeat_timeout=5.0))
-        self.master = MasterService(config, reactor=self.reactor)
-        self.master.privilegedStartService()
-        self.master.startService()
-        self.addCleanup(self.master.stopService)
-
-    def client(self) -> Peer:
-        peer = Peer(self.master)
-        peer.result(Op.HELLO, {"token": TOKEN})
-        return peer
-
-    def worker(self, worker_id: str, slots: int = 1, **extra) -> Peer:
-        peer = Peer(self.master)
-        peer.result(Op.REGISTER, {"token": TOKEN, "worker_id": worker_id, "name": worker_id,
-                                  "slots": slots, **extra})
-        return peer
+class MetricsCase(MasterCase):
+    """A master on a memory reactor (test_master's), with a client and workers."""
 
 
 class JobMetricsTests(MetricsCase):
