@@ -184,6 +184,33 @@ class CgroupContainmentTests(ContainmentTests):
         self.assertIn(b"[titan: killed 1 process", b"".join(d for _, d in output))
 
 
+class GuardTests(TestCase):
+    """The guard reads its input in naps (executor.GUARD_NAP), not a line at a time: what a
+    worker wrote just before it died is still acted on, in the order written."""
+
+    def test_a_dead_workers_last_lines_are_all_acted_on(self):
+        import subprocess
+        sleepers = [subprocess.Popen(["sleep", "60"], start_new_session=True)
+                    for _ in range(3)]
+        for p in sleepers:
+            self.addCleanup(p.wait)
+            self.addCleanup(p.kill)
+        guard = executor.GroupGuard()
+        guard.started()
+        first, released, last = (p.pid for p in sleepers)
+        guard.watch(first, b"mA")
+        guard.watch(released, b"mB")
+        time.sleep(executor.GUARD_NAP / 2)  # the guard now naps with lines to come
+        guard.release(released, b"mB")
+        guard.watch(last, b"mC")  # written a moment before the "worker" is gone
+        proc = guard._proc
+        proc.stdin.close()  # as a kill -9 of the worker closes it
+        self.assertEqual(proc.wait(10), 0)
+        for p in (sleepers[0], sleepers[2]):
+            self.assertEqual(p.wait(5), -9)
+        self.assertIsNone(sleepers[1].poll(), "a released group was killed")
+
+
 def _sleep(seconds: float) -> defer.Deferred:
     d: defer.Deferred = defer.Deferred()
     reactor.callLater(seconds, d.callback, None)

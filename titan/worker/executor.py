@@ -31,13 +31,23 @@ MARK_VARIABLE = "TITAN_JOB_MARK"  # in every process a job starts (setsid does n
 # environment), "-..." when the job is over, "=rPATH" (the worker's cgroup folder) -- and, at
 # the end of its input (the worker is gone, however it went: kill -9 too), kills every
 # process still listed, by group, by cgroup (cgroup.kill of the worker's folder takes every
-# job cgroup under it) and by mark, then removes the cgroups.
+# job cgroup under it) and by mark, then removes the cgroups.  It reads what is there, then
+# sleeps GUARD_NAP seconds before reading again: the worker's two lines a job wake it at
+# most ~1/GUARD_NAP times a second (a wake-up per line cost ~0.04 ms of CPU a job), and
+# every line written before the worker died is still read before the end of input acts.
+GUARD_NAP = 0.02
 _GUARD_SOURCE = """\
 import os, signal, sys, time
 held = {b"g": set(), b"c": set(), b"m": set(), b"r": set()}
-for line in sys.stdin.buffer:
-    line = line.rstrip(b"\\n")
-    (held[line[1:2]].add if line[:1] in b"+=" else held[line[1:2]].discard)(line[2:])
+rest = b""
+while True:
+    data = os.read(0, 1 << 20)
+    if not data:
+        break
+    *lines, rest = (rest + data).split(b"\\n")
+    for line in lines:
+        (held[line[1:2]].add if line[:1] in b"+=" else held[line[1:2]].discard)(line[2:])
+    time.sleep(%(nap)r)
 for pgid in held[b"g"]:
     try:
         os.killpg(int(pgid), signal.SIGKILL)
@@ -94,7 +104,8 @@ class GroupGuard:
         self._proc: Optional[subprocess.Popen] = None
 
     def _start(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-S", "-c", _GUARD_SOURCE],
+        source = _GUARD_SOURCE % {"nap": GUARD_NAP}
+        return subprocess.Popen([sys.executable, "-S", "-c", source],
                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 start_new_session=True)
 
