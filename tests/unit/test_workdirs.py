@@ -93,7 +93,32 @@ class WorkdirsTests(SynchronousTestCase):
         self.assertTrue(os.path.isdir(os.path.dirname(path)))  # b is still there
         self.dirs.release(other, "r-1/b", in_use=False, vacated=True)
         self.assertFalse(os.path.exists(os.path.dirname(path)))
-        self.assertEqual(len(self.dirs.free), 2)
+        self.assertEqual(len(self.dirs.free), 3)  # a, b and the run's folder
+        self.assertEqual(os.listdir(os.path.join(self.data, "work")), [])
+
+    def test_a_run_folder_emptied_between_its_jobs_comes_back_from_the_pool(self):
+        for job in ("warm-1", "warm-2"):
+            self.cycle(job)
+        self.cycle("r-1/a")  # the run's folder is made, then pooled with a's
+        pooled = {os.stat(p).st_ino for p in self.dirs.free}
+        path = self.path("r-1/b")
+        self.dirs.make(path)  # the run's next job on this worker, a moment later
+        self.assertIn(os.stat(os.path.dirname(path)).st_ino, pooled)  # renamed, not made
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["b"])
+        self.assertEqual(os.stat(os.path.dirname(path)).st_mode & 0o7777, self.dirs.mode)
+        self.dirs.release(path, "r-1/b", in_use=False, vacated=True)
+        self.assertEqual(os.listdir(os.path.join(self.data, "work")), [])
+
+    def test_a_run_folder_with_what_a_job_left_stays(self):
+        self.cycle("warm")
+        path = self.path("r-1/a")
+        self.dirs.make(path)
+        with open(os.path.join(os.path.dirname(path), "shared.txt"), "w") as f:
+            f.write("x")  # ../shared.txt from the job's directory
+        self.dirs.release(path, "r-1/a", in_use=False, vacated=True)
+        self.assertEqual(os.listdir(os.path.dirname(path)), ["shared.txt"])
+        self.dirs.make(self.path("r-2/a"))  # and no other run is given it
+        self.assertEqual(os.listdir(os.path.join(self.data, "work", "r-2")), ["a"])
 
     def test_an_existing_directory_is_used_as_it_is(self):
         self.cycle("warm")
