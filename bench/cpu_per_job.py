@@ -13,7 +13,9 @@ with other work the wall-clock rate swings by a third; this does much less, so c
 trees by running this in alternation (bench/README.md).
 
 Modes: `submit` = `client.submit` per job then `client.wait` per job (fanout's
-throughput rounds); `batch` = one `submit_many`, one `wait_many`.
+throughput rounds); `batch` = one `submit_many`, one `wait_many`; `run` = `titan run
+PIPELINE --wait` of `--jobs` independent jobs (fanout's users' path; the client's CPU is
+then the `titan` command's, bytecode cached as fanout runs it).
 """
 from __future__ import annotations
 
@@ -21,17 +23,35 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 TASK = ["/bin/true"]
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/procstat.py only
-from procstat import cluster_cpu as snapshot  # noqa: E402  (master, workers, guards, jobs, client)
+from procstat import cluster_cpu  # noqa: E402  (master, workers, guards, jobs, client)
 
 
-def run_round(client, n: int, mode: str) -> float:
+def snapshot(cluster) -> dict:
+    """cluster_cpu, the client with its reaped children: the `titan` commands of `run`
+    mode (the cluster's processes are reaped only when it stops)."""
+    cpu = cluster_cpu(cluster)
+    t = os.times()
+    cpu["client"] += t.children_user + t.children_system
+    return cpu
+
+
+def run_round(client, n: int, mode: str, command=None) -> float:
     t0 = time.perf_counter()
+    if mode == "run":
+        proc = subprocess.run(command[0], env=command[1], stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=300)
+        elapsed = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"titan run --wait exited {proc.returncode}: "
+                               f"{proc.stderr.decode()[-2000:]}")
+        return elapsed
     if mode == "batch":
         jobs = client.wait_many(client.submit_many([TASK] * n), timeout=300)
     else:
@@ -49,7 +69,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--mode", choices=("submit", "batch"), default="submit")
+    p.add_argument("--mode", choices=("submit", "batch", "run"), default="submit")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--slots", type=int, default=4)
     p.add_argument("--json", metavar="FILE")
@@ -65,11 +85,21 @@ def main(argv=None) -> int:
         cluster = Cluster(base, workers=args.workers, slots=args.slots)
         try:
             cluster.start()
+            command = warmup = None
+            if args.mode == "run":  # the pipelines and environment of fanout's CLI rounds
+                import fanout
+                titan_cmd = os.path.join(os.path.dirname(sys.executable), "titan")
+                env = fanout.cli_env(argparse.Namespace(no_bytecode_cache=False), cluster,
+                                     base)
+                command = ([titan_cmd, "run", fanout.write_pipeline(base, args.jobs),
+                            "--wait"], env)
+                warmup = ([titan_cmd, "run", fanout.write_pipeline(base, args.warmup),
+                           "--wait"], env)
             with cluster.client() as client:
-                run_round(client, args.warmup, args.mode)
+                run_round(client, args.warmup, args.mode, warmup)
                 for i in range(args.repeat):
                     before = snapshot(cluster)
-                    elapsed = run_round(client, args.jobs, args.mode)
+                    elapsed = run_round(client, args.jobs, args.mode, command)
                     after = snapshot(cluster)
                     ms = {k: (after[k] - before[k]) * 1000.0 / args.jobs for k in before}
                     ms["total"] = sum(ms.values())
