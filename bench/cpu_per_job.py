@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU per job of a Titan cluster: the figure that does not move with the machine's load.
 
-    .venv/bin/python bench/cpu_per_job.py [--jobs 2000] [--repeat 3] [--mode submit|batch]
+    .venv/bin/python bench/cpu_per_job.py [--jobs 2000] [--repeat 3] [--mode submit|batch|run]
     PYTHONPATH=/tmp/f-base .venv/bin/python bench/cpu_per_job.py   # another tree's code
 
 Starts the cluster of bench/fanout.py (1 master, 2 workers x 4 slots, every job runs
