@@ -155,6 +155,20 @@ class BrowserTestCase(ClusterTestCase):
                           f"{self.browser.current_url} ({shot}) shows:\n{page[:3000]}")
             time.sleep(0.05)
 
+    def open_node(self, node: str, shown: str, timeout: float = 15.0) -> WebElement:
+        """Click a run graph's node until its panel shows `shown` (a CSS selector): a click
+        that lands while the graph lays itself out again (a live change, fitting the view)
+        is lost, as a person's would be, and a person clicks again."""
+        clicked = [0.0]
+
+        def opened():
+            found = self.find_all(shown)
+            if not found and time.monotonic() - clicked[0] > 1.0:  # a panel takes a moment
+                self.find(f"[data-testid='node-{node}']").click()
+                clicked[0] = time.monotonic()
+            return found[0] if found else None
+        return self.until(opened, timeout, f"the panel of node {node} ({shown})")
+
     # -- a graph on a React Flow canvas (the constructor's) -----------------------------
 
     def nodes(self) -> set:

@@ -309,8 +309,8 @@ class ConstructorTests(BrowserTestCase):
                    == ["waiting", "approval", "1"], 15, "one step waiting for approval")
         self.until(lambda: self.find("[data-testid='node-ship']").get_attribute("data-state")
                    == "WAITING_APPROVAL", 15, "the gate's node WAITING_APPROVAL")
-        self.find("[data-testid='node-ship']").click()
-        self.assertEqual(self.text_of("[data-testid=gate-message]"), "Ship it?")
+        self.assertEqual(self.open_node("ship", "[data-testid=gate-message]").text,
+                         "Ship it?")
         self.until(lambda: self.text_of("[data-testid=job-state]") == "WAITING_APPROVAL", 15,
                    "the gate's panel saying WAITING_APPROVAL")
         self.click("approve")

@@ -102,8 +102,7 @@ class RunsUiTests(BrowserTestCase):
         self.find(tid("run-link-" + run_id)).click()
         self.until(lambda: self.find(tid("run-state")).text == "CANCELLED",
                    what="the run page's state")
-        self.find(tid("node-migrate")).click()
-        reason = self.find(tid("job-reason"))
+        reason = self.open_node("migrate", tid("job-reason"))
         self.until(lambda: "rejected" in reason.text and "schema not reviewed" in reason.text,
                    what="the dependent's reason naming the rejection")
         self.shot("rejected-reason")
