@@ -6,6 +6,7 @@ public faces (the `titan` command, the SDK) and kills every child it started on 
 from __future__ import annotations
 
 import os
+import random
 import secrets
 import signal
 import socket
@@ -36,11 +37,32 @@ class Child:
 
 
 def free_port() -> int:
-    """A port the OS has just handed out on 127.0.0.1 (for a master that must keep its port
-    across restarts)."""
-    with socket.socket() as s:
+    """A free port on 127.0.0.1 for a server that must keep it across restarts, chosen below
+    the kernel's ephemeral range: a port the OS hands out (bind to 0) is one it may give
+    again as the source port of any outgoing connection -- a worker reconnecting to the
+    master, say -- while the server is down, and the server's restart then fails with
+    "Address already in use"."""
+    low = _ephemeral_low()
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 20000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: any port at all
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 class Cluster:
@@ -55,7 +77,8 @@ class Cluster:
         self.slots = slots
         self.token = secrets.token_urlsafe(16)
         self.port: Optional[int] = free_port() if fixed_port else None
-        self.web_port: Optional[int] = None  # the master's web API, once started
+        # the master's web API (known once started; chosen now with fixed_port)
+        self.web_port: Optional[int] = free_port() if fixed_port else None
         self.fixed_port = fixed_port
         self.extra_env = dict(env or {})
         self.master: Optional[Child] = None
