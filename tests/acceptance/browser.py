@@ -16,8 +16,8 @@ import time
 from typing import Callable, Optional
 
 from selenium import webdriver
-from selenium.common.exceptions import (StaleElementReferenceException,
-                                        WebDriverException)
+from selenium.common.exceptions import (ElementClickInterceptedException,
+                                        StaleElementReferenceException, WebDriverException)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -157,15 +157,18 @@ class BrowserTestCase(ClusterTestCase):
 
     def open_node(self, node: str, shown: str, timeout: float = 15.0) -> WebElement:
         """Click a run graph's node until its panel shows `shown` (a CSS selector): a click
-        that lands while the graph lays itself out again (a live change, fitting the view)
-        is lost, as a person's would be, and a person clicks again."""
+        that lands while the graph lays itself out again or fits the view (the node moving
+        under the pointer) is lost, as a person's would be, and a person clicks again."""
         clicked = [0.0]
 
         def opened():
             found = self.find_all(shown)
             if not found and time.monotonic() - clicked[0] > 1.0:  # a panel takes a moment
-                self.find(f"[data-testid='node-{node}']").click()
                 clicked[0] = time.monotonic()
+                try:
+                    self.find(f"[data-testid='node-{node}']").click()
+                except ElementClickInterceptedException:
+                    clicked[0] = 0.0  # the node moved under the pointer (fitting the view)
             return found[0] if found else None
         return self.until(opened, timeout, f"the panel of node {node} ({shown})")
 
