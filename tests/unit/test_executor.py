@@ -210,6 +210,25 @@ class GuardTests(TestCase):
             self.assertEqual(p.wait(5), -9)
         self.assertIsNone(sleepers[1].poll(), "a released group was killed")
 
+    def test_a_dead_worker_wakes_the_guard_from_its_nap(self):
+        """The nap does not delay the kill: the end of the pipe wakes the guard at once (a
+        job that went on for a nap after its worker died could finish what the master
+        will run again)."""
+        import subprocess
+        self.patch(executor, "GUARD_NAP", 30.0)
+        sleeper = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        self.addCleanup(sleeper.wait)
+        self.addCleanup(sleeper.kill)
+        guard = executor.GroupGuard()
+        guard.started()
+        guard.watch(sleeper.pid, b"mD")
+        guard.watch(os.getpid() + 10 ** 7, b"mE")  # a second line: the guard now naps
+        time.sleep(0.2)
+        guard._proc.stdin.close()  # the worker is gone
+        start = time.monotonic()
+        self.assertEqual(sleeper.wait(5), -9)
+        self.assertLess(time.monotonic() - start, 5, "the guard slept through the hangup")
+
 
 def _sleep(seconds: float) -> defer.Deferred:
     d: defer.Deferred = defer.Deferred()
