@@ -19,6 +19,8 @@ from selenium import webdriver
 from selenium.common.exceptions import (ElementClickInterceptedException,
                                         StaleElementReferenceException, WebDriverException)
 from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
@@ -154,6 +156,44 @@ class BrowserTestCase(ClusterTestCase):
                 self.fail(f"after {timeout:g}s still no {what}; the page at "
                           f"{self.browser.current_url} ({shot}) shows:\n{page[:3000]}")
             time.sleep(0.05)
+
+    # Milliseconds a pointer move or key chord of ActionChains takes (selenium's 250 by
+    # default; a class with many moves sets less).
+    pointer_ms = 250
+
+    def goto(self, path: str) -> None:
+        """`path` within the app, as its own links go (no new document once logged in: a
+        second driver.get stalls while Chromium's back/forward cache holds the last page's
+        event streams, which fill the six connections a browser gives one host)."""
+        if self.browser.current_url.startswith(self.base_url) and self.find_all(
+                "[data-testid=logout]"):
+            self.browser.execute_script(
+                "history.pushState(null, '', arguments[0]);"
+                "dispatchEvent(new PopStateEvent('popstate'))", path)
+        else:
+            self.open(path)
+
+    def keys(self, *keys: str, ctrl: bool = False, shift: bool = False) -> None:
+        """Keys pressed on the page, with Ctrl and/or Shift held."""
+        actions = ActionChains(self.browser, duration=self.pointer_ms)
+        held = [k for k, on in ((Keys.CONTROL, ctrl), (Keys.SHIFT, shift)) if on]
+        for key in held:
+            actions.key_down(key)
+        actions.send_keys(*keys)
+        for key in reversed(held):
+            actions.key_up(key)
+        actions.perform()
+
+    def type_into(self, testid: str, value: str) -> None:
+        """Replace a field's text as a person does: select it all, type over it."""
+        field = self.find(f"[data-testid='{testid}']")
+        field.click()
+        field.send_keys(Keys.CONTROL, "a")
+        field.send_keys(Keys.BACKSPACE)
+        if value:
+            field.send_keys(value)
+        self.until(lambda: field.get_attribute("value") == value, 5,
+                   f"{testid} to hold {value!r}")
 
     def open_node(self, node: str, shown: str, timeout: float = 15.0) -> WebElement:
         """Click a run graph's node until its panel shows `shown` (a CSS selector): a click

@@ -86,18 +86,9 @@ class ConstructorTests(BrowserTestCase):
     slots = 4
     timeout = 180
     cluster_options = {"fixed_port": True}
+    pointer_ms = MOVE_MS
 
     # -- getting around ----------------------------------------------------------------
-
-    def goto(self, path: str) -> None:
-        """`path` within the app, as its own links go (no new document once logged in)."""
-        if self.browser.current_url.startswith(self.base_url) and self.find_all(
-                "[data-testid=logout]"):
-            self.browser.execute_script(
-                "history.pushState(null, '', arguments[0]);"
-                "dispatchEvent(new PopStateEvent('popstate'))", path)
-        else:
-            self.open(path)
 
     def new_pipeline(self) -> None:
         """A fresh constructor page, reached by its link in the navigation."""
@@ -195,30 +186,6 @@ class ConstructorTests(BrowserTestCase):
         ActionChains(self.browser, duration=MOVE_MS).move_to_element(node).click().perform()
         self.until(lambda: self.find("[data-testid=prop-id]").get_attribute("value") == step,
                    10, f"the properties of {step}")
-
-    def keys(self, *keys: str, ctrl: bool = False, shift: bool = False) -> None:
-        actions = ActionChains(self.browser, duration=MOVE_MS)
-        if ctrl:
-            actions.key_down(Keys.CONTROL)
-        if shift:
-            actions.key_down(Keys.SHIFT)
-        actions.send_keys(*keys)
-        if shift:
-            actions.key_up(Keys.SHIFT)
-        if ctrl:
-            actions.key_up(Keys.CONTROL)
-        actions.perform()
-
-    def type_into(self, testid: str, value: str) -> None:
-        """Replace a field's text as a person does: select it all, type over it."""
-        field = self.find(f"[data-testid='{testid}']")
-        field.click()
-        field.send_keys(Keys.CONTROL, "a")
-        field.send_keys(Keys.BACKSPACE)
-        if value:
-            field.send_keys(value)
-        self.until(lambda: field.get_attribute("value") == value, 5,
-                   f"{testid} to hold {value!r}")
 
     def set_prop(self, key: str, value: str) -> None:
         field = self.find(f"[data-testid='prop-{key}']")

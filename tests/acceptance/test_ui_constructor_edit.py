@@ -33,12 +33,7 @@ class ConstructorEditingTests(BrowserTestCase):
 
     def fresh_page(self) -> None:
         """A new, empty pipeline, reached from the navigation like a person does."""
-        if self.browser.current_url.startswith(self.base_url) and self.find_all(
-                "[data-testid=logout]"):
-            self.browser.execute_script(
-                "history.pushState(null, '', '/runs'); dispatchEvent(new PopStateEvent('popstate'))")
-        else:
-            self.open("/runs")
+        self.goto("/runs")
         self.find("[data-testid=nav-new-pipeline]").click()
         self.find("[data-testid=constructor-canvas]")
         self.until(lambda: self.nodes() == set(), 10, "an empty canvas")
@@ -59,23 +54,6 @@ class ConstructorEditingTests(BrowserTestCase):
         ActionChains(self.browser).move_to_element_with_offset(
             canvas, -canvas.size["width"] // 2 + 30, -canvas.size["height"] // 2 + 80
         ).click().perform()
-
-    def keys(self, *keys: str, ctrl: bool = False) -> None:
-        actions = ActionChains(self.browser)
-        if ctrl:
-            actions.key_down(Keys.CONTROL)
-        actions.send_keys(*keys)
-        if ctrl:
-            actions.key_up(Keys.CONTROL)
-        actions.perform()
-
-    def type_into(self, testid: str, text: str) -> None:
-        field = self.find(f"[data-testid='{testid}']")
-        field.click()
-        field.send_keys(Keys.CONTROL, "a")
-        field.send_keys(Keys.BACKSPACE)
-        field.send_keys(text)
-        self.until(lambda: field.get_attribute("value") == text, 5, f"{testid} to say {text!r}")
 
     def connect(self, source: str, target: str) -> None:
         out = self.find(f"[data-testid='handle-out-{source}']")

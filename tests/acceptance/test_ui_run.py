@@ -29,17 +29,7 @@ class RunPageTests(BrowserTestCase):
             open(os.path.join(self.base_dir, "release-" + name), "w").close()
 
     def open_run(self, run_id: str) -> None:
-        # Within the app as a user goes (one document for the class): a second driver.get
-        # stalls while Chromium's back/forward cache holds the last page's event streams,
-        # which fill the six connections a browser gives one host.
-        path = "/runs/" + run_id
-        if self.browser.current_url.startswith(self.base_url) and self.find_all(
-                "[data-testid=logout]"):
-            self.browser.execute_script(
-                "history.pushState(null, '', arguments[0]);"
-                "dispatchEvent(new PopStateEvent('popstate'))", path)
-        else:
-            self.open(path)
+        self.goto("/runs/" + run_id)  # within the app, as a user goes
         self.until(lambda: self.find("[data-testid=run-name]").text
                    and run_id in self.text_of("[data-testid=run-header]"), 15,
                    f"the header of run {run_id}")
