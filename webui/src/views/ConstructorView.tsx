@@ -127,25 +127,19 @@ function Editor() {
     }, 60);
   }, [flow]);
 
-  const undo = useCallback(() => {
+  // Undo and redo: the pending edit recorded first, then the draft `move` gives shown,
+  // with the selection kept to the steps it still has.
+  const travel = useCallback((move: (h: History<Draft>) => Draft | null | undefined) => {
     flush();
-    const d = hist.current.undo();
+    const d = move(hist.current);
     if (!d) return;
     dirty.current = true;
     show(d);
     setSelection((s) => ({ steps: s.steps.filter((i) => i < d.steps.length), edges: [] }));
     setTick((t) => t + 1);
   }, [flush, show]);
-
-  const redo = useCallback(() => {
-    flush();
-    const d = hist.current.redo();
-    if (!d) return;
-    dirty.current = true;
-    show(d);
-    setSelection((s) => ({ steps: s.steps.filter((i) => i < d.steps.length), edges: [] }));
-    setTick((t) => t + 1);
-  }, [flush, show]);
+  const undo = useCallback(() => travel((h) => h.undo()), [travel]);
+  const redo = useCallback(() => travel((h) => h.redo()), [travel]);
 
   // -- steps ------------------------------------------------------------------------------
   const keys = useMemo(() => nodeKeys(draft.steps), [draft.steps]);
